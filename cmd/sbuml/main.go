@@ -1,0 +1,39 @@
+// Command sbuml is the command-line interface to sbuml scrapbooks: it saves
+// running Linux machines as content-addressed snapshots and brings them back.
+//
+// This package holds flags and printing only; the work is done by the
+// github.com/sbuml/sbuml package and its sub-packages.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// rootCmd is the top of the command tree; each command file adds itself in init.
+var rootCmd = &cobra.Command{
+	Use:           "sbuml",
+	Short:         "A computation scrapbook for Linux machines",
+	Long:          "sbuml saves the complete running state of Linux machines as snapshots in a\ncontent-addressed scrapbook, and restores, branches and moves them.",
+	SilenceUsage:  true,
+	SilenceErrors: true,
+}
+
+// global flags
+var (
+	flagScrapbook string
+	flagJSON      bool
+)
+
+func init() {
+	rootCmd.PersistentFlags().StringVar(&flagScrapbook, "scrapbook", "", "scrapbook directory (default $SBUML_DIR, else ~/.sbuml)")
+}
+
+func main() {
+	if err := rootCmd.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "sbuml: "+oneLine(err.Error()))
+		os.Exit(1)
+	}
+}
