@@ -1,0 +1,79 @@
+package objects
+
+import "fmt"
+
+// A Stream is one large byte stream (a file, a disk, a RAM image): its
+// length, how it was cut into chunks, and the root of its index tree.
+// Readers never need the chunking parameters; they are recorded so that
+// writers cut the same data the same way and so tools can report them.
+type Stream struct {
+	Length   uint64
+	Chunking Chunking
+	// Fanout is the average number of entries per index node the writer
+	// aimed for (a power of two).
+	Fanout uint32
+	// Root is the top index node, or Zero for an empty stream.
+	Root ID
+}
+
+// Chunking records the chunker that cut a stream. Algorithm values are
+// those of package chunker (1 FastCDC, 2 fixed-size).
+type Chunking struct {
+	Algorithm     uint8
+	Min, Avg, Max uint32
+}
+
+// Encode returns the canonical encoding:
+//
+//	length uvarint, algorithm byte, min, avg, max, fanout uvarint, root [32]byte
+func (s *Stream) Encode() []byte {
+	e := newEncoder(KindStream, 64)
+	e.uvarint(s.Length)
+	e.byte(s.Chunking.Algorithm)
+	e.uvarint(uint64(s.Chunking.Min))
+	e.uvarint(uint64(s.Chunking.Avg))
+	e.uvarint(uint64(s.Chunking.Max))
+	e.uvarint(uint64(s.Fanout))
+	e.id(s.Root)
+	return e.buf
+}
+
+// DecodeStream parses and checks a stream encoding.
+func DecodeStream(enc []byte) (*Stream, error) {
+	d := newDecoder(KindStream, enc)
+	s := &Stream{Length: d.uvarint()}
+	s.Chunking.Algorithm = d.byte()
+	s.Chunking.Min = d.uint32()
+	s.Chunking.Avg = d.uint32()
+	s.Chunking.Max = d.uint32()
+	s.Fanout = d.uint32()
+	s.Root = d.id()
+	if d.err == nil && (s.Length == 0) != s.Root.IsZero() {
+		d.fail("length %d with root %s", s.Length, s.Root.Short())
+	}
+	if err := d.finish(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// References returns the root index node, if any.
+func (s *Stream) References() []ID {
+	if s.Root.IsZero() {
+		return nil
+	}
+	return []ID{s.Root}
+}
+
+func (d *decoder) uint32() uint32 {
+	v := d.uvarint()
+	if v > 1<<32-1 {
+		d.fail("value %d does not fit 32 bits", v)
+		return 0
+	}
+	return uint32(v)
+}
+
+func (s *Stream) String() string {
+	return fmt.Sprintf("stream %d bytes, root %s", s.Length, s.Root.Short())
+}
