@@ -3,6 +3,7 @@ module github.com/sbuml/sbuml
 go 1.26.8
 
 require (
+	github.com/cyphar/filepath-securejoin v0.6.1 // indirect
 	github.com/go-git/go-billy/v5 v5.9.2 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
