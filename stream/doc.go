@@ -1,0 +1,13 @@
+// Package stream turns large byte streams (files, disks, RAM images) into
+// stream objects and back.
+//
+// Writing: a Saver cuts a reader into chunks (package chunker), hashes,
+// seals and stores them on a pool of workers, and builds the stream's index
+// tree as the chunks come back in order. All-zero chunks become holes and
+// cost nothing. Index nodes are cut at content-defined points (an entry
+// ends a node when its ID matches the fanout mask), so changing one chunk
+// of a large stream rewrites only the nodes on its path to the root.
+//
+// Reading: Extract writes a stream into a file, leaving holes as holes;
+// Copy writes it to any io.Writer in order.
+package stream
