@@ -195,3 +195,28 @@ func randomSuffix() string {
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// FindPrefix returns the IDs of present objects whose hex form starts
+// with prefix (at least two hex digits).
+func (l *Loose) FindPrefix(_ context.Context, prefix string) ([]ID, error) {
+	if len(prefix) < 2 {
+		return nil, fmt.Errorf("object prefix %q is too short", prefix)
+	}
+	files, err := l.fs.ReadDir(path.Join(l.dir, prefix[:2]))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("find objects %s…: %w", prefix, err)
+	}
+	var ids []ID
+	for _, f := range files {
+		name := prefix[:2] + f.Name()
+		if len(name) == 2*IDSize && len(name) >= len(prefix) && name[:len(prefix)] == prefix {
+			if id, err := ParseID(name); err == nil {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids, nil
+}

@@ -114,40 +114,8 @@ func LoadChunk(ctx context.Context, s Store, id ID) ([]byte, error) {
 	return loadAs(ctx, s, id, DecodeChunk)
 }
 
-// References decodes any canonical encoding and returns the IDs it names,
-// for walks over the object graph (fsck, transfer, garbage collection).
-func References(enc []byte) (Kind, []ID, error) {
-	k, err := KindOf(enc)
-	if err != nil {
-		return 0, nil, err
-	}
-	switch k {
-	case KindChunk:
-		return k, nil, nil
-	case KindIndex:
-		x, err := DecodeIndex(enc)
-		if err != nil {
-			return k, nil, err
-		}
-		return k, x.References(), nil
-	case KindStream:
-		x, err := DecodeStream(enc)
-		if err != nil {
-			return k, nil, err
-		}
-		return k, x.References(), nil
-	case KindTree:
-		x, err := DecodeTree(enc)
-		if err != nil {
-			return k, nil, err
-		}
-		return k, x.References(), nil
-	case KindSnapshot:
-		x, err := DecodeSnapshot(enc)
-		if err != nil {
-			return k, nil, err
-		}
-		return k, x.References(), nil
-	}
-	return k, nil, fmt.Errorf("unknown kind %d", k)
+// A PrefixFinder is a Store that can find objects by a prefix of their
+// hex ID, as users type them.
+type PrefixFinder interface {
+	FindPrefix(ctx context.Context, prefix string) ([]ID, error)
 }

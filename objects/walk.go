@@ -5,83 +5,117 @@ import (
 	"fmt"
 )
 
-// A Visit is called by Walk for every object reached, with the kind the
-// referring object says it has. Returning descend=false stops the walk
-// from loading the object and following its references (for example when
-// the object was seen before, or the other side of a transfer has it).
-// Chunks are never loaded, whatever Visit returns.
-type Visit func(id ID, kind Kind) (descend bool, err error)
+// A Ref is a reference from one object to another, with the kind the
+// referring object says the target has and, for chunks and index nodes
+// and tree entries, the number of logical bytes the target covers.
+type Ref struct {
+	ID     ID
+	Kind   Kind
+	Length uint64
+}
 
-// Walk visits the object graph below root (of kind rootKind) depth-first:
-// snapshots lead to their tree and parents, trees to their entries,
-// streams to their root index node, index nodes to their children. Each
-// object is loaded and verified before its references are visited. Holes
-// (Zero IDs in index nodes) are not visited.
-func Walk(ctx context.Context, s Store, root ID, rootKind Kind, visit Visit) error {
-	descend, err := visit(root, rootKind)
-	if err != nil || !descend || rootKind == KindChunk {
+// Refs decodes a canonical encoding and returns its kind and the
+// references it holds, typed. Holes are not references.
+func Refs(enc []byte) (Kind, []Ref, error) {
+	k, err := KindOf(enc)
+	if err != nil {
+		return 0, nil, err
+	}
+	var refs []Ref
+	switch k {
+	case KindChunk:
+	case KindSnapshot:
+		sn, err := DecodeSnapshot(enc)
+		if err != nil {
+			return k, nil, err
+		}
+		refs = append(refs, Ref{ID: sn.Tree, Kind: KindTree})
+		for _, p := range sn.Parents {
+			refs = append(refs, Ref{ID: p, Kind: KindSnapshot})
+		}
+	case KindTree:
+		t, err := DecodeTree(enc)
+		if err != nil {
+			return k, nil, err
+		}
+		for _, e := range t.Entries {
+			r := Ref{ID: e.ID, Kind: KindStream, Length: e.Size}
+			switch e.Kind {
+			case EntryDir:
+				r.Kind = KindTree
+			case EntrySymlink:
+				r.Kind = KindChunk
+			}
+			refs = append(refs, r)
+		}
+	case KindStream:
+		st, err := DecodeStream(enc)
+		if err != nil {
+			return k, nil, err
+		}
+		if !st.Root.IsZero() {
+			refs = append(refs, Ref{ID: st.Root, Kind: KindIndex, Length: st.Length})
+		}
+	case KindIndex:
+		x, err := DecodeIndex(enc)
+		if err != nil {
+			return k, nil, err
+		}
+		rk := KindIndex
+		if x.Level == 0 {
+			rk = KindChunk
+		}
+		for _, e := range x.Entries {
+			if !e.ID.IsZero() {
+				refs = append(refs, Ref{ID: e.ID, Kind: rk, Length: e.Length})
+			}
+		}
+	}
+	return k, refs, nil
+}
+
+// References decodes any canonical encoding and returns the IDs it names.
+func References(enc []byte) (Kind, []ID, error) {
+	k, refs, err := Refs(enc)
+	ids := make([]ID, len(refs))
+	for i, r := range refs {
+		ids[i] = r.ID
+	}
+	return k, ids, err
+}
+
+// A Visit is called by Walk for every object reached. Returning
+// descend=false stops the walk from loading the object and following its
+// references (for example when it was seen before, or the other side of a
+// transfer has it). Chunks are never loaded, whatever Visit returns.
+type Visit func(r Ref) (descend bool, err error)
+
+// Walk visits the object graph below root depth-first: snapshots lead to
+// their tree and parents, trees to their entries, streams to their root
+// index node, index nodes to their children. Each object is loaded and
+// verified, and must have the kind its referrer says, before its
+// references are visited.
+func Walk(ctx context.Context, s Store, root Ref, visit Visit) error {
+	descend, err := visit(root)
+	if err != nil || !descend || root.Kind == KindChunk {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	type ref struct {
-		id   ID
-		kind Kind
+	enc, err := Load(ctx, s, root.ID)
+	if err != nil {
+		return err
 	}
-	var refs []ref
-	switch rootKind {
-	case KindSnapshot:
-		sn, err := LoadSnapshot(ctx, s, root)
-		if err != nil {
-			return err
-		}
-		refs = append(refs, ref{sn.Tree, KindTree})
-		for _, p := range sn.Parents {
-			refs = append(refs, ref{p, KindSnapshot})
-		}
-	case KindTree:
-		t, err := LoadTree(ctx, s, root)
-		if err != nil {
-			return err
-		}
-		for _, e := range t.Entries {
-			k := KindStream
-			switch e.Kind {
-			case EntryDir:
-				k = KindTree
-			case EntrySymlink:
-				k = KindChunk
-			}
-			refs = append(refs, ref{e.ID, k})
-		}
-	case KindStream:
-		st, err := LoadStream(ctx, s, root)
-		if err != nil {
-			return err
-		}
-		if !st.Root.IsZero() {
-			refs = append(refs, ref{st.Root, KindIndex})
-		}
-	case KindIndex:
-		x, err := LoadIndex(ctx, s, root)
-		if err != nil {
-			return err
-		}
-		k := KindIndex
-		if x.Level == 0 {
-			k = KindChunk
-		}
-		for _, e := range x.Entries {
-			if !e.ID.IsZero() {
-				refs = append(refs, ref{e.ID, k})
-			}
-		}
-	default:
-		return fmt.Errorf("walk %s: unknown kind %s", root, rootKind)
+	k, refs, err := Refs(enc)
+	if err == nil && k != root.Kind {
+		err = fmt.Errorf("is a %s, not a %s", k, root.Kind)
+	}
+	if err != nil {
+		return fmt.Errorf("object %s: %w: %v (%s)", root.ID, ErrCorrupt, err, Where(s, root.ID))
 	}
 	for _, r := range refs {
-		if err := Walk(ctx, s, r.id, r.kind, visit); err != nil {
+		if err := Walk(ctx, s, r, visit); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,207 @@
+// Package fstree stores directory trees as tree objects and writes them
+// back: regular files become streams, directories trees, symbolic links
+// chunks holding their targets.
+package fstree
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/stream"
+)
+
+// Import stores the directory dir through saver and returns the ID and
+// logical size of its tree. Files are saved several at a time; each tree
+// is stored after everything it names, keeping the closure invariant.
+// Files other than regular files, directories and symbolic links are
+// refused.
+func Import(ctx context.Context, saver *stream.Saver, dir string, p stream.Params) (objects.ID, uint64, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return objects.Zero, 0, fmt.Errorf("import %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return objects.Zero, 0, fmt.Errorf("import %s: not a directory", dir)
+	}
+	im := &importer{saver: saver, params: p, sem: make(chan struct{}, 4)}
+	return im.dir(ctx, dir)
+}
+
+type importer struct {
+	saver  *stream.Saver
+	params stream.Params
+	sem    chan struct{} // bounds the files being read at once
+}
+
+func (im *importer) dir(ctx context.Context, dir string) (objects.ID, uint64, error) {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return objects.Zero, 0, fmt.Errorf("import: %w", err)
+	}
+	t := &objects.Tree{Entries: make([]objects.TreeEntry, len(des))}
+	errs := make([]error, len(des))
+	var wg sync.WaitGroup
+	for i, de := range des {
+		if err := ctx.Err(); err != nil {
+			return objects.Zero, 0, err
+		}
+		name := de.Name()
+		path := filepath.Join(dir, name)
+		if err := objects.ValidEntryName(name); err != nil {
+			return objects.Zero, 0, fmt.Errorf("import %s: %w", path, err)
+		}
+		fi, err := de.Info()
+		if err != nil {
+			return objects.Zero, 0, fmt.Errorf("import: %w", err)
+		}
+		e := &t.Entries[i]
+		*e = objects.TreeEntry{Name: name, Mode: uint32(fi.Mode().Perm())}
+		if fi.Mode()&fs.ModeSetuid != 0 {
+			e.Mode |= 04000
+		}
+		if fi.Mode()&fs.ModeSetgid != 0 {
+			e.Mode |= 02000
+		}
+		if fi.Mode()&fs.ModeSticky != 0 {
+			e.Mode |= 01000
+		}
+		switch {
+		case fi.Mode().IsRegular():
+			e.Kind = objects.EntryFile
+			im.sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-im.sem }()
+				e.ID, e.Size, errs[i] = im.file(ctx, path)
+			}()
+		case fi.IsDir():
+			e.Kind = objects.EntryDir
+			e.ID, e.Size, errs[i] = im.dir(ctx, path)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			e.Kind = objects.EntrySymlink
+			target, err := os.Readlink(path)
+			if err != nil {
+				errs[i] = fmt.Errorf("import: %w", err)
+				break
+			}
+			e.Size = uint64(len(target))
+			e.ID, errs[i] = im.saver.SaveObject(ctx, objects.EncodeChunk([]byte(target)))
+		default:
+			errs[i] = fmt.Errorf("import %s: unsupported file type (%s)", path, fi.Mode().Type())
+		}
+		if errs[i] != nil {
+			break
+		}
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return objects.Zero, 0, err
+	}
+	t.Sort()
+	id, err := im.saver.SaveObject(ctx, t.Encode())
+	if err != nil {
+		return objects.Zero, 0, fmt.Errorf("import %s: %w", dir, err)
+	}
+	return id, t.Size(), nil
+}
+
+func (im *importer) file(ctx context.Context, path string) (objects.ID, uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return objects.Zero, 0, fmt.Errorf("import: %w", err)
+	}
+	defer f.Close()
+	id, st, err := im.saver.SaveStream(ctx, f, im.params)
+	if err != nil {
+		return objects.Zero, 0, fmt.Errorf("import %s: %w", path, err)
+	}
+	return id, st.Length, nil
+}
+
+// Export writes tree id into dir, which must not exist or be empty. Files
+// are written byte for byte with their holes left as holes, and get their
+// stored permission bits.
+func Export(ctx context.Context, store objects.Store, id objects.ID, dir string) error {
+	if des, err := os.ReadDir(dir); err == nil && len(des) > 0 {
+		return fmt.Errorf("export: %s is not empty", dir)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	return exportDir(ctx, store, id, dir)
+}
+
+func exportDir(ctx context.Context, store objects.Store, id objects.ID, dir string) error {
+	t, err := objects.LoadTree(ctx, store, id)
+	if err != nil {
+		return fmt.Errorf("export %s: %w", dir, err)
+	}
+	for _, e := range t.Entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		path := filepath.Join(dir, e.Name)
+		switch e.Kind {
+		case objects.EntryDir:
+			if err := os.Mkdir(path, 0o700); err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			if err := exportDir(ctx, store, e.ID, path); err != nil {
+				return err
+			}
+		case objects.EntryFile:
+			if err := exportFile(ctx, store, e.ID, path); err != nil {
+				return err
+			}
+		case objects.EntrySymlink:
+			target, err := objects.LoadChunk(ctx, store, e.ID)
+			if err != nil {
+				return fmt.Errorf("export %s: %w", path, err)
+			}
+			if err := os.Symlink(string(target), path); err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			continue
+		}
+		if err := os.Chmod(path, fileMode(e.Mode)); err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+	}
+	return nil
+}
+
+func exportFile(ctx context.Context, store objects.Store, id objects.ID, path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	err = stream.Extract(ctx, store, id, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("export %s: %w", path, err)
+	}
+	return nil
+}
+
+func fileMode(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	if m&04000 != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&02000 != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&01000 != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
+}

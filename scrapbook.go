@@ -1,0 +1,153 @@
+// Package sbuml is the porcelain of sbuml: open a scrapbook, import and
+// export directories, commit and check out running machines, walk history,
+// verify and measure the store. Programs script sbuml through this package
+// the way SBUML's users scripted its shell commands.
+//
+// The plumbing lives in sub-packages: chunker cuts bytes, objects encodes
+// and stores content-addressed objects, stream builds and reads large byte
+// streams, fstree stores directory trees, refs names snapshots, vmm drives
+// QEMU machines, image builds the default guest.
+package sbuml
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/go-git/go-billy/v5"
+	"github.com/go-git/go-billy/v5/osfs"
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/refs"
+)
+
+// FormatVersion is the scrapbook layout version written to the config file.
+const FormatVersion = 1
+
+// DefaultBranch is the branch HEAD names in a new scrapbook.
+const DefaultBranch = "main"
+
+// A Scrapbook is an opened scrapbook directory: its object store and refs.
+type Scrapbook struct {
+	// Dir is the scrapbook's directory.
+	Dir string
+	// Objects holds every object of every snapshot.
+	Objects objects.Store
+	// Refs names snapshots: branches, tags, remote-tracking refs.
+	Refs *refs.Store
+
+	fs billy.Filesystem
+}
+
+// config is the content of the scrapbook's config file.
+type config struct {
+	Format int `json:"format"`
+}
+
+// DefaultDir returns $SBUML_DIR, else ~/.sbuml.
+func DefaultDir() string {
+	if d := os.Getenv("SBUML_DIR"); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ".sbuml"
+	}
+	return filepath.Join(home, ".sbuml")
+}
+
+// ErrNotScrapbook is returned by Open for a directory that holds no scrapbook.
+var ErrNotScrapbook = errors.New("not a scrapbook")
+
+// Init creates a scrapbook in dir (created if missing; it must not already
+// hold a scrapbook) and opens it.
+func Init(dir string) (*Scrapbook, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("init %s: %w", dir, err)
+	}
+	if _, err := os.Stat(filepath.Join(abs, "config")); err == nil {
+		return nil, fmt.Errorf("init %s: a scrapbook already exists there", abs)
+	}
+	for _, d := range []string{"objects", "refs/heads", "refs/tags"} {
+		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
+			return nil, fmt.Errorf("init %s: %w", abs, err)
+		}
+	}
+	s := open(abs)
+	if err := s.Refs.SetSymbolic("HEAD", "refs/heads/"+DefaultBranch); err != nil {
+		return nil, fmt.Errorf("init %s: %w", abs, err)
+	}
+	b, _ := json.Marshal(config{Format: FormatVersion})
+	if err := writeFileAtomic(filepath.Join(abs, "config"), append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("init %s: %w", abs, err)
+	}
+	return s, nil
+}
+
+// Open opens the scrapbook in dir.
+func Open(dir string) (*Scrapbook, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dir, err)
+	}
+	b, err := os.ReadFile(filepath.Join(abs, "config"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("open %s: %w (run 'sbuml init' to make one)", abs, ErrNotScrapbook)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", abs, err)
+	}
+	var c config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("open %s: config: %w", abs, err)
+	}
+	if c.Format != FormatVersion {
+		return nil, fmt.Errorf("open %s: scrapbook format %d, this sbuml reads format %d", abs, c.Format, FormatVersion)
+	}
+	return open(abs), nil
+}
+
+// OpenOrInit opens the scrapbook in dir, creating it first if dir holds none.
+func OpenOrInit(dir string) (*Scrapbook, error) {
+	s, err := Open(dir)
+	if errors.Is(err, ErrNotScrapbook) {
+		return Init(dir)
+	}
+	return s, err
+}
+
+func open(abs string) *Scrapbook {
+	fsys := osfs.New(abs)
+	return &Scrapbook{
+		Dir:     abs,
+		Objects: objects.NewLoose(fsys, "objects", filepath.Join(abs, "objects")),
+		Refs:    refs.New(fsys),
+		fs:      fsys,
+	}
+}
+
+// writeFileAtomic writes a small file by temp file, fsync and rename.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}

@@ -1,0 +1,145 @@
+package sbuml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"time"
+
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/stream"
+)
+
+// Result describes a snapshot just recorded.
+type Result struct {
+	ID     objects.ID `json:"id"`
+	Branch string     `json:"branch"`
+	// Parent is the branch's previous tip, Zero for a new branch.
+	Parent objects.ID `json:"parent"`
+	// LogicalBytes is the size of everything the snapshot holds.
+	LogicalBytes uint64 `json:"logical_bytes"`
+	// Stats counts what was read and what was new to the scrapbook.
+	Stats    stream.Stats  `json:"stats"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// SnapshotOptions say where a new snapshot goes and what it says.
+type SnapshotOptions struct {
+	// Branch receives the snapshot; its tip becomes the parent. Empty
+	// means the branch HEAD names.
+	Branch  string
+	Message string
+	Labels  map[string]string
+	// OnProgress, if set, is called about five times a second while
+	// data is being stored.
+	OnProgress func(stream.Stats)
+}
+
+// branchRef returns the full ref name of branch, or of the current branch.
+func (s *Scrapbook) branchRef(branch string) (string, error) {
+	if branch == "" {
+		b, err := s.CurrentBranch()
+		if err != nil {
+			return "", err
+		}
+		branch = b
+	}
+	if err := refs.ValidateShortName(branch); err != nil {
+		return "", err
+	}
+	return "refs/heads/" + branch, nil
+}
+
+// tip returns the ID a ref points at, or Zero if it does not exist.
+func (s *Scrapbook) tip(ref string) (objects.ID, error) {
+	id, err := s.Refs.Get(ref)
+	if errors.Is(err, refs.ErrNotFound) {
+		return objects.Zero, nil
+	}
+	return id, err
+}
+
+// withProgress runs fn while calling report with the saver's stats.
+func withProgress(saver *stream.Saver, report func(stream.Stats), fn func() error) error {
+	if report == nil {
+		return fn()
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				report(saver.Stats())
+			case <-done:
+				return
+			}
+		}
+	}()
+	err := fn()
+	close(done)
+	<-stopped
+	return err
+}
+
+// record stores a snapshot of tree on a branch: the snapshot object after
+// the tree (closure invariant), then one sync of the store, then a
+// compare-and-swap of the branch from its tip at the start to the new
+// snapshot.
+func (s *Scrapbook) record(ctx context.Context, saver *stream.Saver, ref string, parent, tree objects.ID, opts SnapshotOptions) (objects.ID, error) {
+	sn := &objects.Snapshot{
+		Tree:    tree,
+		Time:    time.Now().UTC(),
+		Author:  author(),
+		Host:    hostname(),
+		Message: opts.Message,
+		Labels:  opts.Labels,
+	}
+	if !parent.IsZero() {
+		sn.Parents = []objects.ID{parent}
+	}
+	id, err := saver.SaveObject(ctx, sn.Encode())
+	if err != nil {
+		return objects.Zero, err
+	}
+	if sy, ok := s.Objects.(objects.Syncer); ok {
+		if err := sy.Sync(ctx); err != nil {
+			return objects.Zero, err
+		}
+	}
+	why := "snapshot: " + firstLine(opts.Message)
+	if err := s.Refs.Update(ref, parent, id, why); err != nil {
+		if errors.Is(err, refs.ErrConflict) {
+			return objects.Zero, fmt.Errorf("%s moved while the snapshot was being taken; snapshot %s is stored but not on the branch (run 'sbuml branch NAME %s' to keep it): %w", ref, id.Short(), id.Short(), err)
+		}
+		return objects.Zero, err
+	}
+	return id, nil
+}
+
+func firstLine(s string) string {
+	for i, c := range s {
+		if c == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+func author() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return os.Getenv("USER")
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
