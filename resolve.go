@@ -141,3 +141,5 @@ func (s *Scrapbook) CurrentBranch() (string, error) {
 	}
 	return strings.TrimPrefix(target, "refs/heads/"), nil
 }
+
+func isNotFound(err error) bool { return errors.Is(err, refs.ErrNotFound) }

@@ -1,0 +1,152 @@
+package sbuml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sort"
+	"sync"
+
+	"github.com/sbuml/sbuml/objects"
+)
+
+// A Problem is one thing fsck found wrong.
+type Problem struct {
+	// Object is the bad or missing object, or Zero for a ref problem.
+	Object objects.ID `json:"object"`
+	// Where names the object's file or the ref.
+	Where   string `json:"where"`
+	Problem string `json:"problem"`
+}
+
+func (p Problem) String() string { return p.Where + ": " + p.Problem }
+
+// FsckReport is the result of a full verification.
+type FsckReport struct {
+	Objects  int64     `json:"objects"`
+	Bytes    int64     `json:"bytes"`
+	Refs     int       `json:"refs"`
+	Problems []Problem `json:"problems"`
+}
+
+// OK reports whether fsck found nothing wrong.
+func (r *FsckReport) OK() bool { return len(r.Problems) == 0 }
+
+// Fsck verifies the whole scrapbook: every object is read back, its hash
+// checked and its encoding decoded; every reference must name a present
+// object of the kind the referrer says; every ref must name a present
+// snapshot. All problems are listed, not just the first.
+func (s *Scrapbook) Fsck(ctx context.Context) (*FsckReport, error) {
+	r := &FsckReport{}
+	sizes := map[objects.ID]int64{}
+	if err := s.Objects.List(ctx, func(id objects.ID, size int64) error {
+		sizes[id] = size
+		r.Objects++
+		r.Bytes += size
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("fsck: %w", err)
+	}
+	ids := make([]objects.ID, 0, len(sizes))
+	for id := range sizes {
+		ids = append(ids, id)
+	}
+
+	var (
+		mu       sync.Mutex
+		kinds    = make(map[objects.ID]objects.Kind, len(ids))
+		expected = map[objects.ID][]referrer{}
+	)
+	report := func(p Problem) {
+		mu.Lock()
+		r.Problems = append(r.Problems, p)
+		mu.Unlock()
+	}
+	work := make(chan objects.ID, 256)
+	var wg sync.WaitGroup
+	for i := 0; i < runtime.GOMAXPROCS(0); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				where := objects.Where(s.Objects, id)
+				enc, err := objects.Load(ctx, s.Objects, id)
+				if err != nil {
+					report(Problem{Object: id, Where: where, Problem: problemText(err)})
+					continue
+				}
+				k, refs, err := objects.Refs(enc)
+				if err != nil {
+					report(Problem{Object: id, Where: where, Problem: "corrupt: " + err.Error()})
+					continue
+				}
+				mu.Lock()
+				kinds[id] = k
+				for _, ref := range refs {
+					expected[ref.ID] = append(expected[ref.ID], referrer{id, ref.Kind})
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	for id, froms := range expected {
+		k, present := kinds[id]
+		_, listed := sizes[id]
+		for _, f := range froms {
+			switch {
+			case !listed:
+				r.Problems = append(r.Problems, Problem{Object: f.id, Where: objects.Where(s.Objects, f.id),
+					Problem: fmt.Sprintf("references missing %s %s", f.kind, id)})
+			case present && k != f.kind:
+				r.Problems = append(r.Problems, Problem{Object: f.id, Where: objects.Where(s.Objects, f.id),
+					Problem: fmt.Sprintf("references %s as a %s, but it is a %s", id, f.kind, k)})
+			}
+		}
+	}
+
+	all, err := s.Refs.List("refs/")
+	if err != nil {
+		r.Problems = append(r.Problems, Problem{Where: "refs", Problem: err.Error()})
+	}
+	if _, err := s.Refs.Get("HEAD"); err != nil && !isNotFound(err) {
+		r.Problems = append(r.Problems, Problem{Where: "HEAD", Problem: err.Error()})
+	}
+	r.Refs = len(all)
+	for _, ref := range all {
+		k, present := kinds[ref.ID]
+		_, listed := sizes[ref.ID]
+		switch {
+		case !listed:
+			r.Problems = append(r.Problems, Problem{Object: ref.ID, Where: ref.Name, Problem: "names missing snapshot " + ref.ID.String()})
+		case present && k != objects.KindSnapshot:
+			r.Problems = append(r.Problems, Problem{Object: ref.ID, Where: ref.Name, Problem: fmt.Sprintf("names %s, a %s, not a snapshot", ref.ID, k)})
+		}
+	}
+	sort.Slice(r.Problems, func(i, j int) bool { return r.Problems[i].Where < r.Problems[j].Where })
+	return r, nil
+}
+
+type referrer struct {
+	id   objects.ID
+	kind objects.Kind
+}
+
+func problemText(err error) string {
+	if errors.Is(err, objects.ErrCorrupt) {
+		return "corrupt: " + err.Error()
+	}
+	return err.Error()
+}

@@ -1,0 +1,209 @@
+package sbuml
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/sbuml/sbuml/objects"
+)
+
+// LogEntry describes one snapshot in history.
+type LogEntry struct {
+	ID      objects.ID        `json:"id"`
+	Parents []objects.ID      `json:"parents"`
+	Time    time.Time         `json:"time"`
+	Author  string            `json:"author"`
+	Host    string            `json:"host"`
+	Message string            `json:"message"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	// Refs lists the refs that point at the snapshot.
+	Refs []string `json:"refs,omitempty"`
+	// LogicalBytes is the size of everything the snapshot holds.
+	LogicalBytes uint64 `json:"logical_bytes"`
+	// AddedBytes is the stored size of the objects this snapshot brought
+	// to the scrapbook: those not reachable from any older snapshot listed.
+	AddedBytes int64 `json:"added_bytes"`
+}
+
+// LogOptions select the history to list.
+type LogOptions struct {
+	// Revs are the starting points; empty means HEAD, unless All.
+	Revs []string
+	// All starts from every ref.
+	All bool
+	// Limit caps the number of entries (0: no limit).
+	Limit int
+}
+
+// Log lists the snapshots reachable from the starting points through
+// their parents, newest first.
+func (s *Scrapbook) Log(ctx context.Context, opts LogOptions) ([]LogEntry, error) {
+	refsByID, err := s.refNames()
+	if err != nil {
+		return nil, err
+	}
+	var starts []objects.ID
+	if opts.All {
+		for id := range refsByID {
+			starts = append(starts, id)
+		}
+	} else {
+		revs := opts.Revs
+		if len(revs) == 0 {
+			revs = []string{"HEAD"}
+		}
+		for _, r := range revs {
+			id, err := s.Resolve(ctx, r)
+			if err != nil {
+				if r == "HEAD" && len(opts.Revs) == 0 {
+					return nil, nil // a new scrapbook has no history yet
+				}
+				return nil, err
+			}
+			starts = append(starts, id)
+		}
+	}
+	order, snaps, err := s.history(ctx, starts)
+	if err != nil {
+		return nil, fmt.Errorf("log: %w", err)
+	}
+	acct, err := s.account(ctx, order)
+	if err != nil {
+		return nil, fmt.Errorf("log: %w", err)
+	}
+	entries := make([]LogEntry, 0, len(order))
+	for i := len(order) - 1; i >= 0; i-- {
+		id := order[i]
+		sn := snaps[id]
+		entries = append(entries, LogEntry{
+			ID: id, Parents: sn.Parents, Time: sn.Time, Author: sn.Author, Host: sn.Host,
+			Message: sn.Message, Labels: sn.Labels, Refs: refsByID[id],
+			LogicalBytes: acct[id].logical, AddedBytes: acct[id].added,
+		})
+		if opts.Limit > 0 && len(entries) == opts.Limit {
+			break
+		}
+	}
+	return entries, nil
+}
+
+// history returns the snapshots reachable from starts through parents,
+// oldest first (by time, then ID), and the decoded snapshots.
+func (s *Scrapbook) history(ctx context.Context, starts []objects.ID) ([]objects.ID, map[objects.ID]*objects.Snapshot, error) {
+	snaps := map[objects.ID]*objects.Snapshot{}
+	todo := append([]objects.ID(nil), starts...)
+	for len(todo) > 0 {
+		id := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if _, ok := snaps[id]; ok {
+			continue
+		}
+		sn, err := objects.LoadSnapshot(ctx, s.Objects, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		snaps[id] = sn
+		todo = append(todo, sn.Parents...)
+	}
+	order := make([]objects.ID, 0, len(snaps))
+	for id := range snaps {
+		order = append(order, id)
+	}
+	sort.Slice(order, func(i, j int) bool {
+		ti, tj := snaps[order[i]].Time, snaps[order[j]].Time
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		return order[i].String() < order[j].String()
+	})
+	return order, snaps, nil
+}
+
+// refNames maps snapshot IDs to the short names of the refs pointing at them.
+func (s *Scrapbook) refNames() (map[objects.ID][]string, error) {
+	all, err := s.Refs.List("refs/")
+	if err != nil {
+		return nil, err
+	}
+	m := map[objects.ID][]string{}
+	for _, r := range all {
+		m[r.ID] = append(m[r.ID], shortRef(r.Name))
+	}
+	return m, nil
+}
+
+func shortRef(name string) string {
+	for _, p := range []string{"refs/heads/", "refs/tags/", "refs/remotes/"} {
+		if strings.HasPrefix(name, p) {
+			if p == "refs/tags/" {
+				return "tag:" + name[len(p):]
+			}
+			return name[len(p):]
+		}
+	}
+	return strings.TrimPrefix(name, "refs/")
+}
+
+// usage is what accounting found for one snapshot.
+type usage struct {
+	logical uint64 // bytes the snapshot holds
+	added   int64  // stored bytes of objects first reached from it
+	// chunks and chunkBytes count the distinct chunks first reached from it.
+	chunks      int64
+	chunkBytes  uint64
+	chunkStored int64
+	objects     int64
+}
+
+// account walks the snapshots in the given order (oldest first) with one
+// shared seen-set, so each object is charged to the first snapshot that
+// reaches it. Parents are not followed: each snapshot stands for itself.
+func (s *Scrapbook) account(ctx context.Context, order []objects.ID) (map[objects.ID]usage, error) {
+	sizes := map[objects.ID]int64{}
+	if err := s.Objects.List(ctx, func(id objects.ID, size int64) error {
+		sizes[id] = size
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	seen := objects.Seen{}
+	out := make(map[objects.ID]usage, len(order))
+	for _, id := range order {
+		var u usage
+		root := true
+		err := objects.Walk(ctx, s.Objects, objects.Ref{ID: id, Kind: objects.KindSnapshot}, func(r objects.Ref) (bool, error) {
+			if r.Kind == objects.KindSnapshot && !root {
+				return false, nil // a parent: accounted on its own
+			}
+			root = false
+			if !seen.Add(r.ID) {
+				return false, nil
+			}
+			u.added += sizes[r.ID]
+			u.objects++
+			if r.Kind == objects.KindChunk {
+				u.chunks++
+				u.chunkBytes += r.Length
+				u.chunkStored += sizes[r.ID]
+			}
+			return true, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		sn, err := objects.LoadSnapshot(ctx, s.Objects, id)
+		if err != nil {
+			return nil, err
+		}
+		t, err := objects.LoadTree(ctx, s.Objects, sn.Tree)
+		if err != nil {
+			return nil, err
+		}
+		u.logical = t.Size()
+		out[id] = u
+	}
+	return out, nil
+}
