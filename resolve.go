@@ -143,3 +143,26 @@ func (s *Scrapbook) CurrentBranch() (string, error) {
 }
 
 func isNotFound(err error) bool { return errors.Is(err, refs.ErrNotFound) }
+
+// ObjectID resolves an object ID or unique prefix of any kind, or a
+// revision, for plumbing commands.
+func (s *Scrapbook) ObjectID(ctx context.Context, arg string) (objects.ID, error) {
+	if id, err := objects.ParseID(arg); err == nil {
+		return id, nil
+	}
+	if isHex(arg) && len(arg) >= 4 {
+		if pf, ok := s.Objects.(objects.PrefixFinder); ok {
+			ids, err := pf.FindPrefix(ctx, strings.ToLower(arg))
+			if err != nil {
+				return objects.Zero, err
+			}
+			if len(ids) == 1 {
+				return ids[0], nil
+			}
+			if len(ids) > 1 {
+				return objects.Zero, fmt.Errorf("ambiguous object prefix %q: %d objects start with it", arg, len(ids))
+			}
+		}
+	}
+	return s.Resolve(ctx, arg)
+}

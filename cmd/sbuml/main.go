@@ -33,7 +33,9 @@ func init() {
 
 func main() {
 	if err := rootCmd.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "sbuml: "+oneLine(err.Error()))
+		if err != errSilentFailure {
+			fmt.Fprintln(os.Stderr, "sbuml: "+oneLine(err.Error()))
+		}
 		os.Exit(1)
 	}
 }
