@@ -1,0 +1,187 @@
+package vmm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// AccelProbeTimeout bounds a KVM probe in ChooseAccel. A guest that has not
+// reached its ready marker by then counts as not running under KVM.
+const AccelProbeTimeout = 25 * time.Second
+
+// ProbeFunc boots a real guest with the given accelerator and returns nil
+// once it is known to run, or an error. BootProbe makes one.
+type ProbeFunc func(ctx context.Context, accel string) error
+
+// AccelVerdict is a cached answer to "does KVM run guests on this host?".
+type AccelVerdict struct {
+	Kernel  string    `json:"kernel"`        // host kernel release
+	QEMU    string    `json:"qemu"`          // QEMU version
+	Accel   string    `json:"accel"`         // "kvm" or "tcg"
+	Reason  string    `json:"reason"`        // why not kvm, if tcg
+	Checked time.Time `json:"checked"`       // when the probe ran
+	Seconds float64   `json:"probe_seconds"` // how long it took
+}
+
+type accelCache struct {
+	Verdicts []AccelVerdict `json:"verdicts"`
+}
+
+// ChooseAccel resolves the accelerator a machine should use. want is
+// "kvm", "tcg" or "auto" (empty means auto).
+//
+// For auto, the existence of /dev/kvm proves nothing: some hosts offer a
+// /dev/kvm that hangs ordinary guests. So the first time on a host, probe
+// boots a real guest under KVM with a deadline of AccelProbeTimeout; KVM is
+// chosen only if the guest gets up. The verdict is cached in the JSON file
+// at cachePath, keyed by host kernel release and QEMU version, so later
+// calls answer at once. Anything short of a working KVM means TCG.
+func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (string, error) {
+	switch want {
+	case "tcg":
+		return "tcg", nil
+	case "kvm":
+		if err := checkKVM(); err != nil {
+			return "", err
+		}
+		return "kvm", nil
+	case "auto", "":
+	default:
+		return "", fmt.Errorf("unknown accelerator %q: want kvm, tcg or auto", want)
+	}
+	if checkKVM() != nil {
+		return "tcg", nil
+	}
+	qi, err := InspectQEMU(ctx, "")
+	if err != nil {
+		return "", err
+	}
+	kernel, err := kernelRelease()
+	if err != nil {
+		return "", fmt.Errorf("choose accelerator: %w", err)
+	}
+	cache, err := readAccelCache(cachePath)
+	if err != nil {
+		return "", err
+	}
+	for _, v := range cache.Verdicts {
+		if v.Kernel == kernel && v.QEMU == qi.Version {
+			return v.Accel, nil
+		}
+	}
+
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, AccelProbeTimeout)
+	perr := probe(pctx, "kvm")
+	cancel()
+	if perr != nil && ctx.Err() != nil {
+		return "", fmt.Errorf("choose accelerator: %w", ctx.Err()) // interrupted: no verdict
+	}
+	v := AccelVerdict{Kernel: kernel, QEMU: qi.Version, Accel: "kvm", Checked: time.Now().UTC(),
+		Seconds: time.Since(start).Seconds()}
+	if perr != nil {
+		v.Accel = "tcg"
+		v.Reason = perr.Error()
+	}
+	var keep []AccelVerdict
+	for _, o := range cache.Verdicts {
+		if o.Kernel != kernel || o.QEMU != qi.Version {
+			keep = append(keep, o)
+		}
+	}
+	cache.Verdicts = append(keep, v)
+	if err := writeAccelCache(cachePath, cache); err != nil {
+		return "", err
+	}
+	return v.Accel, nil
+}
+
+// BootProbe returns a ProbeFunc that boots a throwaway machine from cfg
+// (kernel, initrd, cmdline, disks) under the accelerator asked for, waits
+// for marker on its console, and halts it. Disks are attached with
+// snapshot=on, so the probe never writes to them.
+func BootProbe(cfg Config, marker string) ProbeFunc {
+	return func(ctx context.Context, accel string) error {
+		dir, err := os.MkdirTemp("", "sbuml-probe-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		c := cfg
+		c.Name = "probe-" + accel
+		c.Accel = accel
+		c.RAMFile, c.RAMDir = "", ""
+		c.Boot.Incoming = false
+		c.Boot.Snapshot = true
+		m, err := Boot(ctx, dir, c)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			m.Halt(context.Background())
+			m.Close()
+		}()
+		return m.WaitConsole(ctx, marker)
+	}
+}
+
+// checkKVM reports whether /dev/kvm can be opened for use.
+func checkKVM() error {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("kvm unavailable: %w", err)
+	}
+	f.Close()
+	return nil
+}
+
+func kernelRelease() (string, error) {
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		return "", fmt.Errorf("uname: %w", err)
+	}
+	b := make([]byte, 0, len(u.Release))
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b), nil
+}
+
+func readAccelCache(path string) (*accelCache, error) {
+	var c accelCache
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &c, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read accelerator cache: %w", err)
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		// A damaged cache costs one probe, not a failure.
+		return &accelCache{}, nil
+	}
+	return &c, nil
+}
+
+func writeAccelCache(path string, c *accelCache) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("write accelerator cache: %w", err)
+	}
+	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+		return fmt.Errorf("write accelerator cache %s: %w", path, err)
+	}
+	return nil
+}

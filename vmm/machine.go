@@ -1,0 +1,632 @@
+package vmm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// State is the condition of a machine as sbuml sees it.
+type State string
+
+// Machine states.
+const (
+	StateRunning State = "running" // QEMU runs the guest
+	StateFrozen  State = "frozen"  // QEMU is alive, the guest's vCPUs are stopped
+	StateCrashed State = "crashed" // QEMU died without being halted, or the guest cannot go on
+	StateHalted  State = "halted"  // no QEMU; only files remain
+	StateBusy    State = "busy"    // QEMU is alive and another sbuml process drives it (List only)
+)
+
+// Status reports a machine's state.
+type Status struct {
+	State    State
+	RunState string        // QEMU's own run state, e.g. "running", "paused", "postmigrate", "inmigrate"
+	PID      int           // QEMU's pid while it is alive
+	Uptime   time.Duration // time since QEMU started, while it is alive
+	Memory   int64         // guest RAM in bytes
+	CPUs     int
+	Accel    string
+	Detail   string // for crashed machines, why, with the tail of qemu.log
+}
+
+// Machine is a QEMU virtual machine and its directory, driven by this
+// process. Only one process at a time can hold a Machine for a directory:
+// Boot and Open take a lock that Close releases. QEMU outlives the Machine
+// and the process; Halt stops it.
+type Machine struct {
+	dir  string
+	cfg  Config
+	lock *dirLock
+
+	mu  sync.Mutex
+	qmp *QMP
+	con *console
+
+	// Set when this process started QEMU: closed once QEMU has exited
+	// and been reaped, after exitErr is set.
+	exited  chan struct{}
+	exitErr error
+}
+
+// Dir returns the machine directory.
+func (m *Machine) Dir() string { return m.dir }
+
+// Config returns the machine's configuration as recorded in config.json.
+func (m *Machine) Config() Config { return m.cfg }
+
+// RAMFile returns the absolute path of the guest RAM file.
+func (m *Machine) RAMFile() string { return resolve(m.dir, m.cfg.RAMFile) }
+
+// ConsoleLog returns the path of the console log.
+func (m *Machine) ConsoleLog() string { return filepath.Join(m.dir, ConsoleLog) }
+
+// PID returns QEMU's pid, or 0 if QEMU is not running.
+func (m *Machine) PID() int {
+	pid, _, _ := readPID(m.dir)
+	if !qemuAlive(pid, m.dir) {
+		return 0
+	}
+	return pid
+}
+
+// DefaultStartTimeout bounds how long Boot waits for QEMU to open its QMP
+// socket when ctx has no deadline.
+const DefaultStartTimeout = 30 * time.Second
+
+// Boot starts a new QEMU for the machine directory dir, creating it if
+// needed, and returns the machine with its lock held. The guest starts
+// running at once, unless cfg.Boot.Incoming is set: then QEMU waits, frozen,
+// for LoadDeviceState.
+//
+// Guest RAM lives in a file: cfg.RAMFile if set (it may hold saved RAM, and
+// must then be exactly cfg.Memory bytes), else a new file on tmpfs or, with
+// cfg.Boot.RAMInDir, in the machine directory. The machine owns its RAM
+// file from then on: Halt removes it.
+//
+// dir must not hold a machine that is running or crashed; a halted one is
+// replaced.
+func Boot(ctx context.Context, dir string, cfg Config) (*Machine, error) {
+	m, err := boot(ctx, dir, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("boot machine %s: %w", dir, err)
+	}
+	return m, nil
+}
+
+func boot(ctx context.Context, dir string, cfg Config) (m *Machine, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	dir, err = absDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var cleanups []func()
+	defer func() {
+		if err != nil {
+			for i := len(cleanups) - 1; i >= 0; i-- {
+				cleanups[i]()
+			}
+			lock.unlock()
+		}
+	}()
+
+	if old, rerr := readConfig(dir); rerr == nil {
+		if pid, _, _ := readPID(dir); pid != 0 {
+			if qemuAlive(pid, dir) {
+				return nil, fmt.Errorf("machine %s is already running (qemu pid %d)", old.Name, pid)
+			}
+			return nil, fmt.Errorf("machine %s crashed and was not cleaned up: halt it first", old.Name)
+		}
+		if _, serr := os.Stat(resolve(dir, old.RAMFile)); serr == nil && old.RAMFile != cfg.RAMFile {
+			return nil, fmt.Errorf("machine %s was halted but its RAM file %s remains: halt it first", old.Name, old.RAMFile)
+		}
+	}
+
+	cfg.setDefaults(dir)
+	qi, err := InspectQEMU(ctx, cfg.Boot.QEMU)
+	if err != nil {
+		return nil, err
+	}
+	cfg.QEMUVersion = qi.Version
+	if cfg.MachineType == "" {
+		cfg.MachineType = qi.Q35()
+	} else if !qi.HasMachineType(cfg.MachineType) {
+		return nil, fmt.Errorf("machine type %s is not supported by QEMU %s (newest: %s)", cfg.MachineType, qi.Version, qi.Q35())
+	}
+	if err := cfg.validate(dir); err != nil {
+		return nil, err
+	}
+	if cfg.Accel == "kvm" {
+		if err := checkKVM(); err != nil {
+			return nil, err
+		}
+	}
+
+	// Guest RAM.
+	ramRoot := cfg.Boot.RAMRoot
+	if ramRoot == "" {
+		ramRoot = DefaultRAMRoot
+	}
+	if cfg.RAMFile == "" {
+		if cfg.Boot.Incoming {
+			return nil, errors.New("an incoming machine needs Config.RAMFile holding the saved RAM")
+		}
+		if cfg.Boot.RAMInDir {
+			cfg.RAMFile = RAMFileName
+		} else {
+			p, err := NewRAMFile(ramRoot, cfg.Name)
+			if err != nil {
+				return nil, err
+			}
+			cfg.RAMFile = p
+			cleanups = append(cleanups, func() { os.RemoveAll(filepath.Dir(p)) })
+		}
+	}
+	ram := resolve(dir, cfg.RAMFile)
+	if fi, serr := os.Stat(ram); serr == nil {
+		if fi.Size() != cfg.Memory {
+			return nil, fmt.Errorf("ram file %s holds %d bytes, machine memory is %d", ram, fi.Size(), cfg.Memory)
+		}
+	} else if !os.IsNotExist(serr) {
+		return nil, serr
+	} else if cfg.Boot.Incoming {
+		return nil, fmt.Errorf("incoming machine: ram file %s does not exist", ram)
+	} else {
+		if err := os.MkdirAll(filepath.Dir(ram), 0o755); err != nil {
+			return nil, err
+		}
+		if err := checkFree(filepath.Dir(ram), cfg.Memory, "guest RAM"); err != nil {
+			return nil, err
+		}
+	}
+	cfg.RAMDir = ""
+	if rd := filepath.Dir(ram); rd != dir && filepath.Dir(rd) == filepath.Clean(ramRoot) {
+		cfg.RAMDir = rd
+	}
+
+	for _, f := range []string{PIDFile, QMPSocket, ConsoleSocket} {
+		os.Remove(filepath.Join(dir, f))
+	}
+	if err := writeConfig(dir, &cfg); err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { os.Remove(filepath.Join(dir, ConfigFile)) })
+
+	logf, err := os.OpenFile(filepath.Join(dir, QEMULog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(qi.Path, cfg.qemuArgs()...)
+	cmd.Dir = dir
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	// A session of its own: QEMU must not get the terminal's signals, and
+	// must outlive this process.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	logf.Close()
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", qi.Path, err)
+	}
+	m = &Machine{dir: dir, cfg: cfg, lock: lock, exited: make(chan struct{})}
+	go func() {
+		m.exitErr = cmd.Wait()
+		if m.exitErr == nil {
+			m.exitErr = errors.New("exit status 0")
+		}
+		close(m.exited)
+	}()
+	cleanups = append(cleanups, func() {
+		cmd.Process.Kill()
+		<-m.exited
+		for _, f := range []string{PIDFile, QMPSocket, ConsoleSocket} {
+			os.Remove(filepath.Join(dir, f))
+		}
+	})
+
+	qmp, err := m.waitQMP(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.qmp = qmp
+	return m, nil
+}
+
+// waitQMP connects to a QEMU that this process has just started.
+func (m *Machine) waitQMP(ctx context.Context) (*QMP, error) {
+	ctx, cancel := withDefaultTimeout(ctx, DefaultStartTimeout)
+	defer cancel()
+	sock := filepath.Join(m.dir, QMPSocket)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			q, err := DialQMP(ctx, sock)
+			if err == nil {
+				return q, nil
+			}
+			select {
+			case <-m.exited:
+			default:
+				if ctx.Err() == nil {
+					break
+				}
+				return nil, fmt.Errorf("qemu started but QMP did not answer: %w", err)
+			}
+		}
+		select {
+		case <-m.exited:
+			return nil, m.startFailure()
+		case <-ctx.Done():
+			return nil, fmt.Errorf("qemu did not open %s: %w; qemu.log: %s", QMPSocket, ctx.Err(), logTail(filepath.Join(m.dir, QEMULog), 5))
+		case <-tick.C:
+		}
+	}
+}
+
+func (m *Machine) startFailure() error {
+	tail := logTail(filepath.Join(m.dir, QEMULog), 5)
+	if tail == "" {
+		tail = "(qemu.log is empty)"
+	}
+	return fmt.Errorf("qemu failed to start (%v): %s", m.exitErr, tail)
+}
+
+// Open takes over a machine directory left by Boot, possibly in another
+// process, and locks it. The QEMU may be running, frozen, crashed or gone:
+// Open succeeds for all of them, so that a stale directory can be halted.
+func Open(dir string) (*Machine, error) {
+	abs, err := absDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open machine %s: %w", dir, err)
+	}
+	cfg, err := readConfig(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open machine: %w", err)
+	}
+	lock, err := lockDir(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open machine: %w", err)
+	}
+	return &Machine{dir: abs, cfg: *cfg, lock: lock}, nil
+}
+
+func absDir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	abs, err = filepath.EvalSymlinks(abs)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", err
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("%s is not a directory", dir)
+	}
+	return abs, nil
+}
+
+// Close releases the machine without stopping QEMU: it closes the QMP and
+// console connections and the lock, so another process can Open it.
+func (m *Machine) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.qmp != nil {
+		m.qmp.Close()
+		m.qmp = nil
+	}
+	if m.con != nil {
+		m.con.close()
+		m.con = nil
+	}
+	m.lock.unlock()
+	return nil
+}
+
+// QMP returns the machine's QMP client, connecting if needed. It fails if
+// QEMU is not running.
+func (m *Machine) QMP(ctx context.Context) (*QMP, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lock.f == nil {
+		return nil, fmt.Errorf("machine %s is closed", m.cfg.Name)
+	}
+	if m.qmp != nil {
+		select {
+		case <-m.qmp.Done():
+			m.qmp = nil
+		default:
+			return m.qmp, nil
+		}
+	}
+	pid, _, err := readPID(m.dir)
+	if err != nil {
+		return nil, err
+	}
+	if !qemuAlive(pid, m.dir) {
+		return nil, m.notRunning(pid)
+	}
+	q, err := DialQMP(ctx, filepath.Join(m.dir, QMPSocket))
+	if err != nil {
+		return nil, err
+	}
+	m.qmp = q
+	return q, nil
+}
+
+// notRunning explains why QEMU is not there.
+func (m *Machine) notRunning(pid int) error {
+	if pid == 0 {
+		return fmt.Errorf("machine %s is halted", m.cfg.Name)
+	}
+	return fmt.Errorf("machine %s crashed: %s", m.cfg.Name, m.crashDetail(pid))
+}
+
+func (m *Machine) crashDetail(pid int) string {
+	d := "qemu (pid " + strconv.Itoa(pid) + ") is gone"
+	if m.exited != nil {
+		select {
+		case <-m.exited:
+			d = "qemu (pid " + strconv.Itoa(pid) + ") exited: " + m.exitErr.Error()
+		default:
+		}
+	}
+	if tail := logTail(filepath.Join(m.dir, QEMULog), 5); tail != "" {
+		d += "; qemu.log: " + tail
+	}
+	return d
+}
+
+// Freeze stops the guest's vCPUs. QEMU drains and flushes the disks, so
+// that once Freeze returns the RAM file and the disk files hold a
+// consistent state and can be copied. Freezing a frozen machine does
+// nothing.
+func (m *Machine) Freeze(ctx context.Context) error {
+	q, err := m.QMP(ctx)
+	if err != nil {
+		return fmt.Errorf("freeze: %w", err)
+	}
+	if _, err := q.Execute(ctx, "stop", nil); err != nil {
+		return fmt.Errorf("freeze %s: %w", m.cfg.Name, err)
+	}
+	return nil
+}
+
+// Continue resumes a frozen guest. A machine booted with Boot.Incoming must
+// first receive its device state with LoadDeviceState.
+func (m *Machine) Continue(ctx context.Context) error {
+	q, err := m.QMP(ctx)
+	if err != nil {
+		return fmt.Errorf("continue: %w", err)
+	}
+	rs, err := runState(ctx, q)
+	if err != nil {
+		return fmt.Errorf("continue %s: %w", m.cfg.Name, err)
+	}
+	if rs == "inmigrate" {
+		return fmt.Errorf("continue %s: machine is waiting for its device state (LoadDeviceState)", m.cfg.Name)
+	}
+	if _, err := q.Execute(ctx, "cont", nil); err != nil {
+		return fmt.Errorf("continue %s: %w", m.cfg.Name, err)
+	}
+	return nil
+}
+
+func runState(ctx context.Context, q *QMP) (string, error) {
+	raw, err := q.Execute(ctx, "query-status", nil)
+	if err != nil {
+		return "", err
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return "", fmt.Errorf("query-status reply %s: %w", raw, err)
+	}
+	return st.Status, nil
+}
+
+// Halt stops the machine for good: it asks QEMU to quit, kills it if it
+// does not exit in time, and removes the RAM file with its tmpfs directory,
+// the pid file and the sockets. config.json, the logs and the disks stay.
+// Halting a halted or crashed machine cleans up what is left. The lock is
+// kept until Close.
+func (m *Machine) Halt(ctx context.Context) error {
+	pid, _, err := readPID(m.dir)
+	if err != nil {
+		return fmt.Errorf("halt %s: %w", m.cfg.Name, err)
+	}
+	if qemuAlive(pid, m.dir) {
+		if err := m.stopQEMU(ctx, pid); err != nil {
+			return fmt.Errorf("halt %s: %w", m.cfg.Name, err)
+		}
+	}
+	m.mu.Lock()
+	if m.qmp != nil {
+		m.qmp.Close()
+		m.qmp = nil
+	}
+	if m.con != nil {
+		m.con.close()
+		m.con = nil
+	}
+	m.mu.Unlock()
+
+	var errs []error
+	rm := func(p string) {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+	}
+	rm(m.RAMFile())
+	if m.cfg.RAMDir != "" {
+		rm(m.cfg.RAMDir)
+	}
+	for _, f := range []string{QMPSocket, ConsoleSocket, PIDFile} {
+		rm(filepath.Join(m.dir, f))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("halt %s: %w", m.cfg.Name, err)
+	}
+	return nil
+}
+
+// stopQEMU asks QEMU to quit and escalates to SIGKILL.
+func (m *Machine) stopQEMU(ctx context.Context, pid int) error {
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	q, err := m.QMP(qctx)
+	if err == nil {
+		// QEMU may close the socket before its reply arrives.
+		_, err = q.Execute(qctx, "quit", nil)
+	}
+	cancel()
+	if (err == nil || errors.Is(err, ErrQMPClosed)) && m.waitExit(pid, 10*time.Second) {
+		return nil
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill qemu (pid %d): %w", pid, err)
+	}
+	if !m.waitExit(pid, 10*time.Second) {
+		return fmt.Errorf("qemu (pid %d) survived SIGKILL", pid)
+	}
+	return nil
+}
+
+func (m *Machine) waitExit(pid int, timeout time.Duration) bool {
+	if m.exited != nil {
+		select {
+		case <-m.exited:
+			return true
+		case <-time.After(timeout):
+			return false
+		}
+	}
+	return waitGone(pid, m.dir, timeout)
+}
+
+// Status reports the machine's state. A QEMU that died without Halt is
+// reported as crashed, with the tail of qemu.log in Detail.
+func (m *Machine) Status(ctx context.Context) (Status, error) {
+	st := Status{Memory: m.cfg.Memory, CPUs: m.cfg.CPUs, Accel: m.cfg.Accel}
+	pid, started, err := readPID(m.dir)
+	if err != nil {
+		return st, fmt.Errorf("status %s: %w", m.cfg.Name, err)
+	}
+	switch {
+	case pid == 0:
+		st.State = StateHalted
+		return st, nil
+	case !qemuAlive(pid, m.dir):
+		st.State = StateCrashed
+		st.Detail = m.crashDetail(pid)
+		return st, nil
+	}
+	st.PID = pid
+	st.Uptime = time.Since(started).Truncate(time.Millisecond)
+	q, err := m.QMP(ctx)
+	if err != nil {
+		return st, fmt.Errorf("status %s: %w", m.cfg.Name, err)
+	}
+	rs, err := runState(ctx, q)
+	if err != nil {
+		return st, fmt.Errorf("status %s: %w", m.cfg.Name, err)
+	}
+	st.RunState = rs
+	switch rs {
+	case "running":
+		st.State = StateRunning
+	case "internal-error", "io-error", "guest-panicked", "shutdown":
+		st.State = StateCrashed
+		st.Detail = "guest stopped: qemu run state " + rs
+	default: // paused, postmigrate, inmigrate, prelaunch, finish-migrate, ...
+		st.State = StateFrozen
+	}
+	return st, nil
+}
+
+// Info is one entry of List.
+type Info struct {
+	Dir    string
+	Config Config
+	Status Status
+	Err    error // why Config or Status could not be read
+}
+
+// List reports the machines in the subdirectories of machinesDir (those
+// with a config.json), sorted by name. A machine that another process holds
+// is reported as busy, without disturbing it.
+func List(ctx context.Context, machinesDir string) ([]Info, error) {
+	ents, err := os.ReadDir(machinesDir)
+	if err != nil {
+		return nil, fmt.Errorf("list machines: %w", err)
+	}
+	var infos []Info
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(machinesDir, e.Name())
+		if _, err := os.Stat(filepath.Join(dir, ConfigFile)); err != nil {
+			continue
+		}
+		infos = append(infos, inspect(ctx, dir))
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Config.Name < infos[j].Config.Name })
+	return infos, nil
+}
+
+func inspect(ctx context.Context, dir string) Info {
+	info := Info{Dir: dir}
+	cfg, err := readConfig(dir)
+	if err != nil {
+		info.Err = err
+		return info
+	}
+	info.Config = *cfg
+	m, err := Open(dir)
+	if err == nil {
+		defer m.Close()
+		info.Status, info.Err = m.Status(ctx)
+		return info
+	}
+	if !errors.Is(err, ErrBusy) {
+		info.Err = err
+		return info
+	}
+	// Someone else drives it: look, don't touch.
+	abs, _ := absDir(dir)
+	m = &Machine{dir: abs, cfg: *cfg}
+	st := Status{Memory: cfg.Memory, CPUs: cfg.CPUs, Accel: cfg.Accel}
+	pid, started, _ := readPID(abs)
+	switch {
+	case pid == 0:
+		st.State = StateHalted
+	case !qemuAlive(pid, abs):
+		st.State = StateCrashed
+		st.Detail = m.crashDetail(pid)
+	default:
+		st.State, st.PID, st.Uptime = StateBusy, pid, time.Since(started).Truncate(time.Millisecond)
+		st.Detail = err.Error()
+	}
+	info.Status = st
+	return info
+}

@@ -1,0 +1,144 @@
+package vmm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// dirLock is an exclusive flock on a machine directory's lock file.
+type dirLock struct{ f *os.File }
+
+// ErrBusy is wrapped by the error returned when another process is driving
+// the machine.
+var ErrBusy = errors.New("machine is in use by another sbuml process")
+
+func lockDir(dir string) (*dirLock, error) {
+	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock machine %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(f.Name())
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			if h := strings.TrimSpace(string(holder)); h != "" {
+				return nil, fmt.Errorf("lock machine %s: %w (pid %s)", dir, ErrBusy, h)
+			}
+			return nil, fmt.Errorf("lock machine %s: %w", dir, ErrBusy)
+		}
+		return nil, fmt.Errorf("lock machine %s: %w", dir, err)
+	}
+	// Record the holder for the error message above; informative only.
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &dirLock{f}, nil
+}
+
+func (l *dirLock) unlock() {
+	if l == nil || l.f == nil {
+		return
+	}
+	l.f.Truncate(0)
+	l.f.Close() // closing the descriptor drops the flock
+	l.f = nil
+}
+
+// readPID returns the pid in the machine's pid file and the file's
+// modification time (when QEMU started), or pid 0 if there is no pid file.
+func readPID(dir string) (int, time.Time, error) {
+	p := filepath.Join(dir, PIDFile)
+	b, err := os.ReadFile(p)
+	if os.IsNotExist(err) {
+		return 0, time.Time{}, nil
+	}
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, time.Time{}, fmt.Errorf("%s: bad pid %q", p, bytes.TrimSpace(b))
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	return pid, fi.ModTime(), nil
+}
+
+// qemuAlive reports whether pid is a live (not zombie) process whose
+// working directory is dir: the QEMU of this machine rather than an
+// unrelated process that reused the pid.
+func qemuAlive(pid int, dir string) bool {
+	if pid <= 0 {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
+		return false
+	}
+	cwd, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd")
+	if err != nil {
+		// Not ours to inspect; fall back to existence.
+		return syscall.Kill(pid, 0) == nil
+	}
+	return cwd == dir
+}
+
+// waitGone polls until the process has gone or the timeout passes.
+func waitGone(pid int, dir string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if !qemuAlive(pid, dir) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// logTail returns the last lines of a log file, joined with "; ", for
+// error messages.
+func logTail(path string, lines int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const max = 8 << 10
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := fi.Size() - max
+	if off < 0 {
+		off = 0
+	}
+	buf := make([]byte, fi.Size()-off)
+	n, _ := f.ReadAt(buf, off)
+	text := strings.TrimSpace(string(buf[:n]))
+	if text == "" {
+		return ""
+	}
+	ls := strings.Split(text, "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	for i, l := range ls {
+		ls[i] = strings.TrimSpace(l)
+	}
+	return strings.Join(ls, "; ")
+}

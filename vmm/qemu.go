@@ -1,0 +1,151 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// QEMUBinary is the name of the emulator sbuml drives, looked up in PATH.
+const QEMUBinary = "qemu-system-x86_64"
+
+// DefaultCPUModel is the -cpu argument used when Config.CPUModel is empty.
+// qemu64 runs under both TCG and KVM on any x86-64 host. svm is removed
+// because KVM on Intel hosts cannot offer it, and kvm=off hides the KVM
+// paravirtual interface (kvmclock, PV EOI, steal time) so that the guest
+// never depends on something TCG does not provide. The guest therefore
+// sees the same CPU whichever accelerator runs it, and a machine saved
+// under one accelerator can be restored under the other.
+const DefaultCPUModel = "qemu64,-svm,kvm=off"
+
+// QEMUInfo describes an installed QEMU.
+type QEMUInfo struct {
+	Path    string // absolute path of the binary
+	Version string // e.g. "7.2.22"
+	// MachineTypes lists the versioned q35 machine types the binary
+	// supports, newest first, e.g. "pc-q35-7.2".
+	MachineTypes []string
+}
+
+// Q35 returns the newest versioned q35 machine type. Machines are pinned to
+// a versioned type, never the unversioned alias "q35", so that the virtual
+// hardware does not change under a saved machine when QEMU is upgraded.
+func (qi *QEMUInfo) Q35() string { return qi.MachineTypes[0] }
+
+// HasMachineType reports whether the binary supports machine type t.
+func (qi *QEMUInfo) HasMachineType(t string) bool {
+	for _, m := range qi.MachineTypes {
+		if m == t {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrQEMUNotFound is returned when the QEMU binary is not installed.
+var ErrQEMUNotFound = errors.New(QEMUBinary + " not found in PATH: install it with apt-get install qemu-system-x86")
+
+var qemuInfoCache sync.Map // path → *QEMUInfo
+
+// InspectQEMU finds the QEMU binary (in PATH if path is empty) and reads its
+// version and supported machine types. Results are cached per path for the
+// life of the process.
+func InspectQEMU(ctx context.Context, path string) (*QEMUInfo, error) {
+	if path == "" {
+		p, err := exec.LookPath(QEMUBinary)
+		if err != nil {
+			return nil, ErrQEMUNotFound
+		}
+		path = p
+	} else if _, err := exec.LookPath(path); err != nil {
+		return nil, fmt.Errorf("qemu binary %s: %w (install it with apt-get install qemu-system-x86)", path, err)
+	}
+	if v, ok := qemuInfoCache.Load(path); ok {
+		return v.(*QEMUInfo), nil
+	}
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	if err != nil {
+		return nil, fmt.Errorf("run %s --version: %w", path, err)
+	}
+	version, err := parseQEMUVersion(out)
+	if err != nil {
+		return nil, fmt.Errorf("%s --version: %w", path, err)
+	}
+	out, err = exec.CommandContext(ctx, path, "-machine", "help").Output()
+	if err != nil {
+		return nil, fmt.Errorf("run %s -machine help: %w", path, err)
+	}
+	types := parseQ35Types(out)
+	if len(types) == 0 {
+		return nil, fmt.Errorf("%s -machine help lists no versioned pc-q35 machine type", path)
+	}
+	qi := &QEMUInfo{Path: path, Version: version, MachineTypes: types}
+	qemuInfoCache.Store(path, qi)
+	return qi, nil
+}
+
+var qemuVersionRE = regexp.MustCompile(`QEMU emulator version (\d+\.\d+(?:\.\d+)?)`)
+
+func parseQEMUVersion(out []byte) (string, error) {
+	m := qemuVersionRE.FindSubmatch(out)
+	if m == nil {
+		return "", fmt.Errorf("no version in %q", firstLine(out))
+	}
+	return string(m[1]), nil
+}
+
+var q35TypeRE = regexp.MustCompile(`^pc-q35-(\d+)\.(\d+)(?:\.(\d+))?$`)
+
+// parseQ35Types extracts the versioned q35 machine types from the output of
+// "qemu-system-x86_64 -machine help", newest first.
+func parseQ35Types(out []byte) []string {
+	type typ struct {
+		name string
+		v    [3]int
+	}
+	var types []typ
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		m := q35TypeRE.FindStringSubmatch(f[0])
+		if m == nil {
+			continue
+		}
+		var t typ
+		t.name = f[0]
+		for i := 0; i < 3; i++ {
+			t.v[i], _ = strconv.Atoi(m[i+1]) // empty micro → 0
+		}
+		types = append(types, t)
+	}
+	sort.SliceStable(types, func(i, j int) bool {
+		a, b := types[i].v, types[j].v
+		for k := range a {
+			if a[k] != b[k] {
+				return a[k] > b[k]
+			}
+		}
+		return false
+	})
+	names := make([]string, len(types))
+	for i, t := range types {
+		names[i] = t.name
+	}
+	return names
+}
+
+func firstLine(b []byte) string {
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}

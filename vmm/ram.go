@@ -1,0 +1,131 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// NewRAMFile makes a fresh directory for one machine's RAM under root
+// (DefaultRAMRoot if empty) and returns the path of the RAM file in it; the
+// file itself is not created. A machine booted with this path as
+// Config.RAMFile owns the directory, and Halt removes both.
+func NewRAMFile(root, name string) (string, error) {
+	if root == "" {
+		root = DefaultRAMRoot
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return "", fmt.Errorf("make ram directory: %w", err)
+	}
+	d, err := os.MkdirTemp(root, name+"-")
+	if err != nil {
+		return "", fmt.Errorf("make ram directory: %w", err)
+	}
+	return filepath.Join(d, RAMFileName), nil
+}
+
+// checkFree fails with one clear line if the file system holding dir has
+// less than need bytes available.
+func checkFree(dir string, need int64, what string) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if free < need {
+		return fmt.Errorf("not enough space for %s in %s: %s free, %s needed", what, dir, formatBytes(free), formatBytes(need))
+	}
+	return nil
+}
+
+func formatBytes(n int64) string {
+	const unit = 1 << 10
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+// ficlone is the FICLONE ioctl: make dst share src's extents.
+const ficlone = 0x40049409
+
+// Whence values for lseek that find data and holes in sparse files.
+const (
+	seekData = 3
+	seekHole = 4
+)
+
+// CloneFile copies src to a new file dst. It asks the file system for a
+// copy-on-write clone first and otherwise copies only the data regions, so
+// holes (untouched guest RAM, unwritten disk blocks) stay holes. dst must
+// not exist.
+func CloneFile(dst, src string) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("clone %s: %w", src, err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return fmt.Errorf("clone %s: %w", src, err)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
+	if err != nil {
+		return fmt.Errorf("clone %s: %w", src, err)
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("clone %s to %s: %w", src, dst, cerr)
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, out.Fd(), ficlone, in.Fd()); e == 0 {
+		return nil
+	}
+	if err := copySparse(out, in, fi.Size()); err != nil {
+		return fmt.Errorf("clone %s to %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+func copySparse(out, in *os.File, size int64) error {
+	var off int64
+	for off < size {
+		data, err := in.Seek(off, seekData)
+		if err != nil {
+			if errors.Is(err, syscall.ENXIO) { // only a hole remains
+				break
+			}
+			if errors.Is(err, syscall.EINVAL) { // no SEEK_DATA here: copy all
+				data = off
+			} else {
+				return err
+			}
+		}
+		hole, err := in.Seek(data, seekHole)
+		if err != nil {
+			hole = size
+		}
+		if _, err := in.Seek(data, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := out.Seek(data, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := io.CopyN(out, in, hole-data); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return out.Truncate(size)
+}
