@@ -71,7 +71,7 @@ func TestKindString(t *testing.T) {
 // however the reader splits its reads, and for inputs around buffer sizes.
 func TestStreaming(t *testing.T) {
 	random := randomBytes("streaming", 5<<20+77)
-	sparse := sparseBytes("streaming", 5<<20)
+	sparse := sparseBytes("streaming", 5<<20, 20)
 	params := []Params{Default, RAM, {FastCDC, 2 << 10, 8 << 10, 32 << 10}, {FastCDC, 64, 128, 1024}, {Fixed, 1000, 1000, 1000}}
 	sizes := []int{0, 1, 63, 64, 65, 4095, 4096, 4097, 16 << 10, 256<<10 - 1, 256 << 10, 256<<10 + 1, 1 << 20, 1<<20 + 1, 5<<20 + 77}
 	for _, p := range params {

@@ -24,19 +24,19 @@ func randomBytes(seed string, n int) []byte {
 // sparse disk image. It reads the BLAKE3 extendable output R of seed and
 // repeats, until n bytes are made: a zero run of length next(), then next()
 // bytes taken from R, where next() reads one byte k and a little-endian
-// uint32 v from R and returns v mod 2^(k mod 21), so lengths spread from 0 to
-// 1 MiB. The result is cut to n bytes.
-func sparseBytes(seed string, n int) []byte {
+// uint32 v from R and returns v mod 2^(k mod (maxLog+1)), so lengths spread
+// from 0 to 2^maxLog. The result is cut to n bytes.
+func sparseBytes(seed string, n, maxLog int) []byte {
 	h := blake3.New()
 	h.WriteString(seed)
 	r := h.Digest()
 	next := func() int {
 		var b [5]byte
 		r.Read(b[:])
-		k := b[0] % 21
+		k := int(b[0]) % (maxLog + 1)
 		return int(binary.LittleEndian.Uint32(b[1:]) & (1<<k - 1))
 	}
-	out := make([]byte, 0, n+1<<20)
+	out := make([]byte, 0, n+2<<maxLog)
 	for len(out) < n {
 		out = append(out, make([]byte, next())...)
 		data := make([]byte, next())
