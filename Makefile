@@ -1,0 +1,45 @@
+# sbuml: make demo runs the main job on the default image, make test runs the tests.
+# Both install what they need first (Debian packages, Go modules).
+
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
+GO ?= go
+BIN := bin/sbuml
+# Debian packages sbuml needs at run time and in tests.
+DEB_PACKAGES := qemu-system-x86 busybox-static e2fsprogs cpio
+TEST_TIMEOUT ?= 25m
+
+.PHONY: all build deps test demo bench vet clean
+
+all: build
+
+# deps installs missing Debian packages (apt-get; needs root) and the Go modules.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v $(GO) >/dev/null || { echo "installing Go from Debian (the go.mod toolchain is fetched through the module proxy)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; }
+	@$(GO) mod download
+
+build: deps
+	$(GO) build -o $(BIN) ./cmd/sbuml
+
+vet:
+	$(GO) vet ./...
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -timeout $(TEST_TIMEOUT) ./...
+
+demo: build
+	./scripts/demo.sh
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+clean:
+	rm -rf bin
