@@ -2,6 +2,7 @@ package objects
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 )
@@ -69,6 +70,9 @@ func DecodeSnapshot(enc []byte) (*Snapshot, error) {
 	}
 	for i := 0; i < n && d.err == nil; i++ {
 		s.Parents = append(s.Parents, d.id())
+	}
+	if slices.Contains(s.Parents, Zero) {
+		d.fail("zero parent")
 	}
 	s.Time = time.Unix(0, d.varint()).UTC()
 	s.Author = d.string()
