@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,7 +17,7 @@ const (
 	QMPSocket     = "qmp.sock"     // QEMU's QMP server
 	ConsoleSocket = "console.sock" // the serial console, one client at a time
 	ConsoleLog    = "console.log"  // everything the serial console printed
-	PIDFile       = "qemu.pid"     // QEMU's pid while it runs
+	PIDFile       = "qemu.pid"     // QEMU's pid, from Boot until Halt
 	QEMULog       = "qemu.log"     // QEMU's stdout and stderr
 	LockFile      = "lock"         // flock held by the sbuml process driving the machine
 	RAMFileName   = "ram"          // guest RAM, in the machine directory or a tmpfs directory
@@ -115,19 +116,28 @@ func (c *Config) validate(dir string) error {
 	case c.Cmdline != "" && c.Kernel == "":
 		return fmt.Errorf("kernel command line given without a kernel")
 	}
-	for _, p := range append([]string{c.Kernel, c.Initrd}, c.Disks...) {
-		if p == "" {
+	files := []struct{ what, path string }{{"kernel", c.Kernel}, {"initrd", c.Initrd}}
+	for _, d := range c.Disks {
+		files = append(files, struct{ what, path string }{"disk", d})
+	}
+	for _, f := range files {
+		if f.path == "" {
 			continue
 		}
+		p := resolve(dir, f.path)
 		if strings.ContainsRune(p, ',') {
-			return fmt.Errorf("path %s: QEMU options cannot hold a ','", p)
+			return fmt.Errorf("%s %s: QEMU options cannot hold a ','", f.what, p)
 		}
-		fi, err := os.Stat(resolve(dir, p))
+		fi, err := os.Stat(p)
 		if err != nil {
-			return err
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return fmt.Errorf("%s %s: %w", f.what, p, err)
 		}
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("%s: not a regular file", p)
+			return fmt.Errorf("%s %s: not a regular file", f.what, p)
 		}
 	}
 	if strings.ContainsRune(c.RAMFile, ',') {
@@ -164,7 +174,6 @@ func (c *Config) qemuArgs() []string {
 		"-mon", "chardev=qmp,mode=control",
 		"-chardev", "socket,id=console,path=" + ConsoleSocket + ",server=on,wait=off,logfile=" + ConsoleLog + ",logappend=on",
 		"-serial", "chardev:console",
-		"-pidfile", PIDFile,
 	}
 	if c.Kernel != "" {
 		a = append(a, "-kernel", c.Kernel)

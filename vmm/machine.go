@@ -22,7 +22,7 @@ type State string
 const (
 	StateRunning State = "running" // QEMU runs the guest
 	StateFrozen  State = "frozen"  // QEMU is alive, the guest's vCPUs are stopped
-	StateCrashed State = "crashed" // QEMU died without being halted, or the guest cannot go on
+	StateCrashed State = "crashed" // QEMU exited without Halt (crash, error, guest power-off), or the guest cannot go on
 	StateHalted  State = "halted"  // no QEMU; only files remain
 	StateBusy    State = "busy"    // QEMU is alive and another sbuml process drives it (List only)
 )
@@ -103,7 +103,7 @@ func Boot(ctx context.Context, dir string, cfg Config) (*Machine, error) {
 	return m, nil
 }
 
-func boot(ctx context.Context, dir string, cfg Config) (m *Machine, err error) {
+func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -223,7 +223,15 @@ func boot(ctx context.Context, dir string, cfg Config) (m *Machine, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", qi.Path, err)
 	}
-	m = &Machine{dir: dir, cfg: cfg, lock: lock, exited: make(chan struct{})}
+	// sbuml, not QEMU (-pidfile), writes the pid file: QEMU would remove
+	// it whenever it exits, and a QEMU that exits without Halt must be
+	// told apart from a halted one.
+	if err := writeFileAtomic(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(cmd.Process.Pid)+"\n")); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, err
+	}
+	m := &Machine{dir: dir, cfg: cfg, lock: lock, exited: make(chan struct{})}
 	go func() {
 		m.exitErr = cmd.Wait()
 		if m.exitErr == nil {

@@ -41,7 +41,10 @@ func (m *Machine) saveDeviceState(ctx context.Context, w io.Writer) error {
 		return err
 	}
 	switch rs {
-	case "paused", "postmigrate":
+	case "paused":
+	case "postmigrate":
+		// QEMU refuses to migrate again before the guest has run.
+		return errors.New("device state already saved since the machine was frozen: continue it before saving again")
 	case "running":
 		return errors.New("machine is running: freeze it first")
 	default:
@@ -179,9 +182,7 @@ func (m *Machine) waitMigration(ctx context.Context, q *QMP, events *Subscriptio
 		ev, err := events.Next(ctx)
 		if err != nil {
 			if errors.Is(err, ErrQMPClosed) {
-				pid, _, _ := readPID(m.dir)
-				m.waitExit(pid, DefaultQMPTimeout)
-				return fmt.Errorf("qemu exited during migration: %s", m.crashDetail(pid))
+				return m.exitedDuringMigration()
 			}
 			return fmt.Errorf("migration: %w", err)
 		}
@@ -193,23 +194,33 @@ func (m *Machine) waitMigration(ctx context.Context, q *QMP, events *Subscriptio
 		case "completed":
 			return nil
 		case "failed", "cancelled":
-			return fmt.Errorf("migration %s: %s", data.Status, migrationError(ctx, q))
+			return m.migrationFailure(ctx, q, data.Status)
 		}
 	}
 }
 
-// migrationError asks QEMU why the last migration failed.
-func migrationError(ctx context.Context, q *QMP) string {
+// migrationFailure asks QEMU why the migration failed. A destination
+// QEMU exits right after a failed load; then its log says why.
+func (m *Machine) migrationFailure(ctx context.Context, q *QMP, status string) error {
 	raw, err := q.Execute(ctx, "query-migrate", nil)
+	if errors.Is(err, ErrQMPClosed) {
+		return m.exitedDuringMigration()
+	}
 	if err != nil {
-		return "no detail (" + err.Error() + ")"
+		return fmt.Errorf("migration %s, and no detail: %w", status, err)
 	}
 	var info struct {
 		ErrorDesc string `json:"error-desc"`
 	}
 	json.Unmarshal(raw, &info)
 	if info.ErrorDesc == "" {
-		return "no detail from qemu"
+		info.ErrorDesc = "no detail from qemu"
 	}
-	return info.ErrorDesc
+	return fmt.Errorf("migration %s: %s", status, info.ErrorDesc)
+}
+
+func (m *Machine) exitedDuringMigration() error {
+	pid, _, _ := readPID(m.dir)
+	m.waitExit(pid, DefaultQMPTimeout)
+	return fmt.Errorf("qemu exited during migration: %s", m.crashDetail(pid))
 }

@@ -24,7 +24,7 @@ func lockDir(dir string) (*dirLock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock machine %s: %w", dir, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := flockRetry(f); err != nil {
 		holder, _ := os.ReadFile(f.Name())
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
@@ -40,6 +40,21 @@ func lockDir(dir string) (*dirLock, error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return &dirLock{f}, nil
+}
+
+// flockRetry takes the lock, retrying briefly: a process that forks
+// (starting QEMU, for one) hands its open lock descriptions to the child
+// until the child execs, so a lock released a moment ago can still look
+// held.
+func flockRetry(f *os.File) error {
+	deadline := time.Now().Add(250 * time.Millisecond)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func (l *dirLock) unlock() {
