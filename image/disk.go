@@ -1,0 +1,248 @@
+package image
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// diskUUID is the file system UUID and directory hash seed of every disk,
+// fixed so that builds are reproducible. Each machine's disk is a copy of
+// the image's, so sharing a UUID between machines is expected.
+const diskUUID = "3f0e5c62-8a51-4d8e-b0b7-5b3d5d0c2a71"
+
+// diskLabel is the ext4 volume label of the root disk.
+const diskLabel = "sbuml"
+
+// makeDisk writes a sparse raw ext4 image of size bytes to dst, holding the
+// embedded disk files. scratch is a directory it may use for the source
+// tree.
+func makeDisk(ctx context.Context, dst string, size int64, scratch string) error {
+	t := newTree()
+	t.add("etc/sbuml/rc.d", fs.ModeDir|0o755, nil)
+	if err := t.addEmbedded("files/disk"); err != nil {
+		return fmt.Errorf("make disk: %w", err)
+	}
+	if err := t.writeDir(scratch); err != nil {
+		return fmt.Errorf("make disk: %w", err)
+	}
+
+	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+"-")
+	if err != nil {
+		return fmt.Errorf("make disk: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("make disk: %w", err)
+	}
+
+	// E2FSPROGS_FAKE_TIME fixes the file system's own timestamps. The
+	// journal is not zeroed (lazy_journal_init) because the file is all
+	// holes; inode tables are marked zeroed (lazy_itable_init=0, which costs
+	// nothing on a file mke2fs can punch holes in) so the guest kernel does
+	// not start zeroing them in the background after mounting.
+	env := append(os.Environ(), "E2FSPROGS_FAKE_TIME="+strconv.Itoa(epoch))
+	opts := "root_owner=0:0,hash_seed=" + diskUUID + ",lazy_itable_init=0,lazy_journal_init=1"
+	if _, err := runTool(ctx, env, nil, "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0",
+		"-L", diskLabel, "-U", diskUUID, "-E", opts, "-d", scratch, tmp); err != nil {
+		return fmt.Errorf("make disk: %w", err)
+	}
+
+	// mke2fs -d copies owners and times from the source tree; ctime cannot
+	// be set there, so set every inode's times and owner with debugfs.
+	var script bytes.Buffer
+	for _, name := range append([]string{"", "lost+found"}, t.names()...) {
+		for _, field := range []string{"atime", "mtime", "ctime", "crtime"} {
+			fmt.Fprintf(&script, "set_inode_field \"/%s\" %s %d\n", name, field, epoch)
+		}
+		fmt.Fprintf(&script, "set_inode_field \"/%s\" uid 0\nset_inode_field \"/%s\" gid 0\n", name, name)
+	}
+	stderr, err := runTool(ctx, env, &script, "debugfs", "-w", "-f", "-", tmp)
+	if err != nil {
+		return fmt.Errorf("make disk: %w", err)
+	}
+	if msg := debugfsError(stderr); msg != "" {
+		return fmt.Errorf("make disk: debugfs -w %s: %s", tmp, msg)
+	}
+	if err := os.Chmod(tmp, 0o644); err != nil {
+		return fmt.Errorf("make disk: %w", err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("make disk: %w", err)
+	}
+	return nil
+}
+
+// runTool runs an e2fsprogs program and returns its standard error.
+func runTool(ctx context.Context, env []string, stdin io.Reader, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = env
+	cmd.Stdin = stdin
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		line := strings.Join(append([]string{name}, args...), " ")
+		if errors.Is(err, exec.ErrNotFound) {
+			return "", fmt.Errorf("%s: %w (install Debian package e2fsprogs)", name, err)
+		}
+		if msg := errorLine(stderr.String()); msg != "" {
+			return "", fmt.Errorf("%s failed: %s", line, msg)
+		}
+		return "", fmt.Errorf("%s failed: %w", line, err)
+	}
+	return stderr.String(), nil
+}
+
+// debugfsError returns the first line of debugfs's error output other than
+// its version banner; debugfs exits 0 even when a command fails.
+func debugfsError(stderr string) string {
+	for _, line := range strings.Split(stderr, "\n") {
+		line = strings.TrimSpace(line)
+		if line != "" && !strings.HasPrefix(line, "debugfs ") {
+			return line
+		}
+	}
+	return ""
+}
+
+// names returns the paths of all entries of the tree.
+func (t *tree) names() []string {
+	names := make([]string, 0, len(t.entries))
+	for name := range t.entries {
+		names = append(names, name)
+	}
+	return names
+}
+
+// writeDir materializes the tree's directories, regular files and symlinks
+// under dir.
+func (t *tree) writeDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, name := range sortedNames(t) {
+		e := t.entries[name]
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		var err error
+		switch e.hdr.Mode.Type() {
+		case fs.ModeDir:
+			if err = os.MkdirAll(p, 0o755); err == nil {
+				err = os.Chmod(p, e.hdr.Mode)
+			}
+		case 0:
+			if err = os.WriteFile(p, e.data, 0o644); err == nil {
+				err = os.Chmod(p, e.hdr.Mode)
+			}
+		case fs.ModeSymlink:
+			err = os.Symlink(e.hdr.Linkname, p)
+		default:
+			err = fmt.Errorf("%s: %v entries are not supported on the disk", name, e.hdr.Mode.Type())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func sortedNames(t *tree) []string {
+	names := t.names()
+	slices.Sort(names)
+	return names
+}
+
+// Linux lseek whence values for finding data in sparse files.
+const (
+	seekData = 3
+	seekHole = 4
+)
+
+// CopySparse copies the file src to dst, keeping holes: ranges of src that
+// are holes or all zeros become holes in dst. Use it to give each machine
+// a private copy of an Image's Disk.
+func CopySparse(dst, src string) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy disk: %w", err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return fmt.Errorf("copy disk: %w", err)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("copy disk: %w", err)
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("copy disk %s: %w", dst, cerr)
+		}
+	}()
+	size := fi.Size()
+	if err := out.Truncate(size); err != nil {
+		return fmt.Errorf("copy disk %s: %w", dst, err)
+	}
+	buf := make([]byte, 1<<20)
+	zero := make([]byte, 64<<10)
+	for off := int64(0); off < size; {
+		start, err := in.Seek(off, seekData)
+		if errors.Is(err, syscall.ENXIO) {
+			break // only a hole remains
+		}
+		if errors.Is(err, syscall.EINVAL) {
+			start = off // no hole support: scan everything for zeros
+		} else if err != nil {
+			return fmt.Errorf("copy disk %s: %w", src, err)
+		}
+		end, err := in.Seek(start, seekHole)
+		if err != nil {
+			end = size
+		}
+		if err := copyRange(out, in, start, end, buf, zero); err != nil {
+			return fmt.Errorf("copy disk %s to %s: %w", src, dst, err)
+		}
+		off = end
+	}
+	return nil
+}
+
+// copyRange copies bytes [start, end) of in to the same offsets of out,
+// skipping blocks of zeros.
+func copyRange(out, in *os.File, start, end int64, buf, zero []byte) error {
+	for off := start; off < end; {
+		n := int64(len(buf))
+		if end-off < n {
+			n = end - off
+		}
+		if _, err := in.ReadAt(buf[:n], off); err != nil {
+			return err
+		}
+		for b := int64(0); b < n; b += int64(len(zero)) {
+			chunk := buf[b:min(b+int64(len(zero)), n)]
+			if bytes.Equal(chunk, zero[:len(chunk)]) {
+				continue
+			}
+			if _, err := out.WriteAt(chunk, off+b); err != nil {
+				return err
+			}
+		}
+		off += n
+	}
+	return nil
+}

@@ -1,0 +1,215 @@
+package image
+
+import (
+	"bufio"
+	"context"
+	"embed"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/sbuml/sbuml/image/cpio"
+)
+
+// files holds the static parts of the image: the initramfs's /init and
+// /etc, and the disk's initial contents.
+//
+//go:embed files
+var files embed.FS
+
+// epoch is the modification time of every file in the image, so that the
+// same packages always build the same bytes (2024-01-01 00:00:00 UTC).
+const epoch = 1704067200
+
+// tree collects the entries of a file system image by path, so they can be
+// written in a fixed order whatever order they were added in.
+type tree struct {
+	entries map[string]treeEntry
+}
+
+type treeEntry struct {
+	hdr  cpio.Header
+	data []byte
+}
+
+func newTree() *tree {
+	return &tree{entries: make(map[string]treeEntry)}
+}
+
+// add records an entry and any missing parent directories.
+func (t *tree) add(name string, mode fs.FileMode, data []byte, dev ...int) {
+	name = strings.TrimPrefix(path.Clean("/"+name), "/")
+	if parent := path.Dir(name); parent != "." {
+		if _, ok := t.entries[parent]; !ok {
+			t.add(parent, fs.ModeDir|0o755, nil)
+		}
+	}
+	hdr := cpio.Header{Name: name, Mode: mode, ModTime: epoch}
+	switch mode.Type() {
+	case 0:
+		hdr.Size = int64(len(data))
+	case fs.ModeSymlink:
+		hdr.Linkname = string(data)
+		data = nil
+	}
+	if len(dev) == 2 {
+		hdr.Devmajor, hdr.Devminor = dev[0], dev[1]
+	}
+	t.entries[name] = treeEntry{hdr: hdr, data: data}
+}
+
+// writeCpio writes the tree as a newc archive, entries sorted by path so
+// that every directory precedes its contents.
+func (t *tree) writeCpio(w io.Writer) error {
+	names := make([]string, 0, len(t.entries))
+	for name := range t.entries {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	cw := cpio.NewWriter(w)
+	for _, name := range names {
+		e := t.entries[name]
+		if err := cw.WriteHeader(&e.hdr); err != nil {
+			return err
+		}
+		if _, err := cw.Write(e.data); err != nil {
+			return err
+		}
+	}
+	return cw.Close()
+}
+
+// addEmbedded adds the files under dir of the embedded files, with mode
+// 0755 for those listed in executables and 0644 for the rest.
+func (t *tree) addEmbedded(dir string, executables ...string) error {
+	return fs.WalkDir(files, dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := files.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		name := strings.TrimPrefix(p, dir+"/")
+		mode := fs.FileMode(0o644)
+		if slices.Contains(executables, name) {
+			mode = 0o755
+		}
+		t.add(name, mode, data)
+		return nil
+	})
+}
+
+// initramfsDirs are the directories /init and busybox expect to exist.
+var initramfsDirs = []string{
+	"bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",
+	"mnt", "root", "etc/sbuml/rc.d",
+}
+
+// writeInitramfs writes the initramfs to dst and returns its size. It holds
+// busybox as /bin/busybox (/init installs the applet links at boot), the
+// modules under /lib/modules/<version> with a modules.dep for modprobe,
+// their load order in /etc/sbuml/modules, and the embedded /init and /etc.
+func writeInitramfs(ctx context.Context, dst string, kernel *kernelTree, modules []module, busybox string) (int64, error) {
+	t := newTree()
+	for _, dir := range initramfsDirs {
+		t.add(dir, fs.ModeDir|0o755, nil)
+	}
+	t.add("tmp", fs.ModeDir|fs.ModeSticky|0o777, nil)
+	t.add("root", fs.ModeDir|0o700, nil)
+	// The kernel opens /dev/console for init before devtmpfs is mounted.
+	t.add("dev/console", fs.ModeDevice|fs.ModeCharDevice|0o600, nil, 5, 1)
+	t.add("dev/null", fs.ModeDevice|fs.ModeCharDevice|0o666, nil, 1, 3)
+
+	bb, err := os.ReadFile(busybox)
+	if err != nil {
+		return 0, fmt.Errorf("write initrd: %w", err)
+	}
+	t.add("bin/busybox", 0o755, bb)
+	if err := t.addEmbedded("files/initramfs", "init"); err != nil {
+		return 0, fmt.Errorf("write initrd: %w", err)
+	}
+
+	modDir := "lib/modules/" + kernel.version
+	t.add(modDir, fs.ModeDir|0o755, nil)
+	var order strings.Builder
+	for _, m := range modules {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		t.add(modDir+"/"+m.rel, 0o644, m.data)
+		fmt.Fprintln(&order, m.rel)
+	}
+	t.add("etc/sbuml/modules", 0o644, []byte(order.String()))
+	t.add(modDir+"/modules.dep", 0o644, modulesDep(modules))
+	if builtin, err := os.ReadFile(filepath.Join(kernel.modDir, "modules.builtin")); err == nil {
+		t.add(modDir+"/modules.builtin", 0o644, builtin)
+	}
+
+	var size int64
+	err = writeAtomic(dst, func(w io.Writer) error {
+		cw := &countingWriter{w: w}
+		bw := bufio.NewWriterSize(cw, 1<<20)
+		if err := t.writeCpio(bw); err != nil {
+			return err
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		size = cw.n
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("write initrd: %w", err)
+	}
+	return size, nil
+}
+
+// modulesDep renders modules.dep as depmod would for the given modules:
+// each module followed by all the modules it needs, directly or not, in
+// the order modprobe loads them from the end of the line backwards.
+func modulesDep(modules []module) []byte {
+	index := make(map[string]int, len(modules))
+	for i, m := range modules {
+		index[m.name] = i
+	}
+	var b strings.Builder
+	for _, m := range modules {
+		need := make(map[int]bool)
+		var walk func(names []string)
+		walk = func(names []string) {
+			for _, n := range names {
+				if i, ok := index[n]; ok && !need[i] {
+					need[i] = true
+					walk(modules[i].deps)
+				}
+			}
+		}
+		walk(m.deps)
+		b.WriteString(m.rel + ":")
+		for i := len(modules) - 1; i >= 0; i-- {
+			if need[i] {
+				b.WriteString(" " + modules[i].rel)
+			}
+		}
+		b.WriteString("\n")
+	}
+	return []byte(b.String())
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,155 @@
+// Package testimage gives tests a bootable sbuml guest image.
+//
+// The image is built once per machine and recipe into a shared cache
+// directory, guarded by a file lock so that test binaries running in
+// parallel build it only once. Each caller gets its own writable copy of
+// the disk; the kernel and initrd are shared and must not be modified.
+//
+// The cache lives in $SBUML_TEST_CACHE if set, else in the sbuml-test
+// directory under os.UserCacheDir. Building needs apt (see docs/image.md);
+// if it fails, the test fails with the reason.
+package testimage
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/sbuml/sbuml/image"
+)
+
+// CacheEnv names the environment variable that overrides the cache
+// directory.
+const CacheEnv = "SBUML_TEST_CACHE"
+
+var (
+	mu     sync.Mutex
+	shared *image.Image // built or loaded image, once known
+)
+
+// Get returns the shared test image with Disk replaced by a private sparse
+// copy in t.TempDir(), which the test may boot read-write.
+func Get(t testing.TB) *image.Image {
+	t.Helper()
+	img, err := load(t)
+	if err != nil {
+		t.Fatalf("test image: %v", err)
+	}
+	private := *img
+	private.Modules = append([]string(nil), img.Modules...)
+	private.Packages = append([]string(nil), img.Packages...)
+	private.Disk = filepath.Join(t.TempDir(), "disk")
+	if err := image.CopySparse(private.Disk, img.Disk); err != nil {
+		t.Fatalf("test image: %v", err)
+	}
+	return &private
+}
+
+// CacheDir returns the directory holding cached test images and the
+// Debian packages they are built from.
+func CacheDir() (string, error) {
+	if dir := os.Getenv(CacheEnv); dir != "" {
+		return filepath.Abs(dir)
+	}
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("no cache directory (set %s): %w", CacheEnv, err)
+	}
+	return filepath.Join(dir, "sbuml-test"), nil
+}
+
+// DebCacheDir returns the directory where the test image's Debian packages
+// are kept.
+func DebCacheDir() (string, error) {
+	dir, err := CacheDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "debs"), nil
+}
+
+// load returns the shared image, building it if no process has yet.
+func load(t testing.TB) (*image.Image, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if shared != nil {
+		return shared, nil
+	}
+	root, err := CacheDir()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(root, "image-"+image.RecipeHash())
+	unlock, err := lockFile(dir + ".lock")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if img, err := image.Load(dir); err == nil {
+		shared = img
+		return img, nil
+	}
+	t.Logf("building test image in %s", dir)
+	img, err := image.Build(context.Background(), image.Options{
+		Dir:      dir,
+		CacheDir: filepath.Join(root, "debs"),
+		Progress: logWriter{t},
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The shared files are read by many tests at once; nobody may write them.
+	for _, f := range []string{img.Kernel, img.Initrd, img.Disk} {
+		if err := os.Chmod(f, 0o444); err != nil {
+			return nil, err
+		}
+	}
+	shared = img
+	return img, nil
+}
+
+// lockFile takes an exclusive lock on path, waiting for other processes,
+// and returns the function that releases it.
+func lockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+// logWriter sends build progress to the test log.
+type logWriter struct{ t testing.TB }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Logf("%s", trimNewline(p))
+	return len(p), nil
+}
+
+func trimNewline(p []byte) []byte {
+	if n := len(p); n > 0 && p[n-1] == '\n' {
+		return p[:n-1]
+	}
+	return p
+}
