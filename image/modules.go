@@ -33,8 +33,8 @@ type kernelTree struct {
 // module is a kernel module ready to go into the initramfs.
 type module struct {
 	name string
-	rel  string // path relative to the module directory, uncompressed (.ko)
-	data []byte // uncompressed ELF object
+	rel  string   // path relative to the module directory, uncompressed (.ko)
+	data []byte   // uncompressed ELF object
 	deps []string // names of the modules it needs loaded first
 }
 
