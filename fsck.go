@@ -48,6 +48,11 @@ func (s *Scrapbook) Fsck(ctx context.Context) (*FsckReport, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("fsck: %w", err)
 	}
+	if b, ok := s.Objects.(interface{ Broken() []error }); ok {
+		for _, err := range b.Broken() {
+			r.Problems = append(r.Problems, Problem{Where: "objects/pack", Problem: err.Error()})
+		}
+	}
 	ids := make([]objects.ID, 0, len(sizes))
 	for id := range sizes {
 		ids = append(ids, id)

@@ -123,7 +123,7 @@ func open(abs string) *Scrapbook {
 	fsys := osfs.New(abs)
 	return &Scrapbook{
 		Dir:     abs,
-		Objects: objects.NewLoose(fsys, "objects", filepath.Join(abs, "objects")),
+		Objects: objects.NewPacked(fsys, "objects", filepath.Join(abs, "objects")),
 		Refs:    refs.New(fsys),
 		fs:      fsys,
 	}

@@ -1,0 +1,524 @@
+package objects
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/go-git/go-billy/v5"
+)
+
+// Pack file formats. A pack holds many objects in one file, so a commit of
+// a machine whose RAM is a hundred thousand 4 KiB pages creates two files,
+// not a hundred thousand. See docs/format.md.
+var (
+	packMagic  = []byte("SBPACK\x00\x01")
+	indexMagic = []byte("SBPIDX\x00\x01")
+)
+
+const (
+	packRecordHeader = IDSize + 4     // id, size uint32
+	indexEntrySize   = IDSize + 8 + 4 // id, offset uint64, size uint32
+	// maxPackSize is the size at which a pack being written is published
+	// and a new one started.
+	maxPackSize = 512 << 20
+)
+
+// Packed is the store of a scrapbook: objects in pack files under
+// DIR/pack/, plus loose objects (see Loose) in the same directory. New
+// objects go into a pack that is written as they arrive and published by
+// Sync: its index is renamed into place, so the objects of a pack become
+// visible to other processes all at once. In this process they are
+// readable as soon as Put returns.
+type Packed struct {
+	loose *Loose
+	fs    billy.Filesystem
+	dir   string // the pack directory inside fs
+	root  string // the pack directory on the host, for messages
+
+	mu      sync.RWMutex
+	loaded  bool
+	packs   []*packFile
+	known   map[string]bool // index files loaded, by name
+	index   map[ID]packLoc
+	pending *packWriter
+	broken  []error // unreadable index files
+}
+
+type packLoc struct {
+	pack int32
+	size uint32
+	off  uint64
+}
+
+type packFile struct {
+	name string // pack file name (host path for messages in root)
+	f    billy.File
+}
+
+// packWriter is the pack being written.
+type packWriter struct {
+	file    *packFile
+	tmpName string
+	off     uint64
+	entries map[ID]packLoc
+}
+
+// NewPacked returns the store of objects under dir in fs: packs in
+// dir/pack, loose objects in dir/ab/…. hostDir, if not empty, is dir on the
+// host file system, for syncing and messages.
+func NewPacked(fsys billy.Filesystem, dir, hostDir string) *Packed {
+	root := ""
+	if hostDir != "" {
+		root = path.Join(hostDir, "pack")
+	}
+	return &Packed{
+		loose: NewLoose(fsys, dir, hostDir),
+		fs:    fsys,
+		dir:   path.Join(dir, "pack"),
+		root:  root,
+		known: map[string]bool{},
+		index: map[ID]packLoc{},
+	}
+}
+
+// load reads the index files not read yet. Callers hold mu for writing.
+func (p *Packed) load() error {
+	des, err := p.fs.ReadDir(p.dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("list packs: %w", err)
+	}
+	for _, de := range des {
+		name := de.Name()
+		if !strings.HasPrefix(name, "pack-") || !strings.HasSuffix(name, ".idx") || p.known[name] {
+			continue
+		}
+		if err := p.loadIndex(name); err != nil {
+			return err
+		}
+		p.known[name] = true
+	}
+	p.loaded = true
+	return nil
+}
+
+func (p *Packed) where(name string) string {
+	if p.root != "" {
+		return path.Join(p.root, name)
+	}
+	return path.Join(p.dir, name)
+}
+
+func (p *Packed) loadIndex(name string) error {
+	b, err := readAll(p.fs, path.Join(p.dir, name))
+	if err != nil {
+		return fmt.Errorf("read pack index %s: %w", p.where(name), err)
+	}
+	entries, err := decodePackIndex(b)
+	if err != nil {
+		// Keep going: the other packs are fine, and fsck reports this one.
+		p.broken = append(p.broken, fmt.Errorf("pack index %s: %w: %v", p.where(name), ErrCorrupt, err))
+		return nil
+	}
+	packName := strings.TrimSuffix(name, ".idx") + ".pack"
+	f, err := p.fs.Open(path.Join(p.dir, packName))
+	if err != nil {
+		return fmt.Errorf("open pack %s: %w", p.where(packName), err)
+	}
+	n := int32(len(p.packs))
+	p.packs = append(p.packs, &packFile{name: packName, f: f})
+	for _, e := range entries {
+		p.index[e.id] = packLoc{pack: n, off: e.off, size: e.size}
+	}
+	return nil
+}
+
+type indexEntry struct {
+	id   ID
+	off  uint64
+	size uint32
+}
+
+// encodePackIndex returns the index of a pack:
+//
+//	magic [8], count uint32, count × (id [32], offset uint64, size uint32), BLAKE3-256 of all before [32]
+//
+// with entries sorted by id.
+func encodePackIndex(entries []indexEntry) []byte {
+	sort.Slice(entries, func(i, j int) bool { return bytes.Compare(entries[i].id[:], entries[j].id[:]) < 0 })
+	b := make([]byte, 0, len(indexMagic)+4+len(entries)*indexEntrySize+IDSize)
+	b = append(b, indexMagic...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(entries)))
+	for _, e := range entries {
+		b = append(b, e.id[:]...)
+		b = binary.LittleEndian.AppendUint64(b, e.off)
+		b = binary.LittleEndian.AppendUint32(b, e.size)
+	}
+	sum := Sum(b)
+	return append(b, sum[:]...)
+}
+
+func decodePackIndex(b []byte) ([]indexEntry, error) {
+	if len(b) < len(indexMagic)+4+IDSize || !bytes.Equal(b[:len(indexMagic)], indexMagic) {
+		return nil, errors.New("not a pack index")
+	}
+	body, sum := b[:len(b)-IDSize], b[len(b)-IDSize:]
+	if Sum(body) != ID(sum) {
+		return nil, errors.New("checksum mismatch")
+	}
+	n := binary.LittleEndian.Uint32(body[len(indexMagic):])
+	rest := body[len(indexMagic)+4:]
+	if uint64(len(rest)) != uint64(n)*indexEntrySize {
+		return nil, fmt.Errorf("%d entries do not fit %d bytes", n, len(rest))
+	}
+	entries := make([]indexEntry, n)
+	for i := range entries {
+		e := rest[i*indexEntrySize:]
+		copy(entries[i].id[:], e)
+		entries[i].off = binary.LittleEndian.Uint64(e[IDSize:])
+		entries[i].size = binary.LittleEndian.Uint32(e[IDSize+8:])
+		if entries[i].off < uint64(len(packMagic)+packRecordHeader) {
+			return nil, fmt.Errorf("entry %d: offset %d inside the header", i, entries[i].off)
+		}
+	}
+	return entries, nil
+}
+
+// lookup finds id among the packs, loading new indexes once if asked.
+func (p *Packed) lookup(id ID, rescan bool) (*packFile, packLoc, bool, error) {
+	p.mu.RLock()
+	if p.loaded {
+		if w := p.pending; w != nil {
+			if loc, ok := w.entries[id]; ok {
+				p.mu.RUnlock()
+				return w.file, loc, true, nil
+			}
+		}
+		if loc, ok := p.index[id]; ok {
+			pf := p.packs[loc.pack]
+			p.mu.RUnlock()
+			return pf, loc, true, nil
+		}
+		if !rescan {
+			p.mu.RUnlock()
+			return nil, packLoc{}, false, nil
+		}
+	}
+	p.mu.RUnlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.load(); err != nil {
+		return nil, packLoc{}, false, err
+	}
+	if loc, ok := p.index[id]; ok {
+		return p.packs[loc.pack], loc, true, nil
+	}
+	return nil, packLoc{}, false, nil
+}
+
+// Has implements Store.
+func (p *Packed) Has(ctx context.Context, id ID) (bool, error) {
+	_, _, ok, err := p.lookup(id, false)
+	if err != nil || ok {
+		return ok, err
+	}
+	return p.loose.Has(ctx, id)
+}
+
+// Get implements Store.
+func (p *Packed) Get(ctx context.Context, id ID) ([]byte, error) {
+	pf, loc, ok, err := p.lookup(id, false)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		b, err := p.loose.Get(ctx, id)
+		if !errors.Is(err, ErrNotFound) {
+			return b, err
+		}
+		// Another process may have published a pack since we looked.
+		if pf, loc, ok, err = p.lookup(id, true); err != nil || !ok {
+			if err == nil {
+				err = fmt.Errorf("object %s: %w", id, ErrNotFound)
+			}
+			return nil, err
+		}
+	}
+	b := make([]byte, loc.size)
+	if _, err := pf.f.ReadAt(b, int64(loc.off)); err != nil {
+		return nil, fmt.Errorf("read object %s from %s at %d: %w", id, p.where(pf.name), loc.off, err)
+	}
+	return b, nil
+}
+
+// Put implements Store: the object is appended to the pack being written.
+func (p *Packed) Put(ctx context.Context, id ID, stored []byte) error {
+	if ok, err := p.Has(ctx, id); err != nil || ok {
+		return err
+	}
+	if len(stored) > MaxObjectSize+1024 {
+		return fmt.Errorf("write object %s: %d bytes exceeds the object size limit", id, len(stored))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w := p.pending
+	if w == nil {
+		var err error
+		if w, err = p.startPack(); err != nil {
+			return fmt.Errorf("write object %s: %w", id, err)
+		}
+	}
+	if _, ok := w.entries[id]; ok {
+		return nil
+	}
+	var hdr [packRecordHeader]byte
+	copy(hdr[:], id[:])
+	binary.LittleEndian.PutUint32(hdr[IDSize:], uint32(len(stored)))
+	if _, err := w.file.f.Write(hdr[:]); err != nil {
+		return fmt.Errorf("write object %s to %s: %w", id, p.where(w.tmpName), err)
+	}
+	if _, err := w.file.f.Write(stored); err != nil {
+		return fmt.Errorf("write object %s to %s: %w", id, p.where(w.tmpName), err)
+	}
+	w.entries[id] = packLoc{off: w.off + packRecordHeader, size: uint32(len(stored))}
+	w.off += packRecordHeader + uint64(len(stored))
+	if w.off >= maxPackSize {
+		return p.publish()
+	}
+	return nil
+}
+
+// startPack opens a new pack file. Callers hold mu.
+func (p *Packed) startPack() (*packWriter, error) {
+	if !p.loaded {
+		if err := p.load(); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.fs.MkdirAll(p.dir, 0o755); err != nil {
+		return nil, err
+	}
+	tmp := ".tmp-" + randomSuffix() + ".pack"
+	f, err := p.fs.OpenFile(path.Join(p.dir, tmp), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(packMagic); err != nil {
+		f.Close()
+		return nil, err
+	}
+	p.pending = &packWriter{file: &packFile{name: tmp, f: f}, tmpName: tmp, off: uint64(len(packMagic)), entries: map[ID]packLoc{}}
+	return p.pending, nil
+}
+
+// publish makes the pending pack visible: the pack data is made durable,
+// then the pack and its index are renamed into place, index last. Callers
+// hold mu.
+func (p *Packed) publish() error {
+	w := p.pending
+	if w == nil {
+		return nil
+	}
+	entries := make([]indexEntry, 0, len(w.entries))
+	for id, loc := range w.entries {
+		entries = append(entries, indexEntry{id: id, off: loc.off, size: loc.size})
+	}
+	idx := encodePackIndex(entries)
+	name := "pack-" + Sum(idx).String()
+	// The pack's bytes must be durable before an index names them.
+	if err := p.syncfs(); err != nil {
+		return err
+	}
+	if err := p.fs.Rename(path.Join(p.dir, w.tmpName), path.Join(p.dir, name+".pack")); err != nil {
+		return fmt.Errorf("publish pack %s: %w", p.where(name+".pack"), err)
+	}
+	tmpIdx := path.Join(p.dir, ".tmp-"+randomSuffix()+".idx")
+	if err := writeWhole(p.fs, tmpIdx, idx); err != nil {
+		return fmt.Errorf("write pack index %s: %w", p.where(name+".idx"), err)
+	}
+	if err := p.fs.Rename(tmpIdx, path.Join(p.dir, name+".idx")); err != nil {
+		return fmt.Errorf("publish pack index %s: %w", p.where(name+".idx"), err)
+	}
+	// The pending entries become a published pack in this process too.
+	n := int32(len(p.packs))
+	w.file.name = name + ".pack"
+	p.packs = append(p.packs, w.file)
+	for id, loc := range w.entries {
+		loc.pack = n
+		p.index[id] = loc
+	}
+	p.known[name+".idx"] = true
+	p.pending = nil
+	return nil
+}
+
+func (p *Packed) syncfs() error {
+	if p.loose.root == "" {
+		return nil
+	}
+	return p.loose.Sync(context.Background())
+}
+
+// Sync publishes the pack being written and makes every completed Put
+// durable. Callers sync before moving a ref to new objects.
+func (p *Packed) Sync(ctx context.Context) error {
+	p.mu.Lock()
+	err := p.publish()
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return p.syncfs()
+}
+
+// List implements Store: packed objects (published and pending), then loose ones.
+func (p *Packed) List(ctx context.Context, fn func(ID, int64) error) error {
+	p.mu.Lock()
+	if err := p.load(); err != nil {
+		p.mu.Unlock()
+		return err
+	}
+	seen := make(map[ID]struct{}, len(p.index))
+	type item struct {
+		id   ID
+		size int64
+	}
+	items := make([]item, 0, len(p.index))
+	for id, loc := range p.index {
+		items = append(items, item{id, int64(loc.size)})
+		seen[id] = struct{}{}
+	}
+	if w := p.pending; w != nil {
+		for id, loc := range w.entries {
+			items = append(items, item{id, int64(loc.size)})
+			seen[id] = struct{}{}
+		}
+	}
+	p.mu.Unlock()
+	for _, it := range items {
+		if err := fn(it.id, it.size); err != nil {
+			return err
+		}
+	}
+	return p.loose.List(ctx, func(id ID, size int64) error {
+		if _, ok := seen[id]; ok {
+			return nil
+		}
+		return fn(id, size)
+	})
+}
+
+// ErrPacked is returned by Delete for objects kept in pack files, which
+// are never rewritten in place.
+var ErrPacked = errors.New("object is in a pack file")
+
+// Delete implements Store for loose objects; packed objects are refused
+// with ErrPacked.
+func (p *Packed) Delete(ctx context.Context, id ID) error {
+	if _, _, ok, err := p.lookup(id, false); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("delete object %s: %w", id, ErrPacked)
+	}
+	return p.loose.Delete(ctx, id)
+}
+
+// Broken returns an error for every pack index that could not be read;
+// the objects it lists are unreachable until it is repaired.
+func (p *Packed) Broken() []error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.load()
+	return append([]error(nil), p.broken...)
+}
+
+// Locate names the file (and offset) where an object is kept.
+func (p *Packed) Locate(id ID) string {
+	if pf, loc, ok, _ := p.lookup(id, false); ok {
+		return fmt.Sprintf("%s at offset %d", p.where(pf.name), loc.off)
+	}
+	return p.loose.Locate(id)
+}
+
+// FindPrefix implements PrefixFinder over packs and loose objects.
+func (p *Packed) FindPrefix(ctx context.Context, prefix string) ([]ID, error) {
+	ids, err := p.loose.FindPrefix(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.load(); err != nil {
+		return nil, err
+	}
+	have := map[ID]bool{}
+	for _, id := range ids {
+		have[id] = true
+	}
+	add := func(id ID) {
+		if !have[id] && strings.HasPrefix(id.String(), prefix) {
+			have[id] = true
+			ids = append(ids, id)
+		}
+	}
+	for id := range p.index {
+		add(id)
+	}
+	if w := p.pending; w != nil {
+		for id := range w.entries {
+			add(id)
+		}
+	}
+	return ids, nil
+}
+
+// Close closes the pack files. A pending pack is left unpublished (its
+// objects are lost, as after a crash); call Sync first to keep them.
+func (p *Packed) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pf := range p.packs {
+		pf.f.Close()
+	}
+	if w := p.pending; w != nil {
+		w.file.f.Close()
+		p.fs.Remove(path.Join(p.dir, w.tmpName))
+		p.pending = nil
+	}
+	p.packs, p.index, p.known, p.loaded = nil, map[ID]packLoc{}, map[string]bool{}, false
+	return nil
+}
+
+func readAll(fsys billy.Filesystem, name string) ([]byte, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var buf bytes.Buffer
+	_, err = buf.ReadFrom(f)
+	return buf.Bytes(), err
+}
+
+func writeWhole(fsys billy.Filesystem, name string, data []byte) error {
+	f, err := fsys.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		fsys.Remove(name)
+	}
+	return err
+}
