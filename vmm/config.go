@@ -162,6 +162,7 @@ func (c *Config) qemuArgs() []string {
 		"-name", "guest=" + c.Name,
 		"-nodefaults", "-no-user-config",
 		"-display", "none",
+		"-no-reboot",
 		"-msg", "timestamp=on",
 		"-machine", c.MachineType + ",memory-backend=ram0",
 		"-accel", c.Accel,

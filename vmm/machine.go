@@ -400,6 +400,13 @@ func (m *Machine) crashDetail(pid int) string {
 	}
 	if tail := logTail(filepath.Join(m.dir, QEMULog), 5); tail != "" {
 		d += "; qemu.log: " + tail
+	} else {
+		// QEMU had nothing to say: the guest powered off, rebooted
+		// (-no-reboot) or panicked. Its last words are on the console.
+		d += "; qemu.log is empty (guest powered off, rebooted or panicked?)"
+		if tail := logTail(filepath.Join(m.dir, ConsoleLog), 3); tail != "" {
+			d += "; console: " + tail
+		}
 	}
 	return d
 }

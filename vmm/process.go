@@ -153,7 +153,12 @@ func logTail(path string, lines int) string {
 		ls = ls[len(ls)-lines:]
 	}
 	for i, l := range ls {
-		ls[i] = strings.TrimSpace(l)
+		ls[i] = strings.TrimSpace(strings.Map(func(r rune) rune {
+			if r < 0x20 || r == 0x7f {
+				return -1 // control characters, escape sequences' ESC
+			}
+			return r
+		}, l))
 	}
 	return strings.Join(ls, "; ")
 }

@@ -1,0 +1,309 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sbuml/sbuml/image"
+	"github.com/sbuml/sbuml/internal/testimage"
+)
+
+// guestConfig is a machine running the test image: a real Linux guest
+// that prints img.ReadyMarker and gives a shell on the serial console.
+func guestConfig(t testing.TB) (Config, *image.Image) {
+	t.Helper()
+	img := testimage.Get(t)
+	return Config{
+		Memory:  256 << 20,
+		Accel:   "tcg",
+		Kernel:  img.Kernel,
+		Initrd:  img.Initrd,
+		Cmdline: img.Cmdline,
+		Disks:   []string{img.Disk},
+	}, img
+}
+
+// bootGuest boots the test image and waits until its shell is ready.
+func bootGuest(t testing.TB) (*Machine, *image.Image) {
+	t.Helper()
+	cfg, img := guestConfig(t)
+	m := bootTest(t, cfg)
+	ctx := testContext(t, 2*time.Minute)
+	if err := m.WaitConsole(ctx, img.ReadyMarker); err != nil {
+		t.Fatal(err)
+	}
+	return m, img
+}
+
+func TestGuestConsole(t *testing.T) {
+	t.Parallel()
+	m, _ := bootGuest(t)
+	ctx := testContext(t, time.Minute)
+
+	if err := m.SendLine(ctx, "echo sum-$((6*7))"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WaitConsole(ctx, "sum-42"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Attach: typed input reaches the guest, its output comes back, and
+	// the escape sequence detaches.
+	inR, inW := io.Pipe()
+	out := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- m.Attach(ctx, inR, out) }()
+	fmt.Fprintf(inW, "echo attached-$((40+2))\n")
+	for !strings.Contains(out.String(), "attached-42") {
+		select {
+		case err := <-done:
+			t.Fatalf("Attach returned early: %v; output %q", err, out.String())
+		case <-ctx.Done():
+			t.Fatalf("no echo through Attach; output %q", out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	inW.Write([]byte{EscapeChar, 'q'})
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Attach after Ctrl-] q: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Ctrl-] q did not detach")
+	}
+	// The console still works after detaching.
+	off, err := m.WaitConsoleAfter(ctx, 0, "attached-42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SendLine(ctx, "echo after-$((1+1))"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.WaitConsoleAfter(ctx, off, "after-2"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var tickRE = regexp.MustCompile(`tick-(\d+)\r?\n`)
+
+// ticks returns the complete tick lines in a console log.
+func ticks(t testing.TB, path string) []int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n []int
+	for _, m := range tickRE.FindAllSubmatch(b, -1) {
+		v, _ := strconv.Atoi(string(m[1]))
+		n = append(n, v)
+	}
+	return n
+}
+
+// TestGuestSurvivesSaveAndRestore saves a guest running a counter, halts
+// it, restores it in a new machine from the RAM copy and the device state,
+// and checks that the counter carries on from where it was.
+func TestGuestSurvivesSaveAndRestore(t *testing.T) {
+	t.Parallel()
+	src, _ := bootGuest(t)
+	ctx := testContext(t, 2*time.Minute)
+	if err := src.SendLine(ctx, "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done"); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.WaitConsole(ctx, "tick-5\r"); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Freeze(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var state bytes.Buffer
+	if err := src.SaveDeviceState(ctx, &state); err != nil {
+		t.Fatal(err)
+	}
+	// The frozen disk is consistent; the restored machine gets a copy.
+	disk := filepath.Join(t.TempDir(), "disk")
+	if err := CloneFile(disk, resolve(src.Dir(), src.Config().Disks[0])); err != nil {
+		t.Fatal(err)
+	}
+	before := ticks(t, src.ConsoleLog())
+	last := before[len(before)-1]
+	ram, err := NewRAMFile("", "restored")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CloneFile(ram, src.RAMFile()); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Halt(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := src.Config()
+	cfg.Name, cfg.RAMFile, cfg.RAMDir, cfg.Disks = "", ram, "", []string{disk}
+	cfg.Boot.Incoming = true
+	dst, err := Boot(ctx, filepath.Join(t.TempDir(), "restored"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	haltOnCleanup(t, dst)
+	stateSize := state.Len()
+	if err := dst.LoadDeviceState(ctx, &state); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Continue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("tick-%d\r", last+5)
+	if err := dst.WaitConsole(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	after := ticks(t, dst.ConsoleLog())
+	// The first tick printed after the restore follows the last one
+	// printed before the save (or finishes a line cut by the freeze).
+	if first := after[0]; first != last+1 && first != last {
+		t.Fatalf("counter went from %d before the save to %d after the restore (%v)", last, first, after)
+	}
+	for i := 1; i < len(after); i++ {
+		if after[i] != after[i-1]+1 {
+			t.Fatalf("counter skipped after restore: %v", after)
+		}
+	}
+	t.Logf("counter: %d before save, %v after restore; device state %d bytes", last, after[:3], stateSize)
+}
+
+// TestGuestPowerOff lets the guest power itself off: QEMU exits without
+// Halt, which Status reports as crashed, with the console's last words.
+func TestGuestPowerOff(t *testing.T) {
+	t.Parallel()
+	m, _ := bootGuest(t)
+	ctx := testContext(t, time.Minute)
+	pid := m.PID()
+	if err := m.SendLine(ctx, "echo going-down; poweroff -f"); err != nil {
+		t.Fatal(err)
+	}
+	if !m.waitExit(pid, 30*time.Second) {
+		t.Fatal("qemu still running after guest poweroff")
+	}
+	st, err := m.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != StateCrashed || !strings.Contains(st.Detail, "going-down") {
+		t.Errorf("after guest poweroff: %+v", st)
+	}
+	if err := m.WaitConsole(ctx, "never printed"); err == nil || !strings.Contains(err.Error(), "crashed") {
+		t.Errorf("WaitConsole on a stopped machine: %v", err)
+	}
+}
+
+func TestBootProbe(t *testing.T) {
+	t.Parallel()
+	cfg, img := guestConfig(t)
+	ctx := testContext(t, 2*time.Minute)
+	probe := BootProbe(cfg, img.ReadyMarker)
+	if err := probe(ctx, "tcg"); err != nil {
+		t.Fatalf("probe under TCG: %v", err)
+	}
+	// A marker the guest never prints fails the probe at the deadline.
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := BootProbe(cfg, "NEVER-PRINTED")(short, "tcg"); err == nil {
+		t.Fatal("probe waiting for a marker that never comes succeeded")
+	}
+	// The probe left no machine and did not write to the image's disk.
+	if matches, _ := filepath.Glob(filepath.Join(DefaultRAMRoot, "probe-tcg-*")); len(matches) != 0 {
+		t.Errorf("probe left RAM directories: %v", matches)
+	}
+}
+
+// TestChooseAccelAutoOnThisHost runs the real KVM probe once, checks that
+// the verdict is cached, and that the next call does not probe again.
+// On a host whose /dev/kvm hangs guests this takes AccelProbeTimeout.
+func TestChooseAccelAutoOnThisHost(t *testing.T) {
+	t.Parallel()
+	cfg, img := guestConfig(t)
+	ctx := testContext(t, 2*time.Minute)
+	cache := filepath.Join(t.TempDir(), "accel.json")
+	var probeErr error
+	probes := 0
+	probe := func(ctx context.Context, accel string) error {
+		probes++
+		start := time.Now()
+		probeErr = BootProbe(cfg, img.ReadyMarker)(ctx, accel)
+		t.Logf("probe %s: %v after %v", accel, probeErr, time.Since(start).Round(time.Millisecond))
+		return probeErr
+	}
+	start := time.Now()
+	accel, err := ChooseAccel(ctx, "auto", cache, probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > AccelProbeTimeout+30*time.Second {
+		t.Errorf("ChooseAccel took %v", took)
+	}
+	if checkKVM() == nil {
+		if want := map[bool]string{true: "kvm", false: "tcg"}[probeErr == nil]; accel != want || probes != 1 {
+			t.Errorf("accel %s after %d probes (probe error %v), want %s", accel, probes, probeErr, want)
+		}
+	} else if accel != "tcg" || probes != 0 {
+		t.Errorf("without /dev/kvm: accel %s after %d probes", accel, probes)
+	}
+	again, err := ChooseAccel(ctx, "auto", cache, probe)
+	if err != nil || again != accel || probes > 1 {
+		t.Errorf("second ChooseAccel: %s, %v after %d probes; want the cached %s", again, err, probes, accel)
+	}
+}
+
+// BenchmarkBootToReady measures booting the test image under TCG until
+// its shell is ready, and halting it.
+func BenchmarkBootToReady(b *testing.B) {
+	cfg, img := guestConfig(b)
+	ctx := testContext(b, 10*time.Minute)
+	for i := 0; i < b.N; i++ {
+		dir := filepath.Join(b.TempDir(), "m")
+		m, err := Boot(ctx, dir, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := m.WaitConsole(ctx, img.ReadyMarker); err != nil {
+			m.Halt(ctx)
+			m.Close()
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := m.Halt(ctx); err != nil {
+			b.Fatal(err)
+		}
+		m.Close()
+		b.StartTimer()
+	}
+}
