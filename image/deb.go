@@ -27,20 +27,19 @@ func (p debPackage) String() string {
 	return p.name + "=" + p.version
 }
 
-// runCommand runs a program and returns its standard output. On failure
-// the error names the command line and carries the most telling line of
-// its standard error.
-func runCommand(ctx context.Context, dir string, name string, args ...string) ([]byte, error) {
+// runCommand runs a program in dir and returns its standard output. On
+// failure the error reads "<what> failed: " and the most telling line of
+// the program's standard error.
+func runCommand(ctx context.Context, dir, what, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		line := strings.Join(append([]string{name}, args...), " ")
 		if msg := errorLine(stderr.String()); msg != "" {
-			return nil, fmt.Errorf("%s failed: %s", line, msg)
+			return nil, fmt.Errorf("%s failed: %s", what, msg)
 		}
-		return nil, fmt.Errorf("%s failed: %w", line, err)
+		return nil, fmt.Errorf("%s failed: %w", what, err)
 	}
 	return stdout.Bytes(), nil
 }
@@ -66,7 +65,7 @@ func errorLine(stderr string) string {
 // linux-image-cloud-amd64 into the versioned package it depends on, which
 // holds the kernel. A package without such a dependency is returned as is.
 func resolveKernelPackage(ctx context.Context, pkg string) (string, error) {
-	out, err := runCommand(ctx, "", "apt-cache", "depends", pkg)
+	out, err := runCommand(ctx, "", "apt-cache depends "+pkg, "apt-cache", "depends", pkg)
 	if err != nil {
 		// Let apt-get download report why the package is unavailable.
 		return pkg, nil
@@ -110,7 +109,7 @@ func parsePrintURIs(pkg string, out []byte) (aptURI, error) {
 // it with apt-get download unless a copy with the expected size and
 // checksum is already there. cached reports whether it was.
 func fetchDeb(ctx context.Context, pkg, cacheDir string) (path string, cached bool, err error) {
-	out, err := runCommand(ctx, "", "apt-get", "download", "--print-uris", pkg)
+	out, err := runCommand(ctx, "", "apt-get download "+pkg, "apt-get", "download", "--print-uris", pkg)
 	if err != nil {
 		return "", false, err
 	}
@@ -130,7 +129,7 @@ func fetchDeb(ctx context.Context, pkg, cacheDir string) (path string, cached bo
 		return "", false, fmt.Errorf("apt-get download %s failed: %w", pkg, err)
 	}
 	defer os.RemoveAll(tmp)
-	if _, err := runCommand(ctx, tmp, "apt-get", "download", pkg); err != nil {
+	if _, err := runCommand(ctx, tmp, "apt-get download "+pkg, "apt-get", "download", pkg); err != nil {
 		return "", false, err
 	}
 	got := filepath.Join(tmp, uri.file)
@@ -184,18 +183,18 @@ func unpackDeb(ctx context.Context, deb, dir string) (debPackage, error) {
 	if _, err := os.Stat(deb); err != nil {
 		return debPackage{}, fmt.Errorf("unpack package: %w", err)
 	}
-	out, err := runCommand(ctx, "", "dpkg-deb", "--show", "--showformat=${Package}\n${Version}\n", deb)
+	out, err := runCommand(ctx, "", "dpkg-deb --show", "dpkg-deb", "--show", "--showformat=${Package} ${Version}", deb)
 	if err != nil {
 		return debPackage{}, fmt.Errorf("unpack %s: %w", deb, err)
 	}
-	name, version, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	name, version, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
 	if name == "" || version == "" {
 		return debPackage{}, fmt.Errorf("unpack %s: dpkg-deb reports no package name and version", deb)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return debPackage{}, fmt.Errorf("unpack %s: %w", deb, err)
 	}
-	if _, err := runCommand(ctx, "", "dpkg-deb", "--extract", deb, dir); err != nil {
+	if _, err := runCommand(ctx, "", "dpkg-deb --extract", "dpkg-deb", "--extract", deb, dir); err != nil {
 		return debPackage{}, fmt.Errorf("unpack %s: %w", deb, err)
 	}
 	return debPackage{name: name, version: version, root: dir}, nil

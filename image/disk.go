@@ -68,7 +68,7 @@ func makeDisk(ctx context.Context, dst string, size int64, scratch string) error
 	var script bytes.Buffer
 	for _, name := range append([]string{"", "lost+found"}, t.names()...) {
 		for _, field := range []string{"atime", "mtime", "ctime", "crtime"} {
-			fmt.Fprintf(&script, "set_inode_field \"/%s\" %s %d\n", name, field, epoch)
+			fmt.Fprintf(&script, "set_inode_field \"/%s\" %s @%d\n", name, field, epoch)
 		}
 		fmt.Fprintf(&script, "set_inode_field \"/%s\" uid 0\nset_inode_field \"/%s\" gid 0\n", name, name)
 	}

@@ -312,7 +312,7 @@ func (b *builder) fetch(ctx context.Context, pkg, flag string) (string, error) {
 
 // formatVersion changes whenever Build's output for the same packages
 // changes in a way RecipeHash cannot see (the Go code, not the data).
-const formatVersion = 1
+const formatVersion = 2
 
 // RecipeHash identifies how Build turns packages into an image: the
 // format version, the kernel command line, the default modules and the

@@ -296,5 +296,5 @@ func unzstdFile(_ context.Context, path string) ([]byte, error) {
 // unxzFile decompresses with the xz program (Debian package xz-utils),
 // which Debian kernels from trixie on need for their .ko.xz modules.
 func unxzFile(ctx context.Context, path string) ([]byte, error) {
-	return runCommand(ctx, "", "xz", "--decompress", "--stdout", path)
+	return runCommand(ctx, "", "xz --decompress", "xz", "--decompress", "--stdout", path)
 }

@@ -1,0 +1,177 @@
+package image_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/sbuml/sbuml/image"
+	"github.com/sbuml/sbuml/internal/testimage"
+)
+
+// cachedDeb returns the path of a package already in the test cache.
+func cachedDeb(t *testing.T, prefix string) string {
+	t.Helper()
+	testimage.Get(t) // fills the cache
+	debs, err := testimage.DebCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	matches, err := filepath.Glob(filepath.Join(debs, prefix+"*.deb"))
+	if err != nil || len(matches) == 0 {
+		t.Fatalf("no %s*.deb in %s (%v)", prefix, debs, err)
+	}
+	return matches[len(matches)-1]
+}
+
+func TestBuildErrors(t *testing.T) {
+	busybox := cachedDeb(t, "busybox-static_")
+	notDeb := filepath.Join(t.TempDir(), "not.deb")
+	if err := os.WriteFile(notDeb, []byte("not a package"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		opts image.Options
+		want []string // substrings of the error, in order
+	}{
+		{"no dir", image.Options{}, []string{"build image: no output directory"}},
+		{"odd disk size", image.Options{DiskSize: 100<<20 + 1}, []string{"disk size 104857601 must be a multiple of 4096"}},
+		{"tiny disk", image.Options{DiskSize: 1 << 20}, []string{"at least 16 MiB"}},
+		{"unknown kernel package", image.Options{KernelPackage: "sbuml-no-such-package", BusyboxDeb: busybox},
+			[]string{"apt-get download sbuml-no-such-package failed: E: Unable to locate package sbuml-no-such-package", "is apt reachable", "or pass --kernel-deb"}},
+		{"missing kernel deb", image.Options{KernelDeb: "/nonexistent/linux.deb", BusyboxDeb: busybox},
+			[]string{"unpack package", "/nonexistent/linux.deb", "no such file"}},
+		{"kernel deb is not a package", image.Options{KernelDeb: notDeb, BusyboxDeb: busybox},
+			[]string{"unpack " + notDeb, "dpkg-deb --show failed: dpkg-deb: error: "}},
+		{"kernel deb without a kernel", image.Options{KernelDeb: busybox, BusyboxDeb: busybox},
+			[]string{"kernel package " + busybox, "not a metapackage"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.name != "no dir" {
+				tt.opts.Dir = t.TempDir()
+			}
+			tt.opts.CacheDir = t.TempDir()
+			img, err := image.Build(context.Background(), tt.opts)
+			if err == nil {
+				t.Fatalf("Build succeeded: %+v", img)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error spans several lines: %q", msg)
+			}
+			rest := msg
+			for _, w := range tt.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("error %q lacks %q", msg, w)
+				}
+				rest = rest[i+len(w):]
+			}
+			if tt.opts.Dir != "" {
+				if entries, _ := os.ReadDir(tt.opts.Dir); len(entries) != 0 {
+					t.Errorf("failed build left %d files in the output directory", len(entries))
+				}
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	img := testimage.Get(t)
+	dir := filepath.Dir(img.Kernel)
+	loaded, err := image.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loaded.Kernel != img.Kernel || loaded.Initrd != img.Initrd || loaded.Cmdline != img.Cmdline || loaded.KernelVersion != img.KernelVersion {
+		t.Errorf("Load(%s) = %+v, want %+v", dir, loaded, img)
+	}
+
+	tests := []struct {
+		name   string
+		config string
+		want   string
+	}{
+		{"no config", "", "no such file"},
+		{"bad json", "{", "unexpected end of JSON"},
+		{"missing files", `{"kernel":"kernel","initrd":"initrd","disk":"disk","cmdline":"x","ready_marker":"x","kernel_version":"x"}`, "kernel: no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if tt.config != "" {
+				if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(tt.config), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := image.Load(dir)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("incomplete config", func(t *testing.T) {
+		dir := t.TempDir()
+		for _, f := range []string{"kernel", "initrd", "disk"} {
+			os.WriteFile(filepath.Join(dir, f), nil, 0o644)
+		}
+		os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"kernel":"kernel","initrd":"initrd","disk":"disk"}`), 0o644)
+		if _, err := image.Load(dir); err == nil || !strings.Contains(err.Error(), "lacks cmdline") {
+			t.Errorf("got error %v", err)
+		}
+	})
+}
+
+func TestCopySparse(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	const size = 64 << 20
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("sbuml"), 1000)
+	for _, off := range []int64{0, 5<<20 + 17, size - int64(len(data))} {
+		if _, err := f.WriteAt(data, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An allocated but zero range must become a hole too.
+	if _, err := f.WriteAt(make([]byte, 4<<20), 20<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	dst := filepath.Join(dir, "dst")
+	if err := image.CopySparse(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(src)
+	b, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Fatal("copy differs from the source")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dst, &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 1<<20 {
+		t.Errorf("copy uses %d bytes on disk, want under 1 MiB", used)
+	}
+
+	if err := image.CopySparse(dst, filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "copy disk") {
+		t.Errorf("copying a missing file: %v", err)
+	}
+}
