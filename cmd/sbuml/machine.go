@@ -1,0 +1,378 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/vmm"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	rootCmd.AddCommand(bootCmd(), haltCmd(), freezeCmd(), continueCmd(), psCmd(), consoleCmd(), doctorCmd(), imageCmd())
+}
+
+// sizeFlag parses sizes such as 512M, 1G, 1048576.
+type sizeFlag int64
+
+func (s *sizeFlag) String() string {
+	if *s == 0 {
+		return "0"
+	}
+	return humanBytes(int64(*s))
+}
+func (s *sizeFlag) Type() string { return "size" }
+func (s *sizeFlag) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeFlag(n)
+	return nil
+}
+
+func parseSize(v string) (int64, error) {
+	mult := int64(1)
+	num := strings.TrimSuffix(strings.TrimSuffix(v, "B"), "i")
+	if num != "" {
+		switch num[len(num)-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		case 't', 'T':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			num = num[:len(num)-1]
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("bad size %q: want a number with an optional K, M, G or T suffix", v)
+	}
+	return n * mult, nil
+}
+
+// signalContext is cancelled by Ctrl-C.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt)
+}
+
+// progressWriter shows progress lines on a terminal only.
+func progressWriter() io.Writer {
+	if isTerminal(os.Stderr) {
+		return os.Stderr
+	}
+	return nil
+}
+
+func bootCmd() *cobra.Command {
+	var opts sbuml.BootOptions
+	var memory, disk sizeFlag
+	c := &cobra.Command{
+		Use:   "boot NAME|DIR",
+		Short: "Create a machine from a base image and start it",
+		Long: `Create a machine from a base image and start it (SBUML's sbumlboot). A machine
+is a name, kept under the scrapbook's machines/ directory, or a directory of
+your choosing (any argument with a '/'). It is a plain directory: du -s shows
+its resources. The default image is built from Debian packages on first use.
+Returns once the guest's shell is ready.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := sbuml.OpenOrInit(scrapbookDir())
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			opts.Memory, opts.DiskSize = int64(memory), int64(disk)
+			opts.Progress = progressWriter()
+			start := time.Now()
+			m, err := s.Boot(ctx, args[0], opts)
+			if m != nil {
+				m.Close()
+			}
+			if err != nil {
+				return err
+			}
+			cfg := m.Config()
+			fmt.Printf("%s running: %s RAM, %d CPU, %s, ready in %.1fs\n", cfg.Name, humanBytes(cfg.Memory), cfg.CPUs, cfg.Accel, time.Since(start).Seconds())
+			return nil
+		},
+	}
+	c.Flags().StringVar(&opts.Base, "base", sbuml.DefaultImage, "base image to boot")
+	c.Flags().Var(&memory, "memory", "guest RAM, e.g. 512M (default 512M)")
+	c.Flags().IntVar(&opts.CPUs, "cpus", 1, "number of vCPUs")
+	c.Flags().Var(&disk, "disk-size", "grow the root disk to this size, e.g. 1G")
+	c.Flags().StringVar(&opts.Accel, "accel", "auto", "accelerator: kvm, tcg or auto (KVM only where a probe boot works)")
+	c.Flags().BoolVar(&opts.RAMInDir, "ram-in-dir", false, "keep guest RAM in the machine directory instead of /dev/shm")
+	return c
+}
+
+func haltCmd() *cobra.Command {
+	var all bool
+	c := &cobra.Command{
+		Use:   "halt NAME|DIR... | --all",
+		Short: "Stop machines and delete their resources",
+		Long:  "Stop machines and delete their resources (SBUML's sbumlhalt): QEMU, guest RAM and the machine directory.",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return fmt.Errorf("halt: name machines or give --all")
+			}
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ctx := context.Background()
+			if all {
+				names, err := s.HaltAll(ctx)
+				for _, n := range names {
+					fmt.Printf("%s halted\n", n)
+				}
+				return err
+			}
+			for _, a := range args {
+				if err := s.Halt(ctx, a); err != nil {
+					return err
+				}
+				fmt.Printf("%s halted\n", a)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&all, "all", false, "halt every machine")
+	return c
+}
+
+func freezeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "freeze NAME|DIR",
+		Short: "Stop a machine's CPUs so its state does not change",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			if err := s.Freeze(context.Background(), args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("%s frozen\n", args[0])
+			return nil
+		},
+	}
+}
+
+func continueCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "continue NAME|DIR",
+		Short: "Resume a frozen machine",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			if err := s.Continue(context.Background(), args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("%s running\n", args[0])
+			return nil
+		},
+	}
+}
+
+func psCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "ps",
+		Short: "List machines with their state, memory, uptime and accelerator",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ms, err := s.Machines(context.Background())
+			if err != nil {
+				return err
+			}
+			if flagJSON {
+				return printJSON(ms)
+			}
+			fmt.Printf("%-16s %-8s %9s %4s %-5s %10s  %s\n", "NAME", "STATE", "MEMORY", "CPUS", "ACCEL", "UPTIME", "DETAIL")
+			for _, m := range ms {
+				up := ""
+				if m.Uptime > 0 {
+					up = m.Uptime.Truncate(time.Second).String()
+				}
+				fmt.Printf("%-16s %-8s %9s %4d %-5s %10s  %s\n", m.Name, m.State, humanBytes(m.Memory), m.CPUs, m.Accel, up, oneLine(m.Detail))
+			}
+			return nil
+		},
+	}
+	addJSONFlag(c)
+	return c
+}
+
+func consoleCmd() *cobra.Command {
+	var tail bool
+	c := &cobra.Command{
+		Use:   "console NAME|DIR",
+		Short: "Attach to a machine's serial console (Ctrl-] then q detaches)",
+		Long: `Attach the terminal to the machine's serial console. Type Ctrl-] then q to
+detach (Ctrl-] twice sends a literal Ctrl-]). With --tail, print what the
+console has shown so far and return.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			if tail {
+				dir, err := s.MachineDir(args[0])
+				if err != nil {
+					return err
+				}
+				f, err := os.Open(dir + "/" + vmm.ConsoleLog)
+				if err != nil {
+					return fmt.Errorf("no console log for %s: %w", args[0], err)
+				}
+				defer f.Close()
+				_, err = io.Copy(os.Stdout, f)
+				return err
+			}
+			m, err := s.OpenMachine(args[0])
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			if isTerminal(os.Stdin) {
+				restore, err := vmm.MakeRaw(int(os.Stdin.Fd()))
+				if err != nil {
+					return err
+				}
+				defer restore()
+				fmt.Fprintf(os.Stderr, "attached to %s; Ctrl-] q detaches\r\n", args[0])
+			}
+			return m.Attach(context.Background(), os.Stdin, os.Stdout)
+		},
+	}
+	c.Flags().BoolVar(&tail, "tail", false, "print the console log and return")
+	return c
+}
+
+func doctorCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check what sbuml needs on this host, with fixes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := sbuml.OpenOrInit(scrapbookDir())
+			if err != nil {
+				return err
+			}
+			checks := s.Doctor(context.Background())
+			bad := 0
+			for _, c := range checks {
+				if !c.OK {
+					bad++
+				}
+			}
+			if flagJSON {
+				if err := printJSON(checks); err != nil {
+					return err
+				}
+			} else {
+				for _, c := range checks {
+					mark := "ok  "
+					if !c.OK {
+						mark = "FAIL"
+					}
+					fmt.Printf("%s %-9s %s\n", mark, c.Check, c.Info)
+					if c.Fix != "" {
+						fmt.Printf("     %-9s fix: %s\n", "", c.Fix)
+					}
+				}
+			}
+			if bad > 0 {
+				return errSilentFailure
+			}
+			return nil
+		},
+	}
+	addJSONFlag(c)
+	return c
+}
+
+func imageCmd() *cobra.Command {
+	c := &cobra.Command{Use: "image", Short: "Build and list base images"}
+	var name string
+	var opts sbuml.ImageOptions
+	var disk sizeFlag
+	build := &cobra.Command{
+		Use:   "build",
+		Short: "Build the default guest image from Debian packages",
+		Long: `Build the default guest image from Debian packages (the linux-image-cloud-amd64
+kernel, busybox-static, an initramfs and an ext4 root disk) and store it in
+the scrapbook as refs/images/NAME.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := sbuml.OpenOrInit(scrapbookDir())
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			opts.DiskSize = int64(disk)
+			opts.Progress = progressWriter()
+			res, err := s.BuildImage(ctx, name, opts)
+			if err != nil {
+				return err
+			}
+			if flagJSON {
+				return printJSON(res)
+			}
+			fmt.Printf("image %s: %s, %s\n", name, res.ID, humanBytes(res.LogicalBytes))
+			return nil
+		},
+	}
+	build.Flags().StringVar(&name, "name", sbuml.DefaultImage, "image name")
+	build.Flags().StringVar(&opts.KernelDeb, "kernel-deb", "", "use this linux-image .deb instead of downloading one")
+	build.Flags().Var(&disk, "disk-size", "root disk size (default 256M)")
+	addJSONFlag(build)
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List base images",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			imgs, err := s.Images(context.Background())
+			if err != nil {
+				return err
+			}
+			if flagJSON {
+				return printJSON(imgs)
+			}
+			for _, i := range imgs {
+				fmt.Printf("%-12s %s %s kernel %s, %s\n", i.Name, i.ID.Short(), i.Time.Local().Format("2006-01-02 15:04"), i.KernelVersion, humanBytes(i.LogicalBytes))
+			}
+			return nil
+		},
+	}
+	addJSONFlag(ls)
+	c.AddCommand(build, ls)
+	return c
+}

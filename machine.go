@@ -1,0 +1,414 @@
+package sbuml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sbuml/sbuml/image"
+	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/vmm"
+	"golang.org/x/sys/unix"
+)
+
+// Files of a machine directory that sbuml adds to vmm's.
+const (
+	machineKernel = "kernel"
+	machineInitrd = "initrd"
+	machineDisk   = "disk.img"
+)
+
+// ReadyTimeout bounds how long Boot waits for the guest's ready marker.
+const ReadyTimeout = 3 * time.Minute
+
+// MachinesDir returns the directory holding named machines.
+func (s *Scrapbook) MachinesDir() string { return filepath.Join(s.Dir, "machines") }
+
+// MachineDir turns a machine argument into its directory. As in SBUML, a
+// machine is either a name, kept under the scrapbook's machines/
+// directory, or a directory the user chooses (an argument holding a '/').
+func (s *Scrapbook) MachineDir(machine string) (string, error) {
+	if strings.ContainsRune(machine, '/') {
+		return filepath.Abs(machine)
+	}
+	if err := ValidateMachineName(machine); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.MachinesDir(), machine), nil
+}
+
+// ValidateMachineName checks a machine name: it is also the name of the
+// machine's branch, so branch name rules apply, and it may not hold '/'.
+func ValidateMachineName(name string) error {
+	if name == "" {
+		return errors.New("empty machine name")
+	}
+	if strings.ContainsAny(name, "/,") {
+		return fmt.Errorf("bad machine name %q: must not contain '/' or ','", name)
+	}
+	if err := refs.ValidateShortName(name); err != nil {
+		return fmt.Errorf("bad machine name %q: %v", name, errors.Unwrap(err))
+	}
+	return nil
+}
+
+// machineName returns the name a machine directory goes by.
+func machineName(dir string) string { return filepath.Base(dir) }
+
+// BootOptions choose the hardware and image of a new machine.
+type BootOptions struct {
+	// Base names the base image (default DefaultImage).
+	Base string
+	// Memory is the guest RAM in bytes (default 512 MiB).
+	Memory int64
+	// CPUs is the number of vCPUs (default 1).
+	CPUs int
+	// DiskSize grows the root disk (and its file system) to this many
+	// bytes; 0 keeps the image's size.
+	DiskSize int64
+	// Accel is kvm, tcg or auto (default auto: KVM only where a probe
+	// boot showed that it really runs guests).
+	Accel string
+	// RAMInDir keeps guest RAM in the machine directory instead of tmpfs.
+	RAMInDir bool
+	// Progress receives a line per slow step (image build, accelerator probe).
+	Progress io.Writer
+}
+
+// AccelCachePath is where the per-host accelerator verdict is kept.
+func AccelCachePath() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	return filepath.Join(dir, "sbuml", "accel.json")
+}
+
+// chooseAccel resolves want (kvm, tcg, auto) for booting img.
+func chooseAccel(ctx context.Context, want string, img *image.Image, progress io.Writer) (string, error) {
+	probeCfg := vmm.Config{Memory: 256 << 20, Kernel: img.Kernel, Initrd: img.Initrd, Cmdline: img.Cmdline, Disks: []string{img.Disk}}
+	probe := vmm.BootProbe(probeCfg, img.ReadyMarker)
+	if progress != nil {
+		inner := probe
+		probe = func(ctx context.Context, accel string) error {
+			fmt.Fprintf(progress, "probing whether %s runs guests on this host (once per host)\n", accel)
+			return inner(ctx, accel)
+		}
+	}
+	return vmm.ChooseAccel(ctx, want, AccelCachePath(), probe)
+}
+
+// Boot creates a machine from a base image and starts it (SBUML's
+// sbumlboot). It returns once the guest prints its ready marker. The
+// machine directory receives its own copy of the kernel, initrd and root
+// disk, so it is self-contained.
+func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) (*vmm.Machine, error) {
+	dir, err := s.MachineDir(machine)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkFreeMachineDir(dir); err != nil {
+		return nil, err
+	}
+	imgID, img, err := s.Image(ctx, opts.Base, opts.Progress)
+	if err != nil {
+		return nil, fmt.Errorf("boot %s: %w", machine, err)
+	}
+	accel, err := chooseAccel(ctx, opts.Accel, img, opts.Progress)
+	if err != nil {
+		return nil, fmt.Errorf("boot %s: %w", machine, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("boot %s: %w", machine, err)
+	}
+	if err := populateMachineDir(ctx, dir, img, opts.DiskSize); err != nil {
+		return nil, fmt.Errorf("boot %s: %w", machine, err)
+	}
+	cfg := vmm.Config{
+		Name:      machineName(dir),
+		Memory:    opts.Memory,
+		CPUs:      opts.CPUs,
+		Accel:     accel,
+		Kernel:    machineKernel,
+		Initrd:    machineInitrd,
+		Cmdline:   img.Cmdline,
+		Disks:     []string{machineDisk},
+		BaseImage: imgID.String(),
+	}
+	cfg.Boot.RAMInDir = opts.RAMInDir
+	m, err := vmm.Boot(ctx, dir, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("boot %s: %w", machine, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
+	defer cancel()
+	if err := m.WaitConsole(wctx, img.ReadyMarker); err != nil {
+		return m, fmt.Errorf("boot %s: guest did not get ready (see 'sbuml console %s --tail'): %w", machine, machine, err)
+	}
+	return m, nil
+}
+
+// checkFreeMachineDir refuses a directory that holds a live machine or
+// unrelated files.
+func checkFreeMachineDir(dir string) error {
+	des, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && len(des) == 0) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, vmm.ConfigFile)); err != nil {
+		return fmt.Errorf("%s exists and is not a machine directory", dir)
+	}
+	m, err := vmm.Open(dir)
+	if err != nil {
+		return fmt.Errorf("machine %s is in use: %w", machineName(dir), err)
+	}
+	defer m.Close()
+	st, err := m.Status(context.Background())
+	if err == nil && st.State == vmm.StateHalted {
+		return fmt.Errorf("machine %s already exists (halted); remove %s or choose another name", machineName(dir), dir)
+	}
+	return fmt.Errorf("machine %s already exists (%s); halt it first or choose another name", machineName(dir), st.State)
+}
+
+// populateMachineDir gives dir its own kernel, initrd and root disk.
+func populateMachineDir(ctx context.Context, dir string, img *image.Image, diskSize int64) error {
+	for _, f := range []struct{ dst, src string }{{machineKernel, img.Kernel}, {machineInitrd, img.Initrd}} {
+		dst := filepath.Join(dir, f.dst)
+		os.Remove(dst)
+		if err := os.Link(f.src, dst); err != nil {
+			if err := image.CopySparse(dst, f.src); err != nil {
+				return err
+			}
+		}
+	}
+	disk := filepath.Join(dir, machineDisk)
+	os.Remove(disk)
+	if err := image.CopySparse(disk, img.Disk); err != nil {
+		return err
+	}
+	if diskSize > 0 {
+		return growDisk(ctx, disk, diskSize)
+	}
+	return nil
+}
+
+// growDisk enlarges a raw ext4 disk file and its file system.
+func growDisk(ctx context.Context, disk string, size int64) error {
+	fi, err := os.Stat(disk)
+	if err != nil {
+		return err
+	}
+	if size%(1<<20) != 0 {
+		return fmt.Errorf("disk size %d: want a multiple of 1 MiB", size)
+	}
+	if size < fi.Size() {
+		return fmt.Errorf("disk size %d MiB is smaller than the image's %d MiB", size>>20, fi.Size()>>20)
+	}
+	if size == fi.Size() {
+		return nil
+	}
+	if err := os.Truncate(disk, size); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "resize2fs", "-f", disk).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("resize2fs %s: %v: %s (apt-get install e2fsprogs)", disk, err, lastLine(string(out)))
+	}
+	return nil
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// OpenMachine opens a machine by name or directory.
+func (s *Scrapbook) OpenMachine(machine string) (*vmm.Machine, error) {
+	dir, err := s.MachineDir(machine)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, vmm.ConfigFile)); err != nil {
+		return nil, fmt.Errorf("no machine %s (see 'sbuml ps')", machine)
+	}
+	return vmm.Open(dir)
+}
+
+// Halt stops a machine and deletes its resources (SBUML's sbumlhalt):
+// QEMU, the RAM file and the machine directory. A machine kept in a
+// directory of the user's choosing keeps its directory, emptied of the
+// machine's files.
+func (s *Scrapbook) Halt(ctx context.Context, machine string) error {
+	m, err := s.OpenMachine(machine)
+	if err != nil {
+		return err
+	}
+	dir := m.Dir()
+	herr := m.Halt(ctx)
+	m.Close()
+	if herr != nil {
+		return herr
+	}
+	if strings.HasPrefix(dir, s.MachinesDir()+string(filepath.Separator)) {
+		return os.RemoveAll(dir)
+	}
+	return removeMachineFiles(dir)
+}
+
+func removeMachineFiles(dir string) error {
+	for _, f := range []string{vmm.ConfigFile, vmm.QMPSocket, vmm.ConsoleSocket, vmm.ConsoleLog, vmm.PIDFile, vmm.QEMULog, vmm.LockFile, vmm.RAMFileName, machineKernel, machineInitrd, machineDisk} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// HaltAll halts every machine under the scrapbook's machines directory.
+func (s *Scrapbook) HaltAll(ctx context.Context) ([]string, error) {
+	infos, err := s.Machines(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	var errs []error
+	for _, in := range infos {
+		if err := s.Halt(ctx, in.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("halt %s: %w", in.Name, err))
+			continue
+		}
+		names = append(names, in.Name)
+	}
+	return names, errors.Join(errs...)
+}
+
+// Freeze stops a machine's vCPUs (SBUML's sbumlfreeze).
+func (s *Scrapbook) Freeze(ctx context.Context, machine string) error {
+	m, err := s.OpenMachine(machine)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	return m.Freeze(ctx)
+}
+
+// Continue resumes a frozen machine (SBUML's sbumlcontinue).
+func (s *Scrapbook) Continue(ctx context.Context, machine string) error {
+	m, err := s.OpenMachine(machine)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	return m.Continue(ctx)
+}
+
+// MachineInfo is one line of Machines.
+type MachineInfo struct {
+	Name     string        `json:"name"`
+	Dir      string        `json:"dir"`
+	State    vmm.State     `json:"state"`
+	Memory   int64         `json:"memory"`
+	CPUs     int           `json:"cpus"`
+	Accel    string        `json:"accel"`
+	Uptime   time.Duration `json:"uptime_ns"`
+	PID      int           `json:"pid,omitempty"`
+	Detail   string        `json:"detail,omitempty"`
+	Snapshot string        `json:"snapshot,omitempty"`
+}
+
+// Machines lists the machines under the scrapbook's machines directory.
+func (s *Scrapbook) Machines(ctx context.Context) ([]MachineInfo, error) {
+	infos, err := vmm.List(ctx, s.MachinesDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return []MachineInfo{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]MachineInfo, 0, len(infos))
+	for _, in := range infos {
+		mi := MachineInfo{Name: machineName(in.Dir), Dir: in.Dir, State: in.Status.State, Memory: in.Config.Memory,
+			CPUs: in.Config.CPUs, Accel: in.Config.Accel, Uptime: in.Status.Uptime, PID: in.Status.PID, Detail: in.Status.Detail}
+		if in.Err != nil {
+			mi.State, mi.Detail = vmm.StateCrashed, in.Err.Error()
+		}
+		out = append(out, mi)
+	}
+	return out, nil
+}
+
+// DoctorCheck is one line of Doctor's report.
+type DoctorCheck struct {
+	Check string `json:"check"`
+	OK    bool   `json:"ok"`
+	Info  string `json:"info"`
+	Fix   string `json:"fix,omitempty"`
+}
+
+// Doctor checks what sbuml needs on this host: QEMU, the accelerator,
+// tmpfs space for guest RAM, the default image. Each problem comes with
+// its fix.
+func (s *Scrapbook) Doctor(ctx context.Context) []DoctorCheck {
+	var checks []DoctorCheck
+	qi, err := vmm.InspectQEMU(ctx, "")
+	if err != nil {
+		checks = append(checks, DoctorCheck{Check: "qemu", Info: err.Error(), Fix: "apt-get install qemu-system-x86"})
+	} else {
+		checks = append(checks, DoctorCheck{Check: "qemu", OK: true, Info: fmt.Sprintf("%s %s, machine type %s", qi.Path, qi.Version, firstOr(qi.MachineTypes, "?"))})
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(vmm.DefaultRAMRoot[:strings.LastIndexByte(vmm.DefaultRAMRoot, '/')], &st); err != nil {
+		checks = append(checks, DoctorCheck{Check: "tmpfs", Info: err.Error(), Fix: "mount a tmpfs on /dev/shm, or boot with --ram-in-dir"})
+	} else {
+		free := int64(st.Bavail) * st.Bsize
+		c := DoctorCheck{Check: "tmpfs", OK: free >= 1<<30, Info: fmt.Sprintf("/dev/shm has %d MiB free for guest RAM", free>>20)}
+		if !c.OK {
+			c.Fix = "free space on /dev/shm (halt machines), or boot with --ram-in-dir"
+		}
+		checks = append(checks, c)
+	}
+	for _, tool := range []string{"mke2fs", "resize2fs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			checks = append(checks, DoctorCheck{Check: tool, Info: "not found", Fix: "apt-get install e2fsprogs"})
+		}
+	}
+	imgs, _ := s.Images(ctx)
+	var img *ImageInfo
+	for i := range imgs {
+		if imgs[i].Name == DefaultImage {
+			img = &imgs[i]
+		}
+	}
+	if img == nil {
+		checks = append(checks, DoctorCheck{Check: "image", Info: "default image " + DefaultImage + " not built yet", Fix: "sbuml image build (or just sbuml boot: it builds on first use)"})
+	} else {
+		checks = append(checks, DoctorCheck{Check: "image", OK: true, Info: fmt.Sprintf("%s %s, kernel %s", img.Name, img.ID.Short(), img.KernelVersion)})
+		if err == nil {
+			if _, imgFiles, ierr := s.Image(ctx, DefaultImage, nil); ierr == nil {
+				accel, aerr := chooseAccel(ctx, "auto", imgFiles, nil)
+				if aerr != nil {
+					checks = append(checks, DoctorCheck{Check: "accel", Info: aerr.Error(), Fix: "boot with --accel tcg"})
+				} else {
+					checks = append(checks, DoctorCheck{Check: "accel", OK: true, Info: accel + " (verdict cached in " + AccelCachePath() + ")"})
+				}
+			}
+		}
+	}
+	return checks
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) > 0 {
+		return s[0]
+	}
+	return def
+}
