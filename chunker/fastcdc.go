@@ -31,7 +31,7 @@ const normLevel = 2
 var zeroHash = -gear[0]
 
 // scanBlock is how many bytes are hashed between checks for a zero run.
-const scanBlock = 64
+const scanBlock = 256
 
 // fastCDC holds a valid FastCDC parameter set in the form cut uses.
 type fastCDC struct {
@@ -87,29 +87,44 @@ func scan(data []byte, i int, fp, mask uint64) (int, uint64) {
 	for i < len(data) {
 		end := min(i+scanBlock, len(data))
 		block := data[i:end]
+		// Eight bytes a round, in pairs: the hash after a pair is computed
+		// from the hash before it (fp<<2 + ...), which halves the chain of
+		// dependent instructions; the hash in between is checked aside.
 		for len(block) >= 8 {
-			if fp = fp<<1 + gear[block[0]]; fp&mask == 0 {
-				return end - len(block), fp
+			g0, g1 := gear[block[0]], gear[block[1]]
+			f := fp<<1 + g0
+			fp = fp<<2 + (g0<<1 + g1)
+			if f&mask == 0 {
+				return end - len(block), f
 			}
-			if fp = fp<<1 + gear[block[1]]; fp&mask == 0 {
+			if fp&mask == 0 {
 				return end - len(block) + 1, fp
 			}
-			if fp = fp<<1 + gear[block[2]]; fp&mask == 0 {
-				return end - len(block) + 2, fp
+			g0, g1 = gear[block[2]], gear[block[3]]
+			f = fp<<1 + g0
+			fp = fp<<2 + (g0<<1 + g1)
+			if f&mask == 0 {
+				return end - len(block) + 2, f
 			}
-			if fp = fp<<1 + gear[block[3]]; fp&mask == 0 {
+			if fp&mask == 0 {
 				return end - len(block) + 3, fp
 			}
-			if fp = fp<<1 + gear[block[4]]; fp&mask == 0 {
-				return end - len(block) + 4, fp
+			g0, g1 = gear[block[4]], gear[block[5]]
+			f = fp<<1 + g0
+			fp = fp<<2 + (g0<<1 + g1)
+			if f&mask == 0 {
+				return end - len(block) + 4, f
 			}
-			if fp = fp<<1 + gear[block[5]]; fp&mask == 0 {
+			if fp&mask == 0 {
 				return end - len(block) + 5, fp
 			}
-			if fp = fp<<1 + gear[block[6]]; fp&mask == 0 {
-				return end - len(block) + 6, fp
+			g0, g1 = gear[block[6]], gear[block[7]]
+			f = fp<<1 + g0
+			fp = fp<<2 + (g0<<1 + g1)
+			if f&mask == 0 {
+				return end - len(block) + 6, f
 			}
-			if fp = fp<<1 + gear[block[7]]; fp&mask == 0 {
+			if fp&mask == 0 {
 				return end - len(block) + 7, fp
 			}
 			block = block[8:]

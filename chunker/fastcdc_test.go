@@ -76,10 +76,10 @@ var cutParams = []Params{
 
 func TestCutMatchesReference(t *testing.T) {
 	inputs := map[string][]byte{
-		"random": randomBytes("cut random", 8<<20),
-		"sparse": sparseBytes("cut sparse", 8<<20, 20),
+		"random":   randomBytes("cut random", 8<<20),
+		"sparse":   sparseBytes("cut sparse", 8<<20, 20),
 		"sparse10": sparseBytes("cut sparse10", 1<<20, 10),
-		"text":   bytes.Repeat([]byte("All work and no play makes Jack a dull boy.\n"), 100000),
+		"text":     bytes.Repeat([]byte("All work and no play makes Jack a dull boy.\n"), 100000),
 	}
 	for name, data := range inputs {
 		for _, p := range cutParams {

@@ -1,33 +1,33 @@
 package chunker
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math/bits"
 )
 
-// IsZero reports whether b is all zero bytes. It reads 32 bytes at a time.
+// zeroPage is compared with data by IsZero.
+var zeroPage [4096]byte
+
+// IsZero reports whether b is all zero bytes. It compares b with a page of
+// zeros, 4 KiB at a time, using bytes.Equal, whose vectorized
+// implementation is faster than reading words in Go.
 func IsZero(b []byte) bool {
-	for len(b) >= 32 {
-		w := binary.LittleEndian.Uint64(b) |
-			binary.LittleEndian.Uint64(b[8:]) |
-			binary.LittleEndian.Uint64(b[16:]) |
-			binary.LittleEndian.Uint64(b[24:])
-		if w != 0 {
+	for len(b) > len(zeroPage) {
+		if !bytes.Equal(b[:len(zeroPage)], zeroPage[:]) {
 			return false
 		}
-		b = b[32:]
+		b = b[len(zeroPage):]
 	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
+	return bytes.Equal(b, zeroPage[:len(b)])
 }
 
 // zeroPrefix returns the number of zero bytes at the start of b.
 func zeroPrefix(b []byte) int {
 	n := 0
+	for len(b)-n >= 256 && IsZero(b[n:n+256]) {
+		n += 256
+	}
 	for len(b)-n >= 8 {
 		if w := binary.LittleEndian.Uint64(b[n:]); w != 0 {
 			return n + bits.TrailingZeros64(w)/8

@@ -1,0 +1,67 @@
+package chunker
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"testing"
+)
+
+// benchmarkStream chunks data with a Chunker b.N times.
+func benchmarkStream(b *testing.B, data []byte, p Params) {
+	c, err := New(nil, p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := bytes.NewReader(data)
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for b.Loop() {
+		r.Reset(data)
+		c.Reset(r)
+		for {
+			if _, err := c.Next(); err == io.EOF {
+				break
+			} else if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// BenchmarkChunker streams 64 MiB of random data through FastCDC Default.
+func BenchmarkChunker(b *testing.B) {
+	benchmarkStream(b, randomBytes("benchmark", 64<<20), Default)
+}
+
+// BenchmarkChunkerZeros streams 64 MiB of zero bytes through FastCDC
+// Default: the zero-run fast path.
+func BenchmarkChunkerZeros(b *testing.B) {
+	benchmarkStream(b, make([]byte, 64<<20), Default)
+}
+
+// BenchmarkCut chunks 64 MiB of random data in memory with Params.Cut.
+func BenchmarkCut(b *testing.B) {
+	data := randomBytes("benchmark", 64<<20)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		for rest := data; len(rest) > 0; {
+			rest = rest[Default.Cut(rest):]
+		}
+	}
+}
+
+// BenchmarkIsZero checks zero buffers of a page, a chunk and a big chunk.
+func BenchmarkIsZero(b *testing.B) {
+	for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			buf := make([]byte, size)
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				if !IsZero(buf) {
+					b.Fatal("zero buffer not zero")
+				}
+			}
+		})
+	}
+}
