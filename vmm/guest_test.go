@@ -307,3 +307,77 @@ func BenchmarkBootToReady(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkSaveDeviceState measures freezing a booted guest, saving its
+// device state and continuing it: the pause a commit imposes on a running
+// machine, apart from copying RAM and disks.
+func BenchmarkSaveDeviceState(b *testing.B) {
+	m, _ := bootGuest(b)
+	ctx := testContext(b, 10*time.Minute)
+	var size int
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := m.Freeze(ctx); err != nil {
+			b.Fatal(err)
+		}
+		var buf bytes.Buffer
+		if err := m.SaveDeviceState(ctx, &buf); err != nil {
+			b.Fatal(err)
+		}
+		if err := m.Continue(ctx); err != nil {
+			b.Fatal(err)
+		}
+		size = buf.Len()
+	}
+	b.ReportMetric(float64(size), "state-bytes")
+}
+
+// BenchmarkRestore measures bringing a saved guest back: cloning its RAM
+// file on tmpfs, booting QEMU with -incoming, loading the device state and
+// continuing, up to the guest answering on its console.
+func BenchmarkRestore(b *testing.B) {
+	src, _ := bootGuest(b)
+	ctx := testContext(b, 10*time.Minute)
+	if err := src.Freeze(ctx); err != nil {
+		b.Fatal(err)
+	}
+	var state bytes.Buffer
+	if err := src.SaveDeviceState(ctx, &state); err != nil {
+		b.Fatal(err)
+	}
+	cfg := src.Config()
+	cfg.Name, cfg.RAMDir = "restored", ""
+	cfg.Boot.Incoming = true
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ram, err := NewRAMFile("", "restored")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := CloneFile(ram, src.RAMFile()); err != nil {
+			b.Fatal(err)
+		}
+		cfg.RAMFile = ram
+		m, err := Boot(ctx, filepath.Join(b.TempDir(), "m"), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = m.LoadDeviceState(ctx, bytes.NewReader(state.Bytes()))
+		if err == nil {
+			err = m.Continue(ctx)
+		}
+		if err == nil {
+			err = m.SendLine(ctx, "echo back-$((2+3))")
+		}
+		if err == nil {
+			err = m.WaitConsole(ctx, "back-5")
+		}
+		b.StopTimer()
+		m.Halt(ctx)
+		m.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}
