@@ -5,7 +5,21 @@ import (
 	"fmt"
 	"io"
 	"testing"
+	"time"
 )
+
+// measureCPU reports, besides the wall-clock MB/s, the throughput per second
+// of CPU time the process used ("cpu-MB/s"), which holds still when other
+// processes compete for the cores. Call it before the timed loop and call
+// the function it returns after.
+func measureCPU(b *testing.B, bytesPerOp int) func() {
+	start := processCPU()
+	return func() {
+		if used := processCPU() - start; used > 10*time.Millisecond {
+			b.ReportMetric(float64(b.N)*float64(bytesPerOp)/used.Seconds()/1e6, "cpu-MB/s")
+		}
+	}
+}
 
 // benchmarkStream chunks data with a Chunker b.N times.
 func benchmarkStream(b *testing.B, data []byte, p Params) {
@@ -15,7 +29,7 @@ func benchmarkStream(b *testing.B, data []byte, p Params) {
 	}
 	r := bytes.NewReader(data)
 	b.SetBytes(int64(len(data)))
-	b.ResetTimer()
+	defer measureCPU(b, len(data))()
 	for b.Loop() {
 		r.Reset(data)
 		c.Reset(r)
@@ -44,6 +58,7 @@ func BenchmarkChunkerZeros(b *testing.B) {
 func BenchmarkCut(b *testing.B) {
 	data := randomBytes("benchmark", 64<<20)
 	b.SetBytes(int64(len(data)))
+	defer measureCPU(b, len(data))()
 	for b.Loop() {
 		for rest := data; len(rest) > 0; {
 			rest = rest[Default.Cut(rest):]
@@ -57,6 +72,7 @@ func BenchmarkIsZero(b *testing.B) {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
 			buf := make([]byte, size)
 			b.SetBytes(int64(size))
+			defer measureCPU(b, size)()
 			for b.Loop() {
 				if !IsZero(buf) {
 					b.Fatal("zero buffer not zero")
