@@ -1,0 +1,379 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/go-git/go-billy/v5/osfs"
+
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/refs"
+)
+
+// RefListFile is the name of the ref list in a published directory.
+const RefListFile = "refs.json"
+
+// Dir is a Remote on a directory of this machine: either another
+// scrapbook, or a published directory (objects in the loose layout and
+// refs in refs.json, see Publish) which any web server can serve.
+type Dir struct {
+	path  string
+	store objects.Store
+	refs  refBackend
+	count counter
+}
+
+// refBackend reads and updates the refs of a Dir.
+type refBackend interface {
+	list() (*RefList, error)
+	// update is a compare-and-swap; a lost race wraps refs.ErrConflict.
+	update(name string, old, new objects.ID, why string) error
+}
+
+// OpenDir opens the scrapbook or published directory at path.
+func OpenDir(path string) (*Dir, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("open remote %s: %w", path, err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open remote %s: %w", path, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("open remote %s: not a directory", abs)
+	}
+	switch {
+	case isFile(filepath.Join(abs, "config")):
+		fsys := osfs.New(abs)
+		return &Dir{
+			path:  abs,
+			store: objects.NewPacked(fsys, "objects", filepath.Join(abs, "objects")),
+			refs:  scrapbookRefs{refs.New(fsys)},
+		}, nil
+	case isFile(filepath.Join(abs, RefListFile)):
+		return openPublished(abs), nil
+	}
+	return nil, fmt.Errorf("open remote %s: neither a scrapbook (no config file) nor a published scrapbook (no %s)", abs, RefListFile)
+}
+
+// CreatePublished opens the published directory at path for writing,
+// creating it with no objects and no refs if it does not exist or is
+// empty. A directory holding anything else is refused, so that
+// publishing never scribbles over unrelated files.
+func CreatePublished(path string) (*Dir, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("publish to %s: %w", path, err)
+	}
+	if isFile(filepath.Join(abs, RefListFile)) {
+		return openPublished(abs), nil
+	}
+	entries, err := os.ReadDir(abs)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("publish to %s: %w", abs, err)
+	}
+	if len(entries) > 0 {
+		return nil, fmt.Errorf("publish to %s: the directory is not empty and holds no %s; choose a new or empty directory", abs, RefListFile)
+	}
+	if err := os.MkdirAll(filepath.Join(abs, "objects"), 0o755); err != nil {
+		return nil, fmt.Errorf("publish to %s: %w", abs, err)
+	}
+	d := openPublished(abs)
+	if err := d.refs.(*publishedRefs).write(&RefList{Format: RefListFormat, Refs: []Ref{}}); err != nil {
+		return nil, fmt.Errorf("publish to %s: %w", abs, err)
+	}
+	return d, nil
+}
+
+func openPublished(abs string) *Dir {
+	return &Dir{
+		path:  abs,
+		store: objects.NewLoose(osfs.New(abs), "objects", filepath.Join(abs, "objects")),
+		refs:  &publishedRefs{dir: abs},
+	}
+}
+
+func isFile(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// Path returns the directory.
+func (d *Dir) Path() string { return d.path }
+
+// Store returns the directory's object store.
+func (d *Dir) Store() objects.Store { return d.store }
+
+// URL implements Remote.
+func (d *Dir) URL() string { return d.path }
+
+// ListRefs implements Remote.
+func (d *Dir) ListRefs(context.Context) (*RefList, error) {
+	l, err := d.refs.list()
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w", d.path, err)
+	}
+	return l, nil
+}
+
+// Has implements Remote. Another process may have added objects since
+// the store last looked (a scrapbook's packs appear all at once), so a
+// miss is checked again against the directory before it is reported.
+func (d *Dir) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
+	has := make([]bool, len(ids))
+	var missed []int
+	for i, id := range ids {
+		ok, err := d.store.Has(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		has[i] = ok
+		if !ok {
+			missed = append(missed, i)
+		}
+	}
+	if len(missed) == 0 {
+		return has, nil
+	}
+	if r, ok := d.store.(interface{ Refresh() error }); ok {
+		if err := r.Refresh(); err != nil {
+			return nil, err
+		}
+		for _, i := range missed {
+			ok, err := d.store.Has(ctx, ids[i])
+			if err != nil {
+				return nil, err
+			}
+			has[i] = ok
+		}
+		return has, nil
+	}
+	if _, ok := d.store.(*objects.Packed); ok {
+		// Get looks for new packs before it gives up.
+		for _, i := range missed {
+			_, err := d.store.Get(ctx, ids[i])
+			switch {
+			case err == nil:
+				has[i] = true
+			case !errors.Is(err, objects.ErrNotFound):
+				return nil, err
+			}
+		}
+	}
+	return has, nil
+}
+
+// Get implements Remote.
+func (d *Dir) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
+	for _, id := range ids {
+		stored, err := d.store.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		d.count.received.Add(int64(len(stored)))
+		if err := fn(id, stored); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Put implements Remote: each object is verified and stored only if its
+// references are present (see Receive).
+func (d *Dir) Put(ctx context.Context, objs []Object) error {
+	for _, o := range objs {
+		d.count.sent.Add(int64(len(o.Stored)))
+		if _, err := Receive(ctx, d.store, o.ID, o.Stored); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UpdateRef implements Remote. Before the ref moves, the new snapshot is
+// checked and every object stored so far is made durable.
+func (d *Dir) UpdateRef(ctx context.Context, name string, old, new objects.ID) error {
+	return updateRef(ctx, d.store, d.refs, name, old, new, "push")
+}
+
+// updateRef checks and performs a ref update on a local store: the name
+// must be valid and below refs/, the new snapshot present; the store is
+// synced before the compare-and-swap.
+func updateRef(ctx context.Context, s objects.Store, b refBackend, name string, old, new objects.ID, why string) error {
+	if err := validatePushName(name); err != nil {
+		return err
+	}
+	if old.IsZero() && new.IsZero() {
+		return fmt.Errorf("update %s: old and new are both zero", name)
+	}
+	if !new.IsZero() {
+		if err := checkSnapshot(ctx, s, new); err != nil {
+			return fmt.Errorf("update %s: %w", name, err)
+		}
+		if sy, ok := s.(objects.Syncer); ok {
+			if err := sy.Sync(ctx); err != nil {
+				return fmt.Errorf("update %s: %w", name, err)
+			}
+		}
+	}
+	return b.update(name, old, new, why)
+}
+
+// Traffic implements Remote: the stored bytes read and written.
+func (d *Dir) Traffic() Traffic { return d.count.traffic() }
+
+// Sync makes the objects received so far durable and, in a scrapbook,
+// visible to other processes.
+func (d *Dir) Sync(ctx context.Context) error {
+	if sy, ok := d.store.(objects.Syncer); ok {
+		return sy.Sync(ctx)
+	}
+	return nil
+}
+
+// Close implements Remote: the objects received are kept (see Sync) and
+// the store's files are closed.
+func (d *Dir) Close() error {
+	err := d.Sync(context.Background())
+	if c, ok := d.store.(interface{ Close() error }); ok {
+		if cerr := c.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+// scrapbookRefs are the refs of a scrapbook directory.
+type scrapbookRefs struct{ s *refs.Store }
+
+func (r scrapbookRefs) list() (*RefList, error) {
+	all, err := r.s.List("refs/")
+	if err != nil {
+		return nil, err
+	}
+	l := &RefList{Format: RefListFormat, Refs: make([]Ref, 0, len(all))}
+	for _, ref := range all {
+		l.Refs = append(l.Refs, Ref{Name: ref.Name, ID: ref.ID})
+	}
+	if head, err := r.s.Symbolic("HEAD"); err == nil {
+		l.Head = head
+	}
+	return l, nil
+}
+
+func (r scrapbookRefs) update(name string, old, new objects.ID, why string) error {
+	return r.s.Update(name, old, new, why)
+}
+
+// publishedRefs keeps the refs of a published directory in refs.json,
+// updated under the lock file refs.json.lock and replaced by rename, so
+// a web server always serves a whole list.
+type publishedRefs struct{ dir string }
+
+func (p *publishedRefs) file() string { return filepath.Join(p.dir, RefListFile) }
+
+func (p *publishedRefs) list() (*RefList, error) {
+	data, err := os.ReadFile(p.file())
+	if err != nil {
+		return nil, err
+	}
+	return parseRefList(data, p.file())
+}
+
+func (p *publishedRefs) update(name string, old, new objects.ID, _ string) error {
+	return p.locked(func(l *RefList) error {
+		cur := l.Get(name)
+		if cur != old {
+			return casError(name, cur, old)
+		}
+		refs := l.Refs[:0]
+		for _, r := range l.Refs {
+			if r.Name != name {
+				refs = append(refs, r)
+			}
+		}
+		if !new.IsZero() {
+			refs = append(refs, Ref{Name: name, ID: new})
+		}
+		sort.Slice(refs, func(i, j int) bool { return refs[i].Name < refs[j].Name })
+		l.Refs = refs
+		return nil
+	})
+}
+
+// setHead records the ref HEAD names.
+func (p *publishedRefs) setHead(name string) error {
+	return p.locked(func(l *RefList) error {
+		l.Head = name
+		return nil
+	})
+}
+
+// locked reads refs.json under its lock, lets change edit it, and writes
+// it back.
+func (p *publishedRefs) locked(change func(*RefList) error) error {
+	lock := p.file() + ".lock"
+	f, err := os.OpenFile(lock, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%w: %s exists: another publish is running, or one was killed (then remove the file)", refs.ErrConflict, lock)
+		}
+		return err
+	}
+	f.Close()
+	defer os.Remove(lock)
+	l, err := p.list()
+	if err != nil {
+		return err
+	}
+	if err := change(l); err != nil {
+		return err
+	}
+	return p.write(l)
+}
+
+func (p *publishedRefs) write(l *RefList) error {
+	data, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := p.file() + ".tmp"
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, p.file()); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// SetHead records in a published directory the ref that HEAD names.
+func (d *Dir) SetHead(name string) error {
+	p, ok := d.refs.(*publishedRefs)
+	if !ok {
+		return fmt.Errorf("remote %s: SetHead works on published directories only", d.path)
+	}
+	if err := validatePushName(name); err != nil {
+		return err
+	}
+	return p.setHead(name)
+}
+
+// casError describes a lost compare-and-swap.
+func casError(name string, cur, old objects.ID) error {
+	switch {
+	case cur.IsZero():
+		return fmt.Errorf("%w: ref %s does not exist, expected %s", refs.ErrConflict, name, old)
+	case old.IsZero():
+		return fmt.Errorf("%w: ref %s already exists at %s, expected it not to exist", refs.ErrConflict, name, cur)
+	}
+	return fmt.Errorf("%w: ref %s is at %s, expected %s", refs.ErrConflict, name, cur, old)
+}

@@ -1,0 +1,161 @@
+// Package transport moves snapshots between scrapbooks. A Remote is the
+// other side: another scrapbook directory, a published (static) directory,
+// a smart HTTP server (`sbuml serve`) or a published directory on any web
+// server. Push and Fetch decide what to move from the closure invariant of
+// the object store: an object present on a side implies everything below
+// it is present there, so a walk from the snapshots being moved stops
+// wherever the receiving side already has an object.
+//
+// Objects travel in their stored form and are verified against their ID
+// (objects.Unseal) by whoever receives them before they are stored, and
+// they are stored children first, so the receiving store keeps the
+// closure invariant at every moment. Refs move last, by compare-and-swap.
+// docs/transport.md describes the wire protocol and the published layout.
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/sbuml/sbuml/objects"
+)
+
+// A Remote is a scrapbook at the other end of a transfer. Implementations
+// are safe for concurrent use; transfers call Has, Get and Put from
+// several goroutines at once.
+type Remote interface {
+	// URL names the remote in messages.
+	URL() string
+	// ListRefs returns the remote's refs.
+	ListRefs(ctx context.Context) (*RefList, error)
+	// Has reports for each of ids whether the remote holds it. A present
+	// object implies its whole subtree is present.
+	Has(ctx context.Context, ids []objects.ID) ([]bool, error)
+	// Get fetches the stored forms of ids and calls fn once for each, in
+	// any order, never concurrently within one call. The bytes are not
+	// verified: the caller must Unseal them against the ID. A missing
+	// object gives an error wrapping objects.ErrNotFound. Each stored
+	// slice is fresh: fn may keep it.
+	Get(ctx context.Context, ids []objects.ID, fn func(id objects.ID, stored []byte) error) error
+	// Put stores objects in the order given. The remote verifies each
+	// against its ID and stores it only if every object it references is
+	// already present (earlier in objs or before), so the caller must
+	// order children before parents. Read-only remotes return an error
+	// wrapping ErrReadOnly.
+	Put(ctx context.Context, objs []Object) error
+	// UpdateRef sets ref name to new if it holds old, as one
+	// compare-and-swap (old Zero: the ref must not exist; new Zero:
+	// delete it). new must be a snapshot the remote holds. A lost race
+	// gives an error wrapping refs.ErrConflict.
+	UpdateRef(ctx context.Context, name string, old, new objects.ID) error
+	// Traffic returns the bytes sent to and received from the remote so
+	// far: HTTP bodies for HTTP remotes, stored forms for directories.
+	Traffic() Traffic
+	// Close releases idle connections.
+	Close() error
+}
+
+// An Object is an object in its stored form, on its way to a remote.
+type Object struct {
+	ID     objects.ID
+	Stored []byte
+}
+
+// RefList is what a remote says about its refs. It is also the content
+// of refs.json in a published directory and the body of GET /refs.
+type RefList struct {
+	// Format is RefListFormat.
+	Format int `json:"format"`
+	// Head is the full name of the ref HEAD points at, if any.
+	Head string `json:"head,omitempty"`
+	// Refs are sorted by name.
+	Refs []Ref `json:"refs"`
+}
+
+// RefListFormat is the version of the refs.json format.
+const RefListFormat = 1
+
+// Ref is one ref of a remote.
+type Ref struct {
+	Name string     `json:"name"`
+	ID   objects.ID `json:"id"`
+}
+
+// Get returns the ID of ref name, or Zero if the list does not hold it.
+func (l *RefList) Get(name string) objects.ID {
+	for _, r := range l.Refs {
+		if r.Name == name {
+			return r.ID
+		}
+	}
+	return objects.Zero
+}
+
+// parseRefList decodes and checks a ref list received from a remote: the
+// format is known and every name is a valid ref name (a remote must not
+// make us create refs such as "refs/heads/../../x").
+func parseRefList(data []byte, where string) (*RefList, error) {
+	var l RefList
+	if err := json.Unmarshal(data, &l); err != nil {
+		return nil, fmt.Errorf("%s: ref list is not valid JSON: %v", where, err)
+	}
+	if l.Format != RefListFormat {
+		return nil, fmt.Errorf("%s: ref list has format %d, this sbuml reads format %d", where, l.Format, RefListFormat)
+	}
+	if l.Head != "" {
+		if err := validatePushName(l.Head); err != nil {
+			return nil, fmt.Errorf("%s: HEAD: %w", where, err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range l.Refs {
+		if err := validatePushName(r.Name); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if r.ID.IsZero() {
+			return nil, fmt.Errorf("%s: ref %s has the zero ID", where, r.Name)
+		}
+		if seen[r.Name] {
+			return nil, fmt.Errorf("%s: ref %s is listed twice", where, r.Name)
+		}
+		seen[r.Name] = true
+	}
+	return &l, nil
+}
+
+// Traffic counts bytes on the wire.
+type Traffic struct {
+	Sent     int64
+	Received int64
+}
+
+// counter accumulates Traffic from many goroutines.
+type counter struct{ sent, received atomic.Int64 }
+
+func (c *counter) traffic() Traffic {
+	return Traffic{Sent: c.sent.Load(), Received: c.received.Load()}
+}
+
+var (
+	// ErrReadOnly is returned when writing to a remote that cannot be
+	// written: a published directory served over HTTP, or a server
+	// started with --read-only.
+	ErrReadOnly = errors.New("remote is read-only")
+	// ErrPushDenied is returned when a server refuses to be written to
+	// without the right bearer token.
+	ErrPushDenied = errors.New("push denied")
+	// ErrMissingReference is returned when an object is sent before an
+	// object it references; the receiver refuses it.
+	ErrMissingReference = errors.New("object references a missing object")
+	// ErrNotFastForward is returned when a push would move a remote ref
+	// to a snapshot that does not descend from where it is now.
+	ErrNotFastForward = errors.New("not a fast-forward")
+	// ErrNotSnapshot is returned when a ref would point at an object
+	// that is not a snapshot.
+	ErrNotSnapshot = errors.New("not a snapshot")
+	// ErrProtocol marks a remote that breaks the protocol.
+	ErrProtocol = errors.New("protocol error")
+)

@@ -1,0 +1,302 @@
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/refs"
+)
+
+// ProtocolName is the protocol a smart server names in GET /sbuml-protocol.
+const ProtocolName = "sbuml/1"
+
+// ProtocolInfo is the body of GET /sbuml-protocol.
+type ProtocolInfo struct {
+	Protocol string `json:"protocol"`
+	// Push is "token" when pushing needs the bearer token, "disabled"
+	// when the server refuses every push.
+	Push string `json:"push"`
+}
+
+// Smart is a Remote served by `sbuml serve` over HTTP: batched existence
+// queries, batched downloads and uploads of framed objects, and
+// compare-and-swap ref updates (docs/transport.md).
+type Smart struct {
+	base   string // ends in "/"
+	token  string
+	client *http.Client
+	count  counter
+}
+
+// NewSmart returns a client for the smart server at base (http:// or
+// https://). token, if not empty, is sent as a bearer token with every
+// request that writes. client nil means http.DefaultClient.
+func NewSmart(base, token string, client *http.Client) *Smart {
+	if client == nil {
+		client = http.DefaultClient
+	}
+	return &Smart{base: withSlash(base), token: token, client: client}
+}
+
+func withSlash(u string) string {
+	if !strings.HasSuffix(u, "/") {
+		return u + "/"
+	}
+	return u
+}
+
+// URL implements Remote.
+func (s *Smart) URL() string { return s.base }
+
+// Traffic implements Remote: bytes of request and response bodies.
+func (s *Smart) Traffic() Traffic { return s.count.traffic() }
+
+// Close implements Remote.
+func (s *Smart) Close() error {
+	s.client.CloseIdleConnections()
+	return nil
+}
+
+// do sends a request and returns the response if its status is 200. The
+// response body is counted as it is read. Any other status becomes an
+// error carrying the server's one-line message and, where one fits, a
+// sentinel error.
+func (s *Smart) do(ctx context.Context, method, path string, body []byte, write bool) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, s.base+path, rd)
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w", s.base, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	if write && s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
+	}
+	s.count.sent.Add(int64(len(body)))
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w", s.base, err)
+	}
+	resp.Body = &countingBody{ReadCloser: resp.Body, n: &s.count.received}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	return nil, statusError(s.base, method, path, resp)
+}
+
+// statusError turns a failed response into an error: the first line of
+// its body, wrapping the sentinel that matches the status.
+func statusError(base, method, path string, resp *http.Response) error {
+	line, _ := bufio.NewReader(io.LimitReader(resp.Body, 1024)).ReadString('\n')
+	line = strings.TrimSpace(line)
+	if line == "" {
+		line = resp.Status
+	}
+	kind := errorKinds[resp.Header.Get(errorHeader)]
+	if kind != nil {
+		return &remoteError{msg: fmt.Sprintf("remote %s: %s %s: %s", base, method, path, line), kind: kind}
+	}
+	return fmt.Errorf("remote %s: %s %s: %d: %s", base, method, path, resp.StatusCode, line)
+}
+
+// errorKinds maps the error codes of a server to sentinel errors.
+var errorKinds = map[string]error{
+	codeNotFound:         objects.ErrNotFound,
+	codeConflict:         refs.ErrConflict,
+	codeInvalidName:      refs.ErrInvalidName,
+	codeCorrupt:          objects.ErrCorrupt,
+	codeMissingReference: ErrMissingReference,
+	codeNotSnapshot:      ErrNotSnapshot,
+	codeReadOnly:         ErrReadOnly,
+	codeDenied:           ErrPushDenied,
+}
+
+// remoteError is an error from a server that still matches a sentinel.
+type remoteError struct {
+	msg  string
+	kind error
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.kind }
+
+// countingBody counts the bytes read from a response body.
+type countingBody struct {
+	io.ReadCloser
+	n interface{ Add(int64) int64 }
+}
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// readAll reads a whole response body of at most limit bytes.
+func readAll(resp *http.Response, limit int64, what string) ([]byte, error) {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%w: %s exceeds %d bytes", ErrProtocol, what, limit)
+	}
+	return b, nil
+}
+
+// Info asks the server which protocol it speaks and whether it takes pushes.
+func (s *Smart) Info(ctx context.Context) (*ProtocolInfo, error) {
+	resp, err := s.do(ctx, "GET", "sbuml-protocol", nil, false)
+	if err != nil {
+		return nil, err
+	}
+	b, err := readAll(resp, 4096, "protocol info")
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w", s.base, err)
+	}
+	var info ProtocolInfo
+	if err := json.Unmarshal(b, &info); err != nil || info.Protocol != ProtocolName {
+		return nil, fmt.Errorf("remote %s: %w: does not speak %s", s.base, ErrProtocol, ProtocolName)
+	}
+	return &info, nil
+}
+
+// ListRefs implements Remote.
+func (s *Smart) ListRefs(ctx context.Context) (*RefList, error) {
+	resp, err := s.do(ctx, "GET", "refs", nil, false)
+	if err != nil {
+		return nil, err
+	}
+	b, err := readAll(resp, maxRefListSize, "ref list")
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w", s.base, err)
+	}
+	return parseRefList(b, "remote "+s.base)
+}
+
+// Has implements Remote, in requests of at most MaxHasIDs IDs.
+func (s *Smart) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
+	has := make([]bool, 0, len(ids))
+	for len(ids) > 0 {
+		n := min(len(ids), MaxHasIDs)
+		resp, err := s.do(ctx, "POST", "objects/has", encodeIDs(ids[:n]), false)
+		if err != nil {
+			return nil, err
+		}
+		b, err := readAll(resp, (MaxHasIDs+7)/8, "existence bitmap")
+		if err != nil {
+			return nil, fmt.Errorf("remote %s: %w", s.base, err)
+		}
+		part, err := decodeBitmap(b, n)
+		if err != nil {
+			return nil, fmt.Errorf("remote %s: %w", s.base, err)
+		}
+		has = append(has, part...)
+		ids = ids[n:]
+	}
+	return has, nil
+}
+
+// Get implements Remote, in requests of at most MaxGetIDs IDs. Objects
+// are handed to fn as they come off the wire.
+func (s *Smart) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
+	for len(ids) > 0 {
+		n := min(len(ids), MaxGetIDs)
+		if err := s.get(ctx, ids[:n], fn); err != nil {
+			return err
+		}
+		ids = ids[n:]
+	}
+	return nil
+}
+
+func (s *Smart) get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
+	resp, err := s.do(ctx, "POST", "objects/get", encodeIDs(ids), false)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	want := make(map[objects.ID]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	rr := recordReader{r: resp.Body}
+	for {
+		id, stored, err := rr.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("remote %s: POST objects/get: %w", s.base, err)
+		}
+		if !want[id] {
+			return fmt.Errorf("remote %s: %w: sent object %s, which was not asked for or sent twice", s.base, ErrProtocol, id)
+		}
+		delete(want, id)
+		if err := fn(id, stored); err != nil {
+			return err
+		}
+	}
+	for id := range want {
+		return fmt.Errorf("remote %s: %w: response lacks object %s", s.base, ErrProtocol, id)
+	}
+	return nil
+}
+
+// Put implements Remote in one request per call; callers keep objs under
+// MaxPutObjects and MaxPutBytes.
+func (s *Smart) Put(ctx context.Context, objs []Object) error {
+	size := 0
+	for _, o := range objs {
+		size += recordHeaderSize + len(o.Stored)
+	}
+	body := make([]byte, 0, size)
+	for _, o := range objs {
+		body = appendRecord(body, o.ID, o.Stored)
+	}
+	resp, err := s.do(ctx, "POST", "objects/put", body, true)
+	if err != nil {
+		return err
+	}
+	_, err = readAll(resp, 4096, "put result")
+	return err
+}
+
+// refUpdate is the body of POST /refs/update.
+type refUpdate struct {
+	Name string     `json:"name"`
+	Old  objects.ID `json:"old"`
+	New  objects.ID `json:"new"`
+}
+
+// UpdateRef implements Remote.
+func (s *Smart) UpdateRef(ctx context.Context, name string, old, new objects.ID) error {
+	body, err := json.Marshal(refUpdate{Name: name, Old: old, New: new})
+	if err != nil {
+		return err
+	}
+	resp, err := s.do(ctx, "POST", "refs/update", body, true)
+	if err != nil {
+		return err
+	}
+	_, err = readAll(resp, 4096, "ref update result")
+	return err
+}
+
+// isHTTP reports whether u is an http:// or https:// URL.
+func isHTTP(u string) bool {
+	return strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://")
+}

@@ -1,0 +1,166 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+
+	"github.com/sbuml/sbuml/objects"
+)
+
+// StaticConcurrency is the number of requests a Static remote keeps in
+// flight within one Get or Has.
+const StaticConcurrency = 8
+
+// Static is a read-only Remote on a published directory served by any web
+// server: refs.json lists the refs, objects/ab/cdef… are the objects in
+// their stored form. Every object is one GET.
+type Static struct {
+	base   string // ends in "/"
+	client *http.Client
+	count  counter
+}
+
+// NewStatic returns a client for the published directory at base.
+// client nil means http.DefaultClient.
+func NewStatic(base string, client *http.Client) *Static {
+	if client == nil {
+		client = http.DefaultClient
+	}
+	return &Static{base: withSlash(base), client: client}
+}
+
+// URL implements Remote.
+func (s *Static) URL() string { return s.base }
+
+// Traffic implements Remote: bytes of response bodies (requests have none).
+func (s *Static) Traffic() Traffic { return s.count.traffic() }
+
+// Close implements Remote.
+func (s *Static) Close() error {
+	s.client.CloseIdleConnections()
+	return nil
+}
+
+// request sends a bodiless request and returns the response, whatever
+// its status, with the body counted.
+func (s *Static) request(ctx context.Context, method, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, s.base+path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w", s.base, err)
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w", s.base, err)
+	}
+	resp.Body = &countingBody{ReadCloser: resp.Body, n: &s.count.received}
+	return resp, nil
+}
+
+// ListRefs implements Remote: GET refs.json.
+func (s *Static) ListRefs(ctx context.Context) (*RefList, error) {
+	resp, err := s.request(ctx, "GET", RefListFile)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("remote %s: GET %s: %s", s.base, RefListFile, resp.Status)
+	}
+	b, err := readAll(resp, maxRefListSize, RefListFile)
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: %w", s.base, err)
+	}
+	return parseRefList(b, "remote "+s.base+RefListFile)
+}
+
+func objectPath(id objects.ID) string {
+	h := id.String()
+	return "objects/" + h[:2] + "/" + h[2:]
+}
+
+// Has implements Remote: one HEAD request per object.
+func (s *Static) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
+	has := make([]bool, len(ids))
+	g := newGroup(ctx, StaticConcurrency)
+	for i, id := range ids {
+		g.run(func(ctx context.Context) error {
+			resp, err := s.request(ctx, "HEAD", objectPath(id))
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			switch resp.StatusCode {
+			case http.StatusOK:
+				has[i] = true
+			case http.StatusNotFound:
+			default:
+				return fmt.Errorf("remote %s: HEAD %s: %s", s.base, objectPath(id), resp.Status)
+			}
+			return nil
+		})
+	}
+	if err := g.wait(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return has, nil
+}
+
+// Get implements Remote: StaticConcurrency GETs in flight.
+func (s *Static) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
+	var mu sync.Mutex
+	g := newGroup(ctx, StaticConcurrency)
+	for _, id := range ids {
+		g.run(func(ctx context.Context) error {
+			stored, err := s.getOne(ctx, id)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			return fn(id, stored)
+		})
+	}
+	if err := g.wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+func (s *Static) getOne(ctx context.Context, id objects.ID) ([]byte, error) {
+	resp, err := s.request(ctx, "GET", objectPath(id))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return nil, fmt.Errorf("remote %s: object %s: %w", s.base, id, objects.ErrNotFound)
+	default:
+		return nil, fmt.Errorf("remote %s: GET %s: %s", s.base, objectPath(id), resp.Status)
+	}
+	stored, err := io.ReadAll(io.LimitReader(resp.Body, MaxStoredSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("remote %s: GET %s: %w", s.base, objectPath(id), err)
+	}
+	if len(stored) > MaxStoredSize {
+		return nil, fmt.Errorf("remote %s: object %s: %w: larger than %d bytes", s.base, id, objects.ErrCorrupt, MaxStoredSize)
+	}
+	return stored, nil
+}
+
+// Put implements Remote: a published directory on a web server is read-only.
+func (s *Static) Put(context.Context, []Object) error {
+	return fmt.Errorf("remote %s: %w: it is a published directory; publish again with 'sbuml publish' instead", s.base, ErrReadOnly)
+}
+
+// UpdateRef implements Remote: a published directory on a web server is read-only.
+func (s *Static) UpdateRef(context.Context, string, objects.ID, objects.ID) error {
+	return s.Put(context.Background(), nil)
+}
