@@ -36,6 +36,8 @@ type LogOptions struct {
 	All bool
 	// Limit caps the number of entries (0: no limit).
 	Limit int
+
+	branchesOnly bool // with All: start from refs/heads only
 }
 
 // Log lists the snapshots reachable from the starting points through
@@ -47,8 +49,16 @@ func (s *Scrapbook) Log(ctx context.Context, opts LogOptions) ([]LogEntry, error
 	}
 	var starts []objects.ID
 	if opts.All {
-		for id := range refsByID {
-			starts = append(starts, id)
+		prefix := "refs/"
+		if opts.branchesOnly {
+			prefix = "refs/heads/"
+		}
+		all, err := s.Refs.List(prefix)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range all {
+			starts = append(starts, r.ID)
 		}
 	} else {
 		revs := opts.Revs
@@ -57,10 +67,12 @@ func (s *Scrapbook) Log(ctx context.Context, opts LogOptions) ([]LogEntry, error
 		}
 		for _, r := range revs {
 			id, err := s.Resolve(ctx, r)
+			if err != nil && r == "HEAD" && len(opts.Revs) == 0 {
+				// HEAD's branch has no snapshot yet: show every branch
+				// (machines commit to branches of their own names).
+				return s.Log(ctx, LogOptions{All: true, Limit: opts.Limit, branchesOnly: true})
+			}
 			if err != nil {
-				if r == "HEAD" && len(opts.Revs) == 0 {
-					return nil, nil // a new scrapbook has no history yet
-				}
 				return nil, err
 			}
 			starts = append(starts, id)

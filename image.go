@@ -166,7 +166,7 @@ func (s *Scrapbook) importTo(ctx context.Context, dir, ref string, opts Snapshot
 	if err != nil {
 		return nil, err
 	}
-	id, err := s.record(ctx, saver, ref, parent, tree, opts)
+	id, err := s.record(ctx, saver, ref, parent, parent, tree, opts)
 	if err != nil {
 		return nil, fmt.Errorf("import %s: %w", dir, err)
 	}

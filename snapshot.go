@@ -88,11 +88,11 @@ func withProgress(saver *stream.Saver, report func(stream.Stats), fn func() erro
 	return err
 }
 
-// record stores a snapshot of tree on a branch: the snapshot object after
-// the tree (closure invariant), then one sync of the store, then a
-// compare-and-swap of the branch from its tip at the start to the new
-// snapshot.
-func (s *Scrapbook) record(ctx context.Context, saver *stream.Saver, ref string, parent, tree objects.ID, opts SnapshotOptions) (objects.ID, error) {
+// record stores a snapshot of tree with the given parent (Zero: none) and
+// moves ref to it: the snapshot object after the tree (closure
+// invariant), then one sync of the store, then a compare-and-swap of ref
+// from old, the tip it had when the work started.
+func (s *Scrapbook) record(ctx context.Context, saver *stream.Saver, ref string, old, parent, tree objects.ID, opts SnapshotOptions) (objects.ID, error) {
 	sn := &objects.Snapshot{
 		Tree:    tree,
 		Time:    time.Now().UTC(),
@@ -114,7 +114,7 @@ func (s *Scrapbook) record(ctx context.Context, saver *stream.Saver, ref string,
 		}
 	}
 	why := "snapshot: " + firstLine(opts.Message)
-	if err := s.Refs.Update(ref, parent, id, why); err != nil {
+	if err := s.Refs.Update(ref, old, id, why); err != nil {
 		if errors.Is(err, refs.ErrConflict) {
 			return objects.Zero, fmt.Errorf("%s moved while the snapshot was being taken; snapshot %s is stored but not on the branch (run 'sbuml branch NAME %s' to keep it): %w", ref, id.Short(), id.Short(), err)
 		}

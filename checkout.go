@@ -1,0 +1,407 @@
+package sbuml
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sbuml/sbuml/image"
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/stream"
+	"github.com/sbuml/sbuml/vmm"
+)
+
+// CheckoutOptions control Checkout.
+type CheckoutOptions struct {
+	// Continue starts the guest once its state is loaded (SBUML's -c);
+	// otherwise the machine stays frozen.
+	Continue bool
+	// Accel is kvm, tcg or auto (default): a snapshot restores under
+	// either accelerator.
+	Accel string
+	// Branch is where the new machine's commits go (default: its name).
+	Branch string
+	// RAMInDir keeps guest RAM in the machine directory instead of tmpfs.
+	RAMInDir bool
+	Progress io.Writer
+}
+
+// CheckoutResult describes a machine brought back from a snapshot.
+type CheckoutResult struct {
+	Machine  string     `json:"machine"`
+	Dir      string     `json:"dir"`
+	Snapshot objects.ID `json:"snapshot"`
+	Running  bool       `json:"running"`
+	// Duration is checkout-to-running: from the call to the guest
+	// running (or ready to continue, without Continue).
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// machineSource is where a checkout reads a machine snapshot from: the
+// store, or a directory written by Export.
+type machineSource interface {
+	// extract writes the file at name (a path in the snapshot) to dst,
+	// leaving holes as holes.
+	extract(ctx context.Context, name, dst string) error
+	// copyTo writes the file at name to w.
+	copyTo(ctx context.Context, name string, w io.Writer) error
+	// readFile returns a small file.
+	readFile(ctx context.Context, name string) ([]byte, error)
+}
+
+// storeSource reads a snapshot from the scrapbook.
+type storeSource struct {
+	s     *Scrapbook
+	files map[string]objects.ID // path -> stream
+}
+
+func (s *Scrapbook) newStoreSource(ctx context.Context, id objects.ID) (*storeSource, error) {
+	sn, err := objects.LoadSnapshot(ctx, s.Objects, id)
+	if err != nil {
+		return nil, err
+	}
+	src := &storeSource{s: s, files: map[string]objects.ID{}}
+	var walk func(prefix string, tree objects.ID) error
+	walk = func(prefix string, tree objects.ID) error {
+		t, err := objects.LoadTree(ctx, s.Objects, tree)
+		if err != nil {
+			return err
+		}
+		for _, e := range t.Entries {
+			switch e.Kind {
+			case objects.EntryFile:
+				src.files[path.Join(prefix, e.Name)] = e.ID
+			case objects.EntryDir:
+				if err := walk(path.Join(prefix, e.Name), e.ID); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	if err := walk("", sn.Tree); err != nil {
+		return nil, err
+	}
+	return src, nil
+}
+
+func (src *storeSource) stream(name string) (objects.ID, error) {
+	id, ok := src.files[name]
+	if !ok {
+		return objects.Zero, fmt.Errorf("snapshot has no %s", name)
+	}
+	return id, nil
+}
+
+func (src *storeSource) extract(ctx context.Context, name, dst string) error {
+	id, err := src.stream(name)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	err = stream.Extract(ctx, src.s.Objects, id, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (src *storeSource) copyTo(ctx context.Context, name string, w io.Writer) error {
+	id, err := src.stream(name)
+	if err != nil {
+		return err
+	}
+	_, err = stream.Copy(ctx, src.s.Objects, id, w)
+	return err
+}
+
+func (src *storeSource) readFile(ctx context.Context, name string) ([]byte, error) {
+	var b strings.Builder
+	if err := src.copyTo(ctx, name, &b); err != nil {
+		return nil, err
+	}
+	return []byte(b.String()), nil
+}
+
+// dirSource reads a machine snapshot exported into a directory.
+type dirSource struct{ dir string }
+
+func (d dirSource) extract(_ context.Context, name, dst string) error {
+	return vmm.CloneFile(dst, filepath.Join(d.dir, filepath.FromSlash(name)))
+}
+
+func (d dirSource) copyTo(_ context.Context, name string, w io.Writer) error {
+	f, err := os.Open(filepath.Join(d.dir, filepath.FromSlash(name)))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(w, f)
+	return err
+}
+
+func (d dirSource) readFile(_ context.Context, name string) ([]byte, error) {
+	return os.ReadFile(filepath.Join(d.dir, filepath.FromSlash(name)))
+}
+
+// isExportedMachine reports whether arg is a directory holding an
+// exported machine snapshot.
+func isExportedMachine(arg string) bool {
+	fi, err := os.Stat(filepath.Join(arg, snapMachine))
+	return err == nil && fi.Mode().IsRegular() && strings.ContainsRune(arg, '/')
+}
+
+// Checkout brings a machine snapshot back as a new machine (SBUML's
+// sbumlrestore): RAM and disks are materialized (holes stay holes), QEMU
+// starts waiting for its device state, which is fed from the store, and
+// with Continue the guest carries on from the instant it was saved.
+// Several machines may be checked out from one snapshot and run at once.
+//
+// rev is a revision (see Resolve) or a directory made by Export.
+func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts CheckoutOptions) (*CheckoutResult, error) {
+	start := time.Now()
+	dir, err := s.MachineDir(machine)
+	if err != nil {
+		return nil, err
+	}
+	name := machineName(dir)
+	if err := checkFreeMachineDir(dir); err != nil {
+		return nil, fmt.Errorf("checkout: %w", err)
+	}
+	var src machineSource
+	var id objects.ID
+	if isExportedMachine(rev) {
+		src = dirSource{dir: rev}
+	} else {
+		if id, err = s.Resolve(ctx, rev); err != nil {
+			return nil, fmt.Errorf("checkout: %w", err)
+		}
+		if missing, err := s.Missing(ctx, id); err != nil {
+			return nil, fmt.Errorf("checkout %s: %w", id.Short(), err)
+		} else if len(missing) > 0 {
+			return nil, fmt.Errorf("checkout %s: snapshot is incomplete: %s", id.Short(), describeMissing(missing))
+		}
+		ss, err := s.newStoreSource(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("checkout %s: %w", id.Short(), err)
+		}
+		if _, ok := ss.files[snapMachine]; !ok {
+			return nil, fmt.Errorf("checkout %s: not a machine snapshot (it has no %s; use 'sbuml export' for directory snapshots)", id.Short(), snapMachine)
+		}
+		src = ss
+	}
+	m, err := s.restore(ctx, src, dir, opts)
+	if err != nil {
+		if m != nil {
+			m.Halt(context.Background())
+			m.Close()
+		}
+		removeMachineFiles(dir)
+		os.Remove(dir) // only if nothing else is in it
+		return nil, fmt.Errorf("checkout %s: %w", rev, err)
+	}
+	defer m.Close()
+	branch := opts.Branch
+	if branch == "" {
+		branch = name
+	}
+	if err := writeHead(dir, machineHead{Snapshot: id, Branch: branch}); err != nil {
+		return nil, err
+	}
+	return &CheckoutResult{Machine: name, Dir: dir, Snapshot: id, Running: opts.Continue, Duration: time.Since(start)}, nil
+}
+
+// restore materializes src into dir and starts QEMU on it.
+func (s *Scrapbook) restore(ctx context.Context, src machineSource, dir string, opts CheckoutOptions) (*vmm.Machine, error) {
+	raw, err := src.readFile(ctx, snapMachine)
+	if err != nil {
+		return nil, err
+	}
+	var cfg vmm.Config
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", snapMachine, err)
+	}
+	qi, err := vmm.InspectQEMU(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	if !qi.HasMachineType(cfg.MachineType) {
+		return nil, fmt.Errorf("the snapshot needs QEMU machine type %s, which QEMU %s here does not have (it has %s)",
+			cfg.MachineType, qi.Version, strings.Join(qi.MachineTypes, ", "))
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+
+	// Materialize boot files, disks and RAM, in parallel.
+	cfg.Name = machineName(dir)
+	type job struct{ from, to string }
+	var jobs []job
+	if cfg.Kernel != "" {
+		jobs = append(jobs, job{cfg.Kernel, filepath.Join(dir, machineKernel)})
+		cfg.Kernel = machineKernel
+	}
+	if cfg.Initrd != "" {
+		jobs = append(jobs, job{cfg.Initrd, filepath.Join(dir, machineInitrd)})
+		cfg.Initrd = machineInitrd
+	}
+	for i, d := range cfg.Disks {
+		base := path.Base(d)
+		if base == "." || base == "/" || base == ".." || strings.ContainsRune(base, ',') {
+			return nil, fmt.Errorf("%s: bad disk name %q", snapMachine, d)
+		}
+		jobs = append(jobs, job{d, filepath.Join(dir, base)})
+		cfg.Disks[i] = base
+	}
+	var ramPath string
+	if opts.RAMInDir {
+		ramPath = filepath.Join(dir, vmm.RAMFileName)
+	} else if ramPath, err = vmm.NewRAMFile("", cfg.Name); err != nil {
+		return nil, err
+	}
+	cfg.RAMFile = ramPath
+	jobs = append(jobs, job{snapRAM, ramPath})
+	errs := make([]error, len(jobs))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := src.extract(ctx, j.from, j.to); err != nil {
+				errs[i] = fmt.Errorf("materialize %s: %w", j.from, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		if !opts.RAMInDir {
+			os.RemoveAll(filepath.Dir(ramPath))
+		}
+		return nil, err
+	}
+
+	img := &image.Image{Kernel: filepath.Join(dir, machineKernel), Initrd: filepath.Join(dir, machineInitrd),
+		Cmdline: cfg.Cmdline, ReadyMarker: image.ReadyMarker}
+	if len(cfg.Disks) > 0 {
+		img.Disk = filepath.Join(dir, cfg.Disks[0])
+	}
+	if cfg.Accel, err = chooseAccel(ctx, opts.Accel, img, opts.Progress); err != nil {
+		return nil, err
+	}
+	cfg.Created = time.Time{}
+	cfg.Boot = vmm.BootOptions{Incoming: true}
+	m, err := vmm.Boot(ctx, dir, cfg)
+	if err != nil {
+		if !opts.RAMInDir {
+			os.RemoveAll(filepath.Dir(ramPath))
+		}
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(src.copyTo(ctx, snapDeviceState, pw)) }()
+	err = m.LoadDeviceState(ctx, pr)
+	pr.Close()
+	if err != nil {
+		return m, err
+	}
+	if opts.Continue {
+		if err := m.Continue(ctx); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+// Missing walks snapshot id's content (not its history) and returns the
+// objects that are not in the store, each with the kind its referrer
+// expects. Chunks are checked for presence without being read.
+func (s *Scrapbook) Missing(ctx context.Context, id objects.ID) ([]objects.Ref, error) {
+	var missing []objects.Ref
+	seen := objects.Seen{}
+	root := true
+	err := objects.Walk(ctx, s.Objects, objects.Ref{ID: id, Kind: objects.KindSnapshot}, func(r objects.Ref) (bool, error) {
+		if r.Kind == objects.KindSnapshot && !root {
+			return false, nil
+		}
+		root = false
+		if !seen.Add(r.ID) {
+			return false, nil
+		}
+		ok, err := s.Objects.Has(ctx, r.ID)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			missing = append(missing, r)
+		}
+		return ok, nil
+	})
+	return missing, err
+}
+
+func describeMissing(refs []objects.Ref) string {
+	var parts []string
+	for i, r := range refs {
+		if i == 5 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(refs)-5))
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s %s", r.Kind, r.ID))
+	}
+	return fmt.Sprintf("%d objects missing: %s", len(refs), strings.Join(parts, ", "))
+}
+
+// Rewind replaces a machine in place with a snapshot: the machine is
+// halted and checked out again from rev under the same name, running if
+// it was running. Its commits continue on its branch, with rev as parent.
+func (s *Scrapbook) Rewind(ctx context.Context, machine, rev string, opts CheckoutOptions) (*CheckoutResult, error) {
+	dir, err := s.MachineDir(machine)
+	if err != nil {
+		return nil, err
+	}
+	// Resolve first: a bad revision must not cost the running machine.
+	id := rev
+	if !isExportedMachine(rev) {
+		rid, err := s.Resolve(ctx, rev)
+		if err != nil {
+			return nil, fmt.Errorf("rewind: %w", err)
+		}
+		if missing, err := s.Missing(ctx, rid); err != nil || len(missing) > 0 {
+			if err == nil {
+				err = errors.New(describeMissing(missing))
+			}
+			return nil, fmt.Errorf("rewind %s: %w", rid.Short(), err)
+		}
+		id = rid.String()
+	}
+	m, err := s.OpenMachine(machine)
+	if err != nil {
+		return nil, fmt.Errorf("rewind: %w", err)
+	}
+	st, _ := m.Status(ctx)
+	head, _ := readHead(dir)
+	if err := m.Halt(ctx); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("rewind %s: %w", machine, err)
+	}
+	m.Close()
+	if err := removeMachineFiles(dir); err != nil {
+		return nil, fmt.Errorf("rewind %s: %w", machine, err)
+	}
+	if opts.Branch == "" {
+		opts.Branch = head.Branch
+	}
+	opts.Continue = opts.Continue || st.State == vmm.StateRunning
+	return s.Checkout(ctx, id, machine, opts)
+}

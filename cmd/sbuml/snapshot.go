@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/refs"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	rootCmd.AddCommand(commitCmd(), checkoutCmd(), rewindCmd(), branchCmd(), tagCmd())
+}
+
+func commitCmd() *cobra.Command {
+	var opts sbuml.CommitOptions
+	c := &cobra.Command{
+		Use:     "commit NAME|DIR",
+		Aliases: []string{"save"},
+		Short:   "Save the complete running state of a machine as a snapshot",
+		Long: `Save the complete state of a running machine (vCPUs, devices, RAM, disks),
+captured at one instant, as a snapshot whose parent is the machine's previous
+snapshot (SBUML's sbumlsave). -f leaves the machine frozen afterwards, -f -c
+freezes and continues it; with neither, the guest is frozen only for the
+capture. The machine's branch (default: its name) moves to the snapshot.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			progress, clear := storeProgress("storing")
+			opts.OnProgress = progress
+			res, err := s.Commit(ctx, args[0], opts)
+			clear()
+			if err != nil {
+				return err
+			}
+			if flagJSON {
+				return printJSON(res)
+			}
+			fmt.Printf("%s %s\n", res.ID, strings.TrimPrefix(res.Branch, "refs/heads/"))
+			fmt.Printf("  downtime %.0f ms, %s logical, %s added (%d new objects), %.2fs in all\n",
+				float64(res.Downtime.Microseconds())/1000, humanBytes(res.LogicalBytes), humanBytes(res.Stats.NewBytes),
+				res.Stats.NewObjects, res.Duration.Seconds())
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&opts.Freeze, "freeze", "f", false, "freeze the machine first and leave it frozen (unless -c)")
+	c.Flags().BoolVarP(&opts.Continue, "continue", "c", false, "continue the machine after saving")
+	c.Flags().StringVarP(&opts.Message, "message", "m", "", "snapshot message")
+	c.Flags().StringVarP(&opts.Branch, "branch", "b", "", "branch to add the snapshot to (default: the machine's)")
+	c.Flags().BoolVar(&opts.Force, "force", false, "move the branch even if its tip is not this machine's last snapshot")
+	addJSONFlag(c)
+	return c
+}
+
+func checkoutCmd() *cobra.Command {
+	var opts sbuml.CheckoutOptions
+	c := &cobra.Command{
+		Use:     "checkout SNAPSHOT NEWMACHINE",
+		Aliases: []string{"restore"},
+		Short:   "Bring a machine snapshot back as a new running machine",
+		Long: `Create NEWMACHINE from a machine snapshot (SBUML's sbumlrestore) and, with -c,
+let it carry on from the instant it was saved. SNAPSHOT is an ID or unique
+prefix, a branch, a tag, BRANCH~N, or a directory made by 'sbuml export'.
+Any number of machines may be checked out from one snapshot at once.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			opts.Progress = progressWriter()
+			res, err := s.Checkout(ctx, args[0], args[1], opts)
+			if err != nil {
+				return err
+			}
+			return printCheckout(res)
+		},
+	}
+	checkoutFlags(c, &opts)
+	return c
+}
+
+func checkoutFlags(c *cobra.Command, opts *sbuml.CheckoutOptions) {
+	c.Flags().BoolVarP(&opts.Continue, "continue", "c", false, "continue the machine once restored")
+	c.Flags().StringVar(&opts.Accel, "accel", "auto", "accelerator: kvm, tcg or auto")
+	c.Flags().StringVarP(&opts.Branch, "branch", "b", "", "branch for the machine's commits (default: its name)")
+	c.Flags().BoolVar(&opts.RAMInDir, "ram-in-dir", false, "keep guest RAM in the machine directory instead of /dev/shm")
+	addJSONFlag(c)
+}
+
+func printCheckout(res *sbuml.CheckoutResult) error {
+	if flagJSON {
+		return printJSON(res)
+	}
+	state := "frozen (sbuml continue " + res.Machine + " starts it)"
+	if res.Running {
+		state = "running"
+	}
+	from := "exported snapshot"
+	if !res.Snapshot.IsZero() {
+		from = res.Snapshot.Short()
+	}
+	fmt.Printf("%s %s from %s, checkout to running %.0f ms\n", res.Machine, state, from, float64(res.Duration.Microseconds())/1000)
+	return nil
+}
+
+func rewindCmd() *cobra.Command {
+	var opts sbuml.CheckoutOptions
+	c := &cobra.Command{
+		Use:   "rewind MACHINE SNAPSHOT",
+		Short: "Replace a machine in place with a snapshot",
+		Long: `Halt MACHINE and bring it back under the same name from SNAPSHOT, running if it
+was running. Its next commit has SNAPSHOT as parent; if its branch has moved
+on since, commit with --branch NEW (or --force).`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			opts.Progress = progressWriter()
+			res, err := s.Rewind(ctx, args[0], args[1], opts)
+			if err != nil {
+				return err
+			}
+			return printCheckout(res)
+		},
+	}
+	checkoutFlags(c, &opts)
+	return c
+}
+
+// refCmd makes the branch and tag commands, which differ only in namespace.
+func refCmd(use, kind, plural, prefix string) *cobra.Command {
+	var del bool
+	c := &cobra.Command{
+		Use:   use + " [NAME [SNAPSHOT]]",
+		Short: "List, create or delete " + plural,
+		Long: fmt.Sprintf("With no NAME, list %[2]s. With NAME, create %[1]s NAME at SNAPSHOT (default HEAD).\nWith -d, delete %[1]s NAME (its snapshots stay in the scrapbook).", kind, plural),
+		Args:  cobra.MaximumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ctx := context.Background()
+			if len(args) == 0 {
+				all, err := s.Refs.List(prefix)
+				if err != nil {
+					return err
+				}
+				if flagJSON {
+					type row struct {
+						Name string     `json:"name"`
+						ID   objects.ID `json:"id"`
+					}
+					rows := []row{}
+					for _, r := range all {
+						rows = append(rows, row{strings.TrimPrefix(r.Name, prefix), r.ID})
+					}
+					return printJSON(rows)
+				}
+				for _, r := range all {
+					fmt.Printf("%s %s\n", r.ID.Short(), strings.TrimPrefix(r.Name, prefix))
+				}
+				return nil
+			}
+			if err := refs.ValidateShortName(args[0]); err != nil {
+				return err
+			}
+			name := prefix + args[0]
+			if del {
+				old, err := s.Refs.Get(name)
+				if err != nil {
+					return err
+				}
+				if err := s.Refs.Update(name, old, objects.Zero, kind+" -d"); err != nil {
+					return err
+				}
+				fmt.Printf("deleted %s %s (was %s)\n", kind, args[0], old.Short())
+				return nil
+			}
+			rev := "HEAD"
+			if len(args) == 2 {
+				rev = args[1]
+			}
+			id, err := s.Resolve(ctx, rev)
+			if err != nil {
+				return err
+			}
+			if err := s.Refs.Update(name, objects.Zero, id, kind+": created from "+rev); err != nil {
+				if errors.Is(err, refs.ErrConflict) {
+					return fmt.Errorf("%s %s already exists", kind, args[0])
+				}
+				return err
+			}
+			fmt.Printf("%s %s at %s\n", kind, args[0], id.Short())
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&del, "delete", "d", false, "delete the "+kind)
+	addJSONFlag(c)
+	return c
+}
+
+func branchCmd() *cobra.Command { return refCmd("branch", "branch", "branches", "refs/heads/") }
+func tagCmd() *cobra.Command    { return refCmd("tag", "tag", "tags", "refs/tags/") }
