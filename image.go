@@ -74,8 +74,7 @@ type ImageOptions struct {
 // holds kernel, initrd, disk and config.json, so images dedupe and travel
 // like any snapshot.
 func (s *Scrapbook) BuildImage(ctx context.Context, name string, opts ImageOptions) (*Result, error) {
-	ref, err := imageRef(name)
-	if err != nil {
+	if _, err := imageRef(name); err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp(s.Dir, ".image-build-")
@@ -87,8 +86,22 @@ func (s *Scrapbook) BuildImage(ctx context.Context, name string, opts ImageOptio
 	if err != nil {
 		return nil, err
 	}
-	return s.importTo(ctx, filepath.Dir(img.Kernel), ref, SnapshotOptions{
-		Message: "image " + name + ": Debian kernel " + img.KernelVersion + ", busybox initramfs, ext4 root disk",
+	return s.AddImage(ctx, name, filepath.Dir(img.Kernel))
+}
+
+// AddImage stores an image directory written by image.Build (kernel,
+// initrd, disk, config.json) as base image NAME.
+func (s *Scrapbook) AddImage(ctx context.Context, name, dir string) (*Result, error) {
+	ref, err := imageRef(name)
+	if err != nil {
+		return nil, err
+	}
+	img, err := image.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	return s.importTo(ctx, dir, ref, SnapshotOptions{
+		Message: "image " + name + ": kernel " + img.KernelVersion,
 		Labels:  map[string]string{"kind": "image", "kernel": img.KernelVersion},
 	})
 }
