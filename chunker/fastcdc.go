@@ -6,11 +6,11 @@ import "math/bits"
 // Chunking Approach for Data Deduplication", USENIX ATC 2016) as specified in
 // docs/chunker.md:
 //
-//   - The gear hash of the bytes up to index i is fp(i) = fp(i-1)<<1 + gear[data[i]]
-//     (mod 2^64). A byte's contribution is shifted out after 64 more bytes, so
-//     fp(i) depends only on the 64 bytes ending at i: hashing starts 64 bytes
-//     before the first possible cut point, and every fp(i) tested is this
-//     window hash, whatever came before.
+//   - The gear hash of the bytes up to index i is
+//     fp(i) = fp(i-1)<<1 + gear[data[i]] (mod 2^64). A byte's contribution
+//     is shifted out after 64 more bytes, so fp(i) depends only on the 64
+//     bytes ending at i: hashing starts 64 bytes before the first possible
+//     cut point, and every fp(i) tested is this window hash.
 //   - Cut-point skipping: no cut is considered before Min bytes.
 //   - Normalized chunking, level 2: below Avg bytes the mask has
 //     log2(Avg)+2 bits (cuts are 4 times rarer), from Avg on log2(Avg)-2
@@ -39,6 +39,7 @@ type fastCDC struct {
 	maskS, maskL  uint64 // the masks for chunks shorter than avg, and the rest
 }
 
+// newFastCDC returns the form of p that cut uses; p must be valid.
 func newFastCDC(p Params) fastCDC {
 	avgBits := bits.TrailingZeros32(p.Avg)
 	return fastCDC{
@@ -81,9 +82,6 @@ func (f *fastCDC) cut(data []byte) int {
 // Long runs of zero bytes are skipped without hashing each byte; the result
 // is the same as hashing them.
 func scan(data []byte, i int, fp, mask uint64) (int, uint64) {
-	// In a zero run fp sticks at zeroHash; when that does not match the
-	// mask, no cut falls inside the run.
-	skipZeros := zeroHash&mask != 0
 	for i < len(data) {
 		end := min(i+scanBlock, len(data))
 		block := data[i:end]
@@ -135,7 +133,10 @@ func scan(data []byte, i int, fp, mask uint64) (int, uint64) {
 			}
 		}
 		i = end
-		if fp == zeroHash && skipZeros {
+		// Zero bytes keep the hash at zeroHash, which does not match the
+		// mask (the last byte hashed would have been a cut): no cut falls
+		// in a run of zeros that follows.
+		if fp == zeroHash {
 			i += zeroPrefix(data[i:])
 		}
 	}
