@@ -100,10 +100,12 @@ type CommitResult struct {
 // instant, and records it as a snapshot whose parent is the machine's
 // previous snapshot.
 //
-// The guest is frozen only while its device state is saved (QEMU migration
-// with x-ignore-shared into a pipe that feeds the store) and its RAM file
-// and disks are copied aside (sparse copies: holes are not copied). It
-// continues before the copies are chunked, hashed and stored.
+// The RAM file and disks are first copied aside while the guest runs. The
+// guest is then frozen only while its device state is saved (QEMU
+// migration with x-ignore-shared into a pipe that feeds the store) and,
+// at the same time, the pages that changed since the first copy are
+// copied again. It continues before the copies are chunked, hashed and
+// stored.
 func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptions) (*CommitResult, error) {
 	start := time.Now()
 	m, err := s.OpenMachine(machine)
@@ -185,28 +187,42 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 		}
 		devErr = err
 	}()
-	captureErr := func() error {
-		if wasRunning {
-			if err := m.Freeze(ctx); err != nil {
-				return err
-			}
-		}
-		frozenAt = time.Now()
-		err := m.SaveDeviceState(ctx, pw)
-		pw.CloseWithError(err)
-		if err != nil {
-			return err
-		}
-		if err := vmm.CloneFile(filepath.Join(ramCopyDir, snapRAM), m.RAMFile()); err != nil {
-			return err
-		}
-		for _, d := range cfg.Disks {
-			if err := vmm.CloneFile(filepath.Join(diskCopyDir, filepath.Base(d)), resolvePath(dir, d)); err != nil {
+	// Pre-copy while the guest runs; frozen, only the pages that changed
+	// since are copied again (see mirror).
+	type copyJob struct{ dst, src string }
+	copies := []copyJob{{filepath.Join(ramCopyDir, snapRAM), m.RAMFile()}}
+	for _, d := range cfg.Disks {
+		copies = append(copies, copyJob{filepath.Join(diskCopyDir, filepath.Base(d)), resolvePath(dir, d)})
+	}
+	mirrorAll := func() error {
+		for _, c := range copies {
+			if _, err := mirror(c.dst, c.src); err != nil {
 				return err
 			}
 		}
 		return nil
-	}()
+	}
+	captureErr := mirrorAll()
+	if captureErr == nil {
+		captureErr = func() error {
+			if wasRunning {
+				if err := m.Freeze(ctx); err != nil {
+					return err
+				}
+			}
+			frozenAt = time.Now()
+			// QEMU writes the device state while the copies catch up:
+			// neither touches guest RAM or disks.
+			mirrored := make(chan error, 1)
+			go func() { mirrored <- mirrorAll() }()
+			err := m.SaveDeviceState(ctx, pw)
+			pw.CloseWithError(err)
+			if merr := <-mirrored; err == nil {
+				err = merr
+			}
+			return err
+		}()
+	}
 	if captureErr != nil {
 		pw.CloseWithError(captureErr)
 	}
