@@ -175,3 +175,43 @@ func TestCopySparse(t *testing.T) {
 		t.Errorf("copying a missing file: %v", err)
 	}
 }
+
+// TestFailedBuildUnloadsOldImage checks that a build that fails after it
+// started replacing files leaves no loadable, possibly mixed image behind.
+func TestFailedBuildUnloadsOldImage(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"kernel", "initrd", "disk"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("old"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	config := `{"kernel":"kernel","initrd":"initrd","disk":"disk","cmdline":"c","ready_marker":"m","kernel_version":"v"}`
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := image.Load(dir); err != nil {
+		t.Fatalf("old image does not load: %v", err)
+	}
+	_, err := image.Build(context.Background(), image.Options{Dir: dir, KernelDeb: "/nonexistent.deb", BusyboxDeb: "/nonexistent.deb"})
+	if err == nil {
+		t.Fatal("Build succeeded")
+	}
+	if _, err := image.Load(dir); err == nil {
+		t.Error("the old image still loads after a failed build")
+	}
+}
+
+// BenchmarkBuild measures a build from cached packages.
+func BenchmarkBuild(b *testing.B) {
+	testimage.Get(b)
+	debs, err := testimage.DebCacheDir()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	for b.Loop() {
+		if _, err := image.Build(context.Background(), image.Options{Dir: dir, CacheDir: debs}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

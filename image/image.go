@@ -190,6 +190,10 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("build image: %w", err)
 	}
+	// An image whose files are half replaced must not load.
+	if err := os.Remove(filepath.Join(dir, configFile)); err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("build image: %w", err)
+	}
 	work, err := os.MkdirTemp(dir, ".build-")
 	if err != nil {
 		return nil, fmt.Errorf("build image: %w", err)

@@ -11,6 +11,7 @@
 package testimage
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sbuml/sbuml/image"
 )
@@ -96,15 +98,17 @@ func load(t testing.TB) (*image.Image, error) {
 		shared = img
 		return img, nil
 	}
-	t.Logf("building test image in %s", dir)
+	var progress bytes.Buffer
+	start := time.Now()
 	img, err := image.Build(context.Background(), image.Options{
 		Dir:      dir,
 		CacheDir: filepath.Join(root, "debs"),
-		Progress: logWriter{t},
+		Progress: &progress,
 	})
 	if err != nil {
 		return nil, err
 	}
+	t.Logf("built test image in %s in %v:\n%s", dir, time.Since(start).Round(time.Millisecond), progress.String())
 	// The shared files are read by many tests at once; nobody may write them.
 	for _, f := range []string{img.Kernel, img.Initrd, img.Disk} {
 		if err := os.Chmod(f, 0o444); err != nil {
@@ -136,20 +140,4 @@ func lockFile(path string) (func(), error) {
 		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		f.Close()
 	}, nil
-}
-
-// logWriter sends build progress to the test log.
-type logWriter struct{ t testing.TB }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Logf("%s", trimNewline(p))
-	return len(p), nil
-}
-
-func trimNewline(p []byte) []byte {
-	if n := len(p); n > 0 && p[n-1] == '\n' {
-		return p[:n-1]
-	}
-	return p
 }
