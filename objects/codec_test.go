@@ -3,8 +3,10 @@ package objects_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -545,4 +547,40 @@ func totalAlloc() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.TotalAlloc
+}
+
+// TestMethodReferences checks that each type's References method names
+// the same IDs, in the same order, as objects.References.
+func TestMethodReferences(t *testing.T) {
+	for _, tc := range roundTripCases() {
+		r, ok := tc.obj.(interface{ References() []objects.ID })
+		if !ok {
+			continue // chunks reference nothing
+		}
+		_, want, err := objects.References(tc.obj.Encode())
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := r.References(); !slices.Equal(got, want) && (len(got) != 0 || len(want) != 0) {
+			t.Errorf("%s: References method gives %d IDs, objects.References %d", tc.name, len(got), len(want))
+		}
+	}
+}
+
+func TestStrings(t *testing.T) {
+	root := idOf("root")
+	cases := []struct {
+		obj  fmt.Stringer
+		want string
+	}{
+		{&objects.Stream{Length: 42, Root: root}, "stream 42 bytes, root " + root.Short()},
+		{&objects.Index{Level: 2, Entries: []objects.IndexEntry{{ID: root, Length: 7}}}, "index level 2, 1 entries, 7 bytes"},
+		{&objects.Snapshot{Tree: root, Parents: []objects.ID{root}, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
+			"snapshot tree " + root.Short() + ", 1 parents, 2026-01-02T03:04:05Z"},
+	}
+	for _, tc := range cases {
+		if got := tc.obj.String(); got != tc.want {
+			t.Errorf("String() = %q, want %q", got, tc.want)
+		}
+	}
 }
