@@ -1,37 +1,44 @@
 #!/usr/bin/env bash
-# The sbuml demo: a scrapbook of directory snapshots, deduplicated.
+# The sbuml demo: save a running Linux machine mid-execution, halt it, and
+# bring it back from the snapshot, carrying on where it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SBUML=${SBUML:-$PWD/bin/sbuml}
 work=$(mktemp -d /tmp/sbuml-demo.XXXXXX)
-trap 'rm -rf "$work"' EXIT
 export SBUML_DIR=$work/scrapbook
+cleanup() { "$SBUML" halt --all >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+type_in() { printf '%s\n' "$2" | "$SBUML" console "$1" >/dev/null; }
+console_tail() { "$SBUML" console "$1" --tail | tr -d '\r' | grep -a "$2" | tail -n "${3:-3}"; }
 
-step "a directory with 64 MiB of data and a 1 GiB sparse file"
-mkdir -p "$work/src/docs"
-head -c $((64<<20)) /dev/urandom > "$work/src/data.bin"
-truncate -s 1G "$work/src/disk.img"
-echo "hello from sbuml" > "$work/src/docs/readme.txt"
-ls -ls "$work/src"
+step "sbuml boot m1 (the default image is built from Debian packages on first use)"
+"$SBUML" init >/dev/null
+"$SBUML" boot m1 --memory 512M
 
-step "sbuml import (makedelta): the first snapshot"
-$SBUML init
-$SBUML import "$work/src" -m "first"
+step "start a counter in the guest, and leave a file on its disk and in its tmpfs"
+type_in m1 'echo "written before the snapshot" > /mnt/note; echo tmpfs-data > /tmp/note; (i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.5; done) &'
+sleep 3
+console_tail m1 tick
 
-step "rewrite 1 MiB in the middle, import again: only the change is stored"
-dd if=/dev/urandom of="$work/src/data.bin" bs=1M count=1 seek=20 conv=notrunc status=none
-$SBUML import "$work/src" -m "second: 1 MiB rewritten"
+step "sbuml commit m1: save the running machine"
+"$SBUML" commit m1 -m "counter running"
+sleep 2
+step "m1 went on running; now halt it"
+console_tail m1 tick 1
+"$SBUML" halt m1
+"$SBUML" ps
 
-step "sbuml log and du"
-$SBUML log --graph
-$SBUML du
+step "sbuml checkout m1 m2 -c: a new machine from the snapshot carries on from the saved instant"
+"$SBUML" checkout m1 m2 -c
+sleep 3
+console_tail m2 tick 6
+type_in m2 'cat /mnt/note /tmp/note'
+sleep 1
+console_tail m2 'note\|before\|tmpfs' 3
 
-step "sbuml export (expanddelta) the first snapshot and compare"
-$SBUML export main~1 "$work/out"
-dd if=/dev/urandom of=/dev/null bs=1 count=0 status=none
-cmp <(head -c $((20<<20)) "$work/out/data.bin") <(head -c $((20<<20)) "$work/src/data.bin") && echo "unchanged region identical"
-ls -ls "$work/out"
-
-step "sbuml fsck"
-$SBUML fsck
+step "commit m2 after a few idle seconds: only what changed is stored"
+"$SBUML" commit m2 -m "idle"
+"$SBUML" log --graph
+"$SBUML" du | tail -n 2
+"$SBUML" fsck
