@@ -31,6 +31,7 @@ const CacheEnv = "SBUML_TEST_CACHE"
 var (
 	mu     sync.Mutex
 	shared *image.Image // built or loaded image, once known
+	built  bool         // whether this process built shared, for tests
 )
 
 // Get returns the shared test image with Disk replaced by a private sparse
@@ -115,7 +116,7 @@ func load(t testing.TB) (*image.Image, error) {
 			return nil, err
 		}
 	}
-	shared = img
+	shared, built = img, true
 	return img, nil
 }
 
