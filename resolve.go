@@ -90,7 +90,11 @@ func (s *Scrapbook) resolveBase(ctx context.Context, rev string) (objects.ID, er
 	if isHex(rev) && len(rev) >= 4 && len(rev) <= 2*objects.IDSize {
 		return s.resolvePrefix(ctx, strings.ToLower(rev))
 	}
-	if err := refs.ValidateShortName(rev); err != nil && !strings.HasPrefix(rev, "refs/") {
+	validate := refs.ValidateShortName
+	if strings.HasPrefix(rev, "refs/") {
+		validate = refs.ValidateName
+	}
+	if err := validate(rev); err != nil {
 		return objects.Zero, fmt.Errorf("bad revision %q: %v", rev, err)
 	}
 	return objects.Zero, fmt.Errorf("unknown revision %q: no such snapshot, branch or tag", rev)
