@@ -61,6 +61,11 @@ func Push(ctx context.Context, local objects.Store, remote Remote, updates []Ref
 			return fail(fmt.Errorf("%s: %w", u.Name, err))
 		}
 	}
+	// An empty Put checks that the remote takes writes from us at all,
+	// before any work is done.
+	if err := remote.Put(ctx, nil); err != nil {
+		return fail(err)
+	}
 	list, err := remote.ListRefs(ctx)
 	if err != nil {
 		return fail(err)

@@ -44,7 +44,8 @@ type Remote interface {
 	// against its ID and stores it only if every object it references is
 	// already present (earlier in objs or before), so the caller must
 	// order children before parents. Read-only remotes return an error
-	// wrapping ErrReadOnly.
+	// wrapping ErrReadOnly, and remotes that want a token one wrapping
+	// ErrPushDenied, also for an empty objs: Push checks access so.
 	Put(ctx context.Context, objs []Object) error
 	// UpdateRef sets ref name to new if it holds old, as one
 	// compare-and-swap (old Zero: the ref must not exist; new Zero:

@@ -1,0 +1,450 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/transport"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	rootCmd.AddCommand(remoteCmd(), pushCmd(), pullCmd(), cloneCmd(), serveCmd(), publishCmd(), fetchCmd())
+}
+
+// DefaultServeAddr is where `sbuml serve` listens unless told otherwise.
+const DefaultServeAddr = "127.0.0.1:8417"
+
+// interruptible returns a context cancelled by SIGINT or SIGTERM, so that
+// an interrupted transfer still keeps what it received.
+func interruptible() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func remoteCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "remote",
+		Short: "Manage the scrapbooks this one pushes to and pulls from",
+	}
+	var tokenFile string
+	add := &cobra.Command{
+		Use:   "add NAME URL",
+		Short: "Add a remote",
+		Long: `Add a remote called NAME at URL: a directory (another scrapbook, or one made by
+'sbuml publish'), an http:// or https:// URL of 'sbuml serve', or of a published
+directory on any web server. --token-file names the file holding the bearer
+token that 'sbuml serve' wants for pushes.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			return s.AddRemote(sbuml.RemoteConfig{Name: args[0], URL: args[1], TokenFile: tokenFile})
+		},
+	}
+	add.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token for pushing")
+	remove := &cobra.Command{
+		Use:     "remove NAME",
+		Aliases: []string{"rm"},
+		Short:   "Remove a remote and its remote-tracking branches",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			return s.RemoveRemote(args[0])
+		},
+	}
+	ls := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List the remotes",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			rs, err := s.Remotes()
+			if err != nil {
+				return err
+			}
+			if flagJSON {
+				if rs == nil {
+					rs = []sbuml.RemoteConfig{}
+				}
+				return printJSON(rs)
+			}
+			for _, r := range rs {
+				fmt.Printf("%s\t%s\n", r.Name, r.URL)
+			}
+			return nil
+		},
+	}
+	addJSONFlag(ls)
+	c.AddCommand(add, remove, ls)
+	return c
+}
+
+func pushCmd() *cobra.Command {
+	var opts sbuml.TransferOptions
+	c := &cobra.Command{
+		Use:   "push REMOTE [REF...]",
+		Short: "Send branches or tags to another scrapbook",
+		Long: `Send branches or tags (default: the current branch) to REMOTE, a remote's name
+or a URL or path. Only the objects the remote lacks travel. The remote refs
+move last, each by compare-and-swap, and only if the remote's snapshot is an
+ancestor of the one pushed (--force drops that check, never the
+compare-and-swap). A smart server wants the bearer token from --token-file or
+the remote's configured token file.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ctx, stop := interruptible()
+			defer stop()
+			bar := newProgressBar(os.Stderr)
+			opts.Progress = bar.update
+			res, err := s.Push(ctx, args[0], args[1:], opts)
+			bar.clear()
+			if res != nil && res.Stats != nil && !flagJSON {
+				fmt.Fprintln(os.Stderr, res.Stats.Summary("sent"))
+			}
+			if err != nil {
+				return err
+			}
+			if flagJSON {
+				return printJSON(res)
+			}
+			for _, r := range res.Refs {
+				fmt.Printf("%s: %s %s\n", r.Name, r.Status, movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&opts.Force, "force", "f", false, "replace remote refs even if the push is not a fast-forward")
+	c.Flags().StringVar(&opts.TokenFile, "token-file", "", "file holding the bearer token (default: the remote's)")
+	addJSONFlag(c)
+	return c
+}
+
+// movement describes a ref moving from old to new.
+func movement(old, new string, created bool) string {
+	if created {
+		return new
+	}
+	if old == new {
+		return old
+	}
+	return old + ".." + new
+}
+
+func pullCmd() *cobra.Command {
+	var opts sbuml.TransferOptions
+	c := &cobra.Command{
+		Use:   "pull REMOTE [REF...]",
+		Short: "Fetch branches and tags from another scrapbook",
+		Long: `Fetch from the remote REMOTE its branches and tags (or the branches and tags
+named) with everything this scrapbook lacks, then point refs/remotes/REMOTE/B
+at each branch B and create the tags this scrapbook does not have. Every object
+is verified before it is stored. A pull that is cut off keeps what arrived;
+run it again to fetch the rest.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ctx, stop := interruptible()
+			defer stop()
+			bar := newProgressBar(os.Stderr)
+			opts.Progress = bar.update
+			res, err := s.Pull(ctx, args[0], args[1:], opts)
+			bar.clear()
+			return finishPull(res, err)
+		},
+	}
+	addJSONFlag(c)
+	return c
+}
+
+// finishPull prints the outcome of a pull or clone.
+func finishPull(res *sbuml.PullResult, err error) error {
+	if res != nil && res.Stats != nil && !flagJSON {
+		fmt.Fprintln(os.Stderr, res.Stats.Summary("received"))
+	}
+	if err != nil {
+		return err
+	}
+	if flagJSON {
+		return printJSON(res)
+	}
+	for _, r := range res.Refs {
+		fmt.Printf("%s: %s %s\n", r.Name, r.Status, movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+	}
+	return nil
+}
+
+func cloneCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "clone URL DIR",
+		Short: "Copy a whole scrapbook into a new one",
+		Long: `Make a new scrapbook in DIR holding everything the scrapbook at URL has: a path,
+an http(s):// URL of 'sbuml serve', or of a published directory. Its branches
+become local branches and remote-tracking branches of the remote "origin".`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := interruptible()
+			defer stop()
+			bar := newProgressBar(os.Stderr)
+			s, res, err := sbuml.Clone(ctx, args[0], args[1], sbuml.TransferOptions{Progress: bar.update})
+			bar.clear()
+			if err != nil && s != nil {
+				err = fmt.Errorf("%w; to finish, run: sbuml --scrapbook %s pull origin", err, s.Dir)
+			}
+			if err := finishPull(res, err); err != nil {
+				return err
+			}
+			if !flagJSON {
+				fmt.Fprintf(os.Stderr, "cloned into %s\n", s.Dir)
+			}
+			return nil
+		},
+	}
+	addJSONFlag(c)
+	return c
+}
+
+func fetchCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "fetch URL#SNAPSHOT | FILE.sbuml",
+		Short: "Fetch one snapshot of another scrapbook",
+		Long: `Fetch one snapshot, and everything it reaches that this scrapbook lacks, from
+URL#SNAPSHOT (SNAPSHOT: an ID, or a branch or tag of the remote; without it,
+the remote's HEAD) or from a .sbuml link file, and print its ID. No ref moves.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ctx, stop := interruptible()
+			defer stop()
+			bar := newProgressBar(os.Stderr)
+			id, st, err := s.FetchLink(ctx, args[0], sbuml.TransferOptions{Progress: bar.update})
+			bar.clear()
+			if st != nil && !flagJSON {
+				fmt.Fprintln(os.Stderr, st.Summary("received"))
+			}
+			if err != nil {
+				return err
+			}
+			if flagJSON {
+				return printJSON(map[string]any{"snapshot": id, "stats": st})
+			}
+			fmt.Println(id)
+			return nil
+		},
+	}
+	addJSONFlag(c)
+	return c
+}
+
+func publishCmd() *cobra.Command {
+	var url string
+	c := &cobra.Command{
+		Use:   "publish DIR --url URL",
+		Short: "Write the scrapbook as a static directory for any web server",
+		Long: `Write the branches and tags of the scrapbook into DIR, a new, empty or earlier
+published directory, for a web server to serve at URL: the objects, refs.json,
+index.html listing every snapshot, and a link file per branch
+(branches/NAME.sbuml) and tag (tags/NAME.sbuml) that 'sbuml open' and a
+browser understand. Others clone or pull from URL. Publishing again adds only
+new objects.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if url == "" {
+				return errors.New("publish: --url is required: the address where DIR will be served")
+			}
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			ctx, stop := interruptible()
+			defer stop()
+			bar := newProgressBar(os.Stderr)
+			res, err := s.Publish(ctx, args[0], url, sbuml.TransferOptions{Progress: bar.update})
+			bar.clear()
+			if res != nil && res.Stats != nil && !flagJSON {
+				fmt.Fprintln(os.Stderr, res.Stats.Summary("wrote"))
+			}
+			if err != nil {
+				return err
+			}
+			if flagJSON {
+				return printJSON(res)
+			}
+			for _, r := range res.Refs {
+				fmt.Printf("%s: %s %s\n", r.Name, r.Status, movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+			}
+			fmt.Printf("published %d snapshots in %s for %s (index.html, %d link files)\n", res.Snapshots, res.Dir, res.URL, len(res.Links))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&url, "url", "", "the http(s):// URL where DIR will be served (required)")
+	addJSONFlag(c)
+	return c
+}
+
+func serveCmd() *cobra.Command {
+	var (
+		addr, tokenFile, certFile, keyFile string
+		readOnly                           bool
+	)
+	c := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the scrapbook over HTTP for clone, pull and push",
+		Long: `Serve the scrapbook over HTTP (the smart protocol of docs/transport.md) for
+'sbuml clone', 'pull' and 'push' on other machines. Anyone who can reach the
+address may read. Pushing needs the bearer token held in --token-file; without
+one, pushes are refused. --read-only refuses pushes whatever the token. With
+--tls-cert and --tls-key the server speaks HTTPS.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (certFile == "") != (keyFile == "") {
+				return errors.New("serve: give both --tls-cert and --tls-key, or neither")
+			}
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			opts := transport.ServerOptions{ReadOnly: readOnly, Log: serveLog}
+			if tokenFile != "" {
+				if opts.Token, err = readTokenFile(tokenFile); err != nil {
+					return fmt.Errorf("serve: %w", err)
+				}
+			}
+			d, err := transport.OpenDir(s.Dir)
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("serve: %w", err)
+			}
+			scheme := "http"
+			if certFile != "" {
+				scheme = "https"
+			}
+			push := "push needs the token in " + tokenFile
+			switch {
+			case readOnly:
+				push = "read-only"
+			case tokenFile == "":
+				push = "push disabled (no --token-file)"
+			}
+			fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", s.Dir, scheme, ln.Addr(), push)
+			srv := &http.Server{
+				Handler:           transport.NewServer(d, opts),
+				ReadHeaderTimeout: 10 * time.Second,
+				IdleTimeout:       2 * time.Minute,
+			}
+			ctx, stop := interruptible()
+			defer stop()
+			done := make(chan error, 1)
+			go func() {
+				if certFile != "" {
+					done <- srv.ServeTLS(ln, certFile, keyFile)
+				} else {
+					done <- srv.Serve(ln)
+				}
+			}()
+			select {
+			case err := <-done:
+				return fmt.Errorf("serve: %w", err)
+			case <-ctx.Done():
+			}
+			fmt.Fprintln(os.Stderr, "stopping")
+			shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return srv.Shutdown(shutdown)
+		},
+	}
+	c.Flags().StringVar(&addr, "addr", DefaultServeAddr, "address to listen on")
+	c.Flags().BoolVar(&readOnly, "read-only", false, "refuse every push")
+	c.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token that pushes must carry")
+	c.Flags().StringVar(&certFile, "tls-cert", "", "TLS certificate file (PEM)")
+	c.Flags().StringVar(&keyFile, "tls-key", "", "TLS key file (PEM)")
+	return c
+}
+
+// serveLog prints a refused or failed request on stderr.
+func serveLog(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("2006-01-02 15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// readTokenFile reads a bearer token: one line without spaces.
+func readTokenFile(name string) (string, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" || strings.ContainsAny(tok, " \t\r\n") {
+		return "", fmt.Errorf("token file %s must hold one token: a single line without spaces", name)
+	}
+	return tok, nil
+}
+
+// progressBar draws a transfer's progress on one line of a terminal.
+type progressBar struct {
+	f      *os.File
+	drawn  bool
+	active bool
+}
+
+// newProgressBar returns a bar drawing on f if f is a terminal, and one
+// that draws nothing otherwise.
+func newProgressBar(f *os.File) *progressBar {
+	return &progressBar{f: f, active: isTerminal(f)}
+}
+
+// update redraws the bar; it is a transport progress callback.
+func (b *progressBar) update(p transport.Progress) {
+	if !b.active {
+		return
+	}
+	rate := float64(p.Bytes) / max(p.Elapsed.Seconds(), 0.001)
+	line := fmt.Sprintf("%s %d objects", p.Phase, p.Objects)
+	if p.Phase != "finding" && p.TotalObjects > 0 {
+		const width = 30
+		frac := min(float64(p.Objects)/float64(p.TotalObjects), 1)
+		full := int(frac * width)
+		line = fmt.Sprintf("%-9s [%s%s] %d/%d objects", p.Phase, strings.Repeat("=", full), strings.Repeat(" ", width-full), p.Objects, p.TotalObjects)
+	}
+	line += fmt.Sprintf(", %s (%s/s)", humanBytes(p.Bytes), humanBytes(int64(rate)))
+	fmt.Fprintf(b.f, "\r\x1b[K%s", line)
+	b.drawn = true
+}
+
+// clear erases the bar.
+func (b *progressBar) clear() {
+	if b.drawn {
+		fmt.Fprint(b.f, "\r\x1b[K")
+		b.drawn = false
+	}
+}

@@ -1,0 +1,333 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/transport"
+)
+
+// sbumlRun runs the built sbuml (see TestMain) with a private HOME and
+// returns stdout, stderr and the exit code.
+func sbumlRun(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(sbumlBin, args...)
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "SBUML_DIR=")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatalf("sbuml %v: %v", args, err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// sbumlOK runs sbuml and fails the test unless it succeeds.
+func sbumlOK(t *testing.T, args ...string) (string, string) {
+	t.Helper()
+	out, errOut, code := sbumlRun(t, args...)
+	if code != 0 {
+		t.Fatalf("sbuml %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out, errOut
+}
+
+// sbumlFails runs sbuml, expects it to fail with one line on stderr
+// containing msg, and returns that line.
+func sbumlFails(t *testing.T, msg string, args ...string) string {
+	t.Helper()
+	out, errOut, code := sbumlRun(t, args...)
+	if code == 0 {
+		t.Fatalf("sbuml %s succeeded:\n%s", strings.Join(args, " "), out)
+	}
+	lines := strings.Split(strings.TrimSuffix(errOut, "\n"), "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "sbuml: ") || !strings.Contains(last, msg) {
+		t.Fatalf("sbuml %s: stderr %q; want a last line 'sbuml: ...' saying %q", strings.Join(args, " "), errOut, msg)
+	}
+	return last
+}
+
+// startServe runs `sbuml serve` on a free port of 127.0.0.1 and returns
+// its URL; the server is stopped when the test ends.
+func startServe(t *testing.T, book string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(sbumlBin, append([]string{"--scrapbook", book, "serve", "--addr", "127.0.0.1:0"}, args...)...)
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("sbuml serve did not stop cleanly: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Error("sbuml serve ignored SIGTERM")
+		}
+	})
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	select {
+	case line, ok := <-lines:
+		if !ok {
+			t.Fatal("sbuml serve exited before serving")
+		}
+		m := regexp.MustCompile(`at (http://127\.0\.0\.1:\d+/) `).FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("sbuml serve said %q", line)
+		}
+		go func() { // keep draining the log
+			for l := range lines {
+				t.Logf("serve: %s", l)
+			}
+		}()
+		return m[1]
+	case <-time.After(30 * time.Second):
+		t.Fatal("sbuml serve did not start")
+	}
+	return ""
+}
+
+func writeRandom(t *testing.T, path string, size int, seed uint64) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(seed, 3))
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// logOf returns `sbuml log --json REV` without the ref names, which
+// differ between scrapbooks.
+func logOf(t *testing.T, book, rev string) string {
+	t.Helper()
+	out, _ := sbumlOK(t, "--scrapbook", book, "log", "--json", rev)
+	var entries []map[string]any
+	if err := json.Unmarshal([]byte(out), &entries); err != nil {
+		t.Fatalf("log --json: %v\n%s", err, out)
+	}
+	if len(entries) == 0 {
+		t.Fatalf("log of %s in %s is empty", rev, book)
+	}
+	for _, e := range entries {
+		delete(e, "refs")
+	}
+	b, _ := json.Marshal(entries)
+	return string(b)
+}
+
+func objectBytes(t *testing.T, book string) map[objects.ID]int64 {
+	t.Helper()
+	s, err := sbuml.Open(book)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[objects.ID]int64{}
+	if err := s.Objects.List(context.Background(), func(id objects.ID, size int64) error {
+		m[id] = size
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestCLIServePushPullClone drives two scrapbooks through a real
+// `sbuml serve` on 127.0.0.1.
+func TestCLIServePushPullClone(t *testing.T) {
+	tmp := t.TempDir()
+	a, served, b := filepath.Join(tmp, "a"), filepath.Join(tmp, "served"), filepath.Join(tmp, "b")
+	work := filepath.Join(tmp, "work")
+	writeRandom(t, filepath.Join(work, "disk.img"), 3<<20, 1)
+	writeRandom(t, filepath.Join(work, "etc", "motd"), 500, 2)
+	token := filepath.Join(tmp, "token")
+	if err := os.WriteFile(token, []byte("let-me-push\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sbumlOK(t, "init", a)
+	sbumlOK(t, "init", served)
+	sbumlOK(t, "--scrapbook", a, "import", work, "-m", "first")
+	url := startServe(t, served, "--token-file", token)
+
+	// Without the token the server refuses, and says why.
+	sbumlFails(t, "push needs the server's bearer token", "--scrapbook", a, "push", url)
+	sbumlFails(t, `invalid ref name "refs/heads/a..b"`, "--scrapbook", a, "push", url, "a..b")
+
+	sbumlOK(t, "--scrapbook", a, "remote", "add", "origin", url, "--token-file", token)
+	out, _ := sbumlOK(t, "--scrapbook", a, "remote", "ls")
+	if out != "origin\t"+url+"\n" {
+		t.Errorf("remote ls = %q", out)
+	}
+	out, errOut := sbumlOK(t, "--scrapbook", a, "push", "origin")
+	if !strings.HasPrefix(out, "refs/heads/main: created ") {
+		t.Errorf("push said %q", out)
+	}
+	if !regexp.MustCompile(`^sent \d+ objects \(.*\); on the wire .* sent, .* received; .* already present; \d+\.\ds\n$`).MatchString(errOut) {
+		t.Errorf("push summary line %q", errOut)
+	}
+
+	_, errOut = sbumlOK(t, "clone", url, b)
+	if !strings.Contains(errOut, "received ") || !strings.Contains(errOut, "cloned into "+b) {
+		t.Errorf("clone said %q", errOut)
+	}
+	sbumlOK(t, "--scrapbook", b, "fsck")
+	if logOf(t, a, "main") != logOf(t, b, "main") {
+		t.Error("the clone's log differs")
+	}
+
+	// A child with a small change: the push sends about the new objects.
+	before := objectBytes(t, a)
+	f, err := os.OpenFile(filepath.Join(work, "disk.img"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(bytes.Repeat([]byte("changed!"), 512), 1<<20)
+	f.Close()
+	sbumlOK(t, "--scrapbook", a, "import", work, "-m", "second")
+	var newBytes int64
+	for id, size := range objectBytes(t, a) {
+		if _, ok := before[id]; !ok {
+			newBytes += size
+		}
+	}
+	out, _ = sbumlOK(t, "--scrapbook", a, "push", "--json", "origin", "main")
+	var pushed sbuml.PushResult
+	if err := json.Unmarshal([]byte(out), &pushed); err != nil {
+		t.Fatal(err)
+	}
+	if limit := int64(1.1*float64(newBytes)) + 64<<10; pushed.Stats.BytesSent > limit || pushed.Stats.ObjectBytes != newBytes {
+		t.Errorf("child push: %d bytes on the wire, %d object bytes; %d new bytes (limit %d)", pushed.Stats.BytesSent, pushed.Stats.ObjectBytes, newBytes, limit)
+	}
+	t.Logf("child push: %d new bytes, %s", newBytes, pushed.Stats.Summary("sent"))
+
+	out, _ = sbumlOK(t, "--scrapbook", b, "pull", "origin")
+	if !strings.HasPrefix(out, "refs/remotes/origin/main: updated ") {
+		t.Errorf("pull said %q", out)
+	}
+	sbumlOK(t, "--scrapbook", b, "fsck")
+	if logOf(t, a, "main") != logOf(t, b, "origin/main") {
+		t.Error("origin/main in the clone differs from main")
+	}
+
+	// b's own snapshot on top of an old main is not a fast-forward.
+	writeRandom(t, filepath.Join(work, "etc", "motd"), 600, 5)
+	sbumlOK(t, "--scrapbook", b, "import", work, "-m", "diverged")
+	sbumlOK(t, "--scrapbook", b, "remote", "remove", "origin")
+	sbumlOK(t, "--scrapbook", b, "remote", "add", "origin", url, "--token-file", token)
+	sbumlFails(t, "not a fast-forward", "--scrapbook", b, "push", "origin")
+	if logOf(t, a, "main") != logOf(t, served, "main") {
+		t.Error("a refused push changed the server")
+	}
+}
+
+// TestCLIPublish publishes a scrapbook, serves it with a plain web
+// server and clones and fetches from it.
+func TestCLIPublish(t *testing.T) {
+	tmp := t.TempDir()
+	a, pub := filepath.Join(tmp, "a"), filepath.Join(tmp, "pub")
+	work := filepath.Join(tmp, "work")
+	writeRandom(t, filepath.Join(work, "f"), 200<<10, 1)
+	sbumlOK(t, "init", a)
+	sbumlOK(t, "--scrapbook", a, "import", work, "-m", "published one")
+	srv := httptest.NewServer(http.FileServer(http.Dir(pub)))
+	defer srv.Close()
+
+	sbumlFails(t, "--url is required", "--scrapbook", a, "publish", pub)
+	out, _ := sbumlOK(t, "--scrapbook", a, "publish", pub, "--url", srv.URL)
+	if !strings.Contains(out, "published 1 snapshots") {
+		t.Errorf("publish said %q", out)
+	}
+	for _, f := range []string{"refs.json", "index.html", "branches/main.sbuml"} {
+		if _, err := os.Stat(filepath.Join(pub, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	b := filepath.Join(tmp, "b")
+	sbumlOK(t, "clone", srv.URL, b)
+	sbumlOK(t, "--scrapbook", b, "fsck")
+	if logOf(t, a, "main") != logOf(t, b, "main") {
+		t.Error("the clone of the published scrapbook differs")
+	}
+	c := filepath.Join(tmp, "c")
+	sbumlOK(t, "init", c)
+	out, _ = sbumlOK(t, "--scrapbook", c, "fetch", filepath.Join(pub, "branches", "main.sbuml"))
+	id, err := objects.ParseID(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("fetch printed %q", out)
+	}
+	link, _ := os.ReadFile(filepath.Join(pub, "branches", "main.sbuml"))
+	if l, err := sbuml.ParseLink(link); err != nil || l.Snapshot != id {
+		t.Errorf("fetched %s; the link names %v (%v)", id, l, err)
+	}
+	// A published directory is read-only over HTTP.
+	sbumlOK(t, "--scrapbook", b, "import", work, "-m", "more")
+	sbumlFails(t, "read-only", "--scrapbook", b, "push", srv.URL)
+}
+
+// TestCLIServeReadOnly checks the safe default: no token file, no push.
+func TestCLIServeReadOnly(t *testing.T) {
+	tmp := t.TempDir()
+	a, served := filepath.Join(tmp, "a"), filepath.Join(tmp, "served")
+	work := filepath.Join(tmp, "work")
+	writeRandom(t, filepath.Join(work, "f"), 1000, 1)
+	sbumlOK(t, "init", a)
+	sbumlOK(t, "init", served)
+	sbumlOK(t, "--scrapbook", a, "import", work, "-m", "x")
+	url := startServe(t, served)
+	sbumlFails(t, "push is disabled", "--scrapbook", a, "push", url)
+	resp, err := http.Get(url + "sbuml-protocol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var info transport.ProtocolInfo
+	if err := json.Unmarshal(body, &info); err != nil || info.Push != "disabled" || info.Protocol != transport.ProtocolName {
+		t.Errorf("sbuml-protocol = %s (%v)", body, err)
+	}
+	sbumlFails(t, "give both --tls-cert and --tls-key", "--scrapbook", served, "serve", "--tls-cert", "x")
+}
