@@ -26,10 +26,12 @@ import (
 const ReadyMarker = "SBUML-READY"
 
 // Cmdline is the kernel command line the image is built for: the console
-// on the first serial port, quiet boot (the ready marker still prints), and
-// an immediate reboot on panic so a crashed guest ends QEMU under
-// -no-reboot instead of hanging.
-const Cmdline = "console=ttyS0 quiet panic=-1"
+// on the first serial port, quiet boot (the ready marker still prints), an
+// immediate reboot on panic so a crashed guest ends QEMU under -no-reboot
+// instead of hanging, and no_timer_check, without which the kernel's IO-APIC
+// timer check fails ("IO-APIC + timer doesn't work!") when TCG runs on a
+// loaded host.
+const Cmdline = "console=ttyS0 quiet panic=-1 no_timer_check"
 
 // DefaultKernelPackage is the Debian package the kernel comes from. It is a
 // metapackage; Build resolves it to the linux-image-<version> package it
