@@ -3,12 +3,14 @@ package sbuml_test
 import (
 	"context"
 	"encoding/json"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -615,4 +617,91 @@ func (c corruptingRemote) Get(ctx context.Context, ids []objects.ID, fn func(obj
 		}
 		return fn(id, stored)
 	})
+}
+
+// TestLinkFileRegistration checks docs/sbuml-mime.xml and
+// docs/sbuml.desktop against the link files Publish writes.
+func TestLinkFileRegistration(t *testing.T) {
+	a := remoteBook(t)
+	remoteImport(t, a, newRemoteWork(t).dir, "x")
+	pub := filepath.Join(t.TempDir(), "pub")
+	if _, err := a.Publish(context.Background(), pub, "https://example.org/book", sbuml.TransferOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	link, err := os.ReadFile(filepath.Join(pub, "branches", "main"+sbuml.LinkExtension))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	data, err := os.ReadFile("docs/sbuml-mime.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Types []struct {
+			Type  string `xml:"type,attr"`
+			Globs []struct {
+				Pattern string `xml:"pattern,attr"`
+			} `xml:"glob"`
+			Matches []struct {
+				Type   string `xml:"type,attr"`
+				Offset string `xml:"offset,attr"`
+				Value  string `xml:"value,attr"`
+			} `xml:"magic>match"`
+		} `xml:"mime-type"`
+	}
+	if err := xml.Unmarshal(data, &info); err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Types) != 1 || info.Types[0].Type != sbuml.LinkMIMEType {
+		t.Fatalf("mime types %+v, want one %s", info.Types, sbuml.LinkMIMEType)
+	}
+	mt := info.Types[0]
+	if len(mt.Globs) != 1 || mt.Globs[0].Pattern != "*"+sbuml.LinkExtension {
+		t.Errorf("globs %+v", mt.Globs)
+	}
+	if len(mt.Matches) != 1 {
+		t.Fatalf("magic %+v", mt.Matches)
+	}
+	m := mt.Matches[0]
+	var lo, hi int
+	if _, err := fmt.Sscanf(m.Offset, "%d:%d", &lo, &hi); err != nil || m.Type != "string" {
+		t.Fatalf("magic match %+v", m)
+	}
+	if i := strings.Index(string(link), m.Value); i < lo || i > hi {
+		t.Errorf("magic %q at offsets %s does not match a link file:\n%s", m.Value, m.Offset, link)
+	}
+	if bin, err := exec.LookPath("update-mime-database"); err == nil {
+		db := t.TempDir()
+		os.MkdirAll(filepath.Join(db, "packages"), 0o755)
+		os.WriteFile(filepath.Join(db, "packages", "sbuml.xml"), data, 0o644)
+		if out, err := exec.Command(bin, db).CombinedOutput(); err != nil {
+			t.Errorf("update-mime-database: %v\n%s", err, out)
+		}
+		if globs, _ := os.ReadFile(filepath.Join(db, "globs2")); !strings.Contains(string(globs), sbuml.LinkMIMEType+":*"+sbuml.LinkExtension) {
+			t.Errorf("update-mime-database made globs2:\n%s", globs)
+		}
+	}
+
+	desktop, err := os.ReadFile("docs/sbuml.desktop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]string{}
+	for i, line := range strings.Split(strings.TrimSpace(string(desktop)), "\n") {
+		if i == 0 {
+			if line != "[Desktop Entry]" {
+				t.Fatalf("desktop file starts with %q", line)
+			}
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("desktop file line %q", line)
+		}
+		keys[k] = v
+	}
+	if keys["Type"] != "Application" || keys["Exec"] != "sbuml open %f" || keys["MimeType"] != sbuml.LinkMIMEType+";" || keys["Name"] == "" {
+		t.Errorf("desktop entry %v", keys)
+	}
 }
