@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/transport"
+	"golang.org/x/sys/unix"
 )
 
 // sbumlRun runs the built sbuml (see TestMain) with a private HOME and
@@ -330,4 +332,62 @@ func TestCLIServeReadOnly(t *testing.T) {
 		t.Errorf("sbuml-protocol = %s (%v)", body, err)
 	}
 	sbumlFails(t, "give both --tls-cert and --tls-key", "--scrapbook", served, "serve", "--tls-cert", "x")
+}
+
+// openPTY returns both ends of a new pseudo-terminal.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		m.Close()
+		t.Skipf("unlock pty: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		m.Close()
+		t.Skipf("pty number: %v", err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		m.Close()
+		t.Skipf("open pty: %v", err)
+	}
+	t.Cleanup(func() {
+		s.Close()
+		m.Close()
+	})
+	return m, s
+}
+
+// TestProgressBar draws on a terminal and stays quiet elsewhere.
+func TestProgressBar(t *testing.T) {
+	p := transport.Progress{Phase: "sending", Objects: 5, TotalObjects: 10, Bytes: 3 << 20, Elapsed: 2 * time.Second}
+
+	file, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bar := newProgressBar(file)
+	bar.update(p)
+	bar.clear()
+	if fi, _ := file.Stat(); fi.Size() != 0 {
+		t.Errorf("the bar drew %d bytes into a file", fi.Size())
+	}
+	file.Close()
+
+	master, slave := openPTY(t)
+	bar = newProgressBar(slave)
+	bar.update(p)
+	bar.update(transport.Progress{Phase: "finding", Objects: 7})
+	bar.clear()
+	slave.Close()
+	got, _ := io.ReadAll(master) // ends with EIO once the slave is closed
+	want := "\r\x1b[Ksending   [===============               ] 5/10 objects, 3.0 MiB (1.5 MiB/s)" +
+		"\r\x1b[Kfinding 7 objects, 0 B (0 B/s)" + "\r\x1b[K"
+	if string(got) != want {
+		t.Errorf("terminal got %q\nwant %q", got, want)
+	}
 }
