@@ -117,7 +117,33 @@ func load(t testing.TB) (*image.Image, error) {
 		}
 	}
 	shared, built = img, true
+	pruneStale(root, dir)
 	return img, nil
+}
+
+// staleAge is how long an image of another recipe stays in the cache
+// after it was last built; it may still be in use by another checkout.
+const staleAge = 24 * time.Hour
+
+// pruneStale removes images of other recipes from the cache root that were
+// built more than staleAge ago, so that changing the recipe during
+// development does not pile up images. Errors are ignored: the cache is
+// only an optimization.
+func pruneStale(root, keep string) {
+	dirs, _ := filepath.Glob(filepath.Join(root, "image-*"))
+	for _, dir := range dirs {
+		fi, err := os.Stat(dir)
+		if err != nil || !fi.IsDir() || dir == keep || time.Since(fi.ModTime()) < staleAge {
+			continue
+		}
+		unlock, err := lockFile(dir + ".lock")
+		if err != nil {
+			continue
+		}
+		os.RemoveAll(dir)
+		os.Remove(dir + ".lock")
+		unlock()
+	}
 }
 
 // lockFile takes an exclusive lock on path, waiting for other processes,

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestGetPrivateDisk(t *testing.T) {
@@ -78,6 +79,21 @@ func TestConcurrentProcessesBuildOnce(t *testing.T) {
 		}
 	}
 
+	// Images of other recipes: one built long ago, one recently.
+	old, recent := filepath.Join(cache, "image-old"), filepath.Join(cache, "image-recent")
+	for _, dir := range []string{old, recent} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "kernel"), []byte("k"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	longAgo := time.Now().Add(-2 * staleAge)
+	if err := os.Chtimes(old, longAgo, longAgo); err != nil {
+		t.Fatal(err)
+	}
+
 	const n = 3
 	outs := make([]*bytes.Buffer, n)
 	cmds := make([]*exec.Cmd, n)
@@ -105,6 +121,12 @@ func TestConcurrentProcessesBuildOnce(t *testing.T) {
 	}
 	if builds != 1 {
 		t.Errorf("%d processes built the image, want 1", builds)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("stale image %s not pruned (%v)", old, err)
+	}
+	if _, err := os.Stat(recent); err != nil {
+		t.Errorf("recent image of another recipe pruned: %v", err)
 	}
 }
 
