@@ -357,9 +357,11 @@ type PullResult struct {
 }
 
 // Pull fetches from a configured remote the snapshots of its branches
-// and tags (or of the branches and tags named) and whatever they reach
-// that this scrapbook lacks, then points refs/remotes/REMOTE/BRANCH at
-// each branch and creates the tags this scrapbook does not have. Objects
+// and tags (or of the branches, tags or full ref names named) and
+// whatever they reach that this scrapbook lacks, then points
+// refs/remotes/REMOTE/BRANCH at each branch and creates the tags (and
+// other refs) this scrapbook does not have; one it has at another
+// snapshot is left alone and reported. Objects
 // are verified and stored as they arrive, so a pull that is cut off
 // keeps what it received and the next one fetches only the rest. Refs
 // move only after everything they reach is stored.
@@ -423,8 +425,9 @@ func (s *Scrapbook) pull(ctx context.Context, r transport.Remote, name string, n
 		switch {
 		case c.Old == c.New:
 			c.Status = "up to date"
-		case !c.Old.IsZero() && strings.HasPrefix(c.Name, "refs/tags/"):
-			c.Status = fmt.Sprintf("left alone: the local tag is at %s", c.Old.Short())
+		case !c.Old.IsZero() && !strings.HasPrefix(c.Name, "refs/remotes/"):
+			// Tags and other refs are created, never moved, by a pull.
+			c.Status = fmt.Sprintf("left alone: the local ref is at %s", c.Old.Short())
 		default:
 			if err := s.Refs.Update(c.Name, c.Old, c.New, "pull "+r.URL()); err != nil {
 				return res, list, fmt.Errorf("pull: %w", err)

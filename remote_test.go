@@ -288,6 +288,29 @@ func TestPushPullThroughServer(t *testing.T) {
 	fsckClean(t, b)
 	sameLog(t, a, "main", b, "origin/main")
 
+	// Tags are created by a pull, never moved.
+	secondID := pres.Refs[0].New
+	firstID := pres.Refs[0].Old
+	if err := a.Refs.Update("refs/tags/v1", objects.Zero, secondID, "tag"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Push(ctx, "origin", []string{"v1"}, sbuml.TransferOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Refs.Update("refs/tags/v1", objects.Zero, firstID, "my own tag"); err != nil {
+		t.Fatal(err)
+	}
+	pres, err = b.Pull(ctx, "origin", []string{"v1"}, sbuml.TransferOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pres.Refs) != 1 || !strings.HasPrefix(pres.Refs[0].Status, "left alone") {
+		t.Errorf("pull of a tag that differs: %+v", pres.Refs)
+	}
+	if id, _ := b.Refs.Get("refs/tags/v1"); id != firstID {
+		t.Error("pull moved a local tag")
+	}
+
 	// b's main is now behind, and b pushes a sibling of a's second
 	// snapshot: not a fast-forward.
 	if err := b.AddRemote(sbuml.RemoteConfig{Name: "up", URL: srv.URL}); err != nil {
