@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -48,9 +49,11 @@ func boot(t *testing.T, img *image.Image, extra ...string) *guest {
 		"-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
 		"-serial", "stdio", "-monitor", "none",
 		"-kernel", img.Kernel, "-initrd", img.Initrd, "-append", img.Cmdline,
-		"-drive", "file=" + img.Disk + ",format=raw,if=virtio",
 		"-nic", "user,model=virtio-net-pci",
 		"-device", "virtio-serial-pci",
+	}
+	if img.Disk != "" {
+		args = append(args, "-drive", "file="+img.Disk+",format=raw,if=virtio")
 	}
 	g := &guest{t: t, update: make(chan struct{})}
 	g.cmd = exec.Command(qemu, append(args, extra...)...)
@@ -199,11 +202,44 @@ func checkGuest(t *testing.T, g *guest) {
 }
 
 // TestBoot boots the image the way the tests of vmm do: TCG, the default
-// machine, the console on the first serial port.
+// machine, the console on the first serial port. A script in the disk's
+// /etc/sbuml/rc.d must run before the ready marker.
 func TestBoot(t *testing.T) {
 	t.Parallel()
-	g := boot(t, testimage.Get(t), "-m", "256M")
+	img := testimage.Get(t)
+	script := filepath.Join(t.TempDir(), "probe")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho rc-hook-$((3*3)) $(cat /mnt/etc/hostname)\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	debugfs := "write " + script + " /etc/sbuml/rc.d/10-probe\nset_inode_field /etc/sbuml/rc.d/10-probe mode 0100755\n"
+	cmd := exec.Command("debugfs", "-w", "-f", "-", img.Disk)
+	cmd.Stdin = strings.NewReader(debugfs)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("debugfs: %v\n%s", err, out)
+	}
+
+	g := boot(t, img, "-m", "256M")
+	before, _, _ := strings.Cut(g.output(), img.ReadyMarker)
+	if !strings.Contains(before, "rc-hook-9 sbuml") {
+		t.Errorf("rc.d script on the disk did not run before the ready marker:\n%s", before)
+	}
 	checkGuest(t, g)
+	g.poweroff()
+}
+
+// TestBootWithoutDisk boots with no disk: /init must say so and still
+// reach the ready marker and a shell.
+func TestBootWithoutDisk(t *testing.T) {
+	t.Parallel()
+	img := *testimage.Get(t)
+	img.Disk = ""
+	g := boot(t, &img, "-m", "256M")
+	if out := g.output(); !strings.Contains(out, "sbuml-init: no disk /dev/vda") {
+		t.Errorf("no message about the missing disk:\n%s", out)
+	}
+	if out := g.run("echo up-$((1+1))"); !strings.Contains(out, "up-2") {
+		t.Errorf("shell does not answer:\n%s", out)
+	}
 	g.poweroff()
 }
 
