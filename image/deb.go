@@ -63,20 +63,27 @@ func errorLine(stderr string) string {
 
 // resolveKernelPackage turns a kernel metapackage such as
 // linux-image-cloud-amd64 into the versioned package it depends on, which
-// holds the kernel. A package without such a dependency is returned as is.
-func resolveKernelPackage(ctx context.Context, pkg string) (string, error) {
+// holds the kernel. A package without such a dependency, or one apt does
+// not know, is returned as is; downloading it then reports the problem.
+func resolveKernelPackage(ctx context.Context, pkg string) string {
 	out, err := runCommand(ctx, "", "apt-cache depends "+pkg, "apt-cache", "depends", pkg)
 	if err != nil {
-		// Let apt-get download report why the package is unavailable.
-		return pkg, nil
+		return pkg
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		dep, ok := strings.CutPrefix(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "|")), "Depends: ")
-		if ok && strings.HasPrefix(dep, "linux-image-") && !strings.HasPrefix(dep, "<") {
-			return dep, nil
+	return kernelDependency(pkg, out)
+}
+
+// kernelDependency picks the linux-image-* package from the output of
+// apt-cache depends, or returns pkg if there is none.
+func kernelDependency(pkg string, aptCacheDepends []byte) string {
+	for _, line := range strings.Split(string(aptCacheDepends), "\n") {
+		line = strings.TrimPrefix(strings.TrimSpace(line), "|")
+		dep, ok := strings.CutPrefix(line, "Depends: ")
+		if ok && strings.HasPrefix(dep, "linux-image-") {
+			return dep
 		}
 	}
-	return pkg, nil
+	return pkg
 }
 
 // aptURI is one line of apt-get download --print-uris.

@@ -203,11 +203,7 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	defer os.RemoveAll(work)
 
 	b := &builder{opts: opts, dir: dir, work: work}
-	img, err := b.build(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return img, nil
+	return b.build(ctx)
 }
 
 // builder carries the state of one Build.
@@ -224,10 +220,8 @@ func (b *builder) progressf(format string, args ...any) {
 func (b *builder) build(ctx context.Context) (*Image, error) {
 	kernelDeb := b.opts.KernelDeb
 	if kernelDeb == "" {
-		pkg, err := resolveKernelPackage(ctx, b.opts.KernelPackage)
-		if err != nil {
-			return nil, err
-		}
+		var err error
+		pkg := resolveKernelPackage(ctx, b.opts.KernelPackage)
 		if kernelDeb, err = b.fetch(ctx, pkg, "--kernel-deb"); err != nil {
 			return nil, err
 		}
