@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -390,4 +391,107 @@ func TestProgressBar(t *testing.T) {
 	if string(got) != want {
 		t.Errorf("terminal got %q\nwant %q", got, want)
 	}
+}
+
+// stallingServer serves until budget bytes went out, then stops sending
+// (as a stuck network would) until the client gives up.
+type stallingServer struct {
+	h       http.Handler
+	mu      sync.Mutex
+	budget  int64
+	stalled chan struct{}
+	once    sync.Once
+}
+
+func (s *stallingServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.h.ServeHTTP(&stallingWriter{w, s, r}, r)
+}
+
+type stallingWriter struct {
+	http.ResponseWriter
+	s *stallingServer
+	r *http.Request
+}
+
+func (w *stallingWriter) Write(p []byte) (int, error) {
+	w.s.mu.Lock()
+	w.s.budget -= int64(len(p))
+	stall := w.s.budget < 0
+	w.s.mu.Unlock()
+	if stall {
+		w.s.once.Do(func() { close(w.s.stalled) })
+		<-w.r.Context().Done()
+		panic(http.ErrAbortHandler)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// TestCLIPullInterrupted interrupts `sbuml pull` half-way with SIGINT and
+// pulls again: the second pull receives only what the first did not keep.
+func TestCLIPullInterrupted(t *testing.T) {
+	tmp := t.TempDir()
+	a, b := filepath.Join(tmp, "a"), filepath.Join(tmp, "b")
+	work := filepath.Join(tmp, "work")
+	writeRandom(t, filepath.Join(work, "disk.img"), 4<<20, 1)
+	sbumlOK(t, "init", a)
+	sbumlOK(t, "--scrapbook", a, "import", work, "-m", "big")
+	var total int64
+	for _, size := range objectBytes(t, a) {
+		total += size
+	}
+	d, err := transport.OpenDir(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	stalling := &stallingServer{h: transport.NewServer(d, transport.ServerOptions{}), budget: total / 2, stalled: make(chan struct{})}
+	srv := httptest.NewServer(stalling)
+	defer srv.Close()
+
+	sbumlOK(t, "init", b)
+	sbumlOK(t, "--scrapbook", b, "remote", "add", "origin", srv.URL)
+	cmd := exec.Command(sbumlBin, "--scrapbook", b, "pull", "origin")
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stalling.stalled:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("the pull never got half-way: %s", stderr.String())
+	}
+	cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("an interrupted pull succeeded")
+	}
+	t.Logf("interrupted pull said: %s", strings.TrimSpace(stderr.String()))
+	var kept int64
+	for _, size := range objectBytes(t, b) {
+		kept += size
+	}
+	if kept < total/4 {
+		t.Fatalf("the interrupted pull kept %d of %d bytes", kept, total)
+	}
+	sbumlOK(t, "--scrapbook", b, "fsck")
+
+	stalling.mu.Lock()
+	stalling.budget = 1 << 62
+	stalling.mu.Unlock()
+	out, _ := sbumlOK(t, "--scrapbook", b, "pull", "--json", "origin")
+	var res sbuml.PullResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Stats.ObjectBytes != total-kept {
+		t.Errorf("the second pull received %d object bytes; %d were missing", res.Stats.ObjectBytes, total-kept)
+	}
+	sbumlOK(t, "--scrapbook", b, "fsck")
+	if logOf(t, a, "main") != logOf(t, b, "origin/main") {
+		t.Error("origin/main differs after the resumed pull")
+	}
+	t.Logf("%d bytes in all; the interrupted pull kept %d; the second received %d", total, kept, res.Stats.ObjectBytes)
 }
