@@ -156,11 +156,13 @@ func (s *Static) getOne(ctx context.Context, id objects.ID) ([]byte, error) {
 }
 
 // Put implements Remote: a published directory on a web server is read-only.
-func (s *Static) Put(context.Context, []Object) error {
-	return fmt.Errorf("remote %s: %w: it is a published directory; publish again with 'sbuml publish' instead", s.base, ErrReadOnly)
-}
+func (s *Static) Put(context.Context, []Object) error { return s.readOnly() }
 
 // UpdateRef implements Remote: a published directory on a web server is read-only.
 func (s *Static) UpdateRef(context.Context, string, objects.ID, objects.ID) error {
-	return s.Put(context.Background(), nil)
+	return s.readOnly()
+}
+
+func (s *Static) readOnly() error {
+	return fmt.Errorf("remote %s: %w: it is a published directory; publish again with 'sbuml publish' instead", s.base, ErrReadOnly)
 }
