@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -118,52 +117,6 @@ func debugfsError(stderr string) string {
 		}
 	}
 	return ""
-}
-
-// names returns the paths of all entries of the tree.
-func (t *tree) names() []string {
-	names := make([]string, 0, len(t.entries))
-	for name := range t.entries {
-		names = append(names, name)
-	}
-	return names
-}
-
-// writeDir materializes the tree's directories, regular files and symlinks
-// under dir.
-func (t *tree) writeDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	for _, name := range sortedNames(t) {
-		e := t.entries[name]
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		var err error
-		switch e.hdr.Mode.Type() {
-		case fs.ModeDir:
-			if err = os.MkdirAll(p, 0o755); err == nil {
-				err = os.Chmod(p, e.hdr.Mode)
-			}
-		case 0:
-			if err = os.WriteFile(p, e.data, 0o644); err == nil {
-				err = os.Chmod(p, e.hdr.Mode)
-			}
-		case fs.ModeSymlink:
-			err = os.Symlink(e.hdr.Linkname, p)
-		default:
-			err = fmt.Errorf("%s: %v entries are not supported on the disk", name, e.hdr.Mode.Type())
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func sortedNames(t *tree) []string {
-	names := t.names()
-	slices.Sort(names)
-	return names
 }
 
 // Linux lseek whence values for finding data in sparse files.

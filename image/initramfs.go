@@ -3,107 +3,13 @@ package image
 import (
 	"bufio"
 	"context"
-	"embed"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
-	"slices"
 	"strings"
-
-	"github.com/sbuml/sbuml/image/cpio"
 )
-
-// files holds the static parts of the image: the initramfs's /init and
-// /etc, and the disk's initial contents.
-//
-//go:embed files
-var files embed.FS
-
-// epoch is the modification time of every file in the image, so that the
-// same packages always build the same bytes (2024-01-01 00:00:00 UTC).
-const epoch = 1704067200
-
-// tree collects the entries of a file system image by path, so they can be
-// written in a fixed order whatever order they were added in.
-type tree struct {
-	entries map[string]treeEntry
-}
-
-type treeEntry struct {
-	hdr  cpio.Header
-	data []byte
-}
-
-func newTree() *tree {
-	return &tree{entries: make(map[string]treeEntry)}
-}
-
-// add records an entry and any missing parent directories.
-func (t *tree) add(name string, mode fs.FileMode, data []byte, dev ...int) {
-	name = strings.TrimPrefix(path.Clean("/"+name), "/")
-	if parent := path.Dir(name); parent != "." {
-		if _, ok := t.entries[parent]; !ok {
-			t.add(parent, fs.ModeDir|0o755, nil)
-		}
-	}
-	hdr := cpio.Header{Name: name, Mode: mode, ModTime: epoch}
-	switch mode.Type() {
-	case 0:
-		hdr.Size = int64(len(data))
-	case fs.ModeSymlink:
-		hdr.Linkname = string(data)
-		data = nil
-	}
-	if len(dev) == 2 {
-		hdr.Devmajor, hdr.Devminor = dev[0], dev[1]
-	}
-	t.entries[name] = treeEntry{hdr: hdr, data: data}
-}
-
-// writeCpio writes the tree as a newc archive, entries sorted by path so
-// that every directory precedes its contents.
-func (t *tree) writeCpio(w io.Writer) error {
-	names := make([]string, 0, len(t.entries))
-	for name := range t.entries {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	cw := cpio.NewWriter(w)
-	for _, name := range names {
-		e := t.entries[name]
-		if err := cw.WriteHeader(&e.hdr); err != nil {
-			return err
-		}
-		if _, err := cw.Write(e.data); err != nil {
-			return err
-		}
-	}
-	return cw.Close()
-}
-
-// addEmbedded adds the files under dir of the embedded files, with mode
-// 0755 for those listed in executables and 0644 for the rest.
-func (t *tree) addEmbedded(dir string, executables ...string) error {
-	return fs.WalkDir(files, dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		data, err := files.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		name := strings.TrimPrefix(p, dir+"/")
-		mode := fs.FileMode(0o644)
-		if slices.Contains(executables, name) {
-			mode = 0o755
-		}
-		t.add(name, mode, data)
-		return nil
-	})
-}
 
 // initramfsDirs are the directories /init and busybox expect to exist.
 var initramfsDirs = []string{
@@ -123,8 +29,8 @@ func writeInitramfs(ctx context.Context, dst string, kernel *kernelTree, modules
 	t.add("tmp", fs.ModeDir|fs.ModeSticky|0o777, nil)
 	t.add("root", fs.ModeDir|0o700, nil)
 	// The kernel opens /dev/console for init before devtmpfs is mounted.
-	t.add("dev/console", fs.ModeDevice|fs.ModeCharDevice|0o600, nil, 5, 1)
-	t.add("dev/null", fs.ModeDevice|fs.ModeCharDevice|0o666, nil, 1, 3)
+	t.addDevice("dev/console", fs.ModeDevice|fs.ModeCharDevice|0o600, 5, 1)
+	t.addDevice("dev/null", fs.ModeDevice|fs.ModeCharDevice|0o666, 1, 3)
 
 	bb, err := os.ReadFile(busybox)
 	if err != nil {
