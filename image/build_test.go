@@ -42,6 +42,8 @@ func TestBuildErrors(t *testing.T) {
 		{"no dir", image.Options{}, []string{"build image: no output directory"}},
 		{"odd disk size", image.Options{DiskSize: 100<<20 + 1}, []string{"disk size 104857601 must be a multiple of 4096"}},
 		{"tiny disk", image.Options{DiskSize: 1 << 20}, []string{"at least 16 MiB"}},
+		{"absolute extra file", image.Options{ExtraFiles: []image.File{{Path: "/usr/bin/x"}}},
+			[]string{`build image: extra file path "/usr/bin/x" must be relative and clean`}},
 		{"unknown kernel package", image.Options{KernelPackage: "sbuml-no-such-package", BusyboxDeb: busybox},
 			[]string{"apt-get download sbuml-no-such-package failed: E: Unable to locate package sbuml-no-such-package", "is apt reachable", "or pass --kernel-deb"}},
 		{"missing kernel deb", image.Options{KernelDeb: "/nonexistent/linux.deb", BusyboxDeb: busybox},

@@ -17,6 +17,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 )
@@ -75,8 +76,32 @@ type Options struct {
 	// Modules replaces DefaultModules when not empty. Dependencies are
 	// added automatically; modules built into the kernel are skipped.
 	Modules []string
+	// ExtraFiles are added to the initramfs after everything else, so
+	// they may also replace its files (not directories). An executable in
+	// etc/sbuml/rc.d/ runs at boot before the ready marker.
+	ExtraFiles []File
 	// Progress receives one line per build step when not nil.
 	Progress io.Writer
+}
+
+// File is a regular file to add to the initramfs.
+type File struct {
+	// Path is the file's path inside the initramfs, relative, with
+	// slashes, such as "usr/bin/sbuml-guest".
+	Path string
+	// Mode holds the permission bits; other bits are ignored.
+	Mode fs.FileMode
+	// Data is the file's contents.
+	Data []byte
+}
+
+// check reports whether the file's path is clean, relative and inside
+// the archive.
+func (f File) check() error {
+	if f.Path == "" || f.Path == "." || path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == ".." || strings.HasPrefix(f.Path, "../") {
+		return fmt.Errorf("extra file path %q must be relative and clean, like usr/bin/tool", f.Path)
+	}
+	return nil
 }
 
 // Image is a built guest image. The paths are absolute.
@@ -169,6 +194,11 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if opts.DiskSize < minDiskSize || opts.DiskSize%4096 != 0 {
 		return nil, fmt.Errorf("build image: disk size %d must be a multiple of 4096 and at least %d MiB", opts.DiskSize, minDiskSize>>20)
 	}
+	for _, f := range opts.ExtraFiles {
+		if err := f.check(); err != nil {
+			return nil, fmt.Errorf("build image: %w", err)
+		}
+	}
 	if opts.KernelPackage == "" {
 		opts.KernelPackage = DefaultKernelPackage
 	}
@@ -260,7 +290,7 @@ func (b *builder) build(ctx context.Context) (*Image, error) {
 	if err := copyFile(filepath.Join(b.dir, kernelFile), kernel.vmlinuz); err != nil {
 		return nil, fmt.Errorf("write kernel: %w", err)
 	}
-	size, err := writeInitramfs(ctx, filepath.Join(b.dir, initrdFile), kernel, modules, busybox)
+	size, err := writeInitramfs(ctx, filepath.Join(b.dir, initrdFile), kernel, modules, busybox, b.opts.ExtraFiles)
 	if err != nil {
 		return nil, err
 	}

@@ -20,8 +20,9 @@ var initramfsDirs = []string{
 // writeInitramfs writes the initramfs to dst and returns its size. It holds
 // busybox as /bin/busybox (/init installs the applet links at boot), the
 // modules under /lib/modules/<version> with a modules.dep for modprobe,
-// their load order in /etc/sbuml/modules, and the embedded /init and /etc.
-func writeInitramfs(ctx context.Context, dst string, kernel *kernelTree, modules []module, busybox string) (int64, error) {
+// their load order in /etc/sbuml/modules, the embedded /init and /etc, and
+// the extra files, which may replace any of those files.
+func writeInitramfs(ctx context.Context, dst string, kernel *kernelTree, modules []module, busybox string, extra []File) (int64, error) {
 	t := newTree()
 	for _, dir := range initramfsDirs {
 		t.add(dir, fs.ModeDir|0o755, nil)
@@ -55,6 +56,13 @@ func writeInitramfs(ctx context.Context, dst string, kernel *kernelTree, modules
 	t.add(modDir+"/modules.dep", 0o644, modulesDep(modules))
 	if builtin, err := os.ReadFile(filepath.Join(kernel.modDir, "modules.builtin")); err == nil {
 		t.add(modDir+"/modules.builtin", 0o644, builtin)
+	}
+
+	for _, f := range extra {
+		if e, ok := t.entries[f.Path]; ok && e.hdr.Mode.IsDir() {
+			return 0, fmt.Errorf("write initrd: extra file %s would replace a directory", f.Path)
+		}
+		t.add(f.Path, f.Mode.Perm(), f.Data)
 	}
 
 	var size int64
