@@ -36,6 +36,27 @@ func TestSealCompressesText(t *testing.T) {
 	}
 }
 
+// TestSealSmallSizes round-trips compressible objects of every size
+// around the point (256 bytes) below which zstd frames do not record
+// their content size.
+func TestSealSmallSizes(t *testing.T) {
+	compressed := 0
+	for n := 60; n <= 600; n++ {
+		e := objects.EncodeChunk(bytes.Repeat([]byte{byte(n)}, n-2))
+		stored := objects.Seal(e, nil)
+		if bytes.HasPrefix(stored, zstdMagic) {
+			compressed++
+		}
+		got, err := objects.Unseal(objects.Sum(e), stored)
+		if err != nil || !bytes.Equal(got, e) {
+			t.Fatalf("%d-byte encoding: Unseal gave %d bytes, %v", n, len(got), err)
+		}
+	}
+	if compressed < 500 {
+		t.Errorf("only %d of 541 runs of one byte were compressed", compressed)
+	}
+}
+
 func TestSealKeepsIncompressibleDataPlain(t *testing.T) {
 	for _, n := range []int{0, 5, 63, 64, 1000, 64 << 10, 1 << 20} {
 		e := objects.EncodeChunk(randomBytes(uint64(n), n))
