@@ -333,3 +333,26 @@ func TestPushManyBatches(t *testing.T) {
 		t.Errorf("remote has %d objects of %d", len(got), n)
 	}
 }
+
+// TestServerSeesNewPacks serves a scrapbook that another process (here:
+// another store on the same directory) writes to after the server looked:
+// the server must find the new objects.
+func TestServerSeesNewPacks(t *testing.T) {
+	ctx := context.Background()
+	src := newSource(t)
+	dir := newBacking(t, implementation{})
+	srv := httptest.NewServer(transport.NewServer(openDir(t, dir), transport.ServerOptions{}))
+	defer srv.Close()
+	r := transport.NewSmart(srv.URL, "", srv.Client())
+	if h, err := r.Has(ctx, []objects.ID{src.first}); err != nil || h[0] {
+		t.Fatalf("Has before = %v, %v", h, err)
+	}
+	seed(t, dir, src.book.Objects, transport.RefUpdate{Name: "refs/heads/main", New: src.second})
+	if h, err := r.Has(ctx, []objects.ID{src.first}); err != nil || !h[0] {
+		t.Fatalf("Has after another writer stored it = %v, %v", h, err)
+	}
+	local := newLocal(t)
+	if _, err := transport.Fetch(ctx, local.Objects, r, []objects.ID{src.second}, transport.Options{}); err != nil {
+		t.Fatal(err)
+	}
+}
