@@ -83,21 +83,22 @@ func (im *importer) dir(ctx context.Context, dir string) (objects.ID, uint64, er
 			}()
 		case fi.IsDir():
 			e.Kind = objects.EntryDir
-			e.ID, e.Size, errs[i] = im.dir(ctx, path)
+			e.ID, e.Size, err = im.dir(ctx, path)
 		case fi.Mode()&fs.ModeSymlink != 0:
 			e.Kind = objects.EntrySymlink
-			target, err := os.Readlink(path)
-			if err != nil {
-				errs[i] = fmt.Errorf("import: %w", err)
+			var target string
+			if target, err = os.Readlink(path); err != nil {
+				err = fmt.Errorf("import: %w", err)
 				break
 			}
 			e.Size = uint64(len(target))
-			e.ID, errs[i] = im.saver.SaveObject(ctx, objects.EncodeChunk([]byte(target)))
+			e.ID, err = im.saver.SaveObject(ctx, objects.EncodeChunk([]byte(target)))
 		default:
-			errs[i] = fmt.Errorf("import %s: unsupported file type (%s)", path, fi.Mode().Type())
+			err = fmt.Errorf("import %s: unsupported file type (%s)", path, fi.Mode().Type())
 		}
-		if errs[i] != nil {
-			break
+		if err != nil {
+			wg.Wait()
+			return objects.Zero, 0, err
 		}
 	}
 	wg.Wait()

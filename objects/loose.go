@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"sync"
 
 	"github.com/go-git/go-billy/v5"
 	"golang.org/x/sys/unix"
@@ -30,7 +31,66 @@ type Loose struct {
 // if not empty, is the same directory on the host file system; it lets
 // Sync make writes durable.
 func NewLoose(fs billy.Filesystem, dir, hostDir string) *Loose {
+	if hostDir == "" {
+		// Not a host directory: go-billy's memfs keeps directories in
+		// maps without a lock, and Store promises concurrent use.
+		fs = &lockedFS{Filesystem: fs}
+	}
 	return &Loose{fs: fs, dir: dir, root: hostDir}
+}
+
+// lockedFS serializes the directory operations of a billy.Filesystem.
+type lockedFS struct {
+	billy.Filesystem
+	mu sync.Mutex
+}
+
+func (l *lockedFS) Lstat(name string) (os.FileInfo, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Filesystem.Lstat(name)
+}
+
+func (l *lockedFS) Stat(name string) (os.FileInfo, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Filesystem.Stat(name)
+}
+
+func (l *lockedFS) Open(name string) (billy.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Filesystem.Open(name)
+}
+
+func (l *lockedFS) OpenFile(name string, flag int, perm os.FileMode) (billy.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Filesystem.OpenFile(name, flag, perm)
+}
+
+func (l *lockedFS) MkdirAll(name string, perm os.FileMode) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Filesystem.MkdirAll(name, perm)
+}
+
+func (l *lockedFS) Rename(from, to string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Filesystem.Rename(from, to)
+}
+
+func (l *lockedFS) Remove(name string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Filesystem.Remove(name)
+}
+
+func (l *lockedFS) ReadDir(name string) ([]os.FileInfo, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.Filesystem.ReadDir(name)
 }
 
 func (l *Loose) name(id ID) string {
@@ -70,10 +130,8 @@ func (l *Loose) Get(_ context.Context, id ID) ([]byte, error) {
 	}
 	defer f.Close()
 	var b []byte
-	if st, ok := f.(interface{ Stat() (os.FileInfo, error) }); ok {
-		if fi, err := st.Stat(); err == nil && fi.Size() <= MaxObjectSize+1024 {
-			b = make([]byte, 0, fi.Size()+1)
-		}
+	if fi, err := l.fs.Lstat(l.name(id)); err == nil && fi.Size() <= MaxObjectSize+1024 {
+		b = make([]byte, 0, fi.Size()+1)
 	}
 	for {
 		if len(b) == cap(b) {

@@ -431,6 +431,14 @@ func (p *Packed) Delete(ctx context.Context, id ID) error {
 	return p.loose.Delete(ctx, id)
 }
 
+// Refresh reads the indexes of packs that other processes have published
+// since this store last looked, so Has sees their objects.
+func (p *Packed) Refresh() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.load()
+}
+
 // Broken returns an error for every pack index that could not be read;
 // the objects it lists are unreachable until it is repaired.
 func (p *Packed) Broken() []error {

@@ -38,6 +38,7 @@ func codecs() (*zstd.Encoder, *zstd.Decoder) {
 		}
 		zstdDec, err = zstd.NewReader(nil,
 			zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)),
+			zstd.WithDecodeAllCapLimit(true),
 			zstd.WithDecoderMaxMemory(MaxObjectSize),
 			zstd.WithDecoderMaxWindow(MaxObjectSize))
 		if err != nil {
@@ -66,14 +67,32 @@ func Seal(enc, buf []byte) []byte {
 // cannot be decoded. Test with errors.Is.
 var ErrCorrupt = errors.New("corrupt object")
 
+// undeclaredSizeLimit bounds the content of a zstd frame that does not
+// declare its size (the encoder leaves it out below 256 bytes).
+const undeclaredSizeLimit = 4 << 10
+
 // Unseal turns a stored form back into the canonical encoding and verifies
 // that it hashes to id. The result may alias stored.
 func Unseal(id ID, stored []byte) ([]byte, error) {
 	enc := stored
 	if bytes.HasPrefix(stored, zstdMagic) {
+		// Size the output from the frame header, so a small hostile frame
+		// cannot make the decoder grow a buffer up to the object limit.
+		// Frames of under 256 bytes of content may not declare a size.
+		var h zstd.Header
+		if err := h.Decode(stored); err != nil {
+			return nil, fmt.Errorf("object %s: %w: zstd header: %v", id, ErrCorrupt, err)
+		}
+		size := uint64(undeclaredSizeLimit)
+		if h.HasFCS {
+			size = h.FrameContentSize
+		}
+		if size > MaxObjectSize+headerSize {
+			return nil, fmt.Errorf("object %s: %w: declares %d bytes, over the limit", id, ErrCorrupt, size)
+		}
 		_, d := codecs()
 		var err error
-		enc, err = d.DecodeAll(stored, nil)
+		enc, err = d.DecodeAll(stored, make([]byte, 0, size))
 		if err != nil {
 			return nil, fmt.Errorf("object %s: %w: zstd: %v", id, ErrCorrupt, err)
 		}
