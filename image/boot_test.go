@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -225,6 +226,15 @@ func TestBoot(t *testing.T) {
 	}
 	checkGuest(t, g)
 	g.poweroff()
+
+	// poweroff unmounted the disk: ext4 marks it clean.
+	out, err := exec.Command("dumpe2fs", "-h", img.Disk).CombinedOutput()
+	if err != nil || !regexp.MustCompile(`Filesystem state:\s+clean\n`).Match(out) {
+		t.Errorf("disk not cleanly unmounted after poweroff (%v):\n%s", err, out)
+	}
+	if out, err := exec.Command("e2fsck", "-f", "-n", img.Disk).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn after poweroff: %v\n%s", err, out)
+	}
 }
 
 // TestBootWithoutDisk boots with no disk: /init must say so and still
