@@ -125,7 +125,7 @@ func readPackIndexes(t *testing.T, s *sbuml.Scrapbook) map[objects.ID]packedObje
 		if err != nil {
 			t.Fatal(err)
 		}
-		const entry = objects.IDSize + 8 + 4
+		const entry = objects.IDSize + 8 + 4 + 4 // id, offset, size, crc
 		n := int(binary.LittleEndian.Uint32(b[8:]))
 		if len(b) != 12+n*entry+objects.IDSize {
 			t.Fatalf("%s: %d bytes for %d entries", idx, len(b), n)

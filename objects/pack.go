@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -26,7 +28,7 @@ var (
 
 const (
 	packRecordHeader = IDSize + 4     // id, size uint32
-	indexEntrySize   = IDSize + 8 + 4 // id, offset uint64, size uint32
+	indexEntrySize   = IDSize + 8 + 4 + 4 // id, offset uint64, size uint32, crc uint32
 	// maxPackSize is the size at which a pack being written is published
 	// and a new one started.
 	maxPackSize = 512 << 20
@@ -57,6 +59,7 @@ type packLoc struct {
 	pack int32
 	size uint32
 	off  uint64
+	crc  uint32 // CRC-32C of the stored form
 }
 
 type packFile struct {
@@ -131,12 +134,13 @@ func (p *Packed) loadIndex(name string) error {
 	packName := strings.TrimSuffix(name, ".idx") + ".pack"
 	f, err := p.fs.Open(path.Join(p.dir, packName))
 	if err != nil {
-		return fmt.Errorf("open pack %s: %w", p.where(packName), err)
+		p.broken = append(p.broken, fmt.Errorf("pack %s: %w: cannot open it: %v", p.where(packName), ErrCorrupt, err))
+		return nil
 	}
 	n := int32(len(p.packs))
 	p.packs = append(p.packs, &packFile{name: packName, f: f})
 	for _, e := range entries {
-		p.index[e.id] = packLoc{pack: n, off: e.off, size: e.size}
+		p.index[e.id] = packLoc{pack: n, off: e.off, size: e.size, crc: e.crc}
 	}
 	return nil
 }
@@ -145,11 +149,14 @@ type indexEntry struct {
 	id   ID
 	off  uint64
 	size uint32
+	crc  uint32
 }
 
 // encodePackIndex returns the index of a pack:
 //
-//	magic [8], count uint32, count × (id [32], offset uint64, size uint32), BLAKE3-256 of all before [32]
+//	magic [8], count uint32, count × (id [32], offset uint64, size uint32, crc uint32), BLAKE3-256 of all before [32]
+//
+// where crc is the CRC-32C (Castagnoli) of the object's stored form.
 //
 // with entries sorted by id.
 func encodePackIndex(entries []indexEntry) []byte {
@@ -161,6 +168,7 @@ func encodePackIndex(entries []indexEntry) []byte {
 		b = append(b, e.id[:]...)
 		b = binary.LittleEndian.AppendUint64(b, e.off)
 		b = binary.LittleEndian.AppendUint32(b, e.size)
+		b = binary.LittleEndian.AppendUint32(b, e.crc)
 	}
 	sum := Sum(b)
 	return append(b, sum[:]...)
@@ -185,6 +193,7 @@ func decodePackIndex(b []byte) ([]indexEntry, error) {
 		copy(entries[i].id[:], e)
 		entries[i].off = binary.LittleEndian.Uint64(e[IDSize:])
 		entries[i].size = binary.LittleEndian.Uint32(e[IDSize+8:])
+		entries[i].crc = binary.LittleEndian.Uint32(e[IDSize+12:])
 		if entries[i].off < uint64(len(packMagic)+packRecordHeader) {
 			return nil, fmt.Errorf("entry %d: offset %d inside the header", i, entries[i].off)
 		}
@@ -254,7 +263,15 @@ func (p *Packed) Get(ctx context.Context, id ID) ([]byte, error) {
 	}
 	b := make([]byte, loc.size)
 	if _, err := pf.f.ReadAt(b, int64(loc.off)); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("object %s: %w: %s is truncated (object at %d, %d bytes)", id, ErrCorrupt, p.where(pf.name), loc.off, loc.size)
+		}
 		return nil, fmt.Errorf("read object %s from %s at %d: %w", id, p.where(pf.name), loc.off, err)
+	}
+	// The checksum covers every stored byte, including the parts of a
+	// zstd frame header that decoding ignores.
+	if crc32.Checksum(b, castagnoli) != loc.crc {
+		return nil, fmt.Errorf("object %s: %w: checksum mismatch in %s at offset %d", id, ErrCorrupt, p.where(pf.name), loc.off)
 	}
 	return b, nil
 }
@@ -288,7 +305,7 @@ func (p *Packed) Put(ctx context.Context, id ID, stored []byte) error {
 	if _, err := w.file.f.Write(stored); err != nil {
 		return fmt.Errorf("write object %s to %s: %w", id, p.where(w.tmpName), err)
 	}
-	w.entries[id] = packLoc{off: w.off + packRecordHeader, size: uint32(len(stored))}
+	w.entries[id] = packLoc{off: w.off + packRecordHeader, size: uint32(len(stored)), crc: crc32.Checksum(stored, castagnoli)}
 	w.off += packRecordHeader + uint64(len(stored))
 	if w.off >= maxPackSize {
 		return p.publish()
@@ -329,7 +346,7 @@ func (p *Packed) publish() error {
 	}
 	entries := make([]indexEntry, 0, len(w.entries))
 	for id, loc := range w.entries {
-		entries = append(entries, indexEntry{id: id, off: loc.off, size: loc.size})
+		entries = append(entries, indexEntry{id: id, off: loc.off, size: loc.size, crc: loc.crc})
 	}
 	idx := encodePackIndex(entries)
 	name := "pack-" + Sum(idx).String()
@@ -429,6 +446,75 @@ func (p *Packed) Delete(ctx context.Context, id ID) error {
 		return fmt.Errorf("delete object %s: %w", id, ErrPacked)
 	}
 	return p.loose.Delete(ctx, id)
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// CheckPacks reads every published pack from start to end and reports
+// damage that object reads do not see: a bad magic number, record headers
+// that disagree with the index, gaps or trailing bytes.
+func (p *Packed) CheckPacks(ctx context.Context) []error {
+	p.mu.Lock()
+	if err := p.load(); err != nil {
+		p.mu.Unlock()
+		return []error{err}
+	}
+	type packEntries struct {
+		pf      *packFile
+		entries []indexEntry
+	}
+	byPack := make([]packEntries, len(p.packs))
+	for i, pf := range p.packs {
+		byPack[i].pf = pf
+	}
+	for id, loc := range p.index {
+		byPack[loc.pack].entries = append(byPack[loc.pack].entries, indexEntry{id: id, off: loc.off, size: loc.size})
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, pe := range byPack {
+		if ctx.Err() != nil {
+			return append(errs, ctx.Err())
+		}
+		if err := checkPack(pe.pf.f, pe.entries); err != nil {
+			errs = append(errs, fmt.Errorf("pack %s: %w: %v", p.where(pe.pf.name), ErrCorrupt, err))
+		}
+	}
+	return errs
+}
+
+func checkPack(f billy.File, entries []indexEntry) error {
+	sort.Slice(entries, func(i, j int) bool { return entries[i].off < entries[j].off })
+	magic := make([]byte, len(packMagic))
+	if _, err := f.ReadAt(magic, 0); err != nil || !bytes.Equal(magic, packMagic) {
+		return errors.New("bad magic number")
+	}
+	next := uint64(len(packMagic))
+	var hdr [packRecordHeader]byte
+	for _, e := range entries {
+		if e.off != next+packRecordHeader {
+			return fmt.Errorf("object %s at %d: records do not follow each other (expected %d)", e.id, e.off, next+packRecordHeader)
+		}
+		if _, err := f.ReadAt(hdr[:], int64(next)); err != nil {
+			return fmt.Errorf("record header at %d: %v", next, err)
+		}
+		if ID(hdr[:IDSize]) != e.id || binary.LittleEndian.Uint32(hdr[IDSize:]) != e.size {
+			return fmt.Errorf("record header at %d does not match the index entry for %s", next, e.id)
+		}
+		next = e.off + uint64(e.size)
+	}
+	var one [1]byte
+	if n, _ := f.ReadAt(one[:], int64(next)); n != 0 {
+		return fmt.Errorf("bytes after the last record at %d", next)
+	}
+	return nil
+}
+
+// Checksummed reports whether every stored byte of id is covered by a
+// checksum that Get verifies (true for packed objects).
+func (p *Packed) Checksummed(id ID) bool {
+	_, _, ok, _ := p.lookup(id, false)
+	return ok
 }
 
 // Refresh reads the indexes of packs that other processes have published
