@@ -27,7 +27,7 @@ var (
 )
 
 const (
-	packRecordHeader = IDSize + 4     // id, size uint32
+	packRecordHeader = IDSize + 4         // id, size uint32
 	indexEntrySize   = IDSize + 8 + 4 + 4 // id, offset uint64, size uint32, crc uint32
 	// maxPackSize is the size at which a pack being written is published
 	// and a new one started.
