@@ -1,0 +1,242 @@
+package sbuml_test
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/vmm"
+)
+
+// timeline is what a test knew about a running guest when it committed it.
+type timeline struct {
+	id objects.ID
+	// lo and hi are the last counter values printed before the commit
+	// started and after it returned: the snapshot's value is in between.
+	lo, hi int
+	// uptime is the guest's uptime read just before the commit, at
+	// wall-clock time at.
+	uptime float64
+	at     time.Time
+	// bootID is the guest kernel's random boot ID, new at every boot.
+	bootID string
+}
+
+// commitTimeline commits g, which runs a counter, and records the counter
+// values and uptime around the commit.
+func commitTimeline(g *guest, opts sbuml.CommitOptions) timeline {
+	g.t.Helper()
+	var tl timeline
+	tl.bootID = g.bootID()
+	tl.uptime, tl.at = g.uptime(), time.Now()
+	tl.lo = g.lastTick()
+	tl.id = g.commit(opts).ID
+	tl.hi = g.lastTick()
+	return tl
+}
+
+// requireResumed checks that g, just checked out from tl's snapshot and
+// continued, carries on from it: the counter goes on from its value at
+// commit time and the uptime keeps growing from the snapshot's (no
+// reboot).
+func requireResumed(g *guest, tl timeline) {
+	g.t.Helper()
+	g.requireCounterContinues(tl.lo, tl.hi)
+	if id := g.bootID(); id != tl.bootID {
+		g.t.Fatalf("%s: boot ID %s after checkout, %s at commit time: the guest rebooted", g.name, id, tl.bootID)
+	}
+	up := g.uptime()
+	// The snapshot's uptime is at least the one read before the commit;
+	// since then, the guest ran at most the wall-clock time that passed.
+	if max := tl.uptime + time.Since(tl.at).Seconds() + 1; up < tl.uptime || up > max {
+		g.t.Fatalf("%s: uptime %.2f s after checkout; the snapshot was taken at %.2f s and at most %.2f s can have passed for the guest", g.name, up, tl.uptime, max)
+	}
+	g.t.Logf("%s: counter %d..%d around the commit, %v after checkout; uptime %.2f s before the commit, %.2f s after checkout",
+		g.name, tl.lo, tl.hi, g.ticks()[:3], tl.uptime, up)
+}
+
+// bootID returns the guest kernel's boot ID.
+func (g *guest) bootID() string {
+	g.t.Helper()
+	id := strings.TrimSpace(g.run("cat /proc/sys/kernel/random/boot_id"))
+	if len(id) != 36 {
+		g.t.Fatalf("%s: boot_id %q", g.name, id)
+	}
+	return id
+}
+
+// requireFiles checks that each path in the guest holds its content, or is
+// absent where the content is "".
+func requireFiles(g *guest, want map[string]string) {
+	g.t.Helper()
+	for path, content := range want {
+		got := g.run("cat " + path + " 2>/dev/null || echo ABSENT")
+		if content == "" {
+			content = "ABSENT"
+		}
+		if strings.TrimSpace(got) != content {
+			g.t.Errorf("%s: %s holds %q, want %q", g.name, path, got, content)
+		}
+	}
+}
+
+// TestCommitCheckoutCarriesOn commits a guest running a counter three
+// times, with files on its disk (/mnt) and tmpfs (/tmp) changing in
+// between, halts it, and checks out the last snapshot and the first
+// (m1~2): each carries on from the instant of its commit, without
+// rebooting, with exactly the files it had then.
+func TestCommitCheckoutCarriesOn(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 2)
+	g := bootGuest(t, s, "m1", 0)
+	g.startCounter()
+
+	g.run("echo disk-1 > /mnt/one; echo tmp-1 > /tmp/one")
+	first := commitTimeline(g, sbuml.CommitOptions{Message: "one"})
+	g.run("echo disk-2 > /mnt/two; echo tmp-2 > /tmp/two; echo disk-1b > /mnt/one")
+	second := commitTimeline(g, sbuml.CommitOptions{Message: "two"})
+	g.run("echo disk-3 > /mnt/three; echo tmp-3 > /tmp/three; rm /mnt/two /tmp/one")
+	third := commitTimeline(g, sbuml.CommitOptions{Message: "three"})
+	if second.id == first.id || third.id == second.id {
+		t.Fatal("commits of a changed guest gave the same snapshot")
+	}
+	g.halt()
+
+	// The machine comes back under its own name, from its branch's tip.
+	m1, res := checkoutGuest(t, s, "m1", "m1", sbuml.CheckoutOptions{Continue: true})
+	if res.Snapshot != third.id || !res.Running {
+		t.Fatalf("checkout m1: %+v, want snapshot %s running", res, third.id.Short())
+	}
+	requireResumed(m1, third)
+	requireFiles(m1, map[string]string{
+		"/mnt/one": "disk-1b", "/mnt/two": "", "/mnt/three": "disk-3",
+		"/tmp/one": "", "/tmp/two": "tmp-2", "/tmp/three": "tmp-3",
+	})
+
+	// The grandparent, without the two later commits' changes.
+	old, res := checkoutGuest(t, s, "m1~2", "old", sbuml.CheckoutOptions{Continue: true})
+	if res.Snapshot != first.id {
+		t.Fatalf("checkout m1~2 gave %s, want the first commit %s", res.Snapshot.Short(), first.id.Short())
+	}
+	requireResumed(old, first)
+	requireFiles(old, map[string]string{
+		"/mnt/one": "disk-1", "/mnt/two": "", "/mnt/three": "",
+		"/tmp/one": "tmp-1", "/tmp/two": "", "/tmp/three": "",
+	})
+}
+
+// TestCommitIdleAddsLittle commits a 512 MiB guest, lets it idle 5 s and
+// commits it again: the second snapshot adds under 1 MiB to the
+// scrapbook, by the commit's own count and by Du's.
+func TestCommitIdleAddsLittle(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 1)
+	g := bootGuest(t, s, "idle", 512<<20)
+	g.commit(sbuml.CommitOptions{Message: "first"})
+	time.Sleep(5 * time.Second)
+	res := g.commit(sbuml.CommitOptions{Message: "after 5 s idle"})
+	du, err := s.Du(guestContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var added int64 = -1
+	for _, sn := range du.Snapshots {
+		if sn.ID == res.ID {
+			added = sn.AddedBytes
+		}
+	}
+	const limit = 1 << 20
+	if res.Stats.NewBytes >= limit || added < 0 || added >= limit {
+		t.Errorf("second commit of an idle guest: %d bytes new (Stats.NewBytes), %d bytes added (Du); want both under %d\n%s",
+			res.Stats.NewBytes, added, limit, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
+	}
+	t.Logf("second commit after 5 s idle: %d bytes new, Du: %d bytes added\n%s", res.Stats.NewBytes, added, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
+}
+
+// TestCommitRefusesStoppedMachine commits a machine whose QEMU was killed,
+// then one halted with its files left, then one halted by sbuml: each is
+// refused with one line saying why, and the branch stays where it was.
+func TestCommitRefusesStoppedMachine(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 1)
+	g := bootGuest(t, s, "m1", 0)
+	first := g.commit(sbuml.CommitOptions{})
+
+	refused := func(why string, want ...string) {
+		t.Helper()
+		res, err := s.Commit(guestContext(t), "m1", sbuml.CommitOptions{})
+		if err == nil {
+			t.Fatalf("commit of a %s machine succeeded: %s", why, res.ID)
+		}
+		requireOneLine(t, err, append([]string{"m1"}, want...)...)
+		if tip, err := s.Resolve(guestContext(t), "m1"); err != nil || tip != first.ID {
+			t.Fatalf("after the refused commit of a %s machine branch m1 is at %v (%v), want %s", why, tip, err, first.ID.Short())
+		}
+		t.Logf("%s: %v", why, err)
+	}
+
+	// Crashed: QEMU killed behind sbuml's back.
+	pid := machinePID(t, s, "m1")
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, g, vmm.StateCrashed)
+	refused("crashed", "crashed", "not running")
+
+	// Halted, with its directory and files still there.
+	m := g.open()
+	if err := m.Halt(guestContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	refused("halted", "halted", "not running")
+
+	// Halted by sbuml: the machine is gone.
+	g.halt()
+	refused("removed", "no machine")
+}
+
+// machinePID returns the QEMU pid of a running machine.
+func machinePID(t testing.TB, s *sbuml.Scrapbook, name string) int {
+	t.Helper()
+	infos, err := s.Machines(guestContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range infos {
+		if in.Name == name && in.PID != 0 {
+			return in.PID
+		}
+	}
+	t.Fatalf("machine %s has no QEMU: %+v", name, infos)
+	return 0
+}
+
+// waitState waits until g's state is want.
+func waitState(t testing.TB, g *guest, want vmm.State) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for g.state() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is %s, want %s", g.name, g.state(), want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// requireOneLine checks that err is one line that contains each of want.
+func requireOneLine(t testing.TB, err error, want ...string) {
+	t.Helper()
+	msg := err.Error()
+	if strings.Contains(strings.TrimSpace(msg), "\n") {
+		t.Errorf("error is not one line: %q", msg)
+	}
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("error %q does not say %q", msg, w)
+		}
+	}
+}
