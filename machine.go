@@ -128,6 +128,8 @@ func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) 
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
 	if err := populateMachineDir(ctx, dir, img, opts.DiskSize); err != nil {
+		removeMachineFiles(dir)
+		os.Remove(dir) // only if nothing else is in it
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
 	cfg := vmm.Config{
@@ -144,6 +146,9 @@ func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) 
 	cfg.Boot.RAMInDir = opts.RAMInDir
 	m, err := vmm.Boot(ctx, dir, cfg)
 	if err != nil {
+		// Leave the name free for the next try, as Checkout does.
+		removeMachineFiles(dir)
+		os.Remove(dir) // only if nothing else is in it
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
