@@ -63,6 +63,8 @@ func (s *Scrapbook) Images(ctx context.Context) ([]ImageInfo, error) {
 type ImageOptions struct {
 	// KernelDeb is a linux-image .deb to use instead of downloading one.
 	KernelDeb string
+	// BusyboxDeb is a busybox-static .deb to use instead of downloading one.
+	BusyboxDeb string
 	// DiskSize is the root disk size (default 256 MiB).
 	DiskSize int64
 	// Progress receives a line per build step.
@@ -82,7 +84,7 @@ func (s *Scrapbook) BuildImage(ctx context.Context, name string, opts ImageOptio
 		return nil, fmt.Errorf("build image: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	img, err := image.Build(ctx, image.Options{Dir: filepath.Join(tmp, "image"), KernelDeb: opts.KernelDeb, DiskSize: opts.DiskSize, Progress: opts.Progress})
+	img, err := image.Build(ctx, image.Options{Dir: filepath.Join(tmp, "image"), KernelDeb: opts.KernelDeb, BusyboxDeb: opts.BusyboxDeb, DiskSize: opts.DiskSize, Progress: opts.Progress})
 	if err != nil {
 		return nil, err
 	}

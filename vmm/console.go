@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"os"
@@ -92,6 +93,36 @@ func (c *console) close() {
 	<-c.done
 }
 
+// drain waits until QEMU has read everything written to the console, or
+// for at most limit.
+func (c *console) drain(ctx context.Context, limit time.Duration) error {
+	raw, err := c.conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		var queued int
+		var qerr error
+		if err := raw.Control(func(fd uintptr) { queued, qerr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil {
+			return err
+		}
+		if qerr != nil || queued == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("console input not taken by the guest after %v (%d bytes left)", limit, queued)
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-c.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 func (c *console) write(ctx context.Context, b []byte) error {
 	if d, ok := ctx.Deadline(); ok {
 		c.conn.SetWriteDeadline(d)
@@ -165,7 +196,10 @@ func (m *Machine) Attach(ctx context.Context, in io.Reader, out io.Writer) error
 			}
 		case err := <-inErr:
 			if errors.Is(err, io.EOF) {
-				return nil
+				// QEMU takes input only as fast as the guest's UART does,
+				// and drops what it has not read when the client goes:
+				// wait until the guest has had every byte.
+				return c.drain(ctx, 30*time.Second)
 			}
 			return fmt.Errorf("attach %s: read input: %w", m.cfg.Name, err)
 		case <-c.done:

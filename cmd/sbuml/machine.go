@@ -348,6 +348,7 @@ the scrapbook as refs/images/NAME.`,
 	}
 	build.Flags().StringVar(&name, "name", sbuml.DefaultImage, "image name")
 	build.Flags().StringVar(&opts.KernelDeb, "kernel-deb", "", "use this linux-image .deb instead of downloading one")
+	build.Flags().StringVar(&opts.BusyboxDeb, "busybox-deb", "", "use this busybox-static .deb instead of downloading one")
 	build.Flags().Var(&disk, "disk-size", "root disk size (default 256M)")
 	addJSONFlag(build)
 	ls := &cobra.Command{
