@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
 	"os"
@@ -432,6 +433,7 @@ type refLock struct {
 	path      string // name + ".lock"
 	f         billy.File
 	committed bool
+	held      *os.File // flock on the lock file while it is held, or nil
 }
 
 // lock creates the lock file for ref name. If it exists, another writer
@@ -449,6 +451,9 @@ func (s *Store) lock(op, name string) (*refLock, error) {
 			break
 		}
 	}
+	if err != nil && errors.Is(err, fs.ErrExist) && s.breakStaleLock(p) {
+		f, err = s.fs.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
+	}
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return nil, errorf(ErrConflict, "%s: lock file %s exists: another process is updating %s, "+
@@ -457,7 +462,60 @@ func (s *Store) lock(op, name string) (*refLock, error) {
 		}
 		return nil, s.fileError(op, "create lock file", p, err)
 	}
-	return &refLock{s: s, op: op, name: name, path: p, f: f}, nil
+	return &refLock{s: s, op: op, name: name, path: p, f: f, held: s.holdLock(p)}, nil
+}
+
+// staleLockAge is how old a lock file must be before a lock that no live
+// process holds is taken to be left by a killed writer.
+const staleLockAge = 2 * time.Second
+
+// holdLock takes an flock on the lock file just created, when the file
+// system is the host's, so that other processes can tell a live writer's
+// lock from one left by a writer that was killed. It returns the file to
+// close on release, or nil.
+func (s *Store) holdLock(p string) *os.File {
+	r, ok := s.fs.(interface{ Root() string })
+	if !ok || r.Root() == "" {
+		return nil
+	}
+	f, err := os.Open(s.display(p))
+	if err != nil {
+		return nil
+	}
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		f.Close()
+		return nil
+	}
+	return f
+}
+
+// breakStaleLock removes lock file p if it was left by a killed writer:
+// no process holds an flock on it, and it is older than staleLockAge (a
+// writer takes its flock right after creating the file). It reports
+// whether it removed the file.
+func (s *Store) breakStaleLock(p string) bool {
+	r, ok := s.fs.(interface{ Root() string })
+	if !ok || r.Root() == "" {
+		return false
+	}
+	f, err := os.Open(s.display(p))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || time.Since(fi.ModTime()) < staleLockAge {
+		return false
+	}
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		return false // a live writer holds it
+	}
+	defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	// Still the same file? (Another process may have broken and retaken it.)
+	if cur, err := os.Stat(s.display(p)); err != nil || !os.SameFile(fi, cur) {
+		return false
+	}
+	return os.Remove(s.display(p)) == nil
 }
 
 // write writes the new content of the ref to the lock file, flushes it to
@@ -487,7 +545,16 @@ func (l *refLock) commit() error {
 		return l.s.fileError(l.op, "rename", l.path, err)
 	}
 	l.committed = true
+	l.unhold()
 	return nil
+}
+
+// unhold drops the flock taken by holdLock.
+func (l *refLock) unhold() {
+	if l.held != nil {
+		l.held.Close()
+		l.held = nil
+	}
 }
 
 // commitByCopy copies the lock file over the ref and then releases the
@@ -523,6 +590,7 @@ func (l *refLock) release() {
 	}
 	l.s.fs.Remove(l.path)
 	l.committed = true
+	l.unhold()
 }
 
 // isNotExist reports whether err means a file is missing, including
