@@ -1,0 +1,195 @@
+package sbuml_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/vmm"
+	"golang.org/x/sys/unix"
+)
+
+// cliMachine is what the tests need of one line of 'sbuml ps --json'.
+type cliMachine struct {
+	Name  string    `json:"name"`
+	State vmm.State `json:"state"`
+	PID   int       `json:"pid"`
+}
+
+// psJSON runs 'sbuml ps --json'.
+func psJSON(t testing.TB, s *sbuml.Scrapbook) map[string]cliMachine {
+	t.Helper()
+	var list []cliMachine
+	if err := json.Unmarshal([]byte(mustCLI(t, s, "ps", "--json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]cliMachine{}
+	for _, m := range list {
+		out[m.Name] = m
+	}
+	return out
+}
+
+// ramFileOf returns the RAM file of a machine, from its configuration.
+func ramFileOf(t testing.TB, s *sbuml.Scrapbook, name string) string {
+	t.Helper()
+	cfg, err := readMachineConfig(filepath.Join(s.MachinesDir(), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg.RAMFile
+}
+
+// requireGone checks that a halted machine left no QEMU process, no RAM
+// file and no machine directory.
+func requireGone(t testing.TB, s *sbuml.Scrapbook, name string, pid int, ram string) {
+	t.Helper()
+	if processAlive(pid) {
+		t.Errorf("%s halted, but its QEMU (pid %d) is still alive", name, pid)
+	}
+	if _, err := os.Stat(ram); !os.IsNotExist(err) {
+		t.Errorf("%s halted, but its RAM file %s is still there (%v)", name, ram, err)
+	}
+	if _, err := os.Stat(filepath.Join(s.MachinesDir(), name)); !os.IsNotExist(err) {
+		t.Errorf("%s halted, but its directory is still there (%v)", name, err)
+	}
+}
+
+// TestMachineCLI drives machines through the sbuml command as a user
+// would: boot, the console (with a pipe as input), freeze and continue
+// with a counter running, ps for a QEMU killed with SIGKILL, halt and
+// halt --all.
+func TestMachineCLI(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 2)
+
+	out := mustCLI(t, s, "boot", "m1", "--accel", guestAccel, "--memory", "256M")
+	if !strings.HasPrefix(out, "m1 running: 256.0 MiB RAM, 1 CPU, tcg") {
+		t.Errorf("sbuml boot m1 printed %q", out)
+	}
+	if log := mustCLI(t, s, "console", "m1", "--tail"); !strings.Contains(log, "SBUML-READY") {
+		t.Fatalf("sbuml console m1 --tail after boot:\n%s", log)
+	}
+	g := &guest{t: t, s: s, name: "m1"}
+
+	// Typing through 'sbuml console' with a pipe as input: all of the
+	// line reaches the guest even though the input ends at once.
+	r := sbumlCLI(t, s, strings.NewReader("echo piped-$((6*7)); echo second-command-$((40+2))\n"), "console", "m1")
+	if r.err != nil {
+		t.Fatalf("sbuml console m1 < pipe: %v\n%s", r.err, r.stderr)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for log := ""; !strings.Contains(log, "second-command-42"); log = mustCLI(t, s, "console", "m1", "--tail") {
+		if time.Now().After(deadline) {
+			t.Errorf("a command typed through sbuml console with a pipe as input did not run (input cut short?):\n%s", tail(log, 500))
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	g.run("true") // whatever was cut short is a command of its own
+
+	// A counter stops while the machine is frozen and resumes after
+	// continue without restarting.
+	g.startCounter()
+	g.waitTicks(5)
+	if out := mustCLI(t, s, "freeze", "m1"); out != "m1 frozen\n" {
+		t.Errorf("sbuml freeze m1 printed %q", out)
+	}
+	if st := psJSON(t, s)["m1"].State; st != vmm.StateFrozen {
+		t.Errorf("ps says m1 is %s after freeze", st)
+	}
+	time.Sleep(3 * counterPeriod) // output already under way comes out
+	frozenAt := g.lastTick()
+	time.Sleep(10 * counterPeriod)
+	if now := g.lastTick(); now != frozenAt {
+		t.Errorf("counter went on from %d to %d while frozen", frozenAt, now)
+	}
+	if out := mustCLI(t, s, "continue", "m1"); out != "m1 running\n" {
+		t.Errorf("sbuml continue m1 printed %q", out)
+	}
+	g.waitTicks(5)
+	all := g.ticks()
+	for i := 1; i < len(all); i++ {
+		if all[i] != all[i-1]+1 {
+			t.Fatalf("counter jumped from %d to %d across freeze and continue: %v", all[i-1], all[i], all)
+		}
+	}
+	t.Logf("counter at %d when frozen, at %d after continue", frozenAt, all[len(all)-1])
+
+	// ps reports a QEMU killed with SIGKILL as crashed.
+	mustCLI(t, s, "boot", "m2", "--accel", guestAccel, "--memory", "256M")
+	m2 := psJSON(t, s)["m2"]
+	m2RAM := ramFileOf(t, s, "m2")
+	if err := syscall.Kill(m2.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, &guest{t: t, s: s, name: "m2"}, vmm.StateCrashed)
+	var line string
+	for _, l := range strings.Split(mustCLI(t, s, "ps"), "\n") {
+		if strings.HasPrefix(l, "m2 ") {
+			line = l
+		}
+	}
+	if f := strings.Fields(line); len(f) < 2 || f[1] != "crashed" {
+		t.Errorf("sbuml ps line for m2 killed with SIGKILL: %q", line)
+	}
+
+	// halt leaves neither QEMU nor the RAM file.
+	m1 := psJSON(t, s)["m1"]
+	m1RAM := ramFileOf(t, s, "m1")
+	if out := mustCLI(t, s, "halt", "m1"); out != "m1 halted\n" {
+		t.Errorf("sbuml halt m1 printed %q", out)
+	}
+	requireGone(t, s, "m1", m1.PID, m1RAM)
+
+	// halt --all halts the crashed m2 and a running m3.
+	mustCLI(t, s, "boot", "m3", "--accel", guestAccel, "--memory", "256M")
+	m3 := psJSON(t, s)["m3"]
+	m3RAM := ramFileOf(t, s, "m3")
+	out = mustCLI(t, s, "halt", "--all")
+	if !strings.Contains(out, "m2 halted") || !strings.Contains(out, "m3 halted") {
+		t.Errorf("sbuml halt --all printed %q", out)
+	}
+	requireGone(t, s, "m2", 0, m2RAM)
+	requireGone(t, s, "m3", m3.PID, m3RAM)
+	if left := psJSON(t, s); len(left) != 0 {
+		t.Errorf("machines left after halt --all: %v", left)
+	}
+}
+
+// TestMachineCLIErrors checks the one-line errors of bad machine names
+// and of a guest RAM size that does not fit on the RAM file system.
+func TestMachineCLIErrors(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 0)
+	requireCLIError(t, s, []string{"boot", "bad name", "--accel", guestAccel}, "bad machine name", `"bad name"`)
+	requireCLIError(t, s, []string{"boot", "bad,name", "--accel", guestAccel}, "bad machine name", `"bad,name"`)
+	requireCLIError(t, s, []string{"halt", "nosuch"}, "no machine nosuch")
+	requireCLIError(t, s, []string{"console", "nosuch"}, "no machine nosuch")
+	requireCLIError(t, s, []string{"commit", "nosuch"}, "no machine nosuch")
+
+	// More RAM than the RAM file system has free, twice: the first
+	// failure must leave the name free.
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(vmm.DefaultRAMRoot), &st); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	tooMuch := fmt.Sprintf("%dG", free>>30+2)
+	for range 2 {
+		msg := requireCLIError(t, s, []string{"boot", "big", "--accel", guestAccel, "--memory", tooMuch}, "big", "not enough space", filepath.Dir(vmm.DefaultRAMRoot))
+		t.Log(msg)
+	}
+	if _, err := os.Stat(filepath.Join(s.MachinesDir(), "big")); !os.IsNotExist(err) {
+		t.Errorf("failed boot left its machine directory (%v)", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(vmm.DefaultRAMRoot, "big-*")); len(left) > 0 {
+		t.Errorf("failed boot left RAM directories %v", left)
+	}
+}
