@@ -155,6 +155,12 @@ func (d dirSource) readFile(_ context.Context, name string) ([]byte, error) {
 	return os.ReadFile(filepath.Join(d.dir, filepath.FromSlash(name)))
 }
 
+// IsLink reports whether arg names a snapshot in another scrapbook: a
+// URL ("http://host/book/#SNAPSHOT") or a .sbuml link file.
+func IsLink(arg string) bool {
+	return strings.Contains(arg, "://") || strings.HasSuffix(arg, LinkExtension)
+}
+
 // isExportedMachine reports whether arg is a directory holding an
 // exported machine snapshot.
 func isExportedMachine(arg string) bool {
@@ -168,7 +174,9 @@ func isExportedMachine(arg string) bool {
 // with Continue the guest carries on from the instant it was saved.
 // Several machines may be checked out from one snapshot and run at once.
 //
-// rev is a revision (see Resolve) or a directory made by Export.
+// rev is a revision (see Resolve), a directory made by Export, or a link to
+// a snapshot in another scrapbook (see IsLink), whose missing objects are
+// fetched first.
 func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts CheckoutOptions) (*CheckoutResult, error) {
 	start := time.Now()
 	dir, err := s.MachineDir(machine)
@@ -181,6 +189,14 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	}
 	var src machineSource
 	var id objects.ID
+	if IsLink(rev) {
+		// A snapshot elsewhere: fetch only the objects this scrapbook lacks.
+		fetched, _, err := s.FetchLink(ctx, rev, TransferOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("checkout: %w", err)
+		}
+		rev = fetched.String()
+	}
 	if isExportedMachine(rev) {
 		src = dirSource{dir: rev}
 	} else {

@@ -58,6 +58,24 @@ func ValidateMachineName(name string) error {
 	return nil
 }
 
+// FreeMachineName returns base, or base-2, base-3, … : the first name no
+// machine uses yet.
+func (s *Scrapbook) FreeMachineName(base string) (string, error) {
+	if err := ValidateMachineName(base); err != nil {
+		return "", err
+	}
+	for i := 1; i < 1000; i++ {
+		name := base
+		if i > 1 {
+			name = fmt.Sprintf("%s-%d", base, i)
+		}
+		if _, err := os.Stat(filepath.Join(s.MachinesDir(), name)); errors.Is(err, os.ErrNotExist) {
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("no free machine name like %s", base)
+}
+
 // machineName returns the name a machine directory goes by.
 func machineName(dir string) string { return filepath.Base(dir) }
 

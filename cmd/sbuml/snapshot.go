@@ -69,11 +69,17 @@ func checkoutCmd() *cobra.Command {
 		Short:   "Bring a machine snapshot back as a new running machine",
 		Long: `Create NEWMACHINE from a machine snapshot (SBUML's sbumlrestore) and, with -c,
 let it carry on from the instant it was saved. SNAPSHOT is an ID or unique
-prefix, a branch, a tag, BRANCH~N, or a directory made by 'sbuml export'.
+prefix, a branch, a tag, BRANCH~N, a directory made by 'sbuml export', or a
+snapshot elsewhere: URL#SNAPSHOT (a published or served scrapbook) or a .sbuml
+link file, of which only the objects this scrapbook lacks are downloaded.
 Any number of machines may be checked out from one snapshot at once.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
+			open := openScrapbook
+			if sbuml.IsLink(args[0]) { // a snapshot from elsewhere needs no scrapbook yet
+				open = func() (*sbuml.Scrapbook, error) { return sbuml.OpenOrInit(scrapbookDir()) }
+			}
+			s, err := open()
 			if err != nil {
 				return err
 			}
@@ -218,3 +224,57 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 
 func branchCmd() *cobra.Command { return refCmd("branch", "branch", "branches", "refs/heads/") }
 func tagCmd() *cobra.Command    { return refCmd("tag", "tag", "tags", "refs/tags/") }
+
+func openCmd() *cobra.Command {
+	var opts sbuml.CheckoutOptions
+	c := &cobra.Command{
+		Use:   "open LINK [NEWMACHINE]",
+		Short: "Download a snapshot from a web page link and run it",
+		Long: `Fetch the snapshot a .sbuml link file (or URL#SNAPSHOT) names, downloading only
+the objects this scrapbook lacks, and check it out as a running machine (SBUML's
+browser helper). NEWMACHINE defaults to the link's file name. A browser hands
+.sbuml files to this command once docs/sbuml.desktop and docs/sbuml-mime.xml
+are installed (see docs/transport.md).`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := sbuml.OpenOrInit(scrapbookDir())
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			name := ""
+			if len(args) == 2 {
+				name = args[1]
+			} else if name, err = s.FreeMachineName(linkBaseName(args[0])); err != nil {
+				return err
+			}
+			opts.Continue = true
+			opts.Progress = progressWriter()
+			res, err := s.Checkout(ctx, args[0], name, opts)
+			if err != nil {
+				return err
+			}
+			return printCheckout(res)
+		},
+	}
+	c.Flags().StringVar(&opts.Accel, "accel", "auto", "accelerator: kvm, tcg or auto")
+	addJSONFlag(c)
+	return c
+}
+
+// linkBaseName suggests a machine name for a link: its file name without
+// the extension, or "web".
+func linkBaseName(link string) string {
+	base := link
+	if i := strings.LastIndexAny(base, "/#"); i >= 0 {
+		base = base[i+1:]
+	}
+	base = strings.TrimSuffix(base, sbuml.LinkExtension)
+	if sbuml.ValidateMachineName(base) != nil || len(base) > 40 {
+		return "web"
+	}
+	return base
+}
+
+func init() { rootCmd.AddCommand(openCmd()) }
