@@ -168,5 +168,9 @@ func (s *Scrapbook) ObjectID(ctx context.Context, arg string) (objects.ID, error
 			}
 		}
 	}
-	return s.Resolve(ctx, arg)
+	id, err := s.Resolve(ctx, arg)
+	if err != nil {
+		return objects.Zero, fmt.Errorf("no object, snapshot or ref %q", arg)
+	}
+	return id, nil
 }

@@ -16,17 +16,17 @@ import (
 // Stats counts what a Saver read and wrote.
 type Stats struct {
 	// LogicalBytes is the number of stream bytes read.
-	LogicalBytes int64
+	LogicalBytes int64 `json:"logical_bytes"`
 	// HoleBytes is the part of LogicalBytes that was all zero and became holes.
-	HoleBytes int64
+	HoleBytes int64 `json:"hole_bytes"`
 	// Chunks is the number of non-zero chunks cut.
-	Chunks int64
+	Chunks int64 `json:"chunks"`
 	// NewObjects and NewBytes count the objects the store did not have
 	// yet, and the size of their stored forms.
-	NewObjects int64
-	NewBytes   int64
+	NewObjects int64 `json:"new_objects"`
+	NewBytes   int64 `json:"new_bytes"`
 	// NewChunkBytes is the uncompressed size of the new chunks.
-	NewChunkBytes int64
+	NewChunkBytes int64 `json:"new_chunk_bytes"`
 }
 
 // A Saver stores streams and other objects in a Store, on a pool of
