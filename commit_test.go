@@ -1,6 +1,9 @@
 package sbuml_test
 
 import (
+	"encoding/json"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -238,5 +241,138 @@ func requireOneLine(t testing.TB, err error, want ...string) {
 		if !strings.Contains(msg, w) {
 			t.Errorf("error %q does not say %q", msg, w)
 		}
+	}
+}
+
+// TestCommitCLI drives commit, log and checkout through the sbuml
+// command: commit -f leaves the machine frozen, -f -c continues it, log
+// --json lists the snapshots with their machine label, and checkout
+// prints the checkout-to-running time, for a snapshot and for a directory
+// made by export.
+func TestCommitCLI(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 2)
+	g := bootGuest(t, s, "m1", 0)
+	g.startCounter()
+
+	commitLine := regexp.MustCompile(`^([0-9a-f]{64}) m1\n  downtime \d+ ms, .* logical, .* added \(\d+ new objects\), [0-9.]+s in all\n$`)
+	commit := func(args ...string) string {
+		t.Helper()
+		out := mustCLI(t, s, append([]string{"commit", "m1"}, args...)...)
+		m := commitLine.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("sbuml commit m1 %s printed %q", strings.Join(args, " "), out)
+		}
+		return m[1]
+	}
+	requireState := func(name string, want vmm.State) {
+		t.Helper()
+		if st := psJSON(t, s)[name].State; st != want {
+			t.Fatalf("%s is %s, want %s", name, st, want)
+		}
+	}
+	requireCounting := func(g *guest, want bool) {
+		t.Helper()
+		time.Sleep(3 * counterPeriod)
+		before := g.lastTick()
+		time.Sleep(10 * counterPeriod)
+		if counting := g.lastTick() != before; counting != want {
+			t.Fatalf("%s: counter counting: %v, want %v (at %d)", g.name, counting, want, before)
+		}
+	}
+
+	ids := []string{commit("-f", "-m", "frozen")}
+	requireState("m1", vmm.StateFrozen)
+	requireCounting(g, false)
+	mustCLI(t, s, "continue", "m1")
+	requireCounting(g, true)
+	ids = append(ids, commit("-f", "-c", "-m", "continued"))
+	requireState("m1", vmm.StateRunning)
+	requireCounting(g, true)
+	lo := g.lastTick()
+	ids = append(ids, commit("-m", "plain"))
+	hi := g.lastTick()
+	requireState("m1", vmm.StateRunning)
+
+	var log []struct {
+		ID      string            `json:"id"`
+		Message string            `json:"message"`
+		Labels  map[string]string `json:"labels"`
+	}
+	if err := json.Unmarshal([]byte(mustCLI(t, s, "log", "--json", "m1")), &log); err != nil {
+		t.Fatal(err)
+	}
+	if len(log) != 3 {
+		t.Fatalf("sbuml log --json m1 lists %d snapshots, want 3: %+v", len(log), log)
+	}
+	for i, e := range log {
+		want := ids[len(ids)-1-i]
+		if e.ID != want || e.Labels["machine"] != "m1" || e.Labels["kind"] != "machine" {
+			t.Errorf("log entry %d: %+v, want snapshot %s labelled machine m1", i, e, want)
+		}
+	}
+
+	checkoutLine := regexp.MustCompile(`^(\w+) (running|frozen \(sbuml continue \w+ starts it\)) from (\S+|exported snapshot), checkout to running (\d+) ms\n$`)
+	checkout := func(rev, name string, args ...string) []string {
+		t.Helper()
+		out := mustCLI(t, s, append([]string{"checkout", rev, name, "--accel", guestAccel}, args...)...)
+		m := checkoutLine.FindStringSubmatch(out)
+		if m == nil || m[1] != name {
+			t.Fatalf("sbuml checkout %s %s printed %q", rev, name, out)
+		}
+		t.Logf("sbuml checkout %s %s: %s", rev, name, strings.TrimSpace(out))
+		return m
+	}
+	m := checkout("m1", "m2", "-c")
+	if m[2] != "running" || m[3] != ids[2][:12] {
+		t.Errorf("checkout m1 m2 -c: %q", m[0])
+	}
+	requireState("m2", vmm.StateRunning)
+	(&guest{t: t, s: s, name: "m2"}).requireCounterContinues(lo, hi)
+	mustCLI(t, s, "halt", "m2")
+
+	// Without -c the machine waits, frozen.
+	m = checkout("m1~2", "m3")
+	if !strings.HasPrefix(m[2], "frozen") || m[3] != ids[0][:12] {
+		t.Errorf("checkout m1~2 m3: %q", m[0])
+	}
+	requireState("m3", vmm.StateFrozen)
+	mustCLI(t, s, "continue", "m3")
+	requireState("m3", vmm.StateRunning)
+	mustCLI(t, s, "halt", "m3")
+
+	// From a directory made by export.
+	dir := filepath.Join(t.TempDir(), "exported")
+	mustCLI(t, s, "export", "m1", dir)
+	m = checkout(dir, "m4", "-c")
+	if m[2] != "running" || m[3] != "exported snapshot" {
+		t.Errorf("checkout DIR m4 -c: %q", m[0])
+	}
+	(&guest{t: t, s: s, name: "m4"}).requireCounterContinues(lo, hi)
+}
+
+// TestCommitFrozenTwice commits a machine with Freeze, which leaves it
+// frozen, and commits it again: a frozen machine can be committed like a
+// running one, and Continue then lets it run.
+func TestCommitFrozenTwice(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 1)
+	g := bootGuest(t, s, "m1", 0)
+	first := g.commit(sbuml.CommitOptions{Freeze: true})
+	if st := g.state(); st != vmm.StateFrozen {
+		t.Fatalf("after commit with Freeze m1 is %s", st)
+	}
+	res, err := s.Commit(guestContext(t), "m1", sbuml.CommitOptions{Freeze: true, Continue: true})
+	if err != nil {
+		t.Fatalf("second commit of the frozen machine: %v (m1 is now %s)", err, g.state())
+	}
+	if res.Parent != first.ID {
+		t.Errorf("second commit's parent is %s, want %s", res.Parent.Short(), first.ID.Short())
+	}
+	if st := g.state(); st != vmm.StateRunning {
+		t.Fatalf("after commit with Freeze and Continue m1 is %s", st)
+	}
+	if out := g.run("echo after-$((1+2))"); out != "after-3" {
+		t.Errorf("m1 after the second commit: %q", out)
 	}
 }
