@@ -45,7 +45,9 @@ func BenchmarkMachineSnapshots(b *testing.B) {
 		{"write", func(g *guest) {
 			requireOutput(g, "dd if=/dev/urandom of=/mnt/data bs=1M count=20 2>/dev/null; sync; wc -c < /mnt/data", "20971520")
 		}},
-		{"delete", func(g *guest) { requireOutput(g, "rm /mnt/data; sync; ls /mnt/data 2>&1", "ls: /mnt/data: No such file or directory") }},
+		{"delete", func(g *guest) {
+			requireOutput(g, "rm /mnt/data; sync; ls /mnt/data 2>&1", "ls: /mnt/data: No such file or directory")
+		}},
 		// 100 MiB of random data in guest RAM (tmpfs).
 		{"fill", func(g *guest) {
 			requireOutput(g, "dd if=/dev/urandom of=/tmp/fill bs=1M count=100 2>/dev/null; wc -c < /tmp/fill", "104857600")
