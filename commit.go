@@ -151,6 +151,14 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 		return nil, fmt.Errorf("commit %s: machine is %s, not running%s", name, st.State, detail)
 	}
 	wasRunning := st.State == vmm.StateRunning
+	// A machine left frozen by a commit (-f) has not run since: QEMU will
+	// not write its device state again, and it is the one already stored.
+	var reuseDev *objects.TreeEntry
+	if st.RunState == "postmigrate" {
+		if reuseDev, err = s.deviceStateOf(ctx, head.Snapshot); err != nil {
+			return nil, fmt.Errorf("commit %s: the machine's device state was saved and it has not run since, but %w; continue it first", name, err)
+		}
+	}
 
 	saver := stream.NewSaver(s.Objects, 0)
 	defer saver.Close()
@@ -180,6 +188,10 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	pr, pw := io.Pipe()
 	go func() {
 		defer close(devDone)
+		if reuseDev != nil {
+			devID, devSize = reuseDev.ID, reuseDev.Size
+			return
+		}
 		id, st, err := saver.SaveStream(ctx, pr, DiskParams)
 		pr.CloseWithError(err)
 		if err == nil {
@@ -215,8 +227,11 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 			// neither touches guest RAM or disks.
 			mirrored := make(chan error, 1)
 			go func() { mirrored <- mirrorAll() }()
-			err := m.SaveDeviceState(ctx, pw)
-			pw.CloseWithError(err)
+			var err error
+			if reuseDev == nil {
+				err = m.SaveDeviceState(ctx, pw)
+				pw.CloseWithError(err)
+			}
 			if merr := <-mirrored; err == nil {
 				err = merr
 			}
@@ -265,6 +280,26 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	}
 	res.Result = Result{ID: id, Branch: ref, Parent: head.Snapshot, LogicalBytes: size, Stats: saver.Stats(), Duration: time.Since(start)}
 	return res, nil
+}
+
+// deviceStateOf returns the device-state entry of machine snapshot id.
+func (s *Scrapbook) deviceStateOf(ctx context.Context, id objects.ID) (*objects.TreeEntry, error) {
+	if id.IsZero() {
+		return nil, errors.New("no snapshot of it is known")
+	}
+	sn, err := objects.LoadSnapshot(ctx, s.Objects, id)
+	if err != nil {
+		return nil, err
+	}
+	t, err := objects.LoadTree(ctx, s.Objects, sn.Tree)
+	if err != nil {
+		return nil, err
+	}
+	e := t.Find(snapDeviceState)
+	if e == nil {
+		return nil, fmt.Errorf("snapshot %s has no %s", id.Short(), snapDeviceState)
+	}
+	return e, nil
 }
 
 func shortOrNone(id objects.ID) string {

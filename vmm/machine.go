@@ -415,9 +415,19 @@ func (m *Machine) Freeze(ctx context.Context) error {
 		return fmt.Errorf("freeze: %w", err)
 	}
 	if _, err := q.Execute(ctx, "stop", nil); err != nil {
-		return fmt.Errorf("freeze %s: %w", m.cfg.Name, err)
+		return fmt.Errorf("freeze %s: %w", m.cfg.Name, m.explain(err))
 	}
 	return nil
+}
+
+// explain replaces the error of a QMP command that failed because QEMU
+// died meanwhile (a broken pipe, a closed socket) by the reason it died.
+func (m *Machine) explain(err error) error {
+	pid, _, perr := readPID(m.dir)
+	if perr == nil && !qemuAlive(pid, m.dir) {
+		return m.notRunning(pid)
+	}
+	return err
 }
 
 // Continue resumes a frozen guest. A machine booted with Boot.Incoming must
@@ -435,7 +445,7 @@ func (m *Machine) Continue(ctx context.Context) error {
 		return fmt.Errorf("continue %s: machine is waiting for its device state (LoadDeviceState)", m.cfg.Name)
 	}
 	if _, err := q.Execute(ctx, "cont", nil); err != nil {
-		return fmt.Errorf("continue %s: %w", m.cfg.Name, err)
+		return fmt.Errorf("continue %s: %w", m.cfg.Name, m.explain(err))
 	}
 	return nil
 }
