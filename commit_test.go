@@ -255,16 +255,17 @@ func TestCommitCLI(t *testing.T) {
 	g := bootGuest(t, s, "m1", 0)
 	g.startCounter()
 
-	commitLine := regexp.MustCompile(`^([0-9a-f]{64}) m1\n  downtime \d+ ms, .* logical, .* added \(\d+ new objects\), [0-9.]+s in all\n$`)
-	commit := func(args ...string) string {
+	commitLine := regexp.MustCompile(`^([0-9a-f]{64}) (\w+)\n  downtime \d+ ms, .* logical, .* added \(\d+ new objects\), [0-9.]+s in all\n$`)
+	commitMachine := func(name string, args ...string) string {
 		t.Helper()
-		out := mustCLI(t, s, append([]string{"commit", "m1"}, args...)...)
+		out := mustCLI(t, s, append([]string{"commit", name}, args...)...)
 		m := commitLine.FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("sbuml commit m1 %s printed %q", strings.Join(args, " "), out)
+		if m == nil || m[2] != name {
+			t.Fatalf("sbuml commit %s %s printed %q", name, strings.Join(args, " "), out)
 		}
 		return m[1]
 	}
+	commit := func(args ...string) string { return commitMachine("m1", args...) }
 	requireState := func(name string, want vmm.State) {
 		t.Helper()
 		if st := psJSON(t, s)[name].State; st != want {
@@ -336,6 +337,9 @@ func TestCommitCLI(t *testing.T) {
 	if !strings.HasPrefix(m[2], "frozen") || m[3] != ids[0][:12] {
 		t.Errorf("checkout m1~2 m3: %q", m[0])
 	}
+	requireState("m3", vmm.StateFrozen)
+	// A machine waiting, frozen, after checkout can be committed.
+	commitMachine("m3", "-f")
 	requireState("m3", vmm.StateFrozen)
 	mustCLI(t, s, "continue", "m3")
 	requireState("m3", vmm.StateRunning)
