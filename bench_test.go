@@ -24,7 +24,7 @@ import (
 //	go test -run '^$' -bench BenchmarkImport -benchtime 3x .
 func BenchmarkImport(b *testing.B) {
 	const fileSize, files = 64 << 20, 4
-	src := b.TempDir()
+	src := benchDir(b)
 	data := make([]byte, fileSize)
 	rng := rand.NewChaCha8([32]byte{1})
 	for i := 0; i < files; i++ {
@@ -56,7 +56,7 @@ func BenchmarkImport(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		dir := filepath.Join(b.TempDir(), "sb")
+		dir := filepath.Join(benchDir(b), "sb")
 		s, err := Init(dir)
 		if err != nil {
 			b.Fatal(err)
@@ -85,6 +85,21 @@ func BenchmarkImport(b *testing.B) {
 	b.ReportMetric(sameRate, "unchanged-MB/s")
 	b.ReportMetric(newRate/ideal, "new/ideal")
 	b.ReportMetric(sameRate/ideal, "unchanged/ideal")
+}
+
+// benchDir returns a fresh directory on tmpfs (or $SBUML_BENCH_DIR),
+// removed when the benchmark ends.
+func benchDir(b *testing.B) string {
+	root := os.Getenv("SBUML_BENCH_DIR")
+	if root == "" {
+		root = "/dev/shm"
+	}
+	dir, err := os.MkdirTemp(root, "sbuml-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // rate runs fn for about a second on the calling goroutine and returns MB/s.

@@ -48,6 +48,9 @@ func codecs() (*zstd.Encoder, *zstd.Decoder) {
 	return zstdEnc, zstdDec
 }
 
+// sealSample is the size of the sample Seal compresses to judge a large object.
+const sealSample = 4 << 10
+
 // Seal returns the stored form of a canonical encoding: compressed when
 // that saves at least 1/32 of the size, else enc itself (not copied).
 // buf, if not nil, is reused for the compressed bytes.
@@ -56,6 +59,16 @@ func Seal(enc, buf []byte) []byte {
 		return enc
 	}
 	e, _ := codecs()
+	// Large objects are sampled first: random data (most of a new disk
+	// or a compressed file) is kept as it is without a full attempt.
+	if len(enc) >= 4*sealSample {
+		mid := len(enc)/2 - sealSample/2
+		c := e.EncodeAll(enc[mid:mid+sealSample], buf[:0])
+		if len(c) >= sealSample-sealSample/32 {
+			return enc
+		}
+		buf = c
+	}
 	c := e.EncodeAll(enc, buf[:0])
 	if len(c) < len(enc)-len(enc)/32 {
 		return c
