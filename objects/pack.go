@@ -52,7 +52,9 @@ type Packed struct {
 	known   map[string]bool // index files loaded, by name
 	index   map[ID]packLoc
 	pending *packWriter
-	broken  []error // unreadable index files
+	broken  []error    // unreadable index files
+	written *sync.Cond // on mu: a write into the pending pack ended
+	failed  error      // a pack write failed: this store writes no more
 }
 
 type packLoc struct {
@@ -69,10 +71,19 @@ type packFile struct {
 
 // packWriter is the pack being written.
 type packWriter struct {
-	file    *packFile
-	tmpName string
-	off     uint64
-	entries map[ID]packLoc
+	file     *packFile
+	at       io.WriterAt // file, written at reserved offsets
+	tmpName  string
+	off      uint64 // end of the last reserved record
+	entries  map[ID]packLoc
+	inflight map[ID]struct{} // records being written
+}
+
+// closeWriter closes the host file a pack was written through, if any.
+func (w *packWriter) closeWriter() {
+	if c, ok := w.at.(io.Closer); ok {
+		c.Close()
+	}
 }
 
 // NewPacked returns the store of objects under dir in fs: packs in
@@ -83,7 +94,7 @@ func NewPacked(fsys billy.Filesystem, dir, hostDir string) *Packed {
 	if hostDir != "" {
 		root = path.Join(hostDir, "pack")
 	}
-	return &Packed{
+	p := &Packed{
 		loose: NewLoose(fsys, dir, hostDir),
 		fs:    fsys,
 		dir:   path.Join(dir, "pack"),
@@ -91,6 +102,8 @@ func NewPacked(fsys billy.Filesystem, dir, hostDir string) *Packed {
 		known: map[string]bool{},
 		index: map[ID]packLoc{},
 	}
+	p.written = sync.NewCond(&p.mu)
+	return p
 }
 
 // load reads the index files not read yet. Callers hold mu for writing.
@@ -284,30 +297,60 @@ func (p *Packed) Put(ctx context.Context, id ID, stored []byte) error {
 	if len(stored) > MaxObjectSize+1024 {
 		return fmt.Errorf("write object %s: %d bytes exceeds the object size limit", id, len(stored))
 	}
+	crc := crc32.Checksum(stored, castagnoli)
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	if p.failed != nil {
+		p.mu.Unlock()
+		return fmt.Errorf("write object %s: %w", id, p.failed)
+	}
 	w := p.pending
 	if w == nil {
 		var err error
 		if w, err = p.startPack(); err != nil {
+			p.mu.Unlock()
 			return fmt.Errorf("write object %s: %w", id, err)
 		}
 	}
 	if _, ok := w.entries[id]; ok {
+		p.mu.Unlock()
 		return nil
 	}
+	if _, ok := w.inflight[id]; ok {
+		// Another goroutine is writing it into this pack, which is
+		// published only once that write is done.
+		p.mu.Unlock()
+		return nil
+	}
+	// Reserve the record's place, then write it without the lock, so
+	// several objects are written at once.
+	off := w.off
+	w.off += packRecordHeader + uint64(len(stored))
+	w.inflight[id] = struct{}{}
+	p.mu.Unlock()
+
 	var hdr [packRecordHeader]byte
 	copy(hdr[:], id[:])
 	binary.LittleEndian.PutUint32(hdr[IDSize:], uint32(len(stored)))
-	if _, err := w.file.f.Write(hdr[:]); err != nil {
-		return fmt.Errorf("write object %s to %s: %w", id, p.where(w.tmpName), err)
+	_, err := w.at.WriteAt(hdr[:], int64(off))
+	if err == nil {
+		_, err = w.at.WriteAt(stored, int64(off)+packRecordHeader)
 	}
-	if _, err := w.file.f.Write(stored); err != nil {
-		return fmt.Errorf("write object %s to %s: %w", id, p.where(w.tmpName), err)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(w.inflight, id)
+	p.written.Broadcast()
+	if err != nil {
+		// A hole in the pack: none of it may be published, and objects
+		// this process believes stored are not. Refuse further writes.
+		err = fmt.Errorf("write object %s to %s: %w", id, p.where(w.tmpName), err)
+		if p.failed == nil {
+			p.failed = err
+		}
+		return err
 	}
-	w.entries[id] = packLoc{off: w.off + packRecordHeader, size: uint32(len(stored)), crc: crc32.Checksum(stored, castagnoli)}
-	w.off += packRecordHeader + uint64(len(stored))
-	if w.off >= maxPackSize {
+	w.entries[id] = packLoc{off: off + packRecordHeader, size: uint32(len(stored)), crc: crc}
+	if w.off >= maxPackSize && p.pending == w {
 		return p.publish()
 	}
 	return nil
@@ -328,11 +371,23 @@ func (p *Packed) startPack() (*packWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := f.Write(packMagic); err != nil {
+	// Records are written at reserved offsets by several goroutines: with
+	// pwrite on a host file, else one at a time through the billy file.
+	var at io.WriterAt = &seekWriter{f: f}
+	if p.root != "" {
+		hf, err := os.OpenFile(path.Join(p.root, tmp), os.O_WRONLY, 0)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		at = hf
+	}
+	if _, err := at.WriteAt(packMagic, 0); err != nil {
 		f.Close()
 		return nil, err
 	}
-	p.pending = &packWriter{file: &packFile{name: tmp, f: f}, tmpName: tmp, off: uint64(len(packMagic)), entries: map[ID]packLoc{}}
+	p.pending = &packWriter{file: &packFile{name: tmp, f: f}, at: at, tmpName: tmp, off: uint64(len(packMagic)),
+		entries: map[ID]packLoc{}, inflight: map[ID]struct{}{}}
 	return p.pending, nil
 }
 
@@ -344,6 +399,16 @@ func (p *Packed) publish() error {
 	if w == nil {
 		return nil
 	}
+	for len(w.inflight) > 0 { // let the writes into it end
+		p.written.Wait()
+	}
+	if p.failed != nil {
+		return p.failed
+	}
+	if p.pending != w {
+		return nil // published by a writer while we waited
+	}
+	w.closeWriter()
 	entries := make([]indexEntry, 0, len(w.entries))
 	for id, loc := range w.entries {
 		entries = append(entries, indexEntry{id: id, off: loc.off, size: loc.size, crc: loc.crc})
@@ -583,12 +648,28 @@ func (p *Packed) Close() error {
 		pf.f.Close()
 	}
 	if w := p.pending; w != nil {
+		w.closeWriter()
 		w.file.f.Close()
 		p.fs.Remove(path.Join(p.dir, w.tmpName))
 		p.pending = nil
 	}
 	p.packs, p.index, p.known, p.loaded = nil, map[ID]packLoc{}, map[string]bool{}, false
 	return nil
+}
+
+// seekWriter writes at offsets through a billy.File, one write at a time.
+type seekWriter struct {
+	mu sync.Mutex
+	f  billy.File
+}
+
+func (w *seekWriter) WriteAt(b []byte, off int64) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, err := w.f.Seek(off, io.SeekStart); err != nil {
+		return 0, err
+	}
+	return w.f.Write(b)
 }
 
 func readAll(fsys billy.Filesystem, name string) ([]byte, error) {

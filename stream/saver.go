@@ -32,11 +32,14 @@ type Stats struct {
 // A Saver stores streams and other objects in a Store, on a pool of
 // workers shared by all the streams it saves. It is safe for concurrent
 // use; Close it when done.
+//
+// A stream is read in large blocks; chunks are cut in place and handed to
+// the workers in batches, so a chunk the store already has is hashed
+// where it lies and never copied.
 type Saver struct {
 	store objects.Store
 	jobs  chan *job
 	wg    sync.WaitGroup
-	bufs  sync.Pool
 
 	known [256]struct {
 		sync.Mutex
@@ -46,13 +49,28 @@ type Saver struct {
 	logical, holes, chunks, newObjects, newBytes, newChunkBytes atomic.Int64
 }
 
-// job is one chunk travelling to a worker. buf holds the chunk's canonical
-// encoding: two header bytes, then the data.
-type job struct {
-	ctx context.Context
-	buf *[]byte
-	res chan result
+// block is one read of a stream, shared by the jobs cutting from it.
+type block struct {
+	buf  []byte
+	refs atomic.Int32
+	pool *sync.Pool
 }
+
+func (b *block) release() {
+	if b.refs.Add(-1) == 0 {
+		b.pool.Put(b)
+	}
+}
+
+// job is a batch of consecutive chunks of one block for a worker.
+type job struct {
+	ctx   context.Context
+	blk   *block
+	spans []span
+	res   chan []result
+}
+
+type span struct{ start, end int }
 
 type result struct {
 	id     objects.ID // Zero for a hole
@@ -60,12 +78,18 @@ type result struct {
 	err    error
 }
 
+// Batching: a job carries up to this many chunks or bytes.
+const (
+	batchChunks = 64
+	batchBytes  = 512 << 10
+)
+
 // NewSaver starts a Saver with workers goroutines (0 means GOMAXPROCS).
 func NewSaver(store objects.Store, workers int) *Saver {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	s := &Saver{store: store, jobs: make(chan *job, 2*workers)}
+	s := &Saver{store: store, jobs: make(chan *job, 4*workers)}
 	for i := range s.known {
 		s.known[i].m = make(map[objects.ID]struct{})
 	}
@@ -96,28 +120,47 @@ func (s *Saver) Stats() Stats {
 
 func (s *Saver) work() {
 	defer s.wg.Done()
-	var seal []byte
+	var enc, seal []byte
 	for j := range s.jobs {
-		enc := *j.buf
-		data := enc[len(objects.ChunkHeader):]
-		r := result{length: uint64(len(data))}
-		if chunker.IsZero(data) {
-			s.holes.Add(int64(len(data)))
-		} else {
-			s.chunks.Add(1)
-			copy(enc, objects.ChunkHeader[:])
-			r.id = objects.Sum(enc)
-			var stored []byte
-			stored, r.err = s.put(j.ctx, r.id, enc, seal)
-			if stored != nil {
-				s.newChunkBytes.Add(int64(len(data)))
-				if &stored[0] != &enc[0] && cap(stored) > cap(seal) {
-					seal = stored // keep the larger buffer for the next Seal
-				}
+		out := make([]result, len(j.spans))
+		for i, sp := range j.spans {
+			data := j.blk.buf[sp.start:sp.end]
+			r := &out[i]
+			r.length = uint64(len(data))
+			if chunker.IsZero(data) {
+				s.holes.Add(int64(len(data)))
+				continue
 			}
+			s.chunks.Add(1)
+			r.id = objects.SumChunk(data)
+			if s.isKnown(r.id) {
+				continue
+			}
+			has, err := s.store.Has(j.ctx, r.id)
+			if err != nil || has {
+				r.err = err
+				if has {
+					s.setKnown(r.id)
+				}
+				continue
+			}
+			// New: build the encoding (header and data) and store it.
+			enc = append(append(enc[:0], objects.ChunkHeader[:]...), data...)
+			stored := objects.Seal(enc, seal)
+			if err := s.store.Put(j.ctx, r.id, stored); err != nil {
+				r.err = err
+				continue
+			}
+			if &stored[0] != &enc[0] && cap(stored) > cap(seal) {
+				seal = stored // keep the larger buffer for the next Seal
+			}
+			s.setKnown(r.id)
+			s.newObjects.Add(1)
+			s.newBytes.Add(int64(len(stored)))
+			s.newChunkBytes.Add(int64(len(data)))
 		}
-		s.bufs.Put(j.buf)
-		j.res <- r
+		j.blk.release()
+		j.res <- out
 	}
 }
 
@@ -137,46 +180,34 @@ func (s *Saver) setKnown(id objects.ID) {
 	sh.Unlock()
 }
 
-// put stores enc under id unless the store has it. It returns the stored
-// form it wrote, or nil if the object was present.
-func (s *Saver) put(ctx context.Context, id objects.ID, enc, sealBuf []byte) ([]byte, error) {
+// SaveObject stores a canonical encoding (a tree, a snapshot…) unless the
+// store has it, and returns its ID. The caller keeps the closure
+// invariant: everything enc names must already be stored.
+func (s *Saver) SaveObject(ctx context.Context, enc []byte) (objects.ID, error) {
+	id := objects.Sum(enc)
 	if s.isKnown(id) {
-		return nil, nil
+		return id, nil
 	}
 	has, err := s.store.Has(ctx, id)
 	if err != nil {
-		return nil, err
+		return id, err
 	}
-	if has {
-		s.setKnown(id)
-		return nil, nil
-	}
-	stored := objects.Seal(enc, sealBuf)
-	if err := s.store.Put(ctx, id, stored); err != nil {
-		return nil, err
+	if !has {
+		stored := objects.Seal(enc, nil)
+		if err := s.store.Put(ctx, id, stored); err != nil {
+			return id, err
+		}
+		s.newObjects.Add(1)
+		s.newBytes.Add(int64(len(stored)))
 	}
 	s.setKnown(id)
-	s.newObjects.Add(1)
-	s.newBytes.Add(int64(len(stored)))
-	return stored, nil
+	return id, nil
 }
 
-// SaveObject stores a canonical encoding (a tree, a snapshot…) and returns
-// its ID. The caller keeps the closure invariant: everything enc names must
-// already be stored.
-func (s *Saver) SaveObject(ctx context.Context, enc []byte) (objects.ID, error) {
-	id := objects.Sum(enc)
-	_, err := s.put(ctx, id, enc, nil)
-	return id, err
-}
-
-func (s *Saver) getBuf(n int) *[]byte {
-	if p, ok := s.bufs.Get().(*[]byte); ok && cap(*p) >= n {
-		*p = (*p)[:n]
-		return p
-	}
-	b := make([]byte, n, max(n, int(chunker.Default.Max)+len(objects.ChunkHeader)))
-	return &b
+// blockSize is the read size for cutting with p: room for several
+// largest chunks.
+func blockSize(p chunker.Params) int {
+	return max(4<<20, 4*int(p.Max))
 }
 
 // SaveStream reads r to its end, stores it as a stream object cut with p,
@@ -186,25 +217,23 @@ func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.
 	if err := p.Validate(); err != nil {
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", err)
 	}
-	ch, err := chunker.New(r, p.Chunking)
-	if err != nil {
-		return objects.Zero, nil, fmt.Errorf("save stream: %w", err)
-	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
 	b := newIndexBuilder(s, p.Fanout)
-	pending := make(chan chan result, 4*cap(s.jobs)+16)
+	pending := make(chan chan []result, 64)
 	collected := make(chan error, 1)
 	go func() {
 		var err error
 		for rc := range pending {
-			r := <-rc
-			if err != nil {
-				continue
-			}
-			if err = r.err; err == nil {
-				err = b.add(ctx, r.id, r.length)
+			rs := <-rc
+			for _, r := range rs {
+				if err != nil {
+					break
+				}
+				if err = r.err; err == nil {
+					err = b.add(ctx, r.id, r.length)
+				}
 			}
 			if err != nil {
 				cancel(err)
@@ -213,39 +242,12 @@ func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.
 		collected <- err
 	}()
 
-	var readErr error
-	hdr := len(objects.ChunkHeader)
-	for {
-		chunk, err := ch.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			readErr = err
-			break
-		}
-		s.logical.Add(int64(len(chunk)))
-		buf := s.getBuf(hdr + len(chunk))
-		copy((*buf)[hdr:], chunk)
-		rc := make(chan result, 1)
-		select {
-		case s.jobs <- &job{ctx: ctx, buf: buf, res: rc}:
-		case <-ctx.Done():
-			readErr = context.Cause(ctx)
-		}
-		if readErr != nil {
-			break
-		}
-		pending <- rc
-	}
+	readErr := s.cut(ctx, r, p.Chunking, pending)
 	close(pending)
-	if err := <-collected; err != nil && readErr == nil {
+	if err := <-collected; err != nil && (readErr == nil || errors.Is(readErr, context.Canceled)) {
 		readErr = err
 	}
 	if readErr != nil {
-		if errors.Is(readErr, context.Canceled) && ctx.Err() != nil && context.Cause(ctx) != nil {
-			readErr = context.Cause(ctx)
-		}
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", readErr)
 	}
 	root, length, err := b.finish(ctx)
@@ -258,4 +260,81 @@ func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", err)
 	}
 	return id, st, nil
+}
+
+// cut reads r in blocks, cuts each into chunks in place and sends them to
+// the workers in batches, queueing each batch's results on pending in
+// stream order. Bytes after a block's last cut (less than a largest
+// chunk) are carried into the next block.
+func (s *Saver) cut(ctx context.Context, r io.Reader, cp chunker.Params, pending chan<- chan []result) error {
+	size := blockSize(cp)
+	pool := &sync.Pool{}
+	newBlock := func() *block {
+		if b, ok := pool.Get().(*block); ok {
+			return b
+		}
+		return &block{buf: make([]byte, size), pool: pool}
+	}
+	var carry []byte
+	for eof := false; !eof; {
+		blk := newBlock()
+		blk.refs.Store(1) // this function's own reference
+		n := copy(blk.buf, carry)
+		m, err := io.ReadFull(r, blk.buf[n:])
+		switch {
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			eof = true
+		case err != nil:
+			blk.release()
+			return err
+		}
+		s.logical.Add(int64(m))
+		data := blk.buf[:n+m]
+		var spans []span
+		var batched int
+		flush := func() error {
+			if len(spans) == 0 {
+				return nil
+			}
+			blk.refs.Add(1)
+			rc := make(chan []result, 1)
+			select {
+			case s.jobs <- &job{ctx: ctx, blk: blk, spans: spans, res: rc}:
+			case <-ctx.Done():
+				blk.release()
+				return context.Cause(ctx)
+			}
+			select {
+			case pending <- rc:
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+			spans, batched = nil, 0
+			return nil
+		}
+		off := 0
+		for off < len(data) {
+			rest := data[off:]
+			if !eof && len(rest) < int(cp.Max) {
+				break // may end in a longer chunk: carry it over
+			}
+			c := cp.Cut(rest)
+			spans = append(spans, span{off, off + c})
+			batched += c
+			off += c
+			if len(spans) == batchChunks || batched >= batchBytes {
+				if err := flush(); err != nil {
+					blk.release()
+					return err
+				}
+			}
+		}
+		if err := flush(); err != nil {
+			blk.release()
+			return err
+		}
+		carry = append(carry[:0], data[off:]...)
+		blk.release()
+	}
+	return nil
 }
