@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/go-git/go-billy/v5"
+	"golang.org/x/sys/unix"
 )
 
 // Pack file formats. A pack holds many objects in one file, so a commit of
@@ -291,13 +292,24 @@ func (p *Packed) Get(ctx context.Context, id ID) ([]byte, error) {
 
 // Put implements Store: the object is appended to the pack being written.
 func (p *Packed) Put(ctx context.Context, id ID, stored []byte) error {
+	return p.PutParts(ctx, id, stored)
+}
+
+// PutParts implements PartsPutter: the stored form is the concatenation
+// of parts, written to the pack without joining them.
+func (p *Packed) PutParts(ctx context.Context, id ID, parts ...[]byte) error {
 	if ok, err := p.Has(ctx, id); err != nil || ok {
 		return err
 	}
-	if len(stored) > MaxObjectSize+1024 {
-		return fmt.Errorf("write object %s: %d bytes exceeds the object size limit", id, len(stored))
+	var size int
+	var crc uint32
+	for _, part := range parts {
+		size += len(part)
+		crc = crc32.Update(crc, castagnoli, part)
 	}
-	crc := crc32.Checksum(stored, castagnoli)
+	if size > MaxObjectSize+1024 {
+		return fmt.Errorf("write object %s: %d bytes exceeds the object size limit", id, size)
+	}
 	p.mu.Lock()
 	if p.failed != nil {
 		p.mu.Unlock()
@@ -324,17 +336,14 @@ func (p *Packed) Put(ctx context.Context, id ID, stored []byte) error {
 	// Reserve the record's place, then write it without the lock, so
 	// several objects are written at once.
 	off := w.off
-	w.off += packRecordHeader + uint64(len(stored))
+	w.off += packRecordHeader + uint64(size)
 	w.inflight[id] = struct{}{}
 	p.mu.Unlock()
 
 	var hdr [packRecordHeader]byte
 	copy(hdr[:], id[:])
-	binary.LittleEndian.PutUint32(hdr[IDSize:], uint32(len(stored)))
-	_, err := w.at.WriteAt(hdr[:], int64(off))
-	if err == nil {
-		_, err = w.at.WriteAt(stored, int64(off)+packRecordHeader)
-	}
+	binary.LittleEndian.PutUint32(hdr[IDSize:], uint32(size))
+	err := writeVectorAt(w.at, int64(off), append([][]byte{hdr[:]}, parts...))
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -349,7 +358,7 @@ func (p *Packed) Put(ctx context.Context, id ID, stored []byte) error {
 		}
 		return err
 	}
-	w.entries[id] = packLoc{off: off + packRecordHeader, size: uint32(len(stored)), crc: crc}
+	w.entries[id] = packLoc{off: off + packRecordHeader, size: uint32(size), crc: crc}
 	if w.off >= maxPackSize && p.pending == w {
 		return p.publish()
 	}
@@ -654,6 +663,42 @@ func (p *Packed) Close() error {
 		p.pending = nil
 	}
 	p.packs, p.index, p.known, p.loaded = nil, map[ID]packLoc{}, map[string]bool{}, false
+	return nil
+}
+
+// writeVectorAt writes bufs one after another at off: with one pwritev on
+// a host file.
+func writeVectorAt(w io.WriterAt, off int64, bufs [][]byte) error {
+	if f, ok := w.(*os.File); ok {
+		var total int
+		for _, b := range bufs {
+			total += len(b)
+		}
+		for total > 0 {
+			n, err := unix.Pwritev(int(f.Fd()), bufs, off)
+			if err != nil {
+				return &os.PathError{Op: "pwritev", Path: f.Name(), Err: err}
+			}
+			total -= n
+			off += int64(n)
+			for n > 0 { // a short write: skip what was written
+				if n >= len(bufs[0]) {
+					n -= len(bufs[0])
+					bufs = bufs[1:]
+				} else {
+					bufs[0] = bufs[0][n:]
+					n = 0
+				}
+			}
+		}
+		return nil
+	}
+	for _, b := range bufs {
+		if _, err := w.WriteAt(b, off); err != nil {
+			return err
+		}
+		off += int64(len(b))
+	}
 	return nil
 }
 

@@ -63,17 +63,35 @@ func Seal(enc, buf []byte) []byte {
 	// or a compressed file) is kept as it is without a full attempt.
 	if len(enc) >= 4*sealSample {
 		mid := len(enc)/2 - sealSample/2
-		c := e.EncodeAll(enc[mid:mid+sealSample], buf[:0])
-		if len(c) >= sealSample-sealSample/32 {
+		if incompressible(e, enc[mid:mid+sealSample], buf) {
 			return enc
 		}
-		buf = c
 	}
 	c := e.EncodeAll(enc, buf[:0])
 	if len(c) < len(enc)-len(enc)/32 {
 		return c
 	}
 	return enc
+}
+
+func incompressible(e *zstd.Encoder, sample, buf []byte) bool {
+	c := e.EncodeAll(sample, buf[:0])
+	return len(c) >= sealSample-sealSample/32
+}
+
+// ChunkStoredRaw reports, without building the chunk's encoding, whether
+// Seal keeps the chunk holding data as it is because a sample of it does
+// not compress. Then its stored form is ChunkHeader followed by data, and
+// writers can store the two parts without joining them.
+func ChunkStoredRaw(data []byte) bool {
+	n := len(ChunkHeader) + len(data)
+	if n < 4*sealSample {
+		return false
+	}
+	// The same sample Seal takes, in data's coordinates.
+	mid := n/2 - sealSample/2 - len(ChunkHeader)
+	e, _ := codecs()
+	return incompressible(e, data[mid:mid+sealSample], nil)
 }
 
 // ErrCorrupt marks objects whose stored bytes do not match their ID or

@@ -35,6 +35,12 @@ type Syncer interface {
 	Sync(ctx context.Context) error
 }
 
+// A PartsPutter is a Store that can store an object whose stored form is
+// given in parts (concatenated), so writers need not join them.
+type PartsPutter interface {
+	PutParts(ctx context.Context, id ID, parts ...[]byte) error
+}
+
 // A Locator is a Store that can say where an object lives, for messages.
 type Locator interface {
 	Locate(id ID) string

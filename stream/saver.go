@@ -144,19 +144,30 @@ func (s *Saver) work() {
 				}
 				continue
 			}
-			// New: build the encoding (header and data) and store it.
-			enc = append(append(enc[:0], objects.ChunkHeader[:]...), data...)
-			stored := objects.Seal(enc, seal)
-			if err := s.store.Put(j.ctx, r.id, stored); err != nil {
-				r.err = err
-				continue
-			}
-			if &stored[0] != &enc[0] && cap(stored) > cap(seal) {
-				seal = stored // keep the larger buffer for the next Seal
+			// New. Incompressible data is stored as header and data
+			// where it lies; otherwise build the encoding and seal it.
+			var size int
+			if pp, ok := s.store.(objects.PartsPutter); ok && objects.ChunkStoredRaw(data) {
+				size = len(objects.ChunkHeader) + len(data)
+				if err := pp.PutParts(j.ctx, r.id, objects.ChunkHeader[:], data); err != nil {
+					r.err = err
+					continue
+				}
+			} else {
+				enc = append(append(enc[:0], objects.ChunkHeader[:]...), data...)
+				stored := objects.Seal(enc, seal)
+				if err := s.store.Put(j.ctx, r.id, stored); err != nil {
+					r.err = err
+					continue
+				}
+				if &stored[0] != &enc[0] && cap(stored) > cap(seal) {
+					seal = stored // keep the larger buffer for the next Seal
+				}
+				size = len(stored)
 			}
 			s.setKnown(r.id)
 			s.newObjects.Add(1)
-			s.newBytes.Add(int64(len(stored)))
+			s.newBytes.Add(int64(size))
 			s.newChunkBytes.Add(int64(len(data)))
 		}
 		j.blk.release()
