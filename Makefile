@@ -21,6 +21,10 @@ deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# The guest image is built from packages fetched with apt-get download: the lists must know them.
+	@apt-cache policy linux-image-cloud-amd64 2>/dev/null | grep -q 'Candidate: [0-9]' || { \
+		echo "updating the apt package lists (the guest kernel is fetched from them)"; \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi; }
 	@command -v $(GO) >/dev/null || { echo "installing Go from Debian (the go.mod toolchain is fetched through the module proxy)"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; }
 	@$(GO) mod download
