@@ -1,6 +1,7 @@
 package sbuml_test
 
 import (
+	"context"
 	"encoding/json"
 	"path/filepath"
 	"regexp"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/stream"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -379,4 +381,47 @@ func TestCommitFrozenTwice(t *testing.T) {
 	if out := g.run("echo after-$((1+2))"); out != "after-3" {
 		t.Errorf("m1 after the second commit: %q", out)
 	}
+}
+
+// TestCommitAfterInterruptedFrozenCommit interrupts a commit with Freeze
+// after QEMU saved the device state but before the snapshot was recorded,
+// which leaves the machine frozen with the device state of no snapshot.
+// The next commit must not pair the last snapshot's (older) device state
+// with the current RAM: it is refused, or it makes a snapshot that
+// restores to a working guest in the current state.
+func TestCommitAfterInterruptedFrozenCommit(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 1)
+	g := bootGuest(t, s, "m1", 0)
+	g.startCounter()
+	g.commit(sbuml.CommitOptions{})
+	// Enough new RAM that storing it outlasts the first progress report,
+	// and disk I/O, which moves the disk's virtio ring in RAM away from
+	// the device state of the first snapshot.
+	g.run("dd if=/dev/urandom of=/tmp/fill bs=1M count=100 2>/dev/null; echo later > /tmp/marker; echo later > /mnt/marker; sync")
+	lo := g.lastTick()
+
+	ctx, cancel := context.WithCancel(guestContext(t))
+	_, err := s.Commit(ctx, "m1", sbuml.CommitOptions{Freeze: true, OnProgress: func(stream.Stats) { cancel() }})
+	cancel()
+	if err == nil {
+		t.Skip("the commit stored everything before its first progress report; nothing to interrupt")
+	}
+	t.Logf("interrupted commit: %v", err)
+	if st := g.state(); st != vmm.StateFrozen {
+		t.Fatalf("after an interrupted commit with Freeze m1 is %s, want frozen", st)
+	}
+	res, err := s.Commit(guestContext(t), "m1", sbuml.CommitOptions{Continue: true})
+	if err != nil {
+		t.Logf("commit after the interrupted one refused: %v", err)
+		requireOneLine(t, err, "m1")
+		return
+	}
+	g.halt()
+	c, _ := checkoutGuest(t, s, res.ID.String(), "c", sbuml.CheckoutOptions{Continue: true})
+	if out, err := c.tryRun("cat /tmp/marker /mnt/marker"); err != nil || out != "later\nlater" {
+		t.Fatalf("snapshot %s, committed after the interrupted commit, restores to a guest that does not work: %q, %v\nconsole:\n%s",
+			res.ID.Short(), out, err, tail(c.consoleLog(), 1000))
+	}
+	c.requireCounterContinues(lo, lo+100)
 }
