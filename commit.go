@@ -48,6 +48,9 @@ const headFile = "sbuml-head.json"
 type machineHead struct {
 	Snapshot objects.ID `json:"snapshot"`
 	Branch   string     `json:"branch"`
+	// Frozen says the machine has not run since Snapshot was saved
+	// from it (commit -f): its device state is Snapshot's.
+	Frozen bool `json:"frozen,omitempty"`
 }
 
 func readHead(dir string) (machineHead, error) {
@@ -155,6 +158,9 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	// not write its device state again, and it is the one already stored.
 	var reuseDev *objects.TreeEntry
 	if st.RunState == "postmigrate" {
+		if !head.Frozen {
+			return nil, fmt.Errorf("commit %s: the machine's device state was saved by a commit that did not finish, and QEMU saves it only once until the guest runs; continue it ('sbuml continue %s') and commit again", name, name)
+		}
 		if reuseDev, err = s.deviceStateOf(ctx, head.Snapshot); err != nil {
 			return nil, fmt.Errorf("commit %s: the machine's device state was saved and it has not run since, but %w; continue it first", name, err)
 		}
@@ -244,7 +250,8 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	// Continue as soon as the state is safe, even after a failed capture:
 	// a commit must not leave a running machine frozen.
 	leaveFrozen := opts.Freeze && !opts.Continue
-	if !frozenAt.IsZero() && (wasRunning && !leaveFrozen || opts.Continue) {
+	continued := !frozenAt.IsZero() && (wasRunning && !leaveFrozen || opts.Continue)
+	if continued {
 		if err := m.Continue(ctx); err != nil && captureErr == nil {
 			captureErr = err
 		}
@@ -275,7 +282,7 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", name, err)
 	}
-	if err := writeHead(dir, machineHead{Snapshot: id, Branch: branch}); err != nil {
+	if err := writeHead(dir, machineHead{Snapshot: id, Branch: branch, Frozen: !continued}); err != nil {
 		return nil, fmt.Errorf("commit %s: snapshot %s stored, but: %w", name, id.Short(), err)
 	}
 	res.Result = Result{ID: id, Branch: ref, Parent: head.Snapshot, LogicalBytes: size, Stats: saver.Stats(), Duration: time.Since(start)}

@@ -331,7 +331,16 @@ func (s *Scrapbook) Continue(ctx context.Context, machine string) error {
 		return err
 	}
 	defer m.Close()
-	return m.Continue(ctx)
+	if err := m.Continue(ctx); err != nil {
+		return err
+	}
+	// The guest runs again: the device state of its last snapshot is no
+	// longer its current one.
+	if head, err := readHead(m.Dir()); err == nil && head.Frozen {
+		head.Frozen = false
+		return writeHead(m.Dir(), head)
+	}
+	return nil
 }
 
 // MachineInfo is one line of Machines.
