@@ -56,6 +56,8 @@ type Packed struct {
 	broken  []error    // unreadable index files
 	written *sync.Cond // on mu: a write into the pending pack ended
 	failed  error      // a pack write failed: this store writes no more
+	// hasLoose is set once loose objects have been seen (see load).
+	hasLoose bool
 }
 
 type packLoc struct {
@@ -122,6 +124,20 @@ func (p *Packed) load() error {
 			return err
 		}
 		p.known[name] = true
+	}
+	// Loose objects, if any, sit in two-hex-digit fan-out directories.
+	// Where there are none, Has need not look for one per object.
+	if !p.hasLoose {
+		tops, err := p.fs.ReadDir(path.Dir(p.dir))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("list objects: %w", err)
+		}
+		for _, de := range tops {
+			if de.IsDir() && len(de.Name()) == 2 {
+				p.hasLoose = true
+				break
+			}
+		}
 	}
 	p.loaded = true
 	return nil
@@ -252,6 +268,12 @@ func (p *Packed) Has(ctx context.Context, id ID) (bool, error) {
 	_, _, ok, err := p.lookup(id, false)
 	if err != nil || ok {
 		return ok, err
+	}
+	p.mu.RLock()
+	loose := p.hasLoose
+	p.mu.RUnlock()
+	if !loose {
+		return false, nil
 	}
 	return p.loose.Has(ctx, id)
 }
