@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -47,15 +48,20 @@ type Packed struct {
 	dir   string // the pack directory inside fs
 	root  string // the pack directory on the host, for messages
 
-	mu      sync.RWMutex
-	loaded  bool
-	packs   []*packFile
-	known   map[string]bool // index files loaded, by name
-	index   map[ID]packLoc
-	pending *packWriter
-	broken  []error    // unreadable index files
-	written *sync.Cond // on mu: a write into the pending pack ended
-	failed  error      // a pack write failed: this store writes no more
+	mu     sync.RWMutex
+	loaded bool
+	packs  []*packFile
+	known  map[string]bool // index files loaded, by name
+	index  map[ID]packLoc
+	// pending holds the packs being written, one per lane: lane 0 takes
+	// objects that may reference others, lanes 1… take leaves (chunks),
+	// one writer at a time each, so writers do not contend for one
+	// file. Leaf lanes are always published before lane 0.
+	pending   []*packWriter
+	freeLanes chan int   // leaf lanes not in use
+	broken    []error    // unreadable index files
+	written   *sync.Cond // on mu: a write into the pending pack ended
+	failed    error      // a pack write failed: this store writes no more
 	// hasLoose is set once loose objects have been seen (see load).
 	hasLoose bool
 }
@@ -106,6 +112,12 @@ func NewPacked(fsys billy.Filesystem, dir, hostDir string) *Packed {
 		index: map[ID]packLoc{},
 	}
 	p.written = sync.NewCond(&p.mu)
+	lanes := 1 + max(2, runtime.GOMAXPROCS(0))
+	p.pending = make([]*packWriter, lanes)
+	p.freeLanes = make(chan int, lanes-1)
+	for i := 1; i < lanes; i++ {
+		p.freeLanes <- i
+	}
 	return p
 }
 
@@ -235,7 +247,10 @@ func decodePackIndex(b []byte) ([]indexEntry, error) {
 func (p *Packed) lookup(id ID, rescan bool) (*packFile, packLoc, bool, error) {
 	p.mu.RLock()
 	if p.loaded {
-		if w := p.pending; w != nil {
+		for _, w := range p.pending {
+			if w == nil {
+				continue
+			}
 			if loc, ok := w.entries[id]; ok {
 				p.mu.RUnlock()
 				return w.file, loc, true, nil
@@ -320,6 +335,19 @@ func (p *Packed) Put(ctx context.Context, id ID, stored []byte) error {
 // PutParts implements PartsPutter: the stored form is the concatenation
 // of parts, written to the pack without joining them.
 func (p *Packed) PutParts(ctx context.Context, id ID, parts ...[]byte) error {
+	return p.putInto(ctx, 0, id, parts)
+}
+
+// PutLeaf implements LeafPutter: like PutParts, for an object that
+// references no other (a chunk). Leaves are written on lanes of their
+// own, several at once, and published before the objects that name them.
+func (p *Packed) PutLeaf(ctx context.Context, id ID, parts ...[]byte) error {
+	lane := <-p.freeLanes
+	defer func() { p.freeLanes <- lane }()
+	return p.putInto(ctx, lane, id, parts)
+}
+
+func (p *Packed) putInto(ctx context.Context, lane int, id ID, parts [][]byte) error {
 	if ok, err := p.Has(ctx, id); err != nil || ok {
 		return err
 	}
@@ -337,23 +365,26 @@ func (p *Packed) PutParts(ctx context.Context, id ID, parts ...[]byte) error {
 		p.mu.Unlock()
 		return fmt.Errorf("write object %s: %w", id, p.failed)
 	}
-	w := p.pending
+	w := p.pending[lane]
 	if w == nil {
 		var err error
-		if w, err = p.startPack(); err != nil {
+		if w, err = p.startPack(lane); err != nil {
 			p.mu.Unlock()
 			return fmt.Errorf("write object %s: %w", id, err)
 		}
 	}
-	if _, ok := w.entries[id]; ok {
-		p.mu.Unlock()
-		return nil
-	}
-	if _, ok := w.inflight[id]; ok {
-		// Another goroutine is writing it into this pack, which is
-		// published only once that write is done.
-		p.mu.Unlock()
-		return nil
+	for _, other := range p.pending {
+		if other == nil {
+			continue
+		}
+		_, done := other.entries[id]
+		_, writing := other.inflight[id]
+		if done || writing {
+			// Stored, or being written by another goroutine into a pack
+			// that is published only once that write is done.
+			p.mu.Unlock()
+			return nil
+		}
 	}
 	// Reserve the record's place, then write it without the lock, so
 	// several objects are written at once.
@@ -381,14 +412,17 @@ func (p *Packed) PutParts(ctx context.Context, id ID, parts ...[]byte) error {
 		return err
 	}
 	w.entries[id] = packLoc{off: off + packRecordHeader, size: uint32(size), crc: crc}
-	if w.off >= maxPackSize && p.pending == w {
-		return p.publish()
+	if w.off >= maxPackSize && p.pending[lane] == w {
+		if lane == 0 {
+			return p.publishAll() // its objects may name leaves still pending
+		}
+		return p.publish(lane)
 	}
 	return nil
 }
 
-// startPack opens a new pack file. Callers hold mu.
-func (p *Packed) startPack() (*packWriter, error) {
+// startPack opens a new pack file for a lane. Callers hold mu.
+func (p *Packed) startPack(lane int) (*packWriter, error) {
 	if !p.loaded {
 		if err := p.load(); err != nil {
 			return nil, err
@@ -417,16 +451,28 @@ func (p *Packed) startPack() (*packWriter, error) {
 		f.Close()
 		return nil, err
 	}
-	p.pending = &packWriter{file: &packFile{name: tmp, f: f}, at: at, tmpName: tmp, off: uint64(len(packMagic)),
+	w := &packWriter{file: &packFile{name: tmp, f: f}, at: at, tmpName: tmp, off: uint64(len(packMagic)),
 		entries: map[ID]packLoc{}, inflight: map[ID]struct{}{}}
-	return p.pending, nil
+	p.pending[lane] = w
+	return w, nil
 }
 
-// publish makes the pending pack visible: the pack data is made durable,
-// then the pack and its index are renamed into place, index last. Callers
-// hold mu.
-func (p *Packed) publish() error {
-	w := p.pending
+// publishAll publishes every pending pack, leaf lanes first, so that no
+// published object names one that is not. Callers hold mu.
+func (p *Packed) publishAll() error {
+	for lane := len(p.pending) - 1; lane >= 0; lane-- {
+		if err := p.publish(lane); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publish makes a lane's pending pack visible: the pack data is made
+// durable, then the pack and its index are renamed into place, index
+// last. Callers hold mu.
+func (p *Packed) publish(lane int) error {
+	w := p.pending[lane]
 	if w == nil {
 		return nil
 	}
@@ -436,7 +482,7 @@ func (p *Packed) publish() error {
 	if p.failed != nil {
 		return p.failed
 	}
-	if p.pending != w {
+	if p.pending[lane] != w {
 		return nil // published by a writer while we waited
 	}
 	w.closeWriter()
@@ -469,7 +515,7 @@ func (p *Packed) publish() error {
 		p.index[id] = loc
 	}
 	p.known[name+".idx"] = true
-	p.pending = nil
+	p.pending[lane] = nil
 	return nil
 }
 
@@ -484,7 +530,7 @@ func (p *Packed) syncfs() error {
 // durable. Callers sync before moving a ref to new objects.
 func (p *Packed) Sync(ctx context.Context) error {
 	p.mu.Lock()
-	err := p.publish()
+	err := p.publishAll()
 	p.mu.Unlock()
 	if err != nil {
 		return err
@@ -509,7 +555,10 @@ func (p *Packed) List(ctx context.Context, fn func(ID, int64) error) error {
 		items = append(items, item{id, int64(loc.size)})
 		seen[id] = struct{}{}
 	}
-	if w := p.pending; w != nil {
+	for _, w := range p.pending {
+		if w == nil {
+			continue
+		}
 		for id, loc := range w.entries {
 			items = append(items, item{id, int64(loc.size)})
 			seen[id] = struct{}{}
@@ -548,32 +597,33 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // CheckPacks reads every published pack from start to end and reports
 // damage that object reads do not see: a bad magic number, record headers
-// that disagree with the index, gaps or trailing bytes.
+// that disagree with the pack's own index, gaps or trailing bytes.
 func (p *Packed) CheckPacks(ctx context.Context) []error {
 	p.mu.Lock()
 	if err := p.load(); err != nil {
 		p.mu.Unlock()
 		return []error{err}
 	}
-	type packEntries struct {
-		pf      *packFile
-		entries []indexEntry
-	}
-	byPack := make([]packEntries, len(p.packs))
-	for i, pf := range p.packs {
-		byPack[i].pf = pf
-	}
-	for id, loc := range p.index {
-		byPack[loc.pack].entries = append(byPack[loc.pack].entries, indexEntry{id: id, off: loc.off, size: loc.size})
-	}
+	packs := append([]*packFile(nil), p.packs...)
 	p.mu.Unlock()
 	var errs []error
-	for _, pe := range byPack {
+	for _, pf := range packs {
 		if ctx.Err() != nil {
 			return append(errs, ctx.Err())
 		}
-		if err := checkPack(pe.pf.f, pe.entries); err != nil {
-			errs = append(errs, fmt.Errorf("pack %s: %w: %v", p.where(pe.pf.name), ErrCorrupt, err))
+		// Each pack against its own index: an object stored in two packs
+		// is listed by both.
+		idxName := strings.TrimSuffix(pf.name, ".pack") + ".idx"
+		b, err := readAll(p.fs, path.Join(p.dir, idxName))
+		var entries []indexEntry
+		if err == nil {
+			entries, err = decodePackIndex(b)
+		}
+		if err == nil {
+			err = checkPack(pf.f, entries)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pack %s: %w: %v", p.where(pf.name), ErrCorrupt, err))
 		}
 	}
 	return errs
@@ -662,7 +712,10 @@ func (p *Packed) FindPrefix(ctx context.Context, prefix string) ([]ID, error) {
 	for id := range p.index {
 		add(id)
 	}
-	if w := p.pending; w != nil {
+	for _, w := range p.pending {
+		if w == nil {
+			continue
+		}
 		for id := range w.entries {
 			add(id)
 		}
@@ -678,11 +731,14 @@ func (p *Packed) Close() error {
 	for _, pf := range p.packs {
 		pf.f.Close()
 	}
-	if w := p.pending; w != nil {
+	for lane, w := range p.pending {
+		if w == nil {
+			continue
+		}
 		w.closeWriter()
 		w.file.f.Close()
 		p.fs.Remove(path.Join(p.dir, w.tmpName))
-		p.pending = nil
+		p.pending[lane] = nil
 	}
 	p.packs, p.index, p.known, p.loaded = nil, map[ID]packLoc{}, map[string]bool{}, false
 	return nil

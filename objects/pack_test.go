@@ -193,7 +193,7 @@ func TestChunkStoredRawAgreesWithSeal(t *testing.T) {
 	}
 }
 
-func TestPutPartsEqualsPut(t *testing.T) {
+func TestPutLeafEqualsPut(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	s := NewPacked(osfs.New(dir), "objects", filepath.Join(dir, "objects"))
@@ -203,7 +203,7 @@ func TestPutPartsEqualsPut(t *testing.T) {
 	if id != Sum(EncodeChunk(data)) {
 		t.Fatal("SumChunk differs from Sum(EncodeChunk)")
 	}
-	if err := s.PutParts(ctx, id, ChunkHeader[:], data); err != nil {
+	if err := s.PutLeaf(ctx, id, ChunkHeader[:], data); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Sync(ctx); err != nil {

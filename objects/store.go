@@ -35,10 +35,11 @@ type Syncer interface {
 	Sync(ctx context.Context) error
 }
 
-// A PartsPutter is a Store that can store an object whose stored form is
-// given in parts (concatenated), so writers need not join them.
-type PartsPutter interface {
-	PutParts(ctx context.Context, id ID, parts ...[]byte) error
+// A LeafPutter is a Store with a faster way to store objects that
+// reference no others (chunks): PutLeaf is Put with the stored form in
+// parts, and may write several leaves at once.
+type LeafPutter interface {
+	PutLeaf(ctx context.Context, id ID, parts ...[]byte) error
 }
 
 // A Locator is a Store that can say where an object lives, for messages.

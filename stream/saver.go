@@ -147,16 +147,23 @@ func (s *Saver) work() {
 			// New. Incompressible data is stored as header and data
 			// where it lies; otherwise build the encoding and seal it.
 			var size int
-			if pp, ok := s.store.(objects.PartsPutter); ok && objects.ChunkStoredRaw(data) {
+			leaves, isLeafPutter := s.store.(objects.LeafPutter)
+			if isLeafPutter && objects.ChunkStoredRaw(data) {
 				size = len(objects.ChunkHeader) + len(data)
-				if err := pp.PutParts(j.ctx, r.id, objects.ChunkHeader[:], data); err != nil {
+				if err := leaves.PutLeaf(j.ctx, r.id, objects.ChunkHeader[:], data); err != nil {
 					r.err = err
 					continue
 				}
 			} else {
 				enc = append(append(enc[:0], objects.ChunkHeader[:]...), data...)
 				stored := objects.Seal(enc, seal)
-				if err := s.store.Put(j.ctx, r.id, stored); err != nil {
+				var err error
+				if isLeafPutter {
+					err = leaves.PutLeaf(j.ctx, r.id, stored)
+				} else {
+					err = s.store.Put(j.ctx, r.id, stored)
+				}
+				if err != nil {
 					r.err = err
 					continue
 				}
