@@ -28,7 +28,9 @@ const (
 // keeps the closure invariant throughout, and a fetch that is cut off
 // leaves whole subtrees behind, which the next fetch does not ask for
 // again. Only objects that were received but were still waiting for
-// children are lost.
+// children are lost. When ctx is cancelled, no request is started, the
+// ones under way hand over what is already on its way (see drainIdle),
+// and what arrived is stored and synced before Fetch returns.
 func Fetch(ctx context.Context, local objects.Store, remote Remote, want []objects.ID, opts Options) (*Stats, error) {
 	start := time.Now()
 	before := remote.Traffic()
@@ -108,6 +110,10 @@ func syncStore(ctx context.Context, s objects.Store) error {
 func (f *fetcher) run(ctx context.Context, want []objects.ID, concurrency int) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Objects that arrive are stored also after ctx is cancelled: a
+	// download under way goes on for a moment to hand over what is
+	// already on its way (see drainIdle), and all of it is worth keeping.
+	keep := context.WithoutCancel(ctx)
 	f.mu.Lock()
 	for _, id := range want {
 		if err := f.discover(ctx, objects.Ref{ID: id, Kind: objects.KindSnapshot}, nil); err != nil {
@@ -116,12 +122,12 @@ func (f *fetcher) run(ctx context.Context, want []objects.ID, concurrency int) e
 		}
 	}
 	for {
-		for f.err == nil && f.inflight < concurrency && len(f.queue) > 0 {
+		for f.err == nil && ctx.Err() == nil && f.inflight < concurrency && len(f.queue) > 0 {
 			batch := f.takeBatch()
 			f.inflight++
 			go func() {
 				err := f.remote.Get(ctx, batch, func(id objects.ID, stored []byte) error {
-					return f.receive(ctx, id, stored)
+					return f.receive(keep, id, stored)
 				})
 				f.mu.Lock()
 				f.inflight--
@@ -133,13 +139,13 @@ func (f *fetcher) run(ctx context.Context, want []objects.ID, concurrency int) e
 				f.signal()
 			}()
 		}
-		if f.inflight == 0 && (len(f.queue) == 0 || f.err != nil) {
+		if f.inflight == 0 && (len(f.queue) == 0 || f.err != nil || ctx.Err() != nil) {
 			break
 		}
 		f.mu.Unlock()
 		<-f.wake // every finished request signals, as does new work
 		f.mu.Lock()
-		if f.err == nil && (f.stats.ObjectBytes-f.syncedBytes >= syncEvery || time.Since(f.syncedAt) >= syncInterval) {
+		if f.err == nil && ctx.Err() == nil && (f.stats.ObjectBytes-f.syncedBytes >= syncEvery || time.Since(f.syncedAt) >= syncInterval) {
 			// Make the objects stored so far durable, so that a fetch
 			// killed later need not fetch them again.
 			stored := f.stats.ObjectBytes
@@ -157,8 +163,8 @@ func (f *fetcher) run(ctx context.Context, want []objects.ID, concurrency int) e
 	if f.err != nil {
 		return f.err
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
 	}
 	for id, n := range f.nodes {
 		return fmt.Errorf("object %s (%s) still waits for %d objects after the fetch ended", id, n.kind, n.pending)

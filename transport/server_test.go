@@ -3,6 +3,7 @@ package transport_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	sbuml "github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/objects"
@@ -355,4 +357,140 @@ func TestServerSeesNewPacks(t *testing.T) {
 	if _, err := transport.Fetch(ctx, local.Objects, r, []objects.ID{src.second}, transport.Options{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// stallingHandler passes requests to h until budget bytes of
+// /objects/get responses have gone out, then stops sending (as a stuck
+// network would) until the client hangs up. It records the objects
+// whose records went out whole before the stall.
+type stallingHandler struct {
+	h       http.Handler
+	mu      sync.Mutex
+	budget  int
+	sent    map[objects.ID][]byte // records sent whole
+	stalled chan struct{}
+	once    sync.Once
+}
+
+func (s *stallingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/objects/get" {
+		s.h.ServeHTTP(w, r)
+		return
+	}
+	s.h.ServeHTTP(&stallingWriter{ResponseWriter: w, s: s, r: r}, r)
+}
+
+type stallingWriter struct {
+	http.ResponseWriter
+	s   *stallingHandler
+	r   *http.Request
+	out []byte // sent and not yet parsed into whole records
+}
+
+func (w *stallingWriter) Write(p []byte) (int, error) {
+	w.s.mu.Lock()
+	stall := w.s.budget < len(p)
+	if !stall {
+		w.s.budget -= len(p)
+		// Note the records this write completes (36-byte header: ID,
+		// big-endian length; then the stored form).
+		w.out = append(w.out, p...)
+		for len(w.out) >= objects.IDSize+4 {
+			n := int(w.out[32])<<24 | int(w.out[33])<<16 | int(w.out[34])<<8 | int(w.out[35])
+			if len(w.out) < objects.IDSize+4+n {
+				break
+			}
+			var id objects.ID
+			copy(id[:], w.out)
+			w.s.sent[id] = bytes.Clone(w.out[objects.IDSize+4 : objects.IDSize+4+n])
+			w.out = w.out[objects.IDSize+4+n:]
+		}
+	}
+	w.s.mu.Unlock()
+	if stall {
+		w.s.once.Do(func() { close(w.s.stalled) })
+		<-w.r.Context().Done()
+		panic(http.ErrAbortHandler)
+	}
+	n, err := w.ResponseWriter.Write(p)
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush() // on its way to the client, as far as the server knows
+	}
+	return n, err
+}
+
+// slowStore is a local store that takes a while for every Put, so that
+// a fetch lags behind what the server already sent.
+type slowStore struct {
+	objects.Store
+}
+
+func (s slowStore) Put(ctx context.Context, id objects.ID, stored []byte) error {
+	time.Sleep(3 * time.Millisecond)
+	return s.Store.Put(ctx, id, stored)
+}
+
+func (s slowStore) Sync(ctx context.Context) error {
+	return s.Store.(objects.Syncer).Sync(ctx)
+}
+
+// TestFetchInterruptedKeepsWhatArrived cancels a fetch the moment its
+// server stalls half-way, while the client still lags behind what the
+// server sent: every object sent whole before the cancellation must be
+// stored, unless an object it references is missing.
+func TestFetchInterruptedKeepsWhatArrived(t *testing.T) {
+	ctx := context.Background()
+	src := newSource(t)
+	dir := newBacking(t, implementation{})
+	seed(t, dir, src.book.Objects, transport.RefUpdate{Name: "refs/heads/main", New: src.second})
+	_, totalBytes := sum(reachable(t, src.book.Objects, src.second), nil)
+
+	stalling := &stallingHandler{h: transport.NewServer(openDir(t, dir), transport.ServerOptions{}),
+		budget: int(totalBytes / 2), sent: map[objects.ID][]byte{}, stalled: make(chan struct{})}
+	srv := httptest.NewServer(stalling)
+	defer srv.Close()
+	local := newLocal(t)
+	fetchCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		<-stalling.stalled
+		cancel()
+	}()
+	start := time.Now()
+	_, err := transport.Fetch(fetchCtx, slowStore{local.Objects}, transport.NewSmart(srv.URL, "", srv.Client()), []objects.ID{src.second}, transport.Options{})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("fetch cancelled half-way: err = %v, want context.Canceled", err)
+	}
+	t.Logf("the cancelled fetch took %v: %v", time.Since(start), err)
+	checkClosed(t, local.Objects)
+
+	stalling.mu.Lock()
+	defer stalling.mu.Unlock()
+	var kept, lost int
+	for id, stored := range stalling.sent {
+		if has(t, local.Objects, id) {
+			kept++
+			continue
+		}
+		enc, err := objects.Unseal(id, stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, refs, err := objects.Refs(enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		missing := false
+		for _, r := range refs {
+			missing = missing || !has(t, local.Objects, r.ID)
+		}
+		if !missing {
+			t.Errorf("object %s was sent whole before the fetch was cancelled, and everything it references is here, but it was not kept", id)
+		}
+		lost++
+	}
+	if kept == 0 {
+		t.Error("the cancelled fetch kept nothing")
+	}
+	t.Logf("%d objects were sent whole before the stall; %d kept, %d wait for objects that did not arrive", len(stalling.sent), kept, lost)
 }

@@ -211,9 +211,15 @@ func (s *Smart) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 }
 
 // Get implements Remote, in requests of at most MaxGetIDs IDs. Objects
-// are handed to fn as they come off the wire.
+// are handed to fn as they come off the wire. Once ctx is cancelled no
+// request is started, and the one under way still hands over what keeps
+// arriving until the stream goes idle (see drainIdle), so that objects
+// already on their way when a fetch is interrupted are kept.
 func (s *Smart) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
 	for len(ids) > 0 {
+		if ctx.Err() != nil {
+			return fmt.Errorf("remote %s: POST objects/get: %w", s.base, context.Cause(ctx))
+		}
 		n := min(len(ids), MaxGetIDs)
 		if err := s.get(ctx, ids[:n], fn); err != nil {
 			return err
@@ -224,11 +230,14 @@ func (s *Smart) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, [
 }
 
 func (s *Smart) get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
-	resp, err := s.do(ctx, "POST", "objects/get", encodeIDs(ids), false)
+	d := startDraining(ctx)
+	defer d.close()
+	resp, err := s.do(d.ctx, "POST", "objects/get", encodeIDs(ids), false)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	resp.Body = &countingBody{ReadCloser: resp.Body, n: &d.read}
 	want := make(map[objects.ID]bool, len(ids))
 	for _, id := range ids {
 		want[id] = true

@@ -132,12 +132,17 @@ func (s *Static) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, 
 	return ctx.Err()
 }
 
+// getOne downloads one object; an object under way when ctx is
+// cancelled is still read while it keeps arriving (see drainIdle).
 func (s *Static) getOne(ctx context.Context, id objects.ID) ([]byte, error) {
-	resp, err := s.request(ctx, "GET", objectPath(id))
+	d := startDraining(ctx)
+	defer d.close()
+	resp, err := s.request(d.ctx, "GET", objectPath(id))
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	resp.Body = &countingBody{ReadCloser: resp.Body, n: &d.read}
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusNotFound:
