@@ -2,6 +2,7 @@ package transport
 
 import (
 	"fmt"
+	"github.com/sbuml/sbuml/internal/units"
 	"sync/atomic"
 	"time"
 )
@@ -48,18 +49,7 @@ func (s *Stats) Summary(verb string) string {
 }
 
 // FormatBytes formats n with a binary unit: "512 B", "1.5 KiB", "3.2 GiB".
-func FormatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func FormatBytes(n int64) string { return units.Bytes(n) }
 
 // Progress is a moment in a transfer, reported to Options.Progress.
 type Progress struct {

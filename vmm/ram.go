@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"github.com/sbuml/sbuml/internal/units"
 	"io"
 	"os"
 	"path/filepath"
@@ -36,22 +37,9 @@ func checkFree(dir string, need int64, what string) error {
 	}
 	free := int64(st.Bavail) * int64(st.Bsize)
 	if free < need {
-		return fmt.Errorf("not enough space for %s in %s: %s free, %s needed", what, dir, formatBytes(free), formatBytes(need))
+		return fmt.Errorf("not enough space for %s in %s: %s free, %s needed", what, dir, units.Bytes(free), units.Bytes(need))
 	}
 	return nil
-}
-
-func formatBytes(n int64) string {
-	const unit = 1 << 10
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
 
 // ficlone is the FICLONE ioctl: make dst share src's extents.

@@ -155,38 +155,28 @@ func haltCmd() *cobra.Command {
 }
 
 func freezeCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "freeze NAME|DIR",
-		Short: "Stop a machine's CPUs so its state does not change",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			if err := s.Freeze(context.Background(), args[0]); err != nil {
-				return err
-			}
-			fmt.Printf("%s frozen\n", args[0])
-			return nil
-		},
-	}
+	return stateCmd("freeze", "Stop a machine's CPUs so its state does not change", "frozen", (*sbuml.Scrapbook).Freeze)
 }
 
 func continueCmd() *cobra.Command {
+	return stateCmd("continue", "Resume a frozen machine", "running", (*sbuml.Scrapbook).Continue)
+}
+
+// stateCmd makes a command that changes one machine's run state.
+func stateCmd(use, short, done string, change func(*sbuml.Scrapbook, context.Context, string) error) *cobra.Command {
 	return &cobra.Command{
-		Use:   "continue NAME|DIR",
-		Short: "Resume a frozen machine",
+		Use:   use + " NAME|DIR",
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
-			if err := s.Continue(context.Background(), args[0]); err != nil {
+			if err := change(s, context.Background(), args[0]); err != nil {
 				return err
 			}
-			fmt.Printf("%s running\n", args[0])
+			fmt.Printf("%s %s\n", args[0], done)
 			return nil
 		},
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/sbuml/sbuml/internal/units"
 	"os"
 	"strings"
 	"time"
@@ -50,19 +51,7 @@ func isTerminal(f *os.File) bool {
 }
 
 // humanBytes formats n with a binary unit.
-func humanBytes[T int64 | uint64 | int](n T) string {
-	v := float64(n)
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	i := 0
-	for v >= 1024 && i < len(units)-1 {
-		v /= 1024
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%d B", int64(n))
-	}
-	return fmt.Sprintf("%.1f %s", v, units[i])
-}
+func humanBytes[T int64 | uint64 | int](n T) string { return units.Bytes(n) }
 
 // storeProgress returns a progress callback that redraws one status line
 // on stderr when it is a terminal, and nil (no progress) otherwise.
