@@ -53,7 +53,7 @@ func ValidateMachineName(name string) error {
 		return fmt.Errorf("bad machine name %q: must not contain '/' or ','", name)
 	}
 	if err := refs.ValidateShortName(name); err != nil {
-		return fmt.Errorf("bad machine name %q: %v", name, errors.Unwrap(err))
+		return fmt.Errorf("bad machine name: %v", err)
 	}
 	return nil
 }
@@ -133,6 +133,10 @@ func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) 
 	}
 	if err := checkFreeMachineDir(dir); err != nil {
 		return nil, err
+	}
+	// No QEMU, no machine: say so before building an image.
+	if _, err := vmm.InspectQEMU(ctx, ""); err != nil {
+		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
 	imgID, img, err := s.Image(ctx, opts.Base, opts.Progress)
 	if err != nil {
