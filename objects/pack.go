@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"runtime"
@@ -819,4 +820,105 @@ func writeWhole(fsys billy.Filesystem, name string, data []byte) error {
 		fsys.Remove(name)
 	}
 	return err
+}
+
+// MaxPackSize is the largest pack sbuml writes: a pack being written is
+// published and a new one started when it reaches this size.
+const MaxPackSize = maxPackSize
+
+// PackEntry is one object listed in a pack index: its stored form is
+// Size bytes at Offset in the pack, and CRC is PackCRC of those bytes.
+type PackEntry struct {
+	ID     ID
+	Offset uint64
+	Size   uint32
+	CRC    uint32
+}
+
+// DecodePackIndex parses a pack index (see docs/format.md, "Pack files")
+// and verifies its checksum. The entries are sorted by ID.
+func DecodePackIndex(b []byte) ([]PackEntry, error) {
+	entries, err := decodePackIndex(b)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PackEntry, len(entries))
+	for i, e := range entries {
+		out[i] = PackEntry{ID: e.id, Offset: e.off, Size: e.size, CRC: e.crc}
+	}
+	return out, nil
+}
+
+// PackCRC returns the checksum a pack index records for a stored form:
+// its CRC-32C (Castagnoli).
+func PackCRC(stored []byte) uint32 { return crc32.Checksum(stored, castagnoli) }
+
+// CheckPackHeader reports whether header, the first bytes of a pack,
+// starts with the pack magic. PackHeaderSize bytes are needed.
+func CheckPackHeader(header []byte) error {
+	if len(header) < len(packMagic) || !bytes.Equal(header[:len(packMagic)], packMagic) {
+		return errors.New("not a pack file")
+	}
+	return nil
+}
+
+// PackHeaderSize is the size of the magic that starts every pack.
+const PackHeaderSize = 8
+
+// PackEncoder writes a pack to a stream, one object after another, and
+// makes its index. Its output is the same as a scrapbook's pack, so
+// the pair can be read by anything that reads packs.
+type PackEncoder struct {
+	w       io.Writer
+	off     uint64
+	entries []indexEntry
+	seen    map[ID]bool
+}
+
+// NewPackEncoder writes the pack magic to w and returns an encoder that
+// appends objects after it.
+func NewPackEncoder(w io.Writer) (*PackEncoder, error) {
+	if _, err := w.Write(packMagic); err != nil {
+		return nil, err
+	}
+	return &PackEncoder{w: w, off: uint64(len(packMagic)), seen: map[ID]bool{}}, nil
+}
+
+// Add appends the record of one object in its stored form. An ID added
+// before is skipped.
+func (e *PackEncoder) Add(id ID, stored []byte) error {
+	if e.seen[id] {
+		return nil
+	}
+	if uint64(len(stored)) > math.MaxUint32 {
+		return fmt.Errorf("pack object %s: %d bytes is too large for a pack record", id, len(stored))
+	}
+	hdr := make([]byte, 0, packRecordHeader)
+	hdr = append(hdr, id[:]...)
+	hdr = binary.LittleEndian.AppendUint32(hdr, uint32(len(stored)))
+	if _, err := e.w.Write(hdr); err != nil {
+		return err
+	}
+	if _, err := e.w.Write(stored); err != nil {
+		return err
+	}
+	off := e.off + packRecordHeader
+	e.entries = append(e.entries, indexEntry{id: id, off: off, size: uint32(len(stored)), crc: PackCRC(stored)})
+	e.seen[id] = true
+	e.off = off + uint64(len(stored))
+	return nil
+}
+
+// Size returns the number of bytes written so far.
+func (e *PackEncoder) Size() uint64 { return e.off }
+
+// Len returns the number of objects added.
+func (e *PackEncoder) Len() int { return len(e.entries) }
+
+// Index returns the pack's index and its name, "pack-" followed by the
+// hex checksum of the index, which names both files (NAME.pack and
+// NAME.idx).
+func (e *PackEncoder) Index() (index []byte, name string) {
+	idx := encodePackIndex(append([]indexEntry(nil), e.entries...))
+	return idx, "pack-" + Sum(idx).String()
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 
 	"github.com/go-git/go-billy/v5/osfs"
 
@@ -27,6 +28,11 @@ type Dir struct {
 	store objects.Store
 	refs  refBackend
 	count counter
+
+	// added are the objects Put added to a published directory that no
+	// pack holds yet (see writePacks).
+	addedMu sync.Mutex
+	added   []objects.ID
 }
 
 // refBackend reads and updates the refs of a Dir.
@@ -190,16 +196,25 @@ func (d *Dir) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []b
 func (d *Dir) Put(ctx context.Context, objs []Object) error {
 	for _, o := range objs {
 		d.count.sent.Add(int64(len(o.Stored)))
-		if _, err := Receive(ctx, d.store, o.ID, o.Stored); err != nil {
+		added, err := Receive(ctx, d.store, o.ID, o.Stored)
+		if err != nil {
 			return err
+		}
+		if _, ok := d.refs.(*publishedRefs); ok && added {
+			d.noteAdded(o.ID)
 		}
 	}
 	return nil
 }
 
 // UpdateRef implements Remote. Before the ref moves, the new snapshot is
-// checked and every object stored so far is made durable.
+// checked and every object stored so far is made durable; in a published
+// directory, the objects added since the last ref update are also
+// written into a new pack (see PackListFile).
 func (d *Dir) UpdateRef(ctx context.Context, name string, old, new objects.ID) error {
+	if err := d.writePacks(ctx); err != nil {
+		return fmt.Errorf("update %s: %w", name, err)
+	}
 	return updateRef(ctx, d.store, d.refs, name, old, new, "push")
 }
 
@@ -238,10 +253,14 @@ func (d *Dir) Sync(ctx context.Context) error {
 	return nil
 }
 
-// Close implements Remote: the objects received are kept (see Sync) and
-// the store's files are closed.
+// Close implements Remote: the objects received are kept (see Sync),
+// in a published directory also in a pack (see PackListFile), and the
+// store's files are closed.
 func (d *Dir) Close() error {
-	err := d.Sync(context.Background())
+	err := d.writePacks(context.Background())
+	if serr := d.Sync(context.Background()); err == nil {
+		err = serr
+	}
 	if c, ok := d.store.(interface{ Close() error }); ok {
 		if cerr := c.Close(); err == nil {
 			err = cerr

@@ -16,11 +16,25 @@ const StaticConcurrency = 8
 
 // Static is a read-only Remote on a published directory served by any web
 // server: refs.json lists the refs, objects/ab/cdef… are the objects in
-// their stored form. Every object is one GET.
+// their stored form, and packs.json, if there, lists packs that hold
+// them too (see PackListFile).
+//
+// Get downloads a pack whole, once, as soon as it is asked for any object
+// in it, and reads the objects out of it; other objects are one GET each.
+// A fetch asks for objects in batches as it walks the snapshot, so no
+// batch says how much of a pack will be wanted; but a pack holds exactly
+// the objects that one publish added, and a client that lacks one of
+// them lacks that publish and will, walking on, ask for most of the rest.
+// The downloaded packs stay in unlinked temporary files until Close.
 type Static struct {
 	base   string // ends in "/"
 	client *http.Client
 	count  counter
+
+	packsMu     sync.Mutex
+	packsLoaded bool
+	packs       []*staticPack
+	where       map[objects.ID]staticSlot
 }
 
 // NewStatic returns a client for the published directory at base.
@@ -41,6 +55,9 @@ func (s *Static) Traffic() Traffic { return s.count.traffic() }
 // Close implements Remote.
 func (s *Static) Close() error {
 	s.client.CloseIdleConnections()
+	if err := s.closePacks(); err != nil {
+		return fmt.Errorf("remote %s: %w", s.base, err)
+	}
 	return nil
 }
 
@@ -111,9 +128,19 @@ func (s *Static) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 	return has, nil
 }
 
-// Get implements Remote: StaticConcurrency GETs in flight.
+// Get implements Remote: the objects in packs are read from the packs,
+// the rest downloaded one by one, with StaticConcurrency GETs in flight.
 func (s *Static) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
 	var mu sync.Mutex
+	deliver := func(id objects.ID, stored []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return fn(id, stored)
+	}
+	ids, err := s.fromPacks(ctx, ids, deliver)
+	if err != nil {
+		return err
+	}
 	g := newGroup(ctx, StaticConcurrency)
 	for _, id := range ids {
 		g.run(func(ctx context.Context) error {
@@ -121,9 +148,7 @@ func (s *Static) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, 
 			if err != nil {
 				return err
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			return fn(id, stored)
+			return deliver(id, stored)
 		})
 	}
 	if err := g.wait(); err != nil {

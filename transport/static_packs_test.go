@@ -1,0 +1,299 @@
+package transport_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	sbuml "github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/transport"
+)
+
+// requestLog counts the requests a web server answers, by kind of file.
+type requestLog struct {
+	mu     sync.Mutex
+	byKind map[string]int
+	paths  []string
+}
+
+func (l *requestLog) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		kind := r.URL.Path
+		switch {
+		case strings.HasPrefix(kind, "/objects/"):
+			kind = "object"
+		case strings.HasSuffix(kind, ".pack"):
+			kind = "pack"
+		case strings.HasSuffix(kind, ".idx"):
+			kind = "idx"
+		}
+		l.mu.Lock()
+		l.byKind[kind]++
+		l.paths = append(l.paths, r.URL.Path)
+		l.mu.Unlock()
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (l *requestLog) reset() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := l.byKind
+	l.byKind, l.paths = map[string]int{}, nil
+	return m
+}
+
+// serve serves the published directory dir and logs the requests.
+func serve(t *testing.T, dir string) (string, *requestLog) {
+	t.Helper()
+	log := &requestLog{byKind: map[string]int{}}
+	srv := httptest.NewServer(log.wrap(http.FileServer(http.Dir(dir))))
+	t.Cleanup(srv.Close)
+	return srv.URL, log
+}
+
+// publishedBook is a scrapbook with a few MiB in one snapshot on main,
+// published into dir.
+func publishedBook(t *testing.T) (book *sbuml.Scrapbook, work, dir string, first objects.ID) {
+	t.Helper()
+	ctx := context.Background()
+	book, err := sbuml.Init(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	work = t.TempDir()
+	writeFiles(t, work, 11, map[string]int{"ram.bin": 3 << 20, "disk.bin": 1 << 20, "small/a.txt": 300})
+	r, err := book.Import(ctx, work, sbuml.SnapshotOptions{Branch: "main", Message: "first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = filepath.Join(t.TempDir(), "pub")
+	if _, err := book.Publish(ctx, dir, "http://example.invalid/", sbuml.TransferOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return book, work, dir, r.ID
+}
+
+func readPackList(t *testing.T, dir string) *transport.PackList {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, transport.PackListFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var l transport.PackList
+	if err := json.Unmarshal(b, &l); err != nil {
+		t.Fatal(err)
+	}
+	return &l
+}
+
+// fetchStatic fetches snapshot id from url into local with a new Static
+// client and checks local with fsck.
+func fetchStatic(t *testing.T, local *sbuml.Scrapbook, url string, id objects.ID) error {
+	t.Helper()
+	ctx := context.Background()
+	r := transport.NewStatic(url, nil)
+	defer r.Close()
+	if _, err := transport.Fetch(ctx, local.Objects, r, []objects.ID{id}, transport.Options{}); err != nil {
+		return err
+	}
+	rep, err := local.Fsck(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("fsck after fetch: %v", rep.Problems)
+	}
+	if !has(t, local.Objects, id) {
+		t.Fatalf("snapshot %s not fetched", id.Short())
+	}
+	return nil
+}
+
+// TestStaticPacks fetches a published scrapbook whole and then an
+// increment: each time the objects come in the one pack the publish
+// wrote, not one request per object.
+func TestStaticPacks(t *testing.T) {
+	ctx := context.Background()
+	book, work, dir, first := publishedBook(t)
+	if l := readPackList(t, dir); len(l.Packs) != 1 {
+		t.Fatalf("packs.json lists %d packs after one publish, want 1", len(l.Packs))
+	}
+	url, log := serve(t, dir)
+	local := newLocal(t)
+	if err := fetchStatic(t, local, url, first); err != nil {
+		t.Fatal(err)
+	}
+	n := len(reachable(t, local.Objects, first))
+	got := log.reset()
+	want := map[string]int{"/" + transport.PackListFile: 1, "idx": 1, "pack": 1}
+	if len(got) != len(want) || got["object"] != 0 {
+		t.Errorf("fetch of %d objects made requests %v, want %v", n, got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("fetch of %d objects made %d requests for %s, want %d (all: %v)", n, got[k], k, v, got)
+		}
+	}
+
+	// Publishing again adds a pack of the new objects only.
+	patchFile(t, filepath.Join(work, "ram.bin"), 1<<20, 64<<10, 12)
+	r2, err := book.Import(ctx, work, sbuml.SnapshotOptions{Branch: "main", Message: "second"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := book.Publish(ctx, dir, "http://example.invalid/", sbuml.TransferOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	l := readPackList(t, dir)
+	if len(l.Packs) != 2 {
+		t.Fatalf("packs.json lists %d packs after two publishes, want 2", len(l.Packs))
+	}
+	if l.Packs[1].Size >= l.Packs[0].Size/2 {
+		t.Errorf("second pack has %d bytes, the first %d: it should hold only the change", l.Packs[1].Size, l.Packs[0].Size)
+	}
+	if err := fetchStatic(t, local, url, r2.ID); err != nil {
+		t.Fatal(err)
+	}
+	got = log.reset()
+	if got["object"] != 0 || got["pack"] != 1 || got["idx"] != 2 {
+		t.Errorf("incremental fetch made requests %v, want 2 idx, 1 pack, no objects", got)
+	}
+	// Publishing with nothing new writes no pack.
+	if _, err := book.Publish(ctx, dir, "http://example.invalid/", sbuml.TransferOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if l := readPackList(t, dir); len(l.Packs) != 2 {
+		t.Errorf("publish without new objects: packs.json lists %d packs, want 2", len(l.Packs))
+	}
+}
+
+// corruptPacked flips a byte in the stored form of id in every pack of
+// the published directory dir that holds it.
+func corruptPacked(t testing.TB, dir string, id objects.ID) {
+	t.Helper()
+	idxs, _ := filepath.Glob(filepath.Join(dir, transport.PackDir, "*.idx"))
+	for _, idxFile := range idxs {
+		b, err := os.ReadFile(idxFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries, err := objects.DecodePackIndex(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.ID == id {
+				flipByte(t, strings.TrimSuffix(idxFile, ".idx")+".pack", int64(e.Offset)+int64(e.Size)/2)
+			}
+		}
+	}
+}
+
+func flipByte(t testing.TB, name string, off int64) {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[off] ^= 0x40
+	if err := os.WriteFile(name, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStaticPacksDamaged fetches from published directories whose packs
+// are damaged or missing: the objects are then downloaded one by one,
+// and nothing wrong is stored.
+func TestStaticPacksDamaged(t *testing.T) {
+	onlyFile := func(t *testing.T, dir, pattern string) string {
+		m, _ := filepath.Glob(filepath.Join(dir, transport.PackDir, pattern))
+		if len(m) != 1 {
+			t.Fatalf("%d files match %s", len(m), pattern)
+		}
+		return m[0]
+	}
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, dir string, victim objects.ID)
+		// loose is how many objects are downloaded one by one: -1 all.
+		loose int
+	}{
+		{"object in pack", func(t *testing.T, dir string, victim objects.ID) { corruptPacked(t, dir, victim) }, 1},
+		{"pack magic", func(t *testing.T, dir string, _ objects.ID) { flipByte(t, onlyFile(t, dir, "*.pack"), 2) }, -1},
+		{"index", func(t *testing.T, dir string, _ objects.ID) { flipByte(t, onlyFile(t, dir, "*.idx"), 20) }, -1},
+		{"pack missing", func(t *testing.T, dir string, _ objects.ID) { os.Remove(onlyFile(t, dir, "*.pack")) }, -1},
+		{"pack list missing", func(t *testing.T, dir string, _ objects.ID) {
+			os.Remove(filepath.Join(dir, transport.PackListFile))
+		}, -1},
+		{"pack list invalid", func(t *testing.T, dir string, _ objects.ID) {
+			os.WriteFile(filepath.Join(dir, transport.PackListFile), []byte("{\"format\": 99}"), 0o644)
+		}, -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, dir, first := publishedBook(t)
+			var victim objects.ID
+			for id, size := range reachable(t, newSourceStore(t, dir), first) {
+				if size > 10000 {
+					victim = id
+					break
+				}
+			}
+			tt.damage(t, dir, victim)
+			url, log := serve(t, dir)
+			local := newLocal(t)
+			if err := fetchStatic(t, local, url, first); err != nil {
+				t.Fatal(err)
+			}
+			n := len(reachable(t, local.Objects, first))
+			want := tt.loose
+			if want < 0 {
+				want = n
+			}
+			if got := log.reset()["object"]; got != want {
+				t.Errorf("%d objects downloaded one by one, want %d", got, want)
+			}
+		})
+	}
+}
+
+// TestStaticPacksBadLoose damages an object both in its pack and as a
+// loose file: the fetch fails naming it and stores nothing wrong.
+func TestStaticPacksBadLoose(t *testing.T) {
+	_, _, dir, first := publishedBook(t)
+	var victim objects.ID
+	for id, size := range reachable(t, newSourceStore(t, dir), first) {
+		if size > 10000 {
+			victim = id
+			break
+		}
+	}
+	corruptPacked(t, dir, victim)
+	corruptLoose(t, dir, victim)
+	url, _ := serve(t, dir)
+	local := newLocal(t)
+	r := transport.NewStatic(url, nil)
+	defer r.Close()
+	_, err := transport.Fetch(context.Background(), local.Objects, r, []objects.ID{first}, transport.Options{})
+	mustIs(t, err, objects.ErrCorrupt)
+	if !strings.Contains(err.Error(), victim.String()) {
+		t.Errorf("error does not name the bad object %s: %v", victim.Short(), err)
+	}
+	if has(t, local.Objects, victim) || has(t, local.Objects, first) {
+		t.Error("the bad object or the snapshot above it was stored")
+	}
+	checkClosed(t, local.Objects)
+}
+
+// newSourceStore opens the objects of the published directory dir.
+func newSourceStore(t *testing.T, dir string) objects.Store {
+	return openDir(t, dir).Store()
+}
