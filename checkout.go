@@ -187,6 +187,11 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if err := checkFreeMachineDir(dir); err != nil {
 		return nil, fmt.Errorf("checkout: %w", err)
 	}
+	release, err := s.lockObjects()
+	if err != nil {
+		return nil, fmt.Errorf("checkout: %w", err)
+	}
+	defer release()
 	var src machineSource
 	var id objects.ID
 	if IsLink(rev) {

@@ -116,12 +116,26 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	defer m.Close()
+	release, err := s.lockObjects()
+	if err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	defer release()
 	dir := m.Dir()
 	name := machineName(dir)
 	cfg := m.Config()
 	head, err := readHead(dir)
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", name, err)
+	}
+	// A machine kept outside machines/ is not seen by gc, which may have
+	// removed the snapshot it continues from: then it has no parent.
+	if !head.Snapshot.IsZero() {
+		if ok, err := s.Objects.Has(ctx, head.Snapshot); err != nil {
+			return nil, fmt.Errorf("commit %s: %w", name, err)
+		} else if !ok {
+			head = machineHead{Branch: head.Branch}
+		}
 	}
 	branch := opts.Branch
 	if branch == "" {

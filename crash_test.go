@@ -218,3 +218,107 @@ func requireRefsNameSnapshots(t testing.TB, s *sbuml.Scrapbook) {
 		t.Errorf("log --all: %v", err)
 	}
 }
+
+// TestGcKilled kills `sbuml gc` with SIGKILL at random moments while it
+// removes the snapshots of deleted branches: after every kill the
+// scrapbook must pass fsck, every ref must name a snapshot that loads,
+// and what the kept branch holds must export unchanged.
+func TestGcKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the sbuml command 40 times")
+	}
+	const trials = 20
+	bin := sbumlCommand(t)
+	ctx := context.Background()
+	s := newScrapbook(t)
+	kept := t.TempDir()
+	writeRandomFile(t, filepath.Join(kept, "f"), 6*mib, 1)
+	mustImport(t, s, kept, sbuml.SnapshotOptions{})
+	src := t.TempDir()
+	rng := rand.New(rand.NewPCG(61, 1))
+
+	// Each trial adds a branch of 12 MiB of its own and deletes it, so
+	// gc always has packs to rewrite and objects to remove.
+	garbage := func(trial int) {
+		writeRandomFile(t, filepath.Join(src, "g"), 12*mib, uint64(100+trial))
+		res := mustImport(t, s, src, sbuml.SnapshotOptions{Branch: "tmp"})
+		if err := s.Refs.Update("refs/heads/tmp", res.ID, objects.Zero, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gc := func() *exec.Cmd {
+		cmd := exec.Command(bin, "--scrapbook", s.Dir, "gc")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	garbage(-1)
+	t0 := time.Now()
+	if err := gc().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	typical := time.Since(t0)
+	t.Logf("an unkilled gc takes %v", typical)
+
+	killed := 0
+	files := map[int]int{}
+	for trial := 0; trial < trials; trial++ {
+		garbage(trial)
+		delay := time.Duration(rng.Int64N(int64(typical) * 6 / 5))
+		cmd := gc()
+		time.Sleep(delay)
+		cmd.Process.Signal(syscall.SIGKILL)
+		if err := cmd.Wait(); err != nil {
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("trial %d: sbuml gc failed by itself: %v", trial, err)
+			}
+			killed++
+		}
+		s, err := sbuml.Open(s.Dir) // as a new process would
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Fsck(ctx)
+		if err != nil {
+			t.Fatalf("trial %d (killed after %v): fsck: %v", trial, delay, err)
+		}
+		for _, p := range r.Problems {
+			t.Errorf("trial %d (killed after %v): fsck: %s", trial, delay, p)
+		}
+		requireRefsNameSnapshots(t, s)
+		if t.Failed() {
+			t.FailNow()
+		}
+		entries, _ := os.ReadDir(filepath.Join(s.Dir, "objects", "pack"))
+		files[len(entries)]++
+
+		// A gc left alone then cleans up after the killed one: one
+		// pack, holding nothing but the kept branch. It also sets the
+		// range of the next kill.
+		t0 := time.Now()
+		g, err := s.Gc(ctx, sbuml.GcOptions{})
+		typical = time.Since(t0) + 10*time.Millisecond // and a process start
+		if err != nil {
+			t.Fatalf("trial %d: gc after a killed gc: %v", trial, err)
+		}
+		if g.PacksAfter != 1 || g.KeptBytes > 7*mib {
+			t.Errorf("trial %d: gc after a killed gc: %+v", trial, g.RepackStats)
+		}
+		if entries, _ := os.ReadDir(filepath.Join(s.Dir, "objects", "pack")); len(entries) != 2 {
+			t.Errorf("trial %d: pack/ holds %d files after gc, want one pack and its index", trial, len(entries))
+		}
+		requireFsckClean(t, s)
+	}
+	t.Logf("%d trials: %d gc runs killed; files left in pack/ by a kill (count: trials): %v", trials, killed, files)
+	if killed < trials/3 {
+		t.Errorf("only %d of %d gc runs were killed: the delays do not cover gc", killed, trials)
+	}
+	s, err := sbuml.Open(s.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireFsckClean(t, s)
+	requireSameTree(t, kept, mustExport(t, s, "main"))
+}

@@ -39,6 +39,12 @@ func (r *FsckReport) OK() bool { return len(r.Problems) == 0 }
 // object of the kind the referrer says; every ref must name a present
 // snapshot. All problems are listed, not just the first.
 func (s *Scrapbook) Fsck(ctx context.Context) (*FsckReport, error) {
+	// Objects come and go while gc runs: fsck does not run meanwhile.
+	release, err := s.lockObjects()
+	if err != nil {
+		return nil, fmt.Errorf("fsck: %w", err)
+	}
+	defer release()
 	r := &FsckReport{}
 	sizes := map[objects.ID]int64{}
 	if err := s.Objects.List(ctx, func(id objects.ID, size int64) error {

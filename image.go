@@ -166,6 +166,11 @@ func (s *Scrapbook) materializeImage(ctx context.Context, id objects.ID) (*image
 // importTo stores dir as a snapshot on the full ref name.
 func (s *Scrapbook) importTo(ctx context.Context, dir, ref string, opts SnapshotOptions) (*Result, error) {
 	start := time.Now()
+	release, err := s.lockObjects()
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", dir, err)
+	}
+	defer release()
 	parent, err := s.tip(ref)
 	if err != nil {
 		return nil, err

@@ -182,14 +182,17 @@ func TestMachineCLIErrors(t *testing.T) {
 	}
 	free := int64(st.Bavail) * st.Bsize
 	tooMuch := fmt.Sprintf("%dG", free>>30+2)
+	// The RAM root is shared by every scrapbook on the host: a name of
+	// this test's own, so that other machines' RAM is not counted.
+	big := fmt.Sprintf("big%d", os.Getpid())
 	for range 2 {
-		msg := requireCLIError(t, s, []string{"boot", "big", "--accel", guestAccel, "--memory", tooMuch}, "big", "not enough space", filepath.Dir(vmm.DefaultRAMRoot))
+		msg := requireCLIError(t, s, []string{"boot", big, "--accel", guestAccel, "--memory", tooMuch}, big, "not enough space", filepath.Dir(vmm.DefaultRAMRoot))
 		t.Log(msg)
 	}
-	if _, err := os.Stat(filepath.Join(s.MachinesDir(), "big")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(s.MachinesDir(), big)); !os.IsNotExist(err) {
 		t.Errorf("failed boot left its machine directory (%v)", err)
 	}
-	if left, _ := filepath.Glob(filepath.Join(vmm.DefaultRAMRoot, "big-*")); len(left) > 0 {
+	if left, _ := filepath.Glob(filepath.Join(vmm.DefaultRAMRoot, big+"-*")); len(left) > 0 {
 		t.Errorf("failed boot left RAM directories %v", left)
 	}
 }

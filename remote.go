@@ -381,6 +381,11 @@ func (s *Scrapbook) Pull(ctx context.Context, remote string, names []string, opt
 // pull fetches from r and updates the refs recorded for remote name. It
 // also returns the remote's ref list.
 func (s *Scrapbook) pull(ctx context.Context, r transport.Remote, name string, names []string, opts TransferOptions) (*PullResult, *transport.RefList, error) {
+	release, err := s.lockObjects()
+	if err != nil {
+		return nil, nil, fmt.Errorf("pull: %w", err)
+	}
+	defer release()
 	list, err := r.ListRefs(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pull: %w", err)

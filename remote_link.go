@@ -77,6 +77,11 @@ func (s *Scrapbook) FetchURL(ctx context.Context, link string) (objects.ID, erro
 
 // FetchLink is FetchURL with options, also returning the transfer's stats.
 func (s *Scrapbook) FetchLink(ctx context.Context, link string, opts TransferOptions) (objects.ID, *transport.Stats, error) {
+	release, err := s.lockObjects()
+	if err != nil {
+		return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)
+	}
+	defer release()
 	url, rev, err := resolveLink(ctx, link, opts.Client)
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)

@@ -31,13 +31,15 @@ type PublishResult struct {
 
 // Publish writes the scrapbook's branches and tags into dir as a static
 // directory that any web server can serve at url (SBUML's "prepare
-// snapshots for posting"): objects/ in the loose layout, refs.json,
-// index.html listing every snapshot with its message, sizes and links,
-// and a link file per branch (branches/NAME.sbuml) and tag
-// (tags/NAME.sbuml) naming url and the snapshot. Publishing again sends
-// only new objects and makes the published refs match the scrapbook's.
-// Objects go first and refs.json changes last, so a reader never sees a
-// ref to a snapshot that is not all there.
+// snapshots for posting"): objects/ in the loose layout; each publish's
+// new objects also as one pack under packs/, listed in packs.json, so a
+// client downloads a publish in a few requests rather than one per
+// object; refs.json; index.html listing every snapshot with its message,
+// sizes and links; and a link file per branch (branches/NAME.sbuml) and
+// tag (tags/NAME.sbuml) naming url and the snapshot. Publishing again
+// sends only new objects and makes the published refs match the
+// scrapbook's. Objects go first and refs.json changes last, so a reader
+// never sees a ref to a snapshot that is not all there.
 func (s *Scrapbook) Publish(ctx context.Context, dir, url string, opts TransferOptions) (*PublishResult, error) {
 	if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") && !strings.HasPrefix(url, "file://") {
 		return nil, fmt.Errorf("publish: --url %q: give the http://, https:// or file:// address where %s will be served", url, dir)

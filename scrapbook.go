@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
+	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
 )
@@ -127,6 +128,14 @@ func open(abs string) *Scrapbook {
 		Refs:    refs.New(fsys),
 		fs:      fsys,
 	}
+}
+
+// lockObjects holds the scrapbook's gc lock shared for an operation that
+// writes objects or refs, or reads a snapshot no ref may name: gc cannot
+// remove objects under it, and it cannot start while gc runs (see
+// internal/gclock). Call the returned function when done.
+func (s *Scrapbook) lockObjects() (release func(), err error) {
+	return gclock.Shared(s.Dir)
 }
 
 // writeFileAtomic writes a small file by temp file, fsync and rename.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-git/go-billy/v5/osfs"
 
+	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
 )
@@ -28,6 +29,8 @@ type Dir struct {
 	store objects.Store
 	refs  refBackend
 	count counter
+	// release drops the gc lock of a scrapbook directory.
+	release func()
 
 	// added are the objects Put added to a published directory that no
 	// pack holds yet (see writePacks).
@@ -57,11 +60,18 @@ func OpenDir(path string) (*Dir, error) {
 	}
 	switch {
 	case isFile(filepath.Join(abs, "config")):
+		// Held until Close, so that gc never removes an object a push
+		// is about to name (see internal/gclock).
+		release, err := gclock.Shared(abs)
+		if err != nil {
+			return nil, fmt.Errorf("open remote %s: %w", abs, err)
+		}
 		fsys := osfs.New(abs)
 		return &Dir{
-			path:  abs,
-			store: objects.NewPacked(fsys, "objects", filepath.Join(abs, "objects")),
-			refs:  scrapbookRefs{refs.New(fsys)},
+			path:    abs,
+			store:   objects.NewPacked(fsys, "objects", filepath.Join(abs, "objects")),
+			refs:    scrapbookRefs{refs.New(fsys)},
+			release: release,
 		}, nil
 	case isFile(filepath.Join(abs, RefListFile)):
 		return openPublished(abs), nil
@@ -265,6 +275,10 @@ func (d *Dir) Close() error {
 		if cerr := c.Close(); err == nil {
 			err = cerr
 		}
+	}
+	if d.release != nil {
+		d.release()
+		d.release = nil
 	}
 	return err
 }

@@ -155,7 +155,7 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 	c := &cobra.Command{
 		Use:   use + " [NAME [SNAPSHOT]]",
 		Short: "List, create or delete " + plural,
-		Long:  fmt.Sprintf("With no NAME, list %[2]s. With NAME, create %[1]s NAME at SNAPSHOT (default HEAD).\nWith -d, delete %[1]s NAME (its snapshots stay in the scrapbook).", kind, plural),
+		Long:  fmt.Sprintf("With no NAME, list %[2]s. With NAME, create %[1]s NAME at SNAPSHOT (default HEAD).\nWith -d, delete %[1]s NAME (its snapshots stay in the scrapbook until sbuml gc).", kind, plural),
 		Args:  cobra.MaximumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openScrapbook()

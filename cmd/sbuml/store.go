@@ -14,7 +14,7 @@ import (
 )
 
 func init() {
-	rootCmd.AddCommand(initCmd(), importCmd(), exportCmd(), logCmd(), showCmd(), fsckCmd(), duCmd(), catObjectCmd())
+	rootCmd.AddCommand(initCmd(), importCmd(), exportCmd(), logCmd(), showCmd(), fsckCmd(), duCmd(), gcCmd(), catObjectCmd())
 }
 
 func initCmd() *cobra.Command {
@@ -278,6 +278,45 @@ func duCmd() *cobra.Command {
 			return nil
 		},
 	}
+	addJSONFlag(c)
+	return c
+}
+
+func gcCmd() *cobra.Command {
+	var dryRun bool
+	c := &cobra.Command{
+		Use:   "gc",
+		Short: "Remove objects no snapshot needs and merge small packs",
+		Long: `Remove the objects that no ref (branch, tag, image, remote-tracking ref, HEAD)
+and no machine under machines/ reaches, such as the snapshots of a deleted
+branch, and merge the small packs that commits leave into one. Snapshots
+reachable only from reflogs go too. Refuses to run while another sbuml process
+uses the scrapbook (including sbuml serve); commits and imports refuse to start
+while it runs.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openScrapbook()
+			if err != nil {
+				return err
+			}
+			r, err := s.Gc(context.Background(), sbuml.GcOptions{DryRun: dryRun})
+			if err != nil {
+				return err
+			}
+			if flagJSON {
+				return printJSON(r)
+			}
+			verb, freed := "removed", fmt.Sprintf("%s freed", humanBytes(r.FileBytesBefore-r.FileBytesAfter))
+			if r.DryRun {
+				verb, freed = "would remove", fmt.Sprintf("about %s to free", humanBytes(r.RemovedBytes))
+			}
+			fmt.Printf("gc: kept %d objects (%s) reachable from %d snapshot%s, %s %d (%s); packs %d -> %d; %s in %s\n",
+				r.Kept, humanBytes(r.KeptBytes), r.Roots, pluralS(r.Roots), verb, r.Removed, humanBytes(r.RemovedBytes),
+				r.PacksBefore, r.PacksAfter, freed, r.Duration.Round(time.Millisecond))
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "say what would be removed, remove nothing")
 	addJSONFlag(c)
 	return c
 }

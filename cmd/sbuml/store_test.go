@@ -355,6 +355,19 @@ func TestStoreCommands(t *testing.T) {
 	if out := c.ok("fsck"); !strings.HasSuffix(out, " 0 problems\n") {
 		t.Errorf("fsck printed %q", out)
 	}
+
+	// gc: nothing to remove while every snapshot is on a branch.
+	var gc sbuml.GcReport
+	c.json(&gc, "gc", "--dry-run", "--json")
+	if !gc.DryRun || gc.Removed != 0 || gc.Kept == 0 || gc.Roots == 0 {
+		t.Errorf("gc --dry-run --json: %+v", gc)
+	}
+	if out := c.ok("gc"); !strings.HasPrefix(out, "gc: kept ") || !strings.Contains(out, "removed 0 ") {
+		t.Errorf("gc printed %q", out)
+	}
+	if out := c.ok("fsck"); !strings.HasSuffix(out, " 0 problems\n") {
+		t.Errorf("fsck after gc printed %q", out)
+	}
 }
 
 // TestImportCreatesScrapbook imports into a directory that holds no

@@ -67,3 +67,11 @@ func storeProgress(verb string) (func(stream.Stats), func()) {
 	}
 	return report, func() { fmt.Fprint(os.Stderr, "\r\x1b[K") }
 }
+
+// pluralS returns "s" unless n is 1: fmt.Sprintf("%d snapshot%s", n, pluralS(n)).
+func pluralS(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}

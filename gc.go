@@ -1,0 +1,116 @@
+package sbuml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sbuml/sbuml/internal/gclock"
+	"github.com/sbuml/sbuml/objects"
+)
+
+// GcOptions tunes Gc.
+type GcOptions struct {
+	// DryRun reports what would be removed without removing anything.
+	DryRun bool
+}
+
+// GcReport says what Gc kept and removed.
+type GcReport struct {
+	objects.RepackStats
+	// Roots counts the snapshots gc started from: refs, and the
+	// snapshots that named machines continue from.
+	Roots    int           `json:"roots"`
+	DryRun   bool          `json:"dry_run,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Gc removes the objects no snapshot needs any more: those that no ref
+// (branch, tag, image, remote-tracking ref, HEAD) and no machine under
+// machines/ reaches. Deleting a branch or tag leaves its snapshots in the
+// scrapbook; Gc is what frees their space. It also merges the small packs
+// that many commits leave into one.
+//
+// Snapshots reachable only from reflogs are removed too; their reflog
+// lines stay as history. A machine kept in a directory of its own (not
+// under machines/) is not seen: its next commit records no parent if the
+// snapshot it continues from was removed.
+//
+// Gc refuses to run while another process writes to the scrapbook
+// (internal/gclock), and writers refuse to start while it runs. It stops
+// without removing anything if any snapshot it must keep is damaged.
+func (s *Scrapbook) Gc(ctx context.Context, opts GcOptions) (*GcReport, error) {
+	start := time.Now()
+	release, err := gclock.Exclusive(s.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	defer release()
+	packed, ok := s.Objects.(*objects.Packed)
+	if !ok {
+		return nil, fmt.Errorf("gc: the object store (%T) cannot repack", s.Objects)
+	}
+	if err := packed.Refresh(); err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+
+	roots, err := s.gcRoots()
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	live := objects.Seen{}
+	for _, root := range roots {
+		err := objects.Walk(ctx, s.Objects, objects.Ref{ID: root, Kind: objects.KindSnapshot}, func(r objects.Ref) (bool, error) {
+			return live.Add(r.ID), nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("gc: snapshot %s: %w; nothing was removed (run sbuml fsck)", root.Short(), err)
+		}
+	}
+	st, err := packed.Repack(ctx, func(id objects.ID) bool { _, ok := live[id]; return ok }, opts.DryRun)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	return &GcReport{RepackStats: st, Roots: len(roots), DryRun: opts.DryRun, Duration: time.Since(start)}, nil
+}
+
+// gcRoots returns the snapshots gc keeps with all they reach: every ref,
+// HEAD, and the snapshot each machine under machines/ continues from.
+func (s *Scrapbook) gcRoots() ([]objects.ID, error) {
+	seen := map[objects.ID]bool{}
+	var roots []objects.ID
+	add := func(id objects.ID) {
+		if !id.IsZero() && !seen[id] {
+			seen[id] = true
+			roots = append(roots, id)
+		}
+	}
+	all, err := s.Refs.List("refs/")
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range all {
+		add(r.ID)
+	}
+	if id, err := s.Refs.Get("HEAD"); err == nil {
+		add(id)
+	}
+	des, err := os.ReadDir(s.MachinesDir())
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, de := range des {
+		if !de.IsDir() {
+			continue
+		}
+		h, err := readHead(filepath.Join(s.MachinesDir(), de.Name()))
+		if err != nil {
+			return nil, err
+		}
+		add(h.Snapshot)
+	}
+	return roots, nil
+}

@@ -1,0 +1,67 @@
+// Package gclock keeps garbage collection and writers of a scrapbook
+// apart. A writer looks in the store, finds an object already there and
+// names it in a new tree; if gc removed that object in between, the
+// scrapbook would hold a tree whose children are missing. So every
+// process that writes objects or moves refs holds the scrapbook's gc lock
+// shared while it does, and gc takes it exclusively, refusing to run
+// while anyone writes.
+//
+// The lock is flock(2) on the file gc.lock in the scrapbook directory: it
+// is released by the kernel when a process dies, so a killed writer never
+// leaves the scrapbook locked.
+package gclock
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// FileName is the lock file in a scrapbook directory.
+const FileName = "gc.lock"
+
+// ErrBusy is returned when the lock is held in a way that excludes the
+// caller.
+var ErrBusy = errors.New("scrapbook busy")
+
+// Shared takes the lock of the scrapbook in dir for writing objects and
+// refs. It does not wait: while gc runs it returns ErrBusy. Where the lock
+// file cannot be created (a scrapbook the caller may not write), nothing
+// can be written either, and Shared returns a no-op release.
+func Shared(dir string) (release func(), err error) {
+	return take(dir, unix.LOCK_SH, "sbuml gc is running on the scrapbook; try again when it is done")
+}
+
+// Exclusive takes the lock of the scrapbook in dir for gc. It does not
+// wait: while any other process writes, it returns ErrBusy.
+func Exclusive(dir string) (release func(), err error) {
+	return take(dir, unix.LOCK_EX, "another sbuml process is using the scrapbook (an import, commit, checkout, pull, push or sbuml serve); try again when it ends")
+}
+
+func take(dir string, how int, busy string) (func(), error) {
+	name := filepath.Join(dir, FileName)
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		if how == unix.LOCK_SH && (errors.Is(err, os.ErrPermission) || errors.Is(err, unix.EROFS)) {
+			return func() {}, nil
+		}
+		return nil, fmt.Errorf("lock %s: %w", name, err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("%w: %s", ErrBusy, busy)
+		}
+		return nil, fmt.Errorf("lock %s: %w", name, err)
+	}
+	return func() { f.Close() }, nil // closing the file drops the lock
+}

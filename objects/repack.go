@@ -1,0 +1,410 @@
+package objects
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path"
+	"strings"
+)
+
+// RepackStats says what Repack found and did.
+type RepackStats struct {
+	// PacksBefore and PacksAfter count published packs; LooseBefore
+	// counts loose objects (Repack leaves none).
+	PacksBefore int `json:"packs_before"`
+	PacksAfter  int `json:"packs_after"`
+	LooseBefore int `json:"loose_before"`
+	// Kept and KeptBytes count the objects kept, and their stored size.
+	Kept      int64 `json:"kept"`
+	KeptBytes int64 `json:"kept_bytes"`
+	// Removed and RemovedBytes count the objects dropped: not kept, or a
+	// second copy of a kept one.
+	Removed      int64 `json:"removed"`
+	RemovedBytes int64 `json:"removed_bytes"`
+	// Copied and CopiedBytes count the kept objects rewritten into new
+	// packs; the others stay in packs that were left as they are.
+	Copied      int64 `json:"copied"`
+	CopiedBytes int64 `json:"copied_bytes"`
+	// FileBytesBefore and FileBytesAfter are the sizes of all pack and
+	// loose object files.
+	FileBytesBefore int64 `json:"file_bytes_before"`
+	FileBytesAfter  int64 `json:"file_bytes_after"`
+}
+
+// smallPack is the size under which a pack is merged with the others
+// even when every object in it is kept, so that the many small packs of
+// many commits become one.
+const smallPack = maxPackSize / 4
+
+// Repack drops every object for which keep returns false and merges
+// small packs. Packs holding a dropped object, a second copy of an
+// object, or under a quarter of MaxPackSize are rewritten, their kept
+// objects copied (checksum verified) into new packs; loose objects are
+// moved into packs or removed. Large packs holding only kept objects are
+// left alone, so the cost of a repack follows what it frees.
+//
+// The new packs are published and made durable before any old file is
+// removed: a crash leaves objects twice, never missing. The caller must
+// ensure that no other process writes to the store meanwhile (see
+// internal/gclock), and that keep holds every object reachable from
+// every ref; Repack only keeps the closure of what it is told.
+//
+// With dryRun, nothing is written or removed and the stats say what
+// would happen.
+func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (RepackStats, error) {
+	var st RepackStats
+	if err := p.Sync(ctx); err != nil {
+		return st, fmt.Errorf("repack: %w", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.load(); err != nil {
+		return st, fmt.Errorf("repack: %w", err)
+	}
+	if len(p.broken) > 0 {
+		return st, fmt.Errorf("repack: %w (run sbuml fsck)", p.broken[0])
+	}
+
+	// Decide, pack by pack, what goes.
+	type oldPack struct {
+		pf      *packFile
+		entries []indexEntry
+		rewrite bool
+	}
+	olds := make([]oldPack, len(p.packs))
+	rewriting := 0
+	for i, pf := range p.packs {
+		idxName := strings.TrimSuffix(pf.name, ".pack") + ".idx"
+		b, err := readAll(p.fs, path.Join(p.dir, idxName))
+		if err != nil {
+			return st, fmt.Errorf("repack: read pack index %s: %w", p.where(idxName), err)
+		}
+		entries, err := decodePackIndex(b)
+		if err != nil {
+			return st, fmt.Errorf("repack: pack index %s: %w: %v", p.where(idxName), ErrCorrupt, err)
+		}
+		size, err := fileSize(p.fs, path.Join(p.dir, pf.name))
+		if err != nil {
+			return st, fmt.Errorf("repack: %w", err)
+		}
+		st.FileBytesBefore += size + int64(len(b))
+		op := oldPack{pf: pf, entries: entries, rewrite: size < smallPack}
+		for _, e := range entries {
+			if !p.liveIn(e, int32(i), keep) {
+				op.rewrite = true
+				break
+			}
+		}
+		if op.rewrite {
+			rewriting++
+		}
+		olds[i] = op
+	}
+	st.PacksBefore = len(p.packs)
+
+	// A single pack with nothing to drop gains nothing from a rewrite.
+	if rewriting == 1 {
+		for i := range olds {
+			if olds[i].rewrite && p.allLive(olds[i].entries, int32(i), keep) {
+				olds[i].rewrite = false
+				rewriting = 0
+			}
+		}
+	}
+
+	var loose []ID
+	if err := p.loose.List(ctx, func(id ID, size int64) error {
+		loose = append(loose, id)
+		st.FileBytesBefore += size
+		return nil
+	}); err != nil {
+		return st, fmt.Errorf("repack: list loose objects: %w", err)
+	}
+	st.LooseBefore = len(loose)
+
+	out := &packOutput{p: p, dryRun: dryRun}
+	defer out.abort()
+	copied := map[ID]bool{}
+	for i, op := range olds {
+		for _, e := range op.entries {
+			live := p.liveIn(e, int32(i), keep)
+			switch {
+			case !live:
+				st.Removed++
+				st.RemovedBytes += int64(e.size)
+			case !op.rewrite:
+				st.Kept++
+				st.KeptBytes += int64(e.size)
+			default:
+				if err := ctx.Err(); err != nil {
+					return st, err
+				}
+				b := make([]byte, e.size)
+				if _, err := op.pf.f.ReadAt(b, int64(e.off)); err != nil {
+					return st, fmt.Errorf("repack: read object %s from %s at %d: %w", e.id, p.where(op.pf.name), e.off, err)
+				}
+				if crc32.Checksum(b, castagnoli) != e.crc {
+					return st, fmt.Errorf("repack: object %s: %w: checksum mismatch in %s at offset %d (run sbuml fsck)", e.id, ErrCorrupt, p.where(op.pf.name), e.off)
+				}
+				if err := out.add(e.id, b); err != nil {
+					return st, err
+				}
+				copied[e.id] = true
+				st.Kept++
+				st.KeptBytes += int64(e.size)
+				st.Copied++
+				st.CopiedBytes += int64(e.size)
+			}
+		}
+	}
+	for _, id := range loose {
+		if _, ok := p.index[id]; ok || !keep(id) || copied[id] {
+			st.Removed++ // a loose copy of a packed object, or garbage
+			continue
+		}
+		b, err := p.loose.Get(ctx, id)
+		if err != nil {
+			return st, fmt.Errorf("repack: %w", err)
+		}
+		if _, err := Unseal(id, b); err != nil {
+			return st, fmt.Errorf("repack: loose object %s (%s): %w (run sbuml fsck)", id, p.loose.Locate(id), err)
+		}
+		if err := out.add(id, b); err != nil {
+			return st, err
+		}
+		copied[id] = true
+		st.Kept++
+		st.KeptBytes += int64(len(b))
+		st.Copied++
+		st.CopiedBytes += int64(len(b))
+	}
+	if err := out.finish(); err != nil {
+		return st, err
+	}
+
+	st.PacksAfter = len(out.published)
+	for _, op := range olds {
+		if !op.rewrite {
+			st.PacksAfter++
+		}
+	}
+	if dryRun {
+		st.FileBytesAfter = st.FileBytesBefore - st.RemovedBytes // stored bytes, roughly
+		return st, nil
+	}
+
+	// The new packs are durable: the old files can go, indexes first so
+	// that a crash here leaves a pack without an index, which the next
+	// repack removes, never an index without its pack.
+	if err := p.syncfs(); err != nil {
+		return st, fmt.Errorf("repack: %w", err)
+	}
+	fresh := map[string]bool{}
+	for _, name := range out.published {
+		fresh[name+".pack"] = true
+	}
+	for _, op := range olds {
+		// A rewrite may give back an old pack byte for byte, under its
+		// old name: that one stays.
+		if !op.rewrite || fresh[op.pf.name] {
+			continue
+		}
+		idxName := strings.TrimSuffix(op.pf.name, ".pack") + ".idx"
+		if err := p.fs.Remove(path.Join(p.dir, idxName)); err != nil {
+			return st, fmt.Errorf("repack: remove %s: %w", p.where(idxName), err)
+		}
+		op.pf.f.Close()
+		if err := p.fs.Remove(path.Join(p.dir, op.pf.name)); err != nil {
+			return st, fmt.Errorf("repack: remove %s: %w", p.where(op.pf.name), err)
+		}
+	}
+	for _, id := range loose {
+		if err := p.loose.Delete(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
+			return st, fmt.Errorf("repack: %w", err)
+		}
+	}
+	for _, id := range loose {
+		// Empty fan-out directories go too, so that Has stops looking
+		// for loose objects (see load); one still in use stays.
+		p.fs.Remove(path.Dir(p.loose.name(id)))
+	}
+	if err := p.removeLeftovers(); err != nil {
+		return st, err
+	}
+
+	// Start afresh from what is on disk now.
+	for _, pf := range p.packs {
+		pf.f.Close()
+	}
+	p.packs, p.index, p.known, p.broken, p.loaded, p.hasLoose = nil, map[ID]packLoc{}, map[string]bool{}, nil, false, false
+	if err := p.load(); err != nil {
+		return st, fmt.Errorf("repack: %w", err)
+	}
+	after, err := p.fileBytes(ctx)
+	st.FileBytesAfter = after
+	if err != nil {
+		return st, fmt.Errorf("repack: %w", err)
+	}
+	return st, nil
+}
+
+// liveIn reports whether entry e of pack n is the copy to keep: the
+// object is kept and the index finds it in this pack at this offset.
+func (p *Packed) liveIn(e indexEntry, n int32, keep func(ID) bool) bool {
+	loc, ok := p.index[e.id]
+	return ok && loc.pack == n && loc.off == e.off && keep(e.id)
+}
+
+func (p *Packed) allLive(entries []indexEntry, n int32, keep func(ID) bool) bool {
+	for _, e := range entries {
+		if !p.liveIn(e, n, keep) {
+			return false
+		}
+	}
+	return true
+}
+
+// removeLeftovers removes what killed writers leave in the pack
+// directory: packs being written (.tmp-*) and packs without an index.
+// Only safe while no other process writes. Callers hold mu.
+func (p *Packed) removeLeftovers() error {
+	des, err := p.fs.ReadDir(p.dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("repack: list packs: %w", err)
+	}
+	names := map[string]bool{}
+	for _, de := range des {
+		names[de.Name()] = true
+	}
+	for name := range names {
+		orphan := strings.HasSuffix(name, ".pack") && !names[strings.TrimSuffix(name, ".pack")+".idx"]
+		if strings.HasPrefix(name, ".tmp-") || orphan {
+			if err := p.fs.Remove(path.Join(p.dir, name)); err != nil {
+				return fmt.Errorf("repack: remove %s: %w", p.where(name), err)
+			}
+		}
+	}
+	return nil
+}
+
+// fileBytes sums the sizes of the pack files, their indexes and the
+// loose objects. Callers hold mu.
+func (p *Packed) fileBytes(ctx context.Context) (int64, error) {
+	var total int64
+	des, err := p.fs.ReadDir(p.dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	for _, de := range des {
+		if strings.HasPrefix(de.Name(), "pack-") {
+			total += de.Size()
+		}
+	}
+	err = p.loose.List(ctx, func(_ ID, size int64) error {
+		total += size
+		return nil
+	})
+	return total, err
+}
+
+func fileSize(fsys interface {
+	Stat(string) (os.FileInfo, error)
+}, name string) (int64, error) {
+	fi, err := fsys.Stat(name)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// packOutput writes the new packs of a repack, starting another when one
+// reaches MaxPackSize.
+type packOutput struct {
+	p         *Packed
+	dryRun    bool
+	tmp       string
+	f         interface{ Close() error }
+	enc       *PackEncoder
+	published []string // names (pack-…) of the packs published so far
+}
+
+func (o *packOutput) add(id ID, stored []byte) error {
+	if o.dryRun {
+		if len(o.published) == 0 {
+			o.published = append(o.published, "") // one pack, at least
+		}
+		return nil
+	}
+	if o.enc != nil && o.enc.Size()+uint64(len(stored)) > maxPackSize {
+		if err := o.finish(); err != nil {
+			return err
+		}
+	}
+	if o.enc == nil {
+		if err := o.p.fs.MkdirAll(o.p.dir, 0o755); err != nil {
+			return fmt.Errorf("repack: %w", err)
+		}
+		o.tmp = path.Join(o.p.dir, ".tmp-"+randomSuffix()+".pack")
+		f, err := o.p.fs.OpenFile(o.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+		if err != nil {
+			return fmt.Errorf("repack: %w", err)
+		}
+		o.f = f
+		if o.enc, err = NewPackEncoder(f); err != nil {
+			return o.fail(err)
+		}
+	}
+	if err := o.enc.Add(id, stored); err != nil {
+		return o.fail(err)
+	}
+	return nil
+}
+
+func (o *packOutput) fail(err error) error {
+	o.abort()
+	return fmt.Errorf("repack: write %s: %w", o.tmp, err)
+}
+
+// finish publishes the pack being written, if any: the pack made
+// durable, then renamed, then its index written and renamed.
+func (o *packOutput) finish() error {
+	if o.enc == nil {
+		return nil
+	}
+	if err := o.f.Close(); err != nil {
+		return o.fail(err)
+	}
+	idx, name := o.enc.Index()
+	if err := o.p.syncfs(); err != nil {
+		return o.fail(err)
+	}
+	if err := o.p.fs.Rename(o.tmp, path.Join(o.p.dir, name+".pack")); err != nil {
+		return o.fail(err)
+	}
+	o.enc, o.f = nil, nil
+	tmpIdx := path.Join(o.p.dir, ".tmp-"+randomSuffix()+".idx")
+	if err := writeWhole(o.p.fs, tmpIdx, idx); err != nil {
+		return fmt.Errorf("repack: write pack index %s: %w", o.p.where(name+".idx"), err)
+	}
+	if err := o.p.fs.Rename(tmpIdx, path.Join(o.p.dir, name+".idx")); err != nil {
+		return fmt.Errorf("repack: publish pack index %s: %w", o.p.where(name+".idx"), err)
+	}
+	o.published = append(o.published, name)
+	return nil
+}
+
+// abort removes a pack left half written.
+func (o *packOutput) abort() {
+	if o.enc == nil {
+		return
+	}
+	o.f.Close()
+	o.p.fs.Remove(o.tmp)
+	o.enc, o.f = nil, nil
+}

@@ -1,0 +1,209 @@
+package objects
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/go-git/go-billy/v5/osfs"
+)
+
+// packNames lists the published pack files in a scrapbook's objects dir.
+func packNames(t *testing.T, dir string) []string {
+	t.Helper()
+	des, err := os.ReadDir(filepath.Join(dir, "objects", "pack"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, de := range des {
+		if strings.HasSuffix(de.Name(), ".pack") {
+			names = append(names, de.Name())
+		}
+	}
+	return names
+}
+
+func TestRepack(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	fsys := osfs.New(dir)
+	open := func() *Packed { return NewPacked(fsys, "objects", filepath.Join(dir, "objects")) }
+	s := open()
+
+	// Three packs (three syncs), and a loose object.
+	var sets []map[ID][]byte
+	for i := 0; i < 3; i++ {
+		sets = append(sets, putChunks(t, s, 200, int64(i+1)))
+		if err := s.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	looseEnc := EncodeChunk([]byte("a loose object, from an older scrapbook"))
+	looseID := Sum(looseEnc)
+	if err := s.loose.Put(ctx, looseID, Seal(looseEnc, nil)); err != nil {
+		t.Fatal(err)
+	}
+	// A second copy of a kept object, in a pack of its own.
+	dupID := firstKey(sets[0])
+	other := open()
+	other.mu.Lock()
+	other.loaded = true // blind to the packs: it writes the copy anyway
+	other.mu.Unlock()
+	if err := other.Put(ctx, dupID, Seal(sets[0][dupID], nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(packNames(t, dir)); n != 4 {
+		t.Fatalf("%d packs before repack, want 4", n)
+	}
+
+	// Keep sets 0 and 2 and the loose object; drop set 1.
+	keep := map[ID]bool{looseID: true}
+	for _, i := range []int{0, 2} {
+		for id := range sets[i] {
+			keep[id] = true
+		}
+	}
+	keepFn := func(id ID) bool { return keep[id] }
+
+	s = open()
+	dry, err := s.Repack(ctx, keepFn, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(packNames(t, dir)); n != 4 || dry.Removed == 0 {
+		t.Fatalf("dry run: %d packs left, stats %+v", n, dry)
+	}
+
+	st, err := s.Repack(ctx, keepFn, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Removed != dry.Removed || st.Kept != dry.Kept || st.PacksAfter != dry.PacksAfter {
+		t.Errorf("dry run said %+v, repack did %+v", dry, st)
+	}
+	if st.Kept != int64(len(keep)) || st.Removed != int64(len(sets[1])+1) || st.PacksBefore != 4 || st.PacksAfter != 1 || st.LooseBefore != 1 {
+		t.Errorf("stats %+v: want %d kept, %d removed, 4 packs -> 1, 1 loose", st, len(keep), len(sets[1])+1)
+	}
+	if st.FileBytesAfter >= st.FileBytesBefore {
+		t.Errorf("files grew: %d -> %d bytes", st.FileBytesBefore, st.FileBytesAfter)
+	}
+	if names := packNames(t, dir); len(names) != 1 {
+		t.Fatalf("packs after repack: %v", names)
+	}
+	if des, _ := os.ReadDir(filepath.Join(dir, "objects")); len(des) != 1 {
+		t.Errorf("objects/ holds more than pack/ after repack: %d entries (loose objects left?)", len(des))
+	}
+
+	// Both the store that repacked and a fresh one see exactly what was kept.
+	for _, st := range []*Packed{s, open()} {
+		for i, set := range sets {
+			for id, enc := range set {
+				got, err := Load(ctx, st, id)
+				if keep[id] {
+					if err != nil || !bytes.Equal(got, enc) {
+						t.Fatalf("set %d: kept %s: %v", i, id.Short(), err)
+					}
+				} else if ok, _ := st.Has(ctx, id); ok {
+					t.Fatalf("set %d: dropped %s is still there", i, id.Short())
+				}
+			}
+		}
+		if got, err := Load(ctx, st, looseID); err != nil || !bytes.Equal(got, looseEnc) {
+			t.Fatalf("loose object after repack: %v", err)
+		}
+		if errs := st.CheckPacks(ctx); len(errs) != 0 {
+			t.Fatalf("packs after repack: %v", errs)
+		}
+	}
+
+	// Nothing more to do: a second repack leaves the one pack alone.
+	again, err := open().Repack(ctx, keepFn, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Removed != 0 || again.Copied != 0 || again.PacksAfter != 1 {
+		t.Errorf("second repack: %+v", again)
+	}
+	// Writing goes on after a repack.
+	more := putChunks(t, s, 10, 9)
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for id := range more {
+		if ok, _ := open().Has(ctx, id); !ok {
+			t.Fatalf("object written after repack is missing")
+		}
+	}
+}
+
+// A pack left by a writer killed before publishing, and a pack whose
+// index went missing, are removed by a repack; nothing readable is lost.
+func TestRepackRemovesLeftovers(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	fsys := osfs.New(dir)
+	s := NewPacked(fsys, "objects", filepath.Join(dir, "objects"))
+	want := putChunks(t, s, 50, 1)
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	packDir := filepath.Join(dir, "objects", "pack")
+	for _, name := range []string{".tmp-killed.pack", "pack-0123.pack"} {
+		if err := os.WriteFile(filepath.Join(packDir, name), []byte("junk"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keepAll := func(ID) bool { return true }
+	if _, err := NewPacked(fsys, "objects", filepath.Join(dir, "objects")).Repack(ctx, keepAll, false); err != nil {
+		t.Fatal(err)
+	}
+	des, _ := os.ReadDir(packDir)
+	for _, de := range des {
+		if !strings.HasPrefix(de.Name(), "pack-") || de.Name() == "pack-0123.pack" {
+			t.Errorf("left in pack/: %s", de.Name())
+		}
+	}
+	s = NewPacked(fsys, "objects", filepath.Join(dir, "objects"))
+	for id, enc := range want {
+		if got, err := Load(ctx, s, id); err != nil || !bytes.Equal(got, enc) {
+			t.Fatalf("%s: %v", id.Short(), err)
+		}
+	}
+}
+
+// A repack refuses to copy an object whose bytes no longer match the
+// checksum in its pack index, and removes nothing.
+func TestRepackRefusesCorruptPack(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	fsys := osfs.New(dir)
+	s := NewPacked(fsys, "objects", filepath.Join(dir, "objects"))
+	for seed := int64(1); seed <= 2; seed++ { // two small packs, to be merged
+		putChunks(t, s, 20, seed)
+		if err := s.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := packNames(t, dir)
+	p := filepath.Join(dir, "objects", "pack", names[0])
+	b, _ := os.ReadFile(p)
+	b[len(b)-10] ^= 1
+	os.Chmod(p, 0o644)
+	if err := os.WriteFile(p, b, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	_, err := NewPacked(fsys, "objects", filepath.Join(dir, "objects")).Repack(ctx, func(ID) bool { return true }, false)
+	if err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Fatalf("repack of a corrupt pack: %v", err)
+	}
+	if after := packNames(t, dir); len(after) != 2 || after[0] != names[0] || after[1] != names[1] {
+		t.Fatalf("packs after a refused repack: %v", after)
+	}
+}
