@@ -233,6 +233,7 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 		return nil, fmt.Errorf("checkout %s: %w", rev, err)
 	}
 	defer m.Close()
+	s.rememberMachine(dir)
 	branch := opts.Branch
 	if branch == "" {
 		branch = name
@@ -380,7 +381,7 @@ func describeMissing(refs []objects.Ref) string {
 		}
 		parts = append(parts, fmt.Sprintf("%s %s", r.Kind, r.ID))
 	}
-	return fmt.Sprintf("%d objects missing: %s", len(refs), strings.Join(parts, ", "))
+	return fmt.Sprintf("%d object%s missing: %s", len(refs), plural(len(refs)), strings.Join(parts, ", "))
 }
 
 // Rewind replaces a machine in place with a snapshot: the machine is

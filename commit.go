@@ -92,8 +92,12 @@ type CommitOptions struct {
 // CommitResult describes a machine snapshot just taken.
 type CommitResult struct {
 	Result
-	// Downtime is how long the guest was frozen for the capture.
+	// Downtime is how long the guest was frozen for the capture: zero
+	// unless it was running before the commit and running after.
 	Downtime time.Duration `json:"downtime_ns"`
+	// Running says whether the machine runs after the commit (it is
+	// left frozen by -f without -c, or if it was frozen before).
+	Running bool `json:"running"`
 	// DeviceStateBytes is the size of QEMU's device and vCPU state.
 	DeviceStateBytes int64 `json:"device_state_bytes"`
 }
@@ -128,7 +132,7 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", name, err)
 	}
-	// A machine kept outside machines/ is not seen by gc, which may have
+	// A machine directory moved by hand is not seen by gc, which may have
 	// removed the snapshot it continues from: then it has no parent.
 	if !head.Snapshot.IsZero() {
 		if ok, err := s.Objects.Has(ctx, head.Snapshot); err != nil {
@@ -270,9 +274,10 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 			captureErr = err
 		}
 	}
-	if !frozenAt.IsZero() {
+	if continued && wasRunning {
 		res.Downtime = time.Since(frozenAt)
 	}
+	res.Running = continued || (wasRunning && frozenAt.IsZero())
 	<-devDone
 	if captureErr != nil {
 		return nil, fmt.Errorf("commit %s: %w", name, captureErr)

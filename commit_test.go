@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -257,13 +258,18 @@ func TestCommitCLI(t *testing.T) {
 	g := bootGuest(t, s, "m1", 0)
 	g.startCounter()
 
-	commitLine := regexp.MustCompile(`^([0-9a-f]{64}) (\w+)\n  downtime \d+ ms, .* logical, .* added \(\d+ new objects\), [0-9.]+s in all\n$`)
+	commitLine := regexp.MustCompile(`^([0-9a-f]{64}) (\w+)\n  (downtime \d+ ms|left frozen|continued), .* logical, .* added \(\d+ new objects\), [0-9.]+s in all\n$`)
 	commitMachine := func(name string, args ...string) string {
 		t.Helper()
 		out := mustCLI(t, s, append([]string{"commit", name}, args...)...)
 		m := commitLine.FindStringSubmatch(out)
 		if m == nil || m[2] != name {
 			t.Fatalf("sbuml commit %s %s printed %q", name, strings.Join(args, " "), out)
+		}
+		// -f alone leaves the machine frozen: no downtime to speak of.
+		frozen := slices.Contains(args, "-f") && !slices.Contains(args, "-c")
+		if frozen != (m[3] == "left frozen") {
+			t.Errorf("sbuml commit %s %s printed %q", name, strings.Join(args, " "), m[3])
 		}
 		return m[1]
 	}

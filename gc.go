@@ -29,15 +29,15 @@ type GcReport struct {
 }
 
 // Gc removes the objects no snapshot needs any more: those that no ref
-// (branch, tag, image, remote-tracking ref, HEAD) and no machine under
-// machines/ reaches. Deleting a branch or tag leaves its snapshots in the
+// (branch, tag, image, remote-tracking ref, HEAD) and no machine of the
+// scrapbook (see Machines) reaches. Deleting a branch or tag leaves its snapshots in the
 // scrapbook; Gc is what frees their space. It also merges the small packs
 // that many commits leave into one.
 //
 // Snapshots reachable only from reflogs are removed too; their reflog
-// lines stay as history. A machine kept in a directory of its own (not
-// under machines/) is not seen: its next commit records no parent if the
-// snapshot it continues from was removed.
+// lines stay as history. A machine directory moved by hand is not seen:
+// its next commit records no parent if the snapshot it continues from was
+// removed.
 //
 // Gc refuses to run while another process writes to the scrapbook
 // (internal/gclock), and writers refuse to start while it runs. It stops
@@ -78,7 +78,7 @@ func (s *Scrapbook) Gc(ctx context.Context, opts GcOptions) (*GcReport, error) {
 }
 
 // gcRoots returns the snapshots gc keeps with all they reach: every ref,
-// HEAD, and the snapshot each machine under machines/ continues from.
+// HEAD, and the snapshot each machine of the scrapbook continues from.
 func (s *Scrapbook) gcRoots() ([]objects.ID, error) {
 	seen := map[objects.ID]bool{}
 	var roots []objects.ID
@@ -102,11 +102,18 @@ func (s *Scrapbook) gcRoots() ([]objects.ID, error) {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
+	var dirs []string
 	for _, de := range des {
-		if !de.IsDir() {
-			continue
+		if de.IsDir() {
+			dirs = append(dirs, filepath.Join(s.MachinesDir(), de.Name()))
 		}
-		h, err := readHead(filepath.Join(s.MachinesDir(), de.Name()))
+	}
+	elsewhere, err := s.machinesElsewhere()
+	if err != nil {
+		return nil, err
+	}
+	for _, dir := range append(dirs, elsewhere...) {
+		h, err := readHead(dir)
 		if err != nil {
 			return nil, err
 		}

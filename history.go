@@ -24,7 +24,8 @@ type LogEntry struct {
 	// LogicalBytes is the size of everything the snapshot holds.
 	LogicalBytes uint64 `json:"logical_bytes"`
 	// AddedBytes is the stored size of the objects this snapshot brought
-	// to the scrapbook: those not reachable from any older snapshot listed.
+	// to the scrapbook: those no older snapshot of the scrapbook reaches
+	// (the figure du gives), whichever snapshots are listed.
 	AddedBytes int64 `json:"added_bytes"`
 }
 
@@ -82,7 +83,23 @@ func (s *Scrapbook) Log(ctx context.Context, opts LogOptions) ([]LogEntry, error
 	if err != nil {
 		return nil, fmt.Errorf("log: %w", err)
 	}
-	acct, err := s.account(ctx, order)
+	// Charge each object to the oldest snapshot of the whole scrapbook
+	// that reaches it, as du does, not to the oldest listed: the first
+	// snapshot of a machine did not add its base image.
+	everything := order
+	if !opts.All || opts.branchesOnly {
+		all, err := s.Refs.List("refs/")
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range all {
+			starts = append(starts, r.ID)
+		}
+		if everything, _, err = s.history(ctx, starts); err != nil {
+			return nil, fmt.Errorf("log: %w", err)
+		}
+	}
+	acct, err := s.account(ctx, everything)
 	if err != nil {
 		return nil, fmt.Errorf("log: %w", err)
 	}

@@ -108,10 +108,10 @@ func TestResolve(t *testing.T) {
 		rev   string
 		parts []string
 	}{
-		{"main~3", []string{"main~3", "no parent", "2 deep"}},
-		{"main^^^", []string{"main^^^", "no parent", "2 deep"}},
-		{"main~1000", []string{"main~1000", "no parent", "2 deep"}},
-		{"b2^", []string{"b2^", "no parent", "0 deep"}},
+		{"main~3", []string{"main~3", "no parent", "only 2 snapshots before it"}},
+		{"main^^^", []string{"main^^^", "no parent", "only 2 snapshots before it"}},
+		{"main~1000", []string{"main~1000", "no parent", "only 2 snapshots before it"}},
+		{"b2^", []string{"b2^", "b2 has no parent"}},
 		{"main~x", []string{`"main~x"`, "'~' must be followed by a number"}},
 		{"main~-1", []string{`"main~-1"`, "'~' must be followed by a number"}},
 		{"", []string{"empty revision"}},
@@ -295,6 +295,12 @@ func TestLog(t *testing.T) {
 	}
 	if len(other) != 1 || other[0].ID != f.b2.ID || len(other[0].Parents) != 0 || !slices.Equal(other[0].Refs, []string{"b2"}) {
 		t.Errorf("log b2 = %+v, want the one parentless snapshot of b2", other)
+	}
+	// Listed alone, b2 still added only what no older snapshot of the
+	// scrapbook holds (as a machine's first snapshot does not add its
+	// base image), not all it reaches.
+	if len(other) == 1 && other[0].AddedBytes != f.b2.Stats.NewBytes {
+		t.Errorf("log b2: added %d bytes, import stored %d", other[0].AddedBytes, f.b2.Stats.NewBytes)
 	}
 
 	all, err := s.Log(ctx, sbuml.LogOptions{All: true})

@@ -8,10 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/sbuml/sbuml/image"
+	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
 	"github.com/sbuml/sbuml/vmm"
 	"golang.org/x/sys/unix"
@@ -78,6 +80,68 @@ func (s *Scrapbook) FreeMachineName(base string) (string, error) {
 
 // machineName returns the name a machine directory goes by.
 func machineName(dir string) string { return filepath.Base(dir) }
+
+// elsewhereDir holds a symbolic link to each machine kept in a directory
+// of the user's choosing, so that ps, halt --all and gc find them too.
+func (s *Scrapbook) elsewhereDir() string { return filepath.Join(s.MachinesDir(), ".elsewhere") }
+
+// isNamedMachine reports whether dir is a named machine's, under machines/.
+func (s *Scrapbook) isNamedMachine(dir string) bool {
+	return strings.HasPrefix(dir, s.MachinesDir()+string(filepath.Separator))
+}
+
+func (s *Scrapbook) elsewhereLink(dir string) string {
+	return filepath.Join(s.elsewhereDir(), objects.Sum([]byte(dir)).String()[:16])
+}
+
+// rememberMachine records a machine directory outside machines/. It is
+// best effort: a machine not remembered still runs, only ps, halt --all
+// and gc do not see it.
+func (s *Scrapbook) rememberMachine(dir string) {
+	if s.isNamedMachine(dir) {
+		return
+	}
+	if err := os.MkdirAll(s.elsewhereDir(), 0o755); err != nil {
+		return
+	}
+	link := s.elsewhereLink(dir)
+	os.Remove(link)
+	os.Symlink(dir, link)
+}
+
+// forgetMachine removes what rememberMachine recorded.
+func (s *Scrapbook) forgetMachine(dir string) {
+	if !s.isNamedMachine(dir) {
+		os.Remove(s.elsewhereLink(dir))
+	}
+}
+
+// machinesElsewhere returns the remembered machine directories outside
+// machines/ that still hold a machine, forgetting the others.
+func (s *Scrapbook) machinesElsewhere() ([]string, error) {
+	des, err := os.ReadDir(s.elsewhereDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	for _, de := range des {
+		link := filepath.Join(s.elsewhereDir(), de.Name())
+		dir, err := os.Readlink(link)
+		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, vmm.ConfigFile)); err != nil {
+			os.Remove(link) // halted and removed by hand, or never booted
+			continue
+		}
+		dirs = append(dirs, dir)
+	}
+	sort.Strings(dirs)
+	return dirs, nil
+}
 
 // BootOptions choose the hardware and image of a new machine.
 type BootOptions struct {
@@ -173,6 +237,7 @@ func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) 
 		os.Remove(dir) // only if nothing else is in it
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
+	s.rememberMachine(dir)
 	wctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
 	defer cancel()
 	if err := m.WaitConsole(wctx, img.ReadyMarker); err != nil {
@@ -285,10 +350,14 @@ func (s *Scrapbook) Halt(ctx context.Context, machine string) error {
 	if herr != nil {
 		return herr
 	}
-	if strings.HasPrefix(dir, s.MachinesDir()+string(filepath.Separator)) {
+	if s.isNamedMachine(dir) {
 		return os.RemoveAll(dir)
 	}
-	return removeMachineFiles(dir)
+	if err := removeMachineFiles(dir); err != nil {
+		return err
+	}
+	s.forgetMachine(dir)
+	return nil
 }
 
 func removeMachineFiles(dir string) error {
@@ -300,7 +369,8 @@ func removeMachineFiles(dir string) error {
 	return nil
 }
 
-// HaltAll halts every machine under the scrapbook's machines directory.
+// HaltAll halts every machine of the scrapbook: those under its machines
+// directory and those it booted or checked out in directories elsewhere.
 func (s *Scrapbook) HaltAll(ctx context.Context) ([]string, error) {
 	infos, err := s.Machines(ctx)
 	if err != nil {
@@ -361,7 +431,8 @@ type MachineInfo struct {
 	Snapshot string        `json:"snapshot,omitempty"`
 }
 
-// Machines lists the machines under the scrapbook's machines directory.
+// Machines lists the machines of the scrapbook: those under its machines
+// directory, by name, then those in directories elsewhere, by path.
 func (s *Scrapbook) Machines(ctx context.Context) ([]MachineInfo, error) {
 	infos, err := vmm.List(ctx, s.MachinesDir())
 	if errors.Is(err, os.ErrNotExist) {
@@ -370,12 +441,26 @@ func (s *Scrapbook) Machines(ctx context.Context) ([]MachineInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	elsewhere, err := s.machinesElsewhere()
+	if err != nil {
+		return nil, err
+	}
+	for _, dir := range elsewhere {
+		infos = append(infos, vmm.Inspect(ctx, dir))
+	}
 	out := make([]MachineInfo, 0, len(infos))
 	for _, in := range infos {
-		mi := MachineInfo{Name: machineName(in.Dir), Dir: in.Dir, State: in.Status.State, Memory: in.Config.Memory,
+		name := machineName(in.Dir)
+		if !s.isNamedMachine(in.Dir) {
+			name = in.Dir
+		}
+		mi := MachineInfo{Name: name, Dir: in.Dir, State: in.Status.State, Memory: in.Config.Memory,
 			CPUs: in.Config.CPUs, Accel: in.Config.Accel, Uptime: in.Status.Uptime, PID: in.Status.PID, Detail: in.Status.Detail}
 		if in.Err != nil {
 			mi.State, mi.Detail = vmm.StateCrashed, in.Err.Error()
+		}
+		if h, err := readHead(in.Dir); err == nil && !h.Snapshot.IsZero() {
+			mi.Snapshot = h.Snapshot.String()
 		}
 		out = append(out, mi)
 	}

@@ -36,10 +36,19 @@ func psJSON(t testing.TB, s *sbuml.Scrapbook) map[string]cliMachine {
 	return out
 }
 
+// machineDirOf returns the directory of a machine: a name's under
+// machines/, or the path itself.
+func machineDirOf(s *sbuml.Scrapbook, name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(s.MachinesDir(), name)
+}
+
 // ramFileOf returns the RAM file of a machine, from its configuration.
 func ramFileOf(t testing.TB, s *sbuml.Scrapbook, name string) string {
 	t.Helper()
-	cfg, err := readMachineConfig(filepath.Join(s.MachinesDir(), name))
+	cfg, err := readMachineConfig(machineDirOf(s, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +56,8 @@ func ramFileOf(t testing.TB, s *sbuml.Scrapbook, name string) string {
 }
 
 // requireGone checks that a halted machine left no QEMU process, no RAM
-// file and no machine directory.
+// file and no machine directory (a directory of the user's choosing
+// stays, without the machine in it).
 func requireGone(t testing.TB, s *sbuml.Scrapbook, name string, pid int, ram string) {
 	t.Helper()
 	if processAlive(pid) {
@@ -56,7 +66,11 @@ func requireGone(t testing.TB, s *sbuml.Scrapbook, name string, pid int, ram str
 	if _, err := os.Stat(ram); !os.IsNotExist(err) {
 		t.Errorf("%s halted, but its RAM file %s is still there (%v)", name, ram, err)
 	}
-	if _, err := os.Stat(filepath.Join(s.MachinesDir(), name)); !os.IsNotExist(err) {
+	if filepath.IsAbs(name) {
+		if _, err := os.Stat(filepath.Join(name, vmm.ConfigFile)); !os.IsNotExist(err) {
+			t.Errorf("%s halted, but its machine configuration is still there (%v)", name, err)
+		}
+	} else if _, err := os.Stat(filepath.Join(s.MachinesDir(), name)); !os.IsNotExist(err) {
 		t.Errorf("%s halted, but its directory is still there (%v)", name, err)
 	}
 }
@@ -83,6 +97,10 @@ func TestMachineCLI(t *testing.T) {
 	r := sbumlCLI(t, s, strings.NewReader("echo piped-$((6*7)); echo second-command-$((40+2))\n"), "console", "m1")
 	if r.err != nil {
 		t.Fatalf("sbuml console m1 < pipe: %v\n%s", r.err, r.stderr)
+	}
+	// and what the command printed comes back before console returns.
+	if !strings.Contains(r.stdout, "second-command-42") {
+		t.Errorf("sbuml console m1 < pipe printed %q, want the command's output", r.stdout)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for log := ""; !strings.Contains(log, "second-command-42"); log = mustCLI(t, s, "console", "m1", "--tail") {
@@ -148,16 +166,21 @@ func TestMachineCLI(t *testing.T) {
 	}
 	requireGone(t, s, "m1", m1.PID, m1RAM)
 
-	// halt --all halts the crashed m2 and a running m3.
-	mustCLI(t, s, "boot", "m3", "--accel", guestAccel, "--memory", "256M")
-	m3 := psJSON(t, s)["m3"]
-	m3RAM := ramFileOf(t, s, "m3")
+	// halt --all halts the crashed m2 and a running m3, kept in a
+	// directory of the user's choosing, which ps lists by its path.
+	m3Dir := filepath.Join(t.TempDir(), "m3")
+	mustCLI(t, s, "boot", m3Dir, "--accel", guestAccel, "--memory", "256M")
+	m3, ok := psJSON(t, s)[m3Dir]
+	if !ok || m3.State != vmm.StateRunning {
+		t.Errorf("sbuml ps --json does not list %s as running: %v", m3Dir, psJSON(t, s))
+	}
+	m3RAM := ramFileOf(t, s, m3Dir)
 	out = mustCLI(t, s, "halt", "--all")
-	if !strings.Contains(out, "m2 halted") || !strings.Contains(out, "m3 halted") {
+	if !strings.Contains(out, "m2 halted") || !strings.Contains(out, m3Dir+" halted") {
 		t.Errorf("sbuml halt --all printed %q", out)
 	}
 	requireGone(t, s, "m2", 0, m2RAM)
-	requireGone(t, s, "m3", m3.PID, m3RAM)
+	requireGone(t, s, m3Dir, m3.PID, m3RAM)
 	if left := psJSON(t, s); len(left) != 0 {
 		t.Errorf("machines left after halt --all: %v", left)
 	}

@@ -30,8 +30,11 @@ func (s *Scrapbook) Resolve(ctx context.Context, rev string) (objects.ID, error)
 		if err != nil {
 			return objects.Zero, fmt.Errorf("resolve %s: %w", rev, err)
 		}
+		if len(sn.Parents) == 0 && i == 0 {
+			return objects.Zero, fmt.Errorf("resolve %s: %s has no parent", rev, base)
+		}
 		if len(sn.Parents) == 0 {
-			return objects.Zero, fmt.Errorf("resolve %s: snapshot %s has no parent (history is %d deep)", rev, id.Short(), i)
+			return objects.Zero, fmt.Errorf("resolve %s: %s has only %d snapshot%s before it (the oldest, %s, has no parent)", rev, base, i, plural(i), id.Short())
 		}
 		id = sn.Parents[0]
 	}
@@ -173,4 +176,12 @@ func (s *Scrapbook) ObjectID(ctx context.Context, arg string) (objects.ID, error
 		return objects.Zero, fmt.Errorf("no object, snapshot or ref %q", arg)
 	}
 	return id, nil
+}
+
+// plural returns "s" unless n is 1.
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }

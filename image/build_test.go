@@ -45,7 +45,7 @@ func TestBuildErrors(t *testing.T) {
 		{"absolute extra file", image.Options{ExtraFiles: []image.File{{Path: "/usr/bin/x"}}},
 			[]string{`build image: extra file path "/usr/bin/x" must be relative and clean`}},
 		{"unknown kernel package", image.Options{KernelPackage: "sbuml-no-such-package", BusyboxDeb: busybox},
-			[]string{"apt-get download sbuml-no-such-package failed: E: Unable to locate package sbuml-no-such-package", "is apt reachable", "or pass --kernel-deb"}},
+			[]string{"apt-get download sbuml-no-such-package failed: E: Unable to locate package sbuml-no-such-package", "is apt reachable", "sbuml image build --kernel-deb FILE"}},
 		{"missing kernel deb", image.Options{KernelDeb: "/nonexistent/linux.deb", BusyboxDeb: busybox},
 			[]string{"unpack package", "/nonexistent/linux.deb", "no such file"}},
 		{"kernel deb is not a package", image.Options{KernelDeb: notDeb, BusyboxDeb: busybox},

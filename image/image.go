@@ -330,7 +330,7 @@ func (b *builder) build(ctx context.Context) (*Image, error) {
 func (b *builder) fetch(ctx context.Context, pkg, flag string) (string, error) {
 	path, cached, err := fetchDeb(ctx, pkg, b.opts.CacheDir)
 	if err != nil {
-		return "", fmt.Errorf("%w; is apt reachable (apt-get update)? or pass %s", err, flag)
+		return "", fmt.Errorf("%w; is apt reachable (apt-get update)? or build the image from a .deb you have: sbuml image build %s FILE", err, flag)
 	}
 	how := "downloaded"
 	if cached {

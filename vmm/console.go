@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -20,6 +21,13 @@ import (
 // followed by 'q' or '.' detaches; Ctrl-] typed twice sends one Ctrl-] to
 // the guest.
 const EscapeChar = 0x1d
+
+// After the end of its input, Attach copies guest output until the guest
+// has been quiet for AttachQuiet, for at most AttachLinger.
+const (
+	AttachQuiet  = 500 * time.Millisecond
+	AttachLinger = 5 * time.Second
+)
 
 // ErrConsoleClosed is returned by Attach when QEMU closes the console,
 // which it does when it exits.
@@ -35,6 +43,8 @@ type console struct {
 	mu   sync.Mutex
 	out  io.Writer
 	done chan struct{}
+	// lastOutput is when the guest last printed (UnixNano).
+	lastOutput atomic.Int64
 }
 
 func (m *Machine) console(ctx context.Context) (*console, error) {
@@ -70,6 +80,7 @@ func (c *console) readLoop() {
 	for {
 		n, err := c.conn.Read(buf)
 		if n > 0 {
+			c.lastOutput.Store(time.Now().UnixNano())
 			c.mu.Lock()
 			if _, werr := c.out.Write(buf[:n]); werr != nil {
 				c.out = io.Discard
@@ -91,6 +102,26 @@ func (c *console) setOut(w io.Writer) {
 func (c *console) close() {
 	c.conn.Close()
 	<-c.done
+}
+
+// settle waits until the guest has printed nothing for quiet, or for at
+// most limit, or until the console closes.
+func (c *console) settle(ctx context.Context, quiet, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		idle := time.Since(time.Unix(0, c.lastOutput.Load()))
+		if idle >= quiet || !time.Now().Before(deadline) {
+			return nil
+		}
+		wait := min(quiet-idle, time.Until(deadline))
+		select {
+		case <-time.After(wait):
+		case <-c.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // drain waits until QEMU has read everything written to the console, or
@@ -149,8 +180,12 @@ func (m *Machine) SendLine(ctx context.Context, line string) error {
 // the console. Guest output goes to out; bytes read from in go to the
 // guest. For an interactive terminal, put it in raw mode first (MakeRaw).
 //
-// Attach returns nil on detach or end of input. A read from in that is
-// still blocked when Attach returns is abandoned; its data is dropped.
+// Attach returns nil on detach or end of input. At the end of input it
+// first waits until the guest has taken every byte, then goes on copying
+// what the guest prints until it has been quiet for AttachQuiet (at most
+// AttachLinger), so that `echo CMD | sbuml console m1` shows what CMD
+// printed. A read from in that is still blocked when Attach returns is
+// abandoned; its data is dropped.
 func (m *Machine) Attach(ctx context.Context, in io.Reader, out io.Writer) error {
 	c, err := m.console(ctx)
 	if err != nil {
@@ -199,7 +234,10 @@ func (m *Machine) Attach(ctx context.Context, in io.Reader, out io.Writer) error
 				// QEMU takes input only as fast as the guest's UART does,
 				// and drops what it has not read when the client goes:
 				// wait until the guest has had every byte.
-				return c.drain(ctx, 30*time.Second)
+				if err := c.drain(ctx, 30*time.Second); err != nil {
+					return err
+				}
+				return c.settle(ctx, AttachQuiet, AttachLinger)
 			}
 			return fmt.Errorf("attach %s: read input: %w", m.cfg.Name, err)
 		case <-c.done:

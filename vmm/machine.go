@@ -607,13 +607,14 @@ func List(ctx context.Context, machinesDir string) ([]Info, error) {
 		if _, err := os.Stat(filepath.Join(dir, ConfigFile)); err != nil {
 			continue
 		}
-		infos = append(infos, inspect(ctx, dir))
+		infos = append(infos, Inspect(ctx, dir))
 	}
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Config.Name < infos[j].Config.Name })
 	return infos, nil
 }
 
-func inspect(ctx context.Context, dir string) Info {
+// Inspect reports the machine in dir, as List does for each.
+func Inspect(ctx context.Context, dir string) Info {
 	info := Info{Dir: dir}
 	cfg, err := readConfig(dir)
 	if err != nil {

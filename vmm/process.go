@@ -29,7 +29,7 @@ func lockDir(dir string) (*dirLock, error) {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			if h := strings.TrimSpace(string(holder)); h != "" {
-				return nil, fmt.Errorf("lock machine %s: %w (pid %s)", dir, ErrBusy, h)
+				return nil, fmt.Errorf("lock machine %s: %w (pid %s%s)", dir, ErrBusy, h, commandOf(h))
 			}
 			return nil, fmt.Errorf("lock machine %s: %w", dir, ErrBusy)
 		}
@@ -40,6 +40,23 @@ func lockDir(dir string) (*dirLock, error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return &dirLock{f}, nil
+}
+
+// commandOf returns ": " and the command line of process pid, shortened,
+// or "" if it cannot be read: "pid 42: sbuml console m1" tells a user
+// which window to close.
+func commandOf(pid string) string {
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	args[0] = filepath.Base(args[0])
+	line := strings.Join(args, " ")
+	if len(line) > 60 {
+		line = line[:57] + "..."
+	}
+	return ": " + line
 }
 
 // flockRetry takes the lock, retrying briefly: a process that forks

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -106,7 +109,7 @@ Returns once the guest's shell is ready.`,
 				return err
 			}
 			cfg := m.Config()
-			fmt.Printf("%s running: %s RAM, %d CPU, %s, ready in %.1fs\n", cfg.Name, humanBytes(cfg.Memory), cfg.CPUs, cfg.Accel, time.Since(start).Seconds())
+			fmt.Printf("%s running: %s RAM, %d CPU%s, %s, ready in %.1fs\n", cfg.Name, humanBytes(cfg.Memory), cfg.CPUs, pluralS(cfg.CPUs), cfg.Accel, time.Since(start).Seconds())
 			return nil
 		},
 	}
@@ -233,9 +236,12 @@ console has shown so far and return.`,
 				if err != nil {
 					return err
 				}
-				f, err := os.Open(dir + "/" + vmm.ConsoleLog)
+				f, err := os.Open(filepath.Join(dir, vmm.ConsoleLog))
+				if errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("no machine %s (see 'sbuml ps')", args[0])
+				}
 				if err != nil {
-					return fmt.Errorf("no console log for %s: %w", args[0], err)
+					return fmt.Errorf("console %s: %w", args[0], err)
 				}
 				defer f.Close()
 				_, err = io.Copy(os.Stdout, f)

@@ -46,8 +46,15 @@ capture. The machine's branch (default: its name) moves to the snapshot.`,
 				return printJSON(res)
 			}
 			fmt.Printf("%s %s\n", res.ID, strings.TrimPrefix(res.Branch, "refs/heads/"))
-			fmt.Printf("  downtime %.0f ms, %s logical, %s added (%d new objects), %.2fs in all\n",
-				float64(res.Downtime.Microseconds())/1000, humanBytes(res.LogicalBytes), humanBytes(res.Stats.NewBytes),
+			guest := "left frozen"
+			switch {
+			case res.Downtime > 0:
+				guest = fmt.Sprintf("downtime %.0f ms", float64(res.Downtime.Microseconds())/1000)
+			case res.Running:
+				guest = "continued"
+			}
+			fmt.Printf("  %s, %s logical, %s added (%d new objects), %.2fs in all\n",
+				guest, humanBytes(res.LogicalBytes), humanBytes(res.Stats.NewBytes),
 				res.Stats.NewObjects, res.Duration.Seconds())
 			return nil
 		},

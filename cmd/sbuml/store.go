@@ -288,7 +288,7 @@ func gcCmd() *cobra.Command {
 		Use:   "gc",
 		Short: "Remove objects no snapshot needs and merge small packs",
 		Long: `Remove the objects that no ref (branch, tag, image, remote-tracking ref, HEAD)
-and no machine under machines/ reaches, such as the snapshots of a deleted
+and no machine of the scrapbook reaches, such as the snapshots of a deleted
 branch, and merge the small packs that commits leave into one. Snapshots
 reachable only from reflogs go too. Refuses to run while another sbuml process
 uses the scrapbook (including sbuml serve); commits and imports refuse to start
