@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sbuml/sbuml/objects"
 )
@@ -35,6 +36,10 @@ type Static struct {
 	packsLoaded bool
 	packs       []*staticPack
 	where       map[objects.ID]staticSlot
+	// noRanges is set once the server answered a range request with the
+	// whole file (as python3 -m http.server does): packs are then
+	// downloaded whole.
+	noRanges atomic.Bool
 }
 
 // NewStatic returns a client for the published directory at base.
@@ -61,12 +66,16 @@ func (s *Static) Close() error {
 	return nil
 }
 
-// request sends a bodiless request and returns the response, whatever
-// its status, with the body counted.
-func (s *Static) request(ctx context.Context, method, path string) (*http.Response, error) {
+// request sends a bodiless request, with the given header names and
+// values, and returns the response, whatever its status, with the body
+// counted.
+func (s *Static) request(ctx context.Context, method, path string, header ...string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, s.base+path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("remote %s: %w", s.base, err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {

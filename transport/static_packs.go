@@ -7,7 +7,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sbuml/sbuml/objects"
 )
@@ -17,10 +20,13 @@ import (
 const maxPackIndexSize = 64 << 20
 
 // staticPack is a pack of a published directory as a Static remote sees
-// it. The pack is downloaded at most once, into an unlinked temporary
+// it. Objects are read out of it with range requests until they add up
+// to half the pack; then, or at once where the server ignores ranges, the
+// pack is downloaded whole, at most once, into an unlinked temporary
 // file, from which its objects are read.
 type staticPack struct {
 	PackInfo
+	ranged atomic.Int64 // bytes asked for with range requests
 
 	mu    sync.Mutex
 	ready chan struct{} // closed when the download ended; nil before it started
@@ -122,10 +128,10 @@ func (s *Static) packIndex(ctx context.Context, p PackInfo) []objects.PackEntry 
 }
 
 // fromPacks hands over the objects among ids that are in packs and
-// returns the others. Each pack holding a wanted object is downloaded
-// whole, once (see Static). An object whose pack cannot be downloaded or
-// whose bytes fail the index's CRC is returned among the others, to be
-// downloaded on its own.
+// returns the others. The objects of a pack are read with range requests
+// or out of the whole pack, downloaded once (see staticPack). An object
+// whose pack cannot be read or whose bytes fail the index's CRC is
+// returned among the others, to be downloaded on its own.
 func (s *Static) fromPacks(ctx context.Context, ids []objects.ID, deliver func(objects.ID, []byte) error) ([]objects.ID, error) {
 	if err := s.loadPacks(ctx); err != nil {
 		return nil, err
@@ -146,7 +152,19 @@ func (s *Static) fromPacks(ctx context.Context, ids []objects.ID, deliver func(o
 	g := newGroup(ctx, StaticConcurrency)
 	for p, entries := range byPack {
 		g.run(func(ctx context.Context) error {
-			f, err := s.downloadPack(ctx, p)
+			var whole *http.Response // a range request answered with the whole pack
+			if s.wantRanges(p, entries) {
+				failed, err := s.fromRanges(ctx, p, entries, deliver)
+				var wp *wholePack
+				if !errors.As(err, &wp) {
+					mu.Lock()
+					rest = append(rest, failed...)
+					mu.Unlock()
+					return err
+				}
+				whole = wp.resp
+			}
+			f, err := s.downloadPack(ctx, p, whole)
 			if err != nil {
 				if ctx.Err() != nil {
 					return err
@@ -177,6 +195,126 @@ func (s *Static) fromPacks(ctx context.Context, ids []objects.ID, deliver func(o
 	return rest, ctx.Err()
 }
 
+// Range requests read runs of wanted objects whose gaps are under
+// rangeGap bytes (the gaps are downloaded and thrown away), up to
+// rangeMax bytes per request.
+const (
+	rangeGap = 64 << 10
+	rangeMax = 8 << 20
+)
+
+// wholePack is the error of a range request that the server answered
+// with the whole pack, as servers that do not serve ranges do. Its
+// response is the pack's download, for the caller to read and close.
+type wholePack struct{ resp *http.Response }
+
+func (*wholePack) Error() string { return "server ignores range requests" }
+
+// wantRanges decides how to read entries of p: with range requests while
+// they add up to less than half the pack, and the server serves ranges
+// and the pack has not been downloaded already. It counts the bytes it
+// lets through.
+func (s *Static) wantRanges(p *staticPack, entries []objects.PackEntry) bool {
+	if s.noRanges.Load() {
+		return false
+	}
+	p.mu.Lock()
+	started := p.ready != nil
+	p.mu.Unlock()
+	if started {
+		return false
+	}
+	var want int64
+	for _, e := range entries {
+		want += int64(e.Size) + packRecordHeader
+	}
+	return p.ranged.Add(want) < p.Size/2
+}
+
+// packRecordHeader is the size of the header before each object in a
+// pack (see docs/format.md).
+const packRecordHeader = objects.IDSize + 4
+
+// fromRanges delivers entries of p read with range requests. It returns
+// the entries it could not read (to be downloaded on their own), or a
+// *wholePack, having delivered nothing, if the server sends whole files.
+func (s *Static) fromRanges(ctx context.Context, p *staticPack, entries []objects.PackEntry, deliver func(objects.ID, []byte) error) ([]objects.ID, error) {
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Offset < entries[j].Offset })
+	var failed []objects.ID
+	for first := true; len(entries) > 0; first = false {
+		n := 1
+		start, end := entries[0].Offset, entries[0].Offset+uint64(entries[0].Size)
+		for n < len(entries) {
+			e := entries[n]
+			if e.Offset > end+rangeGap || e.Offset+uint64(e.Size)-start > rangeMax {
+				break
+			}
+			end = max(end, e.Offset+uint64(e.Size))
+			n++
+		}
+		run := entries[:n]
+		entries = entries[n:]
+		data, err := s.readRange(ctx, p, start, end)
+		var wp *wholePack
+		if errors.As(err, &wp) {
+			if first {
+				return nil, err // nothing delivered yet: the caller reads the whole pack
+			}
+			wp.resp.Body.Close()
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			for _, e := range run {
+				failed = append(failed, e.ID)
+			}
+			continue
+		}
+		for _, e := range run {
+			stored := data[e.Offset-start : e.Offset-start+uint64(e.Size)]
+			if objects.PackCRC(stored) != e.CRC {
+				failed = append(failed, e.ID)
+				continue
+			}
+			if err := deliver(e.ID, stored); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return failed, nil
+}
+
+// readRange downloads bytes [start, end) of pack p.
+func (s *Static) readRange(ctx context.Context, p *staticPack, start, end uint64) ([]byte, error) {
+	path := PackDir + "/" + p.Name + ".pack"
+	resp, err := s.request(ctx, "GET", path, "Range", fmt.Sprintf("bytes=%d-%d", start, end-1))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusOK {
+		// The whole pack is on its way: not what was asked for, but
+		// what the next request would have asked for.
+		s.noRanges.Store(true)
+		return nil, &wholePack{resp: resp}
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+	default:
+		return nil, fmt.Errorf("remote %s: GET %s bytes %d-%d: %s", s.base, path, start, end-1, resp.Status)
+	}
+	want := fmt.Sprintf("bytes %d-%d/", start, end-1)
+	if cr := resp.Header.Get("Content-Range"); !strings.HasPrefix(cr, want) {
+		return nil, fmt.Errorf("remote %s: GET %s: asked for %s, got Content-Range %q", s.base, path, want, cr)
+	}
+	data := make([]byte, end-start)
+	if _, err := io.ReadFull(resp.Body, data); err != nil {
+		return nil, fmt.Errorf("remote %s: GET %s bytes %d-%d: %w", s.base, path, start, end-1, err)
+	}
+	return data, nil
+}
+
 // readPacked reads one object out of a downloaded pack and checks it
 // against the CRC its index records.
 func readPacked(f *os.File, e objects.PackEntry) ([]byte, error) {
@@ -191,13 +329,14 @@ func readPacked(f *os.File, e objects.PackEntry) ([]byte, error) {
 }
 
 // downloadPack returns the downloaded pack p, downloading it first if no
-// one has. A failed download is not tried again.
-func (s *Static) downloadPack(ctx context.Context, p *staticPack) (*os.File, error) {
+// one has: from resp if not nil (which it closes), else with a request of
+// its own. A failed download is not tried again.
+func (s *Static) downloadPack(ctx context.Context, p *staticPack, resp *http.Response) (*os.File, error) {
 	p.mu.Lock()
 	if p.ready == nil {
 		p.ready = make(chan struct{})
 		p.mu.Unlock()
-		f, err := s.fetchPack(ctx, p.PackInfo)
+		f, err := s.fetchPack(ctx, p.PackInfo, resp)
 		p.mu.Lock()
 		p.file, p.err = f, err
 		close(p.ready)
@@ -206,6 +345,9 @@ func (s *Static) downloadPack(ctx context.Context, p *staticPack) (*os.File, err
 	}
 	ready := p.ready
 	p.mu.Unlock()
+	if resp != nil {
+		resp.Body.Close()
+	}
 	select {
 	case <-ready:
 	case <-ctx.Done():
@@ -217,12 +359,15 @@ func (s *Static) downloadPack(ctx context.Context, p *staticPack) (*os.File, err
 }
 
 // fetchPack downloads a pack into a temporary file that is unlinked at
-// once, so nothing is left behind however the process ends.
-func (s *Static) fetchPack(ctx context.Context, p PackInfo) (*os.File, error) {
+// once, so nothing is left behind however the process ends. resp, if not
+// nil, is the pack's download already under way.
+func (s *Static) fetchPack(ctx context.Context, p PackInfo, resp *http.Response) (*os.File, error) {
 	path := PackDir + "/" + p.Name + ".pack"
-	resp, err := s.request(ctx, "GET", path)
-	if err != nil {
-		return nil, err
+	if resp == nil {
+		var err error
+		if resp, err = s.request(ctx, "GET", path); err != nil {
+			return nil, err
+		}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -1,6 +1,7 @@
 package transport_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -52,9 +53,26 @@ func (l *requestLog) reset() map[string]int {
 
 // serve serves the published directory dir and logs the requests.
 func serve(t *testing.T, dir string) (string, *requestLog) {
+	return serveWith(t, dir, http.FileServer(http.Dir(dir)))
+}
+
+// serveNoRanges serves dir as python3 -m http.server does: a range
+// request gets the whole file.
+func serveNoRanges(t *testing.T, dir string) (string, *requestLog) {
+	return serveWith(t, dir, ignoreRanges(http.FileServer(http.Dir(dir))))
+}
+
+func ignoreRanges(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		req.Header.Del("Range")
+		h.ServeHTTP(w, req)
+	})
+}
+
+func serveWith(t *testing.T, dir string, h http.Handler) (string, *requestLog) {
 	t.Helper()
 	log := &requestLog{byKind: map[string]int{}}
-	srv := httptest.NewServer(log.wrap(http.FileServer(http.Dir(dir))))
+	srv := httptest.NewServer(log.wrap(h))
 	t.Cleanup(srv.Close)
 	return srv.URL, log
 }
@@ -118,15 +136,16 @@ func fetchStatic(t *testing.T, local *sbuml.Scrapbook, url string, id objects.ID
 }
 
 // TestStaticPacks fetches a published scrapbook whole and then an
-// increment: each time the objects come in the one pack the publish
-// wrote, not one request per object.
+// increment from a server that ignores range requests: each time the
+// objects come in the one pack the publish wrote, not one request per
+// object. (TestStaticPacksRanges has a server that serves ranges.)
 func TestStaticPacks(t *testing.T) {
 	ctx := context.Background()
 	book, work, dir, first := publishedBook(t)
 	if l := readPackList(t, dir); len(l.Packs) != 1 {
 		t.Fatalf("packs.json lists %d packs after one publish, want 1", len(l.Packs))
 	}
-	url, log := serve(t, dir)
+	url, log := serveNoRanges(t, dir)
 	local := newLocal(t)
 	if err := fetchStatic(t, local, url, first); err != nil {
 		t.Fatal(err)
@@ -225,17 +244,20 @@ func TestStaticPacksDamaged(t *testing.T) {
 		damage func(t *testing.T, dir string, victim objects.ID)
 		// loose is how many objects are downloaded one by one: -1 all.
 		loose int
+		// ranges serves byte ranges; the other cases read whole packs.
+		ranges bool
 	}{
-		{"object in pack", func(t *testing.T, dir string, victim objects.ID) { corruptPacked(t, dir, victim) }, 1},
-		{"pack magic", func(t *testing.T, dir string, _ objects.ID) { flipByte(t, onlyFile(t, dir, "*.pack"), 2) }, -1},
-		{"index", func(t *testing.T, dir string, _ objects.ID) { flipByte(t, onlyFile(t, dir, "*.idx"), 20) }, -1},
-		{"pack missing", func(t *testing.T, dir string, _ objects.ID) { os.Remove(onlyFile(t, dir, "*.pack")) }, -1},
+		{"object in pack", func(t *testing.T, dir string, victim objects.ID) { corruptPacked(t, dir, victim) }, 1, false},
+		{"object in pack, ranges", func(t *testing.T, dir string, victim objects.ID) { corruptPacked(t, dir, victim) }, 1, true},
+		{"pack magic", func(t *testing.T, dir string, _ objects.ID) { flipByte(t, onlyFile(t, dir, "*.pack"), 2) }, -1, false},
+		{"index", func(t *testing.T, dir string, _ objects.ID) { flipByte(t, onlyFile(t, dir, "*.idx"), 20) }, -1, false},
+		{"pack missing", func(t *testing.T, dir string, _ objects.ID) { os.Remove(onlyFile(t, dir, "*.pack")) }, -1, false},
 		{"pack list missing", func(t *testing.T, dir string, _ objects.ID) {
 			os.Remove(filepath.Join(dir, transport.PackListFile))
-		}, -1},
+		}, -1, false},
 		{"pack list invalid", func(t *testing.T, dir string, _ objects.ID) {
 			os.WriteFile(filepath.Join(dir, transport.PackListFile), []byte("{\"format\": 99}"), 0o644)
-		}, -1},
+		}, -1, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -248,7 +270,10 @@ func TestStaticPacksDamaged(t *testing.T) {
 				}
 			}
 			tt.damage(t, dir, victim)
-			url, log := serve(t, dir)
+			url, log := serveNoRanges(t, dir)
+			if tt.ranges {
+				url, log = serve(t, dir)
+			}
 			local := newLocal(t)
 			if err := fetchStatic(t, local, url, first); err != nil {
 				t.Fatal(err)
@@ -296,4 +321,97 @@ func TestStaticPacksBadLoose(t *testing.T) {
 // newSourceStore opens the objects of the published directory dir.
 func newSourceStore(t *testing.T, dir string) objects.Store {
 	return openDir(t, dir).Store()
+}
+
+// TestStaticPacksRanges fetches one small branch out of a publish whose
+// pack also holds a large one: from a server that serves byte ranges only
+// about the small branch's bytes travel; from one that ignores them (as
+// python3 -m http.server does) the pack comes whole, and the fetch is
+// as good.
+func TestStaticPacksRanges(t *testing.T) {
+	ctx := context.Background()
+	book, err := sbuml.Init(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, small := t.TempDir(), t.TempDir()
+	writeFiles(t, big, 21, map[string]int{"big.bin": 12 << 20})
+	writeFiles(t, small, 22, map[string]int{"a.bin": 300 << 10, "b.txt": 500})
+	if _, err := book.Import(ctx, big, sbuml.SnapshotOptions{Branch: "big"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := book.Import(ctx, small, sbuml.SnapshotOptions{Branch: "small"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "pub")
+	if _, err := book.Publish(ctx, dir, "http://example.invalid/", sbuml.TransferOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	l := readPackList(t, dir)
+	if len(l.Packs) != 1 {
+		t.Fatalf("packs.json lists %d packs, want 1", len(l.Packs))
+	}
+	pack := l.Packs[0].Size
+
+	noRanges := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			req.Header.Del("Range")
+			h.ServeHTTP(w, req)
+		})
+	}
+	for _, tt := range []struct {
+		name       string
+		wrap       func(http.Handler) http.Handler
+		minRecv    int64
+		maxRecv    int64
+		wantRanged bool
+	}{
+		{"ranges", func(h http.Handler) http.Handler { return h }, 300 << 10, 700 << 10, true},
+		{"no ranges", noRanges, pack, pack + 64<<10, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			ranged := 0
+			count := func(h http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+					if req.Header.Get("Range") != "" {
+						mu.Lock()
+						ranged++
+						mu.Unlock()
+					}
+					h.ServeHTTP(w, req)
+				})
+			}
+			srv := httptest.NewServer(tt.wrap(count(http.FileServer(http.Dir(dir)))))
+			defer srv.Close()
+			local := newLocal(t)
+			remote := transport.NewStatic(srv.URL, nil)
+			defer remote.Close()
+			st, err := transport.Fetch(ctx, local.Objects, remote, []objects.ID{r.ID}, transport.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.BytesReceived < tt.minRecv || st.BytesReceived > tt.maxRecv {
+				t.Errorf("received %d bytes for a %d-byte pack, want %d to %d", st.BytesReceived, pack, tt.minRecv, tt.maxRecv)
+			}
+			if tt.wantRanged && ranged == 0 {
+				t.Errorf("no range requests")
+			}
+			if rep, err := local.Fsck(ctx); err != nil || !rep.OK() {
+				t.Fatalf("fsck after fetch: %v %v", err, rep)
+			}
+			out := filepath.Join(t.TempDir(), "out")
+			if _, err := local.Export(ctx, r.ID.String(), out); err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{"a.bin", "b.txt"} {
+				want, _ := os.ReadFile(filepath.Join(small, name))
+				got, err := os.ReadFile(filepath.Join(out, name))
+				if err != nil || !bytes.Equal(got, want) {
+					t.Errorf("%s after fetch: %d bytes, want %d (%v)", name, len(got), len(want), err)
+				}
+			}
+		})
+	}
 }
