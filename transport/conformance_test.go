@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	sbuml "github.com/sbuml/sbuml"
@@ -361,6 +362,22 @@ func testPush(t *testing.T, impl implementation, src *source) {
 
 // testPushChild checks the wire cost of pushing a child whose parent the
 // remote has: at most 1.1 times the new objects plus 64 KiB.
+// askCounter is a Remote that counts the IDs it is asked about.
+type askCounter struct {
+	transport.Remote
+	mu    sync.Mutex
+	asked map[objects.ID]int
+}
+
+func (a *askCounter) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
+	a.mu.Lock()
+	for _, id := range ids {
+		a.asked[id]++
+	}
+	a.mu.Unlock()
+	return a.Remote.Has(ctx, ids)
+}
+
 func testPushChild(t *testing.T, impl implementation, src *source) {
 	ctx := context.Background()
 	dir := newBacking(t, impl)
@@ -368,7 +385,8 @@ func testPushChild(t *testing.T, impl implementation, src *source) {
 	if _, _, err := transport.Push(ctx, src.book.Objects, r, []transport.RefUpdate{{Name: "refs/heads/main", New: src.first}}, transport.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	res, st, err := transport.Push(ctx, src.book.Objects, r, []transport.RefUpdate{{Name: "refs/heads/main", New: src.second}}, transport.Options{})
+	counter := &askCounter{Remote: r, asked: map[objects.ID]int{}}
+	res, st, err := transport.Push(ctx, src.book.Objects, counter, []transport.RefUpdate{{Name: "refs/heads/main", New: src.second}}, transport.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,6 +400,40 @@ func testPushChild(t *testing.T, impl implementation, src *source) {
 	limit := int64(1.1*float64(newBytes)) + 64<<10
 	if st.BytesSent > limit {
 		t.Errorf("sent %d bytes on the wire for %d bytes of new objects; limit %d", st.BytesSent, newBytes, limit)
+	}
+	// The walk stops at objects the remote has: it asks about the new
+	// objects and what they reference directly, never about what lies
+	// below an object the remote has (the sub directory, unchanged
+	// files' chunks), and about nothing twice.
+	old := reachable(t, src.book.Objects, src.first)
+	frontier := map[objects.ID]bool{src.second: true}
+	for id := range reachable(t, src.book.Objects, src.second) {
+		if _, present := old[id]; present {
+			continue
+		}
+		frontier[id] = true
+		enc, err := objects.Load(ctx, src.book.Objects, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, refs, err := objects.References(enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ref := range refs {
+			frontier[ref] = true
+		}
+	}
+	for id, times := range counter.asked {
+		if !frontier[id] {
+			t.Errorf("push asked the remote about %s, which lies below an object the remote has", id.Short())
+		}
+		if times > 1 {
+			t.Errorf("push asked the remote about %s %d times", id.Short(), times)
+		}
+	}
+	if len(counter.asked) >= len(reachable(t, src.book.Objects, src.second)) {
+		t.Errorf("push asked about %d objects of the %d the snapshot reaches: the walk did not stop at objects the remote has", len(counter.asked), len(reachable(t, src.book.Objects, src.second)))
 	}
 	t.Logf("child push: %d new objects, %d bytes; %d bytes sent, %d received on the wire; %d logical bytes skipped",
 		n, newBytes, st.BytesSent, st.BytesReceived, st.SkippedBytes)
