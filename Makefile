@@ -5,8 +5,9 @@ SHELL := /bin/bash
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 GO ?= go
 BIN := bin/sbuml
-# Debian packages sbuml needs at run time and in tests.
-DEB_PACKAGES := qemu-system-x86 busybox-static e2fsprogs cpio
+# Debian packages sbuml needs at run time and in tests (python3: the static web
+# server the web tests publish to).
+DEB_PACKAGES := qemu-system-x86 busybox-static e2fsprogs cpio python3
 TEST_TIMEOUT ?= 25m
 
 .PHONY: all build deps test demo bench vet clean

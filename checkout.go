@@ -15,6 +15,7 @@ import (
 
 	"github.com/sbuml/sbuml/image"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/transport"
 	"github.com/sbuml/sbuml/stream"
 	"github.com/sbuml/sbuml/vmm"
 )
@@ -31,7 +32,11 @@ type CheckoutOptions struct {
 	Branch string
 	// RAMInDir keeps guest RAM in the machine directory instead of tmpfs.
 	RAMInDir bool
+	// Progress receives a line per slow step (the accelerator probe).
 	Progress io.Writer
+	// OnTransfer, if set, is called a few times a second while the
+	// objects of a snapshot elsewhere (URL#SNAPSHOT, a link file) download.
+	OnTransfer func(transport.Progress)
 }
 
 // CheckoutResult describes a machine brought back from a snapshot.
@@ -40,6 +45,8 @@ type CheckoutResult struct {
 	Dir      string     `json:"dir"`
 	Snapshot objects.ID `json:"snapshot"`
 	Running  bool       `json:"running"`
+	// Fetched says what was downloaded for a snapshot elsewhere.
+	Fetched *transport.Stats `json:"fetched,omitempty"`
 	// Duration is checkout-to-running: from the call to the guest
 	// running (or ready to continue, without Continue).
 	Duration time.Duration `json:"duration_ns"`
@@ -194,13 +201,14 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	defer release()
 	var src machineSource
 	var id objects.ID
+	var fetchStats *transport.Stats
 	if IsLink(rev) {
 		// A snapshot elsewhere: fetch only the objects this scrapbook lacks.
-		fetched, _, err := s.FetchLink(ctx, rev, TransferOptions{})
+		fetched, st, err := s.FetchLink(ctx, rev, TransferOptions{Progress: opts.OnTransfer})
 		if err != nil {
 			return nil, fmt.Errorf("checkout: %w", err)
 		}
-		rev = fetched.String()
+		rev, fetchStats = fetched.String(), st
 	}
 	if isExportedMachine(rev) {
 		src = dirSource{dir: rev}
@@ -241,7 +249,7 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if err := writeHead(dir, machineHead{Snapshot: id, Branch: branch}); err != nil {
 		return nil, err
 	}
-	return &CheckoutResult{Machine: name, Dir: dir, Snapshot: id, Running: opts.Continue, Duration: time.Since(start)}, nil
+	return &CheckoutResult{Machine: name, Dir: dir, Snapshot: id, Running: opts.Continue, Fetched: fetchStats, Duration: time.Since(start)}, nil
 }
 
 // restore materializes src into dir and starts QEMU on it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/sbuml/sbuml"
@@ -93,7 +94,7 @@ Any number of machines may be checked out from one snapshot at once.`,
 			ctx, cancel := signalContext()
 			defer cancel()
 			opts.Progress = progressWriter()
-			res, err := s.Checkout(ctx, args[0], args[1], opts)
+			res, err := checkoutWithBar(ctx, s, args[0], args[1], opts)
 			if err != nil {
 				return err
 			}
@@ -110,6 +111,19 @@ func checkoutFlags(c *cobra.Command, opts *sbuml.CheckoutOptions) {
 	c.Flags().StringVarP(&opts.Branch, "branch", "b", "", "branch for the machine's commits (default: its name)")
 	c.Flags().BoolVar(&opts.RAMInDir, "ram-in-dir", false, "keep guest RAM in the machine directory instead of /dev/shm")
 	addJSONFlag(c)
+}
+
+// checkoutWithBar checks out rev as machine, showing a progress bar on a
+// terminal and a summary line while a snapshot elsewhere downloads.
+func checkoutWithBar(ctx context.Context, s *sbuml.Scrapbook, rev, machine string, opts sbuml.CheckoutOptions) (*sbuml.CheckoutResult, error) {
+	bar := newProgressBar(os.Stderr)
+	opts.OnTransfer = bar.update
+	res, err := s.Checkout(ctx, rev, machine, opts)
+	bar.clear()
+	if err == nil && res.Fetched != nil && !flagJSON {
+		fmt.Fprintln(os.Stderr, res.Fetched.Summary("received"))
+	}
+	return res, err
 }
 
 func printCheckout(res *sbuml.CheckoutResult) error {
@@ -258,7 +272,7 @@ are installed (see docs/transport.md).`,
 			}
 			opts.Continue = true
 			opts.Progress = progressWriter()
-			res, err := s.Checkout(ctx, args[0], name, opts)
+			res, err := checkoutWithBar(ctx, s, args[0], name, opts)
 			if err != nil {
 				return err
 			}
