@@ -15,8 +15,8 @@ import (
 
 	"github.com/sbuml/sbuml/image"
 	"github.com/sbuml/sbuml/objects"
-	"github.com/sbuml/sbuml/transport"
 	"github.com/sbuml/sbuml/stream"
+	"github.com/sbuml/sbuml/transport"
 	"github.com/sbuml/sbuml/vmm"
 )
 

@@ -309,7 +309,9 @@ func TestGcKilled(t *testing.T) {
 		if entries, _ := os.ReadDir(filepath.Join(s.Dir, "objects", "pack")); len(entries) != 2 {
 			t.Errorf("trial %d: pack/ holds %d files after gc, want one pack and its index", trial, len(entries))
 		}
-		requireFsckClean(t, s)
+		if r := requireFsckClean(t, s); r.Leftovers != 0 {
+			t.Errorf("trial %d: fsck after gc finds %d leftover files", trial, r.Leftovers)
+		}
 	}
 	t.Logf("%d trials: %d gc runs killed; files left in pack/ by a kill (count: trials): %v", trials, killed, files)
 	if killed < trials/3 {

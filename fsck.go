@@ -29,6 +29,11 @@ type FsckReport struct {
 	Bytes    int64     `json:"bytes"`
 	Refs     int       `json:"refs"`
 	Problems []Problem `json:"problems"`
+	// Leftovers counts the files killed writers left in the store (packs
+	// never finished), and LeftoverBytes their size: not a problem,
+	// only space that sbuml gc frees.
+	Leftovers     int   `json:"leftovers"`
+	LeftoverBytes int64 `json:"leftover_bytes"`
 }
 
 // OK reports whether fsck found nothing wrong.
@@ -54,6 +59,13 @@ func (s *Scrapbook) Fsck(ctx context.Context) (*FsckReport, error) {
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("fsck: %w", err)
+	}
+	if p, ok := s.Objects.(*objects.Packed); ok {
+		names, size, err := p.Leftovers()
+		if err != nil {
+			return nil, fmt.Errorf("fsck: %w", err)
+		}
+		r.Leftovers, r.LeftoverBytes = len(names), size
 	}
 	if b, ok := s.Objects.(interface{ Broken() []error }); ok {
 		for _, err := range b.Broken() {

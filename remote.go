@@ -278,6 +278,10 @@ func (s *Scrapbook) Push(ctx context.Context, remote string, names []string, opt
 	var updates []transport.RefUpdate
 	for _, n := range names {
 		full, id, err := s.localRef(n)
+		if err != nil && len(names) == 1 && n == names[0] && errors.Is(err, refs.ErrNotFound) {
+			// Machines commit to branches of their own names, not main.
+			return nil, fmt.Errorf("push: %w; name what to push: sbuml push %s BRANCH (see sbuml branch)", err, remote)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("push: %w", err)
 		}
@@ -324,7 +328,7 @@ func (s *Scrapbook) localRef(name string) (string, objects.ID, error) {
 			return "", objects.Zero, err
 		}
 	}
-	return "", objects.Zero, fmt.Errorf("no branch or tag called %q", name)
+	return "", objects.Zero, fmt.Errorf("no branch or tag called %q: %w", name, refs.ErrNotFound)
 }
 
 // setTracking points refs/remotes/REMOTE/BRANCH at id, whatever it held.

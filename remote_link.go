@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -103,17 +104,40 @@ func (s *Scrapbook) FetchLink(ctx context.Context, link string, opts TransferOpt
 				return objects.Zero, nil, fmt.Errorf("fetch %s: the remote has no HEAD; name a snapshot as URL#SNAPSHOT", link)
 			}
 		}
-		ref, ok := findRemoteRef(list, name)
-		if !ok {
+		if ref, ok := findRemoteRef(list, name); ok {
+			id = ref.ID
+		} else if id, ok = publishedShortID(ctx, url, rev, opts.Client); !ok {
 			return objects.Zero, nil, fmt.Errorf("fetch %s: %q is neither a snapshot ID nor a branch or tag of the remote", link, rev)
 		}
-		id = ref.ID
 	}
 	stats, err := transport.Fetch(ctx, s.Objects, r, []objects.ID{id}, opts.transport())
 	if err != nil {
 		return objects.Zero, stats, err
 	}
 	return id, stats, nil
+}
+
+// publishedShortID finds the snapshot whose short ID (as index.html shows
+// it) is short in the published scrapbook at url, by its link file.
+func publishedShortID(ctx context.Context, url, short string, client *http.Client) (objects.ID, bool) {
+	if len(short) != len(objects.Zero.Short()) || strings.Trim(short, "0123456789abcdef") != "" {
+		return objects.Zero, false
+	}
+	rel := snapshotLinkPath(short)
+	var l *Link
+	var err error
+	if strings.HasPrefix(url, "http://") || strings.HasPrefix(url, "https://") {
+		l, err = downloadLink(ctx, strings.TrimSuffix(url, "/")+"/"+rel, client)
+	} else {
+		var b []byte
+		if b, err = os.ReadFile(filepath.Join(strings.TrimPrefix(url, "file://"), filepath.FromSlash(rel))); err == nil {
+			l, err = ParseLink(b)
+		}
+	}
+	if err != nil || !strings.HasPrefix(l.Snapshot.String(), short) {
+		return objects.Zero, false
+	}
+	return l.Snapshot, true
 }
 
 // resolveLink turns a link argument into a remote URL and a revision.

@@ -35,8 +35,9 @@ type PublishResult struct {
 // new objects also as one pack under packs/, listed in packs.json, so a
 // client downloads a publish in a few requests rather than one per
 // object; refs.json; index.html listing every snapshot with its message,
-// sizes and links; and a link file per branch (branches/NAME.sbuml) and
-// tag (tags/NAME.sbuml) naming url and the snapshot. Publishing again
+// sizes and links; and a link file naming url and the snapshot per branch
+// (branches/NAME.sbuml), tag (tags/NAME.sbuml) and snapshot of their
+// history (snapshots/SHORTID.sbuml). Publishing again
 // sends only new objects and makes the published refs match the
 // scrapbook's. Objects go first and refs.json changes last, so a reader
 // never sees a ref to a snapshot that is not all there.
@@ -104,6 +105,13 @@ func (s *Scrapbook) Publish(ctx context.Context, dir, url string, opts TransferO
 	return res, nil
 }
 
+// snapshotLinkPath is where the link file of a published snapshot goes,
+// relative to the published directory: named by its short ID, so that
+// URL#SHORTID finds it (see FetchLink).
+func snapshotLinkPath(short string) string {
+	return "snapshots/" + short + LinkExtension
+}
+
 // linkPath is where the link file of a published ref goes, relative to
 // the published directory.
 func linkPath(ref string) string {
@@ -118,7 +126,7 @@ type indexRow struct {
 	Short, Time, Message, Subject string
 	Logical, Added                string
 	Refs                          []indexRef
-	Link                          string
+	Link, File                    string
 }
 
 type indexRef struct{ Name, File string }
@@ -137,7 +145,7 @@ func (s *Scrapbook) writeIndex(ctx context.Context, dir, url string, published [
 	if err != nil {
 		return nil, 0, err
 	}
-	for _, d := range []string{"branches", "tags"} {
+	for _, d := range []string{"branches", "tags", "snapshots"} {
 		if err := os.RemoveAll(filepath.Join(dir, d)); err != nil {
 			return nil, 0, err
 		}
@@ -147,22 +155,34 @@ func (s *Scrapbook) writeIndex(ctx context.Context, dir, url string, published [
 	for _, e := range entries {
 		messages[e.ID] = e
 	}
+	writeLink := func(rel string, l Link) error {
+		b, err := json.MarshalIndent(l, "", "  ")
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(dir, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+		links = append(links, rel)
+		return nil
+	}
+	// A link file per branch and tag, following it, and one per snapshot.
 	for _, r := range published {
 		e := messages[r.ID]
 		l := Link{Format: LinkFormat, URL: url, Snapshot: r.ID, Ref: r.Name, Message: firstLine(e.Message), Time: e.Time}
-		b, err := json.MarshalIndent(l, "", "  ")
-		if err != nil {
+		if err := writeLink(linkPath(r.Name), l); err != nil {
 			return nil, 0, err
 		}
-		rel := linkPath(r.Name)
-		p := filepath.Join(dir, filepath.FromSlash(rel))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+	}
+	for _, e := range entries {
+		l := Link{Format: LinkFormat, URL: url, Snapshot: e.ID, Message: firstLine(e.Message), Time: e.Time}
+		if err := writeLink(snapshotLinkPath(e.ID.Short()), l); err != nil {
 			return nil, 0, err
 		}
-		if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
-			return nil, 0, err
-		}
-		links = append(links, rel)
 	}
 	rows := make([]indexRow, len(entries))
 	for i, e := range entries {
@@ -170,7 +190,7 @@ func (s *Scrapbook) writeIndex(ctx context.Context, dir, url string, published [
 			Short: e.ID.Short(), Time: e.Time.UTC().Format(time.RFC3339),
 			Message: e.Message, Subject: firstLine(e.Message),
 			Logical: transport.FormatBytes(int64(e.LogicalBytes)), Added: transport.FormatBytes(e.AddedBytes),
-			Refs: byID[e.ID], Link: url + "#" + e.ID.String(),
+			Refs: byID[e.ID], Link: url + "#" + e.ID.String(), File: snapshotLinkPath(e.ID.Short()),
 		}
 	}
 	var buf bytes.Buffer
@@ -203,12 +223,13 @@ code { font-size: 0.9em; }
 <body>
 <h1>sbuml scrapbook</h1>
 <p>Copy all of it with <code>sbuml clone {{.URL}} DIR</code>.
-Open a snapshot with <code>sbuml open FILE.sbuml</code> on a link below, or fetch one with <code>sbuml checkout {{.URL}}#SNAPSHOT MACHINE</code>.</p>
+Run a snapshot with <code>sbuml open FILE.sbuml</code> on a link below, or with
+<code>sbuml checkout {{.URL}}#SNAPSHOT MACHINE -c</code>, where SNAPSHOT is an ID as shown, a branch or a tag.</p>
 <table>
 <tr><th>Snapshot</th><th>Time</th><th>Branches and tags</th><th>Message</th><th>Size</th><th>Added</th></tr>
 {{- range .Rows}}
 <tr>
-<td><code title="{{.Link}}">{{.Short}}</code></td>
+<td><a href="{{.File}}" type="application/x-sbuml" title="{{.Link}}"><code>{{.Short}}</code></a></td>
 <td>{{.Time}}</td>
 <td>{{range .Refs}}<a href="{{.File}}" type="application/x-sbuml">{{.Name}}</a> {{end}}</td>
 <td title="{{.Message}}">{{.Subject}}</td>

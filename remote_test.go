@@ -460,14 +460,16 @@ func TestPublishAndClone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Snapshots != 3 || len(res.Links) != 3 {
+	// A link file per branch and tag, and one per snapshot.
+	if res.Snapshots != 3 || len(res.Links) != 6 {
 		t.Errorf("published %d snapshots, links %v", res.Snapshots, res.Links)
 	}
 	index, err := os.ReadFile(filepath.Join(pubDir, "index.html"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"first &lt;b&gt;bold&lt;/b&gt;", "second", "on a branch", second.Short(), "branches/main.sbuml", "tags/v1.sbuml", "branches/feature/x.sbuml", "sbuml clone " + url} {
+	for _, want := range []string{"first &lt;b&gt;bold&lt;/b&gt;", "second", "on a branch", second.Short(), "branches/main.sbuml", "tags/v1.sbuml", "branches/feature/x.sbuml", "sbuml clone " + url,
+		"snapshots/" + first.Short() + ".sbuml", "snapshots/" + feature.Short() + ".sbuml"} {
 		if !strings.Contains(string(index), want) {
 			t.Errorf("index.html lacks %q", want)
 		}
@@ -506,6 +508,8 @@ func TestPublishAndClone(t *testing.T) {
 		{url + "tags/v1.sbuml", first},
 		{url + "#feature/x", feature},
 		{url, second},
+		{url + "#" + first.Short(), first}, // the short ID index.html shows
+		{url + "snapshots/" + feature.Short() + ".sbuml", feature},
 	} {
 		id, err := c.FetchURL(ctx, tc.link)
 		if err != nil {
@@ -517,7 +521,7 @@ func TestPublishAndClone(t *testing.T) {
 		}
 	}
 	fsckClean(t, c)
-	for _, bad := range []string{url + "#", url + "#nosuch", url + "#" + strings.Repeat("0", 64), filepath.Join(pubDir, "refs.json")} {
+	for _, bad := range []string{url + "#", url + "#nosuch", url + "#" + strings.Repeat("0", 64), url + "#" + strings.Repeat("0", 12), filepath.Join(pubDir, "refs.json")} {
 		if _, err := c.FetchURL(ctx, bad); err == nil {
 			t.Errorf("FetchURL(%s) succeeded", bad)
 		}

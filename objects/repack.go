@@ -267,27 +267,42 @@ func (p *Packed) allLive(entries []indexEntry, n int32, keep func(ID) bool) bool
 	return true
 }
 
-// removeLeftovers removes what killed writers leave in the pack
-// directory: packs being written (.tmp-*) and packs without an index.
-// Only safe while no other process writes. Callers hold mu.
-func (p *Packed) removeLeftovers() error {
+// Leftovers lists what killed writers (or writers at work) leave in the
+// pack directory, packs being written (.tmp-*) and packs without an
+// index, with their total size. Repack removes them.
+func (p *Packed) Leftovers() (names []string, size int64, err error) {
 	des, err := p.fs.ReadDir(p.dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil
+			return nil, 0, nil
 		}
-		return fmt.Errorf("repack: list packs: %w", err)
+		return nil, 0, fmt.Errorf("list packs: %w", err)
 	}
-	names := map[string]bool{}
+	have := map[string]bool{}
 	for _, de := range des {
-		names[de.Name()] = true
+		have[de.Name()] = true
 	}
-	for name := range names {
-		orphan := strings.HasSuffix(name, ".pack") && !names[strings.TrimSuffix(name, ".pack")+".idx"]
+	for _, de := range des {
+		name := de.Name()
+		orphan := strings.HasSuffix(name, ".pack") && !have[strings.TrimSuffix(name, ".pack")+".idx"]
 		if strings.HasPrefix(name, ".tmp-") || orphan {
-			if err := p.fs.Remove(path.Join(p.dir, name)); err != nil {
-				return fmt.Errorf("repack: remove %s: %w", p.where(name), err)
-			}
+			names = append(names, name)
+			size += de.Size()
+		}
+	}
+	return names, size, nil
+}
+
+// removeLeftovers removes the Leftovers. Only safe while no other process
+// writes. Callers hold mu.
+func (p *Packed) removeLeftovers() error {
+	names, _, err := p.Leftovers()
+	if err != nil {
+		return fmt.Errorf("repack: %w", err)
+	}
+	for _, name := range names {
+		if err := p.fs.Remove(path.Join(p.dir, name)); err != nil {
+			return fmt.Errorf("repack: remove %s: %w", p.where(name), err)
 		}
 	}
 	return nil

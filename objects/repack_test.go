@@ -160,9 +160,15 @@ func TestRepackRemovesLeftovers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if names, size, err := s.Leftovers(); err != nil || len(names) != 2 || size != 8 {
+		t.Errorf("Leftovers = %v, %d bytes, %v; want the two junk files, 8 bytes", names, size, err)
+	}
 	keepAll := func(ID) bool { return true }
 	if _, err := NewPacked(fsys, "objects", filepath.Join(dir, "objects")).Repack(ctx, keepAll, false); err != nil {
 		t.Fatal(err)
+	}
+	if names, _, err := s.Leftovers(); err != nil || len(names) != 0 {
+		t.Errorf("Leftovers after repack = %v, %v", names, err)
 	}
 	des, _ := os.ReadDir(packDir)
 	for _, de := range des {

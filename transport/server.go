@@ -237,26 +237,46 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Trailer", errorTrailer)
 	w.WriteHeader(http.StatusOK)
 	hdr := make([]byte, recordHeaderSize)
+	var writeErr error
 	err = s.remote.Get(r.Context(), ids, func(id objects.ID, stored []byte) error {
 		copy(hdr, id[:])
 		binary.BigEndian.PutUint32(hdr[objects.IDSize:], uint32(len(stored)))
-		if _, err := w.Write(hdr); err != nil {
-			return err
+		if _, writeErr = w.Write(hdr); writeErr != nil {
+			return writeErr
 		}
-		_, err := w.Write(stored)
-		return err
+		_, writeErr = w.Write(stored)
+		return writeErr
 	})
 	if err != nil {
 		if s.opts.Log != nil {
 			s.opts.Log("POST /objects/get from %s: cut off: %v", r.RemoteAddr, err)
 		}
-		// The status is sent: cut the connection so the client sees an
-		// incomplete response rather than a clean end.
-		panic(http.ErrAbortHandler)
+		if writeErr != nil || r.Context().Err() != nil {
+			// The client went away: cut the connection.
+			panic(http.ErrAbortHandler)
+		}
+		// This scrapbook cannot read an object (damaged, or removed
+		// meanwhile): the status is sent, so say why in the trailer,
+		// without the server's paths (the log has them), and end the
+		// response without the objects not sent.
+		why := "unreadable"
+		switch {
+		case errors.Is(err, objects.ErrCorrupt):
+			why = "damaged"
+		case errors.Is(err, objects.ErrNotFound):
+			why = "missing"
+		}
+		w.Header().Set(errorTrailer, why)
 	}
 }
+
+// errorTrailer is the HTTP trailer in which the server says why a
+// response to POST /objects/get lacks objects it promised: "damaged",
+// "missing" or "unreadable".
+const errorTrailer = "Sbuml-Error"
 
 // putResult is the body of a successful POST /objects/put.
 type putResult struct {

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -493,4 +495,68 @@ func TestFetchInterruptedKeepsWhatArrived(t *testing.T) {
 		t.Error("the cancelled fetch kept nothing")
 	}
 	t.Logf("%d objects were sent whole before the stall; %d kept, %d wait for objects that did not arrive", len(stalling.sent), kept, lost)
+}
+
+// TestServerDamagedObject serves a scrapbook one of whose packed objects
+// is damaged: the server cannot send it, and the client says so, naming
+// the object and the server's reason, not as a cut connection that
+// pulling again would mend.
+func TestServerDamagedObject(t *testing.T) {
+	ctx := context.Background()
+	src := newSource(t)
+	dir := newBacking(t, implementation{})
+	seed(t, dir, src.book.Objects, transport.RefUpdate{Name: "refs/heads/main", New: src.second})
+	var victim objects.ID
+	for id, size := range reachable(t, src.book.Objects, src.second) {
+		if size > 10000 {
+			victim = id
+			break
+		}
+	}
+	idxs, _ := filepath.Glob(filepath.Join(dir, "objects", "pack", "*.idx"))
+	damaged := 0
+	for _, idx := range idxs {
+		b, err := os.ReadFile(idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries, err := objects.DecodePackIndex(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.ID == victim {
+				pack := strings.TrimSuffix(idx, ".idx") + ".pack"
+				os.Chmod(pack, 0o644)
+				flipByte(t, pack, int64(e.Offset)+int64(e.Size)/2)
+				damaged++
+			}
+		}
+	}
+	if damaged == 0 {
+		t.Fatalf("object %s is in no pack of %s", victim.Short(), dir)
+	}
+	var logged []string
+	var mu sync.Mutex
+	srv := httptest.NewServer(transport.NewServer(openDir(t, dir), transport.ServerOptions{Log: func(format string, args ...any) {
+		mu.Lock()
+		logged = append(logged, fmt.Sprintf(format, args...))
+		mu.Unlock()
+	}}))
+	defer srv.Close()
+	local := newLocal(t)
+	_, err := transport.Fetch(ctx, local.Objects, transport.NewSmart(srv.URL, "", srv.Client()), []objects.ID{src.second}, transport.Options{})
+	if !errors.Is(err, objects.ErrCorrupt) || !strings.Contains(err.Error(), "cannot send objects it has (one is damaged in its scrapbook)") {
+		t.Fatalf("fetch of a damaged object: %v", err)
+	}
+	t.Logf("fetch of a damaged object: %v", err)
+	mu.Lock()
+	if !strings.Contains(strings.Join(logged, "\n"), "checksum mismatch") {
+		t.Errorf("the server log does not say what is wrong: %q", logged)
+	}
+	mu.Unlock()
+	if has(t, local.Objects, victim) {
+		t.Errorf("the damaged object was stored")
+	}
+	checkClosed(t, local.Objects)
 }

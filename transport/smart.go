@@ -260,6 +260,9 @@ func (s *Smart) get(ctx context.Context, ids []objects.ID, fn func(objects.ID, [
 		}
 	}
 	for id := range want {
+		if why := resp.Trailer.Get(errorTrailer); why != "" {
+			return fmt.Errorf("remote %s cannot send objects it has (one is %s in its scrapbook): %w; its owner should run sbuml fsck there, pulling again will not help", s.base, why, objects.ErrCorrupt)
+		}
 		return fmt.Errorf("remote %s: %w: response lacks object %s", s.base, ErrProtocol, id)
 	}
 	return nil

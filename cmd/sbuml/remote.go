@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/transport"
 	"github.com/spf13/cobra"
 )
@@ -212,7 +213,7 @@ become local branches and remote-tracking branches of the remote "origin".`,
 			bar := newProgressBar(os.Stderr)
 			s, res, err := sbuml.Clone(ctx, args[0], args[1], sbuml.TransferOptions{Progress: bar.update})
 			bar.clear()
-			if err != nil && s != nil {
+			if err != nil && s != nil && !errors.Is(err, objects.ErrCorrupt) && !errors.Is(err, transport.ErrProtocol) {
 				err = fmt.Errorf("%w; to finish, run: sbuml --scrapbook %s pull origin", err, s.Dir)
 			}
 			if err := finishPull(res, err); err != nil {
@@ -271,8 +272,8 @@ func publishCmd() *cobra.Command {
 		Long: `Write the branches and tags of the scrapbook into DIR, a new, empty or earlier
 published directory, for a web server to serve at URL: the objects, refs.json,
 index.html listing every snapshot, and a link file per branch
-(branches/NAME.sbuml) and tag (tags/NAME.sbuml) that 'sbuml open' and a
-browser understand. Others clone or pull from URL. Publishing again adds only
+(branches/NAME.sbuml), tag (tags/NAME.sbuml) and snapshot (snapshots/ID.sbuml)
+that 'sbuml open' and a browser understand. Others clone or pull from URL. Publishing again adds only
 new objects.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -235,6 +235,9 @@ func fsckCmd() *cobra.Command {
 				for _, p := range r.Problems {
 					fmt.Println(p)
 				}
+				if r.Leftovers > 0 {
+					fmt.Printf("%d unfinished pack file%s (%s) left by killed or running writers; sbuml gc removes them\n", r.Leftovers, pluralS(r.Leftovers), humanBytes(r.LeftoverBytes))
+				}
 				fmt.Printf("checked %d objects (%s) and %d refs: %d problems\n", r.Objects, humanBytes(r.Bytes), r.Refs, len(r.Problems))
 			}
 			if !r.OK() {
