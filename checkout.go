@@ -204,7 +204,14 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	var fetchStats *transport.Stats
 	if IsLink(rev) {
 		// A snapshot elsewhere: fetch only the objects this scrapbook lacks.
-		fetched, st, err := s.FetchLink(ctx, rev, TransferOptions{Progress: opts.OnTransfer})
+		// Look before downloading: a directory snapshot is no machine.
+		isMachine := func(t *objects.Tree) error {
+			if t.Find(snapMachine) == nil {
+				return fmt.Errorf("not a machine snapshot (it has no %s); 'sbuml fetch' and 'sbuml export' get directory snapshots", snapMachine)
+			}
+			return nil
+		}
+		fetched, st, err := s.fetchLink(ctx, rev, TransferOptions{Progress: opts.OnTransfer}, isMachine)
 		if err != nil {
 			return nil, fmt.Errorf("checkout: %w", err)
 		}

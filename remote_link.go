@@ -78,6 +78,13 @@ func (s *Scrapbook) FetchURL(ctx context.Context, link string) (objects.ID, erro
 
 // FetchLink is FetchURL with options, also returning the transfer's stats.
 func (s *Scrapbook) FetchLink(ctx context.Context, link string, opts TransferOptions) (objects.ID, *transport.Stats, error) {
+	return s.fetchLink(ctx, link, opts, nil)
+}
+
+// fetchLink is FetchLink; if check is not nil, it is shown the snapshot's
+// top tree, read from the remote without storing it, before anything is
+// downloaded, and an error from it stops the fetch.
+func (s *Scrapbook) fetchLink(ctx context.Context, link string, opts TransferOptions, check func(*objects.Tree) error) (objects.ID, *transport.Stats, error) {
 	release, err := s.lockObjects()
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)
@@ -110,11 +117,46 @@ func (s *Scrapbook) FetchLink(ctx context.Context, link string, opts TransferOpt
 			return objects.Zero, nil, fmt.Errorf("fetch %s: %q is neither a snapshot ID nor a branch or tag of the remote", link, rev)
 		}
 	}
+	if check != nil {
+		tree, err := peekTree(ctx, r, id)
+		if err == nil {
+			err = check(tree)
+		}
+		if err != nil {
+			return objects.Zero, nil, fmt.Errorf("fetch %s: snapshot %s: %w", link, id.Short(), err)
+		}
+	}
 	stats, err := transport.Fetch(ctx, s.Objects, r, []objects.ID{id}, opts.transport())
 	if err != nil {
 		return objects.Zero, stats, err
 	}
 	return id, stats, nil
+}
+
+// peekTree reads snapshot id and its top tree from r, verified, without
+// storing them.
+func peekTree(ctx context.Context, r transport.Remote, id objects.ID) (*objects.Tree, error) {
+	get := func(id objects.ID) ([]byte, error) {
+		var enc []byte
+		err := r.Get(ctx, []objects.ID{id}, func(got objects.ID, stored []byte) error {
+			var err error
+			enc, err = objects.Unseal(got, stored)
+			return err
+		})
+		return enc, err
+	}
+	enc, err := get(id)
+	if err != nil {
+		return nil, err
+	}
+	sn, err := objects.DecodeSnapshot(enc)
+	if err != nil {
+		return nil, err
+	}
+	if enc, err = get(sn.Tree); err != nil {
+		return nil, err
+	}
+	return objects.DecodeTree(enc)
 }
 
 // publishedShortID finds the snapshot whose short ID (as index.html shows

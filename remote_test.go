@@ -521,6 +521,17 @@ func TestPublishAndClone(t *testing.T) {
 		}
 	}
 	fsckClean(t, c)
+
+	// Checking out a directory snapshot from the web is refused before
+	// anything is downloaded.
+	d := remoteBook(t)
+	_, err = d.Checkout(ctx, url+"#main", "m", sbuml.CheckoutOptions{})
+	if err == nil || !strings.Contains(err.Error(), "not a machine snapshot") {
+		t.Errorf("checkout of a directory snapshot by URL: %v", err)
+	}
+	if n := len(storeSizes(t, d.Objects)); n != 0 {
+		t.Errorf("a refused checkout by URL stored %d objects", n)
+	}
 	for _, bad := range []string{url + "#", url + "#nosuch", url + "#" + strings.Repeat("0", 64), url + "#" + strings.Repeat("0", 12), filepath.Join(pubDir, "refs.json")} {
 		if _, err := c.FetchURL(ctx, bad); err == nil {
 			t.Errorf("FetchURL(%s) succeeded", bad)
