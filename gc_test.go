@@ -145,3 +145,36 @@ func TestGcExcludesWriters(t *testing.T) {
 		t.Fatalf("packs: %v", err)
 	}
 }
+
+// TestCompactAfterManyWrites imports small changes many times: each
+// leaves packs of its own, and once there are more than a few dozen the
+// writer merges them, so that the pack count stays bounded and every
+// snapshot stays whole.
+func TestCompactAfterManyWrites(t *testing.T) {
+	s := newScrapbook(t)
+	src := t.TempDir()
+	writeRandomFile(t, filepath.Join(src, "base"), 1*mib, 1)
+	var ids []objects.ID
+	maxPacks := 0
+	for i := 0; i < 60; i++ {
+		writeFile(t, filepath.Join(src, "n"), []byte(fmt.Sprint(i)), 0o644)
+		ids = append(ids, mustImport(t, s, src, sbuml.SnapshotOptions{}).ID)
+		packs, _ := filepath.Glob(filepath.Join(s.Dir, "objects", "pack", "*.pack"))
+		maxPacks = max(maxPacks, len(packs))
+	}
+	if maxPacks > 40 {
+		t.Errorf("%d packs after 60 imports: small packs are not merged", maxPacks)
+	}
+	t.Logf("at most %d packs during 60 imports", maxPacks)
+	requireFsckClean(t, s)
+	again, err := sbuml.Open(s.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		out := mustExport(t, again, id.String())
+		if b, err := os.ReadFile(filepath.Join(out, "n")); err != nil || string(b) != fmt.Sprint(i) {
+			t.Fatalf("snapshot %d: n holds %q, %v", i, b, err)
+		}
+	}
+}

@@ -10,6 +10,7 @@
 package sbuml
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -134,8 +135,48 @@ func open(abs string) *Scrapbook {
 // writes objects or refs, or reads a snapshot no ref may name: gc cannot
 // remove objects under it, and it cannot start while gc runs (see
 // internal/gclock). Call the returned function when done.
+//
+// Releasing it also merges the small packs, if writes have left many (see
+// compact).
 func (s *Scrapbook) lockObjects() (release func(), err error) {
-	return gclock.Shared(s.Dir)
+	unlock, err := gclock.Shared(s.Dir)
+	if err != nil {
+		return nil, err
+	}
+	// Another process may have repacked since this one last looked.
+	if p, ok := s.Objects.(*objects.Packed); ok {
+		if err := p.Refresh(); err != nil {
+			unlock()
+			return nil, err
+		}
+	}
+	return func() {
+		unlock()
+		s.compact()
+	}, nil
+}
+
+// compactAfter is how many packs a scrapbook may hold before a writer,
+// done, merges the small ones. Every process that opens the scrapbook
+// reads every pack index: with thousands of packs (two or three per
+// commit) each command took 0.2 s longer.
+const compactAfter = 32
+
+// compact merges the packs under 128 MiB into one once there are more
+// than compactAfter packs: gc's repack, removing nothing, so it needs no
+// walk of the snapshots. It is best effort and skipped while another
+// process uses the scrapbook.
+func (s *Scrapbook) compact() {
+	p, ok := s.Objects.(*objects.Packed)
+	if !ok || p.Packs() <= compactAfter {
+		return
+	}
+	release, err := gclock.Exclusive(s.Dir)
+	if err != nil {
+		return
+	}
+	defer release()
+	p.Repack(context.Background(), func(objects.ID) bool { return true }, false)
 }
 
 // writeFileAtomic writes a small file by temp file, fsync and rename.

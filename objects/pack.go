@@ -13,6 +13,7 @@ import (
 	"os"
 	"path"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -65,6 +66,10 @@ type Packed struct {
 	failed    error      // a pack write failed: this store writes no more
 	// hasLoose is set once loose objects have been seen (see load).
 	hasLoose bool
+	// gone lists what an unfinished repack removes (see readJournal):
+	// packs by name, loose objects by ID. They are not seen.
+	gonePacks map[string]bool
+	goneLoose map[ID]bool
 }
 
 type packLoc struct {
@@ -128,12 +133,35 @@ func (p *Packed) load() error {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("list packs: %w", err)
 	}
+	if err := p.readJournal(); err != nil {
+		return err
+	}
+	// A repack in another process may have removed packs this one
+	// loaded: then start over, so that nothing removed is seen. The
+	// files of the old view close when no read uses them any more.
+	present := map[string]bool{}
+	for _, de := range des {
+		if name := de.Name(); !p.gonePacks[strings.TrimSuffix(name, ".idx")] {
+			present[name] = true
+		}
+	}
+	for name := range p.known {
+		if !present[name] {
+			p.packs, p.index, p.known, p.broken = nil, map[ID]packLoc{}, map[string]bool{}, nil
+			break
+		}
+	}
 	for _, de := range des {
 		name := de.Name()
 		if !strings.HasPrefix(name, "pack-") || !strings.HasSuffix(name, ".idx") || p.known[name] {
 			continue
 		}
-		if err := p.loadIndex(name); err != nil {
+		if p.gonePacks[strings.TrimSuffix(name, ".idx")] {
+			continue
+		}
+		if err := p.loadIndex(name); errors.Is(err, errVanished) {
+			continue // removed by a repack since the listing
+		} else if err != nil {
 			return err
 		}
 		p.known[name] = true
@@ -163,8 +191,15 @@ func (p *Packed) where(name string) string {
 	return path.Join(p.dir, name)
 }
 
+// errVanished is returned by loadIndex for a pack that a repack removed
+// after the directory was listed.
+var errVanished = errors.New("pack removed")
+
 func (p *Packed) loadIndex(name string) error {
 	b, err := readAll(p.fs, path.Join(p.dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return errVanished
+	}
 	if err != nil {
 		return fmt.Errorf("read pack index %s: %w", p.where(name), err)
 	}
@@ -176,6 +211,11 @@ func (p *Packed) loadIndex(name string) error {
 	}
 	packName := strings.TrimSuffix(name, ".idx") + ".pack"
 	f, err := p.fs.Open(path.Join(p.dir, packName))
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := p.fs.Stat(path.Join(p.dir, name)); errors.Is(serr, fs.ErrNotExist) {
+			return errVanished // index and pack removed by a repack meanwhile
+		}
+	}
 	if err != nil {
 		p.broken = append(p.broken, fmt.Errorf("pack %s: %w: cannot open it: %v", p.where(packName), ErrCorrupt, err))
 		return nil
@@ -286,9 +326,9 @@ func (p *Packed) Has(ctx context.Context, id ID) (bool, error) {
 		return ok, err
 	}
 	p.mu.RLock()
-	loose := p.hasLoose
+	loose, gone := p.hasLoose, p.goneLoose[id]
 	p.mu.RUnlock()
-	if !loose {
+	if !loose || gone {
 		return false, nil
 	}
 	return p.loose.Has(ctx, id)
@@ -301,7 +341,13 @@ func (p *Packed) Get(ctx context.Context, id ID) ([]byte, error) {
 		return nil, err
 	}
 	if !ok {
+		p.mu.RLock()
+		gone := p.goneLoose[id]
+		p.mu.RUnlock()
 		b, err := p.loose.Get(ctx, id)
+		if gone {
+			b, err = nil, fmt.Errorf("object %s: %w", id, ErrNotFound)
+		}
 		if !errors.Is(err, ErrNotFound) {
 			return b, err
 		}
@@ -571,8 +617,11 @@ func (p *Packed) List(ctx context.Context, fn func(ID, int64) error) error {
 			return err
 		}
 	}
+	p.mu.Lock()
+	gone := p.goneLoose
+	p.mu.Unlock()
 	return p.loose.List(ctx, func(id ID, size int64) error {
-		if _, ok := seen[id]; ok {
+		if _, ok := seen[id]; ok || gone[id] {
 			return nil
 		}
 		return fn(id, size)
@@ -700,6 +749,7 @@ func (p *Packed) FindPrefix(ctx context.Context, prefix string) ([]ID, error) {
 	if err := p.load(); err != nil {
 		return nil, err
 	}
+	ids = slices.DeleteFunc(ids, func(id ID) bool { return p.goneLoose[id] })
 	have := map[ID]bool{}
 	for _, id := range ids {
 		have[id] = true

@@ -34,6 +34,106 @@ type RepackStats struct {
 	FileBytesAfter  int64 `json:"file_bytes_after"`
 }
 
+// journalFile, in the pack directory, lists what a repack is removing:
+//
+//	pack pack-<64 hex>
+//	loose <64 hex>
+//	end
+//
+// It is renamed into place once the packs that replace them are durable;
+// from then on readers do not see what it lists, so everything a repack
+// drops vanishes at one instant, and a repack killed while removing files
+// never leaves an object whose children are gone. The next repack
+// finishes the removal and deletes the journal.
+const journalFile = "repack-journal"
+
+// readJournal loads the journal of an unfinished repack, if any, into
+// gonePacks and goneLoose. Callers hold mu for writing.
+func (p *Packed) readJournal() error {
+	b, err := readAll(p.fs, path.Join(p.dir, journalFile))
+	if errors.Is(err, os.ErrNotExist) {
+		p.gonePacks, p.goneLoose = nil, nil
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", p.where(journalFile), err)
+	}
+	packs, loose, err := parseJournal(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w: %v", p.where(journalFile), ErrCorrupt, err)
+	}
+	p.gonePacks, p.goneLoose = packs, loose
+	return nil
+}
+
+func parseJournal(b []byte) (map[string]bool, map[ID]bool, error) {
+	packs, loose := map[string]bool{}, map[ID]bool{}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 2 || lines[len(lines)-2] != "end" || lines[len(lines)-1] != "" {
+		return nil, nil, errors.New("does not end with an end line")
+	}
+	for _, line := range lines[:len(lines)-2] {
+		kind, arg, _ := strings.Cut(line, " ")
+		switch kind {
+		case "pack":
+			if !strings.HasPrefix(arg, "pack-") || strings.ContainsAny(arg, "/.") {
+				return nil, nil, fmt.Errorf("bad pack name %q", arg)
+			}
+			packs[arg] = true
+		case "loose":
+			id, err := ParseID(arg)
+			if err != nil {
+				return nil, nil, err
+			}
+			loose[id] = true
+		default:
+			return nil, nil, fmt.Errorf("bad line %q", line)
+		}
+	}
+	return packs, loose, nil
+}
+
+// removeJournaled removes the packs and loose objects the journal lists,
+// then the journal. Callers hold mu and the gc lock.
+func (p *Packed) removeJournaled(ctx context.Context) error {
+	if err := p.readJournal(); err != nil || (p.gonePacks == nil && p.goneLoose == nil) {
+		return err
+	}
+	for name := range p.gonePacks {
+		for _, file := range []string{name + ".idx", name + ".pack"} {
+			if err := p.fs.Remove(path.Join(p.dir, file)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove %s: %w", p.where(file), err)
+			}
+		}
+	}
+	for id := range p.goneLoose {
+		if err := p.loose.Delete(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		// Empty fan-out directories go too, so that Has stops looking
+		// for loose objects (see load); one still in use stays.
+		p.fs.Remove(path.Dir(p.loose.name(id)))
+	}
+	if err := p.syncfs(); err != nil {
+		return err
+	}
+	if err := p.fs.Remove(path.Join(p.dir, journalFile)); err != nil {
+		return fmt.Errorf("remove %s: %w", p.where(journalFile), err)
+	}
+	p.gonePacks, p.goneLoose = nil, nil
+	return nil
+}
+
+// Packs returns the number of published packs, as of the last look.
+func (p *Packed) Packs() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.loaded {
+		p.load()
+	}
+	return len(p.packs)
+}
+
 // smallPack is the size under which a pack is merged with the others
 // even when every object in it is kept, so that the many small packs of
 // many commits become one.
@@ -63,6 +163,12 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (R
 	defer p.mu.Unlock()
 	if err := p.load(); err != nil {
 		return st, fmt.Errorf("repack: %w", err)
+	}
+	if !dryRun && (p.gonePacks != nil || p.goneLoose != nil) {
+		// A repack was killed while removing files: finish it.
+		if err := p.removeJournaled(ctx); err != nil {
+			return st, fmt.Errorf("repack: %w", err)
+		}
 	}
 	if len(p.broken) > 0 {
 		return st, fmt.Errorf("repack: %w (run sbuml fsck)", p.broken[0])
@@ -196,9 +302,9 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (R
 		return st, nil
 	}
 
-	// The new packs are durable: the old files can go, indexes first so
-	// that a crash here leaves a pack without an index, which the next
-	// repack removes, never an index without its pack.
+	// The new packs are durable. What goes is listed in the journal,
+	// which makes it vanish at once for every reader; then the files are
+	// removed.
 	if err := p.syncfs(); err != nil {
 		return st, fmt.Errorf("repack: %w", err)
 	}
@@ -206,30 +312,35 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (R
 	for _, name := range out.published {
 		fresh[name+".pack"] = true
 	}
+	var journal strings.Builder
 	for _, op := range olds {
 		// A rewrite may give back an old pack byte for byte, under its
 		// old name: that one stays.
-		if !op.rewrite || fresh[op.pf.name] {
-			continue
-		}
-		idxName := strings.TrimSuffix(op.pf.name, ".pack") + ".idx"
-		if err := p.fs.Remove(path.Join(p.dir, idxName)); err != nil {
-			return st, fmt.Errorf("repack: remove %s: %w", p.where(idxName), err)
-		}
-		op.pf.f.Close()
-		if err := p.fs.Remove(path.Join(p.dir, op.pf.name)); err != nil {
-			return st, fmt.Errorf("repack: remove %s: %w", p.where(op.pf.name), err)
+		if op.rewrite && !fresh[op.pf.name] {
+			fmt.Fprintf(&journal, "pack %s\n", strings.TrimSuffix(op.pf.name, ".pack"))
 		}
 	}
 	for _, id := range loose {
-		if err := p.loose.Delete(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
-			return st, fmt.Errorf("repack: %w", err)
+		fmt.Fprintf(&journal, "loose %s\n", id)
+	}
+	journal.WriteString("end\n")
+	tmp := path.Join(p.dir, ".tmp-"+randomSuffix()+".journal")
+	if err := writeWhole(p.fs, tmp, []byte(journal.String())); err != nil {
+		return st, fmt.Errorf("repack: write %s: %w", p.where(journalFile), err)
+	}
+	if err := p.syncfs(); err != nil {
+		return st, fmt.Errorf("repack: %w", err)
+	}
+	if err := p.fs.Rename(tmp, path.Join(p.dir, journalFile)); err != nil {
+		return st, fmt.Errorf("repack: publish %s: %w", p.where(journalFile), err)
+	}
+	for _, op := range olds {
+		if op.rewrite && !fresh[op.pf.name] {
+			op.pf.f.Close()
 		}
 	}
-	for _, id := range loose {
-		// Empty fan-out directories go too, so that Has stops looking
-		// for loose objects (see load); one still in use stays.
-		p.fs.Remove(path.Dir(p.loose.name(id)))
+	if err := p.removeJournaled(ctx); err != nil {
+		return st, fmt.Errorf("repack: %w", err)
 	}
 	if err := p.removeLeftovers(); err != nil {
 		return st, err

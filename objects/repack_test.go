@@ -3,6 +3,8 @@ package objects
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -211,5 +213,118 @@ func TestRepackRefusesCorruptPack(t *testing.T) {
 	}
 	if after := packNames(t, dir); len(after) != 2 || after[0] != names[0] || after[1] != names[1] {
 		t.Fatalf("packs after a refused repack: %v", after)
+	}
+}
+
+// A repack killed after its journal was published leaves the listed packs
+// and loose objects in place: readers do not see them, and the next
+// repack removes them.
+func TestRepackJournal(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	fsys := osfs.New(dir)
+	open := func() *Packed { return NewPacked(fsys, "objects", filepath.Join(dir, "objects")) }
+	s := open()
+	gone := putChunks(t, s, 20, 1)
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	goneName := strings.TrimSuffix(packNames(t, dir)[0], ".pack")
+	kept := putChunks(t, s, 20, 2)
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	looseEnc := EncodeChunk([]byte("a loose object the journal removes"))
+	looseID := Sum(looseEnc)
+	if err := s.loose.Put(ctx, looseID, Seal(looseEnc, nil)); err != nil {
+		t.Fatal(err)
+	}
+	journal := fmt.Sprintf("pack %s\nloose %s\nend\n", goneName, looseID)
+	if err := os.WriteFile(filepath.Join(dir, "objects", "pack", journalFile), []byte(journal), 0o444); err != nil {
+		t.Fatal(err)
+	}
+
+	r := open()
+	for id := range gone {
+		if ok, _ := r.Has(ctx, id); ok {
+			t.Fatalf("%s of a journaled pack is visible", id.Short())
+		}
+	}
+	if ok, _ := r.Has(ctx, looseID); ok {
+		t.Fatal("a journaled loose object is visible")
+	}
+	if _, err := r.Get(ctx, looseID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get of a journaled loose object: %v", err)
+	}
+	n := 0
+	r.List(ctx, func(ID, int64) error { n++; return nil })
+	if n != len(kept) {
+		t.Fatalf("List gives %d objects, want the %d not journaled", n, len(kept))
+	}
+	if ids, _ := r.FindPrefix(ctx, looseID.String()[:8]); len(ids) != 0 {
+		t.Fatalf("FindPrefix finds a journaled loose object")
+	}
+
+	if _, err := r.Repack(ctx, func(ID) bool { return true }, false); err != nil {
+		t.Fatal(err)
+	}
+	des, _ := os.ReadDir(filepath.Join(dir, "objects", "pack"))
+	for _, de := range des {
+		if strings.HasPrefix(de.Name(), goneName) || de.Name() == journalFile {
+			t.Errorf("left after the repack finished the journal: %s", de.Name())
+		}
+	}
+	for id, enc := range kept {
+		if got, err := Load(ctx, open(), id); err != nil || !bytes.Equal(got, enc) {
+			t.Fatalf("%s: %v", id.Short(), err)
+		}
+	}
+
+	// A journal that does not end as written is refused, not half read.
+	if err := os.WriteFile(filepath.Join(dir, "objects", "pack", journalFile), []byte("pack "+goneName+"\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if err := open().Refresh(); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("a truncated journal: %v", err)
+	}
+}
+
+// A store opened before another process repacked sees, once refreshed,
+// what the repack kept and nothing it dropped.
+func TestRefreshAfterRepackElsewhere(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	fsys := osfs.New(dir)
+	open := func() *Packed { return NewPacked(fsys, "objects", filepath.Join(dir, "objects")) }
+	w := open()
+	a := putChunks(t, w, 20, 1)
+	w.Sync(ctx)
+	b := putChunks(t, w, 20, 2)
+	w.Sync(ctx)
+
+	old := open()
+	for id := range a {
+		if ok, _ := old.Has(ctx, id); !ok {
+			t.Fatal("not loaded")
+		}
+	}
+	if _, err := open().Repack(ctx, func(id ID) bool { _, ok := b[id]; return ok }, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	for id := range a {
+		if ok, _ := old.Has(ctx, id); ok {
+			t.Fatalf("%s, dropped by a repack elsewhere, is still seen", id.Short())
+		}
+	}
+	for id, enc := range b {
+		if got, err := Load(ctx, old, id); err != nil || !bytes.Equal(got, enc) {
+			t.Fatalf("%s: %v", id.Short(), err)
+		}
+	}
+	if errs := old.CheckPacks(ctx); len(errs) != 0 {
+		t.Fatalf("CheckPacks after a repack elsewhere: %v", errs)
 	}
 }
