@@ -140,14 +140,7 @@ func TestImportKilled(t *testing.T) {
 			t.Fatalf("trial %d: sbuml import failed by itself: %v", trial, err)
 		}
 
-		r, err := s.Fsck(ctx)
-		if err != nil {
-			t.Fatalf("trial %d (killed after %v): fsck: %v", trial, delay, err)
-		}
-		for _, p := range r.Problems {
-			t.Errorf("trial %d (killed after %v): fsck: %s", trial, delay, p)
-		}
-		requireRefsNameSnapshots(t, s)
+		requireWhole(t, s, fmt.Sprintf("trial %d (killed after %v)", trial, delay))
 
 		// A ref update killed between creating and renaming its lock
 		// file leaves the lock behind. By design (docs/refs.md) nobody
@@ -198,6 +191,20 @@ func TestImportKilled(t *testing.T) {
 		return nil
 	})
 	t.Logf("%d temporary object files left by killed imports", leftovers)
+}
+
+// requireWhole fails the test, saying when, unless fsck finds the
+// scrapbook clean and every ref names a snapshot that loads.
+func requireWhole(t testing.TB, s *sbuml.Scrapbook, when string) {
+	t.Helper()
+	r, err := s.Fsck(context.Background())
+	if err != nil {
+		t.Fatalf("%s: fsck: %v", when, err)
+	}
+	for _, p := range r.Problems {
+		t.Errorf("%s: fsck: %s", when, p)
+	}
+	requireRefsNameSnapshots(t, s)
 }
 
 // requireRefsNameSnapshots fails the test unless every ref names a snapshot
@@ -280,14 +287,7 @@ func TestGcKilled(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := s.Fsck(ctx)
-		if err != nil {
-			t.Fatalf("trial %d (killed after %v): fsck: %v", trial, delay, err)
-		}
-		for _, p := range r.Problems {
-			t.Errorf("trial %d (killed after %v): fsck: %s", trial, delay, p)
-		}
-		requireRefsNameSnapshots(t, s)
+		requireWhole(t, s, fmt.Sprintf("trial %d (killed after %v)", trial, delay))
 		if t.Failed() {
 			t.FailNow()
 		}

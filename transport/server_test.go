@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -513,26 +512,7 @@ func TestServerDamagedObject(t *testing.T) {
 			break
 		}
 	}
-	idxs, _ := filepath.Glob(filepath.Join(dir, "objects", "pack", "*.idx"))
-	damaged := 0
-	for _, idx := range idxs {
-		b, err := os.ReadFile(idx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		entries, err := objects.DecodePackIndex(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range entries {
-			if e.ID == victim {
-				pack := strings.TrimSuffix(idx, ".idx") + ".pack"
-				os.Chmod(pack, 0o644)
-				flipByte(t, pack, int64(e.Offset)+int64(e.Size)/2)
-				damaged++
-			}
-		}
-	}
+	damaged := corruptInPacks(t, filepath.Join(dir, "objects", "pack"), victim)
 	if damaged == 0 {
 		t.Fatalf("object %s is in no pack of %s", victim.Short(), dir)
 	}

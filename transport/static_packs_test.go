@@ -198,7 +198,15 @@ func TestStaticPacks(t *testing.T) {
 // the published directory dir that holds it.
 func corruptPacked(t testing.TB, dir string, id objects.ID) {
 	t.Helper()
-	idxs, _ := filepath.Glob(filepath.Join(dir, transport.PackDir, "*.idx"))
+	corruptInPacks(t, filepath.Join(dir, transport.PackDir), id)
+}
+
+// corruptInPacks flips a byte in the stored form of id in every pack in
+// packDir that holds it, and returns how many it damaged.
+func corruptInPacks(t testing.TB, packDir string, id objects.ID) int {
+	t.Helper()
+	damaged := 0
+	idxs, _ := filepath.Glob(filepath.Join(packDir, "*.idx"))
 	for _, idxFile := range idxs {
 		b, err := os.ReadFile(idxFile)
 		if err != nil {
@@ -211,9 +219,11 @@ func corruptPacked(t testing.TB, dir string, id objects.ID) {
 		for _, e := range entries {
 			if e.ID == id {
 				flipByte(t, strings.TrimSuffix(idxFile, ".idx")+".pack", int64(e.Offset)+int64(e.Size)/2)
+				damaged++
 			}
 		}
 	}
+	return damaged
 }
 
 func flipByte(t testing.TB, name string, off int64) {
@@ -223,6 +233,7 @@ func flipByte(t testing.TB, name string, off int64) {
 		t.Fatal(err)
 	}
 	b[off] ^= 0x40
+	os.Chmod(name, 0o644) // packs are written read-only
 	if err := os.WriteFile(name, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
