@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -395,14 +396,30 @@ func (m *Machine) crashDetail(pid int) string {
 	if tail := logTail(filepath.Join(m.dir, QEMULog), 5); tail != "" {
 		d += "; qemu.log: " + tail
 	} else {
-		// QEMU had nothing to say: the guest powered off, rebooted
-		// (-no-reboot) or panicked. Its last words are on the console.
-		d += "; qemu.log is empty (guest powered off, rebooted or panicked?)"
-		if tail := logTail(filepath.Join(m.dir, ConsoleLog), 3); tail != "" {
-			d += "; console: " + tail
+		// QEMU had nothing to say. The guest's last words, on the
+		// console, tell a power-off, a reboot (-no-reboot) or a panic
+		// from QEMU killed by a signal.
+		tail := logTail(filepath.Join(m.dir, ConsoleLog), 20)
+		d += "; " + guestEnd(tail)
+		if tail != "" {
+			d += "; console: " + logTail(filepath.Join(m.dir, ConsoleLog), 3)
 		}
 	}
 	return d
+}
+
+// guestEnd says how a guest whose QEMU left no message ended, from the
+// last lines of its console.
+func guestEnd(console string) string {
+	switch {
+	case strings.Contains(console, "Kernel panic"):
+		return "the guest kernel panicked"
+	case strings.Contains(console, "reboot: Power down"), strings.Contains(console, "reboot: System halted"):
+		return "the guest powered off"
+	case strings.Contains(console, "reboot: Restarting system"):
+		return "the guest rebooted (machines run with -no-reboot)"
+	}
+	return "QEMU was killed (it logged nothing, and the guest did not shut down)"
 }
 
 // Freeze stops the guest's vCPUs. QEMU drains and flushes the disks, so

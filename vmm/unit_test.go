@@ -165,3 +165,19 @@ func TestCloneFileKeepsHoles(t *testing.T) {
 		t.Errorf("CloneFile of a missing file: %v", err)
 	}
 }
+
+func TestGuestEnd(t *testing.T) {
+	tests := []struct{ console, want string }{
+		{"[ 1.0] Kernel panic - not syncing: Attempted to kill init!", "panicked"},
+		{"[ 5.2] reboot: Power down", "powered off"},
+		{"[ 5.2] reboot: System halted", "powered off"},
+		{"[ 5.2] reboot: Restarting system", "rebooted"},
+		{"/ # echo tick 41\ntick 41", "QEMU was killed"},
+		{"", "QEMU was killed"},
+	}
+	for _, tt := range tests {
+		if got := guestEnd(tt.console); !strings.Contains(got, tt.want) {
+			t.Errorf("guestEnd(%q) = %q, want it to say %q", tt.console, got, tt.want)
+		}
+	}
+}
