@@ -130,6 +130,7 @@ func TestConformance(t *testing.T) {
 			t.Run("PushChildSendsOnlyNew", func(t *testing.T) { testPushChild(t, impl, src) })
 			t.Run("NotFastForward", func(t *testing.T) { testNotFastForward(t, impl, src) })
 			t.Run("CompareAndSwap", func(t *testing.T) { testCompareAndSwap(t, impl, src) })
+			t.Run("PushLosesRace", func(t *testing.T) { testPushLosesRace(t, impl, src) })
 			t.Run("PutRefusals", func(t *testing.T) { testPutRefusals(t, impl, src) })
 			t.Run("RefNameRefusals", func(t *testing.T) { testRefNames(t, impl, src) })
 		})
@@ -500,6 +501,46 @@ func testCompareAndSwap(t *testing.T, impl implementation, src *source) {
 	other := newSource(t)
 	err = r.UpdateRef(ctx, "refs/heads/main", objects.Zero, other.first)
 	mustIs(t, err, objects.ErrNotFound)
+}
+
+// racer is a Remote on which another pusher moves each ref just before
+// this one's update arrives.
+type racer struct {
+	transport.Remote
+	ctx   context.Context
+	other objects.ID // where the other pusher moves the ref
+}
+
+func (r *racer) UpdateRef(ctx context.Context, name string, old, new objects.ID) error {
+	if err := r.Remote.UpdateRef(r.ctx, name, old, r.other); err != nil {
+		return err
+	}
+	return r.Remote.UpdateRef(ctx, name, old, new)
+}
+
+// testPushLosesRace pushes while someone else moves the same ref: the
+// push is refused with a message that says so, and the other pusher's
+// snapshot stays.
+func testPushLosesRace(t *testing.T, impl implementation, src *source) {
+	ctx := context.Background()
+	dir := newBacking(t, impl)
+	seed(t, dir, src.book.Objects, transport.RefUpdate{Name: "refs/heads/main", New: src.first},
+		transport.RefUpdate{Name: "refs/heads/keep", New: src.second})
+	// Main is at first; the other pusher moves it on between our reading
+	// it and our compare-and-swap from first.
+	r := &racer{Remote: impl.client(t, dir), ctx: ctx, other: src.second}
+	_, _, err := transport.Push(ctx, src.book.Objects, r, []transport.RefUpdate{{Name: "refs/heads/main", New: src.second}}, transport.Options{})
+	if err == nil {
+		t.Fatal("a push that lost a race succeeded")
+	}
+	mustIs(t, err, refs.ErrConflict)
+	if !strings.Contains(err.Error(), "moved on the remote while pushing") {
+		t.Errorf("lost race: %v", err)
+	}
+	t.Logf("lost race: %v", err)
+	if l, _ := r.ListRefs(ctx); l.Get("refs/heads/main") != src.second {
+		t.Errorf("the other pusher's update was overwritten")
+	}
 }
 
 func mustLoadSnapshot(t *testing.T, s objects.Store, id objects.ID) *objects.Snapshot {
