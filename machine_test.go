@@ -99,7 +99,7 @@ func TestMachineCLI(t *testing.T) {
 		t.Fatalf("sbuml console m1 < pipe: %v\n%s", r.err, r.stderr)
 	}
 	// and what the command printed comes back before console returns.
-	if !strings.Contains(r.stdout, "second-command-42") {
+	if !strings.Contains(r.stdout, "piped-42") {
 		t.Errorf("sbuml console m1 < pipe printed %q, want the command's output", r.stdout)
 	}
 	deadline := time.Now().Add(10 * time.Second)

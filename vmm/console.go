@@ -25,7 +25,7 @@ const EscapeChar = 0x1d
 // After the end of its input, Attach copies guest output until the guest
 // has been quiet for AttachQuiet, for at most AttachLinger.
 const (
-	AttachQuiet  = 500 * time.Millisecond
+	AttachQuiet  = time.Second
 	AttachLinger = 5 * time.Second
 )
 
@@ -104,12 +104,17 @@ func (c *console) close() {
 	<-c.done
 }
 
-// settle waits until the guest has printed nothing for quiet, or for at
-// most limit, or until the console closes.
+// settle waits until the guest has printed nothing for quiet since settle
+// was called, or for at most limit, or until the console closes.
 func (c *console) settle(ctx context.Context, quiet, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
+	start := time.Now()
+	deadline := start.Add(limit)
 	for {
-		idle := time.Since(time.Unix(0, c.lastOutput.Load()))
+		last := time.Unix(0, c.lastOutput.Load())
+		if last.Before(start) {
+			last = start
+		}
+		idle := time.Since(last)
 		if idle >= quiet || !time.Now().Before(deadline) {
 			return nil
 		}
