@@ -407,6 +407,13 @@ func (s *Scrapbook) Rewind(ctx context.Context, machine, rev string, opts Checko
 	if err != nil {
 		return nil, err
 	}
+	// From the check that rev is whole to its checkout, gc must not run:
+	// the machine is gone in between.
+	release, err := s.holdObjects()
+	if err != nil {
+		return nil, fmt.Errorf("rewind: %w", err)
+	}
+	defer release()
 	// Resolve first: a bad revision must not cost the running machine.
 	id := rev
 	if !isExportedMachine(rev) {

@@ -45,7 +45,7 @@ func (r *FsckReport) OK() bool { return len(r.Problems) == 0 }
 // snapshot. All problems are listed, not just the first.
 func (s *Scrapbook) Fsck(ctx context.Context) (*FsckReport, error) {
 	// Objects come and go while gc runs: fsck does not run meanwhile.
-	release, err := s.lockObjects()
+	release, err := s.holdObjects()
 	if err != nil {
 		return nil, fmt.Errorf("fsck: %w", err)
 	}

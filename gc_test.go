@@ -4,13 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/transport"
 )
 
 // TestGc deletes a branch and checks that gc frees exactly what only that
@@ -118,7 +123,7 @@ func TestGcExcludesWriters(t *testing.T) {
 	writeRandomFile(t, filepath.Join(src, "f"), 1*mib, 1)
 	mustImport(t, s, src, sbuml.SnapshotOptions{})
 
-	release, err := gclock.Shared(s.Dir) // a writer at work
+	release, err := gclock.Shared(s.Dir, 0) // a writer at work
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +137,8 @@ func TestGcExcludesWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer release()
+	defer func(w time.Duration) { gclock.Wait = w }(gclock.Wait)
+	gclock.Wait = 100 * time.Millisecond // writers wait this long for gc
 	writeRandomFile(t, filepath.Join(src, "g"), 1*mib, 2)
 	_, err = s.Import(ctx, src, sbuml.SnapshotOptions{})
 	if !errors.Is(err, gclock.ErrBusy) {
@@ -177,4 +184,39 @@ func TestCompactAfterManyWrites(t *testing.T) {
 			t.Fatalf("snapshot %d: n holds %q, %v", i, b, err)
 		}
 	}
+}
+
+// A push holds off gc in the pushing scrapbook until it is done: a gc
+// started while the remote moves its refs (here, by a server that runs it
+// when the ref update arrives) is refused, so the snapshot pushed and the
+// tracking ref set after stay whole.
+func TestPushHoldsOffGc(t *testing.T) {
+	ctx := context.Background()
+	a := remoteBook(t)
+	work := newRemoteWork(t)
+	remoteImport(t, a, work.dir, "first")
+	b := remoteBook(t)
+	d, err := transport.OpenDir(b.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var gcErr error
+	server := transport.NewServer(d, transport.ServerOptions{Token: "tok"})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/refs/update") {
+			_, gcErr = a.Gc(ctx, sbuml.GcOptions{})
+		}
+		server.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	defer func(w time.Duration) { gclock.Wait = w }(gclock.Wait)
+	gclock.Wait = 0
+	if _, err := a.Push(ctx, srv.URL, []string{"main"}, sbuml.TransferOptions{TokenFile: writeToken(t, "tok")}); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(gcErr, gclock.ErrBusy) {
+		t.Errorf("gc during a push: %v", gcErr)
+	}
+	requireFsckClean(t, a)
 }

@@ -268,6 +268,13 @@ type PushResult struct {
 // refused unless opts.Force. Pushing to a named remote also moves its
 // remote-tracking refs.
 func (s *Scrapbook) Push(ctx context.Context, remote string, names []string, opts TransferOptions) (*PushResult, error) {
+	// The snapshots sent, and the tracking refs set after, must not be
+	// removed by a gc meanwhile.
+	release, err := s.holdObjects()
+	if err != nil {
+		return nil, fmt.Errorf("push: %w", err)
+	}
+	defer release()
 	if len(names) == 0 {
 		b, err := s.CurrentBranch()
 		if err != nil {

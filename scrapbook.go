@@ -139,7 +139,20 @@ func open(abs string) *Scrapbook {
 // Releasing it also merges the small packs, if writes have left many (see
 // compact).
 func (s *Scrapbook) lockObjects() (release func(), err error) {
-	unlock, err := gclock.Shared(s.Dir)
+	unlock, err := s.holdObjects()
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		unlock()
+		s.compact()
+	}, nil
+}
+
+// holdObjects is lockObjects without the merge of packs at the end, for
+// operations that only read.
+func (s *Scrapbook) holdObjects() (release func(), err error) {
+	unlock, err := gclock.Shared(s.Dir, gclock.Wait)
 	if err != nil {
 		return nil, err
 	}
@@ -150,14 +163,11 @@ func (s *Scrapbook) lockObjects() (release func(), err error) {
 			return nil, err
 		}
 	}
-	return func() {
-		unlock()
-		s.compact()
-	}, nil
+	return unlock, nil
 }
 
-// compactAfter is how many packs a scrapbook may hold before a writer,
-// done, merges the small ones. Every process that opens the scrapbook
+// compactAfter is how many small packs (under 128 MiB) a scrapbook may
+// hold before a writer, done, merges them. Every process that opens the scrapbook
 // reads every pack index: with thousands of packs (two or three per
 // commit) each command took 0.2 s longer.
 const compactAfter = 32
@@ -168,7 +178,7 @@ const compactAfter = 32
 // process uses the scrapbook.
 func (s *Scrapbook) compact() {
 	p, ok := s.Objects.(*objects.Packed)
-	if !ok || p.Packs() <= compactAfter {
+	if !ok || p.SmallPacks() <= compactAfter {
 		return
 	}
 	release, err := gclock.Exclusive(s.Dir)

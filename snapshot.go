@@ -143,3 +143,26 @@ func hostname() string {
 	h, _ := os.Hostname()
 	return h
 }
+
+// CreateRef creates the ref name (refs/heads/… or refs/tags/…) at the
+// snapshot rev resolves to, refusing a name already in use, and returns
+// the snapshot's ID. Unlike Refs.Update it holds off gc, so the snapshot
+// cannot be removed between resolving rev and naming it.
+func (s *Scrapbook) CreateRef(ctx context.Context, name, rev string) (objects.ID, error) {
+	release, err := s.holdObjects()
+	if err != nil {
+		return objects.Zero, err
+	}
+	defer release()
+	id, err := s.Resolve(ctx, rev)
+	if err != nil {
+		return objects.Zero, err
+	}
+	if _, err := objects.LoadSnapshot(ctx, s.Objects, id); err != nil {
+		return objects.Zero, err
+	}
+	if err := s.Refs.Update(name, objects.Zero, id, "created from "+rev); err != nil {
+		return objects.Zero, err
+	}
+	return id, nil
+}

@@ -82,6 +82,7 @@ type packLoc struct {
 type packFile struct {
 	name string // pack file name (host path for messages in root)
 	f    billy.File
+	size int64
 }
 
 // packWriter is the pack being written.
@@ -129,12 +130,14 @@ func NewPacked(fsys billy.Filesystem, dir, hostDir string) *Packed {
 
 // load reads the index files not read yet. Callers hold mu for writing.
 func (p *Packed) load() error {
+	// The journal first: a repack publishes its new packs before its
+	// journal, so a listing made after reading the journal holds them.
+	if err := p.readJournal(); err != nil {
+		return err
+	}
 	des, err := p.fs.ReadDir(p.dir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("list packs: %w", err)
-	}
-	if err := p.readJournal(); err != nil {
-		return err
 	}
 	// A repack in another process may have removed packs this one
 	// loaded: then start over, so that nothing removed is seen. The
@@ -220,8 +223,12 @@ func (p *Packed) loadIndex(name string) error {
 		p.broken = append(p.broken, fmt.Errorf("pack %s: %w: cannot open it: %v", p.where(packName), ErrCorrupt, err))
 		return nil
 	}
+	var size int64
+	if fi, err := p.fs.Stat(path.Join(p.dir, packName)); err == nil {
+		size = fi.Size()
+	}
 	n := int32(len(p.packs))
-	p.packs = append(p.packs, &packFile{name: packName, f: f})
+	p.packs = append(p.packs, &packFile{name: packName, f: f, size: size})
 	for _, e := range entries {
 		p.index[e.id] = packLoc{pack: n, off: e.off, size: e.size, crc: e.crc}
 	}
@@ -538,7 +545,10 @@ func (p *Packed) publish(lane int) error {
 		entries = append(entries, indexEntry{id: id, off: loc.off, size: loc.size, crc: loc.crc})
 	}
 	idx := encodePackIndex(entries)
-	name := "pack-" + Sum(idx).String()
+	name, err := p.packName(idx)
+	if err != nil {
+		return err
+	}
 	// The pack's bytes must be durable before an index names them.
 	if err := p.syncfs(); err != nil {
 		return err
@@ -556,6 +566,7 @@ func (p *Packed) publish(lane int) error {
 	// The pending entries become a published pack in this process too.
 	n := int32(len(p.packs))
 	w.file.name = name + ".pack"
+	w.file.size = int64(w.off)
 	p.packs = append(p.packs, w.file)
 	for id, loc := range w.entries {
 		loc.pack = n

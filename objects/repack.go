@@ -124,14 +124,37 @@ func (p *Packed) removeJournaled(ctx context.Context) error {
 	return nil
 }
 
-// Packs returns the number of published packs, as of the last look.
-func (p *Packed) Packs() int {
+// packName names a pack by its index: "pack-" and the index's BLAKE3. A
+// name the journal lists belongs to a pack being removed, which an
+// identical new pack must not share, or the removal would take it too:
+// such a pack is named by the BLAKE3 of its index followed by a counter
+// byte, 1, 2, … Callers hold mu.
+func (p *Packed) packName(idx []byte) (string, error) {
+	if err := p.readJournal(); err != nil {
+		return "", err
+	}
+	name := "pack-" + Sum(idx).String()
+	for i := 1; p.gonePacks[name]; i++ {
+		name = "pack-" + Sum(append(idx[:len(idx):len(idx)], byte(i))).String()
+	}
+	return name, nil
+}
+
+// SmallPacks returns the number of published packs under the size that
+// Repack merges even when it drops nothing, as of the last look.
+func (p *Packed) SmallPacks() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.loaded {
 		p.load()
 	}
-	return len(p.packs)
+	n := 0
+	for _, pf := range p.packs {
+		if pf.size < smallPack {
+			n++
+		}
+	}
+	return n
 }
 
 // smallPack is the size under which a pack is merged with the others
@@ -334,10 +357,11 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (R
 	if err := p.fs.Rename(tmp, path.Join(p.dir, journalFile)); err != nil {
 		return st, fmt.Errorf("repack: publish %s: %w", p.where(journalFile), err)
 	}
-	for _, op := range olds {
-		if op.rewrite && !fresh[op.pf.name] {
-			op.pf.f.Close()
-		}
+	// The journal must be durable before any removal is: a file system
+	// that reorders metadata after a power loss could otherwise keep a
+	// removal and lose the journal.
+	if err := p.syncfs(); err != nil {
+		return st, fmt.Errorf("repack: %w", err)
 	}
 	if err := p.removeJournaled(ctx); err != nil {
 		return st, fmt.Errorf("repack: %w", err)
@@ -346,10 +370,9 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (R
 		return st, err
 	}
 
-	// Start afresh from what is on disk now.
-	for _, pf := range p.packs {
-		pf.f.Close()
-	}
+	// Start afresh from what is on disk now. The files of the old view
+	// are not closed here: a Get of this process may still read one; they
+	// close when no longer used.
 	p.packs, p.index, p.known, p.broken, p.loaded, p.hasLoose = nil, map[ID]packLoc{}, map[string]bool{}, nil, false, false
 	if err := p.load(); err != nil {
 		return st, fmt.Errorf("repack: %w", err)
@@ -506,7 +529,11 @@ func (o *packOutput) finish() error {
 	if err := o.f.Close(); err != nil {
 		return o.fail(err)
 	}
-	idx, name := o.enc.Index()
+	idx, _ := o.enc.Index()
+	name, err := o.p.packName(idx)
+	if err != nil {
+		return o.fail(err)
+	}
 	if err := o.p.syncfs(); err != nil {
 		return o.fail(err)
 	}

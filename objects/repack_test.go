@@ -328,3 +328,45 @@ func TestRefreshAfterRepackElsewhere(t *testing.T) {
 		t.Fatalf("CheckPacks after a repack elsewhere: %v", errs)
 	}
 }
+
+// A writer that stores, after a repack was killed with its journal in
+// place, exactly the objects of a pack that journal removes makes a pack
+// of the same content: it must get a name of its own, or finishing the
+// removal would take it too.
+func TestRepackJournalNameTaken(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	fsys := osfs.New(dir)
+	open := func() *Packed { return NewPacked(fsys, "objects", filepath.Join(dir, "objects")) }
+	s := open()
+	enc := EncodeChunk([]byte("the same chunk, stored twice"))
+	id := Sum(enc)
+	if err := s.Put(ctx, id, Seal(enc, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := strings.TrimSuffix(packNames(t, dir)[0], ".pack")
+	// A gc dropped the chunk and was killed after publishing its journal.
+	journal := fmt.Sprintf("pack %s\nend\n", old)
+	if err := os.WriteFile(filepath.Join(dir, "objects", "pack", journalFile), []byte(journal), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	w := open()
+	if ok, _ := w.Has(ctx, id); ok {
+		t.Fatal("a journaled object is visible")
+	}
+	if err := w.Put(ctx, id, Seal(enc, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open().Repack(ctx, func(ID) bool { return true }, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Load(ctx, open(), id); err != nil || !bytes.Equal(got, enc) {
+		t.Fatalf("the chunk stored again after the killed gc: %v", err)
+	}
+}

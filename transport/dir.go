@@ -62,7 +62,7 @@ func OpenDir(path string) (*Dir, error) {
 	case isFile(filepath.Join(abs, "config")):
 		// Held until Close, so that gc never removes an object a push
 		// is about to name (see internal/gclock).
-		release, err := gclock.Shared(abs)
+		release, err := gclock.Shared(abs, gclock.Wait)
 		if err != nil {
 			return nil, fmt.Errorf("open remote %s: %w", abs, err)
 		}

@@ -224,11 +224,8 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 			if len(args) == 2 {
 				rev = args[1]
 			}
-			id, err := s.Resolve(ctx, rev)
+			id, err := s.CreateRef(ctx, name, rev)
 			if err != nil {
-				return err
-			}
-			if err := s.Refs.Update(name, objects.Zero, id, kind+": created from "+rev); err != nil {
 				if errors.Is(err, refs.ErrConflict) {
 					return fmt.Errorf("%s %s already exists", kind, args[0])
 				}

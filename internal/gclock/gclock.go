@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,16 +24,28 @@ import (
 // FileName is the lock file in a scrapbook directory.
 const FileName = "gc.lock"
 
+// Wait is how long writers of the sbuml package wait for a gc or a merge
+// of packs to end before they give up (a variable for tests).
+var Wait = 10 * time.Second
+
 // ErrBusy is returned when the lock is held in a way that excludes the
 // caller.
 var ErrBusy = errors.New("scrapbook busy")
 
 // Shared takes the lock of the scrapbook in dir for writing objects and
-// refs. It does not wait: while gc runs it returns ErrBusy. Where the lock
-// file cannot be created (a scrapbook the caller may not write), nothing
-// can be written either, and Shared returns a no-op release.
-func Shared(dir string) (release func(), err error) {
-	return take(dir, unix.LOCK_SH, "sbuml gc is running on the scrapbook; try again when it is done")
+// refs. While gc (or a merge of packs) runs, it waits for at most wait,
+// then returns ErrBusy. Where the lock file can be neither created nor
+// opened (a scrapbook the caller may not write), nothing can be written
+// either, and Shared returns a no-op release.
+func Shared(dir string, wait time.Duration) (release func(), err error) {
+	deadline := time.Now().Add(wait)
+	for {
+		release, err = take(dir, unix.LOCK_SH, "sbuml gc, or a merge of packs after a write, is running on the scrapbook; try again when it is done")
+		if !errors.Is(err, ErrBusy) || !time.Now().Before(deadline) {
+			return release, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Exclusive takes the lock of the scrapbook in dir for gc. It does not
@@ -44,10 +57,14 @@ func Exclusive(dir string) (release func(), err error) {
 func take(dir string, how int, busy string) (func(), error) {
 	name := filepath.Join(dir, FileName)
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		if how == unix.LOCK_SH && (errors.Is(err, os.ErrPermission) || errors.Is(err, unix.EROFS)) {
+	if err != nil && (errors.Is(err, os.ErrPermission) || errors.Is(err, unix.EROFS)) {
+		// flock needs no write access: a lock file of another user's
+		// still locks.
+		if f, err = os.Open(name); err != nil && how == unix.LOCK_SH {
 			return func() {}, nil
 		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", name, err)
 	}
 	for {

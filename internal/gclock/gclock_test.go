@@ -2,8 +2,14 @@ package gclock
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 )
+
+// shared takes the shared lock without waiting.
+func shared(dir string) (func(), error) { return Shared(dir, 0) }
 
 func TestLock(t *testing.T) {
 	type step struct {
@@ -15,12 +21,12 @@ func TestLock(t *testing.T) {
 		name  string
 		steps []step
 	}{
-		{"writers share", []step{{take: Shared}, {take: Shared}}},
-		{"gc waits for writers", []step{{take: Shared}, {take: Exclusive, busy: true}}},
-		{"writers wait for gc", []step{{take: Exclusive}, {take: Shared, busy: true}}},
+		{"writers share", []step{{take: shared}, {take: shared}}},
+		{"gc waits for writers", []step{{take: shared}, {take: Exclusive, busy: true}}},
+		{"writers wait for gc", []step{{take: Exclusive}, {take: shared, busy: true}}},
 		{"one gc at a time", []step{{take: Exclusive}, {take: Exclusive, busy: true}}},
-		{"release lets gc in", []step{{take: Shared}, {take: Exclusive, release: true}}},
-		{"release lets writers in", []step{{take: Exclusive}, {take: Shared, release: true}, {take: Shared}}},
+		{"release lets gc in", []step{{take: shared}, {take: Exclusive, release: true}}},
+		{"release lets writers in", []step{{take: Exclusive}, {take: shared, release: true}, {take: shared}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -51,5 +57,62 @@ func TestLock(t *testing.T) {
 				held = append(held, r)
 			}
 		})
+	}
+}
+
+// A writer waits for a gc that ends within its wait, and gives up on one
+// that does not.
+func TestSharedWaits(t *testing.T) {
+	dir := t.TempDir()
+	release, err := Exclusive(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		release()
+	}()
+	start := time.Now()
+	r, err := Shared(dir, 5*time.Second)
+	if err != nil {
+		t.Fatalf("a writer did not get the lock after gc ended: %v", err)
+	}
+	r()
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Errorf("the writer did not wait for gc (%v)", waited)
+	}
+
+	release, err = Exclusive(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if _, err := Shared(dir, 100*time.Millisecond); !errors.Is(err, ErrBusy) {
+		t.Errorf("a writer whose wait ran out: %v", err)
+	}
+}
+
+// The lock file of another user, which this one may not write, still
+// locks: flock needs only a descriptor.
+func TestLockReadOnlyFile(t *testing.T) {
+	dir := t.TempDir()
+	first, err := Exclusive(dir) // creates the file
+	if err != nil {
+		t.Fatal(err)
+	}
+	first()
+	if err := os.Chmod(filepath.Join(dir, FileName), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		t.Log("as root, a 0444 file is still writable: this checks only that locking works")
+	}
+	release, err := Exclusive(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if _, err := Shared(dir, 0); !errors.Is(err, ErrBusy) {
+		t.Errorf("shared lock beside an exclusive one on a read-only file: %v", err)
 	}
 }
