@@ -473,14 +473,23 @@ func fileSize(fsys interface {
 }
 
 // packOutput writes the new packs of a repack, starting another when one
-// reaches MaxPackSize.
+// reaches MaxPackSize. The packs are published together at the end
+// (finish), so a repack that fails midway leaves only temporary files.
 type packOutput struct {
-	p         *Packed
-	dryRun    bool
-	tmp       string
-	f         interface{ Close() error }
-	enc       *PackEncoder
-	published []string // names (pack-…) of the packs published so far
+	p      *Packed
+	dryRun bool
+	tmp    string // the pack being written
+	f      interface{ Close() error }
+	enc    *PackEncoder
+	// written are the packs completed, not yet published.
+	written []writtenPack
+	// published are the names (pack-…) of the packs published.
+	published []string
+}
+
+type writtenPack struct {
+	tmp string
+	idx []byte
 }
 
 func (o *packOutput) add(id ID, stored []byte) error {
@@ -491,7 +500,7 @@ func (o *packOutput) add(id ID, stored []byte) error {
 		return nil
 	}
 	if o.enc != nil && o.enc.Size()+uint64(len(stored)) > maxPackSize {
-		if err := o.finish(); err != nil {
+		if err := o.complete(); err != nil {
 			return err
 		}
 	}
@@ -516,13 +525,14 @@ func (o *packOutput) add(id ID, stored []byte) error {
 }
 
 func (o *packOutput) fail(err error) error {
+	tmp := o.tmp
 	o.abort()
-	return fmt.Errorf("repack: write %s: %w", o.tmp, err)
+	return fmt.Errorf("repack: write %s: %w", tmp, err)
 }
 
-// finish publishes the pack being written, if any: the pack made
-// durable, then renamed, then its index written and renamed.
-func (o *packOutput) finish() error {
+// complete closes the pack being written, if any, to be published by
+// finish.
+func (o *packOutput) complete() error {
 	if o.enc == nil {
 		return nil
 	}
@@ -530,34 +540,59 @@ func (o *packOutput) finish() error {
 		return o.fail(err)
 	}
 	idx, _ := o.enc.Index()
-	name, err := o.p.packName(idx)
-	if err != nil {
-		return o.fail(err)
-	}
-	if err := o.p.syncfs(); err != nil {
-		return o.fail(err)
-	}
-	if err := o.p.fs.Rename(o.tmp, path.Join(o.p.dir, name+".pack")); err != nil {
-		return o.fail(err)
-	}
-	o.enc, o.f = nil, nil
-	tmpIdx := path.Join(o.p.dir, ".tmp-"+randomSuffix()+".idx")
-	if err := writeWhole(o.p.fs, tmpIdx, idx); err != nil {
-		return fmt.Errorf("repack: write pack index %s: %w", o.p.where(name+".idx"), err)
-	}
-	if err := o.p.fs.Rename(tmpIdx, path.Join(o.p.dir, name+".idx")); err != nil {
-		return fmt.Errorf("repack: publish pack index %s: %w", o.p.where(name+".idx"), err)
-	}
-	o.published = append(o.published, name)
+	o.written = append(o.written, writtenPack{tmp: o.tmp, idx: idx})
+	o.enc, o.f, o.tmp = nil, nil, ""
 	return nil
 }
 
-// abort removes a pack left half written.
-func (o *packOutput) abort() {
-	if o.enc == nil {
-		return
+// finish publishes the packs written: made durable, then each renamed
+// into place, then its index written and renamed.
+func (o *packOutput) finish() error {
+	if err := o.complete(); err != nil {
+		return err
 	}
-	o.f.Close()
-	o.p.fs.Remove(o.tmp)
-	o.enc, o.f = nil, nil
+	if len(o.written) == 0 {
+		return nil
+	}
+	if err := o.p.syncfs(); err != nil {
+		o.abort()
+		return fmt.Errorf("repack: %w", err)
+	}
+	for len(o.written) > 0 {
+		w := o.written[0]
+		name, err := o.p.packName(w.idx)
+		if err != nil {
+			o.abort()
+			return fmt.Errorf("repack: %w", err)
+		}
+		if err := o.p.fs.Rename(w.tmp, path.Join(o.p.dir, name+".pack")); err != nil {
+			o.abort()
+			return fmt.Errorf("repack: publish %s: %w", o.p.where(name+".pack"), err)
+		}
+		o.written = o.written[1:]
+		tmpIdx := path.Join(o.p.dir, ".tmp-"+randomSuffix()+".idx")
+		if err := writeWhole(o.p.fs, tmpIdx, w.idx); err != nil {
+			o.abort()
+			return fmt.Errorf("repack: write pack index %s: %w", o.p.where(name+".idx"), err)
+		}
+		if err := o.p.fs.Rename(tmpIdx, path.Join(o.p.dir, name+".idx")); err != nil {
+			o.abort()
+			return fmt.Errorf("repack: publish pack index %s: %w", o.p.where(name+".idx"), err)
+		}
+		o.published = append(o.published, name)
+	}
+	return nil
+}
+
+// abort removes the packs written and not published.
+func (o *packOutput) abort() {
+	if o.enc != nil {
+		o.f.Close()
+		o.p.fs.Remove(o.tmp)
+		o.enc, o.f, o.tmp = nil, nil, ""
+	}
+	for _, w := range o.written {
+		o.p.fs.Remove(w.tmp)
+	}
+	o.written = nil
 }
