@@ -13,6 +13,14 @@ import (
 	"github.com/go-git/go-billy/v5/osfs"
 )
 
+// packedDir returns a directory for a scrapbook's objects and a function
+// that opens a new Packed store on it, as a new process would.
+func packedDir(t *testing.T) (string, func() *Packed) {
+	dir := t.TempDir()
+	fsys := osfs.New(dir)
+	return dir, func() *Packed { return NewPacked(fsys, "objects", filepath.Join(dir, "objects")) }
+}
+
 // packNames lists the published pack files in a scrapbook's objects dir.
 func packNames(t *testing.T, dir string) []string {
 	t.Helper()
@@ -31,9 +39,7 @@ func packNames(t *testing.T, dir string) []string {
 
 func TestRepack(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	fsys := osfs.New(dir)
-	open := func() *Packed { return NewPacked(fsys, "objects", filepath.Join(dir, "objects")) }
+	dir, open := packedDir(t)
 	s := open()
 
 	// Three packs (three syncs), and a loose object.
@@ -149,9 +155,8 @@ func TestRepack(t *testing.T) {
 // index went missing, are removed by a repack; nothing readable is lost.
 func TestRepackRemovesLeftovers(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	fsys := osfs.New(dir)
-	s := NewPacked(fsys, "objects", filepath.Join(dir, "objects"))
+	dir, open := packedDir(t)
+	s := open()
 	want := putChunks(t, s, 50, 1)
 	if err := s.Sync(ctx); err != nil {
 		t.Fatal(err)
@@ -166,7 +171,7 @@ func TestRepackRemovesLeftovers(t *testing.T) {
 		t.Errorf("Leftovers = %v, %d bytes, %v; want the two junk files, 8 bytes", names, size, err)
 	}
 	keepAll := func(ID) bool { return true }
-	if _, err := NewPacked(fsys, "objects", filepath.Join(dir, "objects")).Repack(ctx, keepAll, false); err != nil {
+	if _, err := open().Repack(ctx, keepAll, false); err != nil {
 		t.Fatal(err)
 	}
 	if names, _, err := s.Leftovers(); err != nil || len(names) != 0 {
@@ -178,7 +183,7 @@ func TestRepackRemovesLeftovers(t *testing.T) {
 			t.Errorf("left in pack/: %s", de.Name())
 		}
 	}
-	s = NewPacked(fsys, "objects", filepath.Join(dir, "objects"))
+	s = open()
 	for id, enc := range want {
 		if got, err := Load(ctx, s, id); err != nil || !bytes.Equal(got, enc) {
 			t.Fatalf("%s: %v", id.Short(), err)
@@ -190,9 +195,8 @@ func TestRepackRemovesLeftovers(t *testing.T) {
 // checksum in its pack index, and removes nothing.
 func TestRepackRefusesCorruptPack(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	fsys := osfs.New(dir)
-	s := NewPacked(fsys, "objects", filepath.Join(dir, "objects"))
+	dir, open := packedDir(t)
+	s := open()
 	for seed := int64(1); seed <= 2; seed++ { // two small packs, to be merged
 		putChunks(t, s, 20, seed)
 		if err := s.Sync(ctx); err != nil {
@@ -207,7 +211,7 @@ func TestRepackRefusesCorruptPack(t *testing.T) {
 	if err := os.WriteFile(p, b, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	_, err := NewPacked(fsys, "objects", filepath.Join(dir, "objects")).Repack(ctx, func(ID) bool { return true }, false)
+	_, err := open().Repack(ctx, func(ID) bool { return true }, false)
 	if err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
 		t.Fatalf("repack of a corrupt pack: %v", err)
 	}
@@ -221,9 +225,7 @@ func TestRepackRefusesCorruptPack(t *testing.T) {
 // repack removes them.
 func TestRepackJournal(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	fsys := osfs.New(dir)
-	open := func() *Packed { return NewPacked(fsys, "objects", filepath.Join(dir, "objects")) }
+	dir, open := packedDir(t)
 	s := open()
 	gone := putChunks(t, s, 20, 1)
 	if err := s.Sync(ctx); err != nil {
@@ -293,9 +295,7 @@ func TestRepackJournal(t *testing.T) {
 // what the repack kept and nothing it dropped.
 func TestRefreshAfterRepackElsewhere(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	fsys := osfs.New(dir)
-	open := func() *Packed { return NewPacked(fsys, "objects", filepath.Join(dir, "objects")) }
+	_, open := packedDir(t)
 	w := open()
 	a := putChunks(t, w, 20, 1)
 	w.Sync(ctx)
@@ -335,9 +335,7 @@ func TestRefreshAfterRepackElsewhere(t *testing.T) {
 // removal would take it too.
 func TestRepackJournalNameTaken(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	fsys := osfs.New(dir)
-	open := func() *Packed { return NewPacked(fsys, "objects", filepath.Join(dir, "objects")) }
+	dir, open := packedDir(t)
 	s := open()
 	enc := EncodeChunk([]byte("the same chunk, stored twice"))
 	id := Sum(enc)
