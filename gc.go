@@ -16,6 +16,19 @@ import (
 type GcOptions struct {
 	// DryRun reports what would be removed without removing anything.
 	DryRun bool
+	// OnProgress, if set, is called now and then: while gc marks what the
+	// snapshots reach, and while it copies what it keeps.
+	OnProgress func(GcProgress)
+}
+
+// GcProgress is a moment of a gc.
+type GcProgress struct {
+	// Phase is "marking", then "copying".
+	Phase string
+	// Marked counts the objects found reachable so far.
+	Marked int64
+	// Copied of Total bytes are copied into new packs so far.
+	Copied, Total int64
 }
 
 // GcReport says what Gc kept and removed.
@@ -61,16 +74,30 @@ func (s *Scrapbook) Gc(ctx context.Context, opts GcOptions) (*GcReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
+	report := func(p GcProgress) {
+		if opts.OnProgress != nil {
+			opts.OnProgress(p)
+		}
+	}
 	live := objects.Seen{}
 	for _, root := range roots {
 		err := objects.Walk(ctx, s.Objects, objects.Ref{ID: root, Kind: objects.KindSnapshot}, func(r objects.Ref) (bool, error) {
+			if len(live)%65536 == 0 {
+				report(GcProgress{Phase: "marking", Marked: int64(len(live))})
+			}
 			return live.Add(r.ID), nil
 		})
 		if err != nil {
 			return nil, fmt.Errorf("gc: snapshot %s: %w; nothing was removed (run sbuml fsck)", root.Short(), err)
 		}
 	}
-	st, err := packed.Repack(ctx, func(id objects.ID) bool { _, ok := live[id]; return ok }, opts.DryRun)
+	marked := int64(len(live))
+	st, err := packed.Repack(ctx, func(id objects.ID) bool { _, ok := live[id]; return ok }, objects.RepackOptions{
+		DryRun: opts.DryRun,
+		Progress: func(copied, total int64) {
+			report(GcProgress{Phase: "copying", Marked: marked, Copied: copied, Total: total})
+		},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}

@@ -71,9 +71,17 @@ func TestGc(t *testing.T) {
 		t.Fatalf("dry run removed the snapshot, or found nothing to remove: %+v", dry.RepackStats)
 	}
 
-	r, err := s.Gc(ctx, sbuml.GcOptions{})
+	phases := map[string]int{}
+	var last sbuml.GcProgress
+	r, err := s.Gc(ctx, sbuml.GcOptions{OnProgress: func(p sbuml.GcProgress) {
+		phases[p.Phase]++
+		last = p
+	}})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if phases["marking"] == 0 || (r.CopiedBytes >= 8*mib && (phases["copying"] == 0 || last.Total != r.CopiedBytes)) {
+		t.Errorf("progress: phases %v, last %+v, copied %d bytes", phases, last, r.CopiedBytes)
 	}
 	if r.Roots != 3 || r.Removed != dry.Removed || r.Kept != dry.Kept || r.PacksAfter != 1 {
 		t.Errorf("gc: %+v (dry run said %+v)", r, dry)

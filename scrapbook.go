@@ -186,7 +186,7 @@ func (s *Scrapbook) compact() {
 		return
 	}
 	defer release()
-	p.Repack(context.Background(), func(objects.ID) bool { return true }, false)
+	p.Repack(context.Background(), func(objects.ID) bool { return true }, objects.RepackOptions{})
 }
 
 // writeFileAtomic writes a small file by temp file, fsync and rename.

@@ -162,6 +162,15 @@ func (p *Packed) SmallPacks() int {
 // many commits become one.
 const smallPack = maxPackSize / 4
 
+// RepackOptions tune Repack.
+type RepackOptions struct {
+	// DryRun writes and removes nothing; the stats say what would happen.
+	DryRun bool
+	// Progress, if set, is called now and then while objects are copied
+	// with the bytes copied so far and the bytes to copy in all.
+	Progress func(copied, total int64)
+}
+
 // Repack drops every object for which keep returns false and merges
 // small packs. Packs holding a dropped object, a second copy of an
 // object, or under a quarter of MaxPackSize are rewritten, their kept
@@ -169,15 +178,14 @@ const smallPack = maxPackSize / 4
 // moved into packs or removed. Large packs holding only kept objects are
 // left alone, so the cost of a repack follows what it frees.
 //
-// The new packs are published and made durable before any old file is
-// removed: a crash leaves objects twice, never missing. The caller must
-// ensure that no other process writes to the store meanwhile (see
-// internal/gclock), and that keep holds every object reachable from
-// every ref; Repack only keeps the closure of what it is told.
-//
-// With dryRun, nothing is written or removed and the stats say what
-// would happen.
-func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (RepackStats, error) {
+// The new packs are published and made durable before anything is
+// removed, and what is removed vanishes at once (see journalFile): a
+// crash leaves objects twice, never missing. The caller must ensure that
+// no other process writes to the store meanwhile (see internal/gclock),
+// and that keep holds every object reachable from every ref; Repack only
+// keeps the closure of what it is told.
+func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOptions) (RepackStats, error) {
+	dryRun := opts.DryRun
 	var st RepackStats
 	if err := p.Sync(ctx); err != nil {
 		return st, fmt.Errorf("repack: %w", err)
@@ -245,14 +253,30 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (R
 	}
 
 	var loose []ID
+	var total int64 // bytes to copy, for Progress
 	if err := p.loose.List(ctx, func(id ID, size int64) error {
 		loose = append(loose, id)
 		st.FileBytesBefore += size
+		total += size
 		return nil
 	}); err != nil {
 		return st, fmt.Errorf("repack: list loose objects: %w", err)
 	}
 	st.LooseBefore = len(loose)
+	for i, op := range olds {
+		for _, e := range op.entries {
+			if op.rewrite && p.liveIn(e, int32(i), keep) {
+				total += int64(e.size)
+			}
+		}
+	}
+	var reported int64
+	progress := func() {
+		if opts.Progress != nil && st.CopiedBytes-reported >= 8<<20 {
+			reported = st.CopiedBytes
+			opts.Progress(st.CopiedBytes, total)
+		}
+	}
 
 	out := &packOutput{p: p, dryRun: dryRun}
 	defer out.abort()
@@ -286,6 +310,7 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (R
 				st.KeptBytes += int64(e.size)
 				st.Copied++
 				st.CopiedBytes += int64(e.size)
+				progress()
 			}
 		}
 	}
@@ -309,6 +334,7 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, dryRun bool) (R
 		st.KeptBytes += int64(len(b))
 		st.Copied++
 		st.CopiedBytes += int64(len(b))
+		progress()
 	}
 	if err := out.finish(); err != nil {
 		return st, err

@@ -81,7 +81,7 @@ func TestRepack(t *testing.T) {
 	keepFn := func(id ID) bool { return keep[id] }
 
 	s = open()
-	dry, err := s.Repack(ctx, keepFn, true)
+	dry, err := s.Repack(ctx, keepFn, RepackOptions{DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestRepack(t *testing.T) {
 		t.Fatalf("dry run: %d packs left, stats %+v", n, dry)
 	}
 
-	st, err := s.Repack(ctx, keepFn, false)
+	st, err := s.Repack(ctx, keepFn, RepackOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestRepack(t *testing.T) {
 	}
 
 	// Nothing more to do: a second repack leaves the one pack alone.
-	again, err := open().Repack(ctx, keepFn, false)
+	again, err := open().Repack(ctx, keepFn, RepackOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestRepackRemovesLeftovers(t *testing.T) {
 		t.Errorf("Leftovers = %v, %d bytes, %v; want the two junk files, 8 bytes", names, size, err)
 	}
 	keepAll := func(ID) bool { return true }
-	if _, err := open().Repack(ctx, keepAll, false); err != nil {
+	if _, err := open().Repack(ctx, keepAll, RepackOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if names, _, err := s.Leftovers(); err != nil || len(names) != 0 {
@@ -211,7 +211,7 @@ func TestRepackRefusesCorruptPack(t *testing.T) {
 	if err := os.WriteFile(p, b, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	_, err := open().Repack(ctx, func(ID) bool { return true }, false)
+	_, err := open().Repack(ctx, func(ID) bool { return true }, RepackOptions{})
 	if err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
 		t.Fatalf("repack of a corrupt pack: %v", err)
 	}
@@ -267,7 +267,7 @@ func TestRepackJournal(t *testing.T) {
 		t.Fatalf("FindPrefix finds a journaled loose object")
 	}
 
-	if _, err := r.Repack(ctx, func(ID) bool { return true }, false); err != nil {
+	if _, err := r.Repack(ctx, func(ID) bool { return true }, RepackOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	des, _ := os.ReadDir(filepath.Join(dir, "objects", "pack"))
@@ -308,7 +308,7 @@ func TestRefreshAfterRepackElsewhere(t *testing.T) {
 			t.Fatal("not loaded")
 		}
 	}
-	if _, err := open().Repack(ctx, func(id ID) bool { _, ok := b[id]; return ok }, false); err != nil {
+	if _, err := open().Repack(ctx, func(id ID) bool { _, ok := b[id]; return ok }, RepackOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := old.Refresh(); err != nil {
@@ -361,7 +361,7 @@ func TestRepackJournalNameTaken(t *testing.T) {
 	if err := w.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := open().Repack(ctx, func(ID) bool { return true }, false); err != nil {
+	if _, err := open().Repack(ctx, func(ID) bool { return true }, RepackOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := Load(ctx, open(), id); err != nil || !bytes.Equal(got, enc) {

@@ -302,7 +302,20 @@ while it runs.`,
 			if err != nil {
 				return err
 			}
-			r, err := s.Gc(context.Background(), sbuml.GcOptions{DryRun: dryRun})
+			opts := sbuml.GcOptions{DryRun: dryRun}
+			clear := func() {}
+			if isTerminal(os.Stderr) {
+				opts.OnProgress = func(p sbuml.GcProgress) {
+					line := fmt.Sprintf("gc: marking, %d objects reached", p.Marked)
+					if p.Phase == "copying" {
+						line = fmt.Sprintf("gc: copying what is kept, %s of %s", humanBytes(p.Copied), humanBytes(p.Total))
+					}
+					fmt.Fprintf(os.Stderr, "\r\x1b[K%s", line)
+				}
+				clear = func() { fmt.Fprint(os.Stderr, "\r\x1b[K") }
+			}
+			r, err := s.Gc(context.Background(), opts)
+			clear()
 			if err != nil {
 				return err
 			}
