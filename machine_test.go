@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -158,6 +159,27 @@ func TestMachineCLI(t *testing.T) {
 		t.Errorf("sbuml ps line for m2 killed with SIGKILL: %q", line)
 	}
 
+	// With a console attached, the machine can still be frozen,
+	// continued and halted from elsewhere; the console then ends.
+	attachedIn, keepOpen, err := os.Pipe() // input that does not end
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer keepOpen.Close()
+	attached := exec.Command(sbumlCommand(t), "--scrapbook", s.Dir, "console", "m1")
+	attached.Stdin = attachedIn
+	var attachedErr strings.Builder
+	attached.Stderr = &attachedErr
+	if err := attached.Start(); err != nil {
+		t.Fatal(err)
+	}
+	attachedIn.Close()
+	time.Sleep(time.Second) // let it attach
+	if out := mustCLI(t, s, "freeze", "m1"); out != "m1 frozen\n" {
+		t.Errorf("sbuml freeze m1 with a console attached printed %q", out)
+	}
+	mustCLI(t, s, "continue", "m1")
+
 	// halt leaves neither QEMU nor the RAM file.
 	m1 := psJSON(t, s)["m1"]
 	m1RAM := ramFileOf(t, s, "m1")
@@ -165,6 +187,17 @@ func TestMachineCLI(t *testing.T) {
 		t.Errorf("sbuml halt m1 printed %q", out)
 	}
 	requireGone(t, s, "m1", m1.PID, m1RAM)
+	consoleDone := make(chan error, 1)
+	go func() { consoleDone <- attached.Wait() }()
+	select {
+	case err := <-consoleDone:
+		if err != nil || !strings.Contains(attachedErr.String(), "closed") {
+			t.Errorf("sbuml console of a machine halted meanwhile: %v, %q", err, attachedErr.String())
+		}
+	case <-time.After(10 * time.Second):
+		attached.Process.Kill()
+		t.Errorf("sbuml console did not end when its machine was halted")
+	}
 
 	// halt --all halts the crashed m2 and a running m3, kept in a
 	// directory of the user's choosing, which ps lists by its path.

@@ -48,6 +48,17 @@ type console struct {
 }
 
 func (m *Machine) console(ctx context.Context) (*console, error) {
+	m.mu.Lock()
+	if m.con != nil {
+		select {
+		case <-m.con.done:
+			m.con = nil
+		default:
+			defer m.mu.Unlock()
+			return m.con, nil
+		}
+	}
+	m.mu.Unlock()
 	// Check QEMU first; this also fails cleanly on a halted machine.
 	if _, err := m.QMP(ctx); err != nil {
 		return nil, err
@@ -55,12 +66,7 @@ func (m *Machine) console(ctx context.Context) (*console, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.con != nil {
-		select {
-		case <-m.con.done:
-			m.con = nil
-		default:
-			return m.con, nil
-		}
+		return m.con, nil
 	}
 	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -166,6 +172,25 @@ func (c *console) write(ctx context.Context, b []byte) error {
 	}
 	_, err := c.conn.Write(b)
 	return err
+}
+
+// ShareConsole connects the serial console, then gives up the machine's
+// lock and QMP connection and keeps only the console: other processes
+// can then halt, freeze, continue or commit the machine while this one
+// shows its console, which ends when QEMU exits. Afterwards the Machine
+// is good for its console only (Attach, SendLine) and Close.
+func (m *Machine) ShareConsole(ctx context.Context) error {
+	if _, err := m.console(ctx); err != nil {
+		return fmt.Errorf("console of %s: %w", m.cfg.Name, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.qmp != nil {
+		m.qmp.Close()
+		m.qmp = nil
+	}
+	m.lock.unlock()
+	return nil
 }
 
 // SendLine types line followed by a newline on the serial console.

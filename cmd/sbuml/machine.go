@@ -252,6 +252,11 @@ console has shown so far and return.`,
 				return err
 			}
 			defer m.Close()
+			// Attached, hold only the console: halt, freeze, continue
+			// and commit work meanwhile from other shells.
+			if err := m.ShareConsole(context.Background()); err != nil {
+				return err
+			}
 			if isTerminal(os.Stdin) {
 				restore, err := vmm.MakeRaw(int(os.Stdin.Fd()))
 				if err != nil {
@@ -260,7 +265,13 @@ console has shown so far and return.`,
 				defer restore()
 				fmt.Fprintf(os.Stderr, "attached to %s; Ctrl-] q detaches\r\n", args[0])
 			}
-			return m.Attach(context.Background(), os.Stdin, os.Stdout)
+			err = m.Attach(context.Background(), os.Stdin, os.Stdout)
+			if errors.Is(err, vmm.ErrConsoleClosed) {
+				// Halted (or crashed) meanwhile: the session is over.
+				fmt.Fprintf(os.Stderr, "\r\nconsole of %s closed: its QEMU exited\r\n", args[0])
+				return nil
+			}
+			return err
 		},
 	}
 	c.Flags().BoolVar(&tail, "tail", false, "print the console log and return")
