@@ -25,6 +25,11 @@ type DuReport struct {
 	// UniqueChunkBytes / the stored size of those chunks.
 	DedupRatio       float64 `json:"dedup_ratio"`
 	CompressionRatio float64 `json:"compression_ratio"`
+	// UnreferencedObjects and UnreferencedBytes count the stored objects
+	// that neither a ref nor a machine reaches (deleted branches, for
+	// one): what sbuml gc frees.
+	UnreferencedObjects int64 `json:"unreferenced_objects"`
+	UnreferencedBytes   int64 `json:"unreferenced_bytes"`
 }
 
 // DuSnapshot is one snapshot's line in a DuReport.
@@ -41,14 +46,12 @@ type DuSnapshot struct {
 
 // Du measures the scrapbook: per snapshot (oldest first) its logical size
 // and the bytes it added, and overall the dedup and compression ratios.
+// The snapshots are those gc keeps: the history of every ref and of every
+// machine's last snapshot.
 func (s *Scrapbook) Du(ctx context.Context) (*DuReport, error) {
-	all, err := s.Refs.List("refs/")
+	starts, err := s.gcRoots()
 	if err != nil {
 		return nil, fmt.Errorf("du: %w", err)
-	}
-	starts := make([]objects.ID, len(all))
-	for i, r := range all {
-		starts[i] = r.ID
 	}
 	order, snaps, err := s.history(ctx, starts)
 	if err != nil {
@@ -67,10 +70,13 @@ func (s *Scrapbook) Du(ctx context.Context) (*DuReport, error) {
 		return nil, fmt.Errorf("du: %w", err)
 	}
 	var chunkStored int64
+	r.UnreferencedObjects, r.UnreferencedBytes = r.Objects, r.StoredBytes
 	for _, id := range order {
 		u, sn := acct[id], snaps[id]
 		r.Snapshots = append(r.Snapshots, DuSnapshot{ID: id, Time: sn.Time, Message: sn.Message,
 			LogicalBytes: u.logical, AddedBytes: u.added, AddedObjects: u.objects})
+		r.UnreferencedObjects -= u.objects
+		r.UnreferencedBytes -= u.added
 		r.LogicalBytes += u.logical
 		r.UniqueChunkBytes += u.chunkBytes
 		chunkStored += u.chunkStored

@@ -113,6 +113,11 @@ func TestGc(t *testing.T) {
 	if after.StoredBytes >= before.StoredBytes-3*mib {
 		t.Errorf("du: %d stored bytes before gc, %d after", before.StoredBytes, after.StoredBytes)
 	}
+	// du said beforehand what gc would free, and says nothing is left.
+	if before.UnreferencedBytes != r.RemovedBytes || after.UnreferencedBytes != 0 || after.UnreferencedObjects != 0 {
+		t.Errorf("du: %d unreferenced bytes before gc (gc removed %d), %d in %d objects after",
+			before.UnreferencedBytes, r.RemovedBytes, after.UnreferencedBytes, after.UnreferencedObjects)
+	}
 	if r2, err := again.Gc(ctx, sbuml.GcOptions{}); err != nil || r2.Removed != 0 || r2.Copied != 0 {
 		t.Errorf("second gc: %+v, %v", r2, err)
 	}

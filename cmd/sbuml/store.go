@@ -278,6 +278,9 @@ func duCmd() *cobra.Command {
 			fmt.Printf("%d snapshots, %s logical, %s of unique chunks, %s stored in %d objects\n",
 				len(r.Snapshots), humanBytes(r.LogicalBytes), humanBytes(r.UniqueChunkBytes), humanBytes(r.StoredBytes), r.Objects)
 			fmt.Printf("dedup %.2fx, compression %.2fx\n", r.DedupRatio, r.CompressionRatio)
+			if r.UnreferencedObjects > 0 {
+				fmt.Printf("%s in %d objects that no ref or machine needs (sbuml gc frees them)\n", humanBytes(r.UnreferencedBytes), r.UnreferencedObjects)
+			}
 			return nil
 		},
 	}
