@@ -297,8 +297,8 @@ func gcCmd() *cobra.Command {
 and no machine of the scrapbook reaches, such as the snapshots of a deleted
 branch, and merge the small packs that commits leave into one. Snapshots
 reachable only from reflogs go too. Refuses to run while another sbuml process
-uses the scrapbook (including sbuml serve); commits and imports refuse to start
-while it runs.`,
+uses the scrapbook (including sbuml serve); commits, imports and the like wait
+up to 10 s for it to end. Killed at any moment, it loses nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openScrapbook()
