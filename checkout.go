@@ -274,8 +274,8 @@ func (s *Scrapbook) restore(ctx context.Context, src machineSource, dir string, 
 		return nil, err
 	}
 	if !qi.HasMachineType(cfg.MachineType) {
-		return nil, fmt.Errorf("the snapshot needs QEMU machine type %s, which QEMU %s here does not have (it has %s)",
-			cfg.MachineType, qi.Version, strings.Join(qi.MachineTypes, ", "))
+		return nil, fmt.Errorf("the snapshot needs QEMU machine type %s, which QEMU %s here does not have (its newest q35 is %s): restore it on a host whose QEMU has %s, such as the version that saved it",
+			cfg.MachineType, qi.Version, qi.Q35(), cfg.MachineType)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
