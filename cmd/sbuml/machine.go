@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -67,10 +66,6 @@ func parseSize(v string) (int64, error) {
 }
 
 // signalContext is cancelled by Ctrl-C.
-func signalContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt)
-}
-
 // progressWriter shows progress lines on a terminal only.
 func progressWriter() io.Writer {
 	if isTerminal(os.Stderr) {
@@ -96,7 +91,7 @@ Returns once the guest's shell is ready.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := signalContext()
+			ctx, cancel := interruptible()
 			defer cancel()
 			opts.Memory, opts.DiskSize = int64(memory), int64(disk)
 			opts.Progress = progressWriter()
@@ -338,7 +333,7 @@ the scrapbook as refs/images/NAME.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := signalContext()
+			ctx, cancel := interruptible()
 			defer cancel()
 			opts.DiskSize = int64(disk)
 			opts.Progress = progressWriter()

@@ -25,10 +25,28 @@ func init() {
 // DefaultServeAddr is where `sbuml serve` listens unless told otherwise.
 const DefaultServeAddr = "127.0.0.1:8417"
 
-// interruptible returns a context cancelled by SIGINT or SIGTERM, so that
-// an interrupted transfer still keeps what it received.
+// interruptible returns a context cancelled by the first SIGINT or
+// SIGTERM, so that an interrupted transfer still keeps what it received,
+// and a second one ends the process at once.
 func interruptible() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		select {
+		case <-sigs:
+			// The first interrupt ends the work cleanly (a transfer keeps
+			// what arrived); from now on the default action applies, so
+			// a second one ends the process at once.
+			signal.Stop(sigs)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		cancel()
+	}
 }
 
 func remoteCmd() *cobra.Command {

@@ -495,3 +495,51 @@ func TestCLIPullInterrupted(t *testing.T) {
 	}
 	t.Logf("%d bytes in all; the interrupted pull kept %d; the second received %d", total, kept, res.Stats.ObjectBytes)
 }
+
+// TestCLIPullInterruptedTwice interrupts a pull, then interrupts it again
+// while it is still handing over what arrived: the second interrupt ends
+// the process at once, and the scrapbook is whole all the same.
+func TestCLIPullInterruptedTwice(t *testing.T) {
+	tmp := t.TempDir()
+	a, b := filepath.Join(tmp, "a"), filepath.Join(tmp, "b")
+	work := filepath.Join(tmp, "work")
+	writeRandom(t, filepath.Join(work, "disk.img"), 4<<20, 1)
+	sbumlOK(t, "init", a)
+	sbumlOK(t, "--scrapbook", a, "import", work, "-m", "big")
+	var total int64
+	for _, size := range objectBytes(t, a) {
+		total += size
+	}
+	d, err := transport.OpenDir(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	stalling := &stallingServer{h: transport.NewServer(d, transport.ServerOptions{}), budget: total / 2, stalled: make(chan struct{})}
+	srv := httptest.NewServer(stalling)
+	defer srv.Close()
+
+	sbumlOK(t, "init", b)
+	sbumlOK(t, "--scrapbook", b, "remote", "add", "origin", srv.URL)
+	cmd := exec.Command(sbumlBin, "--scrapbook", b, "pull", "origin")
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stalling.stalled:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal("the pull never got half-way")
+	}
+	cmd.Process.Signal(os.Interrupt)
+	time.Sleep(100 * time.Millisecond) // within the 250 ms it waits for data under way
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || !exit.Sys().(syscall.WaitStatus).Signaled() {
+		t.Errorf("a pull interrupted twice: %v, want it ended by the second interrupt", err)
+	}
+	sbumlOK(t, "--scrapbook", b, "fsck")
+}

@@ -34,7 +34,7 @@ capture. The machine's branch (default: its name) moves to the snapshot.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := signalContext()
+			ctx, cancel := interruptible()
 			defer cancel()
 			progress, clear := storeProgress("storing")
 			opts.OnProgress = progress
@@ -91,7 +91,7 @@ Any number of machines may be checked out from one snapshot at once.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := signalContext()
+			ctx, cancel := interruptible()
 			defer cancel()
 			opts.Progress = progressWriter()
 			res, err := checkoutWithBar(ctx, s, args[0], args[1], opts)
@@ -156,7 +156,7 @@ on since, commit with --branch NEW (or --force).`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := signalContext()
+			ctx, cancel := interruptible()
 			defer cancel()
 			opts.Progress = progressWriter()
 			res, err := s.Rewind(ctx, args[0], args[1], opts)
@@ -259,7 +259,7 @@ are installed (see docs/transport.md).`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := signalContext()
+			ctx, cancel := interruptible()
 			defer cancel()
 			name := ""
 			if len(args) == 2 {
