@@ -270,7 +270,8 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	leaveFrozen := opts.Freeze && !opts.Continue
 	continued := !frozenAt.IsZero() && (wasRunning && !leaveFrozen || opts.Continue)
 	if continued {
-		if err := m.Continue(ctx); err != nil && captureErr == nil {
+		// Also when interrupted: the guest must not stay frozen.
+		if err := m.Continue(context.WithoutCancel(ctx)); err != nil && captureErr == nil {
 			captureErr = err
 		}
 	}

@@ -81,6 +81,8 @@ func (s *Scrapbook) Du(ctx context.Context) (*DuReport, error) {
 		r.UniqueChunkBytes += u.chunkBytes
 		chunkStored += u.chunkStored
 	}
+	// A damaged store may lack chunks the snapshots reach.
+	r.UnreferencedObjects, r.UnreferencedBytes = max(r.UnreferencedObjects, 0), max(r.UnreferencedBytes, 0)
 	if r.UniqueChunkBytes > 0 {
 		r.DedupRatio = float64(r.LogicalBytes) / float64(r.UniqueChunkBytes)
 	}

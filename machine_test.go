@@ -179,6 +179,8 @@ func TestMachineCLI(t *testing.T) {
 		t.Errorf("sbuml freeze m1 with a console attached printed %q", out)
 	}
 	mustCLI(t, s, "continue", "m1")
+	// QEMU serves one console client: a second console is refused.
+	requireCLIError(t, s, []string{"console", "m1"}, "console is attached in another sbuml process", "pid ")
 
 	// halt leaves neither QEMU nor the RAM file.
 	m1 := psJSON(t, s)["m1"]

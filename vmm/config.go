@@ -20,6 +20,7 @@ const (
 	PIDFile       = "qemu.pid"     // QEMU's pid, from Boot until Halt
 	QEMULog       = "qemu.log"     // QEMU's stdout and stderr
 	LockFile      = "lock"         // flock held by the sbuml process driving the machine
+	ConsoleLock   = "console.lock" // flock held by the sbuml process showing the console
 	RAMFileName   = "ram"          // guest RAM, in the machine directory or a tmpfs directory
 )
 

@@ -58,7 +58,13 @@ func (m *Machine) console(ctx context.Context) (*console, error) {
 			return m.con, nil
 		}
 	}
+	shared := m.conLock != nil
 	m.mu.Unlock()
+	if shared {
+		// The lock was given up for the console (ShareConsole), which
+		// has closed: QEMU exited.
+		return nil, fmt.Errorf("console of %s: %w", m.cfg.Name, ErrConsoleClosed)
+	}
 	// Check QEMU first; this also fails cleanly on a halted machine.
 	if _, err := m.QMP(ctx); err != nil {
 		return nil, err
@@ -174,13 +180,23 @@ func (c *console) write(ctx context.Context, b []byte) error {
 	return err
 }
 
+// ErrConsoleBusy is wrapped by the error of ShareConsole when another
+// process shows the console already: QEMU serves one console client.
+var ErrConsoleBusy = errors.New("the console is attached in another sbuml process")
+
 // ShareConsole connects the serial console, then gives up the machine's
 // lock and QMP connection and keeps only the console: other processes
 // can then halt, freeze, continue or commit the machine while this one
-// shows its console, which ends when QEMU exits. Afterwards the Machine
+// shows its console, which ends when QEMU exits. A second ShareConsole,
+// in another process, fails with ErrConsoleBusy. Afterwards the Machine
 // is good for its console only (Attach, SendLine) and Close.
 func (m *Machine) ShareConsole(ctx context.Context) error {
+	conLock, err := lockFile(m.dir, ConsoleLock, ErrConsoleBusy)
+	if err != nil {
+		return err
+	}
 	if _, err := m.console(ctx); err != nil {
+		conLock.unlock()
 		return fmt.Errorf("console of %s: %w", m.cfg.Name, err)
 	}
 	m.mu.Lock()
@@ -190,6 +206,7 @@ func (m *Machine) ShareConsole(ctx context.Context) error {
 		m.qmp = nil
 	}
 	m.lock.unlock()
+	m.conLock = conLock
 	return nil
 }
 

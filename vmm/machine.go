@@ -48,6 +48,9 @@ type Machine struct {
 	dir  string
 	cfg  Config
 	lock *dirLock
+	// conLock is held while this process shows the console after giving
+	// up lock (ShareConsole).
+	conLock *dirLock
 
 	mu  sync.Mutex
 	qmp *QMP
@@ -342,6 +345,7 @@ func (m *Machine) Close() error {
 		m.con = nil
 	}
 	m.lock.unlock()
+	m.conLock.unlock()
 	return nil
 }
 

@@ -20,7 +20,13 @@ type dirLock struct{ f *os.File }
 var ErrBusy = errors.New("machine is in use by another sbuml process")
 
 func lockDir(dir string) (*dirLock, error) {
-	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o644)
+	return lockFile(dir, LockFile, ErrBusy)
+}
+
+// lockFile takes the flock on the file name in dir, or fails with an
+// error wrapping busy that names the holder.
+func lockFile(dir, name string, busy error) (*dirLock, error) {
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("lock machine %s: %w", dir, err)
 	}
@@ -29,9 +35,9 @@ func lockDir(dir string) (*dirLock, error) {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			if h := strings.TrimSpace(string(holder)); h != "" {
-				return nil, fmt.Errorf("lock machine %s: %w (pid %s%s)", dir, ErrBusy, h, commandOf(h))
+				return nil, fmt.Errorf("lock machine %s: %w (pid %s%s)", dir, busy, h, commandOf(h))
 			}
-			return nil, fmt.Errorf("lock machine %s: %w", dir, ErrBusy)
+			return nil, fmt.Errorf("lock machine %s: %w", dir, busy)
 		}
 		return nil, fmt.Errorf("lock machine %s: %w", dir, err)
 	}
