@@ -240,8 +240,9 @@ const packRecordHeader = objects.IDSize + 4
 // *wholePack, having delivered nothing, if the server sends whole files.
 func (s *Static) fromRanges(ctx context.Context, p *staticPack, entries []objects.PackEntry, deliver func(objects.ID, []byte) error) ([]objects.ID, error) {
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Offset < entries[j].Offset })
-	var failed []objects.ID
-	for first := true; len(entries) > 0; first = false {
+	// Cut the entries into runs, one range request each.
+	var runs [][]objects.PackEntry
+	for len(entries) > 0 {
 		n := 1
 		start, end := entries[0].Offset, entries[0].Offset+uint64(entries[0].Size)
 		for n < len(entries) {
@@ -252,37 +253,60 @@ func (s *Static) fromRanges(ctx context.Context, p *staticPack, entries []object
 			end = max(end, e.Offset+uint64(e.Size))
 			n++
 		}
-		run := entries[:n]
+		runs = append(runs, entries[:n])
 		entries = entries[n:]
+	}
+	var mu sync.Mutex
+	var failed []objects.ID
+	// fetch reads one run and delivers its objects; those it cannot read
+	// are failed. The first run alone learns whether the server serves
+	// ranges at all (a *wholePack error), before the others start.
+	fetch := func(ctx context.Context, run []objects.PackEntry, first bool) error {
+		start, end := run[0].Offset, run[len(run)-1].Offset+uint64(run[len(run)-1].Size)
 		data, err := s.readRange(ctx, p, start, end)
 		var wp *wholePack
 		if errors.As(err, &wp) {
 			if first {
-				return nil, err // nothing delivered yet: the caller reads the whole pack
+				return err // nothing delivered yet: the caller reads the whole pack
 			}
 			wp.resp.Body.Close()
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return ctx.Err()
 			}
+			mu.Lock()
 			for _, e := range run {
 				failed = append(failed, e.ID)
 			}
-			continue
+			mu.Unlock()
+			return nil
 		}
 		for _, e := range run {
 			stored := data[e.Offset-start : e.Offset-start+uint64(e.Size)]
 			if objects.PackCRC(stored) != e.CRC {
+				mu.Lock()
 				failed = append(failed, e.ID)
+				mu.Unlock()
 				continue
 			}
 			if err := deliver(e.ID, stored); err != nil {
-				return nil, err
+				return err
 			}
 		}
+		return nil
 	}
-	return failed, nil
+	if err := fetch(ctx, runs[0], true); err != nil {
+		return nil, err
+	}
+	g := newGroup(ctx, StaticConcurrency)
+	for _, run := range runs[1:] {
+		g.run(func(ctx context.Context) error { return fetch(ctx, run, false) })
+	}
+	if err := g.wait(); err != nil {
+		return nil, err
+	}
+	return failed, ctx.Err()
 }
 
 // readRange downloads bytes [start, end) of pack p.
