@@ -64,13 +64,13 @@ func TestLock(t *testing.T) {
 // that does not.
 func TestSharedWaits(t *testing.T) {
 	dir := t.TempDir()
-	release, err := Exclusive(dir)
+	gc, err := Exclusive(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() {
 		time.Sleep(200 * time.Millisecond)
-		release()
+		gc()
 	}()
 	start := time.Now()
 	r, err := Shared(dir, 5*time.Second)
@@ -82,7 +82,7 @@ func TestSharedWaits(t *testing.T) {
 		t.Errorf("the writer did not wait for gc (%v)", waited)
 	}
 
-	release, err = Exclusive(dir)
+	release, err := Exclusive(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
