@@ -426,44 +426,62 @@ func (w *stallingWriter) Write(p []byte) (int, error) {
 	return w.ResponseWriter.Write(p)
 }
 
-// TestCLIPullInterrupted interrupts `sbuml pull` half-way with SIGINT and
-// pulls again: the second pull receives only what the first did not keep.
-func TestCLIPullInterrupted(t *testing.T) {
+// halfwayPull is a `sbuml pull` into scrapbook b from a server of
+// scrapbook a that stalls once half of a's bytes (total) are sent.
+type halfwayPull struct {
+	a, b     string
+	total    int64
+	stalling *stallingServer
+	cmd      *exec.Cmd
+	stderr   bytes.Buffer
+}
+
+// startHalfwayPull starts the pull and returns once it is stalled
+// half-way.
+func startHalfwayPull(t *testing.T) *halfwayPull {
+	t.Helper()
 	tmp := t.TempDir()
-	a, b := filepath.Join(tmp, "a"), filepath.Join(tmp, "b")
+	p := &halfwayPull{a: filepath.Join(tmp, "a"), b: filepath.Join(tmp, "b")}
 	work := filepath.Join(tmp, "work")
 	writeRandom(t, filepath.Join(work, "disk.img"), 4<<20, 1)
-	sbumlOK(t, "init", a)
-	sbumlOK(t, "--scrapbook", a, "import", work, "-m", "big")
-	var total int64
-	for _, size := range objectBytes(t, a) {
-		total += size
+	sbumlOK(t, "init", p.a)
+	sbumlOK(t, "--scrapbook", p.a, "import", work, "-m", "big")
+	for _, size := range objectBytes(t, p.a) {
+		p.total += size
 	}
-	d, err := transport.OpenDir(a)
+	d, err := transport.OpenDir(p.a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
-	stalling := &stallingServer{h: transport.NewServer(d, transport.ServerOptions{}), budget: total / 2, stalled: make(chan struct{})}
-	srv := httptest.NewServer(stalling)
-	defer srv.Close()
+	t.Cleanup(func() { d.Close() })
+	p.stalling = &stallingServer{h: transport.NewServer(d, transport.ServerOptions{}), budget: p.total / 2, stalled: make(chan struct{})}
+	srv := httptest.NewServer(p.stalling)
+	t.Cleanup(srv.Close)
 
-	sbumlOK(t, "init", b)
-	sbumlOK(t, "--scrapbook", b, "remote", "add", "origin", srv.URL)
-	cmd := exec.Command(sbumlBin, "--scrapbook", b, "pull", "origin")
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	sbumlOK(t, "init", p.b)
+	sbumlOK(t, "--scrapbook", p.b, "remote", "add", "origin", srv.URL)
+	p.cmd = exec.Command(sbumlBin, "--scrapbook", p.b, "pull", "origin")
+	p.cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+	p.cmd.Stderr = &p.stderr
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-stalling.stalled:
+	case <-p.stalling.stalled:
 	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("the pull never got half-way: %s", stderr.String())
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+		t.Fatalf("the pull never got half-way: %s", p.stderr.String())
 	}
+	return p
+}
+
+// TestCLIPullInterrupted interrupts `sbuml pull` half-way with SIGINT and
+// pulls again: the second pull receives only what the first did not keep.
+func TestCLIPullInterrupted(t *testing.T) {
+	p := startHalfwayPull(t)
+	a, b, total, stalling, cmd := p.a, p.b, p.total, p.stalling, p.cmd
+	stderr := &p.stderr
 	cmd.Process.Signal(os.Interrupt)
 	if err := cmd.Wait(); err == nil {
 		t.Fatal("an interrupted pull succeeded")
@@ -500,43 +518,12 @@ func TestCLIPullInterrupted(t *testing.T) {
 // while it is still handing over what arrived: the second interrupt ends
 // the process at once, and the scrapbook is whole all the same.
 func TestCLIPullInterruptedTwice(t *testing.T) {
-	tmp := t.TempDir()
-	a, b := filepath.Join(tmp, "a"), filepath.Join(tmp, "b")
-	work := filepath.Join(tmp, "work")
-	writeRandom(t, filepath.Join(work, "disk.img"), 4<<20, 1)
-	sbumlOK(t, "init", a)
-	sbumlOK(t, "--scrapbook", a, "import", work, "-m", "big")
-	var total int64
-	for _, size := range objectBytes(t, a) {
-		total += size
-	}
-	d, err := transport.OpenDir(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	stalling := &stallingServer{h: transport.NewServer(d, transport.ServerOptions{}), budget: total / 2, stalled: make(chan struct{})}
-	srv := httptest.NewServer(stalling)
-	defer srv.Close()
-
-	sbumlOK(t, "init", b)
-	sbumlOK(t, "--scrapbook", b, "remote", "add", "origin", srv.URL)
-	cmd := exec.Command(sbumlBin, "--scrapbook", b, "pull", "origin")
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-stalling.stalled:
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatal("the pull never got half-way")
-	}
+	p := startHalfwayPull(t)
+	b, cmd := p.b, p.cmd
 	cmd.Process.Signal(os.Interrupt)
 	time.Sleep(100 * time.Millisecond) // within the 250 ms it waits for data under way
 	cmd.Process.Signal(os.Interrupt)
-	err = cmd.Wait()
+	err := cmd.Wait()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || !exit.Sys().(syscall.WaitStatus).Signaled() {
 		t.Errorf("a pull interrupted twice: %v, want it ended by the second interrupt", err)
