@@ -73,6 +73,7 @@ func BenchmarkImport(b *testing.B) {
 		newSecs += t1.Sub(t0).Seconds()
 		sameSecs += time.Since(t1).Seconds()
 		b.StopTimer()
+		s.Close()
 		os.RemoveAll(dir)
 		b.StartTimer()
 	}

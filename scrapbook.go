@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -119,6 +120,16 @@ func OpenOrInit(dir string) (*Scrapbook, error) {
 		return Init(dir)
 	}
 	return s, err
+}
+
+// Close releases the files the scrapbook holds open (its pack files).
+// Every operation has finished writing by the time it returns, so Close
+// loses nothing; the Scrapbook must not be used afterwards.
+func (s *Scrapbook) Close() error {
+	if c, ok := s.Objects.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }
 
 func open(abs string) *Scrapbook {
