@@ -6,7 +6,6 @@ package objects
 import (
 	"encoding/hex"
 	"fmt"
-	"sync"
 
 	"github.com/zeebo/blake3"
 )
@@ -25,21 +24,6 @@ var Zero ID
 // computed here.
 func Sum(encoding []byte) ID {
 	return ID(blake3.Sum256(encoding))
-}
-
-var hashers = sync.Pool{New: func() any { return blake3.New() }}
-
-// SumChunk returns the ID of the chunk holding data, the same as
-// Sum(EncodeChunk(data)) without building the encoding.
-func SumChunk(data []byte) ID {
-	h := hashers.Get().(*blake3.Hasher)
-	h.Reset()
-	h.Write(ChunkHeader[:])
-	h.Write(data)
-	var id ID
-	h.Sum(id[:0])
-	hashers.Put(h)
-	return id
 }
 
 // String returns the ID as 64 lowercase hex digits.

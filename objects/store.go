@@ -36,10 +36,10 @@ type Syncer interface {
 }
 
 // A LeafPutter is a Store with a faster way to store objects that
-// reference no others (chunks): PutLeaf is Put with the stored form in
-// parts, and may write several leaves at once.
+// reference no others (chunks): PutLeaf is Put, and may write several
+// leaves at once.
 type LeafPutter interface {
-	PutLeaf(ctx context.Context, id ID, parts ...[]byte) error
+	PutLeaf(ctx context.Context, id ID, stored []byte) error
 }
 
 // A Locator is a Store that can say where an object lives, for messages.

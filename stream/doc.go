@@ -1,8 +1,9 @@
 // Package stream turns large byte streams (files, disks, RAM images) into
 // stream objects and back.
 //
-// Writing: a Saver cuts a reader into chunks (package chunker), hashes,
-// seals and stores them on a pool of workers, and builds the stream's index
+// Writing: a Saver cuts a reader (a regular file is mapped, not read) into
+// chunks (package chunker), hashes, seals and stores them on a pool of
+// workers or on the goroutine that cut them, and builds the stream's index
 // tree as the chunks come back in order. All-zero chunks become holes and
 // cost nothing. Index nodes are cut at content-defined points (an entry
 // ends a node when its ID matches the fanout mask), so changing one chunk

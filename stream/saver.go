@@ -33,9 +33,13 @@ type Stats struct {
 // workers shared by all the streams it saves. It is safe for concurrent
 // use; Close it when done.
 //
-// A stream is read in large blocks; chunks are cut in place and handed to
-// the workers in batches, so a chunk the store already has is hashed
-// where it lies and never copied.
+// A stream is taken in large blocks: a regular file is mapped into memory
+// a window at a time, anything else is read into buffers. Chunks are cut
+// in place and handed on in small batches, to an idle worker if there is
+// one, else hashed and stored by the goroutine that cut them while they
+// are still in its core's cache. A chunk of a mapped file is copied out
+// before it is hashed, so the bytes stored are the bytes hashed even if
+// another process writes to the file meanwhile.
 type Saver struct {
 	store objects.Store
 	jobs  chan *job
@@ -47,19 +51,6 @@ type Saver struct {
 	}
 
 	logical, holes, chunks, newObjects, newBytes, newChunkBytes atomic.Int64
-}
-
-// block is one read of a stream, shared by the jobs cutting from it.
-type block struct {
-	buf  []byte
-	refs atomic.Int32
-	pool *sync.Pool
-}
-
-func (b *block) release() {
-	if b.refs.Add(-1) == 0 {
-		b.pool.Put(b)
-	}
 }
 
 // job is a batch of consecutive chunks of one block for a worker.
@@ -81,7 +72,7 @@ type result struct {
 // Batching: a job carries up to this many chunks or bytes.
 const (
 	batchChunks = 64
-	batchBytes  = 512 << 10
+	batchBytes  = 128 << 10
 )
 
 // NewSaver starts a Saver with workers goroutines (0 means GOMAXPROCS).
@@ -89,7 +80,7 @@ func NewSaver(store objects.Store, workers int) *Saver {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	s := &Saver{store: store, jobs: make(chan *job, 4*workers)}
+	s := &Saver{store: store, jobs: make(chan *job)}
 	for i := range s.known {
 		s.known[i].m = make(map[objects.ID]struct{})
 	}
@@ -120,66 +111,68 @@ func (s *Saver) Stats() Stats {
 
 func (s *Saver) work() {
 	defer s.wg.Done()
-	var enc, seal []byte
+	faultsAsErrors() // for good: workers read chunks of mapped files
+	var bufs scratch
 	for j := range s.jobs {
-		out := make([]result, len(j.spans))
-		for i, sp := range j.spans {
-			data := j.blk.buf[sp.start:sp.end]
-			r := &out[i]
-			r.length = uint64(len(data))
-			if chunker.IsZero(data) {
-				s.holes.Add(int64(len(data)))
-				continue
-			}
-			s.chunks.Add(1)
-			r.id = objects.SumChunk(data)
-			if s.isKnown(r.id) {
-				continue
-			}
-			has, err := s.store.Has(j.ctx, r.id)
-			if err != nil || has {
-				r.err = err
-				if has {
-					s.setKnown(r.id)
-				}
-				continue
-			}
-			// New. Incompressible data is stored as header and data
-			// where it lies; otherwise build the encoding and seal it.
-			var size int
-			leaves, isLeafPutter := s.store.(objects.LeafPutter)
-			if isLeafPutter && objects.ChunkStoredRaw(data) {
-				size = len(objects.ChunkHeader) + len(data)
-				if err := leaves.PutLeaf(j.ctx, r.id, objects.ChunkHeader[:], data); err != nil {
-					r.err = err
-					continue
-				}
-			} else {
-				enc = append(append(enc[:0], objects.ChunkHeader[:]...), data...)
-				stored := objects.Seal(enc, seal)
-				var err error
-				if isLeafPutter {
-					err = leaves.PutLeaf(j.ctx, r.id, stored)
-				} else {
-					err = s.store.Put(j.ctx, r.id, stored)
-				}
-				if err != nil {
-					r.err = err
-					continue
-				}
-				if &stored[0] != &enc[0] && cap(stored) > cap(seal) {
-					seal = stored // keep the larger buffer for the next Seal
-				}
-				size = len(stored)
-			}
-			s.setKnown(r.id)
-			s.newObjects.Add(1)
-			s.newBytes.Add(int64(size))
-			s.newChunkBytes.Add(int64(len(data)))
-		}
-		j.blk.release()
-		j.res <- out
+		s.process(j, &bufs)
 	}
+}
+
+// scratch holds one goroutine's buffers for chunk encodings and their
+// compressed forms.
+type scratch struct{ enc, seal []byte }
+
+// process hashes the chunks of j, stores those the store lacks, and
+// sends the results on j.res. Each chunk is first copied out of its block
+// as its encoding (header and data): for a mapped file, that fixes the
+// bytes that are then both hashed and stored.
+func (s *Saver) process(j *job, bufs *scratch) {
+	out := make([]result, len(j.spans))
+	for i, sp := range j.spans {
+		r := &out[i]
+		r.length = uint64(sp.end - sp.start)
+		enc, err := encodeChunk(&bufs.enc, j.blk.buf[sp.start:sp.end])
+		switch {
+		case err != nil:
+			r.err = err
+			continue
+		case enc == nil:
+			s.holes.Add(int64(r.length))
+			continue
+		}
+		s.chunks.Add(1)
+		r.id = objects.Sum(enc)
+		if s.isKnown(r.id) {
+			continue
+		}
+		has, err := s.store.Has(j.ctx, r.id)
+		if err != nil || has {
+			r.err = err
+			if has {
+				s.setKnown(r.id)
+			}
+			continue
+		}
+		stored := objects.Seal(enc, bufs.seal)
+		if leaves, ok := s.store.(objects.LeafPutter); ok {
+			err = leaves.PutLeaf(j.ctx, r.id, stored)
+		} else {
+			err = s.store.Put(j.ctx, r.id, stored)
+		}
+		if &stored[0] != &enc[0] && cap(stored) > cap(bufs.seal) {
+			bufs.seal = stored // keep the larger buffer for the next Seal
+		}
+		if err != nil {
+			r.err = err
+			continue
+		}
+		s.setKnown(r.id)
+		s.newObjects.Add(1)
+		s.newBytes.Add(int64(len(stored)))
+		s.newChunkBytes.Add(int64(r.length))
+	}
+	j.blk.release()
+	j.res <- out
 }
 
 // isKnown reports whether id is known to be in the store already.
@@ -283,76 +276,76 @@ func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.
 // cut reads r in blocks, cuts each into chunks in place and sends them to
 // the workers in batches, queueing each batch's results on pending in
 // stream order. Bytes after a block's last cut (less than a largest
-// chunk) are carried into the next block.
+// chunk) are carried into the next block. When every worker is busy, cut
+// processes a batch itself, while the batch is still in this core's cache.
 func (s *Saver) cut(ctx context.Context, r io.Reader, cp chunker.Params, pending chan<- chan []result) error {
-	size := blockSize(cp)
-	pool := &sync.Pool{}
-	newBlock := func() *block {
-		if b, ok := pool.Get().(*block); ok {
-			return b
-		}
-		return &block{buf: make([]byte, size), pool: pool}
-	}
+	defer faultsAsErrors()()
+	src := newSource(r, blockSize(cp), &s.logical)
+	var bufs scratch
 	var carry []byte
 	for eof := false; !eof; {
-		blk := newBlock()
-		blk.refs.Store(1) // this function's own reference
-		n := copy(blk.buf, carry)
-		m, err := io.ReadFull(r, blk.buf[n:])
-		switch {
-		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			eof = true
-		case err != nil:
-			blk.release()
+		var blk *block
+		var err error
+		blk, eof, err = src.next(carry)
+		if err != nil {
 			return err
 		}
-		s.logical.Add(int64(m))
-		data := blk.buf[:n+m]
-		var spans []span
-		var batched int
-		flush := func() error {
-			if len(spans) == 0 {
-				return nil
-			}
-			blk.refs.Add(1)
-			rc := make(chan []result, 1)
-			select {
-			case s.jobs <- &job{ctx: ctx, blk: blk, spans: spans, res: rc}:
-			case <-ctx.Done():
-				blk.release()
-				return context.Cause(ctx)
-			}
-			select {
-			case pending <- rc:
-			case <-ctx.Done():
-				return context.Cause(ctx)
-			}
-			spans, batched = nil, 0
-			return nil
-		}
-		off := 0
-		for off < len(data) {
-			rest := data[off:]
-			if !eof && len(rest) < int(cp.Max) {
-				break // may end in a longer chunk: carry it over
-			}
-			c := cp.Cut(rest)
-			spans = append(spans, span{off, off + c})
-			batched += c
-			off += c
-			if len(spans) == batchChunks || batched >= batchBytes {
-				if err := flush(); err != nil {
-					blk.release()
-					return err
-				}
-			}
-		}
-		if err := flush(); err != nil {
-			blk.release()
-			return err
-		}
-		carry = append(carry[:0], data[off:]...)
+		carry, err = s.cutBlock(ctx, blk, eof, cp, pending, &bufs, carry)
 		blk.release()
+		if err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// cutBlock cuts blk into chunks and hands them on in batches. Unless blk
+// ends the stream, it stops short of the last largest chunk's worth of
+// bytes, which may belong to a chunk that goes on in the next block, and
+// returns them in carry's buffer.
+func (s *Saver) cutBlock(ctx context.Context, blk *block, eof bool, cp chunker.Params, pending chan<- chan []result, bufs *scratch, carry []byte) (_ []byte, err error) {
+	defer onFault(&err)
+	var spans []span
+	var batched int
+	flush := func() error {
+		if len(spans) == 0 {
+			return nil
+		}
+		if err := context.Cause(ctx); err != nil {
+			return err
+		}
+		blk.refs.Add(1)
+		rc := make(chan []result, 1)
+		j := &job{ctx: ctx, blk: blk, spans: spans, res: rc}
+		select {
+		case s.jobs <- j:
+		default:
+			s.process(j, bufs)
+		}
+		select {
+		case pending <- rc:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		spans, batched = nil, 0
+		return nil
+	}
+	data := blk.buf
+	off := 0
+	for off < len(data) {
+		rest := data[off:]
+		if !eof && len(rest) < int(cp.Max) {
+			break
+		}
+		c := cp.Cut(rest)
+		spans = append(spans, span{off, off + c})
+		batched += c
+		off += c
+		if len(spans) == batchChunks || batched >= batchBytes {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return append(carry[:0], data[off:]...), flush()
 }

@@ -1,0 +1,147 @@
+package stream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sbuml/sbuml/chunker"
+)
+
+// writeFile writes data to a new file under t's temporary directory and
+// opens it for reading.
+func writeFile(t *testing.T, data []byte) *os.File {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestMappedMatchesRead checks that a mapped file is cut exactly as the
+// same bytes read through an io.Reader, across many windows, from the
+// file's start and from an offset that is not page-aligned.
+func TestMappedMatchesRead(t *testing.T) {
+	defer func(w int64) { mapWindow = w }(mapWindow)
+	mapWindow = 1 << 20 // windows of blockSize, 4 MiB
+
+	data := randomBytes(7, 13<<20+12345)
+	copy(data[5<<20:], make([]byte, 1<<20)) // a hole across a window edge
+	for _, start := range []int64{0, 4097} {
+		for _, p := range []Params{Files, {Chunking: chunker.RAM, Fanout: 32}} {
+			f := writeFile(t, data)
+			if _, err := f.Seek(start, io.SeekStart); err != nil {
+				t.Fatal(err)
+			}
+			if newMapSource(f, blockSize(p.Chunking), new(atomic.Int64)) == nil {
+				t.Fatal("the file is not mapped")
+			}
+			ctx := context.Background()
+			store := newStore()
+			s := NewSaver(store, 2)
+			mapped, _, err := s.SaveStream(ctx, f, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			read, _, err := s.SaveStream(ctx, bytes.NewReader(data[start:]), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := s.Stats(); st.LogicalBytes != 2*int64(len(data[start:])) {
+				t.Errorf("logical bytes %d, want %d", st.LogicalBytes, 2*len(data[start:]))
+			}
+			s.Close()
+			if mapped != read {
+				t.Errorf("start %d, %s: mapped stream %s, read stream %s", start, p.Chunking, mapped, read)
+			}
+		}
+	}
+}
+
+// TestMappedGrows checks that a file that grows while it is being mapped
+// is read to its new end, as read(2) would.
+func TestMappedGrows(t *testing.T) {
+	defer func(w int64) { mapWindow = w }(mapWindow)
+	mapWindow = 1 << 20
+
+	data := randomBytes(8, 10<<20)
+	f := writeFile(t, data[:6<<20])
+	var logical atomic.Int64
+	src := newMapSource(f, blockSize(Files.Chunking), &logical)
+	blk, eof, err := src.next(nil)
+	if err != nil || eof {
+		t.Fatalf("first window: eof %v, err %v", eof, err)
+	}
+	blk.release()
+	w, err := os.OpenFile(f.Name(), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data[6<<20:]); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	for !eof {
+		if blk, eof, err = src.next(nil); err != nil {
+			t.Fatal(err)
+		}
+		blk.release()
+	}
+	if logical.Load() != int64(len(data)) {
+		t.Errorf("read %d bytes, want %d", logical.Load(), len(data))
+	}
+}
+
+// TestMappedShrinks truncates a file after it is mapped: touching the
+// lost pages must give ErrShrank, whether cutting or storing, and never
+// crash the program.
+func TestMappedShrinks(t *testing.T) {
+	ctx := context.Background()
+	shrunk := func(t *testing.T) *block {
+		f := writeFile(t, randomBytes(9, 8<<20))
+		src := newMapSource(f, blockSize(Files.Chunking), new(atomic.Int64))
+		blk, _, err := src.next(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(f.Name(), 0); err != nil {
+			t.Fatal(err)
+		}
+		return blk
+	}
+
+	t.Run("cutting", func(t *testing.T) {
+		s := NewSaver(newStore(), 1)
+		defer s.Close()
+		blk := shrunk(t)
+		defer faultsAsErrors()()
+		pending := make(chan chan []result, 64)
+		_, err := s.cutBlock(ctx, blk, true, Files.Chunking, pending, new(scratch), nil)
+		if !errors.Is(err, ErrShrank) {
+			t.Fatalf("cutBlock: %v, want ErrShrank", err)
+		}
+	})
+	t.Run("storing", func(t *testing.T) {
+		s := NewSaver(newStore(), 1)
+		defer s.Close()
+		blk := shrunk(t)
+		res := make(chan []result, 1)
+		blk.refs.Add(1)
+		s.jobs <- &job{ctx: ctx, blk: blk, spans: []span{{0, 64 << 10}}, res: res}
+		if rs := <-res; !errors.Is(rs[0].err, ErrShrank) {
+			t.Fatalf("worker: %v, want ErrShrank", rs[0].err)
+		}
+		blk.release()
+	})
+}
