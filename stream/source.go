@@ -98,7 +98,11 @@ type mapSource struct {
 }
 
 // newMapSource returns a mapSource for f, or nil if f is not a regular
-// file of mapMin bytes or more, or cannot be mapped.
+// file of mapMin bytes or more, has holes, or cannot be mapped.
+//
+// A sparse file is read instead: touching a hole through a mapping makes
+// tmpfs allocate a page for it, so mapping a sparse 4 GiB disk image
+// would fill it in; read(2) returns a hole's zeros without allocating.
 func newMapSource(f *os.File, size int, logical *atomic.Int64) *mapSource {
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() < mapMin {
@@ -106,6 +110,10 @@ func newMapSource(f *os.File, size int, logical *atomic.Int64) *mapSource {
 	}
 	pos, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
+		return nil
+	}
+	hole, err := unix.Seek(int(f.Fd()), pos, unix.SEEK_HOLE)
+	if _, serr := f.Seek(pos, io.SeekStart); serr != nil || err != nil || hole < fi.Size() {
 		return nil
 	}
 	// Some file systems cannot map files; they are read instead.

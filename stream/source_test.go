@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sbuml/sbuml/chunker"
 )
 
@@ -66,6 +68,54 @@ func TestMappedMatchesRead(t *testing.T) {
 				t.Errorf("start %d, %s: mapped stream %s, read stream %s", start, p.Chunking, mapped, read)
 			}
 		}
+	}
+}
+
+// TestSparseFileKeepsItsHoles checks that saving a sparse file does not
+// allocate its holes (tmpfs fills in a hole touched through a mapping)
+// and that the holes are stored as holes.
+func TestSparseFileKeepsItsHoles(t *testing.T) {
+	dir := t.TempDir()
+	if shm, err := os.MkdirTemp("/dev/shm", "sbuml-test-"); err == nil {
+		dir = shm // where the difference shows
+		defer os.RemoveAll(shm)
+	}
+	path := filepath.Join(dir, "sparse")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(64 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(randomBytes(10, 1<<20), 20<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	allocated := func() int64 {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Blocks * 512
+	}
+	before := allocated()
+
+	f, err = os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s := NewSaver(newStore(), 2)
+	defer s.Close()
+	if _, _, err := s.SaveStream(context.Background(), f, Files); err != nil {
+		t.Fatal(err)
+	}
+	if after := allocated(); after != before {
+		t.Errorf("saving the file changed its allocation from %d to %d bytes", before, after)
+	}
+	if st := s.Stats(); st.HoleBytes < 60<<20 {
+		t.Errorf("%d bytes of holes, want at least 60 MiB", st.HoleBytes)
 	}
 }
 
