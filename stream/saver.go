@@ -51,6 +51,9 @@ type Saver struct {
 	}
 
 	logical, holes, chunks, newObjects, newBytes, newChunkBytes atomic.Int64
+
+	workers int
+	cutting atomic.Int32 // streams being cut now
 }
 
 // job is a batch of consecutive chunks of one block for a worker.
@@ -80,7 +83,7 @@ func NewSaver(store objects.Store, workers int) *Saver {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	s := &Saver{store: store, jobs: make(chan *job)}
+	s := &Saver{store: store, jobs: make(chan *job), workers: workers}
 	for i := range s.known {
 		s.known[i].m = make(map[objects.ID]struct{})
 	}
@@ -222,8 +225,9 @@ func blockSize(p chunker.Params) int {
 }
 
 // SaveStream reads r to its end, stores it as a stream object cut with p,
-// and returns the stream's ID and object. Chunks are hashed and stored on
-// the Saver's workers while r is being read and cut.
+// and returns the stream's ID and object. Chunks are hashed and stored
+// while r is being read and cut. If r is a regular file that shrinks
+// meanwhile, SaveStream may fail with ErrShrank.
 func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.ID, *objects.Stream, error) {
 	if err := p.Validate(); err != nil {
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", err)
@@ -253,10 +257,18 @@ func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.
 		collected <- err
 	}()
 
-	readErr := s.cut(ctx, r, p.Chunking, pending)
+	src, readErr := newSource(r, blockSize(p.Chunking), &s.logical)
+	if readErr == nil {
+		readErr = s.cut(ctx, src, p.Chunking, pending)
+	}
 	close(pending)
 	if err := <-collected; err != nil && (readErr == nil || errors.Is(readErr, context.Canceled)) {
 		readErr = err
+	}
+	if readErr == nil {
+		// Every chunk has been copied out: only now can a mapped file
+		// be checked for having shrunk meanwhile.
+		readErr = src.finish()
 	}
 	if readErr != nil {
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", readErr)
@@ -278,9 +290,10 @@ func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.
 // stream order. Bytes after a block's last cut (less than a largest
 // chunk) are carried into the next block. When every worker is busy, cut
 // processes a batch itself, while the batch is still in this core's cache.
-func (s *Saver) cut(ctx context.Context, r io.Reader, cp chunker.Params, pending chan<- chan []result) error {
+func (s *Saver) cut(ctx context.Context, src source, cp chunker.Params, pending chan<- chan []result) error {
 	defer faultsAsErrors()()
-	src := newSource(r, blockSize(cp), &s.logical)
+	s.cutting.Add(1)
+	defer s.cutting.Add(-1)
 	var bufs scratch
 	var carry []byte
 	for eof := false; !eof; {
@@ -303,8 +316,7 @@ func (s *Saver) cut(ctx context.Context, r io.Reader, cp chunker.Params, pending
 // ends the stream, it stops short of the last largest chunk's worth of
 // bytes, which may belong to a chunk that goes on in the next block, and
 // returns them in carry's buffer.
-func (s *Saver) cutBlock(ctx context.Context, blk *block, eof bool, cp chunker.Params, pending chan<- chan []result, bufs *scratch, carry []byte) (_ []byte, err error) {
-	defer onFault(&err)
+func (s *Saver) cutBlock(ctx context.Context, blk *block, eof bool, cp chunker.Params, pending chan<- chan []result, bufs *scratch, carry []byte) ([]byte, error) {
 	var spans []span
 	var batched int
 	flush := func() error {
@@ -317,10 +329,17 @@ func (s *Saver) cutBlock(ctx context.Context, blk *block, eof bool, cp chunker.P
 		blk.refs.Add(1)
 		rc := make(chan []result, 1)
 		j := &job{ctx: ctx, blk: blk, spans: spans, res: rc}
-		select {
-		case s.jobs <- j:
-		default:
+		if s.cutting.Load() >= int32(s.workers) {
+			// As many streams as workers are being cut: their
+			// goroutines keep every core busy, and handing a batch
+			// on would only move it away from the cache it is in.
 			s.process(j, bufs)
+		} else {
+			select {
+			case s.jobs <- j:
+			default:
+				s.process(j, bufs)
+			}
 		}
 		select {
 		case pending <- rc:
@@ -337,7 +356,10 @@ func (s *Saver) cutBlock(ctx context.Context, blk *block, eof bool, cp chunker.P
 		if !eof && len(rest) < int(cp.Max) {
 			break
 		}
-		c := cp.Cut(rest)
+		c, err := cutMapped(cp, rest)
+		if err != nil {
+			return nil, err
+		}
 		spans = append(spans, span{off, off + c})
 		batched += c
 		off += c
@@ -347,5 +369,9 @@ func (s *Saver) cutBlock(ctx context.Context, blk *block, eof bool, cp chunker.P
 			}
 		}
 	}
-	return append(carry[:0], data[off:]...), flush()
+	carry, err := copyMapped(carry[:0], data[off:])
+	if err != nil {
+		return nil, err
+	}
+	return carry, flush()
 }

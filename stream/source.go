@@ -36,22 +36,26 @@ type source interface {
 	// tail of the block before), and whether it reaches the end of the
 	// stream. The block holds one reference, the caller's.
 	next(carry []byte) (blk *block, eof bool, err error)
+	// finish checks, once every block has been released, that what was
+	// read is whole.
+	finish() error
 }
 
 // newSource reads r in blocks of at least size bytes. A regular file of
 // mapMin bytes or more is mapped into memory instead of being copied in
 // with read(2), which takes as long as cutting it.
-func newSource(r io.Reader, size int, logical *atomic.Int64) source {
+func newSource(r io.Reader, size int, logical *atomic.Int64) (source, error) {
 	if f, ok := r.(*os.File); ok {
-		if m := newMapSource(f, size, logical); m != nil {
-			return m
+		m, err := newMapSource(f, size, logical)
+		if err != nil || m != nil {
+			return m, err
 		}
 	}
 	rs := &readSource{r: r, logical: logical}
 	rs.pool.New = func() any {
 		return &block{buf: make([]byte, size), free: func(b *block) { rs.pool.Put(b) }}
 	}
-	return rs
+	return rs, nil
 }
 
 // readSource reads a stream into pooled buffers.
@@ -79,6 +83,8 @@ func (s *readSource) next(carry []byte) (*block, bool, error) {
 	return blk, false, nil
 }
 
+func (s *readSource) finish() error { return nil }
+
 // mapMin is the smallest file a Saver maps rather than reads.
 const mapMin = 1 << 20
 
@@ -103,26 +109,29 @@ type mapSource struct {
 // A sparse file is read instead: touching a hole through a mapping makes
 // tmpfs allocate a page for it, so mapping a sparse 4 GiB disk image
 // would fill it in; read(2) returns a hole's zeros without allocating.
-func newMapSource(f *os.File, size int, logical *atomic.Int64) *mapSource {
+func newMapSource(f *os.File, size int, logical *atomic.Int64) (*mapSource, error) {
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() < mapMin {
-		return nil
+		return nil, nil
 	}
 	pos, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	hole, err := unix.Seek(int(f.Fd()), pos, unix.SEEK_HOLE)
-	if _, serr := f.Seek(pos, io.SeekStart); serr != nil || err != nil || hole < fi.Size() {
-		return nil
+	if _, serr := f.Seek(pos, io.SeekStart); serr != nil {
+		return nil, fmt.Errorf("read %s: %w", f.Name(), serr)
+	}
+	if err != nil || hole < fi.Size() {
+		return nil, nil
 	}
 	// Some file systems cannot map files; they are read instead.
 	probe, err := unix.Mmap(int(f.Fd()), 0, os.Getpagesize(), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	unix.Munmap(probe)
-	return &mapSource{f: f, pos: pos, window: max(mapWindow, int64(size)), logical: logical}
+	return &mapSource{f: f, pos: pos, window: max(mapWindow, int64(size)), logical: logical}, nil
 }
 
 func (s *mapSource) next(carry []byte) (*block, bool, error) {
@@ -131,16 +140,19 @@ func (s *mapSource) next(carry []byte) (*block, bool, error) {
 		return nil, false, err
 	}
 	start := s.pos - int64(len(carry))
-	if fi.Size() <= s.pos {
-		// Nothing more: the carry, from a private copy since its window
-		// is gone, is the last block.
-		blk := &block{buf: append([]byte(nil), carry...), free: func(*block) {}}
-		blk.refs.Store(1)
-		return blk, true, nil
+	if fi.Size() < s.pos {
+		// The last window did not reach the end then.
+		return nil, false, fmt.Errorf("read %s: %w", s.f.Name(), ErrShrank)
 	}
 	page := int64(os.Getpagesize())
 	aligned := start &^ (page - 1)
 	end := min(aligned+s.window, fi.Size())
+	if end == start {
+		// The file ends where the last window did.
+		blk := &block{free: func(*block) {}}
+		blk.refs.Store(1)
+		return blk, true, nil
+	}
 	m, err := unix.Mmap(int(s.f.Fd()), aligned, int(end-aligned), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		return nil, false, fmt.Errorf("map %s: %w", s.f.Name(), err)
@@ -150,6 +162,22 @@ func (s *mapSource) next(carry []byte) (*block, bool, error) {
 	blk := &block{buf: m[start-aligned:], free: func(*block) { unix.Munmap(m) }}
 	blk.refs.Store(1)
 	return blk, end == fi.Size(), nil
+}
+
+// finish checks that the file still holds every byte that was mapped:
+// one truncated within the last page gives zeros there rather than
+// SIGBUS. It leaves the file's offset at the end of what was read, as
+// read(2) would have.
+func (s *mapSource) finish() error {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() < s.pos {
+		return fmt.Errorf("read %s: %w", s.f.Name(), ErrShrank)
+	}
+	_, err = s.f.Seek(s.pos, io.SeekStart)
+	return err
 }
 
 // ErrShrank reports that a mapped file became shorter while it was being
@@ -177,6 +205,19 @@ func onFault(err *error) {
 		}
 		panic(r)
 	}
+}
+
+// cutMapped is cp.Cut(data) for data that may be part of a mapped file:
+// a fault reading it is ErrShrank.
+func cutMapped(cp chunker.Params, data []byte) (_ int, err error) {
+	defer onFault(&err)
+	return cp.Cut(data), nil
+}
+
+// copyMapped appends data, which may be part of a mapped file, to dst.
+func copyMapped(dst, data []byte) (_ []byte, err error) {
+	defer onFault(&err)
+	return append(dst, data...), nil
 }
 
 // encodeChunk builds in *buf the encoding of the chunk holding data, or

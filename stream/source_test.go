@@ -46,8 +46,8 @@ func TestMappedMatchesRead(t *testing.T) {
 			if _, err := f.Seek(start, io.SeekStart); err != nil {
 				t.Fatal(err)
 			}
-			if newMapSource(f, blockSize(p.Chunking), new(atomic.Int64)) == nil {
-				t.Fatal("the file is not mapped")
+			if m, err := newMapSource(f, blockSize(p.Chunking), new(atomic.Int64)); m == nil || err != nil {
+				t.Fatalf("the file is not mapped (%v)", err)
 			}
 			ctx := context.Background()
 			store := newStore()
@@ -128,7 +128,10 @@ func TestMappedGrows(t *testing.T) {
 	data := randomBytes(8, 10<<20)
 	f := writeFile(t, data[:6<<20])
 	var logical atomic.Int64
-	src := newMapSource(f, blockSize(Files.Chunking), &logical)
+	src, err := newMapSource(f, blockSize(Files.Chunking), &logical)
+	if err != nil {
+		t.Fatal(err)
+	}
 	blk, eof, err := src.next(nil)
 	if err != nil || eof {
 		t.Fatalf("first window: eof %v, err %v", eof, err)
@@ -160,7 +163,10 @@ func TestMappedShrinks(t *testing.T) {
 	ctx := context.Background()
 	shrunk := func(t *testing.T) *block {
 		f := writeFile(t, randomBytes(9, 8<<20))
-		src := newMapSource(f, blockSize(Files.Chunking), new(atomic.Int64))
+		src, err := newMapSource(f, blockSize(Files.Chunking), new(atomic.Int64))
+		if err != nil {
+			t.Fatal(err)
+		}
 		blk, _, err := src.next(nil)
 		if err != nil {
 			t.Fatal(err)
@@ -180,6 +186,45 @@ func TestMappedShrinks(t *testing.T) {
 		_, err := s.cutBlock(ctx, blk, true, Files.Chunking, pending, new(scratch), nil)
 		if !errors.Is(err, ErrShrank) {
 			t.Fatalf("cutBlock: %v, want ErrShrank", err)
+		}
+	})
+	t.Run("between windows", func(t *testing.T) {
+		defer func(w int64) { mapWindow = w }(mapWindow)
+		mapWindow = 1 << 20
+		f := writeFile(t, randomBytes(11, 12<<20))
+		src, err := newMapSource(f, blockSize(Files.Chunking), new(atomic.Int64))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, _, err := src.next(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk.release()
+		if err := os.Truncate(f.Name(), 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := src.next(nil); !errors.Is(err, ErrShrank) {
+			t.Fatalf("next: %v, want ErrShrank", err)
+		}
+	})
+	t.Run("within the last page", func(t *testing.T) {
+		// No SIGBUS here: the rest of the page reads as zeros.
+		f := writeFile(t, randomBytes(12, 8<<20+3000))
+		src, err := newMapSource(f, blockSize(Files.Chunking), new(atomic.Int64))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, eof, err := src.next(nil)
+		if err != nil || !eof {
+			t.Fatalf("next: eof %v, err %v", eof, err)
+		}
+		blk.release()
+		if err := os.Truncate(f.Name(), 8<<20+1000); err != nil {
+			t.Fatal(err)
+		}
+		if err := src.finish(); !errors.Is(err, ErrShrank) {
+			t.Fatalf("finish: %v, want ErrShrank", err)
 		}
 	})
 	t.Run("storing", func(t *testing.T) {
