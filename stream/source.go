@@ -47,8 +47,11 @@ type source interface {
 func newSource(r io.Reader, size int, logical *atomic.Int64) (source, error) {
 	if f, ok := r.(*os.File); ok {
 		m, err := newMapSource(f, size, logical)
-		if err != nil || m != nil {
-			return m, err
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			return m, nil
 		}
 	}
 	rs := &readSource{r: r, logical: logical}

@@ -156,24 +156,32 @@ func TestMappedGrows(t *testing.T) {
 	}
 }
 
+// mapThenTruncate maps a file of size random bytes, takes its first
+// window, then truncates the file to keep bytes.
+func mapThenTruncate(t *testing.T, size, keep int64) (*mapSource, *block, bool) {
+	t.Helper()
+	f := writeFile(t, randomBytes(size, int(size)))
+	src, err := newMapSource(f, blockSize(Files.Chunking), new(atomic.Int64))
+	if err != nil || src == nil {
+		t.Fatalf("map: %v", err)
+	}
+	blk, eof, err := src.next(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(f.Name(), keep); err != nil {
+		t.Fatal(err)
+	}
+	return src, blk, eof
+}
+
 // TestMappedShrinks truncates a file after it is mapped: touching the
 // lost pages must give ErrShrank, whether cutting or storing, and never
 // crash the program.
 func TestMappedShrinks(t *testing.T) {
 	ctx := context.Background()
 	shrunk := func(t *testing.T) *block {
-		f := writeFile(t, randomBytes(9, 8<<20))
-		src, err := newMapSource(f, blockSize(Files.Chunking), new(atomic.Int64))
-		if err != nil {
-			t.Fatal(err)
-		}
-		blk, _, err := src.next(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(f.Name(), 0); err != nil {
-			t.Fatal(err)
-		}
+		_, blk, _ := mapThenTruncate(t, 8<<20, 0)
 		return blk
 	}
 
@@ -191,37 +199,18 @@ func TestMappedShrinks(t *testing.T) {
 	t.Run("between windows", func(t *testing.T) {
 		defer func(w int64) { mapWindow = w }(mapWindow)
 		mapWindow = 1 << 20
-		f := writeFile(t, randomBytes(11, 12<<20))
-		src, err := newMapSource(f, blockSize(Files.Chunking), new(atomic.Int64))
-		if err != nil {
-			t.Fatal(err)
-		}
-		blk, _, err := src.next(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		src, blk, _ := mapThenTruncate(t, 12<<20, 1<<20)
 		blk.release()
-		if err := os.Truncate(f.Name(), 1<<20); err != nil {
-			t.Fatal(err)
-		}
 		if _, _, err := src.next(nil); !errors.Is(err, ErrShrank) {
 			t.Fatalf("next: %v, want ErrShrank", err)
 		}
 	})
 	t.Run("within the last page", func(t *testing.T) {
 		// No SIGBUS here: the rest of the page reads as zeros.
-		f := writeFile(t, randomBytes(12, 8<<20+3000))
-		src, err := newMapSource(f, blockSize(Files.Chunking), new(atomic.Int64))
-		if err != nil {
-			t.Fatal(err)
-		}
-		blk, eof, err := src.next(nil)
-		if err != nil || !eof {
-			t.Fatalf("next: eof %v, err %v", eof, err)
-		}
+		src, blk, eof := mapThenTruncate(t, 8<<20+3000, 8<<20+1000)
 		blk.release()
-		if err := os.Truncate(f.Name(), 8<<20+1000); err != nil {
-			t.Fatal(err)
+		if !eof {
+			t.Fatal("the first window does not reach the end")
 		}
 		if err := src.finish(); !errors.Is(err, ErrShrank) {
 			t.Fatalf("finish: %v, want ErrShrank", err)
