@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -112,20 +113,18 @@ type mapSource struct {
 // A sparse file is read instead: touching a hole through a mapping makes
 // tmpfs allocate a page for it, so mapping a sparse 4 GiB disk image
 // would fill it in; read(2) returns a hole's zeros without allocating.
+// A file with holes occupies fewer blocks than its size (on tmpfs exactly
+// so), which fstat tells at once; asking SEEK_HOLE walks the file's pages.
 func newMapSource(f *os.File, size int, logical *atomic.Int64) (*mapSource, error) {
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() < mapMin {
 		return nil, nil
 	}
-	pos, err := f.Seek(0, io.SeekCurrent)
-	if err != nil {
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Blocks*512 < fi.Size() {
 		return nil, nil
 	}
-	hole, err := unix.Seek(int(f.Fd()), pos, unix.SEEK_HOLE)
-	if _, serr := f.Seek(pos, io.SeekStart); serr != nil {
-		return nil, fmt.Errorf("read %s: %w", f.Name(), serr)
-	}
-	if err != nil || hole < fi.Size() {
+	pos, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
 		return nil, nil
 	}
 	// Some file systems cannot map files; they are read instead.
