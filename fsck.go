@@ -185,8 +185,8 @@ type referrer struct {
 	kind objects.Kind
 }
 
-// checksummed reports whether the store checks every stored byte of id
-// on reads (packed objects carry a CRC in their index).
+// checksummed reports whether the store and Unseal check every stored
+// byte of id on reads (packed objects: see objects.Packed.Checksummed).
 func checksummed(s objects.Store, id objects.ID) bool {
 	c, ok := s.(interface{ Checksummed(objects.ID) bool })
 	return ok && c.Checksummed(id)

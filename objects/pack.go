@@ -27,7 +27,10 @@ import (
 // not a hundred thousand. See docs/format.md.
 var (
 	packMagic  = []byte("SBPACK\x00\x01")
-	indexMagic = []byte("SBPIDX\x00\x01")
+	indexMagic = []byte("SBPIDX\x00\x02")
+	// Version 1 indexes, which recorded a CRC for uncompressed forms
+	// too, are read as well: readers never check those.
+	indexMagicV1 = []byte("SBPIDX\x00\x01")
 )
 
 const (
@@ -76,7 +79,7 @@ type packLoc struct {
 	pack int32
 	size uint32
 	off  uint64
-	crc  uint32 // CRC-32C of the stored form
+	crc  uint32 // see packCRC
 }
 
 type packFile struct {
@@ -246,9 +249,7 @@ type indexEntry struct {
 //
 //	magic [8], count uint32, count × (id [32], offset uint64, size uint32, crc uint32), BLAKE3-256 of all before [32]
 //
-// where crc is the CRC-32C (Castagnoli) of the object's stored form.
-//
-// with entries sorted by id.
+// with entries sorted by id, where crc is packCRC of the object's stored form.
 func encodePackIndex(entries []indexEntry) []byte {
 	sort.Slice(entries, func(i, j int) bool { return bytes.Compare(entries[i].id[:], entries[j].id[:]) < 0 })
 	b := make([]byte, 0, len(indexMagic)+4+len(entries)*indexEntrySize+IDSize)
@@ -265,7 +266,7 @@ func encodePackIndex(entries []indexEntry) []byte {
 }
 
 func decodePackIndex(b []byte) ([]indexEntry, error) {
-	if len(b) < len(indexMagic)+4+IDSize || !bytes.Equal(b[:len(indexMagic)], indexMagic) {
+	if len(b) < len(indexMagic)+4+IDSize || !bytes.Equal(b[:len(indexMagic)], indexMagic) && !bytes.Equal(b[:len(indexMagicV1)], indexMagicV1) {
 		return nil, errors.New("not a pack index")
 	}
 	body, sum := b[:len(b)-IDSize], b[len(b)-IDSize:]
@@ -373,9 +374,7 @@ func (p *Packed) Get(ctx context.Context, id ID) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("read object %s from %s at %d: %w", id, p.where(pf.name), loc.off, err)
 	}
-	// The checksum covers every stored byte, including the parts of a
-	// zstd frame header that decoding ignores.
-	if crc32.Checksum(b, castagnoli) != loc.crc {
+	if !crcMatches(b, loc.crc) {
 		return nil, fmt.Errorf("object %s: %w: checksum mismatch in %s at offset %d", id, ErrCorrupt, p.where(pf.name), loc.off)
 	}
 	return b, nil
@@ -400,7 +399,7 @@ func (p *Packed) putInto(ctx context.Context, lane int, id ID, stored []byte) er
 		return err
 	}
 	size := len(stored)
-	crc := PackCRC(stored)
+	crc := packCRC(stored)
 	if size > MaxObjectSize+1024 {
 		return fmt.Errorf("write object %s: %d bytes exceeds the object size limit", id, size)
 	}
@@ -708,7 +707,9 @@ func checkPack(f billy.File, entries []indexEntry) error {
 }
 
 // Checksummed reports whether every stored byte of id is covered by a
-// checksum that Get verifies (true for packed objects).
+// checksum that Get or Unseal verifies: true for packed objects, whose
+// compressed forms carry a CRC (an uncompressed form is the encoding
+// that Unseal hashes).
 func (p *Packed) Checksummed(id ID) bool {
 	_, _, ok, _ := p.lookup(id, false)
 	return ok
@@ -878,7 +879,7 @@ func writeWhole(fsys billy.Filesystem, name string, data []byte) error {
 const MaxPackSize = maxPackSize
 
 // PackEntry is one object listed in a pack index: its stored form is
-// Size bytes at Offset in the pack, and CRC is PackCRC of those bytes.
+// Size bytes at Offset in the pack, checked with CRC (see Check).
 type PackEntry struct {
 	ID     ID
 	Offset uint64
@@ -900,9 +901,28 @@ func DecodePackIndex(b []byte) ([]PackEntry, error) {
 	return out, nil
 }
 
-// PackCRC returns the checksum a pack index records for a stored form:
-// its CRC-32C (Castagnoli).
-func PackCRC(stored []byte) uint32 { return crc32.Checksum(stored, castagnoli) }
+// Check reports whether stored, read from the pack at e, passes the
+// index's checksum. Only compressed forms are checksummed: the rest of a
+// stored form's bytes are checked by Unseal, against e.ID.
+func (e PackEntry) Check(stored []byte) bool { return crcMatches(stored, e.CRC) }
+
+// packCRC returns the checksum a pack index records for a stored form:
+// the CRC-32C (Castagnoli) of a zstd frame, which covers the bytes of its
+// header that decoding ignores and the object's ID therefore cannot see;
+// 0 for an uncompressed form, the canonical encoding itself, every byte of
+// which its ID covers. Checksumming those cost a twentieth of the CPU time
+// of importing new incompressible data.
+func packCRC(stored []byte) uint32 {
+	if !IsCompressed(stored) {
+		return 0
+	}
+	return crc32.Checksum(stored, castagnoli)
+}
+
+// crcMatches reports whether stored passes the index checksum crc.
+func crcMatches(stored []byte, crc uint32) bool {
+	return !IsCompressed(stored) || crc32.Checksum(stored, castagnoli) == crc
+}
 
 // CheckPackHeader reports whether header, the first bytes of a pack,
 // starts with the pack magic. PackHeaderSize bytes are needed.
@@ -954,7 +974,7 @@ func (e *PackEncoder) Add(id ID, stored []byte) error {
 		return err
 	}
 	off := e.off + packRecordHeader
-	e.entries = append(e.entries, indexEntry{id: id, off: off, size: uint32(len(stored)), crc: PackCRC(stored)})
+	e.entries = append(e.entries, indexEntry{id: id, off: off, size: uint32(len(stored)), crc: packCRC(stored)})
 	e.seen[id] = true
 	e.off = off + uint64(len(stored))
 	return nil

@@ -54,7 +54,7 @@ func TestPackEncoder(t *testing.T) {
 			t.Errorf("index not sorted at %d", i)
 		}
 		got := buf.Bytes()[e.Offset : e.Offset+uint64(e.Size)]
-		if !bytes.Equal(got, stored[e.ID]) || PackCRC(got) != e.CRC {
+		if !bytes.Equal(got, stored[e.ID]) || !e.Check(got) {
 			t.Errorf("object %s: bytes at offset %d or CRC do not match", e.ID.Short(), e.Offset)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"hash/crc32"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -183,5 +184,79 @@ func TestPutLeafEqualsPut(t *testing.T) {
 	got, err := LoadChunk(ctx, NewPacked(osfs.New(dir), "objects", filepath.Join(dir, "objects")), id)
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("LoadChunk: %v", err)
+	}
+}
+
+// TestPackedChecksums checks what guards each byte of a packed object: the
+// index's CRC for a compressed form (it covers frame header bytes that
+// decoding ignores), the ID alone for an uncompressed one, whose CRC is
+// recorded as 0. Every single flipped byte of either is found by Load and
+// named with its pack, from an index of this version or of version 1,
+// which recorded a CRC for uncompressed forms too.
+func TestPackedChecksums(t *testing.T) {
+	ctx := context.Background()
+	raw := make([]byte, 300)
+	rand.New(rand.NewSource(9)).Read(raw)
+	encs := map[string][]byte{
+		"uncompressed": EncodeChunk(raw),
+		"compressed":   EncodeChunk(bytes.Repeat([]byte("notes "), 100)),
+	}
+	for _, version := range []string{"2", "1"} {
+		for name, enc := range encs {
+			t.Run(name+" v"+version, func(t *testing.T) {
+				dir := t.TempDir()
+				open := func() *Packed { return NewPacked(osfs.New(dir), "objects", filepath.Join(dir, "objects")) }
+				s := open()
+				id, _, err := Save(ctx, s, enc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Sync(ctx); err != nil {
+					t.Fatal(err)
+				}
+				_, loc, _, _ := s.lookup(id, false)
+				stored, err := s.Get(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.Close()
+				if IsCompressed(stored) != (name == "compressed") {
+					t.Fatalf("stored form compressed = %v", IsCompressed(stored))
+				}
+				want := uint32(0)
+				if IsCompressed(stored) {
+					want = crc32.Checksum(stored, castagnoli)
+				}
+				if loc.crc != want {
+					t.Errorf("index CRC %08x, want %08x", loc.crc, want)
+				}
+				packs, _ := filepath.Glob(filepath.Join(dir, "objects", "pack", "pack-*.pack"))
+				idxs, _ := filepath.Glob(filepath.Join(dir, "objects", "pack", "pack-*.idx"))
+				if version == "1" {
+					// As a version 1 writer wrote it: every record checksummed.
+					idx := encodePackIndex([]indexEntry{{id: id, off: loc.off, size: loc.size, crc: crc32.Checksum(stored, castagnoli)}})
+					copy(idx, indexMagicV1)
+					sum := Sum(idx[:len(idx)-IDSize])
+					copy(idx[len(idx)-IDSize:], sum[:])
+					os.Chmod(idxs[0], 0o644)
+					if err := os.WriteFile(idxs[0], idx, 0o444); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if got, err := Load(ctx, open(), id); err != nil || !bytes.Equal(got, enc) {
+					t.Fatalf("intact object: %v", err)
+				}
+				for i := int64(0); i < int64(loc.size); i++ {
+					flip(t, packs[0], int64(loc.off)+i)
+					s := open()
+					_, err := Load(ctx, s, id)
+					s.Close()
+					if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), packs[0]) {
+						t.Fatalf("byte %d of %d flipped: %v", i, loc.size, err)
+					}
+					flip(t, packs[0], int64(loc.off)+i)
+				}
+			})
+		}
 	}
 }

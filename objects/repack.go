@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"path"
 	"strings"
@@ -174,7 +173,7 @@ type RepackOptions struct {
 // Repack drops every object for which keep returns false and merges
 // small packs. Packs holding a dropped object, a second copy of an
 // object, or under a quarter of MaxPackSize are rewritten, their kept
-// objects copied (checksum verified) into new packs; loose objects are
+// objects copied (verified, not decoded) into new packs; loose objects are
 // moved into packs or removed. Large packs holding only kept objects are
 // left alone, so the cost of a repack follows what it frees.
 //
@@ -299,7 +298,15 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 				if _, err := op.pf.f.ReadAt(b, int64(e.off)); err != nil {
 					return st, fmt.Errorf("repack: read object %s from %s at %d: %w", e.id, p.where(op.pf.name), e.off, err)
 				}
-				if crc32.Checksum(b, castagnoli) != e.crc {
+				// Copied, not decoded: a compressed form is checked by
+				// its CRC, any other against its ID, lest a damaged
+				// record replace the loose copy dropped below.
+				bad := !crcMatches(b, e.crc)
+				if !bad && !IsCompressed(b) {
+					_, err := Unseal(e.id, b)
+					bad = err != nil
+				}
+				if bad {
 					return st, fmt.Errorf("repack: object %s: %w: checksum mismatch in %s at offset %d (run sbuml fsck)", e.id, ErrCorrupt, p.where(op.pf.name), e.off)
 				}
 				if err := out.add(e.id, b); err != nil {

@@ -17,6 +17,10 @@ import (
 
 var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 
+// IsCompressed reports whether a stored form is a zstd frame rather than
+// the canonical encoding itself.
+func IsCompressed(stored []byte) bool { return bytes.HasPrefix(stored, zstdMagic) }
+
 // MaxObjectSize bounds the decoded size of any object, so a hostile
 // stored form cannot make a reader allocate without limit.
 const MaxObjectSize = 64 << 20
@@ -156,7 +160,7 @@ const undeclaredSizeLimit = 4 << 10
 // that it hashes to id. The result may alias stored.
 func Unseal(id ID, stored []byte) ([]byte, error) {
 	enc := stored
-	if bytes.HasPrefix(stored, zstdMagic) {
+	if IsCompressed(stored) {
 		// Size the output from the frame header, so a small hostile frame
 		// cannot make the decoder grow a buffer up to the object limit.
 		// Frames of under 256 bytes of content may not declare a size.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -497,46 +498,68 @@ func TestFetchInterruptedKeepsWhatArrived(t *testing.T) {
 }
 
 // TestServerDamagedObject serves a scrapbook one of whose packed objects
-// is damaged: the server cannot send it, and the client says so, naming
-// the object and the server's reason, not as a cut connection that
-// pulling again would mend.
+// is damaged, compressed (caught by the pack's CRC) or not (caught by the
+// server's check against its ID): the server cannot send it, and the
+// client says so, naming the object and the server's reason, not as a
+// cut connection that pulling again would mend.
 func TestServerDamagedObject(t *testing.T) {
-	ctx := context.Background()
-	src := newSource(t)
-	dir := newBacking(t, implementation{})
-	seed(t, dir, src.book.Objects, transport.RefUpdate{Name: "refs/heads/main", New: src.second})
-	var victim objects.ID
-	for id, size := range reachable(t, src.book.Objects, src.second) {
-		if size > 10000 {
-			victim = id
-			break
-		}
+	for _, compressed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("compressed=%v", compressed), func(t *testing.T) {
+			ctx := context.Background()
+			src := newSource(t)
+			// A snapshot on top with text in it, which is stored compressed.
+			work := t.TempDir()
+			if err := os.WriteFile(filepath.Join(work, "notes.txt"), bytes.Repeat([]byte("a page of notes\n"), 4096), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r, err := src.book.Import(ctx, work, sbuml.SnapshotOptions{Branch: "main", Message: "notes"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tip := r.ID
+			dir := newBacking(t, implementation{})
+			seed(t, dir, src.book.Objects, transport.RefUpdate{Name: "refs/heads/main", New: tip})
+			var victim objects.ID
+			for id := range reachable(t, src.book.Objects, tip) {
+				stored, err := src.book.Objects.Get(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if objects.IsCompressed(stored) == compressed {
+					victim = id
+					break
+				}
+			}
+			if victim.IsZero() {
+				t.Fatal("no object to damage")
+			}
+			damaged := corruptInPacks(t, filepath.Join(dir, "objects", "pack"), victim)
+			if damaged == 0 {
+				t.Fatalf("object %s is in no pack of %s", victim.Short(), dir)
+			}
+			var logged []string
+			var mu sync.Mutex
+			srv := httptest.NewServer(transport.NewServer(openDir(t, dir), transport.ServerOptions{Log: func(format string, args ...any) {
+				mu.Lock()
+				logged = append(logged, fmt.Sprintf(format, args...))
+				mu.Unlock()
+			}}))
+			defer srv.Close()
+			local := newLocal(t)
+			_, err = transport.Fetch(ctx, local.Objects, transport.NewSmart(srv.URL, "", srv.Client()), []objects.ID{tip}, transport.Options{})
+			if !errors.Is(err, objects.ErrCorrupt) || !strings.Contains(err.Error(), "cannot send objects it has (one is damaged in its scrapbook)") {
+				t.Fatalf("fetch of a damaged object: %v", err)
+			}
+			t.Logf("fetch of a damaged object: %v", err)
+			mu.Lock()
+			if log := strings.Join(logged, "\n"); !strings.Contains(log, victim.String()) || !strings.Contains(log, "mismatch") {
+				t.Errorf("the server log does not say what is wrong: %q", logged)
+			}
+			mu.Unlock()
+			if has(t, local.Objects, victim) {
+				t.Errorf("the damaged object was stored")
+			}
+			checkClosed(t, local.Objects)
+		})
 	}
-	damaged := corruptInPacks(t, filepath.Join(dir, "objects", "pack"), victim)
-	if damaged == 0 {
-		t.Fatalf("object %s is in no pack of %s", victim.Short(), dir)
-	}
-	var logged []string
-	var mu sync.Mutex
-	srv := httptest.NewServer(transport.NewServer(openDir(t, dir), transport.ServerOptions{Log: func(format string, args ...any) {
-		mu.Lock()
-		logged = append(logged, fmt.Sprintf(format, args...))
-		mu.Unlock()
-	}}))
-	defer srv.Close()
-	local := newLocal(t)
-	_, err := transport.Fetch(ctx, local.Objects, transport.NewSmart(srv.URL, "", srv.Client()), []objects.ID{src.second}, transport.Options{})
-	if !errors.Is(err, objects.ErrCorrupt) || !strings.Contains(err.Error(), "cannot send objects it has (one is damaged in its scrapbook)") {
-		t.Fatalf("fetch of a damaged object: %v", err)
-	}
-	t.Logf("fetch of a damaged object: %v", err)
-	mu.Lock()
-	if !strings.Contains(strings.Join(logged, "\n"), "checksum mismatch") {
-		t.Errorf("the server log does not say what is wrong: %q", logged)
-	}
-	mu.Unlock()
-	if has(t, local.Objects, victim) {
-		t.Errorf("the damaged object was stored")
-	}
-	checkClosed(t, local.Objects)
 }

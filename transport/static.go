@@ -139,6 +139,8 @@ func (s *Static) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 
 // Get implements Remote: the objects in packs are read from the packs,
 // the rest downloaded one by one, with StaticConcurrency GETs in flight.
+// An object read from a pack that fn refuses as corrupt (errors.Is
+// objects.ErrCorrupt) is downloaded again on its own.
 func (s *Static) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
 	var mu sync.Mutex
 	deliver := func(id objects.ID, stored []byte) error {

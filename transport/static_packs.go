@@ -130,8 +130,9 @@ func (s *Static) packIndex(ctx context.Context, p PackInfo) []objects.PackEntry 
 // fromPacks hands over the objects among ids that are in packs and
 // returns the others. The objects of a pack are read with range requests
 // or out of the whole pack, downloaded once (see staticPack). An object
-// whose pack cannot be read or whose bytes fail the index's CRC is
-// returned among the others, to be downloaded on its own.
+// whose pack cannot be read or whose bytes fail the index's CRC or
+// deliver's check against its ID is returned among the others, to be
+// downloaded on its own.
 func (s *Static) fromPacks(ctx context.Context, ids []objects.ID, deliver func(objects.ID, []byte) error) ([]objects.ID, error) {
 	if err := s.loadPacks(ctx); err != nil {
 		return nil, err
@@ -183,7 +184,12 @@ func (s *Static) fromPacks(ctx context.Context, ids []objects.ID, deliver func(o
 					continue
 				}
 				if err := deliver(e.ID, stored); err != nil {
-					return err
+					if !errors.Is(err, objects.ErrCorrupt) {
+						return err
+					}
+					mu.Lock()
+					rest = append(rest, e.ID)
+					mu.Unlock()
 				}
 			}
 			return nil
@@ -284,14 +290,19 @@ func (s *Static) fromRanges(ctx context.Context, p *staticPack, entries []object
 		}
 		for _, e := range run {
 			stored := data[e.Offset-start : e.Offset-start+uint64(e.Size)]
-			if objects.PackCRC(stored) != e.CRC {
+			if !e.Check(stored) {
 				mu.Lock()
 				failed = append(failed, e.ID)
 				mu.Unlock()
 				continue
 			}
 			if err := deliver(e.ID, stored); err != nil {
-				return err
+				if !errors.Is(err, objects.ErrCorrupt) {
+					return err
+				}
+				mu.Lock()
+				failed = append(failed, e.ID)
+				mu.Unlock()
 			}
 		}
 		return nil
@@ -346,7 +357,7 @@ func readPacked(f *os.File, e objects.PackEntry) ([]byte, error) {
 	if _, err := f.ReadAt(stored, int64(e.Offset)); err != nil {
 		return nil, err
 	}
-	if objects.PackCRC(stored) != e.CRC {
+	if !e.Check(stored) {
 		return nil, fmt.Errorf("object %s: %w: CRC mismatch in pack", e.ID, objects.ErrCorrupt)
 	}
 	return stored, nil
