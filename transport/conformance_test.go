@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -127,6 +128,7 @@ func TestConformance(t *testing.T) {
 				return
 			}
 			t.Run("Push", func(t *testing.T) { testPush(t, impl, src) })
+			t.Run("PushRefusesDamagedLocal", func(t *testing.T) { testPushDamagedLocal(t, impl) })
 			t.Run("PushChildSendsOnlyNew", func(t *testing.T) { testPushChild(t, impl, src) })
 			t.Run("NotFastForward", func(t *testing.T) { testNotFastForward(t, impl, src) })
 			t.Run("CompareAndSwap", func(t *testing.T) { testCompareAndSwap(t, impl, src) })
@@ -359,6 +361,51 @@ func testPush(t *testing.T, impl implementation, src *source) {
 	if res[0].Status != "up to date" || st.Objects != 0 {
 		t.Errorf("second push: %q, %d objects sent", res[0].Status, st.Objects)
 	}
+}
+
+// testPushDamagedLocal pushes from a scrapbook one of whose chunks, stored
+// uncompressed in a pack, is damaged: the push fails naming the object
+// and the local pack that holds it, not as a refusal by the remote, and
+// the remote's branch is not created.
+func testPushDamagedLocal(t *testing.T, impl implementation) {
+	ctx := context.Background()
+	src := newSource(t)
+	var victim objects.ID
+	for id, size := range reachable(t, src.book.Objects, src.second) {
+		stored, err := src.book.Objects.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if size > 10000 && !objects.IsCompressed(stored) {
+			victim = id
+			break
+		}
+	}
+	packDir := filepath.Join(src.book.Dir, "objects", "pack")
+	if corruptInPacks(t, packDir, victim) == 0 {
+		t.Fatalf("object %s is in no pack", victim.Short())
+	}
+	fresh, err := sbuml.Open(src.book.Dir) // no cached reads of the intact bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	dir := newBacking(t, impl)
+	r := impl.client(t, dir)
+	_, _, err = transport.Push(ctx, fresh.Objects, r, []transport.RefUpdate{{Name: "refs/heads/main", New: src.second}}, transport.Options{})
+	mustIs(t, err, objects.ErrCorrupt)
+	if !strings.Contains(err.Error(), victim.String()) || !strings.Contains(err.Error(), packDir) {
+		t.Errorf("error does not name the object %s and its local pack: %v", victim.Short(), err)
+	}
+	t.Logf("refused: %v", err)
+	l, err := r.ListRefs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.Get("refs/heads/main").IsZero() {
+		t.Error("the remote branch was created")
+	}
+	checkClosed(t, openDir(t, dir).Store())
 }
 
 // testPushChild checks the wire cost of pushing a child whose parent the

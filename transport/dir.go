@@ -186,20 +186,14 @@ func (d *Dir) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 	return has, nil
 }
 
-// Get implements Remote. The stored forms are checked as far as is
-// cheap, so that damage in the directory is reported as such rather than
-// by the receiver: a pack checks the CRC of a compressed form as it
-// reads it, and the ID is the only checksum of an uncompressed one.
+// Get implements Remote. The stored forms are checked (see readStored),
+// so that damage in the directory is reported as such, not by the
+// receiver.
 func (d *Dir) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
 	for _, id := range ids {
-		stored, err := d.store.Get(ctx, id)
+		stored, err := readStored(ctx, d.store, id)
 		if err != nil {
 			return err
-		}
-		if !objects.IsCompressed(stored) {
-			if _, err := objects.Unseal(id, stored); err != nil {
-				return fmt.Errorf("%w (%s)", err, objects.Where(d.store, id))
-			}
 		}
 		d.count.received.Add(int64(len(stored)))
 		if err := fn(id, stored); err != nil {

@@ -335,7 +335,7 @@ func send(ctx context.Context, local objects.Store, remote Remote, missing []*sn
 			stored := n.stored
 			if stored == nil {
 				var err error
-				if stored, err = local.Get(ctx, n.ref.ID); err != nil {
+				if stored, err = readStored(ctx, local, n.ref.ID); err != nil {
 					return err
 				}
 			}

@@ -160,3 +160,21 @@ var (
 	// ErrProtocol marks a remote that breaks the protocol.
 	ErrProtocol = errors.New("protocol error")
 )
+
+// readStored reads the stored form of id from s to pass on undecoded,
+// checked as far as is cheap: a pack checks the CRC of a compressed form
+// as it reads it, and an uncompressed form, whose only checksum is its
+// ID, is hashed here. Damage in s is then reported as s's, not as a
+// receiver's refusal.
+func readStored(ctx context.Context, s objects.Store, id objects.ID) ([]byte, error) {
+	stored, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !objects.IsCompressed(stored) {
+		if _, err := objects.Unseal(id, stored); err != nil {
+			return nil, fmt.Errorf("%w (%s)", err, objects.Where(s, id))
+		}
+	}
+	return stored, nil
+}
