@@ -33,6 +33,12 @@ const FormatVersion = 1
 const DefaultBranch = "main"
 
 // A Scrapbook is an opened scrapbook directory: its object store and refs.
+//
+// Once a write into its object store has failed (a full disk, an I/O
+// error), the Scrapbook writes no more: every later write returns that
+// first error, since objects it believed stored may not be. What it had
+// written and not yet published is removed at once. Close it and Open
+// the directory again to go on.
 type Scrapbook struct {
 	// Dir is the scrapbook's directory.
 	Dir string

@@ -406,7 +406,7 @@ func (p *Packed) putInto(ctx context.Context, lane int, id ID, stored []byte) er
 	p.mu.Lock()
 	if p.failed != nil {
 		p.mu.Unlock()
-		return fmt.Errorf("write object %s: %w", id, p.failed)
+		return p.failed // it names the object whose write failed
 	}
 	w := p.pending[lane]
 	if w == nil {
@@ -446,13 +446,12 @@ func (p *Packed) putInto(ctx context.Context, lane int, id ID, stored []byte) er
 	delete(w.inflight, id)
 	p.written.Broadcast()
 	if err != nil {
-		// A hole in the pack: none of it may be published, and objects
-		// this process believes stored are not. Refuse further writes.
-		err = fmt.Errorf("write object %s to %s: %w", id, p.where(w.tmpName), err)
-		if p.failed == nil {
-			p.failed = err
+		// A hole in the pack: none of it may be published.
+		var pathErr *os.PathError
+		if !errors.As(err, &pathErr) {
+			err = fmt.Errorf("%s: %w", p.where(w.tmpName), err)
 		}
-		return err
+		return p.fail(fmt.Errorf("write object %s: %w", id, err))
 	}
 	w.entries[id] = packLoc{off: off + packRecordHeader, size: uint32(size), crc: crc}
 	if w.off >= maxPackSize && p.pending[lane] == w {
@@ -481,28 +480,62 @@ func (p *Packed) startPack(lane int) (*packWriter, error) {
 	}
 	// Records are written at reserved offsets by several goroutines: with
 	// pwrite on a host file, else one at a time through the billy file.
-	var at io.WriterAt = &seekWriter{f: f}
+	w := &packWriter{file: &packFile{name: tmp, f: f}, at: &seekWriter{f: f}, tmpName: tmp, off: uint64(len(packMagic)),
+		entries: map[ID]packLoc{}, inflight: map[ID]struct{}{}}
 	if p.root != "" {
 		hf, err := os.OpenFile(path.Join(p.root, tmp), os.O_WRONLY, 0)
 		if err != nil {
-			f.Close()
+			p.discard(w)
 			return nil, err
 		}
-		at = hf
+		w.at = hf
 	}
-	if _, err := at.WriteAt(packMagic, 0); err != nil {
-		f.Close()
+	if _, err := w.at.WriteAt(packMagic, 0); err != nil {
+		p.discard(w)
 		return nil, err
 	}
-	w := &packWriter{file: &packFile{name: tmp, f: f}, at: at, tmpName: tmp, off: uint64(len(packMagic)),
-		entries: map[ID]packLoc{}, inflight: map[ID]struct{}{}}
 	p.pending[lane] = w
 	return w, nil
+}
+
+// fail records err as the end of this store's writing and returns it.
+// Objects this process believes stored may not be, so it writes no more
+// (Open the scrapbook again to write): Put and Sync return the first such
+// error. The packs being written are discarded once the writes into them
+// have ended, so that they stop taking up space, which after a full disk
+// is what the user needs back. Callers hold mu.
+func (p *Packed) fail(err error) error {
+	if p.failed == nil {
+		p.failed = err
+	}
+	for lane, w := range p.pending {
+		if w == nil {
+			continue
+		}
+		for len(w.inflight) > 0 {
+			p.written.Wait()
+		}
+		if p.pending[lane] == w {
+			p.discard(w)
+			p.pending[lane] = nil
+		}
+	}
+	return err
+}
+
+// discard closes and removes a pack that was being written.
+func (p *Packed) discard(w *packWriter) {
+	w.closeWriter()
+	w.file.f.Close()
+	p.fs.Remove(path.Join(p.dir, w.tmpName))
 }
 
 // publishAll publishes every pending pack, leaf lanes first, so that no
 // published object names one that is not. Callers hold mu.
 func (p *Packed) publishAll() error {
+	if p.failed != nil {
+		return p.failed
+	}
 	for lane := len(p.pending) - 1; lane >= 0; lane-- {
 		if err := p.publish(lane); err != nil {
 			return err
@@ -511,9 +544,10 @@ func (p *Packed) publishAll() error {
 	return nil
 }
 
-// publish makes a lane's pending pack visible: the pack data is made
-// durable, then the pack and its index are renamed into place, index
-// last. Callers hold mu.
+// publish makes a lane's pending pack visible: its index is written, the
+// pack and index are made durable, then both are renamed into place,
+// index last. Everything that takes space comes before the renames, so a
+// full disk leaves nothing published. Callers hold mu.
 func (p *Packed) publish(lane int) error {
 	w := p.pending[lane]
 	if w == nil {
@@ -536,21 +570,24 @@ func (p *Packed) publish(lane int) error {
 	idx := encodePackIndex(entries)
 	name, err := p.packName(idx)
 	if err != nil {
-		return err
-	}
-	// The pack's bytes must be durable before an index names them.
-	if err := p.syncfs(); err != nil {
-		return err
-	}
-	if err := p.fs.Rename(path.Join(p.dir, w.tmpName), path.Join(p.dir, name+".pack")); err != nil {
-		return fmt.Errorf("publish pack %s: %w", p.where(name+".pack"), err)
+		return p.fail(err)
 	}
 	tmpIdx := path.Join(p.dir, ".tmp-"+randomSuffix()+".idx")
 	if err := writeWhole(p.fs, tmpIdx, idx); err != nil {
-		return fmt.Errorf("write pack index %s: %w", p.where(name+".idx"), err)
+		return p.fail(fmt.Errorf("write pack index %s: %w", p.where(name+".idx"), err))
+	}
+	// The pack's bytes must be durable before an index names them.
+	if err := p.syncfs(); err != nil {
+		p.fs.Remove(tmpIdx)
+		return p.fail(err)
+	}
+	if err := p.fs.Rename(path.Join(p.dir, w.tmpName), path.Join(p.dir, name+".pack")); err != nil {
+		p.fs.Remove(tmpIdx)
+		return p.fail(fmt.Errorf("publish pack %s: %w", p.where(name+".pack"), err))
 	}
 	if err := p.fs.Rename(tmpIdx, path.Join(p.dir, name+".idx")); err != nil {
-		return fmt.Errorf("publish pack index %s: %w", p.where(name+".idx"), err)
+		p.fs.Remove(tmpIdx)
+		return p.fail(fmt.Errorf("publish pack index %s: %w", p.where(name+".idx"), err))
 	}
 	// The pending entries become a published pack in this process too.
 	n := int32(len(p.packs))
@@ -785,13 +822,10 @@ func (p *Packed) Close() error {
 		pf.f.Close()
 	}
 	for lane, w := range p.pending {
-		if w == nil {
-			continue
+		if w != nil {
+			p.discard(w)
+			p.pending[lane] = nil
 		}
-		w.closeWriter()
-		w.file.f.Close()
-		p.fs.Remove(path.Join(p.dir, w.tmpName))
-		p.pending[lane] = nil
 	}
 	p.packs, p.index, p.known, p.loaded = nil, map[ID]packLoc{}, map[string]bool{}, false
 	return nil
