@@ -209,6 +209,7 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 		pf      *packFile
 		entries []indexEntry
 		rewrite bool
+		removed bool // holds nothing to keep, removed before any copying
 	}
 	olds := make([]oldPack, len(p.packs))
 	rewriting := 0
@@ -277,6 +278,41 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 		}
 	}
 
+	// Packs that hold nothing to keep go first, with nothing to copy: on
+	// a full disk, that frees the room the copies below need.
+	copyFailed := func(err error) error { return err }
+	if !dryRun {
+		var dead []string
+		for i := range olds {
+			if olds[i].rewrite && p.noneLive(olds[i].entries, int32(i), keep) {
+				dead = append(dead, olds[i].pf.name)
+				olds[i].removed = true
+			}
+		}
+		if len(dead) > 0 && len(dead) < rewriting+len(loose) {
+			if err := p.removeLeftovers(); err != nil {
+				return st, err
+			}
+			var size int64
+			for _, name := range dead {
+				n, _ := fileSize(p.fs, path.Join(p.dir, name))
+				size += n
+			}
+			if err := p.removeByJournal(ctx, dead, nil); err != nil {
+				return st, fmt.Errorf("repack: %w", err)
+			}
+			// Should copying fail now (the room freed was not enough),
+			// say what was done.
+			copyFailed = func(err error) error {
+				return fmt.Errorf("%w (the %d packs that held nothing to keep, %.1f MiB, were removed first)", err, len(dead), float64(size)/(1<<20))
+			}
+		} else {
+			for i := range olds {
+				olds[i].removed = false // one journal below does for all
+			}
+		}
+	}
+
 	out := &packOutput{p: p, dryRun: dryRun}
 	defer out.abort()
 	copied := map[ID]bool{}
@@ -310,7 +346,7 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 					return st, fmt.Errorf("repack: object %s: %w: checksum mismatch in %s at offset %d (run sbuml fsck)", e.id, ErrCorrupt, p.where(op.pf.name), e.off)
 				}
 				if err := out.add(e.id, b); err != nil {
-					return st, err
+					return st, copyFailed(err)
 				}
 				copied[e.id] = true
 				st.Kept++
@@ -334,7 +370,7 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 			return st, fmt.Errorf("repack: loose object %s (%s): %w (run sbuml fsck)", id, p.loose.Locate(id), err)
 		}
 		if err := out.add(id, b); err != nil {
-			return st, err
+			return st, copyFailed(err)
 		}
 		copied[id] = true
 		st.Kept++
@@ -344,7 +380,7 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 		progress()
 	}
 	if err := out.finish(); err != nil {
-		return st, err
+		return st, copyFailed(err)
 	}
 
 	st.PacksAfter = len(out.published)
@@ -358,45 +394,20 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 		return st, nil
 	}
 
-	// The new packs are durable. What goes is listed in the journal,
-	// which makes it vanish at once for every reader; then the files are
-	// removed.
-	if err := p.syncfs(); err != nil {
-		return st, fmt.Errorf("repack: %w", err)
-	}
+	// The new packs are durable: what they replace goes.
 	fresh := map[string]bool{}
 	for _, name := range out.published {
 		fresh[name+".pack"] = true
 	}
-	var journal strings.Builder
+	var gone []string
 	for _, op := range olds {
 		// A rewrite may give back an old pack byte for byte, under its
 		// old name: that one stays.
-		if op.rewrite && !fresh[op.pf.name] {
-			fmt.Fprintf(&journal, "pack %s\n", strings.TrimSuffix(op.pf.name, ".pack"))
+		if op.rewrite && !op.removed && !fresh[op.pf.name] {
+			gone = append(gone, op.pf.name)
 		}
 	}
-	for _, id := range loose {
-		fmt.Fprintf(&journal, "loose %s\n", id)
-	}
-	journal.WriteString("end\n")
-	tmp := path.Join(p.dir, ".tmp-"+randomSuffix()+".journal")
-	if err := writeWhole(p.fs, tmp, []byte(journal.String())); err != nil {
-		return st, fmt.Errorf("repack: write %s: %w", p.where(journalFile), err)
-	}
-	if err := p.syncfs(); err != nil {
-		return st, fmt.Errorf("repack: %w", err)
-	}
-	if err := p.fs.Rename(tmp, path.Join(p.dir, journalFile)); err != nil {
-		return st, fmt.Errorf("repack: publish %s: %w", p.where(journalFile), err)
-	}
-	// The journal must be durable before any removal is: a file system
-	// that reorders metadata after a power loss could otherwise keep a
-	// removal and lose the journal.
-	if err := p.syncfs(); err != nil {
-		return st, fmt.Errorf("repack: %w", err)
-	}
-	if err := p.removeJournaled(ctx); err != nil {
+	if err := p.removeByJournal(ctx, gone, loose); err != nil {
 		return st, fmt.Errorf("repack: %w", err)
 	}
 	if err := p.removeLeftovers(); err != nil {
@@ -423,6 +434,57 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 func (p *Packed) liveIn(e indexEntry, n int32, keep func(ID) bool) bool {
 	loc, ok := p.index[e.id]
 	return ok && loc.pack == n && loc.off == e.off && keep(e.id)
+}
+
+// noneLive reports whether no entry of pack n is the copy to keep.
+func (p *Packed) noneLive(entries []indexEntry, n int32, keep func(ID) bool) bool {
+	for _, e := range entries {
+		if p.liveIn(e, n, keep) {
+			return false
+		}
+	}
+	return true
+}
+
+// removeByJournal removes packs (by file name) and loose objects so that
+// they vanish at once for every reader: it lists them in the journal,
+// makes it durable, then removes the files (see removeJournaled).
+// Everything it removes must be durable elsewhere or dropped. Callers
+// hold mu.
+func (p *Packed) removeByJournal(ctx context.Context, packs []string, loose []ID) error {
+	if len(packs) == 0 && len(loose) == 0 {
+		return nil
+	}
+	if err := p.syncfs(); err != nil {
+		return err
+	}
+	var journal strings.Builder
+	for _, name := range packs {
+		fmt.Fprintf(&journal, "pack %s\n", strings.TrimSuffix(name, ".pack"))
+	}
+	for _, id := range loose {
+		fmt.Fprintf(&journal, "loose %s\n", id)
+	}
+	journal.WriteString("end\n")
+	tmp := path.Join(p.dir, ".tmp-"+randomSuffix()+".journal")
+	if err := writeWhole(p.fs, tmp, []byte(journal.String())); err != nil {
+		return fmt.Errorf("write %s: %w", p.where(journalFile), err)
+	}
+	if err := p.syncfs(); err != nil {
+		p.fs.Remove(tmp)
+		return err
+	}
+	if err := p.fs.Rename(tmp, path.Join(p.dir, journalFile)); err != nil {
+		p.fs.Remove(tmp)
+		return fmt.Errorf("publish %s: %w", p.where(journalFile), err)
+	}
+	// The journal must be durable before any removal is: a file system
+	// that reorders metadata after a power loss could otherwise keep a
+	// removal and lose the journal.
+	if err := p.syncfs(); err != nil {
+		return err
+	}
+	return p.removeJournaled(ctx)
 }
 
 func (p *Packed) allLive(entries []indexEntry, n int32, keep func(ID) bool) bool {
