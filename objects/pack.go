@@ -523,6 +523,14 @@ func (p *Packed) fail(err error) error {
 	return err
 }
 
+// Err returns the error that ended this store's writing (see fail), or
+// nil while it writes.
+func (p *Packed) Err() error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.failed
+}
+
 // discard closes and removes a pack that was being written.
 func (p *Packed) discard(w *packWriter) {
 	w.closeWriter()

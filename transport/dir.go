@@ -26,11 +26,15 @@ const RefListFile = "refs.json"
 // refs in refs.json, see Publish) which any web server can serve.
 type Dir struct {
 	path  string
-	store objects.Store
 	refs  refBackend
 	count counter
 	// release drops the gc lock of a scrapbook directory.
 	release func()
+
+	storeMu sync.Mutex
+	store   objects.Store
+	// reopen, for a scrapbook, opens its object store afresh (see objects).
+	reopen func() objects.Store
 
 	// added are the objects Put added to a published directory that no
 	// pack holds yet (see writePacks).
@@ -67,9 +71,13 @@ func OpenDir(path string) (*Dir, error) {
 			return nil, fmt.Errorf("open remote %s: %w", abs, err)
 		}
 		fsys := osfs.New(abs)
+		reopen := func() objects.Store {
+			return objects.NewPacked(fsys, "objects", filepath.Join(abs, "objects"))
+		}
 		return &Dir{
 			path:    abs,
-			store:   objects.NewPacked(fsys, "objects", filepath.Join(abs, "objects")),
+			store:   reopen(),
+			reopen:  reopen,
 			refs:    scrapbookRefs{refs.New(fsys)},
 			release: release,
 		}, nil
@@ -125,7 +133,25 @@ func isFile(p string) bool {
 func (d *Dir) Path() string { return d.path }
 
 // Store returns the directory's object store.
-func (d *Dir) Store() objects.Store { return d.store }
+func (d *Dir) Store() objects.Store { return d.objects() }
+
+// objects returns the object store for one call. A scrapbook's store
+// whose write failed (a full disk) writes no more, because objects it
+// believed stored may not be (see objects.Packed.Err); a long-running
+// server would refuse every push from then on. As Put checks every
+// object's references against what the store holds (see Receive) and
+// UpdateRef checks the snapshot, a fresh store can take over for the
+// calls that follow: a push caught by the failure still fails, the next
+// one goes through. The failed store is not closed, since calls begun on
+// it may still read from it; its files close when it is collected.
+func (d *Dir) objects() objects.Store {
+	d.storeMu.Lock()
+	defer d.storeMu.Unlock()
+	if f, ok := d.store.(interface{ Err() error }); ok && d.reopen != nil && f.Err() != nil {
+		d.store = d.reopen()
+	}
+	return d.store
+}
 
 // URL implements Remote.
 func (d *Dir) URL() string { return d.path }
@@ -143,10 +169,11 @@ func (d *Dir) ListRefs(context.Context) (*RefList, error) {
 // the store last looked (a scrapbook's packs appear all at once), so a
 // miss is checked again against the directory before it is reported.
 func (d *Dir) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
+	store := d.objects()
 	has := make([]bool, len(ids))
 	var missed []int
 	for i, id := range ids {
-		ok, err := d.store.Has(ctx, id)
+		ok, err := store.Has(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -158,12 +185,12 @@ func (d *Dir) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 	if len(missed) == 0 {
 		return has, nil
 	}
-	if r, ok := d.store.(interface{ Refresh() error }); ok {
+	if r, ok := store.(interface{ Refresh() error }); ok {
 		if err := r.Refresh(); err != nil {
 			return nil, err
 		}
 		for _, i := range missed {
-			ok, err := d.store.Has(ctx, ids[i])
+			ok, err := store.Has(ctx, ids[i])
 			if err != nil {
 				return nil, err
 			}
@@ -171,10 +198,10 @@ func (d *Dir) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 		}
 		return has, nil
 	}
-	if _, ok := d.store.(*objects.Packed); ok {
+	if _, ok := store.(*objects.Packed); ok {
 		// Get looks for new packs before it gives up.
 		for _, i := range missed {
-			_, err := d.store.Get(ctx, ids[i])
+			_, err := store.Get(ctx, ids[i])
 			switch {
 			case err == nil:
 				has[i] = true
@@ -190,8 +217,9 @@ func (d *Dir) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 // so that damage in the directory is reported as such, not by the
 // receiver.
 func (d *Dir) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
+	store := d.objects()
 	for _, id := range ids {
-		stored, err := readStored(ctx, d.store, id)
+		stored, err := readStored(ctx, store, id)
 		if err != nil {
 			return err
 		}
@@ -206,9 +234,10 @@ func (d *Dir) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []b
 // Put implements Remote: each object is verified and stored only if its
 // references are present (see Receive).
 func (d *Dir) Put(ctx context.Context, objs []Object) error {
+	store := d.objects()
 	for _, o := range objs {
 		d.count.sent.Add(int64(len(o.Stored)))
-		added, err := Receive(ctx, d.store, o.ID, o.Stored)
+		added, err := Receive(ctx, store, o.ID, o.Stored)
 		if err != nil {
 			return err
 		}
@@ -227,7 +256,7 @@ func (d *Dir) UpdateRef(ctx context.Context, name string, old, new objects.ID) e
 	if err := d.writePacks(ctx); err != nil {
 		return fmt.Errorf("update %s: %w", name, err)
 	}
-	return updateRef(ctx, d.store, d.refs, name, old, new, "push")
+	return updateRef(ctx, d.objects(), d.refs, name, old, new, "push")
 }
 
 // updateRef checks and performs a ref update on a local store: the name
@@ -259,7 +288,7 @@ func (d *Dir) Traffic() Traffic { return d.count.traffic() }
 // Sync makes the objects received so far durable and, in a scrapbook,
 // visible to other processes.
 func (d *Dir) Sync(ctx context.Context) error {
-	if sy, ok := d.store.(objects.Syncer); ok {
+	if sy, ok := d.objects().(objects.Syncer); ok {
 		return sy.Sync(ctx)
 	}
 	return nil
@@ -273,7 +302,7 @@ func (d *Dir) Close() error {
 	if serr := d.Sync(context.Background()); err == nil {
 		err = serr
 	}
-	if c, ok := d.store.(interface{ Close() error }); ok {
+	if c, ok := d.objects().(interface{ Close() error }); ok {
 		if cerr := c.Close(); err == nil {
 			err = cerr
 		}

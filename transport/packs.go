@@ -120,9 +120,10 @@ func (d *Dir) writePack(ctx context.Context, dir string, ids []objects.ID) (Pack
 	if err != nil {
 		return fail(err)
 	}
+	store := d.objects()
 	n := 0
 	for ; n < len(ids); n++ {
-		stored, err := d.store.Get(ctx, ids[n])
+		stored, err := store.Get(ctx, ids[n])
 		if err != nil {
 			return fail(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
@@ -71,6 +72,7 @@ const (
 	codeNotSnapshot      = "not-snapshot"
 	codeReadOnly         = "read-only"
 	codeDenied           = "denied"
+	codeNoSpace          = "no-space"
 	codeInternal         = "internal"
 )
 
@@ -110,6 +112,8 @@ func (s *Server) failErr(w http.ResponseWriter, r *http.Request, err error) {
 		status, code = http.StatusNotFound, codeNotFound
 	case errors.Is(err, ErrProtocol):
 		status, code = http.StatusBadRequest, codeBadRequest
+	case errors.Is(err, syscall.ENOSPC):
+		status, code = http.StatusInsufficientStorage, codeNoSpace
 	}
 	s.fail(w, r, status, code, err.Error())
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
@@ -121,6 +122,7 @@ var errorKinds = map[string]error{
 	codeNotSnapshot:      ErrNotSnapshot,
 	codeReadOnly:         ErrReadOnly,
 	codeDenied:           ErrPushDenied,
+	codeNoSpace:          syscall.ENOSPC,
 }
 
 // remoteError is an error from a server that still matches a sentinel.
