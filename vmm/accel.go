@@ -15,6 +15,10 @@ import (
 // reached its ready marker by then counts as not running under KVM.
 const AccelProbeTimeout = 25 * time.Second
 
+// kvmGraceMin is the least time a KVM probe is given after the same guest
+// got up under TCG (see ChooseAccel). A variable so tests can shorten it.
+var kvmGraceMin = 5 * time.Second
+
 // ProbeFunc boots a real guest with the given accelerator and returns nil
 // once it is known to run, or an error. BootProbe makes one.
 type ProbeFunc func(ctx context.Context, accel string) error
@@ -39,9 +43,14 @@ type accelCache struct {
 // For auto, the existence of /dev/kvm proves nothing: some hosts offer a
 // /dev/kvm that hangs ordinary guests. So the first time on a host, probe
 // boots a real guest under KVM with a deadline of AccelProbeTimeout; KVM is
-// chosen only if the guest gets up. The verdict is cached in the JSON file
-// at cachePath, keyed by host kernel release and QEMU version, so later
-// calls answer at once. Anything short of a working KVM means TCG.
+// chosen only if the guest gets up. Meanwhile the same guest boots under
+// TCG: a working KVM is faster, so once the TCG guest is up, the KVM one
+// gets as long again (at least kvmGraceMin) before it counts as hanging,
+// which brings the verdict on such a host from AccelProbeTimeout down to
+// about two TCG boots. A KVM slower than TCG is not worth choosing either.
+// The verdict is cached in the JSON file at cachePath, keyed by host
+// kernel release and QEMU version, so later calls answer at once.
+// Anything short of a working KVM means TCG.
 func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (string, error) {
 	switch want {
 	case "tcg":
@@ -77,9 +86,7 @@ func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (
 	}
 
 	start := time.Now()
-	pctx, cancel := context.WithTimeout(ctx, AccelProbeTimeout)
-	perr := probe(pctx, "kvm")
-	cancel()
+	perr := raceProbes(ctx, probe)
 	if perr != nil && ctx.Err() != nil {
 		return "", fmt.Errorf("choose accelerator: %w", ctx.Err()) // interrupted: no verdict
 	}
@@ -100,6 +107,43 @@ func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (
 		return "", err
 	}
 	return v.Accel, nil
+}
+
+// raceProbes probes KVM, with TCG alongside as the pace to beat (see
+// ChooseAccel), and returns nil if KVM works. Both probes have ended when
+// it returns.
+func raceProbes(ctx context.Context, probe ProbeFunc) error {
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, AccelProbeTimeout)
+	defer cancel()
+	kvm, tcg := make(chan error, 1), make(chan error, 1)
+	go func() { kvm <- probe(pctx, "kvm") }()
+	go func() { tcg <- probe(pctx, "tcg") }()
+	defer func() {
+		cancel()
+		<-tcg // the TCG guest is halted
+	}()
+	select {
+	case err := <-kvm:
+		return err
+	case err := <-tcg:
+		tcg <- err // for the deferred receive
+		if err != nil {
+			// TCG cannot boot the guest either: no pace to compare
+			// with, so KVM has until the deadline.
+			return <-kvm
+		}
+	}
+	tcgTook := time.Since(start)
+	grace := max(tcgTook, kvmGraceMin)
+	select {
+	case err := <-kvm:
+		return err
+	case <-time.After(grace):
+		cancel()
+		<-kvm
+		return fmt.Errorf("the guest was not up under KVM %v after it was under TCG (in %v)", grace.Round(time.Second), tcgTook.Round(100*time.Millisecond))
+	}
 }
 
 // BootProbe returns a ProbeFunc that boots a throwaway machine from cfg

@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -52,18 +55,21 @@ func TestChooseAccelCache(t *testing.T) {
 		want     string
 	}{
 		{"kvm works", nil, "kvm"},
-		{"kvm hangs", errors.New("wait for ready marker: context deadline exceeded"), "tcg"},
+		{"kvm fails", errors.New("wait for ready marker: context deadline exceeded"), "tcg"},
 	}
 	for _, tt := range tests {
 		cache := filepath.Join(t.TempDir(), "sub", "accel.json")
-		calls := 0
+		var mu sync.Mutex
+		calls := map[string]int{}
 		probe := func(ctx context.Context, accel string) error {
-			calls++
-			if accel != "kvm" {
-				t.Errorf("%s: probe for %q", tt.name, accel)
-			}
+			mu.Lock()
+			calls[accel]++
+			mu.Unlock()
 			if d, ok := ctx.Deadline(); !ok || time.Until(d) > AccelProbeTimeout {
 				t.Errorf("%s: probe without the probe deadline", tt.name)
+			}
+			if accel == "tcg" {
+				return nil
 			}
 			return tt.probeErr
 		}
@@ -73,8 +79,8 @@ func TestChooseAccelCache(t *testing.T) {
 				t.Fatalf("%s: call %d: %q, %v; want %s", tt.name, i, a, err, tt.want)
 			}
 		}
-		if calls != 1 {
-			t.Errorf("%s: %d probes for 3 calls, want 1", tt.name, calls)
+		if calls["kvm"] != 1 || calls["tcg"] > 1 {
+			t.Errorf("%s: probes %v for 3 calls, want one of KVM and at most one of TCG", tt.name, calls)
 		}
 		b, err := os.ReadFile(cache)
 		if err != nil {
@@ -108,13 +114,13 @@ func TestChooseAccelCacheKeyedByHost(t *testing.T) {
 	if err := writeAccelCache(cache, &other); err != nil {
 		t.Fatal(err)
 	}
-	calls := 0
+	var calls atomic.Int32
 	a, err := ChooseAccel(ctx, "auto", cache, func(context.Context, string) error {
-		calls++
+		calls.Add(1)
 		return errors.New("no")
 	})
-	if err != nil || a != "tcg" || calls != 1 {
-		t.Fatalf("ChooseAccel: %q, %v, %d probes", a, err, calls)
+	if err != nil || a != "tcg" || calls.Load() != 2 {
+		t.Fatalf("ChooseAccel: %q, %v, %d probes", a, err, calls.Load())
 	}
 	c, err := readAccelCache(cache)
 	if err != nil || len(c.Verdicts) != 2 || c.Verdicts[0].Kernel != "0.0.0-other" {
@@ -125,6 +131,64 @@ func TestChooseAccelCacheKeyedByHost(t *testing.T) {
 	os.WriteFile(cache, []byte("{not json"), 0o644)
 	if a, err := ChooseAccel(ctx, "auto", cache, func(context.Context, string) error { return nil }); err != nil || a != "kvm" {
 		t.Errorf("with a damaged cache: %q, %v", a, err)
+	}
+}
+
+// TestChooseAccelRace checks the race between the KVM probe and the TCG
+// one that sets its pace, with stand-in probes that take the given times
+// (a KVM probe that never ends runs into the probe deadline).
+func TestChooseAccelRace(t *testing.T) {
+	if err := checkKVM(); err != nil {
+		t.Skipf("auto never probes without KVM: %v", err)
+	}
+	defer func(g time.Duration) { kvmGraceMin = g }(kvmGraceMin)
+	kvmGraceMin = 200 * time.Millisecond
+	const never = time.Hour
+	tests := []struct {
+		name     string
+		kvm, tcg time.Duration
+		tcgFails bool
+		want     string
+		within   time.Duration // the verdict comes this soon
+	}{
+		{"kvm first", 100 * time.Millisecond, 2 * time.Second, false, "kvm", time.Second},
+		{"kvm a little after tcg", 400 * time.Millisecond, 300 * time.Millisecond, false, "kvm", time.Second},
+		{"kvm hangs", never, 300 * time.Millisecond, false, "tcg", 2 * time.Second},
+		{"kvm far slower than tcg", 3 * time.Second, 500 * time.Millisecond, false, "tcg", 2 * time.Second},
+		{"tcg cannot boot either, kvm works", time.Second, 100 * time.Millisecond, true, "kvm", 2 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := testContext(t, time.Minute)
+			cache := filepath.Join(t.TempDir(), "accel.json")
+			var running atomic.Int32
+			probe := func(ctx context.Context, accel string) error {
+				running.Add(1)
+				defer running.Add(-1)
+				d := map[string]time.Duration{"kvm": tt.kvm, "tcg": tt.tcg}[accel]
+				select {
+				case <-time.After(d):
+					if accel == "tcg" && tt.tcgFails {
+						return errors.New("tcg failed")
+					}
+					return nil
+				case <-ctx.Done():
+					return fmt.Errorf("wait for ready marker: %w", ctx.Err())
+				}
+			}
+			start := time.Now()
+			a, err := ChooseAccel(ctx, "auto", cache, probe)
+			took := time.Since(start)
+			if err != nil || a != tt.want {
+				t.Fatalf("ChooseAccel: %q, %v; want %s", a, err, tt.want)
+			}
+			if took > tt.within {
+				t.Errorf("the verdict took %v, want under %v", took, tt.within)
+			}
+			if n := running.Load(); n != 0 {
+				t.Errorf("%d probes still running after the verdict", n)
+			}
+		})
 	}
 }
 

@@ -253,14 +253,22 @@ func TestChooseAccelAutoOnThisHost(t *testing.T) {
 	cfg, img := guestConfig(t)
 	ctx := testContext(t, 2*time.Minute)
 	cache := filepath.Join(t.TempDir(), "accel.json")
-	var probeErr error
-	probes := 0
+	var (
+		mu       sync.Mutex
+		probeErr error // of the KVM probe
+		probes   int   // of KVM
+	)
 	probe := func(ctx context.Context, accel string) error {
-		probes++
 		start := time.Now()
-		probeErr = BootProbe(cfg, img.ReadyMarker)(ctx, accel)
-		t.Logf("probe %s: %v after %v", accel, probeErr, time.Since(start).Round(time.Millisecond))
-		return probeErr
+		err := BootProbe(cfg, img.ReadyMarker)(ctx, accel)
+		t.Logf("probe %s: %v after %v", accel, err, time.Since(start).Round(time.Millisecond))
+		if accel == "kvm" {
+			mu.Lock()
+			probes++
+			probeErr = err
+			mu.Unlock()
+		}
+		return err
 	}
 	start := time.Now()
 	accel, err := ChooseAccel(ctx, "auto", cache, probe)
