@@ -55,11 +55,15 @@ func newSource(r io.Reader, size int, logical *atomic.Int64) (source, error) {
 			return m, nil
 		}
 	}
+	return newReadSource(r, size, logical), nil
+}
+
+func newReadSource(r io.Reader, size int, logical *atomic.Int64) *readSource {
 	rs := &readSource{r: r, logical: logical}
 	rs.pool.New = func() any {
 		return &block{buf: make([]byte, size), free: func(b *block) { rs.pool.Put(b) }}
 	}
-	return rs, nil
+	return rs
 }
 
 // readSource reads a stream into pooled buffers.
@@ -104,8 +108,15 @@ type mapSource struct {
 	f       *os.File
 	pos     int64 // the end of the last window, in the file
 	window  int64
+	size    int // the block size, for reading the rest (see rest)
 	logical *atomic.Int64
+	// rest reads the file from pos on once a window could not be mapped.
+	rest *readSource
+	read *offsetReader
 }
+
+// mmap maps windows; a variable so tests can make it fail.
+var mmap = unix.Mmap
 
 // newMapSource returns a mapSource for f, or nil if f is not a regular
 // file of mapMin bytes or more, has holes, or cannot be mapped.
@@ -133,10 +144,13 @@ func newMapSource(f *os.File, size int, logical *atomic.Int64) (*mapSource, erro
 		return nil, nil
 	}
 	unix.Munmap(probe)
-	return &mapSource{f: f, pos: pos, window: max(mapWindow, int64(size)), logical: logical}, nil
+	return &mapSource{f: f, pos: pos, window: max(mapWindow, int64(size)), size: size, logical: logical}, nil
 }
 
 func (s *mapSource) next(carry []byte) (*block, bool, error) {
+	if s.rest != nil {
+		return s.rest.next(carry)
+	}
 	fi, err := s.f.Stat()
 	if err != nil {
 		return nil, false, err
@@ -155,9 +169,14 @@ func (s *mapSource) next(carry []byte) (*block, bool, error) {
 		blk.refs.Store(1)
 		return blk, true, nil
 	}
-	m, err := unix.Mmap(int(s.f.Fd()), aligned, int(end-aligned), unix.PROT_READ, unix.MAP_SHARED)
+	m, err := mmap(int(s.f.Fd()), aligned, int(end-aligned), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
-		return nil, false, fmt.Errorf("map %s: %w", s.f.Name(), err)
+		// The file system maps files (see the probe in newMapSource),
+		// so this is a want of address space or of mappings: read the
+		// rest instead.
+		s.read = &offsetReader{f: s.f, off: s.pos}
+		s.rest = newReadSource(s.read, s.size, s.logical)
+		return s.rest.next(carry)
 	}
 	s.logical.Add(end - s.pos)
 	s.pos = end
@@ -171,6 +190,11 @@ func (s *mapSource) next(carry []byte) (*block, bool, error) {
 // SIGBUS. It leaves the file's offset at the end of what was read, as
 // read(2) would have.
 func (s *mapSource) finish() error {
+	if s.read != nil {
+		s.pos = s.read.off
+		_, err := s.f.Seek(s.pos, io.SeekStart)
+		return err
+	}
 	fi, err := s.f.Stat()
 	if err != nil {
 		return err
@@ -180,6 +204,21 @@ func (s *mapSource) finish() error {
 	}
 	_, err = s.f.Seek(s.pos, io.SeekStart)
 	return err
+}
+
+// offsetReader reads f from off on with pread, leaving f's offset alone.
+type offsetReader struct {
+	f   *os.File
+	off int64
+}
+
+func (r *offsetReader) Read(p []byte) (int, error) {
+	n, err := r.f.ReadAt(p, r.off)
+	r.off += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
 }
 
 // ErrShrank reports that a mapped file became shorter while it was being

@@ -71,6 +71,49 @@ func TestMappedMatchesRead(t *testing.T) {
 	}
 }
 
+// TestMapFailureReadsTheRest makes the mapping of a window fail, as it
+// does when the address space or the count of mappings runs out (a fake:
+// neither can be exhausted here without harming the test process). The
+// rest of the file is read instead: the stream is the same, and the
+// file's offset ends at its end.
+func TestMapFailureReadsTheRest(t *testing.T) {
+	defer func(w int64) { mapWindow = w }(mapWindow)
+	mapWindow = 1 << 20 // windows of blockSize, 4 MiB
+	defer func(m func(int, int64, int, int, int) ([]byte, error)) { mmap = m }(mmap)
+	for _, failFrom := range []int{1, 2} {
+		calls := 0
+		mmap = func(fd int, off int64, n, prot, flags int) ([]byte, error) {
+			calls++
+			if calls >= failFrom {
+				return nil, unix.ENOMEM
+			}
+			return unix.Mmap(fd, off, n, prot, flags)
+		}
+		data := randomBytes(int64(20+failFrom), 13<<20+777)
+		f := writeFile(t, data)
+		ctx := context.Background()
+		s := NewSaver(newStore(), 2)
+		mapped, st, err := s.SaveStream(ctx, f, Files)
+		if err != nil {
+			t.Fatalf("windows failing from the %dth: %v", failFrom, err)
+		}
+		if st.Length != uint64(len(data)) {
+			t.Errorf("windows failing from the %dth: stream of %d bytes, want %d", failFrom, st.Length, len(data))
+		}
+		read, _, err := s.SaveStream(ctx, bytes.NewReader(data), Files)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mapped != read {
+			t.Errorf("windows failing from the %dth: stream %s, read as %s", failFrom, mapped.Short(), read.Short())
+		}
+		if off, err := f.Seek(0, io.SeekCurrent); err != nil || off != int64(len(data)) {
+			t.Errorf("windows failing from the %dth: offset %d (%v) after saving, want %d", failFrom, off, err, len(data))
+		}
+		s.Close()
+	}
+}
+
 // TestSparseFileKeepsItsHoles checks that saving a sparse file does not
 // allocate its holes (tmpfs fills in a hole touched through a mapping),
 // however small they are, and that large holes are stored as holes.
