@@ -95,20 +95,20 @@ func TestMapFailureReadsTheRest(t *testing.T) {
 		s := NewSaver(newStore(), 2)
 		mapped, st, err := s.SaveStream(ctx, f, Files)
 		if err != nil {
-			t.Fatalf("windows failing from the %dth: %v", failFrom, err)
+			t.Fatalf("window %d on failing: %v", failFrom, err)
 		}
 		if st.Length != uint64(len(data)) {
-			t.Errorf("windows failing from the %dth: stream of %d bytes, want %d", failFrom, st.Length, len(data))
+			t.Errorf("window %d on failing: stream of %d bytes, want %d", failFrom, st.Length, len(data))
 		}
 		read, _, err := s.SaveStream(ctx, bytes.NewReader(data), Files)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if mapped != read {
-			t.Errorf("windows failing from the %dth: stream %s, read as %s", failFrom, mapped.Short(), read.Short())
+			t.Errorf("window %d on failing: stream %s, read as %s", failFrom, mapped.Short(), read.Short())
 		}
 		if off, err := f.Seek(0, io.SeekCurrent); err != nil || off != int64(len(data)) {
-			t.Errorf("windows failing from the %dth: offset %d (%v) after saving, want %d", failFrom, off, err, len(data))
+			t.Errorf("window %d on failing: offset %d (%v) after saving, want %d", failFrom, off, err, len(data))
 		}
 		s.Close()
 	}
