@@ -173,20 +173,16 @@ func (s *Static) fromPacks(ctx context.Context, ids []objects.ID, deliver func(o
 				f = nil
 			}
 			for _, e := range entries {
-				var stored []byte
+				delivered := false
 				if f != nil {
-					stored, err = readPacked(f, e)
-				}
-				if f == nil || err != nil {
-					mu.Lock()
-					rest = append(rest, e.ID)
-					mu.Unlock()
-					continue
-				}
-				if err := deliver(e.ID, stored); err != nil {
-					if !errors.Is(err, objects.ErrCorrupt) {
-						return err
+					stored := make([]byte, e.Size)
+					if _, err := f.ReadAt(stored, int64(e.Offset)); err == nil {
+						if delivered, err = deliverPacked(e, stored, deliver); err != nil {
+							return err
+						}
 					}
+				}
+				if !delivered {
 					mu.Lock()
 					rest = append(rest, e.ID)
 					mu.Unlock()
@@ -289,17 +285,11 @@ func (s *Static) fromRanges(ctx context.Context, p *staticPack, entries []object
 			return nil
 		}
 		for _, e := range run {
-			stored := data[e.Offset-start : e.Offset-start+uint64(e.Size)]
-			if !e.Check(stored) {
-				mu.Lock()
-				failed = append(failed, e.ID)
-				mu.Unlock()
-				continue
+			delivered, err := deliverPacked(e, data[e.Offset-start:e.Offset-start+uint64(e.Size)], deliver)
+			if err != nil {
+				return err
 			}
-			if err := deliver(e.ID, stored); err != nil {
-				if !errors.Is(err, objects.ErrCorrupt) {
-					return err
-				}
+			if !delivered {
 				mu.Lock()
 				failed = append(failed, e.ID)
 				mu.Unlock()
@@ -350,17 +340,21 @@ func (s *Static) readRange(ctx context.Context, p *staticPack, start, end uint64
 	return data, nil
 }
 
-// readPacked reads one object out of a downloaded pack and checks it
-// against the CRC its index records.
-func readPacked(f *os.File, e objects.PackEntry) ([]byte, error) {
-	stored := make([]byte, e.Size)
-	if _, err := f.ReadAt(stored, int64(e.Offset)); err != nil {
-		return nil, err
-	}
+// deliverPacked hands deliver the stored form of e read from its pack.
+// It reports false, and no error, if the bytes fail the index's CRC or
+// deliver refuses them as corrupt: the object is then to be downloaded on
+// its own.
+func deliverPacked(e objects.PackEntry, stored []byte, deliver func(objects.ID, []byte) error) (bool, error) {
 	if !e.Check(stored) {
-		return nil, fmt.Errorf("object %s: %w: CRC mismatch in pack", e.ID, objects.ErrCorrupt)
+		return false, nil
 	}
-	return stored, nil
+	if err := deliver(e.ID, stored); err != nil {
+		if errors.Is(err, objects.ErrCorrupt) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
 }
 
 // downloadPack returns the downloaded pack p, downloading it first if no
