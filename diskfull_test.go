@@ -11,9 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/internal/tinyfs"
 )
 
 // TestImportDiskFull imports into a scrapbook on a small tmpfs that runs
@@ -25,14 +24,7 @@ import (
 // files taking up space, and leave the branch where it was. Once there is
 // room again, an import succeeds and exports byte for byte.
 func TestImportDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=32m"); err != nil {
-		t.Skipf("mount a tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	mnt := tinyfs.Mount(t, 32*mib)
 	bin := sbumlCommand(t)
 	ctx := context.Background()
 	sbDir := filepath.Join(mnt, "scrapbook")
@@ -56,25 +48,14 @@ func TestImportDiskFull(t *testing.T) {
 		writeFile(t, filepath.Join(src, "notes.txt"), []byte(text), 0o644)
 	}
 	importCmd := func() (stderr string, err error) {
-		cmd := exec.Command(bin, "--scrapbook", sbDir, "import", "-m", "disk full", src)
-		var errOut bytes.Buffer
-		cmd.Stderr = &errOut
-		err = cmd.Run()
-		return errOut.String(), err
+		return runStderr(bin, sbDir, "import", "-m", "disk full", src)
 	}
 	change(-1)
 	if out, err := importCmd(); err != nil {
 		t.Fatalf("first import: %v\n%s", err, out)
 	}
 
-	free := func() int64 {
-		var st unix.Statfs_t
-		if err := unix.Statfs(mnt, &st); err != nil {
-			t.Fatal(err)
-		}
-		return int64(st.Bavail) * st.Bsize
-	}
-	filler := filepath.Join(mnt, "filler")
+	free := func() int64 { return tinyfs.Free(t, mnt) }
 	var failed, fitted int
 	phases := map[string]int{}
 	// try runs one import with room bytes free and reports whether it
@@ -86,17 +67,9 @@ func TestImportDiskFull(t *testing.T) {
 			t.Fatal(err)
 		}
 		avail := free()
-		if room > avail {
-			t.Fatalf("trial %d: %d bytes free, cannot leave %d", trial, avail, room)
-		}
-		writeFile(t, filler, make([]byte, avail-room), 0o644)
+		defer tinyfs.Fill(t, mnt, room)()
 		usedBefore := avail - free()
 		packsBefore := packBytes(t, sbDir)
-		defer func() {
-			if err := os.Remove(filler); err != nil {
-				t.Fatal(err)
-			}
-		}()
 
 		stderr, ierr := importCmd()
 		when := fmt.Sprintf("trial %d (%d KiB free)", trial, room>>10)
@@ -220,14 +193,7 @@ func phase(msg string) string {
 // the other packs; it then fails in one line that says both. Nothing kept
 // is lost, and once there is room a second gc merges the packs.
 func TestGcDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=24m"); err != nil {
-		t.Skipf("mount a tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	mnt := tinyfs.Mount(t, 24*mib)
 	bin := sbumlCommand(t)
 	sbDir := filepath.Join(mnt, "scrapbook")
 	s, err := sbuml.Init(sbDir)
@@ -235,13 +201,7 @@ func TestGcDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	run := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, append([]string{"--scrapbook", sbDir}, args...)...)
-		var errOut bytes.Buffer
-		cmd.Stderr = &errOut
-		err := cmd.Run()
-		return errOut.String(), err
-	}
+	run := func(args ...string) (string, error) { return runStderr(bin, sbDir, args...) }
 	srcs := map[string]string{}
 	for i, branch := range []string{"b1", "b2", "b3"} {
 		src := t.TempDir()
@@ -255,15 +215,8 @@ func TestGcDiskFull(t *testing.T) {
 		t.Fatalf("branch -d: %v\n%s", err, out)
 	}
 
-	free := func() int64 {
-		var st unix.Statfs_t
-		if err := unix.Statfs(mnt, &st); err != nil {
-			t.Fatal(err)
-		}
-		return int64(st.Bavail) * st.Bsize
-	}
-	filler := filepath.Join(mnt, "filler")
-	writeFile(t, filler, make([]byte, free()-8<<10), 0o644)
+	free := func() int64 { return tinyfs.Free(t, mnt) }
+	emptyFiller := tinyfs.Fill(t, mnt, 8<<10)
 	before := free()
 	stderr, err := run("gc")
 	if err == nil {
@@ -293,9 +246,7 @@ func TestGcDiskFull(t *testing.T) {
 	}
 	check("after gc on a full disk")
 
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
+	emptyFiller()
 	if out, err := run("gc"); err != nil {
 		t.Fatalf("gc with room: %v\n%s", err, out)
 	}
@@ -304,4 +255,14 @@ func TestGcDiskFull(t *testing.T) {
 	if len(packs) != 1 {
 		t.Errorf("%d packs after gc with room, want them merged into 1", len(packs))
 	}
+}
+
+// runStderr runs the sbuml command bin on the scrapbook sbDir and returns
+// what it wrote to standard error.
+func runStderr(bin, sbDir string, args ...string) (string, error) {
+	cmd := exec.Command(bin, append([]string{"--scrapbook", sbDir}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	return stderr.String(), err
 }

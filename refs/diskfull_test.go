@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/go-git/go-billy/v5/osfs"
-	"golang.org/x/sys/unix"
 
+	"github.com/sbuml/sbuml/internal/tinyfs"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -21,36 +21,21 @@ import (
 // fails says so in one line and changes nothing: the ref and its reflog
 // are as they were and no lock file is left.
 func TestUpdateDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
-		t.Skipf("mount a tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	mnt := tinyfs.Mount(t, 1<<20)
 	s := New(osfs.New(filepath.Join(mnt, "book")))
 	if err := s.Update("refs/heads/main", objects.Zero, id(1), "first"); err != nil {
 		t.Fatal(err)
 	}
 	page := int64(os.Getpagesize())
-	filler := filepath.Join(mnt, "filler")
 	var failedAt []string
 	for n := 0; n <= 8; n++ {
 		failedBefore := len(failedAt)
 		for _, name := range []string{"refs/heads/main", fmt.Sprintf("refs/heads/new%d", n)} {
 			before, beforeErr := s.Get(name)
 			logBefore, _ := s.Reflog(name)
-			var st unix.Statfs_t
-			if err := unix.Statfs(mnt, &st); err != nil {
-				t.Fatal(err)
-			}
-			avail := int64(st.Bavail) * st.Bsize
-			if err := os.WriteFile(filler, make([]byte, max(0, avail-int64(n)*page)), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			emptyFiller := tinyfs.Fill(t, mnt, int64(n)*page)
 			err := s.Update(name, before, id(100+n), "disk full")
-			os.Remove(filler)
+			emptyFiller()
 			if err == nil {
 				continue
 			}

@@ -4,15 +4,13 @@ import (
 	"context"
 	"errors"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	sbuml "github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/internal/tinyfs"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/transport"
 )
@@ -22,14 +20,7 @@ import (
 // again, the next push to the same server, not restarted, goes through
 // and leaves the scrapbook whole.
 func TestServerDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=16m"); err != nil {
-		t.Skipf("mount a tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	mnt := tinyfs.Mount(t, 16<<20)
 	ctx := context.Background()
 	dir := filepath.Join(mnt, "scrapbook")
 	if _, err := sbuml.Init(dir); err != nil {
@@ -53,14 +44,7 @@ func TestServerDiskFull(t *testing.T) {
 		return err
 	}
 
-	var st unix.Statfs_t
-	if err := unix.Statfs(mnt, &st); err != nil {
-		t.Fatal(err)
-	}
-	filler := filepath.Join(mnt, "filler")
-	if err := os.WriteFile(filler, make([]byte, int64(st.Bavail)*st.Bsize-2<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	emptyFiller := tinyfs.Fill(t, mnt, 2<<20)
 	err = push()
 	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "no space left on device") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("push to a full disk: want one line saying there is no space, got %v", err)
@@ -70,9 +54,7 @@ func TestServerDiskFull(t *testing.T) {
 		t.Fatalf("the failed push moved main (%v)", err)
 	}
 
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
+	emptyFiller()
 	if err := push(); err != nil {
 		t.Fatalf("push with room again: %v", err)
 	}
