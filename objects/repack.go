@@ -177,9 +177,10 @@ type RepackOptions struct {
 // moved into packs or removed. Large packs holding only kept objects are
 // left alone, so the cost of a repack follows what it frees.
 //
-// The new packs are published and made durable before anything is
-// removed, and what is removed vanishes at once (see journalFile): a
-// crash leaves objects twice, never missing. The caller must ensure that
+// Packs that hold nothing to keep are removed first, so that a full disk
+// gets room for the copies. The new packs are published and made durable
+// before the packs they replace are removed, and what is removed vanishes
+// at once (see journalFile): a crash leaves objects twice, never missing. The caller must ensure that
 // no other process writes to the store meanwhile (see internal/gclock),
 // and that keep holds every object reachable from every ref; Repack only
 // keeps the closure of what it is told.
