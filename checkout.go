@@ -44,7 +44,11 @@ type CheckoutResult struct {
 	Machine  string     `json:"machine"`
 	Dir      string     `json:"dir"`
 	Snapshot objects.ID `json:"snapshot"`
-	Running  bool       `json:"running"`
+	// Child is the machine's number among the machines checked out of
+	// a snapshot that a guest's ckpt() took (what ckpt() returns in it),
+	// 0 for other snapshots.
+	Child   int  `json:"child,omitempty"`
+	Running bool `json:"running"`
 	// Fetched says what was downloaded for a snapshot elsewhere.
 	Fetched *transport.Stats `json:"fetched,omitempty"`
 	// Duration is checkout-to-running: from the call to the guest
@@ -253,10 +257,37 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if branch == "" {
 		branch = name
 	}
-	if err := writeHead(dir, machineHead{Snapshot: id, Branch: branch}); err != nil {
+	head, err := s.checkoutHead(ctx, id, name, branch)
+	if err != nil {
+		return nil, fmt.Errorf("checkout %s: %w", rev, err)
+	}
+	if err := writeHead(dir, head); err != nil {
 		return nil, err
 	}
-	return &CheckoutResult{Machine: name, Dir: dir, Snapshot: id, Running: opts.Continue, Fetched: fetchStats, Duration: time.Since(start)}, nil
+	return &CheckoutResult{Machine: name, Dir: dir, Snapshot: id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: time.Since(start)}, nil
+}
+
+// checkoutHead returns the head of a machine checked out of snapshot id
+// (Zero for an exported directory): if a guest's ckpt() took the
+// snapshot, the machine gets the next child number of it, which is its
+// answer to that ckpt() request.
+func (s *Scrapbook) checkoutHead(ctx context.Context, id objects.ID, machine, branch string) (machineHead, error) {
+	head := machineHead{Snapshot: id, Base: id, Branch: branch}
+	if id.IsZero() {
+		return head, nil
+	}
+	sn, err := objects.LoadSnapshot(ctx, s.Objects, id)
+	if err != nil {
+		return head, err
+	}
+	req := ckptRequestOf(sn)
+	if req == 0 {
+		return head, nil
+	}
+	if head.Child, err = s.claimChild(ctx, id, machine); err != nil {
+		return head, err
+	}
+	return head.withAnswer(req, head.Child), nil
 }
 
 // restore materializes src into dir and starts QEMU on it.

@@ -41,38 +41,6 @@ var (
 	DiskParams = stream.Files
 )
 
-// headFile, in a machine directory, records the snapshot the machine
-// continues from and the branch its commits go to.
-const headFile = "sbuml-head.json"
-
-type machineHead struct {
-	Snapshot objects.ID `json:"snapshot"`
-	Branch   string     `json:"branch"`
-	// Frozen says the machine has not run since Snapshot was saved
-	// from it (commit -f): its device state is Snapshot's.
-	Frozen bool `json:"frozen,omitempty"`
-}
-
-func readHead(dir string) (machineHead, error) {
-	var h machineHead
-	b, err := os.ReadFile(filepath.Join(dir, headFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return h, nil
-	}
-	if err == nil {
-		err = json.Unmarshal(b, &h)
-	}
-	if err != nil {
-		return h, fmt.Errorf("read %s: %w", filepath.Join(dir, headFile), err)
-	}
-	return h, nil
-}
-
-func writeHead(dir string, h machineHead) error {
-	b, _ := json.MarshalIndent(h, "", "  ")
-	return writeFileAtomic(filepath.Join(dir, headFile), append(b, '\n'))
-}
-
 // CommitOptions control Commit.
 type CommitOptions struct {
 	// Freeze leaves the machine frozen after the commit (SBUML's -f);
@@ -85,7 +53,16 @@ type CommitOptions struct {
 	Branch string
 	// Force moves a branch whose tip is not the machine's previous
 	// snapshot (its history stays reachable from the reflog only).
-	Force      bool
+	Force bool
+	// Auto takes an automatic snapshot (thinkback): it goes to the
+	// machine's index of automatic snapshots, not its branch, and its
+	// parent is the machine's last snapshot that is not automatic (see
+	// autosnap.go). Branch and Force do not apply.
+	Auto bool
+	// Ckpt is the ID of the guest's ckpt() request the snapshot answers
+	// (0: none). It is recorded in the snapshot's labels and in the
+	// machine, whose answer to it is then 0.
+	Ckpt       uint64
 	OnProgress func(stream.Stats)
 }
 
@@ -100,6 +77,8 @@ type CommitResult struct {
 	Running bool `json:"running"`
 	// DeviceStateBytes is the size of QEMU's device and vCPU state.
 	DeviceStateBytes int64 `json:"device_state_bytes"`
+	// Auto says the snapshot is automatic (CommitOptions.Auto).
+	Auto bool `json:"auto,omitempty"`
 }
 
 // Commit saves the complete state of a running or frozen machine (SBUML's
@@ -125,86 +104,207 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	defer release()
-	dir := m.Dir()
-	name := machineName(dir)
-	cfg := m.Config()
-	head, err := readHead(dir)
+	plan, err := s.planCommit(ctx, m, opts)
 	if err != nil {
-		return nil, fmt.Errorf("commit %s: %w", name, err)
+		return nil, fmt.Errorf("commit %s: %w", machineName(m.Dir()), err)
+	}
+	res, err := s.commit(ctx, m, plan, opts)
+	if err != nil {
+		return nil, fmt.Errorf("commit %s: %w", plan.name, err)
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// commitPlan is what Commit decided before touching the machine.
+type commitPlan struct {
+	name   string
+	head   machineHead
+	branch string     // the machine's branch after the commit
+	ref    string     // the ref the snapshot goes to (a branch), "" for an automatic one
+	tip    objects.ID // ref's tip when the commit started
+	parent objects.ID
+	// wasRunning says the guest ran before the commit.
+	wasRunning bool
+	// reuseDev is the device state to store again, for a machine left
+	// frozen by a commit that has not run since.
+	reuseDev *objects.TreeEntry
+}
+
+// planCommit reads the machine's head and state and decides where the
+// snapshot goes, refusing what cannot be committed.
+func (s *Scrapbook) planCommit(ctx context.Context, m *vmm.Machine, opts CommitOptions) (*commitPlan, error) {
+	p := &commitPlan{name: machineName(m.Dir())}
+	head, err := readHead(m.Dir())
+	if err != nil {
+		return nil, err
 	}
 	// A machine directory moved by hand is not seen by gc, which may have
 	// removed the snapshot it continues from: then it has no parent.
 	if !head.Snapshot.IsZero() {
 		if ok, err := s.Objects.Has(ctx, head.Snapshot); err != nil {
-			return nil, fmt.Errorf("commit %s: %w", name, err)
+			return nil, err
 		} else if !ok {
 			head = machineHead{Branch: head.Branch}
 		}
 	}
-	branch := opts.Branch
-	if branch == "" {
-		branch = head.Branch
+	p.head = head
+	p.branch = opts.Branch
+	if p.branch == "" || opts.Auto {
+		p.branch = head.Branch
 	}
-	if branch == "" {
-		branch = name
+	if p.branch == "" {
+		p.branch = p.name
 	}
-	ref, err := s.branchRef(branch)
-	if err != nil {
-		return nil, fmt.Errorf("commit %s: %w", name, err)
-	}
-	tip, err := s.tip(ref)
-	if err != nil {
-		return nil, fmt.Errorf("commit %s: %w", name, err)
-	}
-	if !tip.IsZero() && tip != head.Snapshot && !opts.Force {
-		return nil, fmt.Errorf("commit %s: branch %s is at %s, not at this machine's last snapshot %s; use --branch NEW to start a new branch here, or --force to move %s",
-			name, branch, tip.Short(), shortOrNone(head.Snapshot), branch)
+	if opts.Auto {
+		p.parent = head.base()
+	} else if err := s.planBranch(p, opts.Force); err != nil {
+		return nil, err
 	}
 	st, err := m.Status(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("commit %s: %w", name, err)
+		return nil, err
 	}
 	if st.State != vmm.StateRunning && st.State != vmm.StateFrozen {
 		detail := ""
 		if st.Detail != "" {
 			detail = ": " + st.Detail
 		}
-		return nil, fmt.Errorf("commit %s: machine is %s, not running%s", name, st.State, detail)
+		return nil, fmt.Errorf("machine is %s, not running%s", st.State, detail)
 	}
-	wasRunning := st.State == vmm.StateRunning
+	p.wasRunning = st.State == vmm.StateRunning
 	// A machine left frozen by a commit (-f) has not run since: QEMU will
 	// not write its device state again, and it is the one already stored.
-	var reuseDev *objects.TreeEntry
 	if st.RunState == "postmigrate" {
 		if !head.Frozen {
-			return nil, fmt.Errorf("commit %s: the machine's device state was saved by a commit that did not finish, and QEMU saves it only once until the guest runs; continue it ('sbuml continue %s') and commit again", name, name)
+			return nil, fmt.Errorf("the machine's device state was saved by a commit that did not finish, and QEMU saves it only once until the guest runs; continue it ('sbuml continue %s') and commit again", p.name)
 		}
-		if reuseDev, err = s.deviceStateOf(ctx, head.Snapshot); err != nil {
-			return nil, fmt.Errorf("commit %s: the machine's device state was saved and it has not run since, but %w; continue it first", name, err)
+		if p.reuseDev, err = s.deviceStateOf(ctx, head.Snapshot); err != nil {
+			return nil, fmt.Errorf("the machine's device state was saved and it has not run since, but %w; continue it first", err)
 		}
 	}
+	return p, nil
+}
 
+// planBranch checks that the snapshot may go to the plan's branch: a
+// new branch, or one whose tip is the machine's last snapshot on it.
+func (s *Scrapbook) planBranch(p *commitPlan, force bool) error {
+	ref, err := s.branchRef(p.branch)
+	if err != nil {
+		return err
+	}
+	tip, err := s.tip(ref)
+	if err != nil {
+		return err
+	}
+	if base := p.head.base(); !tip.IsZero() && tip != base && !force {
+		return fmt.Errorf("branch %s is at %s, not at this machine's last snapshot %s; use --branch NEW to start a new branch here, or --force to move %s",
+			p.branch, tip.Short(), shortOrNone(base), p.branch)
+	}
+	p.ref, p.tip, p.parent = ref, tip, p.head.Snapshot
+	return nil
+}
+
+// commit captures the machine, stores the capture and records the
+// snapshot, as planned.
+func (s *Scrapbook) commit(ctx context.Context, m *vmm.Machine, p *commitPlan, opts CommitOptions) (*CommitResult, error) {
 	saver := stream.NewSaver(s.Objects, 0)
 	defer saver.Close()
+	c, err := s.capture(ctx, m, p, saver, opts)
+	if c != nil {
+		defer c.remove()
+	}
+	if err != nil {
+		return nil, err
+	}
+	tree, size, err := s.storeMachine(ctx, saver, opts.OnProgress, m.Dir(), m.Config(), c.ramDir, c.diskDir, c.devID, c.devSize)
+	if err != nil {
+		return nil, err
+	}
+	id, err := s.recordCommit(ctx, saver, p, tree, opts)
+	if err != nil {
+		return nil, err
+	}
+	head := machineHead{Snapshot: id, Base: id, Branch: p.branch, Frozen: !c.running, Child: p.head.Child, Answers: p.head.Answers}
+	if opts.Auto {
+		head.Base = p.head.base()
+	}
+	if opts.Ckpt != 0 {
+		head = head.withAnswer(opts.Ckpt, 0)
+	}
+	if err := writeHead(m.Dir(), head); err != nil {
+		return nil, fmt.Errorf("snapshot %s stored, but: %w", id.Short(), err)
+	}
+	branch := p.ref
+	if opts.Auto {
+		branch = autosnapRef(p.name)
+	}
+	return &CommitResult{
+		Result:   Result{ID: id, Branch: branch, Parent: p.parent, LogicalBytes: size, Stats: saver.Stats()},
+		Downtime: c.downtime, Running: c.running, DeviceStateBytes: int64(c.devSize), Auto: opts.Auto,
+	}, nil
+}
 
+// recordCommit records the snapshot of tree: on the plan's branch, or in
+// the machine's automatic snapshots.
+func (s *Scrapbook) recordCommit(ctx context.Context, saver *stream.Saver, p *commitPlan, tree objects.ID, opts CommitOptions) (objects.ID, error) {
+	labels := map[string]string{labelKind: kindMachine, labelMachine: p.name}
+	msg := opts.Message
+	if opts.Auto {
+		labels[labelAuto] = "true"
+		if msg == "" {
+			msg = "autosnap " + p.name
+		}
+	}
+	if opts.Ckpt != 0 {
+		labels[labelCkpt] = requestKey(opts.Ckpt)
+	}
+	if msg == "" {
+		msg = "commit " + p.name
+	}
+	sopts := SnapshotOptions{Message: msg, Labels: labels}
+	if !opts.Auto {
+		return s.record(ctx, saver, p.ref, p.tip, p.parent, tree, sopts)
+	}
+	id, err := s.saveSnapshot(ctx, saver, p.parent, tree, sopts)
+	if err != nil {
+		return objects.Zero, err
+	}
+	return id, s.addAutosnap(ctx, saver, p.name, id)
+}
+
+// captured is a machine's state caught at one instant: copies of its RAM
+// and disks, and its device state already stored.
+type captured struct {
+	ramDir, diskDir string // the copies: ramDir/ram, diskDir/<disk name>
+	devID           objects.ID
+	devSize         uint64
+	downtime        time.Duration
+	running         bool // the guest runs after the capture
+}
+
+func (c *captured) remove() {
+	os.RemoveAll(c.ramDir)
+	os.RemoveAll(c.diskDir)
+}
+
+// capture copies the machine's RAM and disks aside while it runs, then
+// freezes it only while its device state is saved and the copies catch
+// up, and continues it (unless asked to leave it frozen). The device
+// state streams into the store meanwhile.
+func (s *Scrapbook) capture(ctx context.Context, m *vmm.Machine, p *commitPlan, saver *stream.Saver, opts CommitOptions) (*captured, error) {
+	c := &captured{}
+	var err error
 	// Scratch space for the private copies: RAM on the RAM file's file
 	// system (tmpfs), disks beside the machine.
-	ramCopyDir, err := os.MkdirTemp(filepath.Dir(filepath.Dir(m.RAMFile())), ".commit-")
-	if err != nil {
-		return nil, fmt.Errorf("commit %s: %w", name, err)
+	if c.ramDir, err = os.MkdirTemp(filepath.Dir(filepath.Dir(m.RAMFile())), ".commit-"); err != nil {
+		return nil, err
 	}
-	defer os.RemoveAll(ramCopyDir)
-	diskCopyDir, err := os.MkdirTemp(dir, ".commit-")
-	if err != nil {
-		return nil, fmt.Errorf("commit %s: %w", name, err)
+	if c.diskDir, err = os.MkdirTemp(m.Dir(), ".commit-"); err != nil {
+		os.RemoveAll(c.ramDir)
+		return nil, err
 	}
-	defer os.RemoveAll(diskCopyDir)
-
-	// The capture: everything between Freeze and Continue is downtime.
 	var (
-		res      = &CommitResult{}
-		devID    objects.ID
-		devSize  uint64
 		devErr   error
 		devDone  = make(chan struct{})
 		frozenAt time.Time
@@ -212,27 +312,27 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	pr, pw := io.Pipe()
 	go func() {
 		defer close(devDone)
-		if reuseDev != nil {
-			devID, devSize = reuseDev.ID, reuseDev.Size
+		if p.reuseDev != nil {
+			c.devID, c.devSize = p.reuseDev.ID, p.reuseDev.Size
 			return
 		}
 		id, st, err := saver.SaveStream(ctx, pr, DiskParams)
 		pr.CloseWithError(err)
 		if err == nil {
-			devID, devSize = id, st.Length
+			c.devID, c.devSize = id, st.Length
 		}
 		devErr = err
 	}()
 	// Pre-copy while the guest runs; frozen, only the pages that changed
 	// since are copied again (see mirror).
 	type copyJob struct{ dst, src string }
-	copies := []copyJob{{filepath.Join(ramCopyDir, snapRAM), m.RAMFile()}}
-	for _, d := range cfg.Disks {
-		copies = append(copies, copyJob{filepath.Join(diskCopyDir, filepath.Base(d)), resolvePath(dir, d)})
+	copies := []copyJob{{filepath.Join(c.ramDir, snapRAM), m.RAMFile()}}
+	for _, d := range m.Config().Disks {
+		copies = append(copies, copyJob{filepath.Join(c.diskDir, filepath.Base(d)), resolvePath(m.Dir(), d)})
 	}
 	mirrorAll := func() error {
-		for _, c := range copies {
-			if _, err := mirror(c.dst, c.src); err != nil {
+		for _, cp := range copies {
+			if _, err := mirror(cp.dst, cp.src); err != nil {
 				return err
 			}
 		}
@@ -241,7 +341,7 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	captureErr := mirrorAll()
 	if captureErr == nil {
 		captureErr = func() error {
-			if wasRunning {
+			if p.wasRunning {
 				if err := m.Freeze(ctx); err != nil {
 					return err
 				}
@@ -252,7 +352,7 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 			mirrored := make(chan error, 1)
 			go func() { mirrored <- mirrorAll() }()
 			var err error
-			if reuseDev == nil {
+			if p.reuseDev == nil {
 				err = m.SaveDeviceState(ctx, pw)
 				pw.CloseWithError(err)
 			}
@@ -268,45 +368,25 @@ func (s *Scrapbook) Commit(ctx context.Context, machine string, opts CommitOptio
 	// Continue as soon as the state is safe, even after a failed capture:
 	// a commit must not leave a running machine frozen.
 	leaveFrozen := opts.Freeze && !opts.Continue
-	continued := !frozenAt.IsZero() && (wasRunning && !leaveFrozen || opts.Continue)
+	continued := !frozenAt.IsZero() && (p.wasRunning && !leaveFrozen || opts.Continue)
 	if continued {
 		// Also when interrupted: the guest must not stay frozen.
 		if err := m.Continue(context.WithoutCancel(ctx)); err != nil && captureErr == nil {
 			captureErr = err
 		}
 	}
-	if continued && wasRunning {
-		res.Downtime = time.Since(frozenAt)
+	if continued && p.wasRunning {
+		c.downtime = time.Since(frozenAt)
 	}
-	res.Running = continued || (wasRunning && frozenAt.IsZero())
+	c.running = continued || (p.wasRunning && frozenAt.IsZero())
 	<-devDone
 	if captureErr != nil {
-		return nil, fmt.Errorf("commit %s: %w", name, captureErr)
+		return c, captureErr
 	}
 	if devErr != nil {
-		return nil, fmt.Errorf("commit %s: store device state: %w", name, devErr)
+		return c, fmt.Errorf("store device state: %w", devErr)
 	}
-	res.DeviceStateBytes = int64(devSize)
-
-	// After the guest continues: chunk, hash and store the copies.
-	tree, size, err := s.storeMachine(ctx, saver, opts.OnProgress, dir, cfg, ramCopyDir, diskCopyDir, devID, devSize)
-	if err != nil {
-		return nil, fmt.Errorf("commit %s: %w", name, err)
-	}
-	labels := map[string]string{"kind": "machine", "machine": name}
-	msg := opts.Message
-	if msg == "" {
-		msg = "commit " + name
-	}
-	id, err := s.record(ctx, saver, ref, tip, head.Snapshot, tree, SnapshotOptions{Message: msg, Labels: labels})
-	if err != nil {
-		return nil, fmt.Errorf("commit %s: %w", name, err)
-	}
-	if err := writeHead(dir, machineHead{Snapshot: id, Branch: branch, Frozen: !continued}); err != nil {
-		return nil, fmt.Errorf("commit %s: snapshot %s stored, but: %w", name, id.Short(), err)
-	}
-	res.Result = Result{ID: id, Branch: ref, Parent: head.Snapshot, LogicalBytes: size, Stats: saver.Stats(), Duration: time.Since(start)}
-	return res, nil
+	return c, nil
 }
 
 // deviceStateOf returns the device-state entry of machine snapshot id.

@@ -15,13 +15,20 @@ import (
 // unique-prefix (at least 4 hex digits) snapshot ID, a full ref name
 // (refs/heads/x, HEAD), a branch, tag or remote-tracking branch name, and
 // may end in any number of ~N (the Nth first-parent ancestor) or ^ (the
-// first parent) suffixes.
+// first parent) suffixes. NAME@{DATE} names the last snapshot of machine
+// or branch NAME taken at or before DATE (see ParseRevDate), including the
+// machine's automatic snapshots: m1@{10 minutes ago}, m1@{2026-12-06 10:00}.
 func (s *Scrapbook) Resolve(ctx context.Context, rev string) (objects.ID, error) {
 	base, steps, err := splitAncestry(rev)
 	if err != nil {
 		return objects.Zero, err
 	}
-	id, err := s.resolveBase(ctx, base)
+	var id objects.ID
+	if name, spec, ok := splitAt(base); ok {
+		id, err = s.resolveAt(ctx, name, spec)
+	} else {
+		id, err = s.resolveBase(ctx, base)
+	}
 	if err != nil {
 		return objects.Zero, err
 	}

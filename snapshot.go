@@ -93,6 +93,26 @@ func withProgress(saver *stream.Saver, report func(stream.Stats), fn func() erro
 // invariant), then one sync of the store, then a compare-and-swap of ref
 // from old, the tip it had when the work started.
 func (s *Scrapbook) record(ctx context.Context, saver *stream.Saver, ref string, old, parent, tree objects.ID, opts SnapshotOptions) (objects.ID, error) {
+	id, err := s.saveSnapshot(ctx, saver, parent, tree, opts)
+	if err != nil {
+		return objects.Zero, err
+	}
+	if err := s.syncObjects(ctx); err != nil {
+		return objects.Zero, err
+	}
+	why := "snapshot: " + firstLine(opts.Message)
+	if err := s.Refs.Update(ref, old, id, why); err != nil {
+		if errors.Is(err, refs.ErrConflict) {
+			return objects.Zero, fmt.Errorf("%s moved while the snapshot was being taken; snapshot %s is stored but not on the branch (run 'sbuml branch NAME %s' to keep it): %w", ref, id.Short(), id.Short(), err)
+		}
+		return objects.Zero, err
+	}
+	return id, nil
+}
+
+// saveSnapshot stores a snapshot of tree with the given parent (Zero:
+// none), made now by this user on this host.
+func (s *Scrapbook) saveSnapshot(ctx context.Context, saver *stream.Saver, parent, tree objects.ID, opts SnapshotOptions) (objects.ID, error) {
 	sn := &objects.Snapshot{
 		Tree:    tree,
 		Time:    time.Now().UTC(),
@@ -104,23 +124,16 @@ func (s *Scrapbook) record(ctx context.Context, saver *stream.Saver, ref string,
 	if !parent.IsZero() {
 		sn.Parents = []objects.ID{parent}
 	}
-	id, err := saver.SaveObject(ctx, sn.Encode())
-	if err != nil {
-		return objects.Zero, err
-	}
+	return saver.SaveObject(ctx, sn.Encode())
+}
+
+// syncObjects makes every object written so far durable, before a ref
+// may name it (refs-last).
+func (s *Scrapbook) syncObjects(ctx context.Context) error {
 	if sy, ok := s.Objects.(objects.Syncer); ok {
-		if err := sy.Sync(ctx); err != nil {
-			return objects.Zero, err
-		}
+		return sy.Sync(ctx)
 	}
-	why := "snapshot: " + firstLine(opts.Message)
-	if err := s.Refs.Update(ref, old, id, why); err != nil {
-		if errors.Is(err, refs.ErrConflict) {
-			return objects.Zero, fmt.Errorf("%s moved while the snapshot was being taken; snapshot %s is stored but not on the branch (run 'sbuml branch NAME %s' to keep it): %w", ref, id.Short(), id.Short(), err)
-		}
-		return objects.Zero, err
-	}
-	return id, nil
+	return nil
 }
 
 func firstLine(s string) string {
