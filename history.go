@@ -21,6 +21,8 @@ type LogEntry struct {
 	Labels  map[string]string `json:"labels,omitempty"`
 	// Refs lists the refs that point at the snapshot.
 	Refs []string `json:"refs,omitempty"`
+	// Auto marks an automatic snapshot (thinkback).
+	Auto bool `json:"auto,omitempty"`
 	// LogicalBytes is the size of everything the snapshot holds.
 	LogicalBytes uint64 `json:"logical_bytes"`
 	// AddedBytes is the stored size of the objects this snapshot brought
@@ -107,9 +109,12 @@ func (s *Scrapbook) Log(ctx context.Context, opts LogOptions) ([]LogEntry, error
 	for i := len(order) - 1; i >= 0; i-- {
 		id := order[i]
 		sn := snaps[id]
+		if isBookkeeping(sn) {
+			continue
+		}
 		entries = append(entries, LogEntry{
 			ID: id, Parents: sn.Parents, Time: sn.Time, Author: sn.Author, Host: sn.Host,
-			Message: sn.Message, Labels: sn.Labels, Refs: refsByID[id],
+			Message: sn.Message, Labels: sn.Labels, Refs: refsByID[id], Auto: sn.Labels[labelAuto] == "true",
 			LogicalBytes: acct[id].logical, AddedBytes: acct[id].added,
 		})
 		if opts.Limit > 0 && len(entries) == opts.Limit {
@@ -117,6 +122,14 @@ func (s *Scrapbook) Log(ctx context.Context, opts LogOptions) ([]LogEntry, error
 		}
 	}
 	return entries, nil
+}
+
+// isBookkeeping reports whether sn only records other snapshots: the
+// index of a machine's automatic snapshots, or a child claim. Log walks
+// through them but does not list them.
+func isBookkeeping(sn *objects.Snapshot) bool {
+	k := sn.Labels[labelKind]
+	return k == kindAutosnapIndex || k == kindChildClaim
 }
 
 // history returns the snapshots reachable from starts through parents,

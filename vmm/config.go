@@ -243,3 +243,9 @@ func writeFileAtomic(path string, data []byte) error {
 	}
 	return os.Rename(f.Name(), path)
 }
+
+// LoadConfig reads the configuration of the machine in dir without
+// locking it, for processes that watch a machine another one drives.
+func LoadConfig(dir string) (*Config, error) {
+	return readConfig(dir)
+}

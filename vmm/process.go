@@ -185,3 +185,14 @@ func logTail(path string, lines int) string {
 	}
 	return strings.Join(ls, "; ")
 }
+
+// PIDOf returns the pid of the QEMU running the machine in dir, or 0 if
+// none runs (halted, crashed, or not a machine directory). It takes no
+// lock: any process may ask.
+func PIDOf(dir string) int {
+	pid, _, err := readPID(dir)
+	if err != nil || !qemuAlive(pid, dir) {
+		return 0
+	}
+	return pid
+}

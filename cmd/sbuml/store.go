@@ -149,7 +149,9 @@ func printLog(entries []sbuml.LogEntry, graph bool) {
 			refs = " (" + strings.Join(e.Refs, ", ") + ")"
 		}
 		machine := ""
-		if m := e.Labels["machine"]; m != "" {
+		if m := e.Labels["machine"]; m != "" && e.Auto {
+			machine = " [" + m + ", auto]"
+		} else if m != "" {
 			machine = " [" + m + "]"
 		}
 		lines[i] = fmt.Sprintf("%s %s%s%s %s  %s logical, +%s",
