@@ -361,7 +361,7 @@ func (s *Scrapbook) Halt(ctx context.Context, machine string) error {
 }
 
 func removeMachineFiles(dir string) error {
-	for _, f := range []string{vmm.ConfigFile, vmm.QMPSocket, vmm.ConsoleSocket, vmm.ConsoleLog, vmm.PIDFile, vmm.QEMULog, vmm.LockFile, vmm.ConsoleLock, vmm.RAMFileName, machineKernel, machineInitrd, machineDisk, headFile} {
+	for _, f := range []string{vmm.ConfigFile, vmm.QMPSocket, vmm.ConsoleSocket, vmm.EventsSocket, vmm.VNCSocket, vmm.ConsoleLog, vmm.PIDFile, vmm.QEMULog, vmm.LockFile, vmm.ConsoleLock, vmm.RAMFileName, machineKernel, machineInitrd, machineDisk, headFile} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

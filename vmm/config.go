@@ -22,7 +22,12 @@ const (
 	LockFile      = "lock"         // flock held by the sbuml process driving the machine
 	ConsoleLock   = "console.lock" // flock held by the sbuml process showing the console
 	RAMFileName   = "ram"          // guest RAM, in the machine directory or a tmpfs directory
+	EventsSocket  = "events.sock"  // a second QMP server, for a process watching events (DialEvents)
+	VNCSocket     = "vnc.sock"     // QEMU's VNC server, when the machine has a display (ServeVNC)
 )
+
+// sockets are the files QEMU listens on; Boot and Halt remove them.
+var sockets = []string{QMPSocket, ConsoleSocket, EventsSocket, VNCSocket}
 
 // DefaultRAMRoot is where guest RAM files live unless asked otherwise: one
 // directory per machine, on tmpfs.
@@ -57,6 +62,8 @@ type Config struct {
 	RAMDir      string    `json:"ram_dir,omitempty"`    // directory made for RAMFile, removed with it
 	BaseImage   string    `json:"base_image,omitempty"` // ID of the image the machine came from
 	Created     time.Time `json:"created"`              // default: now
+	Net         *Net      `json:"net,omitempty"`        // nil: no network card
+	Display     string    `json:"display,omitempty"`    // "" (none) or DisplayVNC
 
 	// Boot holds options that only matter while starting QEMU; they are
 	// not recorded in config.json.
@@ -100,6 +107,9 @@ func (c *Config) setDefaults(dir string) {
 	if c.Created.IsZero() {
 		c.Created = time.Now().UTC().Truncate(time.Second)
 	}
+	if c.Net != nil {
+		c.Net.setDefaults()
+	}
 }
 
 func (c *Config) validate(dir string) error {
@@ -116,6 +126,13 @@ func (c *Config) validate(dir string) error {
 		return fmt.Errorf("initrd %s given without a kernel", c.Initrd)
 	case c.Cmdline != "" && c.Kernel == "":
 		return fmt.Errorf("kernel command line given without a kernel")
+	case c.Display != "" && c.Display != DisplayVNC:
+		return fmt.Errorf("display %q: want none (\"\") or %q", c.Display, DisplayVNC)
+	}
+	if c.Net != nil {
+		if err := c.Net.validate(); err != nil {
+			return err
+		}
 	}
 	files := []struct{ what, path string }{{"kernel", c.Kernel}, {"initrd", c.Initrd}}
 	for _, d := range c.Disks {
@@ -174,6 +191,8 @@ func (c *Config) qemuArgs() []string {
 			",mem-path=" + c.RAMFile + ",share=on,prealloc=off",
 		"-chardev", "socket,id=qmp,path=" + QMPSocket + ",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
+		"-chardev", "socket,id=events,path=" + EventsSocket + ",server=on,wait=off",
+		"-mon", "chardev=events,mode=control",
 		"-chardev", "socket,id=console,path=" + ConsoleSocket + ",server=on,wait=off,logfile=" + ConsoleLog + ",logappend=on",
 		"-serial", "chardev:console",
 	}
@@ -193,6 +212,14 @@ func (c *Config) qemuArgs() []string {
 			opt += ",snapshot=on"
 		}
 		a = append(a, "-drive", opt, "-device", "virtio-blk-pci,drive="+id+",serial="+id)
+	}
+	// The card and the display come after the disks, which thus keep the
+	// PCI addresses they have in machines without them.
+	if c.Net != nil {
+		a = append(a, c.Net.args()...)
+	}
+	if c.Display == DisplayVNC {
+		a = append(a, displayArgs()...)
 	}
 	if c.Boot.Incoming {
 		a = append(a, "-S", "-incoming", "defer")

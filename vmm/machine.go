@@ -66,7 +66,12 @@ type Machine struct {
 func (m *Machine) Dir() string { return m.dir }
 
 // Config returns the machine's configuration as recorded in config.json.
-func (m *Machine) Config() Config { return m.cfg }
+// It is a copy: changing it does not change the machine.
+func (m *Machine) Config() Config {
+	c := m.cfg
+	c.Net = c.Net.clone()
+	return c
+}
 
 // RAMFile returns the absolute path of the guest RAM file.
 func (m *Machine) RAMFile() string { return resolve(m.dir, m.cfg.RAMFile) }
@@ -141,6 +146,7 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 		}
 	}
 
+	cfg.Net = cfg.Net.clone() // Boot fills in the MAC and host ports
 	cfg.setDefaults(dir)
 	qi, err := InspectQEMU(ctx, cfg.Boot.QEMU)
 	if err != nil {
@@ -154,6 +160,11 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 	}
 	if err := cfg.validate(dir); err != nil {
 		return nil, err
+	}
+	if cfg.Net != nil {
+		if err := cfg.Net.checkHostPorts(); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Accel == "kvm" {
 		if err := checkKVM(); err != nil {
@@ -203,7 +214,7 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 		cfg.RAMDir = rd
 	}
 
-	for _, f := range []string{PIDFile, QMPSocket, ConsoleSocket} {
+	for _, f := range append([]string{PIDFile}, sockets...) {
 		os.Remove(filepath.Join(dir, f))
 	}
 	if err := writeConfig(dir, &cfg); err != nil {
@@ -246,7 +257,7 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 	cleanups = append(cleanups, func() {
 		cmd.Process.Kill()
 		<-m.exited
-		for _, f := range []string{PIDFile, QMPSocket, ConsoleSocket} {
+		for _, f := range append([]string{PIDFile}, sockets...) {
 			os.Remove(filepath.Join(dir, f))
 		}
 	})
@@ -256,6 +267,10 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 		return nil, err
 	}
 	m.qmp = qmp
+	if err := m.learnHostPorts(ctx); err != nil {
+		qmp.Close()
+		return nil, err
+	}
 	return m, nil
 }
 
@@ -521,7 +536,7 @@ func (m *Machine) Halt(ctx context.Context) error {
 	if m.cfg.RAMDir != "" {
 		rm(m.cfg.RAMDir)
 	}
-	for _, f := range []string{QMPSocket, ConsoleSocket, PIDFile} {
+	for _, f := range append([]string{PIDFile}, sockets...) {
 		rm(filepath.Join(m.dir, f))
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -44,7 +44,7 @@ func TestMachineLifecycle(t *testing.T) {
 	if fi, err := os.Stat(cfg.RAMFile); err != nil || fi.Size() != cfg.Memory {
 		t.Errorf("RAM file: %v, %v", fi, err)
 	}
-	for _, f := range []string{QMPSocket, ConsoleSocket, ConsoleLog, PIDFile, QEMULog, LockFile} {
+	for _, f := range []string{QMPSocket, ConsoleSocket, EventsSocket, ConsoleLog, PIDFile, QEMULog, LockFile} {
 		if _, err := os.Stat(filepath.Join(m.Dir(), f)); err != nil {
 			t.Errorf("machine directory: %v", err)
 		}
@@ -307,6 +307,21 @@ func TestBootErrors(t *testing.T) {
 			c.Boot.Incoming = true
 			return c
 		}, "needs Config.RAMFile"},
+		{"network mode", func(string) Config {
+			c := idleConfig()
+			c.Net = &Net{Mode: "bridge"}
+			return c
+		}, `network mode "bridge": want "user"`},
+		{"forward", func(string) Config {
+			c := idleConfig()
+			c.Net = &Net{Mode: NetUser, Forwards: []Forward{{HostAddr: "localhost", GuestPort: 80}}}
+			return c
+		}, `host address "localhost" is not an IP address`},
+		{"display", func(string) Config {
+			c := idleConfig()
+			c.Display = "sdl"
+			return c
+		}, `display "sdl": want none ("") or "vnc"`},
 		{"RAM file of the wrong size", func(dir string) Config {
 			c := idleConfig()
 			c.RAMFile = filepath.Join(dir, "small-ram")

@@ -131,6 +131,20 @@ func DialQMP(ctx context.Context, path string) (*QMP, error) {
 	return q, nil
 }
 
+// DialEvents connects to the second QMP server of the machine in dir
+// (EventsSocket), which is there for one long-lived process to watch
+// events (RESUME, STOP, SHUTDOWN, ...) with Subscribe while commands go
+// through the machine's own connection on QMPSocket. It needs no lock on
+// the machine. QEMU serves one client at a time on it: a second client
+// waits until the first disconnects, or until ctx ends.
+func DialEvents(ctx context.Context, dir string) (*QMP, error) {
+	q, err := DialQMP(ctx, filepath.Join(dir, EventsSocket))
+	if err != nil {
+		return nil, fmt.Errorf("watch events of machine %s: %w", dir, err)
+	}
+	return q, nil
+}
+
 // dialUnix connects to a unix socket. Paths longer than the kernel's limit
 // for socket addresses (108 bytes) are reached through /proc/self/fd.
 func dialUnix(ctx context.Context, path string) (*net.UnixConn, error) {
