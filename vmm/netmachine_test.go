@@ -127,6 +127,17 @@ func TestMachineWithoutNetOrDisplay(t *testing.T) {
 	if err := m.Screendump(ctx, filepath.Join(t.TempDir(), "s.ppm")); err == nil || !strings.Contains(err.Error(), "no display") {
 		t.Errorf("Screendump: %v", err)
 	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ServeVNC(ctx, m.Dir(), ln); err == nil || !strings.Contains(err.Error(), "has no display") {
+		t.Errorf("ServeVNC: %v", err)
+	}
+	if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		c.Close()
+		t.Error("ServeVNC left its listener open after failing")
+	}
 }
 
 func TestBootForwardPortInUse(t *testing.T) {
