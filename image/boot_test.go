@@ -194,6 +194,18 @@ func checkGuest(t *testing.T, g *guest) {
 			t.Errorf("virtio driver %s not registered:\n%s", d, out)
 		}
 	}
+	// The network card got its address, route and DNS server by DHCP
+	// from QEMU's user-mode network.
+	out = g.run("ip -4 addr show eth0; ip route; cat /etc/resolv.conf")
+	for _, want := range []string{"inet 10.0.2.15/24", "default via 10.0.2.2 dev eth0", "nameserver 10.0.2.3"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("network not configured: no %q in\n%s", want, out)
+		}
+	}
+	// Without a display adapter, init keeps no shell on tty1.
+	if out := g.run("grep -c tty1 /etc/inittab"); !strings.Contains(out, "\n0\r") {
+		t.Errorf("/etc/inittab has a tty1 line without a display:\n%s", out)
+	}
 	// Job control needs the console as controlling terminal (cttyhack).
 	out = g.run("sleep 30 & jobs; kill %1")
 	if !strings.Contains(out, "Running") {

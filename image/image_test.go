@@ -76,12 +76,13 @@ func TestInitrdContents(t *testing.T) {
 	}
 
 	wantModes := map[string]fs.FileMode{
-		"init":              0o755,
-		"bin/busybox":       0o755,
-		"dev/console":       fs.ModeDevice | fs.ModeCharDevice | 0o600,
-		"tmp":               fs.ModeDir | fs.ModeSticky | 0o777,
-		"etc/inittab":       0o644,
-		"etc/sbuml/modules": 0o644,
+		"init":                      0o755,
+		"bin/busybox":               0o755,
+		"dev/console":               fs.ModeDevice | fs.ModeCharDevice | 0o600,
+		"tmp":                       fs.ModeDir | fs.ModeSticky | 0o777,
+		"etc/inittab":               0o644,
+		"etc/udhcpc/default.script": 0o755,
+		"etc/sbuml/modules":         0o644,
 		"lib/modules/" + img.KernelVersion + "/modules.dep": 0o644,
 	}
 	for name, mode := range wantModes {

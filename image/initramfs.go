@@ -38,7 +38,7 @@ func writeInitramfs(ctx context.Context, dst string, kernel *kernelTree, modules
 		return 0, fmt.Errorf("write initrd: %w", err)
 	}
 	t.add("bin/busybox", 0o755, bb)
-	if err := t.addEmbedded("files/initramfs", "init"); err != nil {
+	if err := t.addEmbedded("files/initramfs", "init", "etc/udhcpc/default.script"); err != nil {
 		return 0, fmt.Errorf("write initrd: %w", err)
 	}
 
