@@ -3,7 +3,9 @@ package vmm_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log"
+	"net"
 
 	"github.com/sbuml/sbuml/vmm"
 )
@@ -69,4 +71,47 @@ func ExampleChooseAccel() {
 		log.Fatal(err)
 	}
 	defer m.Close()
+}
+
+// Forwards are written as on the command line; the host address defaults
+// to 127.0.0.1, and host port 0 asks for any free port.
+func ExampleParseForward() {
+	for _, s := range []string{"8080:80", "0.0.0.0:0:22", "[::1]:8443:443"} {
+		f, err := vmm.ParseForward(s)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("%-16s host %s port %d -> guest port %d\n", s, f.HostAddr, f.HostPort, f.GuestPort)
+	}
+	_, err := vmm.ParseForward("localhost:8080:80")
+	fmt.Println(err)
+	// Output:
+	// 8080:80          host 127.0.0.1 port 8080 -> guest port 80
+	// 0.0.0.0:0:22     host 0.0.0.0 port 0 -> guest port 22
+	// [::1]:8443:443   host ::1 port 8443 -> guest port 443
+	// port forward "localhost:8080:80": host address "localhost" is not an IP address; want [HOSTADDR:]HOSTPORT:GUESTPORT, e.g. 8080:80 or 127.0.0.1:0:22
+}
+
+// Boot a machine with a web server's port forwarded and a screen, and
+// let VNC viewers on this host watch it.
+func ExampleServeVNC() {
+	ctx := context.Background()
+	m, err := vmm.Boot(ctx, "/var/lib/sbuml/machines/web", vmm.Config{
+		Kernel: "/img/kernel", Initrd: "/img/initrd", Cmdline: "console=ttyS0",
+		Net:     &vmm.Net{Mode: vmm.NetUser, Forwards: []vmm.Forward{{GuestPort: 80}}},
+		Display: vmm.DisplayVNC,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close()
+	fmt.Println("web server on port", m.Config().Net.Forwards[0].HostPort)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:5900")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := vmm.ServeVNC(ctx, m.Dir(), ln); err != nil {
+		log.Fatal(err)
+	}
 }

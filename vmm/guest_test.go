@@ -291,53 +291,87 @@ func TestChooseAccelAutoOnThisHost(t *testing.T) {
 	}
 }
 
-// BenchmarkBootToReady measures booting the test image under TCG until
-// its shell is ready, and halting it.
-func BenchmarkBootToReady(b *testing.B) {
+// hardwareVariants are the optional devices benchmarks compare: none,
+// a network card, a network card and a display.
+var hardwareVariants = []struct {
+	name string
+	net  bool
+	vnc  bool
+}{{"plain", false, false}, {"net", true, false}, {"net+vnc", true, true}}
+
+// variantConfig is the test guest with the devices of a variant.
+func variantConfig(b *testing.B, net, vnc bool) (Config, *image.Image) {
 	cfg, img := guestConfig(b)
-	ctx := testContext(b, 10*time.Minute)
-	for i := 0; i < b.N; i++ {
-		dir := filepath.Join(b.TempDir(), "m")
-		m, err := Boot(ctx, dir, cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := m.WaitConsole(ctx, img.ReadyMarker); err != nil {
-			m.Halt(ctx)
-			m.Close()
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		if err := m.Halt(ctx); err != nil {
-			b.Fatal(err)
-		}
-		m.Close()
-		b.StartTimer()
+	if net {
+		cfg.Net = &Net{Mode: NetUser, Forwards: []Forward{{GuestPort: 80}}}
+	}
+	if vnc {
+		cfg.Display = DisplayVNC
+	}
+	return cfg, img
+}
+
+// BenchmarkBootToReady measures booting the test image under TCG until
+// its shell is ready, and halting it, with and without a network card
+// and a display.
+func BenchmarkBootToReady(b *testing.B) {
+	for _, v := range hardwareVariants {
+		b.Run(v.name, func(b *testing.B) {
+			cfg, img := variantConfig(b, v.net, v.vnc)
+			ctx := testContext(b, 10*time.Minute)
+			for i := 0; i < b.N; i++ {
+				dir := filepath.Join(b.TempDir(), "m")
+				m, err := Boot(ctx, dir, cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := m.WaitConsole(ctx, img.ReadyMarker); err != nil {
+					m.Halt(ctx)
+					m.Close()
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if err := m.Halt(ctx); err != nil {
+					b.Fatal(err)
+				}
+				m.Close()
+				b.StartTimer()
+			}
+		})
 	}
 }
 
 // BenchmarkSaveDeviceState measures freezing a booted guest, saving its
 // device state and continuing it: the pause a commit imposes on a running
-// machine, apart from copying RAM and disks.
+// machine, apart from copying RAM and disks. The state grows with the
+// devices: a display adds its video memory.
 func BenchmarkSaveDeviceState(b *testing.B) {
-	m, _ := bootGuest(b)
-	ctx := testContext(b, 10*time.Minute)
-	var size int
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if err := m.Freeze(ctx); err != nil {
-			b.Fatal(err)
-		}
-		var buf bytes.Buffer
-		if err := m.SaveDeviceState(ctx, &buf); err != nil {
-			b.Fatal(err)
-		}
-		if err := m.Continue(ctx); err != nil {
-			b.Fatal(err)
-		}
-		size = buf.Len()
+	for _, v := range hardwareVariants {
+		b.Run(v.name, func(b *testing.B) {
+			cfg, img := variantConfig(b, v.net, v.vnc)
+			m := bootTest(b, cfg)
+			ctx := testContext(b, 10*time.Minute)
+			if err := m.WaitConsole(ctx, img.ReadyMarker); err != nil {
+				b.Fatal(err)
+			}
+			var size int
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := m.Freeze(ctx); err != nil {
+					b.Fatal(err)
+				}
+				var buf bytes.Buffer
+				if err := m.SaveDeviceState(ctx, &buf); err != nil {
+					b.Fatal(err)
+				}
+				if err := m.Continue(ctx); err != nil {
+					b.Fatal(err)
+				}
+				size = buf.Len()
+			}
+			b.ReportMetric(float64(size), "state-bytes")
+		})
 	}
-	b.ReportMetric(float64(size), "state-bytes")
 }
 
 // BenchmarkRestore measures bringing a saved guest back: cloning its RAM

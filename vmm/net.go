@@ -188,8 +188,8 @@ func (n *Net) checkHostPorts() error {
 }
 
 // args returns QEMU's arguments for the card and its user-mode network.
-// The card has no option ROM: machines boot their kernel directly, so
-// network boot code would only cost boot time and saved state.
+// The card has no option ROM: machines boot their kernel directly, so its
+// network boot code would only take space in every saved device state.
 func (n *Net) args() []string {
 	netdev := "user,id=" + netdevID
 	for _, f := range n.Forwards {

@@ -160,6 +160,26 @@ func TestGuestNetworkAndScreenSurviveRestore(t *testing.T) {
 	if body, _, err := httpGet(ctx, forwardURL(src)); err != nil || body != "guest-42\n" {
 		t.Fatalf("forward to the original guest after the restore: %q, %v", body, err)
 	}
+
+	// A viewer types into the shell on the restored screen.
+	hangUp := typeThroughVNC(t, ctx, dst.Dir(), "touch /tmp/typed\n")
+	out = guestRun(t, ctx, dst, "for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /tmp/typed ] && break; sleep 0.5; done; ls /tmp | grep -c '^typed$'")
+	hangUp()
+	if !strings.Contains(out, "\n1\r") {
+		t.Errorf("keys typed through VNC did not reach the shell on tty1:\n%s", out)
+	}
+
+	// The guest sees the cable pulled out and plugged in again.
+	for _, up := range []bool{false, true} {
+		if err := dst.SetLink(ctx, up); err != nil {
+			t.Fatal(err)
+		}
+		want := map[bool]string{false: "carrier-0", true: "carrier-1"}[up]
+		out := guestRun(t, ctx, dst, "sleep 0.2; echo carrier-$(cat /sys/class/net/eth0/carrier)")
+		if !strings.Contains(out, want+"\r") {
+			t.Errorf("after SetLink(%v) the guest says:\n%s", up, out)
+		}
+	}
 }
 
 // saveGuest freezes m, saves its device state and copies its RAM file and

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net"
 	"os"
@@ -85,6 +86,19 @@ func TestMachineNetAndDisplay(t *testing.T) {
 	if _, err := sub.Wait(ctx, "RESUME"); err != nil {
 		t.Fatal(err)
 	}
+	// One watcher at a time: a second one waits for the first to leave.
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	_, err = DialEvents(short, m.Dir())
+	cancel()
+	if err == nil {
+		t.Fatal("a second DialEvents succeeded while the first was connected")
+	}
+	events.Close()
+	second, err := DialEvents(ctx, m.Dir())
+	if err != nil {
+		t.Fatalf("DialEvents after the first watcher left: %v", err)
+	}
+	second.Close()
 
 	for _, up := range []bool{false, true} {
 		if err := m.SetLink(ctx, up); err != nil {

@@ -41,12 +41,13 @@ func ServeVNC(ctx context.Context, dir string, ln net.Listener) error {
 		if err != nil {
 			stop()
 			mu.Lock()
-			defer mu.Unlock()
+			derr := dialErr
+			mu.Unlock()
 			switch {
 			case ctx.Err() != nil:
 				return nil
-			case dialErr != nil:
-				return fmt.Errorf("serve vnc of machine %s: connect to its vnc server: %w", dir, dialErr)
+			case derr != nil:
+				return fmt.Errorf("serve vnc of machine %s: connect to its vnc server: %w", dir, derr)
 			}
 			return fmt.Errorf("serve vnc of machine %s: %w", dir, err)
 		}

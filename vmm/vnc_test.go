@@ -17,13 +17,19 @@ import (
 	"github.com/coder/websocket"
 )
 
-// rfbFramebufferUpdate speaks just enough of the RFB protocol (RFC 6143)
-// over c to see a screen: the version 3.8 handshake, security type None,
-// ClientInit, one FramebufferUpdateRequest for the whole screen, and the
-// header of the FramebufferUpdate that answers it. It returns the screen
-// size from ServerInit and the number of rectangles in the update.
-func rfbFramebufferUpdate(c net.Conn) (width, height, rects int, err error) {
+// rfbClient speaks just enough of the RFB protocol (RFC 6143) to see a
+// screen and type on its keyboard, with Raw encoding only.
+type rfbClient struct {
+	c             net.Conn
+	width, height int
+	bytesPerPixel int
+}
+
+// rfbHandshake does the version 3.8 handshake with security type None
+// and ClientInit (shared), and reads ServerInit.
+func rfbHandshake(c net.Conn) (*rfbClient, error) {
 	c.SetDeadline(time.Now().Add(30 * time.Second))
+	var err error
 	read := func(n int) []byte {
 		b := make([]byte, n)
 		if err == nil {
@@ -37,33 +43,126 @@ func rfbFramebufferUpdate(c net.Conn) (width, height, rects int, err error) {
 		}
 	}
 	if v := read(12); err == nil && string(v) != "RFB 003.008\n" {
-		return 0, 0, 0, fmt.Errorf("server version %q, want RFB 003.008", v)
+		return nil, fmt.Errorf("server version %q, want RFB 003.008", v)
 	}
 	write([]byte("RFB 003.008\n"))
 	types := read(int(read(1)[0]))
 	if err == nil && !strings.Contains(string(types), "\x01") {
-		return 0, 0, 0, fmt.Errorf("security types %v lack None (1)", types)
+		return nil, fmt.Errorf("security types %v lack None (1)", types)
 	}
 	write([]byte{1})
 	if res := read(4); err == nil && binary.BigEndian.Uint32(res) != 0 {
-		return 0, 0, 0, fmt.Errorf("security result %v", res)
+		return nil, fmt.Errorf("security result %v", res)
 	}
 	write([]byte{1}) // ClientInit: shared
 	init := read(24)
-	name := read(int(binary.BigEndian.Uint32(init[20:24])))
-	width, height = int(binary.BigEndian.Uint16(init[0:2])), int(binary.BigEndian.Uint16(init[2:4]))
-	req := []byte{3, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-	binary.BigEndian.PutUint16(req[6:], uint16(width))
-	binary.BigEndian.PutUint16(req[8:], uint16(height))
-	write(req)
-	hdr := read(4)
+	read(int(binary.BigEndian.Uint32(init[20:24]))) // the desktop's name
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("rfb with %q: %w", name, err)
+		return nil, fmt.Errorf("rfb handshake: %w", err)
+	}
+	return &rfbClient{
+		c:             c,
+		width:         int(binary.BigEndian.Uint16(init[0:2])),
+		height:        int(binary.BigEndian.Uint16(init[2:4])),
+		bytesPerPixel: int(init[4]) / 8,
+	}, nil
+}
+
+// update asks for the whole screen and reads the FramebufferUpdate that
+// answers, returning its number of rectangles. The server handles
+// messages in order, so the update also means that everything sent
+// before has been handled.
+func (r *rfbClient) update() (rects int, err error) {
+	req := []byte{3, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint16(req[6:], uint16(r.width))
+	binary.BigEndian.PutUint16(req[8:], uint16(r.height))
+	if _, err := r.c.Write(req); err != nil {
+		return 0, err
+	}
+	hdr := make([]byte, 4)
+	if _, err := io.ReadFull(r.c, hdr); err != nil {
+		return 0, err
 	}
 	if hdr[0] != 0 {
-		return 0, 0, 0, fmt.Errorf("server message type %d, want FramebufferUpdate (0)", hdr[0])
+		return 0, fmt.Errorf("server message type %d, want FramebufferUpdate (0)", hdr[0])
 	}
-	return width, height, int(binary.BigEndian.Uint16(hdr[2:])), nil
+	rects = int(binary.BigEndian.Uint16(hdr[2:]))
+	for range rects {
+		rect := make([]byte, 12)
+		if _, err := io.ReadFull(r.c, rect); err != nil {
+			return 0, err
+		}
+		if enc := binary.BigEndian.Uint32(rect[8:]); enc != 0 {
+			return 0, fmt.Errorf("rectangle in encoding %d, want Raw (0)", enc)
+		}
+		w, h := int(binary.BigEndian.Uint16(rect[4:])), int(binary.BigEndian.Uint16(rect[6:]))
+		if _, err := io.CopyN(io.Discard, r.c, int64(w*h*r.bytesPerPixel)); err != nil {
+			return 0, err
+		}
+	}
+	return rects, nil
+}
+
+// typeText presses and releases a key for each character of text. Only
+// characters typed without Shift will do, and '\n' for Return.
+func (r *rfbClient) typeText(text string) error {
+	for _, ch := range text {
+		sym := uint32(ch)
+		if ch == '\n' {
+			sym = 0xff0d // XK_Return
+		}
+		for _, down := range []byte{1, 0} {
+			ev := []byte{4, down, 0, 0, 0, 0, 0, 0}
+			binary.BigEndian.PutUint32(ev[4:], sym)
+			if _, err := r.c.Write(ev); err != nil {
+				return fmt.Errorf("rfb key event: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// typeThroughVNC types text on the machine's keyboard through ServeVNC,
+// as a viewer would, and returns a function that hangs up. QEMU hands a
+// viewer's keys to the guest 10 ms apart (its key-delay-ms), and keys it
+// still held when the viewer hung up at once were seen lost: hang up only
+// after the guest has reacted.
+func typeThroughVNC(t *testing.T, ctx context.Context, dir, text string) (hangUp func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- ServeVNC(sctx, dir, ln) }()
+	hangUp = func() {
+		stop()
+		<-served
+	}
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		hangUp()
+		t.Fatal(err)
+	}
+	hangUp = func() {
+		c.Close()
+		stop()
+		<-served
+	}
+	r, err := rfbHandshake(c)
+	if err == nil {
+		_, err = r.update()
+	}
+	if err == nil {
+		err = r.typeText(text)
+	}
+	if err != nil {
+		hangUp()
+		t.Fatalf("type through vnc: %v", err)
+	}
+	c.SetDeadline(time.Time{})
+	return hangUp
 }
 
 // checkVNC connects an RFB client to the machine in dir through ServeVNC
@@ -74,13 +173,14 @@ func checkVNC(t *testing.T, ctx context.Context, dir string, width, height int) 
 	check := func(how string, c net.Conn) {
 		t.Helper()
 		defer c.Close()
-		w, h, rects, err := rfbFramebufferUpdate(c)
+		r, err := rfbHandshake(c)
 		if err != nil {
 			t.Errorf("vnc through %s: %v", how, err)
 			return
 		}
-		if w != width || h != height || rects < 1 {
-			t.Errorf("vnc through %s: %dx%d screen, %d rectangles; want %dx%d and at least one", how, w, h, rects, width, height)
+		rects, err := r.update()
+		if err != nil || r.width != width || r.height != height || rects < 1 {
+			t.Errorf("vnc through %s: %dx%d screen, %d rectangles, %v; want %dx%d and at least one", how, r.width, r.height, rects, err, width, height)
 		}
 	}
 
