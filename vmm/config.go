@@ -22,7 +22,12 @@ const (
 	LockFile      = "lock"         // flock held by the sbuml process driving the machine
 	ConsoleLock   = "console.lock" // flock held by the sbuml process showing the console
 	RAMFileName   = "ram"          // guest RAM, in the machine directory or a tmpfs directory
+	AgentSocket   = "agent.sock"   // the guest agent's virtio-serial port, one client at a time (Config.Agent)
 )
+
+// AgentPortName is the name the guest sees for the agent's virtio-serial
+// port, in /sys/class/virtio-ports/*/name.
+const AgentPortName = "org.sbuml.agent.0"
 
 // DefaultRAMRoot is where guest RAM files live unless asked otherwise: one
 // directory per machine, on tmpfs.
@@ -57,6 +62,11 @@ type Config struct {
 	RAMDir      string    `json:"ram_dir,omitempty"`    // directory made for RAMFile, removed with it
 	BaseImage   string    `json:"base_image,omitempty"` // ID of the image the machine came from
 	Created     time.Time `json:"created"`              // default: now
+	// Agent gives the guest a virtio-serial port named AgentPortName,
+	// served by QEMU on AgentSocket in the machine directory, for the
+	// sbuml-guest agent (package agent). It changes the virtual hardware,
+	// so a machine keeps the value it was booted with.
+	Agent bool `json:"agent,omitempty"`
 
 	// Boot holds options that only matter while starting QEMU; they are
 	// not recorded in config.json.
@@ -193,6 +203,11 @@ func (c *Config) qemuArgs() []string {
 			opt += ",snapshot=on"
 		}
 		a = append(a, "-drive", opt, "-device", "virtio-blk-pci,drive="+id+",serial="+id)
+	}
+	if c.Agent {
+		a = append(a, "-device", "virtio-serial-pci,id=vser0",
+			"-chardev", "socket,id=agent,path="+AgentSocket+",server=on,wait=off",
+			"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+AgentPortName)
 	}
 	if c.Boot.Incoming {
 		a = append(a, "-S", "-incoming", "defer")

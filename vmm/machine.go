@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -203,7 +204,7 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 		cfg.RAMDir = rd
 	}
 
-	for _, f := range []string{PIDFile, QMPSocket, ConsoleSocket} {
+	for _, f := range []string{PIDFile, QMPSocket, ConsoleSocket, AgentSocket} {
 		os.Remove(filepath.Join(dir, f))
 	}
 	if err := writeConfig(dir, &cfg); err != nil {
@@ -246,7 +247,7 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 	cleanups = append(cleanups, func() {
 		cmd.Process.Kill()
 		<-m.exited
-		for _, f := range []string{PIDFile, QMPSocket, ConsoleSocket} {
+		for _, f := range []string{PIDFile, QMPSocket, ConsoleSocket, AgentSocket} {
 			os.Remove(filepath.Join(dir, f))
 		}
 	})
@@ -521,7 +522,7 @@ func (m *Machine) Halt(ctx context.Context) error {
 	if m.cfg.RAMDir != "" {
 		rm(m.cfg.RAMDir)
 	}
-	for _, f := range []string{QMPSocket, ConsoleSocket, PIDFile} {
+	for _, f := range []string{QMPSocket, ConsoleSocket, AgentSocket, PIDFile} {
 		rm(filepath.Join(m.dir, f))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -670,4 +671,20 @@ func Inspect(ctx context.Context, dir string) Info {
 	}
 	info.Status = st
 	return info
+}
+
+// DialAgent connects to the agent port of the machine in dir, which must
+// have been booted with Config.Agent. QEMU serves one client at a time:
+// a second connection is queued and served only once the first closes.
+// Any process may call it; it needs no lock on the machine.
+func DialAgent(ctx context.Context, dir string) (*net.UnixConn, error) {
+	sock := filepath.Join(dir, AgentSocket)
+	c, err := dialUnix(ctx, sock)
+	if err != nil {
+		if _, serr := os.Stat(sock); os.IsNotExist(serr) {
+			return nil, fmt.Errorf("dial agent of machine %s: no %s: the machine is not running or was booted without an agent port", dir, AgentSocket)
+		}
+		return nil, fmt.Errorf("dial agent of machine %s: %w", dir, err)
+	}
+	return c, nil
 }
