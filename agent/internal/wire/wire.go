@@ -16,9 +16,10 @@
 // before the reader waits for a payload that will never come. A Reader
 // starts in scanning mode: it discards bytes until it finds the magic
 // followed by a valid Hello frame, and goes back to scanning after any
-// malformed frame. A sender begins every connection with a Preamble: zero
-// bytes enough to complete any frame a peer may have half received, so
-// that the peer's reader fails that frame and finds the Hello after it.
+// malformed frame. Zero bytes between frames are padding. A sender puts a
+// preamble of zero bytes before a Hello, enough to complete any frame the
+// peer may have half received: the peer's reader then fails that frame
+// and finds the Hello after it, and a reader in step skips the padding.
 package wire
 
 import (
@@ -124,8 +125,8 @@ func NewReader(r io.Reader) *Reader {
 // Resync makes the reader discard input until the next valid Hello.
 func (r *Reader) Resync() { r.scanning = true }
 
-// Skipped returns the number of bytes discarded while scanning since the
-// last call, and resets the count.
+// Skipped returns the number of bytes other than padding discarded
+// since the last call, and resets the count.
 func (r *Reader) Skipped() int64 {
 	n := r.skipped
 	r.skipped = 0
@@ -139,6 +140,9 @@ func (r *Reader) Skipped() int64 {
 func (r *Reader) Next() (Frame, error) {
 	if r.scanning {
 		return r.scan()
+	}
+	if err := r.skipPadding(); err != nil {
+		return Frame{}, err
 	}
 	if err := r.fill(HeaderSize); err != nil {
 		return Frame{}, err
@@ -166,8 +170,7 @@ func (r *Reader) Next() (Frame, error) {
 
 // fail skips the first byte of a bad frame and starts scanning.
 func (r *Reader) fail() {
-	r.start++
-	r.skipped++
+	r.discard(1)
 	r.scanning = true
 }
 
@@ -178,22 +181,19 @@ func (r *Reader) scan() (Frame, error) {
 		if i < 0 {
 			// Keep a tail that may be the start of a magic.
 			keep := min(r.end-r.start, len(Magic)-1)
-			r.skipped += int64(r.end - r.start - keep)
-			r.start = r.end - keep
+			r.discard(r.end - r.start - keep)
 			if err := r.fill(r.end - r.start + 1); err != nil {
 				return Frame{}, err
 			}
 			continue
 		}
-		r.start += i
-		r.skipped += int64(i)
+		r.discard(i)
 		if err := r.fill(HeaderSize); err != nil {
 			return Frame{}, err
 		}
 		h, err := parseHeader(r.buf[r.start : r.start+HeaderSize])
 		if err != nil || h.typ != Hello || h.length > MaxHello {
-			r.start++
-			r.skipped++
+			r.discard(1)
 			continue
 		}
 		total := HeaderSize + int(h.length)
@@ -202,13 +202,34 @@ func (r *Reader) scan() (Frame, error) {
 		}
 		payload := r.buf[r.start+HeaderSize : r.start+total]
 		if crc32.Checksum(payload, castagnoli) != h.crc {
-			r.start++
-			r.skipped++
+			r.discard(1)
 			continue
 		}
 		r.start += total
 		r.scanning = false
 		return Frame{Type: Hello, Session: h.session, Payload: payload}, nil
+	}
+}
+
+// discard drops n buffered bytes, counting those that are not padding.
+func (r *Reader) discard(n int) {
+	b := r.buf[r.start : r.start+n]
+	r.skipped += int64(n - bytes.Count(b, []byte{0}))
+	r.start += n
+}
+
+// skipPadding consumes zero bytes up to the next other byte.
+func (r *Reader) skipPadding() error {
+	for {
+		for r.start < r.end && r.buf[r.start] == 0 {
+			r.start++
+		}
+		if r.start < r.end {
+			return nil
+		}
+		if err := r.fill(1); err != nil {
+			return err
+		}
 	}
 }
 

@@ -153,8 +153,10 @@ func TestScanSkipsGarbage(t *testing.T) {
 	if err != nil || f.Type != Hello || string(f.Payload) != "hi" {
 		t.Fatalf("Next = %v %q, %v", f.Type, f.Payload, err)
 	}
-	if n := r.Skipped(); n != int64(len(in)-HeaderSize-2) {
-		t.Errorf("Skipped = %d, want %d", n, len(in)-HeaderSize-2)
+	skipped := in[:len(in)-HeaderSize-2]
+	want := int64(len(skipped) - bytes.Count(skipped, []byte{0}))
+	if n := r.Skipped(); n != want {
+		t.Errorf("Skipped = %d, want %d", n, want)
 	}
 	if n := r.Skipped(); n != 0 {
 		t.Errorf("Skipped again = %d, want 0", n)
@@ -188,6 +190,27 @@ func TestShortReads(t *testing.T) {
 		if len(f.Payload) != MaxPayload-i || f.Payload[0] != byte(i) {
 			t.Errorf("frame %d: %d bytes starting %d", i+1, len(f.Payload), f.Payload[0])
 		}
+	}
+}
+
+// TestPadding: zeros between frames are skipped and not counted as
+// discarded, in step and while scanning.
+func TestPadding(t *testing.T) {
+	var in []byte
+	in = AppendPreamble(in)
+	in = append(in, "xy"...)
+	in = AppendPreamble(in)
+	in = Append(in, hello("h"))
+	in = AppendPreamble(in)
+	in = Append(in, Frame{Type: Msg, Payload: []byte("m")})
+	in = append(in, 0, 0, 0)
+	r := NewReader(bytes.NewReader(in))
+	frames, corrupt := readAll(t, r)
+	if corrupt != 0 || len(frames) != 2 || string(frames[1].Payload) != "m" {
+		t.Fatalf("frames %v, %d corrupt", frames, corrupt)
+	}
+	if n := r.Skipped(); n != 2 {
+		t.Errorf("Skipped = %d, want the 2 bytes that were not padding", n)
 	}
 }
 
