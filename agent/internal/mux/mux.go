@@ -132,6 +132,16 @@ func (e *Endpoint) Conn(ctx context.Context) (*Conn, error) {
 	}
 }
 
+// Current returns the established Conn, or nil if there is none.
+func (e *Endpoint) Current() *Conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.conn == nil || e.conn.ended() {
+		return nil
+	}
+	return e.conn
+}
+
 // Serve runs the protocol over rw until reading or writing it fails or
 // ctx ends, and returns why (io.EOF when the peer closed the stream).
 // It then closes rw if rw is an io.Closer, which must make blocked reads
@@ -392,7 +402,6 @@ func (l *link) startConn(h hello) *Conn {
 	e.conn = c
 	close(e.ready)
 	e.mu.Unlock()
-	e.logf("connected to %s %s", h.Role, h.Version)
 	return c
 }
 
