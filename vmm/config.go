@@ -24,10 +24,15 @@ const (
 	RAMFileName   = "ram"          // guest RAM, in the machine directory or a tmpfs directory
 	EventsSocket  = "events.sock"  // a second QMP server, for a process watching events (DialEvents)
 	VNCSocket     = "vnc.sock"     // QEMU's VNC server, when the machine has a display (ServeVNC)
+	AgentSocket   = "agent.sock"   // the guest agent's virtio-serial port, one client at a time (Config.Agent)
 )
 
 // sockets are the files QEMU listens on; Boot and Halt remove them.
-var sockets = []string{QMPSocket, ConsoleSocket, EventsSocket, VNCSocket}
+var sockets = []string{QMPSocket, ConsoleSocket, EventsSocket, VNCSocket, AgentSocket}
+
+// AgentPortName is the name the guest sees for the agent's virtio-serial
+// port, in /sys/class/virtio-ports/*/name.
+const AgentPortName = "org.sbuml.agent.0"
 
 // DefaultRAMRoot is where guest RAM files live unless asked otherwise: one
 // directory per machine, on tmpfs.
@@ -64,6 +69,11 @@ type Config struct {
 	Created     time.Time `json:"created"`              // default: now
 	Net         *Net      `json:"net,omitempty"`        // nil: no network card
 	Display     string    `json:"display,omitempty"`    // "" (none) or DisplayVNC
+	// Agent gives the guest a virtio-serial port named AgentPortName,
+	// served by QEMU on AgentSocket in the machine directory, for the
+	// sbuml-guest agent (package agent). It changes the virtual hardware,
+	// so a machine keeps the value it was booted with.
+	Agent bool `json:"agent,omitempty"`
 
 	// Boot holds options that only matter while starting QEMU; they are
 	// not recorded in config.json.
@@ -220,6 +230,11 @@ func (c *Config) qemuArgs() []string {
 	}
 	if c.Display == DisplayVNC {
 		a = append(a, displayArgs()...)
+	}
+	if c.Agent {
+		a = append(a, "-device", "virtio-serial-pci,id=vser0",
+			"-chardev", "socket,id=agent,path="+AgentSocket+",server=on,wait=off",
+			"-device", "virtserialport,bus=vser0.0,chardev=agent,name="+AgentPortName)
 	}
 	if c.Boot.Incoming {
 		a = append(a, "-S", "-incoming", "defer")

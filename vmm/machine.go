@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -685,4 +686,20 @@ func Inspect(ctx context.Context, dir string) Info {
 	}
 	info.Status = st
 	return info
+}
+
+// DialAgent connects to the agent port of the machine in dir, which must
+// have been booted with Config.Agent. QEMU serves one client at a time:
+// a second connection is queued and served only once the first closes.
+// Any process may call it; it needs no lock on the machine.
+func DialAgent(ctx context.Context, dir string) (*net.UnixConn, error) {
+	sock := filepath.Join(dir, AgentSocket)
+	c, err := dialUnix(ctx, sock)
+	if err != nil {
+		if _, serr := os.Stat(sock); os.IsNotExist(serr) {
+			return nil, fmt.Errorf("dial agent of machine %s: no %s: the machine is not running or was booted without an agent port", dir, AgentSocket)
+		}
+		return nil, fmt.Errorf("dial agent of machine %s: %w", dir, err)
+	}
+	return c, nil
 }

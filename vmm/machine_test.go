@@ -444,3 +444,24 @@ func TestList(t *testing.T) {
 		t.Errorf("frozen machine after List: %+v", st)
 	}
 }
+
+func TestDialAgent(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, time.Minute)
+	cfg := idleConfig()
+	cfg.Agent = true
+	m := bootTest(t, cfg)
+	c, err := DialAgent(ctx, m.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if got := m.Config(); !got.Agent {
+		t.Errorf("config.json lost agent: %+v", got)
+	}
+
+	plain := bootTest(t, idleConfig())
+	if _, err := DialAgent(ctx, plain.Dir()); err == nil || !strings.Contains(err.Error(), "without an agent port") {
+		t.Errorf("DialAgent of a machine without agent: %v", err)
+	}
+}

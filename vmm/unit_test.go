@@ -59,7 +59,7 @@ func TestQEMUArgs(t *testing.T) {
 		Name: "web", Memory: 256 << 20, CPUs: 2, Accel: "kvm", MachineType: "pc-q35-7.2",
 		CPUModel: DefaultCPUModel, Kernel: "/img/kernel", Initrd: "/img/initrd",
 		Cmdline: "console=ttyS0 quiet", Disks: []string{"root.raw", "/data/scratch.raw"},
-		RAMFile: "/dev/shm/sbuml/web-1/ram",
+		RAMFile: "/dev/shm/sbuml/web-1/ram", Agent: true,
 	}
 	cfg.Boot.Incoming = true
 	args := strings.Join(cfg.qemuArgs(), " ")
@@ -73,6 +73,7 @@ func TestQEMUArgs(t *testing.T) {
 		"-kernel /img/kernel -initrd /img/initrd -append console=ttyS0 quiet",
 		"-drive file=root.raw,format=raw,if=none,id=disk0,cache=writeback,discard=unmap -device virtio-blk-pci,drive=disk0,serial=disk0",
 		"-drive file=/data/scratch.raw,format=raw,if=none,id=disk1,cache=writeback,discard=unmap -device virtio-blk-pci,drive=disk1,serial=disk1",
+		"-device virtio-serial-pci,id=vser0 -chardev socket,id=agent,path=agent.sock,server=on,wait=off -device virtserialport,bus=vser0.0,chardev=agent,name=org.sbuml.agent.0",
 		"-S -incoming defer",
 	} {
 		if !strings.Contains(args, want) {
@@ -84,10 +85,10 @@ func TestQEMUArgs(t *testing.T) {
 	if i := slices.Index(a, "-append"); i < 0 || a[i+1] != "console=ttyS0 quiet" {
 		t.Errorf("-append argument: %q", a)
 	}
-	cfg.Kernel, cfg.Initrd, cfg.Cmdline, cfg.Boot.Incoming = "", "", "", false
+	cfg.Kernel, cfg.Initrd, cfg.Cmdline, cfg.Boot.Incoming, cfg.Agent = "", "", "", false, false
 	cfg.Boot.Snapshot = true
 	args = strings.Join(cfg.qemuArgs(), " ")
-	if strings.Contains(args, "-kernel") || strings.Contains(args, "-incoming") || !strings.Contains(args, "discard=unmap,snapshot=on") {
+	if strings.Contains(args, "-kernel") || strings.Contains(args, "-incoming") || strings.Contains(args, "virtio-serial") || !strings.Contains(args, "discard=unmap,snapshot=on") {
 		t.Errorf("command line without kernel, with snapshot disks:\n%s", args)
 	}
 }
