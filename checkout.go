@@ -32,6 +32,14 @@ type CheckoutOptions struct {
 	Branch string
 	// RAMInDir keeps guest RAM in the machine directory instead of tmpfs.
 	RAMInDir bool
+	// Net, if set, states the network the snapshot's machine must have:
+	// "user" or "none". A saved machine keeps its hardware, so this only
+	// guards against surprises.
+	Net string
+	// Forwards replaces the port forwards recorded in the snapshot. When
+	// nil, the recorded ones are made again on free host ports, so that a
+	// checkout never takes the ports of the machine it came from.
+	Forwards []vmm.Forward
 	// Progress receives a line per slow step (the accelerator probe).
 	Progress io.Writer
 	// OnTransfer, if set, is called a few times a second while the
@@ -49,6 +57,9 @@ type CheckoutResult struct {
 	// 0 for other snapshots.
 	Child   int  `json:"child,omitempty"`
 	Running bool `json:"running"`
+	// Forwards are the machine's port forwards, with the host ports
+	// chosen.
+	Forwards []vmm.Forward `json:"forwards,omitempty"`
 	// Fetched says what was downloaded for a snapshot elsewhere.
 	Fetched *transport.Stats `json:"fetched,omitempty"`
 	// Duration is checkout-to-running: from the call to the guest
@@ -264,7 +275,12 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if err := writeHead(dir, head); err != nil {
 		return nil, err
 	}
-	return &CheckoutResult{Machine: name, Dir: dir, Snapshot: id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: time.Since(start)}, nil
+	res := &CheckoutResult{Machine: name, Dir: dir, Snapshot: id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: time.Since(start)}
+	if n := m.Config().Net; n != nil {
+		res.Forwards = n.Forwards
+	}
+	s.keepMachine(dir, opts.Progress)
+	return res, nil
 }
 
 // checkoutHead returns the head of a machine checked out of snapshot id
@@ -307,6 +323,9 @@ func (s *Scrapbook) restore(ctx context.Context, src machineSource, dir string, 
 	if !qi.HasMachineType(cfg.MachineType) {
 		return nil, fmt.Errorf("the snapshot needs QEMU machine type %s, which QEMU %s here does not have (its newest q35 is %s): restore it on a host whose QEMU has %s, such as the version that saved it",
 			cfg.MachineType, qi.Version, qi.Q35(), cfg.MachineType)
+	}
+	if err := checkoutNet(&cfg, opts); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -389,6 +408,29 @@ func (s *Scrapbook) restore(ctx context.Context, src machineSource, dir string, 
 		}
 	}
 	return m, nil
+}
+
+// checkoutNet sets the port forwards of a machine being checked out: the
+// ones asked for, else those recorded in the snapshot on free host ports.
+func checkoutNet(cfg *vmm.Config, opts CheckoutOptions) error {
+	switch {
+	case opts.Net == "none" && cfg.Net != nil:
+		return fmt.Errorf("the snapshot's machine has a network card (a saved machine keeps its hardware); check it out without --net none")
+	case opts.Net != "" && opts.Net != "none" && cfg.Net == nil:
+		return fmt.Errorf("the snapshot's machine has no network card, and a saved machine keeps its hardware: --net %s cannot add one", opts.Net)
+	case opts.Forwards != nil && cfg.Net == nil:
+		return fmt.Errorf("the snapshot's machine has no network card to forward ports to")
+	case cfg.Net == nil:
+		return nil
+	}
+	if opts.Forwards != nil {
+		cfg.Net.Forwards = append([]vmm.Forward(nil), opts.Forwards...)
+		return nil
+	}
+	for i := range cfg.Net.Forwards {
+		cfg.Net.Forwards[i].HostPort = 0
+	}
+	return nil
 }
 
 // Missing walks snapshot id's content (not its history) and returns the

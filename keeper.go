@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sbuml/sbuml/agent"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -186,8 +188,11 @@ type keeper struct {
 	cfg  *vmm.Config
 	qemu int // the pid of the QEMU it serves
 
-	// commitMu serializes the commits the keeper makes.
-	commitMu sync.Mutex
+	// host is the host end of the guest's agent channel.
+	host *agent.Host
+	// commitMu serializes the commits the keeper makes; ckptMu the
+	// guest's ckpt() requests.
+	commitMu, ckptMu sync.Mutex
 
 	eventsMu sync.Mutex
 	events   *vmm.QMP // the keeper's QMP connection (events socket)
@@ -209,6 +214,7 @@ func runKeeper(ctx context.Context, book, dir string) error {
 	if k.qemu == 0 {
 		return nil // halted meanwhile: nothing to keep
 	}
+	k.host = agent.NewHost(k, log.Printf)
 	sock := filepath.Join(dir, keeperSocket)
 	os.Remove(sock)
 	ln, err := net.Listen("unix", sock)
@@ -369,4 +375,14 @@ func (k *keeper) status(ctx context.Context) vmm.State {
 		return vmm.StateCrashed
 	}
 	return vmm.StateFrozen
+}
+
+// keepMachine starts the keeper of a machine just booted or checked out.
+// A machine runs without one, so a failure is only reported on progress
+// (and in keeper.log); programs that cannot start keepers skip it.
+func (s *Scrapbook) keepMachine(dir string, progress io.Writer) {
+	err := s.startKeeper(dir)
+	if err != nil && !errors.Is(err, ErrNoKeeper) && progress != nil {
+		fmt.Fprintf(progress, "warning: %v\n", err)
+	}
 }

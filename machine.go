@@ -159,6 +159,20 @@ type BootOptions struct {
 	Accel string
 	// RAMInDir keeps guest RAM in the machine directory instead of tmpfs.
 	RAMInDir bool
+	// Net is the machine's network: "user" (a virtio card on QEMU's
+	// user-mode network) or "none"; default "user" for images that
+	// configure a card by themselves, else "none".
+	Net string
+	// Forwards are TCP ports of the host forwarded to the guest (Net
+	// "user"). An image running sshd also gets its port 22 forwarded from
+	// a free host port, unless a forward names it.
+	Forwards []vmm.Forward
+	// Display gives the machine a graphics card whose screen VNC viewers
+	// reach ("vnc"); default none.
+	Display string
+	// Autosnap, if set, turns on automatic snapshots once the machine
+	// runs (see SetAutosnap).
+	Autosnap *AutosnapConfig
 	// Progress receives a line per slow step (image build, accelerator probe).
 	Progress io.Writer
 }
@@ -223,11 +237,22 @@ func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) 
 		Memory:    opts.Memory,
 		CPUs:      opts.CPUs,
 		Accel:     accel,
-		Kernel:    machineKernel,
-		Initrd:    machineInitrd,
 		Cmdline:   img.Cmdline,
 		Disks:     []string{machineDisk},
 		BaseImage: imgID.String(),
+		Agent:     img.Agent,
+		Display:   opts.Display,
+	}
+	if img.Kernel != "" {
+		cfg.Kernel = machineKernel
+	}
+	if img.Initrd != "" {
+		cfg.Initrd = machineInitrd
+	}
+	if cfg.Net, err = bootNet(img, opts); err != nil {
+		removeMachineFiles(dir)
+		os.Remove(dir)
+		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
 	cfg.Boot.RAMInDir = opts.RAMInDir
 	m, err := vmm.Boot(ctx, dir, cfg)
@@ -238,12 +263,55 @@ func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) 
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
 	s.rememberMachine(dir)
-	wctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
-	defer cancel()
-	if err := m.WaitConsole(wctx, img.ReadyMarker); err != nil {
-		return m, fmt.Errorf("boot %s: guest did not get ready (see 'sbuml console %s --tail'): %w", machine, machine, err)
+	if img.ReadyMarker != "" {
+		wctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
+		defer cancel()
+		if err := m.WaitConsole(wctx, img.ReadyMarker); err != nil {
+			return m, fmt.Errorf("boot %s: guest did not get ready (see 'sbuml console %s --tail'): %w", machine, machine, err)
+		}
+	}
+	s.keepMachine(dir, opts.Progress)
+	if opts.Autosnap != nil {
+		if err := s.SetAutosnap(ctx, dir, *opts.Autosnap); err != nil {
+			return m, fmt.Errorf("boot %s: %w", machine, err)
+		}
 	}
 	return m, nil
+}
+
+// bootNet returns the network card of a machine booted from img.
+func bootNet(img *image.Image, opts BootOptions) (*vmm.Net, error) {
+	mode := opts.Net
+	if mode == "" {
+		mode = "none"
+		if img.Net || len(opts.Forwards) > 0 {
+			mode = vmm.NetUser
+		}
+	}
+	switch mode {
+	case "none":
+		if len(opts.Forwards) > 0 {
+			return nil, errors.New("port forwards need a network card: --net user")
+		}
+		return nil, nil
+	case vmm.NetUser:
+	default:
+		return nil, fmt.Errorf("network %q: want user or none", mode)
+	}
+	n := &vmm.Net{Mode: vmm.NetUser, Forwards: append([]vmm.Forward(nil), opts.Forwards...)}
+	if img.SSH && !forwardsPort(n.Forwards, 22) {
+		n.Forwards = append(n.Forwards, vmm.Forward{HostAddr: vmm.DefaultForwardAddr, GuestPort: 22})
+	}
+	return n, nil
+}
+
+func forwardsPort(fwds []vmm.Forward, guestPort int) bool {
+	for _, f := range fwds {
+		if f.GuestPort == guestPort {
+			return true
+		}
+	}
+	return false
 }
 
 // checkFreeMachineDir refuses a directory that holds a live machine or
@@ -429,6 +497,21 @@ type MachineInfo struct {
 	PID      int           `json:"pid,omitempty"`
 	Detail   string        `json:"detail,omitempty"`
 	Snapshot string        `json:"snapshot,omitempty"`
+	// Child is the machine's number among the machines checked out of
+	// its snapshot's ckpt() (what ckpt() returned in it).
+	Child int `json:"child,omitempty"`
+	// Net is "user" or "none"; Forwards its TCP port forwards, host
+	// ports as chosen.
+	Net      string        `json:"net"`
+	Forwards []vmm.Forward `json:"forwards"`
+	// Display is "vnc" for a machine with a screen, else "".
+	Display string `json:"display,omitempty"`
+	// Agent says the machine has an agent port (sbuml exec, cp, ckpt).
+	Agent bool `json:"agent"`
+	// Keeper says the machine's keeper runs.
+	Keeper bool `json:"keeper"`
+	// Autosnap is the machine's thinkback interval, 0 when off.
+	Autosnap time.Duration `json:"autosnap_ns,omitempty"`
 }
 
 // Machines lists the machines of the scrapbook: those under its machines
@@ -460,7 +543,16 @@ func (s *Scrapbook) Machines(ctx context.Context) ([]MachineInfo, error) {
 			mi.State, mi.Detail = vmm.StateCrashed, in.Err.Error()
 		}
 		if h, err := readHead(in.Dir); err == nil && !h.Snapshot.IsZero() {
-			mi.Snapshot = h.Snapshot.String()
+			mi.Snapshot, mi.Child = h.Snapshot.String(), h.Child
+		}
+		mi.Net, mi.Forwards = "none", []vmm.Forward{}
+		if n := in.Config.Net; n != nil {
+			mi.Net, mi.Forwards = n.Mode, append(mi.Forwards, n.Forwards...)
+		}
+		mi.Display, mi.Agent = in.Config.Display, in.Config.Agent
+		mi.Keeper = keeperOf(in.Dir).Running
+		if c, err := readAutosnapConfig(in.Dir); err == nil && c != nil {
+			mi.Autosnap = c.Every
 		}
 		out = append(out, mi)
 	}

@@ -214,7 +214,7 @@ func (k *keeper) autosnapOnce(ctx context.Context, cfg *AutosnapConfig, st *Auto
 	}
 	st.Taken++
 	st.LastSnapshot, st.LastTaken = res.ID, time.Now()
-	log.Printf("autosnap: %s (+%d bytes, downtime %v)", res.ID.Short(), res.Stats.StoredBytes, res.Downtime.Round(time.Millisecond))
+	log.Printf("autosnap: %s (+%d bytes, downtime %v)", res.ID.Short(), res.Stats.NewBytes, res.Downtime.Round(time.Millisecond))
 	if !cfg.Keep.Empty() {
 		n, err := k.expire(ctx, cfg.Keep)
 		st.Expired += n

@@ -95,6 +95,12 @@ Returns once the guest's shell is ready.`,
 			defer cancel()
 			opts.Memory, opts.DiskSize = int64(memory), int64(disk)
 			opts.Progress = progressWriter()
+			if opts.Forwards, err = parseForwards(forwards); err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("autosnap") {
+				opts.Autosnap = &autosnap
+			}
 			start := time.Now()
 			m, err := s.Boot(ctx, args[0], opts)
 			if m != nil {
@@ -104,10 +110,22 @@ Returns once the guest's shell is ready.`,
 				return err
 			}
 			cfg := m.Config()
+			if flagJSON {
+				return printJSON(bootReport{Name: cfg.Name, Dir: m.Dir(), Config: cfg, Ready: time.Since(start)})
+			}
 			fmt.Printf("%s running: %s RAM, %d CPU%s, %s, ready in %.1fs\n", cfg.Name, humanBytes(cfg.Memory), cfg.CPUs, pluralS(cfg.CPUs), cfg.Accel, time.Since(start).Seconds())
+			printForwards(cfg.Name, cfg.Net)
 			return nil
 		},
 	}
+	var forwards []string
+	var autosnap sbuml.AutosnapConfig
+	c.Flags().StringVar(&opts.Net, "net", "", "network: user (a card on QEMU's user-mode network) or none (default: user if the image configures a card)")
+	c.Flags().StringArrayVar(&forwards, "forward", nil, "forward a host TCP port to the guest, [HOSTADDR:]HOSTPORT:GUESTPORT (HOSTPORT 0: any free port; repeatable)")
+	c.Flags().StringVar(&opts.Display, "display", "", "vnc: give the machine a screen that 'sbuml vnc' shows")
+	c.Flags().DurationVar(&autosnap.Every, "autosnap", 0, "take automatic snapshots at this interval (see 'sbuml autosnap')")
+	addKeepFlags(c.Flags(), &autosnap.Keep)
+	addJSONFlag(c)
 	c.Flags().StringVar(&opts.Base, "base", sbuml.DefaultImage, "base image to boot")
 	c.Flags().Var(&memory, "memory", "guest RAM, e.g. 512M (default 512M)")
 	c.Flags().IntVar(&opts.CPUs, "cpus", 1, "number of vCPUs")
@@ -197,13 +215,13 @@ func psCmd() *cobra.Command {
 			if flagJSON {
 				return printJSON(ms)
 			}
-			fmt.Printf("%-16s %-8s %9s %4s %-5s %10s  %s\n", "NAME", "STATE", "MEMORY", "CPUS", "ACCEL", "UPTIME", "DETAIL")
+			fmt.Printf("%-16s %-8s %9s %4s %-5s %10s  %-28s %s\n", "NAME", "STATE", "MEMORY", "CPUS", "ACCEL", "UPTIME", "FORWARDS", "DETAIL")
 			for _, m := range ms {
 				up := ""
 				if m.Uptime > 0 {
 					up = m.Uptime.Truncate(time.Second).String()
 				}
-				fmt.Printf("%-16s %-8s %9s %4d %-5s %10s  %s\n", m.Name, m.State, humanBytes(m.Memory), m.CPUs, m.Accel, up, oneLine(m.Detail))
+				fmt.Printf("%-16s %-8s %9s %4d %-5s %10s  %-28s %s\n", m.Name, m.State, humanBytes(m.Memory), m.CPUs, m.Accel, up, forwardsText(m.Forwards), machineDetail(m))
 			}
 			return nil
 		},
@@ -378,4 +396,68 @@ the scrapbook as refs/images/NAME.`,
 	addJSONFlag(ls)
 	c.AddCommand(build, ls)
 	return c
+}
+
+// bootReport is what boot --json prints.
+type bootReport struct {
+	Name   string        `json:"name"`
+	Dir    string        `json:"dir"`
+	Config vmm.Config    `json:"config"`
+	Ready  time.Duration `json:"ready_ns"`
+}
+
+// parseForwards reads --forward flags.
+func parseForwards(args []string) ([]vmm.Forward, error) {
+	var fwds []vmm.Forward
+	for _, a := range args {
+		f, err := vmm.ParseForward(a)
+		if err != nil {
+			return nil, err
+		}
+		fwds = append(fwds, f)
+	}
+	return fwds, nil
+}
+
+// printForwards says where a machine's forwarded ports are.
+func printForwards(name string, n *vmm.Net) {
+	if n == nil {
+		return
+	}
+	for _, f := range n.Forwards {
+		fmt.Printf("%s: %s:%d -> guest port %d\n", name, f.HostAddr, f.HostPort, f.GuestPort)
+	}
+}
+
+// forwardsText shows forwards compactly: "127.0.0.1:41234->22".
+func forwardsText(fwds []vmm.Forward) string {
+	var parts []string
+	for _, f := range fwds {
+		parts = append(parts, fmt.Sprintf("%s:%d->%d", f.HostAddr, f.HostPort, f.GuestPort))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ",")
+}
+
+// machineDetail is the DETAIL column of ps.
+func machineDetail(m sbuml.MachineInfo) string {
+	var parts []string
+	if m.Child > 0 {
+		parts = append(parts, fmt.Sprintf("child %d", m.Child))
+	}
+	if m.Display != "" {
+		parts = append(parts, "display "+m.Display)
+	}
+	if m.Autosnap > 0 {
+		parts = append(parts, "autosnap "+m.Autosnap.String())
+	}
+	if m.Agent && !m.Keeper && m.State == "running" {
+		parts = append(parts, "no keeper")
+	}
+	if m.Detail != "" {
+		parts = append(parts, oneLine(m.Detail))
+	}
+	return strings.Join(parts, "; ")
 }

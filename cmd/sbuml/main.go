@@ -6,8 +6,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
+
+	"github.com/sbuml/sbuml"
 
 	"github.com/spf13/cobra"
 )
@@ -32,7 +35,13 @@ func init() {
 }
 
 func main() {
+	// A machine's keeper is this program run again (see sbuml.KeeperMain).
+	sbuml.KeeperMain()
 	if err := rootCmd.Execute(); err != nil {
+		var status exitStatus
+		if errors.As(err, &status) {
+			os.Exit(int(status))
+		}
 		if err != errSilentFailure {
 			fmt.Fprintln(os.Stderr, "sbuml: "+oneLine(err.Error()))
 		}

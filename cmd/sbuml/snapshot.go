@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/vmm"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
 	"github.com/spf13/cobra"
@@ -110,7 +111,28 @@ func checkoutFlags(c *cobra.Command, opts *sbuml.CheckoutOptions) {
 	c.Flags().StringVar(&opts.Accel, "accel", "auto", "accelerator: kvm, tcg or auto")
 	c.Flags().StringVarP(&opts.Branch, "branch", "b", "", "branch for the machine's commits (default: its name)")
 	c.Flags().BoolVar(&opts.RAMInDir, "ram-in-dir", false, "keep guest RAM in the machine directory instead of /dev/shm")
+	netFlags(c, opts)
 	addJSONFlag(c)
+}
+
+// netFlags adds --net and --forward to a command that checks out.
+func netFlags(c *cobra.Command, opts *sbuml.CheckoutOptions) {
+	c.Flags().StringVar(&opts.Net, "net", "", "the network the snapshot's machine has: user or none (a saved machine keeps its hardware)")
+	c.Flags().Var((*forwardsFlag)(&opts.Forwards), "forward", "forward a host TCP port to the guest, [HOSTADDR:]HOSTPORT:GUESTPORT (repeatable; default: the snapshot's forwards, on free host ports)")
+}
+
+// forwardsFlag collects --forward flags.
+type forwardsFlag []vmm.Forward
+
+func (f *forwardsFlag) String() string { return forwardsText(*f) }
+func (f *forwardsFlag) Type() string   { return "forward" }
+func (f *forwardsFlag) Set(v string) error {
+	fwd, err := vmm.ParseForward(v)
+	if err != nil {
+		return err
+	}
+	*f = append(*f, fwd)
+	return nil
 }
 
 // checkoutWithBar checks out rev as machine, showing a progress bar on a
@@ -138,7 +160,14 @@ func printCheckout(res *sbuml.CheckoutResult) error {
 	if !res.Snapshot.IsZero() {
 		from = res.Snapshot.Short()
 	}
-	fmt.Printf("%s %s from %s, checkout to running %.0f ms\n", res.Machine, state, from, float64(res.Duration.Microseconds())/1000)
+	child := ""
+	if res.Child > 0 {
+		child = fmt.Sprintf(" (child %d of its ckpt())", res.Child)
+	}
+	fmt.Printf("%s %s from %s%s, checkout to running %.0f ms\n", res.Machine, state, from, child, float64(res.Duration.Microseconds())/1000)
+	for _, f := range res.Forwards {
+		fmt.Printf("%s: %s:%d -> guest port %d\n", res.Machine, f.HostAddr, f.HostPort, f.GuestPort)
+	}
 	return nil
 }
 
@@ -277,6 +306,7 @@ are installed (see docs/transport.md).`,
 		},
 	}
 	c.Flags().StringVar(&opts.Accel, "accel", "auto", "accelerator: kvm, tcg or auto")
+	netFlags(c, &opts)
 	addJSONFlag(c)
 	return c
 }

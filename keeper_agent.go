@@ -1,0 +1,150 @@
+package sbuml
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sbuml/sbuml/agent"
+	"github.com/sbuml/sbuml/vmm"
+)
+
+// agentRedial is how long the keeper waits before connecting to the
+// agent socket again after a connection ended.
+const agentRedial = 200 * time.Millisecond
+
+// keepAgent holds the host end of the machine's agent channel while QEMU
+// runs, connecting again whenever the connection ends. Machines without
+// an agent port (booted by an older sbuml) have none to keep.
+func (k *keeper) keepAgent(ctx context.Context) {
+	if !k.cfg.Agent {
+		return
+	}
+	sock := filepath.Join(k.dir, vmm.AgentSocket)
+	for ctx.Err() == nil {
+		conn, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "unix", sock)
+		if err == nil {
+			go k.whenReady(ctx)
+			err = k.host.Serve(ctx, conn)
+			if ctx.Err() == nil {
+				log.Printf("agent connection ended: %v", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(agentRedial):
+		}
+	}
+}
+
+// whenReady sets the guest's clock as soon as its agent answers on a new
+// connection: the guest may have been restored from a snapshot, its
+// clock still at the instant of the snapshot.
+func (k *keeper) whenReady(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := k.host.WaitReady(ctx); err == nil {
+		k.syncClock(ctx)
+	}
+}
+
+// guestResumed is called when QEMU reports that the guest runs again
+// (after a freeze, a commit, or a checkout's continue).
+func (k *keeper) guestResumed(ctx context.Context) {
+	if k.cfg.Agent {
+		go k.syncClock(ctx)
+	}
+}
+
+// syncClock sets the guest's wall clock to the host's. The guest's clock
+// stands still while it is frozen or saved, so without this a restored
+// guest lives in the past.
+func (k *keeper) syncClock(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := k.host.SetTime(ctx, time.Now()); err != nil {
+		log.Printf("set the guest's clock: %v", err)
+	}
+}
+
+// guestActivity reads the guest's activity counters through its agent.
+func (k *keeper) guestActivity(ctx context.Context) (*guestActivity, error) {
+	if !k.cfg.Agent {
+		return nil, fmt.Errorf("machine %s has no agent", k.name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := k.host.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &guestActivity{Forks: st.Processes, BusyTicks: st.User + st.Nice + st.System, SectorsWritten: st.SectorsWritten}, nil
+}
+
+// Checkpoint answers a ckpt() request of the guest (agent.Handler): it
+// commits the machine and answers 0, unless the machine owes this request
+// an answer already: a request the guest sends again after the snapshot
+// was taken (the keeper died before answering) gets 0 again, and one its
+// snapshot was taken by, in a machine checked out of that snapshot, gets
+// the machine's child number.
+func (k *keeper) Checkpoint(ctx context.Context, id uint64, msg string) (int, error) {
+	k.ckptMu.Lock()
+	defer k.ckptMu.Unlock()
+	head, err := readHead(k.dir)
+	if err != nil {
+		return -1, err
+	}
+	if n, ok := head.answered(id); ok {
+		log.Printf("ckpt %x: answered before: %d", id, n)
+		return n, nil
+	}
+	if st := k.status(ctx); st != vmm.StateRunning {
+		return -1, fmt.Errorf("machine %s is %s: ckpt() needs it running ('sbuml continue %s', then call ckpt() again)", k.name, st, k.name)
+	}
+	if msg == "" {
+		msg = "ckpt " + k.name
+	}
+	res, err := k.commit(ctx, CommitOptions{Message: msg, Ckpt: id})
+	if err != nil {
+		log.Printf("ckpt %x: %v", id, err)
+		return -1, err
+	}
+	log.Printf("ckpt %x: snapshot %s (downtime %v)", id, res.ID.Short(), res.Downtime.Round(time.Millisecond))
+	return 0, nil
+}
+
+// serveClients relays the requests of command-line processes (exec, cp)
+// to the guest and answers the keeper's own calls.
+func (k *keeper) serveClients(ctx context.Context, ln net.Listener) {
+	err := agent.Serve(ctx, ln, k.host, k.call)
+	if err != nil && ctx.Err() == nil {
+		log.Printf("serve clients: %v", err)
+	}
+}
+
+// Calls a command-line process may make to the keeper (agent.Client.Call).
+const (
+	callKeeperStatus = "keeper.status" // reply: keeperStatus
+)
+
+// keeperStatus is the reply to callKeeperStatus.
+type keeperStatus struct {
+	PID   int    `json:"pid"`
+	QEMU  int    `json:"qemu_pid"`
+	Agent bool   `json:"agent"` // the guest's agent is connected
+	Name  string `json:"machine"`
+}
+
+// call answers the keeper's own calls.
+func (k *keeper) call(ctx context.Context, name string, args json.RawMessage) (any, error) {
+	switch name {
+	case callKeeperStatus:
+		return keeperStatus{PID: os.Getpid(), QEMU: k.qemu, Agent: k.cfg.Agent && k.host.Ready(), Name: k.name}, nil
+	}
+	return nil, fmt.Errorf("the keeper has no call %q", name)
+}
