@@ -62,23 +62,23 @@ func makeDisk(ctx context.Context, dst string, size int64, scratch string) error
 	if msg := debugfsError(stderr); msg != "" {
 		return fmt.Errorf("make disk: debugfs -w %s: %s", tmp, msg)
 	}
-	if err := os.Chmod(tmp, 0o644); err != nil {
-		return fmt.Errorf("make disk: %w", err)
-	}
 	if err := os.Rename(tmp, dst); err != nil {
 		return fmt.Errorf("make disk: %w", err)
 	}
 	return nil
 }
 
-// createSparse creates a hole-only file of size bytes next to dst, to be
-// renamed to dst once written, and returns its name.
+// createSparse creates a hole-only file of size bytes and mode 0644 next
+// to dst, to be renamed to dst once written, and returns its name.
 func createSparse(dst string, size int64) (string, error) {
 	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+"-")
 	if err != nil {
 		return "", err
 	}
-	err = f.Truncate(size)
+	err = f.Chmod(0o644)
+	if err == nil {
+		err = f.Truncate(size)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

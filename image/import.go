@@ -132,18 +132,29 @@ func importDisk(ctx context.Context, dst, src string, progress io.Writer) error 
 		return err
 	}
 	os.Remove(dst)
-	_, err = runTool(ctx, nil, nil, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", src, dst)
-	return err
+	if _, err := runTool(ctx, nil, nil, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", src, dst); err != nil {
+		return err
+	}
+	return os.Chmod(dst, 0o644)
 }
 
-// linkOrCopy makes dst a hard link to src, or a sparse copy where links
-// cannot be made (another file system).
+// linkOrCopy makes dst a hard link to src, or a sparse copy where a link
+// cannot be made (another file system) or would not have mode 0644.
+// Every image file has that mode, so that the same files make the same
+// snapshot whatever the modes of the files they came from.
 func linkOrCopy(dst, src string) error {
+	fi, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
 	os.Remove(dst)
-	if err := os.Link(src, dst); err == nil {
+	if fi.Mode().Perm() == 0o644 && os.Link(src, dst) == nil {
 		return nil
 	}
-	return CopySparse(dst, src)
+	if err := CopySparse(dst, src); err != nil {
+		return err
+	}
+	return os.Chmod(dst, 0o644)
 }
 
 // checkBootSector checks that a disk's first sector ends with the boot

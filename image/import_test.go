@@ -46,6 +46,9 @@ func bootSector() []byte {
 
 func TestImportBIOSDisk(t *testing.T) {
 	raw := writeDisk(t, "disk.raw", 8<<20, bootSector())
+	if err := os.Chmod(raw, 0o600); err != nil { // image files get mode 0644 whatever their source's
+		t.Fatal(err)
+	}
 	qcow2 := filepath.Join(t.TempDir(), "disk.qcow2")
 	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img convert (apt-get install qemu-utils): %v: %s", err, out)
@@ -69,6 +72,9 @@ func TestImportBIOSDisk(t *testing.T) {
 		}
 		if !bytes.Equal(got, want) {
 			t.Errorf("imported disk of %s differs from the raw disk", filepath.Base(src))
+		}
+		if fi, err := os.Stat(img.Disk); err != nil || fi.Mode().Perm() != 0o644 {
+			t.Errorf("imported disk of %s: %v, %v; want mode 0644", filepath.Base(src), fi, err)
 		}
 		if loaded, err := image.Load(dir); err != nil || !reflect.DeepEqual(loaded, img) {
 			t.Errorf("Load after Import = %+v, %v; want %+v", loaded, err, img)
