@@ -12,6 +12,7 @@ import (
 
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/image"
+	"github.com/sbuml/sbuml/internal/testimage"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -209,5 +210,56 @@ func TestBuildImageUnknownRecipe(t *testing.T) {
 	_, err = s.BuildImage(context.Background(), "x", sbuml.ImageOptions{Recipe: "gentoo"})
 	if err == nil || !strings.Contains(err.Error(), `no recipe "gentoo" (want tiny or debian)`) {
 		t.Errorf("BuildImage with an unknown recipe: %v", err)
+	}
+}
+
+// TestImageCLI drives the image commands as a user would: export the
+// default image as a bootable disk, import it back and import a kernel,
+// list, remove, and the errors of each.
+func TestImageCLI(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 0)
+	tiny := testimage.Get(t)
+	raw := filepath.Join(t.TempDir(), "tiny.raw")
+	if out := mustCLI(t, s, "image", "export", sbuml.DefaultImage, "--raw", raw); !strings.Contains(out, "written to "+raw) || !strings.Contains(out, "boots by BIOS") {
+		t.Errorf("sbuml image export printed %q", out)
+	}
+	var res sbuml.Result
+	if err := json.Unmarshal([]byte(mustCLI(t, s, "image", "import", "b", raw, "--ready-marker", image.ReadyMarker, "--json")), &res); err != nil || res.Branch != "refs/images/b" {
+		t.Errorf("sbuml image import --json: %+v, %v", res, err)
+	}
+	if out := mustCLI(t, s, "image", "import", "k", "--kernel", tiny.Kernel, "--initrd", tiny.Initrd, "--disk", tiny.Disk); !strings.HasPrefix(out, "image k: ") {
+		t.Errorf("sbuml image import --kernel printed %q", out)
+	}
+	var imgs []sbuml.ImageInfo
+	if err := json.Unmarshal([]byte(mustCLI(t, s, "image", "ls", "--json")), &imgs); err != nil || len(imgs) != 3 {
+		t.Fatalf("sbuml image ls --json: %+v, %v", imgs, err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(mustCLI(t, s, "image", "ls")), "\n") {
+		f := strings.Fields(line)
+		want := map[string]string{"b": "bios - -", "k": "kernel " + tiny.KernelVersion + " -", sbuml.DefaultImage: "kernel " + tiny.KernelVersion + " net"}[f[0]]
+		if len(f) < 8 || strings.Join(f[4:7], " ") != want {
+			t.Errorf("sbuml image ls line %q, want boot, kernel and abilities %q", line, want)
+		}
+	}
+
+	errs := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"image", "import", "x"}, "no disk"},
+		{[]string{"image", "import", "x", raw, "--disk", raw}, "give the disk once"},
+		{[]string{"image", "import", "x", raw, "--initrd", tiny.Initrd}, "needs a kernel"},
+		{[]string{"image", "import", "x", "--kernel", tiny.Initrd, "--disk", raw}, "is not a Linux bzImage"},
+		{[]string{"image", "build", "gentoo"}, `no recipe "gentoo"`},
+		{[]string{"image", "export", sbuml.DefaultImage}, "no output file"},
+		{[]string{"image", "export", "b", "--raw", raw + ".again"}, "boots by BIOS already"},
+		{[]string{"image", "rm", "nope"}, `no base image "nope"`},
+	}
+	for _, e := range errs {
+		requireCLIError(t, s, e.args, e.want)
+	}
+	if out := mustCLI(t, s, "image", "rm", "b", "k"); strings.Count(out, "removed image ") != 2 {
+		t.Errorf("sbuml image rm b k printed %q", out)
 	}
 }
