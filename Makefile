@@ -6,8 +6,11 @@ export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 GO ?= go
 BIN := bin/sbuml
 # Debian packages sbuml needs at run time and in tests (python3: the static web
-# server the web tests publish to).
-DEB_PACKAGES := qemu-system-x86 busybox-static e2fsprogs cpio python3
+# server the web tests publish to; debootstrap: the Debian image; syslinux,
+# syslinux-common, mtools, dosfstools, fdisk: disks that boot by BIOS;
+# qemu-utils: qcow2 imports; openssh-client: the scrapbook's ssh key).
+DEB_PACKAGES := qemu-system-x86 busybox-static e2fsprogs cpio python3 \
+	debootstrap syslinux syslinux-common mtools dosfstools fdisk qemu-utils openssh-client
 TEST_TIMEOUT ?= 25m
 
 .PHONY: all build deps test demo bench vet clean

@@ -30,11 +30,67 @@ func imageRef(name string) (string, error) {
 
 // ImageInfo describes a base image stored in the scrapbook.
 type ImageInfo struct {
-	Name          string     `json:"name"`
-	ID            objects.ID `json:"id"`
-	Time          time.Time  `json:"time"`
-	KernelVersion string     `json:"kernel_version,omitempty"`
-	LogicalBytes  uint64     `json:"logical_bytes"`
+	Name string     `json:"name"`
+	ID   objects.ID `json:"id"`
+	Time time.Time  `json:"time"`
+	// Boot is image.BootKernel or image.BootBIOS.
+	Boot          string `json:"boot"`
+	KernelVersion string `json:"kernel_version,omitempty"`
+	// Net, SSH and Agent are the image's abilities (see image.Image).
+	Net          bool   `json:"net,omitempty"`
+	SSH          bool   `json:"ssh,omitempty"`
+	Agent        bool   `json:"agent,omitempty"`
+	LogicalBytes uint64 `json:"logical_bytes"`
+}
+
+// Labels of image snapshots.
+const (
+	imageKindLabel      = "kind"      // "image"
+	imageKernelLabel    = "kernel"    // the kernel release, for kernel-boot images
+	imageBootLabel      = "boot"      // image.BootKernel or image.BootBIOS
+	imageAbilitiesLabel = "abilities" // "net,ssh,agent", those the image has
+)
+
+// imageLabels returns the labels of an image snapshot.
+func imageLabels(img *image.Image) map[string]string {
+	var abilities []string
+	for _, a := range []struct {
+		name string
+		has  bool
+	}{{"net", img.Net}, {"ssh", img.SSH}, {"agent", img.Agent}} {
+		if a.has {
+			abilities = append(abilities, a.name)
+		}
+	}
+	labels := map[string]string{imageKindLabel: "image", imageBootLabel: img.Boot}
+	if img.KernelVersion != "" {
+		labels[imageKernelLabel] = img.KernelVersion
+	}
+	if len(abilities) > 0 {
+		labels[imageAbilitiesLabel] = strings.Join(abilities, ",")
+	}
+	return labels
+}
+
+// imageInfo describes the image snapshot sn, from its labels. Images
+// stored before boot kinds existed have no boot label and boot by kernel.
+func imageInfo(name string, id objects.ID, sn *objects.Snapshot, size uint64) ImageInfo {
+	in := ImageInfo{Name: name, ID: id, Time: sn.Time, Boot: sn.Labels[imageBootLabel],
+		KernelVersion: sn.Labels[imageKernelLabel], LogicalBytes: size}
+	if in.Boot == "" {
+		in.Boot = image.BootKernel
+	}
+	for _, a := range strings.Split(sn.Labels[imageAbilitiesLabel], ",") {
+		switch a {
+		case "net":
+			in.Net = true
+		case "ssh":
+			in.SSH = true
+		case "agent":
+			in.Agent = true
+		}
+	}
+	return in
 }
 
 // Images lists the base images in the scrapbook.
@@ -53,28 +109,46 @@ func (s *Scrapbook) Images(ctx context.Context) ([]ImageInfo, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, ImageInfo{Name: strings.TrimPrefix(r.Name, "refs/images/"), ID: r.ID, Time: sn.Time,
-			KernelVersion: sn.Labels["kernel"], LogicalBytes: t.Size()})
+		out = append(out, imageInfo(strings.TrimPrefix(r.Name, "refs/images/"), r.ID, sn, t.Size()))
 	}
 	return out, nil
 }
 
+// Image recipes: what BuildImage builds.
+const (
+	// RecipeTiny is the default image: the Debian cloud kernel, a busybox
+	// initramfs and a small ext4 disk (image.Build).
+	RecipeTiny = "tiny"
+	// RecipeDebian is Debian with systemd, DHCP networking and ssh
+	// (image.BuildDebian); it needs root to build.
+	RecipeDebian = "debian"
+)
+
 // ImageOptions are passed to BuildImage.
 type ImageOptions struct {
-	// KernelDeb is a linux-image .deb to use instead of downloading one.
+	// Recipe is RecipeTiny (the default) or RecipeDebian.
+	Recipe string
+	// KernelDeb is a linux-image .deb to use instead of downloading one
+	// (tiny).
 	KernelDeb string
-	// BusyboxDeb is a busybox-static .deb to use instead of downloading one.
+	// BusyboxDeb is a busybox-static .deb to use instead of downloading
+	// one (tiny).
 	BusyboxDeb string
-	// DiskSize is the root disk size (default 256 MiB).
+	// Mirror is the Debian archive to install from (debian; default: the
+	// host's, see image.HostMirror).
+	Mirror string
+	// DiskSize is the root disk size (default 256 MiB for tiny, 2 GiB for
+	// debian).
 	DiskSize int64
 	// Progress receives a line per build step.
 	Progress io.Writer
 }
 
-// BuildImage builds the default guest image from Debian packages and
-// stores it in the scrapbook as refs/images/NAME: a snapshot whose tree
-// holds kernel, initrd, disk and config.json, so images dedupe and travel
-// like any snapshot.
+// BuildImage builds a guest image by a recipe and stores it in the
+// scrapbook as refs/images/NAME: a snapshot whose tree holds the image
+// files (kernel, initrd, disk) and config.json, so images dedupe and
+// travel like any snapshot. The debian recipe lets root log in by ssh
+// with the scrapbook's key (SSHKey).
 func (s *Scrapbook) BuildImage(ctx context.Context, name string, opts ImageOptions) (*Result, error) {
 	if _, err := imageRef(name); err != nil {
 		return nil, err
@@ -84,16 +158,43 @@ func (s *Scrapbook) BuildImage(ctx context.Context, name string, opts ImageOptio
 		return nil, fmt.Errorf("build image: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	img, err := image.Build(ctx, image.Options{Dir: filepath.Join(tmp, "image"), KernelDeb: opts.KernelDeb, BusyboxDeb: opts.BusyboxDeb, DiskSize: opts.DiskSize, Progress: opts.Progress})
+	dir := filepath.Join(tmp, "image")
+	switch opts.Recipe {
+	case "", RecipeTiny:
+		_, err = image.Build(ctx, image.Options{Dir: dir, KernelDeb: opts.KernelDeb, BusyboxDeb: opts.BusyboxDeb, DiskSize: opts.DiskSize, Progress: opts.Progress})
+	case RecipeDebian:
+		err = s.buildDebian(ctx, dir, opts)
+	default:
+		return nil, fmt.Errorf("build image: no recipe %q (want %s or %s)", opts.Recipe, RecipeTiny, RecipeDebian)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return s.AddImage(ctx, name, filepath.Dir(img.Kernel))
+	return s.AddImage(ctx, name, dir)
 }
 
-// AddImage stores an image directory written by image.Build (kernel,
-// initrd, disk, config.json) as base image NAME.
+// buildDebian builds the Debian image into dir, with the scrapbook's ssh
+// key as root's authorized key.
+func (s *Scrapbook) buildDebian(ctx context.Context, dir string, opts ImageOptions) error {
+	_, pub, err := s.SSHKey()
+	if err != nil {
+		return fmt.Errorf("build debian image: %w", err)
+	}
+	_, err = image.BuildDebian(ctx, image.DebianOptions{Dir: dir, Mirror: opts.Mirror, AuthorizedKeys: []string{pub},
+		DiskSize: opts.DiskSize, Progress: opts.Progress})
+	return err
+}
+
+// AddImage stores an image directory written by package image (kernel,
+// initrd, disk, config.json, or a BIOS disk and config.json) as base
+// image NAME.
 func (s *Scrapbook) AddImage(ctx context.Context, name, dir string) (*Result, error) {
+	return s.addImage(ctx, name, dir, nil)
+}
+
+// addImage stores an image directory as base image NAME, calling
+// onProgress while it stores data.
+func (s *Scrapbook) addImage(ctx context.Context, name, dir string, onProgress func(stream.Stats)) (*Result, error) {
 	ref, err := imageRef(name)
 	if err != nil {
 		return nil, err
@@ -102,10 +203,11 @@ func (s *Scrapbook) AddImage(ctx context.Context, name, dir string) (*Result, er
 	if err != nil {
 		return nil, err
 	}
-	return s.importTo(ctx, dir, ref, SnapshotOptions{
-		Message: "image " + name + ": kernel " + img.KernelVersion,
-		Labels:  map[string]string{"kind": "image", "kernel": img.KernelVersion},
-	})
+	msg := "image " + name + ": kernel " + img.KernelVersion
+	if img.Boot == image.BootBIOS {
+		msg = "image " + name + ": a disk that boots by BIOS"
+	}
+	return s.importTo(ctx, dir, ref, SnapshotOptions{Message: msg, Labels: imageLabels(img), OnProgress: onProgress})
 }
 
 // Image returns the base image called name, ready to boot from a cache
@@ -121,7 +223,7 @@ func (s *Scrapbook) Image(ctx context.Context, name string, progress io.Writer) 
 	id, err := s.Refs.Get(ref)
 	if errors.Is(err, refs.ErrNotFound) {
 		if name != DefaultImage {
-			return objects.Zero, nil, fmt.Errorf("no base image %q (see 'sbuml image ls'; 'sbuml image build --name %s' makes one)", name, name)
+			return objects.Zero, nil, fmt.Errorf("no base image %q (see 'sbuml image ls'; 'sbuml image build [tiny|debian] --name %s' or 'sbuml image import %s DISK' makes one)", name, name, name)
 		}
 		if progress != nil {
 			fmt.Fprintf(progress, "building the default image %q (first use)\n", name)
@@ -191,4 +293,107 @@ func (s *Scrapbook) importTo(ctx context.Context, dir, ref string, opts Snapshot
 		return nil, fmt.Errorf("import %s: %w", dir, err)
 	}
 	return &Result{ID: id, Branch: ref, Parent: parent, LogicalBytes: size, Stats: saver.Stats(), Duration: time.Since(start)}, nil
+}
+
+// ImageSource is a system to import as a base image: a disk that boots
+// by BIOS with its own boot loader (Disk alone), or a kernel, an initrd
+// and a root disk.
+type ImageSource struct {
+	// Disk is a raw disk, taken as it is, or a qcow2 disk, converted to
+	// raw with qemu-img.
+	Disk string
+	// Kernel is a Linux bzImage; empty for a disk that boots by BIOS.
+	Kernel string
+	// Initrd is the kernel's initramfs, if it needs one.
+	Initrd string
+	// Cmdline is the kernel command line (default
+	// image.DefaultImportCmdline).
+	Cmdline string
+	// ReadyMarker is a line the guest prints on its serial console once
+	// it is up; empty if it prints none (a started QEMU counts as ready).
+	ReadyMarker string
+}
+
+// ImportImageOptions tune ImportImage.
+type ImportImageOptions struct {
+	// Progress receives a line per slow step (converting a qcow2 disk).
+	Progress io.Writer
+	// OnProgress, if set, is called about five times a second while the
+	// image is stored.
+	OnProgress func(stream.Stats)
+}
+
+// ImportImage stores a system the user brings as base image NAME
+// (refs/images/NAME), like a built one: a snapshot of config.json and
+// the files, so that importing the same disk again stores almost
+// nothing new.
+func (s *Scrapbook) ImportImage(ctx context.Context, name string, src ImageSource, opts ImportImageOptions) (*Result, error) {
+	if _, err := imageRef(name); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(s.Dir, ".image-import-")
+	if err != nil {
+		return nil, fmt.Errorf("import image: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	dir := filepath.Join(tmp, "image")
+	_, err = image.Import(ctx, image.ImportOptions{Dir: dir, Disk: src.Disk, Kernel: src.Kernel, Initrd: src.Initrd,
+		Cmdline: src.Cmdline, ReadyMarker: src.ReadyMarker, Progress: opts.Progress})
+	if err != nil {
+		return nil, err
+	}
+	return s.addImage(ctx, name, dir, opts.OnProgress)
+}
+
+// RemoveImage deletes base image NAME and returns the snapshot it named.
+// Its data stays in the scrapbook until gc removes what nothing else
+// needs; machines booted from it keep their own copies of its files.
+func (s *Scrapbook) RemoveImage(ctx context.Context, name string) (objects.ID, error) {
+	ref, err := imageRef(name)
+	if err != nil {
+		return objects.Zero, err
+	}
+	id, err := s.Refs.Get(ref)
+	if errors.Is(err, refs.ErrNotFound) {
+		return objects.Zero, fmt.Errorf("no base image %q (see 'sbuml image ls')", name)
+	}
+	if err != nil {
+		return objects.Zero, err
+	}
+	if err := s.Refs.Update(ref, id, objects.Zero, "image rm "+name); err != nil {
+		return objects.Zero, fmt.Errorf("remove image %s: %w", name, err)
+	}
+	s.forgetUnpacked(id)
+	return id, nil
+}
+
+// forgetUnpacked removes the unpacked copy of image snapshot id
+// (SCRAPBOOK/images/ID) unless another image names the same snapshot. It
+// is only a cache: failing to remove it costs disk space, nothing else.
+func (s *Scrapbook) forgetUnpacked(id objects.ID) {
+	all, err := s.Refs.List("refs/images/")
+	if err != nil {
+		return
+	}
+	for _, r := range all {
+		if r.ID == id {
+			return
+		}
+	}
+	os.RemoveAll(filepath.Join(s.Dir, "images", id.String()))
+}
+
+// ExportBootableDisk writes base image NAME, which must boot by kernel,
+// to out as a raw disk that boots by BIOS with its own boot loader
+// (image.MakeBootableDisk): to run it elsewhere, or to import it again
+// as an image that boots by BIOS.
+func (s *Scrapbook) ExportBootableDisk(ctx context.Context, name, out string) error {
+	_, img, err := s.Image(ctx, name, nil)
+	if err != nil {
+		return err
+	}
+	if img.Boot != image.BootKernel {
+		return fmt.Errorf("export image %s: it boots by BIOS already; its disk is in %s", name, img.Disk)
+	}
+	return image.MakeBootableDisk(ctx, img, out, image.BootDiskOptions{})
 }

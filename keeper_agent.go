@@ -144,7 +144,10 @@ type keeperStatus struct {
 func (k *keeper) call(ctx context.Context, name string, args json.RawMessage) (any, error) {
 	switch name {
 	case callKeeperStatus:
-		return keeperStatus{PID: os.Getpid(), QEMU: k.qemu, Agent: k.cfg.Agent && k.host.Ready(), Name: k.name}, nil
+		ready, cancel := context.WithTimeout(ctx, 0)
+		defer cancel()
+		connected := k.cfg.Agent && k.host.WaitReady(ready) == nil
+		return keeperStatus{PID: os.Getpid(), QEMU: k.qemu, Agent: connected, Name: k.name}, nil
 	}
 	return nil, fmt.Errorf("the keeper has no call %q", name)
 }

@@ -200,6 +200,18 @@ func chooseAccel(ctx context.Context, want string, img *image.Image, progress io
 	return vmm.ChooseAccel(ctx, want, AccelCachePath(), probe)
 }
 
+// probeImage returns the image chooseAccel may probe KVM with to boot
+// img: img itself, unless it prints no ready marker and want is auto.
+// The probe waits for a marker, and the verdict it reaches is kept for
+// the host, so such an image is probed with the default image instead.
+func (s *Scrapbook) probeImage(ctx context.Context, want string, img *image.Image, progress io.Writer) (*image.Image, error) {
+	if img.ReadyMarker != "" || (want != "auto" && want != "") {
+		return img, nil
+	}
+	_, probe, err := s.Image(ctx, DefaultImage, progress)
+	return probe, err
+}
+
 // Boot creates a machine from a base image and starts it (SBUML's
 // sbumlboot). It returns once the guest prints its ready marker. The
 // machine directory receives its own copy of the kernel, initrd and root
@@ -220,7 +232,11 @@ func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) 
 	if err != nil {
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
-	accel, err := chooseAccel(ctx, opts.Accel, img, opts.Progress)
+	probe, err := s.probeImage(ctx, opts.Accel, img, opts.Progress)
+	if err != nil {
+		return nil, fmt.Errorf("boot %s: %w", machine, err)
+	}
+	accel, err := chooseAccel(ctx, opts.Accel, probe, opts.Progress)
 	if err != nil {
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
@@ -232,22 +248,19 @@ func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) 
 		os.Remove(dir) // only if nothing else is in it
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
+	kernel, initrd := machineBootFiles(img)
 	cfg := vmm.Config{
 		Name:      machineName(dir),
 		Memory:    opts.Memory,
 		CPUs:      opts.CPUs,
 		Accel:     accel,
+		Kernel:    kernel,
+		Initrd:    initrd,
 		Cmdline:   img.Cmdline,
 		Disks:     []string{machineDisk},
 		BaseImage: imgID.String(),
 		Agent:     img.Agent,
 		Display:   opts.Display,
-	}
-	if img.Kernel != "" {
-		cfg.Kernel = machineKernel
-	}
-	if img.Initrd != "" {
-		cfg.Initrd = machineInitrd
 	}
 	if cfg.Net, err = bootNet(img, opts); err != nil {
 		removeMachineFiles(dir)
@@ -339,11 +352,15 @@ func checkFreeMachineDir(dir string) error {
 	return fmt.Errorf("machine %s already exists (%s); halt it first or choose another name", machineName(dir), st.State)
 }
 
-// populateMachineDir gives dir its own kernel, initrd and root disk.
+// populateMachineDir gives dir its own boot files (see machineBootFiles)
+// and root disk.
 func populateMachineDir(ctx context.Context, dir string, img *image.Image, diskSize int64) error {
 	for _, f := range []struct{ dst, src string }{{machineKernel, img.Kernel}, {machineInitrd, img.Initrd}} {
 		dst := filepath.Join(dir, f.dst)
 		os.Remove(dst)
+		if f.src == "" {
+			continue
+		}
 		if err := os.Link(f.src, dst); err != nil {
 			if err := image.CopySparse(dst, f.src); err != nil {
 				return err
@@ -361,7 +378,24 @@ func populateMachineDir(ctx context.Context, dir string, img *image.Image, diskS
 	return nil
 }
 
-// growDisk enlarges a raw ext4 disk file and its file system.
+// machineBootFiles names the kernel and initrd of a machine booted from
+// img, as vmm.Config wants them: none for an image that boots by BIOS
+// (QEMU then runs the disk's boot loader), no initrd for a kernel that
+// needs none.
+func machineBootFiles(img *image.Image) (kernel, initrd string) {
+	if img.Kernel != "" {
+		kernel = machineKernel
+	}
+	if img.Initrd != "" {
+		initrd = machineInitrd
+	}
+	return kernel, initrd
+}
+
+// growDisk enlarges a raw disk file, and its file system if the disk is
+// a bare ext4 file system. Any other disk (partitioned, another file
+// system) grows only as a file: the guest sees a larger disk and may
+// grow its partitions itself.
 func growDisk(ctx context.Context, disk string, size int64) error {
 	fi, err := os.Stat(disk)
 	if err != nil {
@@ -379,11 +413,27 @@ func growDisk(ctx context.Context, disk string, size int64) error {
 	if err := os.Truncate(disk, size); err != nil {
 		return err
 	}
+	if !isExt4(disk) {
+		return nil
+	}
 	out, err := exec.CommandContext(ctx, "resize2fs", "-f", disk).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("resize2fs %s: %v: %s (apt-get install e2fsprogs)", disk, err, lastLine(string(out)))
 	}
 	return nil
+}
+
+// isExt4 reports whether a disk file starts with an ext2, ext3 or ext4
+// file system: its superblock (at 1024) holds the magic 0xEF53 at 56.
+func isExt4(disk string) bool {
+	f, err := os.Open(disk)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	magic := make([]byte, 2)
+	_, err = f.ReadAt(magic, 1024+56)
+	return err == nil && magic[0] == 0x53 && magic[1] == 0xEF
 }
 
 func lastLine(s string) string {

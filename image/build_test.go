@@ -91,43 +91,71 @@ func TestLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if loaded.Kernel != img.Kernel || loaded.Initrd != img.Initrd || loaded.Cmdline != img.Cmdline || loaded.KernelVersion != img.KernelVersion {
+	if loaded.Boot != image.BootKernel || loaded.Kernel != img.Kernel || loaded.Initrd != img.Initrd || loaded.Cmdline != img.Cmdline ||
+		loaded.KernelVersion != img.KernelVersion || !loaded.Net || loaded.SSH {
 		t.Errorf("Load(%s) = %+v, want %+v", dir, loaded, img)
 	}
 
 	tests := []struct {
 		name   string
+		files  []string // created empty in the image directory
 		config string
-		want   string
+		want   string // in the error, or "" for success
+		check  func(*image.Image) bool
 	}{
-		{"no config", "", "no such file"},
-		{"bad json", "{", "unexpected end of JSON"},
-		{"missing files", `{"kernel":"kernel","initrd":"initrd","disk":"disk","cmdline":"x","ready_marker":"x","kernel_version":"x"}`, "kernel: no such file"},
+		{name: "no config", want: "no such file"},
+		{name: "bad json", config: "{", want: "unexpected end of JSON"},
+		{name: "missing files", config: `{"kernel":"kernel","initrd":"initrd","disk":"disk","cmdline":"x"}`, want: "kernel: no such file"},
+		{name: "no cmdline", files: []string{"kernel", "initrd", "disk"}, config: `{"kernel":"kernel","initrd":"initrd","disk":"disk"}`, want: "lacks kernel or cmdline"},
+		{name: "no disk", files: []string{"kernel"}, config: `{"kernel":"kernel","cmdline":"x"}`, want: "names no disk"},
+		{name: "unknown boot", files: []string{"disk"}, config: `{"boot":"uefi","disk":"disk"}`, want: `boot "uefi"`},
+		{name: "bios with kernel", files: []string{"kernel", "disk"}, config: `{"boot":"bios","kernel":"kernel","disk":"disk"}`, want: "boots by BIOS"},
+		{
+			name: "written before boot kinds", files: []string{"kernel", "initrd", "disk"},
+			config: `{"kernel":"kernel","initrd":"initrd","disk":"disk","cmdline":"c","ready_marker":"M","kernel_version":"v","modules":["m"],"packages":["p=1"]}`,
+			check: func(i *image.Image) bool {
+				return i.Boot == image.BootKernel && i.ReadyMarker == "M" && i.Initrd != "" && !i.Net && !i.SSH && !i.Agent
+			},
+		},
+		{
+			name: "bios", files: []string{"disk"}, config: `{"boot":"bios","disk":"disk","net":true,"ssh":true,"agent":true}`,
+			check: func(i *image.Image) bool {
+				return i.Boot == image.BootBIOS && i.Kernel == "" && i.Initrd == "" && i.Cmdline == "" && i.ReadyMarker == "" && i.Net && i.SSH && i.Agent
+			},
+		},
+		{
+			name: "kernel without initrd or marker", files: []string{"kernel", "disk"}, config: `{"boot":"kernel","kernel":"kernel","disk":"disk","cmdline":"c"}`,
+			check: func(i *image.Image) bool { return i.Initrd == "" && i.ReadyMarker == "" && i.Kernel != "" },
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
+			for _, f := range tt.files {
+				if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if tt.config != "" {
 				if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(tt.config), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
-			_, err := image.Load(dir)
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("got error %v, want one containing %q", err, tt.want)
+			img, err := image.Load(dir)
+			if tt.want != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.want) {
+					t.Errorf("got error %v, want one containing %q", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(img) {
+				t.Errorf("Load = %+v", img)
 			}
 		})
 	}
-	t.Run("incomplete config", func(t *testing.T) {
-		dir := t.TempDir()
-		for _, f := range []string{"kernel", "initrd", "disk"} {
-			os.WriteFile(filepath.Join(dir, f), nil, 0o644)
-		}
-		os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"kernel":"kernel","initrd":"initrd","disk":"disk"}`), 0o644)
-		if _, err := image.Load(dir); err == nil || !strings.Contains(err.Error(), "lacks cmdline") {
-			t.Errorf("got error %v", err)
-		}
-	})
 }
 
 func TestCopySparse(t *testing.T) {

@@ -36,29 +36,13 @@ func makeDisk(ctx context.Context, dst string, size int64, scratch string) error
 		return fmt.Errorf("make disk: %w", err)
 	}
 
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+"-")
+	tmp, err := createSparse(dst, size)
 	if err != nil {
 		return fmt.Errorf("make disk: %w", err)
 	}
-	tmp := f.Name()
 	defer os.Remove(tmp)
-	err = f.Truncate(size)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("make disk: %w", err)
-	}
-
-	// E2FSPROGS_FAKE_TIME fixes the file system's own timestamps. The
-	// journal is not zeroed (lazy_journal_init) because the file is all
-	// holes; inode tables are marked zeroed (lazy_itable_init=0, which costs
-	// nothing on a file mke2fs can punch holes in) so the guest kernel does
-	// not start zeroing them in the background after mounting.
 	env := append(os.Environ(), "E2FSPROGS_FAKE_TIME="+strconv.Itoa(epoch))
-	opts := "root_owner=0:0,hash_seed=" + diskUUID + ",lazy_itable_init=0,lazy_journal_init=1"
-	if _, err := runTool(ctx, env, nil, "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0",
-		"-L", diskLabel, "-U", diskUUID, "-E", opts, "-d", scratch, tmp); err != nil {
+	if err := formatExt4(ctx, env, tmp, scratch, diskLabel, diskUUID); err != nil {
 		return fmt.Errorf("make disk: %w", err)
 	}
 
@@ -78,16 +62,51 @@ func makeDisk(ctx context.Context, dst string, size int64, scratch string) error
 	if msg := debugfsError(stderr); msg != "" {
 		return fmt.Errorf("make disk: debugfs -w %s: %s", tmp, msg)
 	}
-	if err := os.Chmod(tmp, 0o644); err != nil {
-		return fmt.Errorf("make disk: %w", err)
-	}
 	if err := os.Rename(tmp, dst); err != nil {
 		return fmt.Errorf("make disk: %w", err)
 	}
 	return nil
 }
 
-// runTool runs an e2fsprogs program and returns its standard error.
+// createSparse creates a hole-only file of size bytes and mode 0644 next
+// to dst, to be renamed to dst once written, and returns its name.
+func createSparse(dst string, size int64) (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+"-")
+	if err != nil {
+		return "", err
+	}
+	err = f.Chmod(0o644)
+	if err == nil {
+		err = f.Truncate(size)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// formatExt4 makes an ext4 file system filling the file disk, holding a
+// copy of the tree src, with a fixed label and UUID (also the directory
+// hash seed, so that the same tree gives the same bytes).
+//
+// The journal is not zeroed (lazy_journal_init) because the file is all
+// holes; inode tables are marked zeroed (lazy_itable_init=0, which costs
+// nothing on a file mke2fs can punch holes in) so the guest kernel does
+// not start zeroing them in the background after mounting.
+func formatExt4(ctx context.Context, env []string, disk, src, label, uuid string) error {
+	opts := "root_owner=0:0,hash_seed=" + uuid + ",lazy_itable_init=0,lazy_journal_init=1"
+	_, err := runTool(ctx, env, nil, "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0",
+		"-L", label, "-U", uuid, "-E", opts, "-d", src, disk)
+	return err
+}
+
+// runTool runs a program with env and stdin and returns its standard
+// error. On failure the error names the command line and its most telling
+// error line.
 func runTool(ctx context.Context, env []string, stdin io.Reader, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = env
@@ -96,8 +115,8 @@ func runTool(ctx context.Context, env []string, stdin io.Reader, name string, ar
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		line := strings.Join(append([]string{name}, args...), " ")
-		if errors.Is(err, exec.ErrNotFound) {
-			return "", fmt.Errorf("%s: %w (install Debian package e2fsprogs)", name, err)
+		if isNotFound(err) {
+			return "", missingTool(name)
 		}
 		if msg := errorLine(stderr.String()); msg != "" {
 			return "", fmt.Errorf("%s failed: %s", line, msg)
@@ -129,12 +148,7 @@ const (
 // are holes or all zeros become holes in dst. Use it to give each machine
 // a private copy of an Image's Disk.
 func CopySparse(dst, src string) (err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("copy disk: %w", err)
-	}
-	defer in.Close()
-	fi, err := in.Stat()
+	fi, err := os.Stat(src)
 	if err != nil {
 		return fmt.Errorf("copy disk: %w", err)
 	}
@@ -147,10 +161,26 @@ func CopySparse(dst, src string) (err error) {
 			err = fmt.Errorf("copy disk %s: %w", dst, cerr)
 		}
 	}()
-	size := fi.Size()
-	if err := out.Truncate(size); err != nil {
+	if err := out.Truncate(fi.Size()); err != nil {
 		return fmt.Errorf("copy disk %s: %w", dst, err)
 	}
+	return copySparseInto(out, 0, src)
+}
+
+// copySparseInto writes the data of the file src into out at offset at,
+// skipping src's holes and blocks of zeros, which out must already read
+// as zeros.
+func copySparseInto(out *os.File, at int64, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy disk: %w", err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return fmt.Errorf("copy disk: %w", err)
+	}
+	size := fi.Size()
 	buf := make([]byte, 1<<20)
 	zero := make([]byte, 64<<10)
 	for off := int64(0); off < size; {
@@ -167,17 +197,17 @@ func CopySparse(dst, src string) (err error) {
 		if err != nil {
 			end = size
 		}
-		if err := copyRange(out, in, start, end, buf, zero); err != nil {
-			return fmt.Errorf("copy disk %s to %s: %w", src, dst, err)
+		if err := copyRange(out, in, at, start, end, buf, zero); err != nil {
+			return fmt.Errorf("copy disk %s to %s: %w", src, out.Name(), err)
 		}
 		off = end
 	}
 	return nil
 }
 
-// copyRange copies bytes [start, end) of in to the same offsets of out,
-// skipping blocks of zeros.
-func copyRange(out, in *os.File, start, end int64, buf, zero []byte) error {
+// copyRange copies bytes [start, end) of in to the same offsets plus at
+// of out, skipping blocks of zeros.
+func copyRange(out, in *os.File, at, start, end int64, buf, zero []byte) error {
 	for off := start; off < end; {
 		n := int64(len(buf))
 		if end-off < n {
@@ -191,7 +221,7 @@ func copyRange(out, in *os.File, start, end int64, buf, zero []byte) error {
 			if bytes.Equal(chunk, zero[:len(chunk)]) {
 				continue
 			}
-			if _, err := out.WriteAt(chunk, off+b); err != nil {
+			if _, err := out.WriteAt(chunk, at+off+b); err != nil {
 				return err
 			}
 		}

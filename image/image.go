@@ -104,19 +104,46 @@ func (f File) check() error {
 	return nil
 }
 
+// How an image boots: the values of Image.Boot.
+const (
+	// BootKernel images are started by QEMU loading Kernel and Initrd
+	// with Cmdline (-kernel, -initrd, -append); Disk is the root disk.
+	BootKernel = "kernel"
+	// BootBIOS images are a Disk only: the firmware runs the boot loader
+	// in the disk's master boot record, as on a PC.
+	BootBIOS = "bios"
+)
+
 // Image is a built guest image. The paths are absolute.
 type Image struct {
-	// Kernel is the bzImage to pass to QEMU's -kernel.
+	// Boot is BootKernel or BootBIOS.
+	Boot string
+	// Kernel is the bzImage to pass to QEMU's -kernel; empty for
+	// BootBIOS.
 	Kernel string
-	// Initrd is the initramfs (uncompressed newc cpio) for -initrd.
+	// Initrd is the initramfs for -initrd; empty for BootBIOS and for a
+	// kernel that boots without one. Build makes an uncompressed newc
+	// cpio archive.
 	Initrd string
-	// Disk is the raw, sparse ext4 root disk. Boot a private copy of it
-	// (see CopySparse) when the image is shared.
+	// Disk is the raw, sparse root disk: an ext4 file system for the
+	// images Build and BuildDebian make, a partitioned disk with a boot
+	// loader for BootBIOS. Boot a private copy of it (see CopySparse)
+	// when the image is shared.
 	Disk string
-	// Cmdline is the kernel command line for -append.
+	// Cmdline is the kernel command line for -append; empty for BootBIOS.
 	Cmdline string
-	// ReadyMarker is printed on the console when the guest is ready.
+	// ReadyMarker is printed on the console when the guest is ready. It
+	// may be empty (an imported image may print none): callers then take
+	// a started QEMU as ready.
 	ReadyMarker string
+	// Net says the guest configures a virtio network card by itself
+	// (DHCP on eth0).
+	Net bool
+	// SSH says the guest runs an ssh server on port 22 that lets root in
+	// with the keys the image was built with.
+	SSH bool
+	// Agent says the guest runs sbuml-guest daemon, the in-guest agent.
+	Agent bool
 	// KernelVersion is the kernel release, as uname -r prints it.
 	KernelVersion string
 	// Modules lists the modules /init loads, in load order.
@@ -135,18 +162,67 @@ const (
 )
 
 // config is the on-disk form of an Image, stored as Dir/config.json.
+// Paths are relative to the image directory. Images written before Boot
+// existed have none and boot by kernel.
 type config struct {
-	Kernel        string   `json:"kernel"`
-	Initrd        string   `json:"initrd"`
+	Boot          string   `json:"boot,omitempty"`
+	Kernel        string   `json:"kernel,omitempty"`
+	Initrd        string   `json:"initrd,omitempty"`
 	Disk          string   `json:"disk"`
-	Cmdline       string   `json:"cmdline"`
-	ReadyMarker   string   `json:"ready_marker"`
-	KernelVersion string   `json:"kernel_version"`
-	Modules       []string `json:"modules"`
-	Packages      []string `json:"packages"`
+	Cmdline       string   `json:"cmdline,omitempty"`
+	ReadyMarker   string   `json:"ready_marker,omitempty"`
+	Net           bool     `json:"net,omitempty"`
+	SSH           bool     `json:"ssh,omitempty"`
+	Agent         bool     `json:"agent,omitempty"`
+	KernelVersion string   `json:"kernel_version,omitempty"`
+	Modules       []string `json:"modules,omitempty"`
+	Packages      []string `json:"packages,omitempty"`
 }
 
-// Load reads the image that Build wrote to dir.
+// check reports what makes c unbootable, naming the image directory.
+func (c *config) check(dir string) error {
+	switch c.Boot {
+	case BootKernel:
+		if c.Kernel == "" || c.Cmdline == "" {
+			return fmt.Errorf("image %s: %s lacks kernel or cmdline", dir, configFile)
+		}
+	case BootBIOS:
+		if c.Kernel != "" || c.Initrd != "" || c.Cmdline != "" {
+			return fmt.Errorf("image %s: %s names a kernel, initrd or cmdline for an image that boots by BIOS", dir, configFile)
+		}
+	default:
+		return fmt.Errorf("image %s: %s has boot %q, want %q or %q", dir, configFile, c.Boot, BootKernel, BootBIOS)
+	}
+	if c.Disk == "" {
+		return fmt.Errorf("image %s: %s names no disk", dir, configFile)
+	}
+	return nil
+}
+
+// inDir returns the absolute path of a file named in config.json, or ""
+// for none.
+func inDir(dir, name string) string {
+	if name == "" {
+		return ""
+	}
+	return filepath.Join(dir, name)
+}
+
+// writeConfig writes c as dir/config.json, atomically, and loads the
+// image it describes.
+func writeConfig(dir string, c config) (*Image, error) {
+	data, err := json.MarshalIndent(c, "", "\t")
+	if err != nil {
+		return nil, fmt.Errorf("write image config: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, configFile), append(data, '\n')); err != nil {
+		return nil, fmt.Errorf("write image config: %w", err)
+	}
+	return Load(dir)
+}
+
+// Load reads the image that Build, BuildDebian, Import or
+// MakeBootableDisk wrote to dir.
 func Load(dir string) (*Image, error) {
 	path := filepath.Join(dir, configFile)
 	data, err := os.ReadFile(path)
@@ -157,27 +233,37 @@ func Load(dir string) (*Image, error) {
 	if err := json.Unmarshal(data, &c); err != nil {
 		return nil, fmt.Errorf("load image %s: %w", path, err)
 	}
+	if c.Boot == "" {
+		c.Boot = BootKernel
+	}
+	if err := c.check(dir); err != nil {
+		return nil, fmt.Errorf("load %w", err)
+	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("load image %s: %w", dir, err)
 	}
 	img := &Image{
-		Kernel:        filepath.Join(abs, c.Kernel),
-		Initrd:        filepath.Join(abs, c.Initrd),
-		Disk:          filepath.Join(abs, c.Disk),
+		Boot:          c.Boot,
+		Kernel:        inDir(abs, c.Kernel),
+		Initrd:        inDir(abs, c.Initrd),
+		Disk:          inDir(abs, c.Disk),
 		Cmdline:       c.Cmdline,
 		ReadyMarker:   c.ReadyMarker,
+		Net:           c.Net,
+		SSH:           c.SSH,
+		Agent:         c.Agent,
 		KernelVersion: c.KernelVersion,
 		Modules:       c.Modules,
 		Packages:      c.Packages,
 	}
 	for _, f := range []string{img.Kernel, img.Initrd, img.Disk} {
+		if f == "" {
+			continue
+		}
 		if _, err := os.Stat(f); err != nil {
 			return nil, fmt.Errorf("load image %s: %w", dir, err)
 		}
-	}
-	if c.Cmdline == "" || c.ReadyMarker == "" || c.KernelVersion == "" {
-		return nil, fmt.Errorf("load image %s: %s lacks cmdline, ready_marker or kernel_version", dir, configFile)
 	}
 	return img, nil
 }
@@ -305,24 +391,18 @@ func (b *builder) build(ctx context.Context) (*Image, error) {
 	}
 	b.progressf("wrote disk: ext4, %d MiB", b.opts.DiskSize>>20)
 
-	c := config{
+	return writeConfig(b.dir, config{
+		Boot:          BootKernel,
 		Kernel:        kernelFile,
 		Initrd:        initrdFile,
 		Disk:          diskFile,
 		Cmdline:       Cmdline,
 		ReadyMarker:   ReadyMarker,
+		Net:           true,
 		KernelVersion: kernel.version,
 		Modules:       names,
 		Packages:      []string{kernelPkg.String(), busyboxPkg.String()},
-	}
-	data, err := json.MarshalIndent(c, "", "\t")
-	if err != nil {
-		return nil, fmt.Errorf("write image config: %w", err)
-	}
-	if err := writeFileAtomic(filepath.Join(b.dir, configFile), append(data, '\n')); err != nil {
-		return nil, fmt.Errorf("write image config: %w", err)
-	}
-	return Load(b.dir)
+	})
 }
 
 // fetch returns the path of package pkg's .deb in the cache, downloading it
@@ -342,7 +422,7 @@ func (b *builder) fetch(ctx context.Context, pkg, flag string) (string, error) {
 
 // formatVersion changes whenever Build's output for the same packages
 // changes in a way RecipeHash cannot see (the Go code, not the data).
-const formatVersion = 2
+const formatVersion = 3
 
 // RecipeHash identifies how Build turns packages into an image: the
 // format version, the kernel command line, the default modules and the

@@ -131,4 +131,3 @@ there is no host-key prompt. With CMD, ssh runs it and exits with its status.`,
 	c.Flags().SetInterspersed(false)
 	return c
 }
-

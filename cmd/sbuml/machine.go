@@ -76,6 +76,8 @@ func progressWriter() io.Writer {
 
 func bootCmd() *cobra.Command {
 	var opts sbuml.BootOptions
+	var forwards []string
+	var autosnap sbuml.AutosnapConfig
 	var memory, disk sizeFlag
 	c := &cobra.Command{
 		Use:   "boot NAME|DIR",
@@ -118,8 +120,6 @@ Returns once the guest's shell is ready.`,
 			return nil
 		},
 	}
-	var forwards []string
-	var autosnap sbuml.AutosnapConfig
 	c.Flags().StringVar(&opts.Net, "net", "", "network: user (a card on QEMU's user-mode network) or none (default: user if the image configures a card)")
 	c.Flags().StringArrayVar(&forwards, "forward", nil, "forward a host TCP port to the guest, [HOSTADDR:]HOSTPORT:GUESTPORT (HOSTPORT 0: any free port; repeatable)")
 	c.Flags().StringVar(&opts.Display, "display", "", "vnc: give the machine a screen that 'sbuml vnc' shows")
@@ -331,70 +331,6 @@ func doctorCmd() *cobra.Command {
 		},
 	}
 	addJSONFlag(c)
-	return c
-}
-
-func imageCmd() *cobra.Command {
-	c := &cobra.Command{Use: "image", Short: "Build and list base images"}
-	var name string
-	var opts sbuml.ImageOptions
-	var disk sizeFlag
-	build := &cobra.Command{
-		Use:   "build",
-		Short: "Build the default guest image from Debian packages",
-		Long: `Build the default guest image from Debian packages (the linux-image-cloud-amd64
-kernel, busybox-static, an initramfs and an ext4 root disk) and store it in
-the scrapbook as refs/images/NAME.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := sbuml.OpenOrInit(scrapbookDir())
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible()
-			defer cancel()
-			opts.DiskSize = int64(disk)
-			opts.Progress = progressWriter()
-			res, err := s.BuildImage(ctx, name, opts)
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(res)
-			}
-			fmt.Printf("image %s: %s, %s\n", name, res.ID, humanBytes(res.LogicalBytes))
-			return nil
-		},
-	}
-	build.Flags().StringVar(&name, "name", sbuml.DefaultImage, "image name")
-	build.Flags().StringVar(&opts.KernelDeb, "kernel-deb", "", "use this linux-image .deb instead of downloading one")
-	build.Flags().StringVar(&opts.BusyboxDeb, "busybox-deb", "", "use this busybox-static .deb instead of downloading one")
-	build.Flags().Var(&disk, "disk-size", "root disk size (default 256M)")
-	addJSONFlag(build)
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List base images",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			imgs, err := s.Images(context.Background())
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(imgs)
-			}
-			for _, i := range imgs {
-				fmt.Printf("%-12s %s %s kernel %s, %s\n", i.Name, i.ID.Short(), i.Time.Local().Format("2006-01-02 15:04"), i.KernelVersion, humanBytes(i.LogicalBytes))
-			}
-			return nil
-		},
-	}
-	addJSONFlag(ls)
-	c.AddCommand(build, ls)
 	return c
 }
 

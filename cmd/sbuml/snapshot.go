@@ -8,9 +8,9 @@ import (
 	"strings"
 
 	"github.com/sbuml/sbuml"
-	"github.com/sbuml/sbuml/vmm"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/vmm"
 	"github.com/spf13/cobra"
 )
 

@@ -1,6 +1,7 @@
-// Package testimage gives tests a bootable sbuml guest image.
+// Package testimage gives tests bootable sbuml guest images: the tiny
+// image (Get) and the Debian image (Debian).
 //
-// The image is built once per machine and recipe into a shared cache
+// Each image is built once per machine and recipe into a shared cache
 // directory, guarded by a file lock so that test binaries running in
 // parallel build it only once. Each caller gets its own writable copy of
 // the disk; the kernel and initrd are shared and must not be modified.
@@ -42,6 +43,13 @@ func Get(t testing.TB) *image.Image {
 	if err != nil {
 		t.Fatalf("test image: %v", err)
 	}
+	return privateCopy(t, img)
+}
+
+// privateCopy returns img with Disk replaced by a sparse copy of it in
+// t.TempDir().
+func privateCopy(t testing.TB, img *image.Image) *image.Image {
+	t.Helper()
 	private := *img
 	private.Modules = append([]string(nil), img.Modules...)
 	private.Packages = append([]string(nil), img.Packages...)
@@ -117,7 +125,7 @@ func load(t testing.TB) (*image.Image, error) {
 		}
 	}
 	shared, built = img, true
-	pruneStale(root, dir)
+	pruneStale(root, "image-*", dir)
 	return img, nil
 }
 
@@ -125,12 +133,12 @@ func load(t testing.TB) (*image.Image, error) {
 // after it was last built; it may still be in use by another checkout.
 const staleAge = 24 * time.Hour
 
-// pruneStale removes images of other recipes from the cache root that were
-// built more than staleAge ago, so that changing the recipe during
-// development does not pile up images. Errors are ignored: the cache is
-// only an optimization.
-func pruneStale(root, keep string) {
-	dirs, _ := filepath.Glob(filepath.Join(root, "image-*"))
+// pruneStale removes images of other recipes (directories matching
+// pattern) from the cache root that were built more than staleAge ago, so
+// that changing the recipe during development does not pile up images.
+// Errors are ignored: the cache is only an optimization.
+func pruneStale(root, pattern, keep string) {
+	dirs, _ := filepath.Glob(filepath.Join(root, pattern))
 	for _, dir := range dirs {
 		fi, err := os.Stat(dir)
 		if err != nil || !fi.IsDir() || dir == keep || time.Since(fi.ModTime()) < staleAge {
