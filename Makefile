@@ -8,9 +8,11 @@ BIN := bin/sbuml
 # Debian packages sbuml needs at run time and in tests (python3: the static web
 # server the web tests publish to; debootstrap: the Debian image; syslinux,
 # syslinux-common, mtools, dosfstools, fdisk: disks that boot by BIOS;
-# qemu-utils: qcow2 imports; openssh-client: the scrapbook's ssh key).
+# qemu-utils: qcow2 imports; openssh-client: the scrapbook's ssh key and
+# sbuml ssh; gcc, libc6-dev: the C ckpt() library's test program).
 DEB_PACKAGES := qemu-system-x86 busybox-static e2fsprogs cpio python3 \
-	debootstrap syslinux syslinux-common mtools dosfstools fdisk qemu-utils openssh-client
+	debootstrap syslinux syslinux-common mtools dosfstools fdisk qemu-utils openssh-client \
+	gcc libc6-dev
 TEST_TIMEOUT ?= 25m
 
 .PHONY: all build deps test demo bench vet clean
@@ -33,8 +35,11 @@ deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; }
 	@$(GO) mod download
 
+# sbuml-guest, the agent every image sbuml builds carries, is a static binary
+# that sbuml finds next to itself.
 build: deps
 	$(GO) build -o $(BIN) ./cmd/sbuml
+	CGO_ENABLED=0 $(GO) build -ldflags "-s -w" -o bin/sbuml-guest ./cmd/sbuml-guest
 
 vet:
 	$(GO) vet ./...

@@ -31,6 +31,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// Machines the tests boot get keepers: this test binary run again.
+	sbuml.KeeperMain()
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
