@@ -42,6 +42,8 @@ func TestBuildErrors(t *testing.T) {
 		{"no dir", image.Options{}, []string{"build image: no output directory"}},
 		{"odd disk size", image.Options{DiskSize: 100<<20 + 1}, []string{"disk size 104857601 must be a multiple of 4096"}},
 		{"tiny disk", image.Options{DiskSize: 1 << 20}, []string{"at least 16 MiB"}},
+		{"missing agent", image.Options{Agent: "/nonexistent/sbuml-guest"},
+			[]string{"build image: agent binary: open /nonexistent/sbuml-guest: no such file"}},
 		{"absolute extra file", image.Options{ExtraFiles: []image.File{{Path: "/usr/bin/x"}}},
 			[]string{`build image: extra file path "/usr/bin/x" must be relative and clean`}},
 		{"unknown kernel package", image.Options{KernelPackage: "sbuml-no-such-package", BusyboxDeb: busybox},

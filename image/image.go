@@ -76,6 +76,12 @@ type Options struct {
 	// Modules replaces DefaultModules when not empty. Dependencies are
 	// added automatically; modules built into the kernel are skipped.
 	Modules []string
+	// Agent is the path of a sbuml-guest binary (static, built with
+	// CGO_ENABLED=0) to add as /usr/bin/sbuml-guest, with a boot script
+	// that starts its daemon when the machine has the agent's port. The
+	// binary is not part of RecipeHash: a cache of built images must key
+	// on it too.
+	Agent string
 	// ExtraFiles are added to the initramfs after everything else, so
 	// they may also replace its files (not directories). An executable in
 	// etc/sbuml/rc.d/ runs at boot before the ready marker.
@@ -279,6 +285,13 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	}
 	if opts.DiskSize < minDiskSize || opts.DiskSize%4096 != 0 {
 		return nil, fmt.Errorf("build image: disk size %d must be a multiple of 4096 and at least %d MiB", opts.DiskSize, minDiskSize>>20)
+	}
+	if opts.Agent != "" {
+		agent, err := agentFiles(opts.Agent)
+		if err != nil {
+			return nil, err
+		}
+		opts.ExtraFiles = append(agent, opts.ExtraFiles...)
 	}
 	for _, f := range opts.ExtraFiles {
 		if err := f.check(); err != nil {

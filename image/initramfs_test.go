@@ -127,6 +127,28 @@ func TestInitramfsExtraFiles(t *testing.T) {
 	}
 }
 
+func TestAgentFiles(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "sbuml-guest")
+	if err := os.WriteFile(bin, []byte("agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files, err := agentFiles(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdrs, data, err := fakeInitramfs(t, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := hdrs[AgentPath]; h == nil || h.Mode != 0o755 || data[AgentPath] != "agent" {
+		t.Errorf("%s: %+v %q", AgentPath, h, data[AgentPath])
+	}
+	script := data["etc/sbuml/rc.d/50-sbuml-guest"]
+	if h := hdrs["etc/sbuml/rc.d/50-sbuml-guest"]; h == nil || h.Mode != 0o755 || !strings.Contains(script, "/usr/bin/sbuml-guest daemon") {
+		t.Errorf("boot script: %+v %q", h, script)
+	}
+}
+
 func TestFileCheck(t *testing.T) {
 	for _, p := range []string{"usr/bin/x", "init", "a/b/c"} {
 		if err := (File{Path: p}).check(); err != nil {

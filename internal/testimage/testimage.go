@@ -6,17 +6,25 @@
 // parallel build it only once. Each caller gets its own writable copy of
 // the disk; the kernel and initrd are shared and must not be modified.
 //
+// The image carries the guest agent, sbuml-guest, built from this
+// module's source once per test process (GuestAgent); the cache is keyed
+// on the binary as well as on image.RecipeHash.
+//
 // The cache lives in $SBUML_TEST_CACHE if set, else in the sbuml-test
-// directory under os.UserCacheDir. Building needs apt (see docs/image.md);
-// if it fails, the test fails with the reason.
+// directory under os.UserCacheDir. Building needs apt (see docs/image.md)
+// and the go command; if it fails, the test fails with the reason.
 package testimage
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -33,6 +41,7 @@ var (
 	mu     sync.Mutex
 	shared *image.Image // built or loaded image, once known
 	built  bool         // whether this process built shared, for tests
+	agent  string       // the sbuml-guest binary, once built
 )
 
 // Get returns the shared test image with Disk replaced by a private sparse
@@ -83,6 +92,61 @@ func DebCacheDir() (string, error) {
 	return filepath.Join(dir, "debs"), nil
 }
 
+// GuestAgent returns the path of a sbuml-guest binary built from this
+// module's source (static, stripped), the one the test image carries.
+// It is built once per test process and kept in the cache directory
+// under a name made from its content.
+func GuestAgent(t testing.TB) string {
+	t.Helper()
+	mu.Lock()
+	defer mu.Unlock()
+	path, err := buildAgent()
+	if err != nil {
+		t.Fatalf("test image: %v", err)
+	}
+	return path
+}
+
+// buildAgent builds the agent unless this process has. mu is held.
+func buildAgent() (string, error) {
+	if agent != "" {
+		return agent, nil
+	}
+	root, err := CacheDir()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(root, ".sbuml-guest-*")
+	if err != nil {
+		return "", err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cmd := exec.Command(goCmd, "build", "-trimpath", "-ldflags=-s -w", "-o", tmp.Name(), "github.com/sbuml/sbuml/cmd/sbuml-guest")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build sbuml-guest: %v\n%s", err, out)
+	}
+	bin, err := os.ReadFile(tmp.Name())
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(bin)
+	path := filepath.Join(root, "sbuml-guest-"+hex.EncodeToString(sum[:6]))
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return "", err
+	}
+	agent = path
+	return path, nil
+}
+
 // load returns the shared image, building it if no process has yet.
 func load(t testing.TB) (*image.Image, error) {
 	mu.Lock()
@@ -97,7 +161,12 @@ func load(t testing.TB) (*image.Image, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(root, "image-"+image.RecipeHash())
+	agentPath, err := buildAgent()
+	if err != nil {
+		return nil, err
+	}
+	// The agent's name holds its hash: images differ when it does.
+	dir := filepath.Join(root, "image-"+image.RecipeHash()+"-"+filepath.Base(agentPath)[len("sbuml-guest-"):])
 	unlock, err := lockFile(dir + ".lock")
 	if err != nil {
 		return nil, err
@@ -112,6 +181,7 @@ func load(t testing.TB) (*image.Image, error) {
 	img, err := image.Build(context.Background(), image.Options{
 		Dir:      dir,
 		CacheDir: filepath.Join(root, "debs"),
+		Agent:    agentPath,
 		Progress: &progress,
 	})
 	if err != nil {
@@ -134,10 +204,17 @@ func load(t testing.TB) (*image.Image, error) {
 const staleAge = 24 * time.Hour
 
 // pruneStale removes images of other recipes (directories matching
-// pattern) from the cache root that were built more than staleAge ago, so
-// that changing the recipe during development does not pile up images.
-// Errors are ignored: the cache is only an optimization.
+// pattern) from the cache root that were built more than staleAge ago,
+// and agent binaries as old, so that changing the recipe during
+// development does not pile up images. Errors are ignored: the cache is
+// only an optimization.
 func pruneStale(root, pattern, keep string) {
+	agents, _ := filepath.Glob(filepath.Join(root, "sbuml-guest-*"))
+	for _, a := range agents {
+		if fi, err := os.Stat(a); err == nil && agent != "" && a != agent && time.Since(fi.ModTime()) > staleAge {
+			os.Remove(a)
+		}
+	}
 	dirs, _ := filepath.Glob(filepath.Join(root, pattern))
 	for _, dir := range dirs {
 		fi, err := os.Stat(dir)
