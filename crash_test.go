@@ -57,6 +57,13 @@ func sbumlCommand(t testing.TB) string {
 		out, err := exec.Command(goTool, "build", "-o", binPath, "./cmd/sbuml").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build ./cmd/sbuml: %v\n%s", err, out)
+			return
+		}
+		// The images the command builds carry the agent it finds beside it.
+		agent := exec.Command(goTool, "build", "-ldflags", "-s -w", "-o", filepath.Join(binDir, "sbuml-guest"), "./cmd/sbuml-guest")
+		agent.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := agent.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/sbuml-guest: %v\n%s", err, out)
 		}
 	})
 	if buildErr != nil {

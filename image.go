@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -159,11 +160,15 @@ func (s *Scrapbook) BuildImage(ctx context.Context, name string, opts ImageOptio
 	}
 	defer os.RemoveAll(tmp)
 	dir := filepath.Join(tmp, "image")
+	agent, err := GuestAgentPath()
+	if err != nil {
+		return nil, fmt.Errorf("build image: %w", err)
+	}
 	switch opts.Recipe {
 	case "", RecipeTiny:
-		_, err = image.Build(ctx, image.Options{Dir: dir, KernelDeb: opts.KernelDeb, BusyboxDeb: opts.BusyboxDeb, DiskSize: opts.DiskSize, Progress: opts.Progress})
+		_, err = image.Build(ctx, image.Options{Dir: dir, KernelDeb: opts.KernelDeb, BusyboxDeb: opts.BusyboxDeb, DiskSize: opts.DiskSize, Agent: agent, Progress: opts.Progress})
 	case RecipeDebian:
-		err = s.buildDebian(ctx, dir, opts)
+		err = s.buildDebian(ctx, dir, agent, opts)
 	default:
 		return nil, fmt.Errorf("build image: no recipe %q (want %s or %s)", opts.Recipe, RecipeTiny, RecipeDebian)
 	}
@@ -175,14 +180,40 @@ func (s *Scrapbook) BuildImage(ctx context.Context, name string, opts ImageOptio
 
 // buildDebian builds the Debian image into dir, with the scrapbook's ssh
 // key as root's authorized key.
-func (s *Scrapbook) buildDebian(ctx context.Context, dir string, opts ImageOptions) error {
+func (s *Scrapbook) buildDebian(ctx context.Context, dir, agent string, opts ImageOptions) error {
 	_, pub, err := s.SSHKey()
 	if err != nil {
 		return fmt.Errorf("build debian image: %w", err)
 	}
 	_, err = image.BuildDebian(ctx, image.DebianOptions{Dir: dir, Mirror: opts.Mirror, AuthorizedKeys: []string{pub},
-		DiskSize: opts.DiskSize, Progress: opts.Progress})
+		DiskSize: opts.DiskSize, Agent: agent, Progress: opts.Progress})
 	return err
+}
+
+// GuestAgentEnv names the environment variable that gives the sbuml-guest
+// binary images get.
+const GuestAgentEnv = "SBUML_GUEST"
+
+// GuestAgentPath returns the sbuml-guest binary that every image sbuml
+// builds carries: $SBUML_GUEST, else sbuml-guest next to this executable
+// (make build puts both in bin/), else the one in PATH.
+func GuestAgentPath() (string, error) {
+	if p := os.Getenv(GuestAgentEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("the agent %s=%s: %w", GuestAgentEnv, p, err)
+		}
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "sbuml-guest")
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("sbuml-guest"); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("no sbuml-guest (the in-guest agent) next to this program or in PATH: 'make build' puts it in bin/ beside sbuml, or set %s", GuestAgentEnv)
 }
 
 // AddImage stores an image directory written by package image (kernel,

@@ -412,6 +412,7 @@ func (b *builder) build(ctx context.Context) (*Image, error) {
 		Cmdline:       Cmdline,
 		ReadyMarker:   ReadyMarker,
 		Net:           true,
+		Agent:         b.opts.Agent != "",
 		KernelVersion: kernel.version,
 		Modules:       names,
 		Packages:      []string{kernelPkg.String(), busyboxPkg.String()},
@@ -435,7 +436,7 @@ func (b *builder) fetch(ctx context.Context, pkg, flag string) (string, error) {
 
 // formatVersion changes whenever Build's output for the same packages
 // changes in a way RecipeHash cannot see (the Go code, not the data).
-const formatVersion = 3
+const formatVersion = 4
 
 // RecipeHash identifies how Build turns packages into an image: the
 // format version, the kernel command line, the default modules and the
