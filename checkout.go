@@ -288,7 +288,7 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 // snapshot, the machine gets the next child number of it, which is its
 // answer to that ckpt() request.
 func (s *Scrapbook) checkoutHead(ctx context.Context, id objects.ID, machine, branch string) (machineHead, error) {
-	head := machineHead{Snapshot: id, Base: id, Branch: branch}
+	head := machineHead{Snapshot: id, Branch: branch}
 	if id.IsZero() {
 		return head, nil
 	}

@@ -225,9 +225,9 @@ func (s *Scrapbook) commit(ctx context.Context, m *vmm.Machine, p *commitPlan, o
 	if err != nil {
 		return nil, err
 	}
-	head := machineHead{Snapshot: id, Base: id, Branch: p.branch, Frozen: !c.running, Child: p.head.Child, Answers: p.head.Answers}
+	head := machineHead{Snapshot: id, Branch: p.branch, Frozen: !c.running, Child: p.head.Child, Answers: p.head.Answers}
 	if opts.Auto {
-		head.Base = p.head.base()
+		head.Auto, head.Base = true, p.head.base()
 	}
 	if opts.Ckpt != 0 {
 		head = head.withAnswer(opts.Ckpt, 0)

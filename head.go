@@ -21,9 +21,11 @@ type machineHead struct {
 	// Snapshot is the machine's last snapshot, automatic or not, or the
 	// one it was checked out from: the parent of its next commit.
 	Snapshot objects.ID `json:"snapshot"`
-	// Base is the machine's last snapshot that is not automatic: the tip
-	// its branch is expected at, and the parent of automatic snapshots.
-	// Zero in heads written before automatic snapshots: then Snapshot.
+	// Auto says Snapshot is an automatic snapshot; Base is then the
+	// machine's last snapshot that is not (Zero: none), which its branch
+	// is expected at and automatic snapshots take as parent. Otherwise
+	// Snapshot is that snapshot.
+	Auto   bool       `json:"auto,omitempty"`
 	Base   objects.ID `json:"base,omitzero"`
 	Branch string     `json:"branch"`
 	// Frozen says the machine has not run since Snapshot was saved
@@ -48,10 +50,10 @@ type ckptAnswer struct {
 
 // base returns the snapshot the machine's branch should be at.
 func (h machineHead) base() objects.ID {
-	if h.Base.IsZero() {
-		return h.Snapshot
+	if h.Auto {
+		return h.Base
 	}
-	return h.Base
+	return h.Snapshot
 }
 
 // maxAnswers bounds the answers a head keeps: the guest resends only the

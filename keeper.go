@@ -193,6 +193,8 @@ type keeper struct {
 	// commitMu serializes the commits the keeper makes; ckptMu the
 	// guest's ckpt() requests.
 	commitMu, ckptMu sync.Mutex
+	// autosnapMu is held while an automatic snapshot is taken.
+	autosnapMu sync.Mutex
 
 	eventsMu sync.Mutex
 	events   *vmm.QMP // the keeper's QMP connection (events socket)

@@ -83,7 +83,7 @@ func (k *keeper) guestActivity(ctx context.Context) (*guestActivity, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &guestActivity{Forks: st.Processes, BusyTicks: st.User + st.Nice + st.System, SectorsWritten: st.SectorsWritten}, nil
+	return &guestActivity{Forks: st.Processes, UserTicks: st.User + st.Nice, SystemTicks: st.System, SectorsWritten: st.SectorsWritten}, nil
 }
 
 // Checkpoint answers a ckpt() request of the guest (agent.Handler): it
@@ -130,6 +130,7 @@ func (k *keeper) serveClients(ctx context.Context, ln net.Listener) {
 // Calls a command-line process may make to the keeper (agent.Client.Call).
 const (
 	callKeeperStatus = "keeper.status" // reply: keeperStatus
+	callAutosnapWait = "autosnap.wait" // returns once no automatic snapshot is being taken
 )
 
 // keeperStatus is the reply to callKeeperStatus.
@@ -148,6 +149,10 @@ func (k *keeper) call(ctx context.Context, name string, args json.RawMessage) (a
 		defer cancel()
 		connected := k.cfg.Agent && k.host.WaitReady(ready) == nil
 		return keeperStatus{PID: os.Getpid(), QEMU: k.qemu, Agent: connected, Name: k.name}, nil
+	case callAutosnapWait:
+		k.autosnapMu.Lock()
+		k.autosnapMu.Unlock()
+		return nil, nil
 	}
 	return nil, fmt.Errorf("the keeper has no call %q", name)
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sbuml/sbuml/agent"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/retention"
 	"github.com/sbuml/sbuml/vmm"
@@ -117,6 +118,18 @@ func (s *Scrapbook) StopAutosnap(ctx context.Context, machine string) error {
 	if err := os.Remove(filepath.Join(dir, autosnapFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("autosnap %s: %w", machine, err)
 	}
+	// An automatic snapshot the keeper has begun ends before StopAutosnap
+	// returns, and none begins after.
+	if keeperOf(dir).Running {
+		c, err := agent.Dial(ctx, filepath.Join(dir, keeperSocket))
+		if err != nil {
+			return fmt.Errorf("autosnap %s: %w", machine, err)
+		}
+		defer c.Close()
+		if err := c.Call(ctx, callAutosnapWait, nil, nil); err != nil {
+			return fmt.Errorf("autosnap %s: %w", machine, err)
+		}
+	}
 	return nil
 }
 
@@ -199,6 +212,13 @@ func (k *keeper) keepAutosnaps(ctx context.Context) {
 // the machine is not running, then expires old ones. It returns the
 // guest's activity counters to compare with next time.
 func (k *keeper) autosnapOnce(ctx context.Context, cfg *AutosnapConfig, st *AutosnapState, before *guestActivity) *guestActivity {
+	k.autosnapMu.Lock()
+	defer k.autosnapMu.Unlock()
+	// Turned off meanwhile? (StopAutosnap removes the file, then waits
+	// for this lock.)
+	if c, err := readAutosnapConfig(k.dir); err != nil || c == nil {
+		return before
+	}
 	st.Last, st.LastError, st.LastSkip = time.Now(), "", ""
 	now, aerr := k.guestActivity(ctx)
 	if why := k.skipAutosnap(ctx, cfg, before, now, aerr); why != "" {
@@ -241,6 +261,8 @@ func (k *keeper) skipAutosnap(ctx context.Context, cfg *AutosnapConfig, before, 
 	if now.idleSince(before, cfg.Every) {
 		return "guest idle"
 	}
+	log.Printf("autosnap: the guest was active: %d processes started, %d sectors written, %d ticks of user and %d of system time",
+		now.Forks-before.Forks, now.SectorsWritten-before.SectorsWritten, now.UserTicks-before.UserTicks, now.SystemTicks-before.SystemTicks)
 	return ""
 }
 
@@ -272,22 +294,25 @@ func (k *keeper) saveAutosnapState(st *AutosnapState) {
 // guestActivity is what the guest's agent counts, to tell an idle guest.
 type guestActivity struct {
 	Forks          uint64 // processes created since boot
-	BusyTicks      uint64 // user, nice and system CPU time, in clock ticks
+	UserTicks      uint64 // user and nice CPU time, in clock ticks
+	SystemTicks    uint64 // system CPU time, in clock ticks (reported, not judged)
 	SectorsWritten uint64 // to block devices
 }
 
 // idleSince reports whether the guest did nothing in the interval since
 // before: it started no process, wrote no sector to a disk, and its CPUs
-// spent at most idleBusy of the interval (plus two ticks) in user, nice
-// and system time together. Kernel timers and the agent's own answers
-// stay well below that.
+// ran programs (user and nice time) for at most idleBusy of the interval
+// plus two ticks. Kernel time is not counted: the kernel of an idle guest
+// works after every resume (a commit freezes it), and the agent's own
+// answers cost it a tick or two.
 func (a *guestActivity) idleSince(before *guestActivity, interval time.Duration) bool {
 	budget := 2 + uint64(interval.Seconds()*userHZ*idleBusy)
-	return a.Forks == before.Forks && a.SectorsWritten == before.SectorsWritten && a.BusyTicks-before.BusyTicks <= budget
+	return a.Forks == before.Forks && a.SectorsWritten == before.SectorsWritten && a.UserTicks-before.UserTicks <= budget
 }
 
 // userHZ is the unit of /proc/stat's CPU times: always 100 per second.
 const userHZ = 100
 
-// idleBusy is the share of an interval an idle guest's CPUs may be busy.
+// idleBusy is the share of an interval an idle guest's CPUs may run
+// programs.
 const idleBusy = 0.005

@@ -37,7 +37,7 @@ func autosnapCmd() *cobra.Command {
 thinkback daemon did. The machine's keeper (a background process that lives
 as long as the machine runs) takes a live commit every DURATION, skips it when
 the guest did nothing since the last one (no process started, no disk write,
-its CPUs at most 0.5% busy; --always commits anyway), and expires old
+programs ran for at most 0.5% of the interval; --always commits anyway), and expires old
 automatic snapshots by the --keep-* rules, which mean what they mean for
 restic forget. Expired snapshots are freed by the next 'sbuml gc'.
 
