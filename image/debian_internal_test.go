@@ -220,3 +220,42 @@ func TestConfigureDebian(t *testing.T) {
 		t.Errorf("configure wrote the initramfs settings (%v)", err)
 	}
 }
+
+func TestDebianRecipeHash(t *testing.T) {
+	agent := filepath.Join(t.TempDir(), "agent")
+	hash := func(o DebianOptions) string {
+		t.Helper()
+		h, err := o.RecipeHash()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	if err := os.WriteFile(agent, []byte("v1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := hash(DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}})
+	withAgent := hash(DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, Agent: agent})
+	if err := os.WriteFile(agent, []byte("v2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		opts DebianOptions
+		same bool
+	}{
+		{"default disk size spelt out", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, DiskSize: DefaultDebianDiskSize}, true},
+		{"another mirror and cache", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, Mirror: "http://m/debian", CacheDir: "/c"}, true},
+		{"another key", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 B b"}}, false},
+		{"another disk size", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, DiskSize: 1 << 30}, false},
+		{"another agent binary", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, Agent: agent}, false},
+	}
+	for _, tt := range tests {
+		if got := hash(tt.opts); (got == base) != tt.same || got == withAgent {
+			t.Errorf("%s: hash %s, base %s, same wanted %v", tt.name, got, base, tt.same)
+		}
+	}
+	if _, err := (DebianOptions{Agent: "/nonexistent"}).RecipeHash(); err == nil {
+		t.Error("RecipeHash with a missing agent binary succeeded")
+	}
+}
