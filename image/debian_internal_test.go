@@ -176,6 +176,7 @@ func TestConfigureDebian(t *testing.T) {
 		{"etc/network/interfaces", 0o644, "allow-hotplug eth0\niface eth0 inet dhcp"},
 		{"etc/ssh/sshd_config.d/sbuml.conf", 0o644, "PasswordAuthentication no"},
 		{"etc/systemd/system/sbuml-guest.service", 0o644, "ExecStart=/usr/local/bin/sbuml-guest daemon"},
+		{"etc/udev/rules.d/90-sbuml-guest.rules", 0o644, `ENV{SYSTEMD_WANTS}+="sbuml-guest.service"`},
 	}
 	for _, f := range files {
 		p := filepath.Join(root, f.name)
@@ -197,13 +198,13 @@ func TestConfigureDebian(t *testing.T) {
 	// (gone).
 	links := map[string]string{
 		"multi-user.target.wants/sbuml-ready.service": "/etc/systemd/system/sbuml-ready.service",
-		"multi-user.target.wants/sbuml-guest.service": "/etc/systemd/system/sbuml-guest.service",
 		"ssh.service.wants/sbuml-ssh-hostkey.service": "/etc/systemd/system/sbuml-ssh-hostkey.service",
 		"getty-static.service":                        "/dev/null",
 	}
 	for _, l := range debianDisable {
 		links[l] = ""
 	}
+	links["multi-user.target.wants/sbuml-guest.service"] = "" // udev starts it
 	for name, want := range links {
 		p := filepath.Join(units, name)
 		target, err := os.Readlink(p)
