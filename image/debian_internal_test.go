@@ -260,3 +260,40 @@ func TestDebianRecipeHash(t *testing.T) {
 		t.Error("RecipeHash with a missing agent binary succeeded")
 	}
 }
+
+// TestBuildDebianErrors checks the errors BuildDebian gives before it
+// starts: each is one line saying what to do.
+func TestBuildDebianErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		opts DebianOptions
+		path string // PATH for the call, if set
+		want string
+	}{
+		{"no directory", DebianOptions{}, "", "no output directory"},
+		{"disk too small", DebianOptions{Dir: "d", DiskSize: 256 << 20}, "", "at least 512 MiB"},
+		{"disk not in MiB", DebianOptions{Dir: "d", DiskSize: 1<<30 + 4096}, "", "multiple of 1 MiB"},
+		{"key of two lines", DebianOptions{Dir: "d", AuthorizedKeys: []string{"ssh-ed25519 A a\nssh-ed25519 B b"}}, "", "is not one line"},
+		{"key without type", DebianOptions{Dir: "d", AuthorizedKeys: []string{"AAAA"}}, "", "is not one line"},
+		{"missing agent", DebianOptions{Dir: "d", Agent: "/nonexistent/sbuml-guest"}, "", "agent binary /nonexistent/sbuml-guest is not a regular file"},
+		{"no debootstrap", DebianOptions{Dir: "d"}, t.TempDir(), "debootstrap not found in PATH: install the Debian package debootstrap"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if os.Geteuid() != 0 && tt.path != "" {
+				t.Skip("the root check comes first")
+			}
+			if tt.path != "" {
+				t.Setenv("PATH", tt.path)
+			}
+			tt.opts.CacheDir = t.TempDir()
+			if tt.opts.Dir != "" {
+				tt.opts.Dir = filepath.Join(t.TempDir(), tt.opts.Dir)
+			}
+			_, err := BuildDebian(t.Context(), tt.opts)
+			if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("BuildDebian: %v, want one line containing %q", err, tt.want)
+			}
+		})
+	}
+}
