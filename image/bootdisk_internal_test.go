@@ -78,3 +78,36 @@ func TestPlanBootDisk(t *testing.T) {
 		})
 	}
 }
+
+func TestMakeBootableDiskErrors(t *testing.T) {
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk")
+	if err := os.WriteFile(disk, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		img  *Image
+		path string
+		want string
+	}{
+		{"bios image", &Image{Boot: BootBIOS, Disk: disk}, "", "must boot by kernel"},
+		{"no disk", &Image{Boot: BootKernel, Kernel: disk}, "", "must boot by kernel and have a disk"},
+		{"no sfdisk", &Image{Boot: BootKernel, Kernel: disk, Disk: disk}, t.TempDir(), "sfdisk not found in PATH: install the Debian package fdisk"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.path != "" {
+				t.Setenv("PATH", tt.path)
+			}
+			out := filepath.Join(t.TempDir(), "out.raw")
+			err := MakeBootableDisk(t.Context(), tt.img, out, BootDiskOptions{})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("MakeBootableDisk: %v, want an error containing %q", err, tt.want)
+			}
+			if _, err := os.Stat(out); !os.IsNotExist(err) {
+				t.Errorf("a failed MakeBootableDisk left %s (%v)", out, err)
+			}
+		})
+	}
+}

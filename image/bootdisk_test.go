@@ -157,6 +157,7 @@ func TestBootableDiskTiny(t *testing.T) {
 // BIOS (the one Debian boot besides TestDebianBoot): the root file system
 // is partition 2, found through /etc/fstab's UUID.
 func TestBootableDiskDebian(t *testing.T) {
+	t.Parallel()
 	img := testimage.Debian(t)
 	disk := filepath.Join(t.TempDir(), "debian.raw")
 	if err := image.MakeBootableDisk(context.Background(), img, disk, image.BootDiskOptions{}); err != nil {

@@ -136,6 +136,9 @@ func (o *DebianOptions) setDefaults() error {
 // mirror is left out: every mirror serves the same packages. Caches of
 // built images should include it in their key.
 func (o DebianOptions) RecipeHash() (string, error) {
+	if o.DiskSize == 0 {
+		o.DiskSize = DefaultDebianDiskSize
+	}
 	h := sha256.New()
 	fmt.Fprintf(h, "format %d\nsuite %s\npackages %s\ncmdline %s\nmarker %s\ndisk %d\n",
 		debianFormatVersion, DebianSuite, strings.Join(DebianPackages, ","), DebianCmdline, ReadyMarker, o.DiskSize)

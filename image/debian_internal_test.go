@@ -176,6 +176,7 @@ func TestConfigureDebian(t *testing.T) {
 		{"etc/network/interfaces", 0o644, "allow-hotplug eth0\niface eth0 inet dhcp"},
 		{"etc/ssh/sshd_config.d/sbuml.conf", 0o644, "PasswordAuthentication no"},
 		{"etc/systemd/system/sbuml-guest.service", 0o644, "ExecStart=/usr/local/bin/sbuml-guest daemon"},
+		{"etc/udev/rules.d/90-sbuml-guest.rules", 0o644, `ENV{SYSTEMD_WANTS}+="sbuml-guest.service"`},
 	}
 	for _, f := range files {
 		p := filepath.Join(root, f.name)
@@ -197,13 +198,13 @@ func TestConfigureDebian(t *testing.T) {
 	// (gone).
 	links := map[string]string{
 		"multi-user.target.wants/sbuml-ready.service": "/etc/systemd/system/sbuml-ready.service",
-		"multi-user.target.wants/sbuml-guest.service": "/etc/systemd/system/sbuml-guest.service",
 		"ssh.service.wants/sbuml-ssh-hostkey.service": "/etc/systemd/system/sbuml-ssh-hostkey.service",
 		"getty-static.service":                        "/dev/null",
 	}
 	for _, l := range debianDisable {
 		links[l] = ""
 	}
+	links["multi-user.target.wants/sbuml-guest.service"] = "" // udev starts it
 	for name, want := range links {
 		p := filepath.Join(units, name)
 		target, err := os.Readlink(p)
@@ -218,5 +219,81 @@ func TestConfigureDebian(t *testing.T) {
 	// The initramfs settings are written before the packages, not here.
 	if _, err := os.Stat(filepath.Join(root, "etc/initramfs-tools/conf.d/sbuml")); !os.IsNotExist(err) {
 		t.Errorf("configure wrote the initramfs settings (%v)", err)
+	}
+}
+
+func TestDebianRecipeHash(t *testing.T) {
+	agent := filepath.Join(t.TempDir(), "agent")
+	hash := func(o DebianOptions) string {
+		t.Helper()
+		h, err := o.RecipeHash()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	if err := os.WriteFile(agent, []byte("v1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := hash(DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}})
+	withAgent := hash(DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, Agent: agent})
+	if err := os.WriteFile(agent, []byte("v2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		opts DebianOptions
+		same bool
+	}{
+		{"default disk size spelt out", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, DiskSize: DefaultDebianDiskSize}, true},
+		{"another mirror and cache", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, Mirror: "http://m/debian", CacheDir: "/c"}, true},
+		{"another key", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 B b"}}, false},
+		{"another disk size", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, DiskSize: 1 << 30}, false},
+		{"another agent binary", DebianOptions{AuthorizedKeys: []string{"ssh-ed25519 A a"}, Agent: agent}, false},
+	}
+	for _, tt := range tests {
+		if got := hash(tt.opts); (got == base) != tt.same || got == withAgent {
+			t.Errorf("%s: hash %s, base %s, same wanted %v", tt.name, got, base, tt.same)
+		}
+	}
+	if _, err := (DebianOptions{Agent: "/nonexistent"}).RecipeHash(); err == nil {
+		t.Error("RecipeHash with a missing agent binary succeeded")
+	}
+}
+
+// TestBuildDebianErrors checks the errors BuildDebian gives before it
+// starts: each is one line saying what to do.
+func TestBuildDebianErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		opts DebianOptions
+		path string // PATH for the call, if set
+		want string
+	}{
+		{"no directory", DebianOptions{}, "", "no output directory"},
+		{"disk too small", DebianOptions{Dir: "d", DiskSize: 256 << 20}, "", "at least 512 MiB"},
+		{"disk not in MiB", DebianOptions{Dir: "d", DiskSize: 1<<30 + 4096}, "", "multiple of 1 MiB"},
+		{"key of two lines", DebianOptions{Dir: "d", AuthorizedKeys: []string{"ssh-ed25519 A a\nssh-ed25519 B b"}}, "", "is not one line"},
+		{"key without type", DebianOptions{Dir: "d", AuthorizedKeys: []string{"AAAA"}}, "", "is not one line"},
+		{"missing agent", DebianOptions{Dir: "d", Agent: "/nonexistent/sbuml-guest"}, "", "agent binary /nonexistent/sbuml-guest is not a regular file"},
+		{"no debootstrap", DebianOptions{Dir: "d"}, t.TempDir(), "debootstrap not found in PATH: install the Debian package debootstrap"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if os.Geteuid() != 0 && tt.path != "" {
+				t.Skip("the root check comes first")
+			}
+			if tt.path != "" {
+				t.Setenv("PATH", tt.path)
+			}
+			tt.opts.CacheDir = t.TempDir()
+			if tt.opts.Dir != "" {
+				tt.opts.Dir = filepath.Join(t.TempDir(), tt.opts.Dir)
+			}
+			_, err := BuildDebian(t.Context(), tt.opts)
+			if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("BuildDebian: %v, want one line containing %q", err, tt.want)
+			}
+		})
 	}
 }

@@ -22,8 +22,7 @@ var (
 		"multi-user.target.wants/sbuml-ready.service",
 		"ssh.service.wants/sbuml-ssh-hostkey.service",
 	}
-	debianAgentEnable = []string{"multi-user.target.wants/sbuml-guest.service"}
-	debianDisable     = []string{
+	debianDisable = []string{
 		"timers.target.wants/apt-daily.timer",
 		"timers.target.wants/apt-daily-upgrade.timer",
 		"timers.target.wants/dpkg-db-backup.timer",
@@ -65,17 +64,16 @@ func (b *debianBuilder) configure() error {
 	if err := os.Chmod(filepath.Join(b.root, "root/.ssh"), 0o700); err != nil {
 		return err
 	}
-	enable := debianEnable
 	if b.opts.Agent != "" {
 		if err := b.installAgent(); err != nil {
 			return err
 		}
-		enable = append(slices.Clone(enable), debianAgentEnable...)
 	}
-	return setUnits(filepath.Join(b.root, "etc/systemd/system"), enable, debianDisable, debianMask)
+	return setUnits(filepath.Join(b.root, "etc/systemd/system"), debianEnable, debianDisable, debianMask)
 }
 
-// installAgent copies the agent binary and its unit into the system.
+// installAgent copies the agent binary, its unit and the udev rule that
+// starts it into the system.
 func (b *debianBuilder) installAgent() error {
 	data, err := os.ReadFile(b.opts.Agent)
 	if err != nil {

@@ -96,6 +96,7 @@ func sshRun(t *testing.T, port int, args ...string) (string, error) {
 // DHCP on eth0, the host reachable from the guest, ssh by key only, and a
 // clean file system after poweroff.
 func TestDebianBoot(t *testing.T) {
+	t.Parallel()
 	img := testimage.Debian(t)
 	if !img.Net || !img.SSH || img.Agent || img.Boot != image.BootKernel {
 		t.Errorf("Debian image flags: boot %q, net %v, ssh %v, agent %v", img.Boot, img.Net, img.SSH, img.Agent)
