@@ -378,12 +378,26 @@ func (s *Scrapbook) restore(ctx context.Context, src machineSource, dir string, 
 		return nil, err
 	}
 
-	img := &image.Image{Kernel: filepath.Join(dir, machineKernel), Initrd: filepath.Join(dir, machineInitrd),
-		Cmdline: cfg.Cmdline, ReadyMarker: image.ReadyMarker}
-	if len(cfg.Disks) > 0 {
-		img.Disk = filepath.Join(dir, cfg.Disks[0])
+	// The accelerator probe boots the machine's own kernel; a machine
+	// that boots by BIOS has none, and is probed with the default image.
+	img := &image.Image{}
+	if cfg.Kernel != "" {
+		img = &image.Image{Kernel: filepath.Join(dir, machineKernel), Cmdline: cfg.Cmdline, ReadyMarker: image.ReadyMarker}
+		if cfg.Initrd != "" {
+			img.Initrd = filepath.Join(dir, machineInitrd)
+		}
+		if len(cfg.Disks) > 0 {
+			img.Disk = filepath.Join(dir, cfg.Disks[0])
+		}
 	}
-	if cfg.Accel, err = chooseAccel(ctx, opts.Accel, img, opts.Progress); err != nil {
+	probe, err := s.probeImage(ctx, opts.Accel, img, opts.Progress)
+	if err == nil {
+		cfg.Accel, err = chooseAccel(ctx, opts.Accel, probe, opts.Progress)
+	}
+	if err != nil {
+		if !opts.RAMInDir {
+			os.RemoveAll(filepath.Dir(ramPath))
+		}
 		return nil, err
 	}
 	cfg.Created = time.Time{}
