@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
 	"github.com/sbuml/sbuml/stream"
+	"github.com/sbuml/sbuml/transport"
 )
 
 // Child numbers (seed 003's ckpt()): the machines checked out of a
@@ -24,8 +26,11 @@ import (
 // pull like a branch, so a scrapbook that receives the snapshot goes on
 // numbering after the sender (see docs/agent.md for the rules).
 
+// childrenPrefix starts the names of child claim refs.
+const childrenPrefix = "refs/children/"
+
 // childrenRef is the ref naming the newest child claim of snapshot id.
-func childrenRef(id objects.ID) string { return "refs/children/" + id.String() }
+func childrenRef(id objects.ID) string { return childrenPrefix + id.String() }
 
 // lastChild returns the newest claim of snapshot id's children and its
 // number (Zero and 0 if none).
@@ -93,4 +98,96 @@ func ckptRequestOf(sn *objects.Snapshot) uint64 {
 		return 0
 	}
 	return v
+}
+
+// childClaimUpdates returns the updates that carry, with a push of the
+// snapshots in pushed, the child numbering of those of their ancestors
+// that a ckpt() took: refs/children/S for every S reachable from pushed
+// that has one here. The remote takes them like branches, as
+// fast-forwards only, so the scrapbook receiving S goes on numbering its
+// children after this one.
+func (s *Scrapbook) childClaimUpdates(ctx context.Context, pushed []objects.ID) ([]transport.RefUpdate, error) {
+	claims, err := s.Refs.List(childrenPrefix)
+	if err != nil || len(claims) == 0 {
+		return nil, err
+	}
+	_, reach, err := s.history(ctx, pushed)
+	if err != nil {
+		return nil, err
+	}
+	var ups []transport.RefUpdate
+	for _, c := range claims {
+		snap, err := objects.ParseID(strings.TrimPrefix(c.Name, childrenPrefix))
+		if err != nil {
+			continue
+		}
+		if _, ok := reach[snap]; ok {
+			ups = append(ups, transport.RefUpdate{Name: c.Name, New: c.ID})
+		}
+	}
+	return ups, nil
+}
+
+// pullChildClaims fetches, from a remote's ref list, the child numbering
+// of the snapshots this scrapbook has, and moves the local
+// refs/children/S refs forward to it; a numbering that diverged from the
+// local one (both scrapbooks numbered children of S apart) is left alone
+// and reported.
+func (s *Scrapbook) pullChildClaims(ctx context.Context, r transport.Remote, list *transport.RefList, opts TransferOptions) ([]RefChange, error) {
+	var want []transport.Ref
+	for _, ref := range list.Refs {
+		snap, err := objects.ParseID(strings.TrimPrefix(ref.Name, childrenPrefix))
+		if err != nil || !strings.HasPrefix(ref.Name, childrenPrefix) {
+			continue
+		}
+		if ok, err := s.Objects.Has(ctx, snap); err != nil {
+			return nil, err
+		} else if ok {
+			want = append(want, ref)
+		}
+	}
+	if len(want) == 0 {
+		return nil, nil
+	}
+	ids := make([]objects.ID, len(want))
+	for i, ref := range want {
+		ids[i] = ref.ID
+	}
+	if _, err := transport.Fetch(ctx, s.Objects, r, ids, opts.transport()); err != nil {
+		return nil, err
+	}
+	var changes []RefChange
+	for _, ref := range want {
+		c := RefChange{Remote: ref.Name, Name: ref.Name, New: ref.ID}
+		old, err := s.tip(ref.Name)
+		if err != nil {
+			return changes, err
+		}
+		c.Old = old
+		switch {
+		case old == ref.ID:
+			c.Status = "up to date"
+		case old.IsZero() || s.isAncestor(ctx, old, ref.ID):
+			if err := s.Refs.Update(ref.Name, old, ref.ID, "pull "+r.URL()); err != nil {
+				return changes, err
+			}
+			c.Status = "updated"
+		case s.isAncestor(ctx, ref.ID, old):
+			c.Status = "left alone: the local numbering is ahead"
+		default:
+			c.Status = "left alone: the numbering of this snapshot's children diverged (both scrapbooks checked it out since they last exchanged it)"
+		}
+		changes = append(changes, c)
+	}
+	return changes, nil
+}
+
+// isAncestor reports whether snapshot anc is desc or reachable from it.
+func (s *Scrapbook) isAncestor(ctx context.Context, anc, desc objects.ID) bool {
+	_, reach, err := s.history(ctx, []objects.ID{desc})
+	if err != nil {
+		return false
+	}
+	_, ok := reach[anc]
+	return ok
 }

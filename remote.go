@@ -294,6 +294,15 @@ func (s *Scrapbook) Push(ctx context.Context, remote string, names []string, opt
 		}
 		updates = append(updates, transport.RefUpdate{Name: full, New: id, Force: opts.Force})
 	}
+	pushed := make([]objects.ID, len(updates))
+	for i, u := range updates {
+		pushed[i] = u.New
+	}
+	claims, err := s.childClaimUpdates(ctx, pushed)
+	if err != nil {
+		return nil, fmt.Errorf("push: %w", err)
+	}
+	updates = append(updates, claims...)
 	r, name, err := s.openRemote(ctx, remote, opts)
 	if err != nil {
 		return nil, fmt.Errorf("push: %w", err)
@@ -454,6 +463,11 @@ func (s *Scrapbook) pull(ctx context.Context, r transport.Remote, name string, n
 			}
 		}
 		res.Refs = append(res.Refs, c)
+	}
+	claims, err := s.pullChildClaims(ctx, r, list, opts)
+	res.Refs = append(res.Refs, claims...)
+	if err != nil {
+		return res, list, fmt.Errorf("pull: child numbering: %w", err)
 	}
 	return res, list, nil
 }

@@ -18,11 +18,14 @@ import (
 
 // SSHCommand returns the ssh command line that logs into a running
 // machine as root through the host port forwarded to its port 22, with
-// the scrapbook's own key (see SSHKey), followed by cmd if given. The
-// guest's host key is read through its agent and pinned, so there is no
-// prompt and no entry in ~/.ssh/known_hosts; a machine without an agent
-// is reached without checking its host key, as Vagrant does for the
-// machines it makes (the connection goes to this host's loopback only).
+// the scrapbook's own key (see SSHKey), followed by cmd if given. Through
+// the guest's agent, the key is added to root's authorized keys (a
+// machine may come from an image another scrapbook built) and the
+// guest's host keys are read and pinned, so there is no prompt and no
+// entry in ~/.ssh/known_hosts. A machine without an agent must have the
+// key already, and is reached without checking its host key, as Vagrant
+// does for the machines it makes (the connection goes to this host's
+// loopback only).
 func (s *Scrapbook) SSHCommand(ctx context.Context, machine string, cmd []string) ([]string, error) {
 	argv, err := s.sshCommand(ctx, machine, cmd)
 	if err != nil {
@@ -48,14 +51,14 @@ func (s *Scrapbook) sshCommand(ctx context.Context, machine string, cmd []string
 	if err != nil {
 		return nil, err
 	}
-	key, _, err := s.SSHKey()
+	key, pub, err := s.SSHKey()
 	if err != nil {
 		return nil, err
 	}
 	argv := []string{sshPath, "-i", key, "-p", strconv.Itoa(port),
 		"-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
 		"-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15"}
-	if known, err := s.pinHostKey(ctx, machine, dir, host, port); err == nil {
+	if known, err := s.prepareGuestSSH(ctx, machine, dir, pub, host, port); err == nil {
 		argv = append(argv, "-o", "UserKnownHostsFile="+known, "-o", "StrictHostKeyChecking=yes")
 	} else {
 		argv = append(argv, "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no")
@@ -82,16 +85,23 @@ func sshForward(cfg *vmm.Config) (string, int, error) {
 	return "", 0, fmt.Errorf("no host port is forwarded to the machine's port 22: boot or check it out with --forward 0:22")
 }
 
-// pinHostKey reads the guest's ssh host keys through its agent and
-// writes a known_hosts file for [host]:port in the machine directory.
-func (s *Scrapbook) pinHostKey(ctx context.Context, machine, dir, host string, port int) (string, error) {
+// sshKnownHosts, in a machine directory, pins the guest's ssh host keys.
+const sshKnownHosts = "ssh_known_hosts"
+
+// prepareGuestSSH adds the scrapbook's public key to root's authorized
+// keys in the guest, through its agent, reads the guest's ssh host keys,
+// and writes a known_hosts file for [host]:port in the machine directory.
+func (s *Scrapbook) prepareGuestSSH(ctx context.Context, machine, dir, pub, host string, port int) (string, error) {
 	g, err := s.Guest(ctx, machine)
 	if err != nil {
 		return "", err
 	}
 	defer g.Close()
+	const script = `umask 077; mkdir -p /root/.ssh
+grep -qxF "$1" /root/.ssh/authorized_keys 2>/dev/null || echo "$1" >> /root/.ssh/authorized_keys
+cat /etc/ssh/ssh_host_*_key.pub`
 	var out bytes.Buffer
-	code, err := agent.Run(ctx, g, agent.ExecRequest{Argv: []string{"sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"}}, nil, &out, io.Discard)
+	code, err := agent.Run(ctx, g, agent.ExecRequest{Argv: []string{"sh", "-c", script, "sh", strings.TrimSpace(pub)}}, nil, &out, io.Discard)
 	if err != nil || code != 0 {
 		return "", fmt.Errorf("no host keys read")
 	}
@@ -104,6 +114,6 @@ func (s *Scrapbook) pinHostKey(ctx context.Context, machine, dir, host string, p
 	if len(lines) == 0 {
 		return "", fmt.Errorf("no host keys read")
 	}
-	known := filepath.Join(dir, "ssh_known_hosts")
+	known := filepath.Join(dir, sshKnownHosts)
 	return known, os.WriteFile(known, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
 }

@@ -20,9 +20,10 @@ var (
 	debianShared *image.Image // built or loaded Debian image, once known
 )
 
-// Debian returns the Debian test image (image.BuildDebian) with Disk
-// replaced by a private sparse copy in t.TempDir(). root may log in to
-// it by ssh with the key DebianKey returns.
+// Debian returns the Debian test image (image.BuildDebian, with the
+// agent GuestAgent builds) with Disk replaced by a private sparse copy in
+// t.TempDir(). root may log in to it by ssh with the key DebianKey
+// returns.
 //
 // The image is built once per machine and recipe into
 // $SBUML_TEST_CACHE/debian-<recipe>, under a file lock like Get's; the
@@ -68,7 +69,13 @@ func loadDebian(t testing.TB) (*image.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := image.DebianOptions{CacheDir: filepath.Join(root, "debootstrap"), AuthorizedKeys: []string{pub}}
+	mu.Lock()
+	agent, err := buildAgent()
+	mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	opts := image.DebianOptions{CacheDir: filepath.Join(root, "debootstrap"), AuthorizedKeys: []string{pub}, Agent: agent}
 	recipe, err := opts.RecipeHash()
 	if err != nil {
 		return nil, err
