@@ -82,6 +82,7 @@ type ExecRequest struct {
 // anything happened there between two readings.
 type Stats struct {
 	Version string        `json:"version"` // agent version
+	Time    time.Time     `json:"time"`    // the guest's CLOCK_REALTIME when read
 	Uptime  time.Duration `json:"uptime"`  // since the guest booted (guest clock)
 	// Processes is the number of forks since boot (/proc/stat).
 	Processes uint64 `json:"processes"`
