@@ -118,6 +118,7 @@ type RemoteError struct {
 	Msg string // the peer's error message
 }
 
+// Error returns the peer's message.
 func (e *RemoteError) Error() string { return e.Msg }
 
 // Call sends a request and waits for the reply, which it decodes into
