@@ -36,7 +36,7 @@ func TestGuest(t *testing.T) {
 		Cmdline: img.Cmdline, Disks: []string{img.Disk}, Agent: true}
 	m := boot(t, ctx, "original", cfg)
 	parent := &answerer{answer: 0, ids: make(chan uint64, 4), release: make(chan struct{})}
-	h := connectHost(t, ctx, m, parent, log)
+	h, _ := connectHost(t, ctx, m, parent, log)
 	start := time.Now()
 	if err := h.WaitReady(ctx); err != nil {
 		t.Fatal(err)
@@ -50,7 +50,8 @@ func TestGuest(t *testing.T) {
 	copyBothWays(t, ctx, h)
 	checkClock(t, ctx, h)
 	checkStats(t, ctx, h)
-	snapshotWithPendingCkpt(t, ctx, m, h, parent, log)
+	m2, disconnect := snapshotWithPendingCkpt(t, ctx, m, h, parent, log)
+	keeperRestart(t, ctx, m2, disconnect, log)
 }
 
 func boot(t *testing.T, ctx context.Context, name string, cfg vmm.Config) *vmm.Machine {
@@ -69,25 +70,26 @@ func boot(t *testing.T, ctx context.Context, name string, cfg vmm.Config) *vmm.M
 }
 
 // connectHost connects a Host to the machine's agent socket, as a keeper
-// does, and serves it until the test ends.
-func connectHost(t *testing.T, ctx context.Context, m *vmm.Machine, handler agent.Handler, log *syncLog) *agent.Host {
+// does, and serves it until the test ends or disconnect is called.
+func connectHost(t *testing.T, ctx context.Context, m *vmm.Machine, handler agent.Handler, log *syncLog) (h *agent.Host, disconnect func()) {
 	t.Helper()
 	conn, err := vmm.DialAgent(ctx, m.Dir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := agent.NewHost(handler, log.logf)
+	h = agent.NewHost(handler, log.logf)
 	sctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		h.Serve(sctx, conn)
 		close(done)
 	}()
-	t.Cleanup(func() {
+	disconnect = func() {
 		stop()
 		<-done
-	})
-	return h
+	}
+	t.Cleanup(disconnect)
+	return h, disconnect
 }
 
 // guestRun runs a shell command in the guest.
@@ -206,7 +208,8 @@ func (a *answerer) Checkpoint(ctx context.Context, id uint64, msg string) (int, 
 // and checkout do. The original gets 0, the restored machine's host gets
 // the request again with the same id and answers 7, and the exec session
 // of the original is dead in the restored machine.
-func snapshotWithPendingCkpt(t *testing.T, ctx context.Context, m *vmm.Machine, h *agent.Host, parent *answerer, log *syncLog) {
+// It returns the restored machine and what disconnects its host.
+func snapshotWithPendingCkpt(t *testing.T, ctx context.Context, m *vmm.Machine, h *agent.Host, parent *answerer, log *syncLog) (*vmm.Machine, func()) {
 	prog, parentLine, childLine := ckptProgram(t, ctx, h)
 	guestRun(t, ctx, h, "("+prog+") >/dev/null 2>&1 &")
 	sleeper, err := h.Exec(ctx, agent.ExecRequest{Argv: []string{"sleep", "1000"}})
@@ -256,7 +259,7 @@ func snapshotWithPendingCkpt(t *testing.T, ctx context.Context, m *vmm.Machine, 
 	m2 := boot(t, ctx, "restored", cfg)
 	child := &answerer{answer: 7, ids: make(chan uint64, 4), release: make(chan struct{})}
 	close(child.release)
-	h2 := connectHost(t, ctx, m2, child, log)
+	h2, disconnect := connectHost(t, ctx, m2, child, log)
 	if err := m2.LoadDeviceState(ctx, &state); err != nil {
 		t.Fatal(err)
 	}
@@ -282,6 +285,29 @@ func snapshotWithPendingCkpt(t *testing.T, ctx context.Context, m *vmm.Machine, 
 	// The original knows nothing of it: its session lives on.
 	if _, out, _ := guestRun(t, ctx, h, "ps -o args | grep '^sleep 1000'"); !strings.HasPrefix(out, "sleep 1000") {
 		t.Errorf("the original's exec is gone: %q", out)
+	}
+	return m2, disconnect
+}
+
+// keeperRestart: the host goes away while a checkpoint is pending, and
+// another connects later. The guest reads end of file on its port,
+// polls for a host, and sends the request again to the new one.
+func keeperRestart(t *testing.T, ctx context.Context, m *vmm.Machine, disconnect func(), log *syncLog) {
+	disconnect()
+	gone := &answerer{ids: make(chan uint64, 4), release: make(chan struct{})} // never answers
+	h, disconnectGone := connectHost(t, ctx, m, gone, log)
+	guestRun(t, ctx, h, "(sbuml-guest ckpt -m again >/mnt/again.out) >/dev/null 2>&1 &")
+	id := <-gone.ids
+	disconnectGone()
+	time.Sleep(500 * time.Millisecond) // the guest notices nobody is there
+	next := &answerer{answer: 9, ids: make(chan uint64, 4), release: make(chan struct{})}
+	close(next.release)
+	h2, _ := connectHost(t, ctx, m, next, log)
+	if id2 := <-next.ids; id2 != id {
+		t.Errorf("after a keeper restart the guest asked for %x, want the pending %x", id2, id)
+	}
+	if got := waitOutput(t, ctx, h2, "/mnt/again.out"); got != "9\n" {
+		t.Errorf("sbuml-guest ckpt across a keeper restart printed %q, want 9", got)
 	}
 }
 
