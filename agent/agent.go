@@ -130,12 +130,13 @@ func (s *Session) Close() error {
 // the connection ended).
 func (s *Session) Wait() (int, error) {
 	<-s.s.Done()
-	if err := s.s.Err(); err != nil {
-		return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(s.argv), err)
+	err := s.s.Err()
+	var st proto.ExitStatus
+	if err == nil {
+		st, err = decodeStatus(s.s)
 	}
-	st, err := decodeStatus(s.s)
 	if err != nil {
-		return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(s.argv), err)
+		return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(s.argv), hint(err))
 	}
 	return st.Code, nil
 }
@@ -191,6 +192,15 @@ func Run(ctx context.Context, a Agent, req ExecRequest, stdin io.Reader, stdout,
 		return -1, fmt.Errorf("exec %s in the guest: copy output: %w", quoteArgv(req.Argv), err)
 	}
 	return code, nil
+}
+
+// hint tells what to do after an operation the end of the agent
+// connection interrupted.
+func hint(err error) error {
+	if errors.Is(err, ErrConnLost) {
+		return fmt.Errorf("%w; it did not finish, run it again", err)
+	}
+	return err
 }
 
 // decodeStatus returns the exit status of a session that ended normally;
@@ -256,7 +266,7 @@ func (o opener) CopyIn(ctx context.Context, dir string, r io.Reader) error {
 		return fmt.Errorf("copy into %s in the guest: %w", dir, werr)
 	}
 	if err := endOf(ctx, s); err != nil {
-		return fmt.Errorf("copy into %s in the guest: %w", dir, err)
+		return fmt.Errorf("copy into %s in the guest: %w", dir, hint(err))
 	}
 	return nil
 }
@@ -280,7 +290,7 @@ func (o opener) CopyOut(ctx context.Context, path string, w io.Writer) error {
 		return fmt.Errorf("copy %s out of the guest: %w", path, err)
 	}
 	if err := endOf(ctx, s); err != nil {
-		return fmt.Errorf("copy %s out of the guest: %w", path, err)
+		return fmt.Errorf("copy %s out of the guest: %w", path, hint(err))
 	}
 	return nil
 }

@@ -189,9 +189,10 @@ func TestSessionsDieWithTheConnection(t *testing.T) {
 	pid := waitPID(t, pidFile)
 	l.drop()
 	_, err = s.Wait()
-	if !errors.Is(err, agent.ErrConnLost) || !strings.Contains(err.Error(), `exec "sh" "-c"`) {
+	if !errors.Is(err, agent.ErrConnLost) || !strings.Contains(err.Error(), `exec "sh" "-c"`) || !strings.HasSuffix(err.Error(), "run it again") {
 		t.Errorf("Wait across a dropped connection: %v", err)
 	}
+	t.Log(err)
 	waitGone(t, pid)
 
 	connect(t, host, d)
