@@ -141,6 +141,7 @@ func (s *Session) Wait() (int, error) {
 	return st.Code, nil
 }
 
+// quoteArgv shows a command line in an error, shortened.
 func quoteArgv(argv []string) string {
 	q := make([]string, len(argv))
 	for i, a := range argv {
@@ -172,26 +173,48 @@ func Run(ctx context.Context, a Agent, req ExecRequest, stdin io.Reader, stdout,
 	} else {
 		s.Stdin.Close()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(stderr, s.Stderr)
-		errc <- err
-	}()
-	_, err = io.Copy(stdout, s.Stdout)
-	if e := <-errc; err == nil {
-		err = e
-	}
-	code, werr := s.Wait()
-	if werr != nil {
-		if ctx.Err() != nil {
-			return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(req.Argv), context.Cause(ctx))
+	// A writer that fails stops its copy: close the session, or the
+	// process would wait for a reader forever. The session's own failure,
+	// if it is what ended a copy, is Wait's to report.
+	errs := make(chan error, 2)
+	copyOut := func(w io.Writer, r io.Reader) {
+		ew := &errWriter{w: w}
+		io.Copy(ew, r)
+		if ew.err != nil {
+			s.Close()
 		}
-		return -1, werr
+		errs <- ew.err
 	}
-	if err != nil {
-		return -1, fmt.Errorf("exec %s in the guest: copy output: %w", quoteArgv(req.Argv), err)
+	go copyOut(stderr, s.Stderr)
+	copyOut(stdout, s.Stdout)
+	outErr := <-errs
+	if e := <-errs; outErr == nil {
+		outErr = e
+	}
+	code, err := s.Wait()
+	switch {
+	case outErr != nil:
+		return -1, fmt.Errorf("exec %s in the guest: copy its output: %w", quoteArgv(req.Argv), outErr)
+	case err != nil && ctx.Err() != nil:
+		return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(req.Argv), context.Cause(ctx))
+	case err != nil:
+		return -1, err
 	}
 	return code, nil
+}
+
+// errWriter remembers why its writer failed.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	n, err := e.w.Write(p)
+	if err != nil {
+		e.err = err
+	}
+	return n, err
 }
 
 // hint tells what to do after an operation the end of the agent
