@@ -47,6 +47,11 @@ func TestGuest(t *testing.T) {
 	if code != 3 || out != "out\n" || errs != "err\n" {
 		t.Errorf("exec: %d %q %q", code, out, errs)
 	}
+	var tty bytes.Buffer
+	code, err := agent.Run(ctx, h, agent.ExecRequest{Argv: []string{"sh", "-c", "tty; stty size; echo err >&2"}, TTY: true, Rows: 33, Cols: 99}, nil, &tty, io.Discard)
+	if code != 0 || err != nil || !strings.Contains(tty.String(), "/dev/pts/") || !strings.Contains(tty.String(), "33 99") || !strings.Contains(tty.String(), "err") {
+		t.Errorf("exec on a terminal: %d %v %q", code, err, tty.String())
+	}
 	copyBothWays(t, ctx, h)
 	checkClock(t, ctx, h)
 	checkStats(t, ctx, h)
