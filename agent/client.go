@@ -112,6 +112,9 @@ func (k *keeperConn) onOpen(client *mux.Session) {
 }
 
 func (k *keeperConn) onCtl(client *mux.Session, op string, args json.RawMessage) {
+	if op != proto.CtlResize && op != proto.CtlSignal {
+		return
+	}
 	k.mu.Lock()
 	b := k.bridges[client]
 	k.mu.Unlock()

@@ -227,5 +227,13 @@ func (d *Daemon) onCtl(s *mux.Session, op string, args json.RawMessage) {
 
 // fail ends a session with an error message for the host.
 func fail(s *mux.Session, format string, args ...any) {
-	s.Exit(proto.ExitStatus{Code: -1, Error: fmt.Sprintf(format, args...)})
+	s.Exit(proto.ExitStatus{Code: -1, Error: shorten(fmt.Sprintf(format, args...))})
+}
+
+// shorten keeps an error message well within a frame.
+func shorten(msg string) string {
+	if len(msg) > 4<<10 {
+		return msg[:4<<10] + "..."
+	}
+	return msg
 }

@@ -106,7 +106,7 @@ func (d *Daemon) runExec(s *mux.Session, e *execState) {
 	}
 	p, err := startProcess(req)
 	if err != nil {
-		s.Exit(proto.ExitStatus{Code: 127, Error: err.Error()})
+		s.Exit(proto.ExitStatus{Code: 127, Error: shorten(err.Error())})
 		return
 	}
 	pty, _ := p.stdin.(*os.File)
