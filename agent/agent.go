@@ -82,6 +82,7 @@ type ExecRequest struct {
 // anything happened there between two readings.
 type Stats struct {
 	Version string        `json:"version"` // agent version
+	Time    time.Time     `json:"time"`    // the guest's CLOCK_REALTIME when read
 	Uptime  time.Duration `json:"uptime"`  // since the guest booted (guest clock)
 	// Processes is the number of forks since boot (/proc/stat).
 	Processes uint64 `json:"processes"`
@@ -129,16 +130,18 @@ func (s *Session) Close() error {
 // the connection ended).
 func (s *Session) Wait() (int, error) {
 	<-s.s.Done()
-	if err := s.s.Err(); err != nil {
-		return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(s.argv), err)
+	err := s.s.Err()
+	var st proto.ExitStatus
+	if err == nil {
+		st, err = decodeStatus(s.s)
 	}
-	st, err := decodeStatus(s.s)
 	if err != nil {
-		return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(s.argv), err)
+		return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(s.argv), hint(err))
 	}
 	return st.Code, nil
 }
 
+// quoteArgv shows a command line in an error, shortened.
 func quoteArgv(argv []string) string {
 	q := make([]string, len(argv))
 	for i, a := range argv {
@@ -170,26 +173,57 @@ func Run(ctx context.Context, a Agent, req ExecRequest, stdin io.Reader, stdout,
 	} else {
 		s.Stdin.Close()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(stderr, s.Stderr)
-		errc <- err
-	}()
-	_, err = io.Copy(stdout, s.Stdout)
-	if e := <-errc; err == nil {
-		err = e
-	}
-	code, werr := s.Wait()
-	if werr != nil {
-		if ctx.Err() != nil {
-			return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(req.Argv), context.Cause(ctx))
+	// A writer that fails stops its copy: close the session, or the
+	// process would wait for a reader forever. The session's own failure,
+	// if it is what ended a copy, is Wait's to report.
+	errs := make(chan error, 2)
+	copyOut := func(w io.Writer, r io.Reader) {
+		ew := &errWriter{w: w}
+		io.Copy(ew, r)
+		if ew.err != nil {
+			s.Close()
 		}
-		return -1, werr
+		errs <- ew.err
 	}
-	if err != nil {
-		return -1, fmt.Errorf("exec %s in the guest: copy output: %w", quoteArgv(req.Argv), err)
+	go copyOut(stderr, s.Stderr)
+	copyOut(stdout, s.Stdout)
+	outErr := <-errs
+	if e := <-errs; outErr == nil {
+		outErr = e
+	}
+	code, err := s.Wait()
+	switch {
+	case outErr != nil:
+		return -1, fmt.Errorf("exec %s in the guest: copy its output: %w", quoteArgv(req.Argv), outErr)
+	case err != nil && ctx.Err() != nil:
+		return -1, fmt.Errorf("exec %s in the guest: %w", quoteArgv(req.Argv), context.Cause(ctx))
+	case err != nil:
+		return -1, err
 	}
 	return code, nil
+}
+
+// errWriter remembers why its writer failed.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	n, err := e.w.Write(p)
+	if err != nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// hint tells what to do after an operation the end of the agent
+// connection interrupted.
+func hint(err error) error {
+	if errors.Is(err, ErrConnLost) {
+		return fmt.Errorf("%w; it did not finish, run it again", err)
+	}
+	return err
 }
 
 // decodeStatus returns the exit status of a session that ended normally;
@@ -255,7 +289,7 @@ func (o opener) CopyIn(ctx context.Context, dir string, r io.Reader) error {
 		return fmt.Errorf("copy into %s in the guest: %w", dir, werr)
 	}
 	if err := endOf(ctx, s); err != nil {
-		return fmt.Errorf("copy into %s in the guest: %w", dir, err)
+		return fmt.Errorf("copy into %s in the guest: %w", dir, hint(err))
 	}
 	return nil
 }
@@ -279,7 +313,7 @@ func (o opener) CopyOut(ctx context.Context, path string, w io.Writer) error {
 		return fmt.Errorf("copy %s out of the guest: %w", path, err)
 	}
 	if err := endOf(ctx, s); err != nil {
-		return fmt.Errorf("copy %s out of the guest: %w", path, err)
+		return fmt.Errorf("copy %s out of the guest: %w", path, hint(err))
 	}
 	return nil
 }

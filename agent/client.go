@@ -61,18 +61,16 @@ type keeperConn struct {
 	bridges map[*mux.Session]*bridge // by client session
 }
 
+// onRequest relays the guest's calls as they are (the client adds its
+// own context to errors) and answers keeper calls.
 func (k *keeperConn) onRequest(ctx context.Context, _ *mux.Conn, op string, args json.RawMessage) (any, error) {
 	switch op {
-	case proto.OpPing:
-		return k.host.Ping(ctx)
-	case proto.OpStats:
-		return k.host.Stats(ctx)
-	case proto.OpSetTime:
-		var a proto.SetTimeArgs
-		if err := json.Unmarshal(args, &a); err != nil {
+	case proto.OpPing, proto.OpStats, proto.OpSetTime:
+		var result json.RawMessage
+		if err := k.host.call(ctx, op, args, &result); err != nil {
 			return nil, err
 		}
-		return nil, k.host.call(ctx, proto.OpSetTime, a, nil)
+		return result, nil
 	case proto.OpCall:
 		var a proto.CallArgs
 		if err := json.Unmarshal(args, &a); err != nil {
@@ -114,6 +112,9 @@ func (k *keeperConn) onOpen(client *mux.Session) {
 }
 
 func (k *keeperConn) onCtl(client *mux.Session, op string, args json.RawMessage) {
+	if op != proto.CtlResize && op != proto.CtlSignal {
+		return
+	}
 	k.mu.Lock()
 	b := k.bridges[client]
 	k.mu.Unlock()

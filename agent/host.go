@@ -23,8 +23,9 @@ type Handler interface {
 	// restored from it, and a request may be sent again on any new
 	// connection: the handler must answer each id the same way every
 	// time (idempotence by id). The Host never runs two calls for one id
-	// at once. ctx ends when the Serve call that received the request
-	// returns.
+	// at once. ctx is the context of the Serve call that received the
+	// request: the call goes on when the connection ends, so that its
+	// answer can go to a request sent again on the next one.
 	Checkpoint(ctx context.Context, id uint64, msg string) (int, error)
 }
 

@@ -261,3 +261,16 @@ func waitGone(t *testing.T, pid int) {
 	}
 	t.Errorf("process %d still runs", pid)
 }
+
+// TestKeeperErrors: an error of the guest reaches the client once, with
+// the client's words around it.
+func TestKeeperErrors(t *testing.T) {
+	f := newFixture(t, nil)
+	c := f.dial(t)
+	// The test is not allowed to set the host's clock through the daemon
+	// running in it; a time the kernel refuses shows the error's path.
+	err := c.SetTime(testContext(t), time.Unix(-1, 0))
+	if err == nil || strings.Count(err.Error(), "set the guest clock") != 1 || !strings.Contains(err.Error(), "set the clock: invalid argument") {
+		t.Errorf("SetTime of a negative time through the keeper: %v", err)
+	}
+}

@@ -167,16 +167,18 @@ func TestDisk(t *testing.T) {
 	}
 }
 
-// TestBuildReproducible builds the image again from the same packages and
-// expects the same bytes, so images dedupe in the store.
+// TestBuildReproducible builds the image again from the same packages (and
+// the same agent binary as testimage's) and expects the same bytes, so
+// images dedupe in the store.
 func TestBuildReproducible(t *testing.T) {
 	shared := testimage.Get(t)
 	debs, err := testimage.DebCacheDir()
 	if err != nil {
 		t.Fatal(err)
 	}
+	agent := testimage.GuestAgent(t)
 	build := func() *image.Image {
-		img, err := image.Build(context.Background(), image.Options{Dir: t.TempDir(), CacheDir: debs})
+		img, err := image.Build(context.Background(), image.Options{Dir: t.TempDir(), CacheDir: debs, Agent: agent})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -43,7 +43,7 @@ func (d *Daemon) copyIn(s *mux.Session) {
 		return
 	}
 	io.Copy(io.Discard, r) // what follows the archive's end, up to the stream's
-	exit(s, proto.ExitStatus{})
+	s.Exit(proto.ExitStatus{})
 }
 
 // extractor writes tar entries under a root directory, never outside it:
@@ -220,7 +220,7 @@ func (d *Daemon) copyOut(s *mux.Session) {
 		d.logf("copy %s out: left out %d sockets, devices or pipes", a.Path, skipped)
 	}
 	out.Close()
-	exit(s, proto.ExitStatus{})
+	s.Exit(proto.ExitStatus{})
 }
 
 // archive writes p, and all it holds if it is a directory, to tw under

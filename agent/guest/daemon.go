@@ -225,13 +225,15 @@ func (d *Daemon) onCtl(s *mux.Session, op string, args json.RawMessage) {
 	}
 }
 
-// exit ends a session with a status, logging nothing: a session whose
-// Conn is gone has nobody to tell.
-func exit(s *mux.Session, st proto.ExitStatus) {
-	s.Exit(st)
-}
-
 // fail ends a session with an error message for the host.
 func fail(s *mux.Session, format string, args ...any) {
-	exit(s, proto.ExitStatus{Code: -1, Error: fmt.Sprintf(format, args...)})
+	s.Exit(proto.ExitStatus{Code: -1, Error: shorten(fmt.Sprintf(format, args...))})
+}
+
+// shorten keeps an error message well within a frame.
+func shorten(msg string) string {
+	if len(msg) > 4<<10 {
+		return msg[:4<<10] + "..."
+	}
+	return msg
 }

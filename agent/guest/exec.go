@@ -106,7 +106,7 @@ func (d *Daemon) runExec(s *mux.Session, e *execState) {
 	}
 	p, err := startProcess(req)
 	if err != nil {
-		exit(s, proto.ExitStatus{Code: 127, Error: err.Error()})
+		s.Exit(proto.ExitStatus{Code: 127, Error: shorten(err.Error())})
 		return
 	}
 	pty, _ := p.stdin.(*os.File)
@@ -157,7 +157,7 @@ func (d *Daemon) runExec(s *mux.Session, e *execState) {
 	if s.Err() != nil {
 		return // killed: the host is gone or gave up
 	}
-	exit(s, proto.ExitStatus{Code: exitCode(p.cmd, werr)})
+	s.Exit(proto.ExitStatus{Code: exitCode(p.cmd, werr)})
 }
 
 // pumpStdin copies the session's stream 0 to the process. Its end closes

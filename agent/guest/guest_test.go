@@ -189,9 +189,10 @@ func TestSessionsDieWithTheConnection(t *testing.T) {
 	pid := waitPID(t, pidFile)
 	l.drop()
 	_, err = s.Wait()
-	if !errors.Is(err, agent.ErrConnLost) || !strings.Contains(err.Error(), `exec "sh" "-c"`) {
+	if !errors.Is(err, agent.ErrConnLost) || !strings.Contains(err.Error(), `exec "sh" "-c"`) || !strings.HasSuffix(err.Error(), "run it again") {
 		t.Errorf("Wait across a dropped connection: %v", err)
 	}
+	t.Log(err)
 	waitGone(t, pid)
 
 	connect(t, host, d)
@@ -303,4 +304,24 @@ func serveLocal(t *testing.T, d *guest.Daemon, sock string) {
 		cancel()
 		<-done
 	})
+}
+
+// failingWriter fails once it has taken n bytes, like a full disk.
+type failingWriter struct{ n int }
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if w.n -= len(p); w.n < 0 {
+		return 0, errors.New("disk full")
+	}
+	return len(p), nil
+}
+
+// TestRunWriterFails: Run stops a process whose output it cannot write,
+// and says why.
+func TestRunWriterFails(t *testing.T) {
+	host, _, _, _ := setup(t, nil)
+	_, err := agent.Run(testContext(t), host, agent.ExecRequest{Argv: []string{"yes"}}, nil, &failingWriter{n: 100_000}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `exec "yes" in the guest: copy its output: disk full`) {
+		t.Errorf("Run into a failing writer: %v", err)
+	}
 }

@@ -25,7 +25,7 @@ func setTime(t time.Time) error {
 
 // readStats reads the activity counters from /proc.
 func readStats() (agent.Stats, error) {
-	st := agent.Stats{Version: agent.Version}
+	st := agent.Stats{Version: agent.Version, Time: time.Now()}
 	if err := readProcStat(&st); err != nil {
 		return st, err
 	}

@@ -118,6 +118,7 @@ type RemoteError struct {
 	Msg string // the peer's error message
 }
 
+// Error returns the peer's message.
 func (e *RemoteError) Error() string { return e.Msg }
 
 // Call sends a request and waits for the reply, which it decodes into
@@ -304,14 +305,6 @@ type openArgs struct {
 	Args json.RawMessage `json:"args,omitempty"`
 }
 
-func mustJSON(v any) json.RawMessage {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic("mux: arguments do not encode as JSON: " + err.Error())
-	}
-	return b
-}
-
 func (c *Conn) onOpen(id uint32, payload []byte) error {
 	e := c.l.ep
 	var a openArgs
@@ -345,7 +338,13 @@ func (c *Conn) onOpen(id uint32, payload []byte) error {
 }
 
 func (c *Conn) sendCtl(id uint32, m ctlMsg) error {
-	p, _ := json.Marshal(m)
+	p, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("session control %s: %w", m.Op, err)
+	}
+	if len(p) > wire.MaxPayload {
+		return fmt.Errorf("session control %s: %d bytes is too long", m.Op, len(p))
+	}
 	return c.send(wire.Frame{Type: wire.Ctl, Session: id, Payload: p})
 }
 

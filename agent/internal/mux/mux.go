@@ -182,8 +182,12 @@ func (e *Endpoint) Serve(ctx context.Context, rw io.ReadWriter) error {
 		err = context.Cause(ctx)
 	}
 	cancel(err)
+	why := err.Error()
+	if err == io.EOF {
+		why = "the connection was closed"
+	}
 	l.mu.Lock()
-	l.endConn(fmt.Errorf("%w: %v", ErrConnLost, err))
+	l.endConn(fmt.Errorf("%w: %s", ErrConnLost, why))
 	l.dead = true
 	l.mu.Unlock()
 	if c, ok := rw.(io.Closer); ok {

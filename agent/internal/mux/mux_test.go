@@ -684,3 +684,42 @@ func TestHostilePeer(t *testing.T) {
 		t.Errorf("the Conn was restarted %d times", n)
 	}
 }
+
+// TestReservedCtl: an opener cannot end a session on the acceptor's
+// behalf, nor send the reserved ops through Ctl.
+func TestReservedCtl(t *testing.T) {
+	log := &logger{}
+	defer func() {
+		if t.Failed() {
+			t.Log(log)
+		}
+	}()
+	ac := echoAcceptor(log)
+	var ctls []string
+	ac.OnOpen = func(s *Session) {}
+	ac.OnCtl = func(s *Session, op string, args json.RawMessage) { ctls = append(ctls, op) }
+	p := dialRaw(t, New(ac))
+	open, _ := json.Marshal(openArgs{Kind: "upper"})
+	p.send(wire.Frame{Type: wire.Open, Session: 1, Payload: open})
+	exit, _ := json.Marshal(ctlMsg{Op: "exit", Status: json.RawMessage("0")})
+	p.send(wire.Frame{Type: wire.Ctl, Session: 1, Payload: exit})
+	f := p.next(wire.Ctl)
+	var m ctlMsg
+	json.Unmarshal(f.Payload, &m)
+	if m.Op != "abort" || !strings.Contains(m.Error, `control message "exit"`) || len(ctls) != 0 {
+		t.Errorf("an exit from the opener: got %+v, OnCtl saw %q", m, ctls)
+	}
+
+	o, _ := pair(t, opener(log), echoAcceptor(log))
+	c, err := o.Conn(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Open("upper", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ctl("exit", nil); err == nil {
+		t.Error("Ctl exit accepted")
+	}
+}

@@ -225,14 +225,19 @@ type ctlMsg struct {
 }
 
 // Ctl sends a control message to the acceptor, such as a terminal resize.
+// The ops exit and abort are reserved: use Exit and Abort.
 func (s *Session) Ctl(op string, args any) error {
 	if op == "exit" || op == "abort" {
-		panic("mux: Ctl " + op + ": use Exit or Abort")
+		return fmt.Errorf("mux: control op %q is reserved", op)
 	}
 	if err := s.endedErr(); err != nil {
 		return err
 	}
-	return s.c.sendCtl(s.id, ctlMsg{Op: op, Args: mustJSON(args)})
+	a, err := json.Marshal(args)
+	if err != nil {
+		return fmt.Errorf("session control %s: %w", op, err)
+	}
+	return s.c.sendCtl(s.id, ctlMsg{Op: op, Args: a})
 }
 
 func (s *Session) endedErr() error {
@@ -248,19 +253,25 @@ func (s *Session) endedErr() error {
 // opener. Close the outgoing streams first: data still queued is sent
 // before the status.
 func (s *Session) Exit(status any) error {
-	st := mustJSON(status)
+	st, err := json.Marshal(status)
+	if err != nil {
+		return fmt.Errorf("exit status: %w", err)
+	}
 	if err := s.endedErr(); err != nil {
 		return err
 	}
-	err := s.c.sendCtl(s.id, ctlMsg{Op: "exit", Status: st})
+	err = s.c.sendCtl(s.id, ctlMsg{Op: "exit", Status: st})
 	s.finish(nil, true, st)
 	return err
 }
 
-// Abort ends the session at once, telling the peer why.
+// Abort ends the session at once, telling the peer why (in at most 1 KiB).
 func (s *Session) Abort(reason string) {
 	if s.endedErr() != nil {
 		return
+	}
+	if len(reason) > 1<<10 {
+		reason = reason[:1<<10]
 	}
 	s.c.sendCtl(s.id, ctlMsg{Op: "abort", Error: reason})
 	s.finish(fmt.Errorf("%s session aborted: %s", s.kind, reason), false, nil)
@@ -351,7 +362,7 @@ func (s *Session) onCtl(payload []byte) {
 		s.finish(fmt.Errorf("%s session aborted by the %s: %s", s.kind, s.c.peer.Role, m.Error), false, nil)
 	case m.Op == "exit" && s.opener:
 		s.finish(nil, true, m.Status)
-	case s.opener:
+	case m.Op == "exit" || s.opener:
 		s.violation(fmt.Sprintf("control message %q", m.Op))
 	default:
 		if h := s.c.l.ep.cfg.OnCtl; h != nil {

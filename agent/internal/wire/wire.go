@@ -62,6 +62,7 @@ const (
 
 var typeNames = [...]string{Hello: "hello", Msg: "msg", Open: "open", Data: "data", Close: "close", Window: "window", Ctl: "ctl"}
 
+// String returns the type's name, as in "data".
 func (t Type) String() string {
 	if int(t) < len(typeNames) && typeNames[t] != "" {
 		return typeNames[t]

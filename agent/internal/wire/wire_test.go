@@ -255,3 +255,33 @@ func FuzzReader(f *testing.F) {
 }
 
 func crc32Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// BenchmarkReader decodes full data frames: what the guest does for every
+// byte copied in. Run it in a guest to see the cost under TCG.
+func BenchmarkReader(b *testing.B) {
+	frame := Append(nil, Frame{Type: Data, Session: 1, Payload: make([]byte, MaxPayload)})
+	var in []byte
+	in = Append(in, hello("h"))
+	for len(in) < 8<<20 {
+		in = append(in, frame...)
+	}
+	b.SetBytes(int64(len(in)))
+	for b.Loop() {
+		r := NewReader(bytes.NewReader(in))
+		for {
+			if _, err := r.Next(); err != nil {
+				break
+			}
+		}
+	}
+}
+
+// BenchmarkAppend encodes full data frames.
+func BenchmarkAppend(b *testing.B) {
+	payload := make([]byte, MaxPayload)
+	buf := make([]byte, 0, HeaderSize+MaxPayload)
+	b.SetBytes(MaxPayload)
+	for b.Loop() {
+		buf = Append(buf[:0], Frame{Type: Data, Session: 1, Payload: payload})
+	}
+}
