@@ -75,7 +75,26 @@ func (s *Scrapbook) guest(ctx context.Context, machine string) (*agent.Client, e
 		}
 		return nil, fmt.Errorf("the agent in the guest does not answer (%v): its image may have no sbuml-guest, or it has not started or has died; see 'sbuml console %s --tail'", err, machine)
 	}
+	waitPrepared(pctx, c)
 	return c, nil
+}
+
+// waitPrepared waits, within ctx, until the keeper has set the guest's
+// clock and reseeded its random numbers on the current connection, so a
+// command run in a machine just checked out never sees the snapshot's
+// time or randomness. A keeper that cannot is not waited for past ctx.
+func waitPrepared(ctx context.Context, c *agent.Client) {
+	for {
+		var st keeperStatus
+		if err := c.Call(ctx, callKeeperStatus, nil, &st); err != nil || st.Prepared {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // guestKind says what a guest path is: "dir", "file" or "" (nothing).

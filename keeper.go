@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -195,6 +196,9 @@ type keeper struct {
 	commitMu, ckptMu sync.Mutex
 	// autosnapMu is held while an automatic snapshot is taken.
 	autosnapMu sync.Mutex
+	// prepared says the guest on the current agent connection has had
+	// its clock set and its random number generator reseeded.
+	prepared atomic.Bool
 
 	eventsMu sync.Mutex
 	events   *vmm.QMP // the keeper's QMP connection (events socket)

@@ -2,6 +2,7 @@ package sbuml
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"log"
@@ -29,6 +30,7 @@ func (k *keeper) keepAgent(ctx context.Context) {
 	for ctx.Err() == nil {
 		conn, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "unix", sock)
 		if err == nil {
+			k.prepared.Store(false)
 			go k.whenReady(ctx)
 			err = k.host.Serve(ctx, conn)
 			if ctx.Err() == nil {
@@ -42,15 +44,24 @@ func (k *keeper) keepAgent(ctx context.Context) {
 	}
 }
 
-// whenReady sets the guest's clock as soon as its agent answers on a new
-// connection: the guest may have been restored from a snapshot, its
-// clock still at the instant of the snapshot.
+// whenReady sets the guest's clock and reseeds its random number
+// generator as soon as its agent answers on a new connection: the guest
+// may have been restored from a snapshot, with the clock of the instant
+// of the snapshot and the generator state every machine checked out of
+// it shares.
 func (k *keeper) whenReady(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	if err := k.host.WaitReady(ctx); err == nil {
-		k.syncClock(ctx)
+	if err := k.host.WaitReady(ctx); err != nil {
+		return
 	}
+	k.syncClock(ctx)
+	seed := make([]byte, 64)
+	rand.Read(seed)
+	if err := k.host.Reseed(ctx, seed); err != nil {
+		log.Printf("%v", err)
+	}
+	k.prepared.Store(true)
 }
 
 // guestResumed is called when QEMU reports that the guest runs again
@@ -139,6 +150,9 @@ type keeperStatus struct {
 	QEMU  int    `json:"qemu_pid"`
 	Agent bool   `json:"agent"` // the guest's agent is connected
 	Name  string `json:"machine"`
+	// Prepared says the keeper has set the clock and reseeded the random
+	// number generator of the guest since the agent last connected.
+	Prepared bool `json:"prepared"`
 }
 
 // call answers the keeper's own calls.
@@ -148,7 +162,7 @@ func (k *keeper) call(ctx context.Context, name string, args json.RawMessage) (a
 		ready, cancel := context.WithTimeout(ctx, 0)
 		defer cancel()
 		connected := k.cfg.Agent && k.host.WaitReady(ready) == nil
-		return keeperStatus{PID: os.Getpid(), QEMU: k.qemu, Agent: connected, Name: k.name}, nil
+		return keeperStatus{PID: os.Getpid(), QEMU: k.qemu, Agent: connected, Name: k.name, Prepared: k.prepared.Load()}, nil
 	case callAutosnapWait:
 		k.autosnapMu.Lock()
 		k.autosnapMu.Unlock()

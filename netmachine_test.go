@@ -106,6 +106,12 @@ func TestCheckoutKeepsNetworkApart(t *testing.T) {
 			t.Errorf("ps shows %s forwarding %+v, checkout said %+v", name, got, co.Forwards)
 		}
 	}
+	// The checkouts draw different random numbers. (The guest kernel
+	// parts them by itself too, from interrupt timings; the keeper's
+	// reseed makes it so from the first read.)
+	if a, b := sh(t, s, "web2", "head -c 16 /dev/urandom | od -An -tx1"), sh(t, s, "web3", "head -c 16 /dev/urandom | od -An -tx1"); a == b {
+		t.Errorf("two checkouts of one snapshot read the same random bytes %s", a)
+	}
 	// All three serve at once, each on its own port (the page holds the
 	// host name of the committed machine, so only the port tells).
 	for port, name := range ports {

@@ -124,3 +124,14 @@ func (h *Host) checkpoint(a proto.CkptArgs) *ckptCall {
 	}()
 	return call
 }
+
+// Reseed gives the guest's random number generator fresh randomness from
+// the host and has the guest kernel reseed from it. A keeper calls it
+// when a restored guest connects: machines checked out of one snapshot
+// would otherwise draw the same "random" numbers.
+func (h *Host) Reseed(ctx context.Context, seed []byte) error {
+	if err := h.call(ctx, proto.OpReseed, proto.ReseedArgs{Seed: seed}, nil); err != nil {
+		return fmt.Errorf("reseed the guest: %w", err)
+	}
+	return nil
+}

@@ -178,6 +178,12 @@ func (d *Daemon) onRequest(ctx context.Context, _ *mux.Conn, op string, args jso
 			return nil, fmt.Errorf("settime: %w", err)
 		}
 		return nil, setTime(time.Unix(0, a.UnixNano))
+	case proto.OpReseed:
+		var a proto.ReseedArgs
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, fmt.Errorf("reseed: %w", err)
+		}
+		return nil, reseed(a.Seed)
 	}
 	return nil, fmt.Errorf("the guest agent %s does not know %q requests; update sbuml-guest", agent.Version, op)
 }

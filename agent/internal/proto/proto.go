@@ -18,6 +18,7 @@ const (
 	OpPing    = "ping"    // host to guest: no arguments; result: the agent version
 	OpStats   = "stats"   // host to guest: no arguments; result: agent.Stats
 	OpSetTime = "settime" // host to guest: SetTimeArgs; no result
+	OpReseed  = "reseed"  // host to guest: ReseedArgs; no result
 	OpCkpt    = "ckpt"    // guest to host: CkptArgs; result: the checkpoint's number
 	OpCall    = "call"    // client to keeper: CallArgs; result: the keeper's answer
 )
@@ -53,6 +54,12 @@ type CopyOutArgs struct {
 // SetTimeArgs are the arguments of a settime call.
 type SetTimeArgs struct {
 	UnixNano int64 `json:"unix_nano"`
+}
+
+// ReseedArgs are the arguments of a reseed call: random bytes from the
+// host that the guest mixes into its random number generator.
+type ReseedArgs struct {
+	Seed []byte `json:"seed"`
 }
 
 // CkptArgs are the arguments of a ckpt call. ID is chosen by the guest
