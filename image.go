@@ -160,6 +160,9 @@ func (s *Scrapbook) BuildImage(ctx context.Context, name string, opts ImageOptio
 	}
 	defer os.RemoveAll(tmp)
 	dir := filepath.Join(tmp, "image")
+	if opts.Recipe != "" && opts.Recipe != RecipeTiny && opts.Recipe != RecipeDebian {
+		return nil, fmt.Errorf("build image: no recipe %q (want %s or %s)", opts.Recipe, RecipeTiny, RecipeDebian)
+	}
 	agent, err := GuestAgentPath()
 	if err != nil {
 		return nil, fmt.Errorf("build image: %w", err)

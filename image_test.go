@@ -237,7 +237,7 @@ func TestImageCLI(t *testing.T) {
 	}
 	for _, line := range strings.Split(strings.TrimSpace(mustCLI(t, s, "image", "ls")), "\n") {
 		f := strings.Fields(line)
-		want := map[string]string{"b": "bios - -", "k": "kernel " + tiny.KernelVersion + " -", sbuml.DefaultImage: "kernel " + tiny.KernelVersion + " net"}[f[0]]
+		want := map[string]string{"b": "bios - -", "k": "kernel " + tiny.KernelVersion + " -", sbuml.DefaultImage: "kernel " + tiny.KernelVersion + " net,agent"}[f[0]]
 		if len(f) < 8 || strings.Join(f[4:7], " ") != want {
 			t.Errorf("sbuml image ls line %q, want boot, kernel and abilities %q", line, want)
 		}

@@ -98,7 +98,7 @@ func sshRun(t *testing.T, port int, args ...string) (string, error) {
 func TestDebianBoot(t *testing.T) {
 	t.Parallel()
 	img := testimage.Debian(t)
-	if !img.Net || !img.SSH || img.Agent || img.Boot != image.BootKernel {
+	if !img.Net || !img.SSH || !img.Agent || img.Boot != image.BootKernel {
 		t.Errorf("Debian image flags: boot %q, net %v, ssh %v, agent %v", img.Boot, img.Net, img.SSH, img.Agent)
 	}
 	port := freePort(t)
