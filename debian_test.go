@@ -67,6 +67,11 @@ func TestDebianMachine(t *testing.T) {
 	if err != nil || !strings.Contains(out, "Linux") {
 		t.Fatalf("sbuml ssh d1 -- uname -a: %q, %v", out, err)
 	}
+	// And through the command, as a user types it.
+	cmd := exec.Command(sbumlCommand(t), "--scrapbook", s.Dir, "ssh", "d1", "--", "uname", "-a")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "Linux") {
+		t.Errorf("sbuml ssh d1 -- uname -a: %q, %v", out, err)
+	}
 	port := hostServer(t, "from the host\n")
 	fetch := fmt.Sprintf("wget -q -T 10 -O - http://10.0.2.2:%d/", port)
 	if got := sh(t, s, "d1", fetch); got != "from the host\n" {

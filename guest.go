@@ -30,11 +30,7 @@ const GuestReadyTimeout = 30 * time.Second
 // machine's keeper (started if it is not running). Close the client when
 // done.
 func (s *Scrapbook) Guest(ctx context.Context, machine string) (*agent.Client, error) {
-	c, err := s.guest(ctx, machine)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", machine, err)
-	}
-	return c, nil
+	return s.guest(ctx, machine)
 }
 
 func (s *Scrapbook) guest(ctx context.Context, machine string) (*agent.Client, error) {
@@ -52,28 +48,28 @@ func (s *Scrapbook) guest(ctx context.Context, machine string) (*agent.Client, e
 	switch st := vmm.Inspect(ctx, dir).Status; st.State {
 	case vmm.StateRunning, vmm.StateBusy:
 	case vmm.StateFrozen:
-		return nil, fmt.Errorf("the machine is frozen, and a frozen guest runs nothing: continue it first ('sbuml continue %s')", machine)
+		return nil, fmt.Errorf("machine %s is frozen, and a frozen guest runs nothing: continue it first ('sbuml continue %s')", machine, machine)
 	default:
-		return nil, fmt.Errorf("the machine is %s, not running", st.State)
+		return nil, fmt.Errorf("machine %s is %s, not running", machine, st.State)
 	}
 	if !cfg.Agent {
-		return nil, errors.New("the machine has no agent port (it was booted by an older sbuml, or from a snapshot of such a machine); use 'sbuml console'")
+		return nil, fmt.Errorf("machine %s has no agent port (it was booted from an image without sbuml-guest, by an older sbuml, or from a snapshot of such a machine); use 'sbuml console %s'", machine, machine)
 	}
 	if err := s.startKeeper(dir); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("machine %s: %w", machine, err)
 	}
 	c, err := agent.Dial(ctx, filepath.Join(dir, keeperSocket))
 	if err != nil {
-		return nil, fmt.Errorf("reach the machine's keeper: %w", err)
+		return nil, fmt.Errorf("machine %s: reach its keeper: %w", machine, err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, GuestReadyTimeout)
 	defer cancel()
 	if _, err := c.Ping(pctx); err != nil {
 		c.Close()
-		if ctx.Err() != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("the agent in the guest does not answer (%v): its image may have no sbuml-guest, or it has not started or has died; see 'sbuml console %s --tail'", err, machine)
+		return nil, fmt.Errorf("machine %s: the agent in the guest does not answer (%v): its image may have no sbuml-guest, or it has not started or has died; see 'sbuml console %s --tail'", machine, err, machine)
 	}
 	waitPrepared(pctx, c)
 	return c, nil

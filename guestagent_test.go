@@ -62,6 +62,15 @@ func TestExecAndCopy(t *testing.T) {
 		t.Errorf("exec: stdout %q, stderr %q, status %d; want out, err, 3", out, errOut, code)
 	}
 
+	// The same through the command line: sbuml exits with the status.
+	cmd := exec.Command(sbumlCommand(t), "--scrapbook", s.Dir, "exec", "m1", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+	var cout, cerr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &cout, &cerr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || cout.String() != "out\n" || cerr.String() != "err\n" {
+		t.Errorf("sbuml exec: stdout %q, stderr %q, %v; want out, err, exit status 3", cout.String(), cerr.String(), err)
+	}
+
 	// 50 MiB each way, byte for byte.
 	data := make([]byte, 50<<20)
 	rand.Read(data)
