@@ -61,6 +61,10 @@ type AutosnapState struct {
 	Last         time.Time  `json:"last,omitzero"`
 	LastSnapshot objects.ID `json:"last_snapshot,omitzero"`
 	LastTaken    time.Time  `json:"last_taken,omitzero"`
+	// LastAdded is what the last automatic snapshot added to the
+	// scrapbook, in stored bytes; LastDowntime how long it froze the guest.
+	LastAdded    int64         `json:"last_added_bytes,omitempty"`
+	LastDowntime time.Duration `json:"last_downtime_ns,omitempty"`
 	// Taken, Skipped and Expired count since the keeper started.
 	Taken   int `json:"taken"`
 	Skipped int `json:"skipped"`
@@ -234,6 +238,7 @@ func (k *keeper) autosnapOnce(ctx context.Context, cfg *AutosnapConfig, st *Auto
 	}
 	st.Taken++
 	st.LastSnapshot, st.LastTaken = res.ID, time.Now()
+	st.LastAdded, st.LastDowntime = res.Stats.NewBytes, res.Downtime
 	log.Printf("autosnap: %s (+%d bytes, downtime %v)", res.ID.Short(), res.Stats.NewBytes, res.Downtime.Round(time.Millisecond))
 	if !cfg.Keep.Empty() {
 		n, err := k.expire(ctx, cfg.Keep)

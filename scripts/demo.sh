@@ -33,9 +33,17 @@ step "sbuml checkout m1 m2 -c: a new machine from the snapshot carries on from t
 "$SBUML" checkout m1 m2 -c
 sleep 3
 console_tail m2 tick 6
-type_in m2 'cat /mnt/note /tmp/note'
-sleep 1
-console_tail m2 'note\|before\|tmpfs' 3
+step "sbuml exec m2: run a command in it through its agent (its files came along)"
+"$SBUML" exec m2 -- cat /mnt/note /tmp/note
+
+step "ckpt() from inside m2: 0 in m2, and the child number in each machine checked out of that snapshot"
+"$SBUML" exec m2 -- sh -c 'setsid sh -c "echo ckpt returned \$(sbuml-guest ckpt -m from-inside) > /tmp/ckpt" </dev/null >/dev/null 2>&1 &'
+until "$SBUML" exec m2 -- cat /tmp/ckpt 2>/dev/null | grep -q returned; do sleep 0.5; done
+"$SBUML" exec m2 -- cat /tmp/ckpt
+"$SBUML" checkout m2 m3 -c
+until "$SBUML" exec m3 -- cat /tmp/ckpt 2>/dev/null | grep -q returned; do sleep 0.5; done
+"$SBUML" exec m3 -- cat /tmp/ckpt
+"$SBUML" halt m3
 
 step "commit m2 after a few idle seconds: only what changed is stored"
 "$SBUML" commit m2 -m "idle"

@@ -135,7 +135,8 @@ func printAutosnapState(machine string, st *sbuml.AutosnapState) {
 	fmt.Printf("%s: an automatic snapshot every %v, %s; %s\n", machine, st.Config.Every, st.Config.Keep, running)
 	fmt.Printf("taken %d, skipped %d, expired %d", st.Taken, st.Skipped, st.Expired)
 	if !st.LastTaken.IsZero() {
-		fmt.Printf("; last %s at %s (%s ago)", st.LastSnapshot.Short(), st.LastTaken.Local().Format("15:04:05"), time.Since(st.LastTaken).Round(time.Second))
+		fmt.Printf("; last %s at %s (%s ago, +%s, downtime %v)", st.LastSnapshot.Short(), st.LastTaken.Local().Format("15:04:05"),
+			time.Since(st.LastTaken).Round(time.Second), humanBytes(st.LastAdded), st.LastDowntime.Round(time.Millisecond))
 	}
 	fmt.Println()
 	if st.LastSkip != "" {
