@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml/agent"
+	"github.com/sbuml/sbuml/internal/tarball"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -160,74 +161,17 @@ func (s *Scrapbook) copyToGuest(ctx context.Context, machine, src, dst string) e
 		}
 	}
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(writeTar(pw, src, name)) }()
+	go func() {
+		tw := tar.NewWriter(pw)
+		_, err := tarball.Write(tw, src, name)
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
 	err = c.CopyIn(ctx, dir, pr)
 	pr.CloseWithError(err)
 	return err
-}
-
-// writeTar writes a tar stream of the host file or directory root, its
-// entries named under name (the directory's contents at the top if name
-// is "").
-func writeTar(w io.Writer, root, name string) error {
-	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil {
-			return err
-		}
-		entry := path.Join(name, filepath.ToSlash(rel))
-		if entry == "." {
-			return nil // the top of a contents copy
-		}
-		return addTarEntry(tw, p, entry, d)
-	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
-}
-
-func addTarEntry(tw *tar.Writer, p, entry string, d fs.DirEntry) error {
-	fi, err := d.Info()
-	if err != nil {
-		return err
-	}
-	link := ""
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		if link, err = os.Readlink(p); err != nil {
-			return err
-		}
-	} else if !fi.Mode().IsRegular() && !fi.IsDir() {
-		return nil // sockets, devices and pipes are not copied
-	}
-	hdr, err := tar.FileInfoHeader(fi, link)
-	if err != nil {
-		return err
-	}
-	hdr.Name = entry
-	if fi.IsDir() {
-		hdr.Name += "/"
-	}
-	hdr.Uname, hdr.Gname = "", ""
-	if err := tw.WriteHeader(hdr); err != nil {
-		return err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if _, err := io.CopyN(tw, f, hdr.Size); err != nil {
-		return fmt.Errorf("%s: %w", p, err)
-	}
-	return nil
 }
 
 // CopyFromGuest copies the guest file or directory src of a running
@@ -263,7 +207,7 @@ func (s *Scrapbook) copyFromGuest(ctx context.Context, machine, src, dst string)
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		err := extractTar(pr, dir, path.Base(path.Clean(src)), name, contents)
+		err := tarball.Extract(tar.NewReader(pr), dir, renameTop(path.Base(path.Clean(src)), name, contents))
 		pr.CloseWithError(err)
 		done <- err
 	}()
@@ -275,118 +219,18 @@ func (s *Scrapbook) copyFromGuest(ctx context.Context, machine, src, dst string)
 	return err
 }
 
-// extractTar extracts a tar stream whose entries are named under top
-// into the host directory dir, renaming top to name (or, with contents,
-// putting what is under top into dir itself). Entries that would land
-// outside dir are refused.
-func extractTar(r io.Reader, dir, top, name string, contents bool) error {
-	tr := tar.NewReader(r)
-	var dirs []*tar.Header // directory times are set last: writing in them changes them
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
+// renameTop maps the entries of a copy out of the guest, named under top,
+// to top's new name, or with contents to what top holds; it refuses
+// entries outside top.
+func renameTop(top, name string, contents bool) tarball.Rename {
+	return func(entry string) (string, bool) {
+		rest, ok := strings.CutPrefix(entry, top)
+		if !ok || (rest != "" && rest[0] != '/') {
+			return "", false
 		}
-		if err != nil {
-			return err
+		if contents {
+			return strings.TrimPrefix(rest, "/"), true
 		}
-		rel, ok := renameTop(path.Clean(hdr.Name), top, name, contents)
-		if !ok {
-			return fmt.Errorf("the guest sent %q, outside %s", hdr.Name, top)
-		}
-		if rel == "" {
-			continue
-		}
-		target := filepath.Join(dir, filepath.FromSlash(rel))
-		if err := extractEntry(tr, hdr, target, dir); err != nil {
-			return err
-		}
-		if hdr.Typeflag == tar.TypeDir {
-			h := *hdr
-			h.Name = target
-			dirs = append(dirs, &h)
-		}
+		return name + rest, true
 	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		os.Chtimes(dirs[i].Name, dirs[i].ModTime, dirs[i].ModTime)
-	}
-	return nil
-}
-
-// renameTop maps an entry named under top to its name under dir.
-func renameTop(entry, top, name string, contents bool) (string, bool) {
-	rest, ok := strings.CutPrefix(entry, top)
-	if !ok || (rest != "" && rest[0] != '/') || !filepath.IsLocal(entry) {
-		return "", false
-	}
-	if contents {
-		return strings.TrimPrefix(rest, "/"), true
-	}
-	return name + rest, true
-}
-
-func extractEntry(tr *tar.Reader, hdr *tar.Header, target, root string) error {
-	if !strings.HasPrefix(target, filepath.Clean(root)+string(filepath.Separator)) && target != filepath.Clean(root) {
-		return fmt.Errorf("the guest sent %q, outside the destination", hdr.Name)
-	}
-	if err := noLinkBetween(root, target); err != nil {
-		return err
-	}
-	if fi, err := os.Lstat(target); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-		// Replace a link rather than write through it.
-		if err := os.Remove(target); err != nil {
-			return err
-		}
-	}
-	mode := fs.FileMode(hdr.Mode) & fs.ModePerm
-	switch hdr.Typeflag {
-	case tar.TypeDir:
-		if err := os.MkdirAll(target, 0o755); err != nil {
-			return err
-		}
-		return os.Chmod(target, mode)
-	case tar.TypeSymlink:
-		os.Remove(target)
-		return os.Symlink(hdr.Linkname, target)
-	case tar.TypeReg:
-		f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(f, tr)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		os.Chmod(target, mode)
-		return os.Chtimes(target, hdr.ModTime, hdr.ModTime)
-	}
-	return nil // hard links, devices: not copied
-}
-
-// noLinkBetween refuses a target under root reached through a symbolic
-// link that an earlier entry of the same stream may have made: a guest
-// sending "x -> /etc" then "x/passwd" must not write /etc/passwd.
-func noLinkBetween(root, target string) error {
-	rel, err := filepath.Rel(root, filepath.Dir(target))
-	if err != nil || rel == "." {
-		return err
-	}
-	p := root
-	for _, part := range strings.Split(rel, string(filepath.Separator)) {
-		p = filepath.Join(p, part)
-		fi, err := os.Lstat(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			return fmt.Errorf("refusing to write %s through the symbolic link %s", target, p)
-		}
-	}
-	return nil
 }
