@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -313,21 +312,7 @@ func (k *keeper) pollQEMU(ctx context.Context) {
 }
 
 // openBook opens the keeper's scrapbook for one operation.
-func (k *keeper) openBook() (*Scrapbook, error) {
-	s, err := Open(k.book)
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// machineArg names the keeper's machine to the porcelain: its directory.
-func (k *keeper) machineArg() string {
-	if strings.ContainsRune(k.dir, '/') {
-		return k.dir
-	}
-	return "./" + k.dir
-}
+func (k *keeper) openBook() (*Scrapbook, error) { return Open(k.book) }
 
 // keeperBusyWait bounds how long the keeper retries a commit while
 // another sbuml process drives the machine.
