@@ -73,8 +73,10 @@ func (s *Scrapbook) Du(ctx context.Context) (*DuReport, error) {
 	r.UnreferencedObjects, r.UnreferencedBytes = r.Objects, r.StoredBytes
 	for _, id := range order {
 		u, sn := acct[id], snaps[id]
-		r.Snapshots = append(r.Snapshots, DuSnapshot{ID: id, Time: sn.Time, Message: sn.Message,
-			LogicalBytes: u.logical, AddedBytes: u.added, AddedObjects: u.objects})
+		if !isBookkeeping(sn) { // an autosnap index or a child claim is no snapshot of anything
+			r.Snapshots = append(r.Snapshots, DuSnapshot{ID: id, Time: sn.Time, Message: sn.Message,
+				LogicalBytes: u.logical, AddedBytes: u.added, AddedObjects: u.objects})
+		}
 		r.UnreferencedObjects -= u.objects
 		r.UnreferencedBytes -= u.added
 		r.LogicalBytes += u.logical
