@@ -70,11 +70,38 @@ func KeeperMain() {
 	os.Unsetenv(keeperScrapbookEnv)
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("keeper " + strconv.Itoa(os.Getpid()) + ": ")
+	log.SetOutput(&cappedLog{path: filepath.Join(dir, keeperLogFile)})
 	if err := runKeeper(context.Background(), book, dir); err != nil {
 		log.Print(err)
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// maxKeeperLog is the size at which a keeper's log is moved to
+// keeper.log.1 and begun again: a keeper taking a snapshot every 30 s
+// logs a few hundred kilobytes a day.
+const maxKeeperLog = 4 << 20
+
+// cappedLog appends to a log file, moving it aside once it grows past
+// maxKeeperLog.
+type cappedLog struct {
+	path string
+	mu   sync.Mutex
+}
+
+func (c *cappedLog) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if fi, err := os.Stat(c.path); err == nil && fi.Size()+int64(len(p)) > maxKeeperLog {
+		os.Rename(c.path, c.path+".1")
+	}
+	f, err := os.OpenFile(c.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.Write(p)
 }
 
 // KeeperInfo says whether a machine's keeper runs.
