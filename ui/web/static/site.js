@@ -25,6 +25,8 @@ async function start() {
   if (!r.ok) throw new Error("graph.json: " + r.statusText);
   const site = await r.json();
   $("#static-table")?.remove();
+  // As tall as the history, up to most of the window.
+  $("#graph").style.height = Math.min(innerHeight * 0.6, 60 + 30 * site.snapshots.length) + "px";
   const view = new GraphView($("#graph"), $("#snapshot-list"), { onSelect: (e) => details(site, e) });
   view.setData(site);
   $("#snapshot-count").textContent = `(${site.snapshots.length})`;
