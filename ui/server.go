@@ -112,7 +112,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) routes() {
 	mux := http.NewServeMux()
-	mux.Handle("GET /", securityHeaders(http.FileServerFS(web.App())))
+	mux.Handle("/", readOnly(securityHeaders(http.FileServerFS(web.App()))))
 	mux.HandleFunc("POST /login", s.login)
 	mux.HandleFunc("GET /api/graph", s.getGraph)
 	mux.HandleFunc("GET /api/snapshot", s.getSnapshot)
@@ -121,9 +121,34 @@ func (s *Server) routes() {
 	mux.HandleFunc("GET /api/console", s.console)
 	mux.HandleFunc("GET /api/vnc", s.vnc)
 	for name, act := range s.actions() {
-		mux.HandleFunc("POST /api/"+name, s.action(name, act))
+		mux.HandleFunc("/api/"+name, postOnly(s.action(name, act)))
 	}
 	s.mux = mux
+}
+
+// readOnly refuses every method but GET and HEAD.
+func readOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, r.URL.Path+" takes GET only")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// postOnly refuses every method but POST: actions change the scrapbook,
+// and GET never does.
+func postOnly(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			writeError(w, http.StatusMethodNotAllowed, r.URL.Path+" changes the scrapbook: it takes POST only")
+			return
+		}
+		h(w, r)
+	}
 }
 
 // logf logs through Options.Log.
