@@ -83,7 +83,7 @@ function render() {
   view.setData(graph);
   applyFilter();
   renderMachines();
-  if (view.selected) showDetails(view.entry(view.selected), { keep: true });
+  if (view.selected) showDetails(view.entry(view.selected));
   document.body.dataset.generation = String(graph.generation);
 }
 
@@ -111,27 +111,36 @@ function applyFilter() {
 
 // --- a snapshot's details
 
-let shown = null; // the ID whose tree is shown
-async function showDetails(e, { keep = false } = {}) {
-  const d = $("#details");
+let shown = null; // the snapshot shown, and its tree once read
+let shownTree = null;
+let detailsHTMLNow = "";
+// showDetails shows snapshot e; its tree is read once, and the panel is
+// redrawn only when what it shows changed (refs, machines, children).
+async function showDetails(e) {
   if (!e) {
-    d.innerHTML = '<p class="muted">Choose a snapshot in the graph or the list.</p>';
-    return;
+    shown = null;
+    return setDetails('<p class="muted">Choose a snapshot in the graph or the list.</p>', null);
   }
-  if (!keep || shown !== e.id) {
+  if (shown !== e.id) {
     shown = e.id;
-    d.innerHTML = detailsHTML(e, null);
-    bindDetails(e);
+    shownTree = null;
+    setDetails(detailsHTML(e, null), e);
     try {
       const full = await get("/api/snapshot?rev=" + e.id);
-      if (shown === e.id) {
-        d.innerHTML = detailsHTML(e, full);
-        bindDetails(e);
-      }
+      if (shown !== e.id) return;
+      shownTree = full;
     } catch (err) {
-      toast(err.message, "error");
+      return toast(err.message, "error");
     }
   }
+  setDetails(detailsHTML(e, shownTree), e);
+}
+
+function setDetails(html, e) {
+  if (html === detailsHTMLNow) return;
+  detailsHTMLNow = html;
+  $("#details").innerHTML = html;
+  if (e) bindDetails(e);
 }
 
 function detailsHTML(e, full) {
@@ -288,10 +297,10 @@ async function gcDialog() {
   const dry = await act("gc", { dry_run: true }, "looking for what nothing needs…");
   if (!dry) return;
   toast("");
-  const v = await ask("Free space", [], "Remove it", escapeHTML(`gc would remove ${dry.removed_objects ?? 0} objects, ${formatBytes(dry.removed_bytes ?? 0)} (snapshots no branch, tag, image or machine reaches).`));
+  const v = await ask("Free space", [], "Remove it", escapeHTML(`gc would remove ${dry.removed ?? 0} objects, ${formatBytes(dry.removed_bytes ?? 0)} (snapshots no branch, tag, image or machine reaches).`));
   if (!v) return;
   const res = await act("gc", { dry_run: false }, "collecting garbage…");
-  if (res) toast(`gc removed ${res.removed_objects ?? 0} objects, ${formatBytes(res.removed_bytes ?? 0)}`);
+  if (res) toast(`gc removed ${res.removed ?? 0} objects, ${formatBytes(res.removed_bytes ?? 0)}`);
 }
 
 async function commitDialog(m) {
@@ -310,13 +319,27 @@ async function commitDialog(m) {
 
 // --- machines
 
+let machinesHTML = "";
+// renderMachines redraws the machines only when what they show changed, so
+// that a button is not replaced under the pointer or the keyboard focus.
 function renderMachines() {
   const ul = $("#machines");
-  if (!graph.machines.length) {
-    ul.innerHTML = '<li class="muted">none: boot one, or check a snapshot out</li>';
-    return;
-  }
-  ul.innerHTML = graph.machines
+  const html = graph.machines.length ? machinesHTMLOf(graph.machines) : '<li class="muted">none: boot one, or check a snapshot out</li>';
+  if (html === machinesHTML) return;
+  machinesHTML = html;
+  ul.innerHTML = html;
+  ul.querySelectorAll("li[data-machine]").forEach((li) => {
+    const m = () => graph.machines.find((x) => x.name === li.dataset.machine);
+    li.querySelector("[data-goto]")?.addEventListener("click", (ev) => {
+      ev.preventDefault();
+      view.select(m().snapshot, { center: true });
+    });
+    li.querySelectorAll("[data-m]").forEach((b) => b.addEventListener("click", () => machineAction(m(), b.dataset.m)));
+  });
+}
+
+function machinesHTMLOf(machines) {
+  return machines
     .map((m) => {
       const running = m.state === "running", frozen = m.state === "frozen";
       const fwd = (m.forwards || []).map((f) => `${f.host_addr}:${f.host_port}→${f.guest_port}`).join(", ");
@@ -334,14 +357,6 @@ function renderMachines() {
         </div></li>`;
     })
     .join("");
-  ul.querySelectorAll("li[data-machine]").forEach((li) => {
-    const m = graph.machines.find((x) => x.name === li.dataset.machine);
-    li.querySelector("[data-goto]")?.addEventListener("click", (ev) => {
-      ev.preventDefault();
-      view.select(m.snapshot, { center: true });
-    });
-    li.querySelectorAll("[data-m]").forEach((b) => b.addEventListener("click", () => machineAction(m, b.dataset.m)));
-  });
 }
 
 async function machineAction(m, what) {

@@ -73,6 +73,12 @@ export function layout(snapshots) {
   return { nodes, edges: edges.filter((e) => e.to >= 0), width, index };
 }
 
+// badgeHTML draws a ref or a machine on its snapshot.
+function badgeHTML(b) {
+  const title = b.kind === "machine" ? `machine ${b.label}, ${b.state}, continues from here` : `${b.kind} ${b.label}${b.head ? " (HEAD)" : ""}`;
+  return `<span class="badge ${b.kind}${b.head ? " head" : ""}${b.state ? " " + b.state : ""}" title="${escapeHTML(title)}">${b.kind === "machine" ? "▶ " : ""}${escapeHTML(b.label)}</span>`;
+}
+
 const x = (lane) => MARGIN + lane * LANE;
 const y = (row) => MARGIN + row * ROW;
 
@@ -219,7 +225,7 @@ export class GraphView {
   renderList() {
     const parts = [];
     for (const s of this.data.snapshots) {
-      const names = (this.badges.get(s.id) || []).map((b) => `<span class="badge ${b.kind}">${escapeHTML(b.label)}</span>`).join("");
+      const names = (this.badges.get(s.id) || []).map(badgeHTML).join("");
       parts.push(
         `<li data-id="${s.id}"${s.id === this.selected ? ' aria-current="true"' : ""}><button type="button">` +
           `<code class="id">${short(s.id)}</code>${names}<span class="msg">${escapeHTML(firstLine(s.message)) || "<i>no message</i>"}</span>` +
@@ -270,10 +276,7 @@ export class GraphView {
 
   label(n, badges, lanes) {
     const e = n.entry;
-    const b = badges.map((b) => {
-      const title = b.kind === "machine" ? `machine ${b.label}, ${b.state}, continues from here` : `${b.kind} ${b.label}`;
-      return `<span class="badge ${b.kind}${b.head ? " head" : ""}${b.state ? " " + b.state : ""}" title="${escapeHTML(title)}">${b.kind === "machine" ? "▶ " : ""}${escapeHTML(b.label)}</span>`;
-    });
+    const b = badges.map(badgeHTML);
     return `<div class="node-label${e.id === this.selected ? " selected" : ""}" data-id="${e.id}" style="top:${y(n.row) - ROW / 2}px;left:${x(lanes - 1) + LABEL_GAP}px">` +
       `<code class="id">${short(e.id)}</code>${b.join("")}<span class="msg">${escapeHTML(firstLine(e.message))}</span>` +
       `<span class="meta">${formatTime(e.time)} · ${formatBytes(e.logical_bytes)} · +${formatBytes(e.added_bytes)}</span></div>`;
