@@ -29,25 +29,29 @@ const guestWait = 3 * time.Minute
 // TestBrowser drives the page in Chromium against real guests, and does
 // each action twice, once on the page and once with the sbuml command on
 // a twin, comparing what sbuml log --all --json and sbuml ps --json say
-// of both. The command line boots m1 (with a screen) and commits it; the
-// page shows the graph with every snapshot, a commit made in a shell
-// appears without a reload, the page shows m1's screen through noVNC;
-// the page checks out the newest snapshot as m2 (the shell as m3), types
-// into m2's console and reads the guest's answer, commits, tags, freezes,
-// continues and halts m2, deletes its branch and runs gc. Last, the same
-// browser opens the site sbuml publish writes, on a plain static server,
-// and finds its graph.
+// of both. The page boots m1 (with a screen) and the command line commits
+// it; the page shows the graph with every snapshot, a commit made in a
+// shell appears without a reload, the page shows m1's screen through
+// noVNC; the page checks out the newest snapshot as m2 (the shell as m3),
+// types into m2's console and reads the guest's answer, commits, tags,
+// freezes, continues, rewinds and halts m2, deletes its branch and runs
+// gc. Last, the same browser opens the site sbuml publish writes, on a
+// plain static server, and finds its graph.
 func TestBrowser(t *testing.T) {
 	s := guestScrapbook(t)
 	dir := s.Dir
-	mustCLI(t, dir, "boot", "m1", "--accel", "tcg", "--memory", "256M", "--display", "vnc")
-	mustCLI(t, dir, "commit", "m1", "-m", "first, from the shell")
-
 	p := &page{t: t, ctx: browser(t, 15*time.Minute)}
 	base := serve(t, dir, "", ui.Options{Accel: "tcg"})
 	p.open(base)
 	p.requireGraph(dir)
-	p.shot("ui-graph")
+
+	p.boot("m1", "256")
+	p.waitState("m1", "running")
+	if ms := cliJSON[[]sbuml.MachineInfo](t, dir, "ps"); len(ms) != 1 || ms[0].Name != "m1" || ms[0].Memory != 256<<20 || ms[0].Display != "vnc" {
+		t.Fatalf("after booting m1 with 256 MiB and a screen on the page, ps --json says %+v", ms)
+	}
+	mustCLI(t, dir, "commit", "m1", "-m", "first, from the shell")
+	p.requireGraph(dir)
 
 	// Live updates: a commit and a halt in a shell show without a reload.
 	mustCLI(t, dir, "commit", "m1", "-m", "second, from the shell")
@@ -75,6 +79,7 @@ func TestBrowser(t *testing.T) {
 	mustCLI(t, dir, "tag", "shell-tag", fromShell.ID.String())
 	p.wait("the page's tag in the graph", `document.querySelector('.node-label .badge.tag') !== null`, time.Minute)
 	requireTags(t, dir, map[string]string{"page-tag": fromPage.ID.String(), "shell-tag": fromShell.ID.String()})
+	p.shot("ui-graph")
 
 	for _, change := range []struct{ action, state string }{{"freeze", "frozen"}, {"continue", "running"}} {
 		p.click(machineButton("m2", change.action))
@@ -82,6 +87,10 @@ func TestBrowser(t *testing.T) {
 		p.waitState("m2", change.state)
 		requireTwins(t, dir, "m2", "m3", fromPage.ID.String(), fromShell.ID.String())
 	}
+
+	p.rewind(newest.ID.String(), "m2")
+	mustCLI(t, dir, "rewind", "m3", newest.ID.String(), "--accel", "tcg")
+	requireTwins(t, dir, "m2", "m3", newest.ID.String(), newest.ID.String())
 
 	p.click(machineButton("m2", "halt"))
 	p.confirm()
@@ -417,6 +426,28 @@ func (p *page) commit(machine, message string) {
 	p.fill("f-message", message)
 	p.confirm()
 	p.wait("the page's commit in the list", fmt.Sprintf(`[...document.querySelectorAll("#snapshot-list li")].some(li => li.textContent.includes(%q))`, message), guestWait)
+}
+
+// boot boots a machine with a screen from the page.
+func (p *page) boot(machine, mib string) {
+	p.t.Helper()
+	p.click("#boot")
+	p.wait("the boot dialog", `document.querySelector("#dialog").open`, 10*time.Second)
+	p.fill("f-machine", machine)
+	p.fill("f-memory", mib)
+	p.click("#f-display")
+	p.confirm()
+}
+
+// rewind rewinds a machine from the page to a snapshot.
+func (p *page) rewind(id, machine string) {
+	p.t.Helper()
+	p.selectSnapshot(id)
+	p.click(`#details [data-act="rewind"]`)
+	p.wait("the rewind dialog", `document.querySelector("#dialog").open`, 10*time.Second)
+	p.fill("f-machine", machine)
+	p.confirm()
+	p.wait(machine+" rewound", fmt.Sprintf(`document.querySelector("#toast").textContent.startsWith(%q)`, machine+" rewound"), guestWait)
 }
 
 // tag tags a snapshot from the page.

@@ -159,7 +159,9 @@ function detailsHTML(e, full) {
       .map((f) => `<tr><td>${escapeHTML(f.path)}${f.kind === "dir" ? "/" : ""}</td><td class="num">${f.kind === "file" ? formatBytes(f.size) : ""}</td><td class="num">${f.chunks || ""}</td><td class="num">${f.hole_bytes ? formatBytes(f.hole_bytes) : ""}</td></tr>`)
       .join("")}</tbody></table>`;
   }
-  const ratio = e.added_bytes > 0 ? (e.logical_bytes / e.added_bytes).toFixed(1) + "×" : "∞";
+  // What the snapshot holds but for holes, against what it added.
+  const data = e.logical_bytes - holes;
+  const dedup = !full ? "" : e.added_bytes > 0 ? `${formatBytes(data)} of data stored in ${formatBytes(e.added_bytes)}: ${(data / e.added_bytes).toFixed(1)}× less, by dedup against older snapshots and compression` : `${formatBytes(data)} of data, all of it stored already`;
   return `<h2>Snapshot <code class="id" title="${e.id}">${short(e.id)}</code></h2>
   <p class="message">${escapeHTML(e.message) || '<i class="muted">no message</i>'}</p>
   <dl class="facts">
@@ -170,7 +172,8 @@ function detailsHTML(e, full) {
     <dt>Refs</dt><dd>${refs.map((r) => `<span class="badge ${r.k.kind}">${escapeHTML(r.k.label)}</span>${r.k.kind === "branch" || r.k.kind === "tag" ? `<button type="button" class="small" data-delete-ref="${escapeHTML(r.name)}" aria-label="delete ${r.k.kind} ${escapeHTML(r.k.label)}">×</button>` : ""}`).join(" ") || "none"}</dd>
     <dt>Machines</dt><dd>${machines.map((m) => escapeHTML(m.name) + " (" + m.state + ")").join(", ") || "none"}</dd>
     <dt>Size</dt><dd>${formatBytes(e.logical_bytes)} logical${full ? `, ${formatBytes(holes)} of it holes` : ""}</dd>
-    <dt>Added</dt><dd>${formatBytes(e.added_bytes)} stored (the rest was in the scrapbook already, or compressed: ${ratio} smaller than a plain copy)</dd>
+    <dt>Added</dt><dd>${formatBytes(e.added_bytes)} stored, new to the scrapbook</dd>
+    ${dedup ? `<dt>Dedup</dt><dd>${dedup}</dd>` : ""}
   </dl>
   <div class="actions">
     ${isMachine ? '<button type="button" data-act="checkout">Check out…</button><button type="button" data-act="rewind">Rewind a machine here…</button>' : ""}

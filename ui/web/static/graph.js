@@ -217,9 +217,11 @@ export class GraphView {
     const row = this.lay.index.get(id);
     const h = this.container.clientHeight;
     const sy = y(row) * this.scale + this.ty;
-    if (sy < 40 || sy > h - 40) this.ty = h / 3 - y(row) * this.scale;
+    // Bring it a third of the way down, but never pan the newest
+    // snapshots away from the top.
+    if (sy < 40 || sy > h - 40) this.ty = Math.min(0, h / 3 - y(row) * this.scale);
     const sx = x(this.lay.nodes[row].lane) * this.scale + this.tx;
-    if (sx < 0 || sx > this.container.clientWidth - 40) this.tx = 20 - x(this.lay.nodes[row].lane) * this.scale + MARGIN;
+    if (sx < 0 || sx > this.container.clientWidth - 40) this.tx = Math.min(0, MARGIN - x(this.lay.nodes[row].lane) * this.scale);
   }
 
   renderList() {
