@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/ui"
 	"github.com/spf13/cobra"
 )
@@ -45,7 +46,13 @@ then needs the token in that file (the page asks for it once).`,
 			}
 			opts.TLS = certFile != ""
 			opts.Log = serveLog
-			srv, err := ui.New(scrapbookDir(), opts)
+			// The page boots machines: like boot, make the scrapbook on first use.
+			s, err := sbuml.OpenOrInit(scrapbookDir())
+			if err != nil {
+				return err
+			}
+			s.Close()
+			srv, err := ui.New(s.Dir, opts)
 			if err != nil {
 				return err
 			}
