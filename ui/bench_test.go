@@ -105,7 +105,7 @@ func syntheticHistory(b *testing.B, n, fork int) *sbuml.Scrapbook {
 	ids := []objects.ID{first.ID}
 	tips := map[string]objects.ID{"main": first.ID}
 	branch := "main"
-	t0 := time.Now().Add(-time.Duration(n) * time.Minute)
+	t0 := root.Time // later snapshots are newer, a minute apart
 	for i := 1; i < n; i++ {
 		parent := tips[branch]
 		if i%fork == 0 {

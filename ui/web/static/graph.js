@@ -6,7 +6,7 @@
 // snapshots places them all (O(snapshots x lanes)), once per change of the
 // data. Drawing: only the rows in view are drawn (SVG for lanes and nodes,
 // HTML for their labels), again on every pan and zoom; far out, labels are
-// left out. Every snapshot is also in an accessible list (<ol>), one item
+// left out, and so are the nodes of snapshots without a ref or machine. Every snapshot is also in an accessible list (<ol>), one item
 // with its ID and message each, which screen readers and tests can read
 // whatever is in view.
 
@@ -50,6 +50,13 @@ export function layout(snapshots) {
     cols[at] = null;
     (s.parents || []).forEach((p, k) => {
       if (!index.has(p)) return; // not listed: no edge
+      const pi = index.get(p);
+      if (pi < i) {
+        // The parent is listed above its child (clocks that disagree):
+        // a straight edge up to it, holding no lane.
+        edges.push({ from: i, fromLane: at, lane: at, to: pi, toLane: nodes[pi].lane });
+        return;
+      }
       let lane = at;
       if (k > 0 || cols[at] !== null) {
         lane = cols.indexOf(null);
@@ -70,7 +77,12 @@ export function layout(snapshots) {
   for (const e of edges) {
     for (let r = e.from; r < e.to; r++) width[r] = Math.max(width[r], e.lane + 1);
   }
-  return { nodes, edges: edges.filter((e) => e.to >= 0), width, index };
+  const drawn = edges.filter((e) => e.to >= 0);
+  for (const e of drawn) {
+    e.top = Math.min(e.from, e.to);
+    e.bottom = Math.max(e.from, e.to);
+  }
+  return { nodes, edges: drawn, width, index };
 }
 
 // badgeHTML draws a ref or a machine on its snapshot.
@@ -82,20 +94,22 @@ function badgeHTML(b) {
 const x = (lane) => MARGIN + lane * LANE;
 const y = (row) => MARGIN + row * ROW;
 
-// edgePath is the SVG path of an edge: down its lane, bending into the
-// child's lane at the top and into the parent's at the bottom.
-function edgePath(e) {
-  const x0 = x(e.fromLane), y0 = y(e.from);
-  const xl = x(e.lane), x1 = x(e.toLane), y1 = y(e.to);
+// edgePath is the SVG path of an edge, in the view's pixels: down its
+// lane, bending into the child's lane at the top and into the parent's at
+// the bottom. X and Y place a lane and a row; rh is a row's height.
+function edgePath(e, X, Y, rh) {
+  if (e.to < e.from) return `M${X(e.fromLane)} ${Y(e.from)}L${X(e.toLane)} ${Y(e.to)}`;
+  const x0 = X(e.fromLane), y0 = Y(e.from);
+  const xl = X(e.lane), x1 = X(e.toLane), y1 = Y(e.to);
   let d = `M${x0} ${y0}`;
   let top = y0;
   if (xl !== x0) {
-    top = y0 + ROW;
-    d += `C${x0} ${y0 + ROW / 2} ${xl} ${y0 + ROW / 2} ${xl} ${top}`;
+    top = y0 + rh;
+    d += `C${x0} ${y0 + rh / 2} ${xl} ${y0 + rh / 2} ${xl} ${top}`;
   }
-  const bottom = xl === x1 ? y1 : y1 - ROW;
+  const bottom = xl === x1 ? y1 : y1 - rh;
   if (bottom > top) d += `L${xl} ${bottom}`;
-  if (xl !== x1) d += `C${xl} ${bottom + ROW / 2} ${x1} ${bottom + ROW / 2} ${x1} ${y1}`;
+  if (xl !== x1) d += `C${xl} ${bottom + rh / 2} ${x1} ${bottom + rh / 2} ${x1} ${y1}`;
   return d;
 }
 
@@ -246,30 +260,38 @@ export class GraphView {
     });
   }
 
-  // render draws the rows in view: lanes and nodes in the SVG, labels as
-  // HTML, both moved and scaled by the view's transform.
+  // render draws the rows in view: lanes and nodes in the SVG, in the
+  // view's pixels, and labels as HTML, moved and scaled by the view's
+  // transform. Far out, lanes keep at least 8 pixels apart so that the
+  // shape of the history shows.
   render() {
     const { nodes, edges, width } = this.lay;
     const h = this.container.clientHeight, s = this.scale;
     const r0 = Math.max(0, Math.floor((-this.ty / s - MARGIN) / ROW) - 1);
     const r1 = Math.min(nodes.length - 1, Math.ceil(((h - this.ty) / s - MARGIN) / ROW) + 1);
-    const t = `translate(${this.tx}px,${this.ty}px) scale(${s})`;
-    this.svg.style.transform = t;
-    this.labels.style.transform = t;
+    const dense = ROW * s < 4;
+    const sx = dense ? Math.max(s, 8 / LANE) : s;
+    const X = (lane) => this.tx + x(lane) * sx, Y = (row) => this.ty + y(row) * s;
+    this.labels.style.transform = `translate(${this.tx}px,${this.ty}px) scale(${s})`;
     const lines = [];
     for (const e of edges) {
-      if (e.to >= r0 && e.from <= r1) lines.push(`<path d="${edgePath(e)}"/>`);
+      if (e.bottom >= r0 && e.top <= r1) lines.push(`<path d="${edgePath(e, X, Y, ROW * s)}"/>`);
     }
     const dots = [], labels = [];
     const withLabels = s >= LABEL_SCALE && r1 - r0 < 400;
+    // Far out, rows are too close for a node each: the lanes show the
+    // shape, and only snapshots with a ref, a machine or the selection get
+    // a node.
+    const radius = (auto) => Math.max(3, (auto ? 4 : 6) * Math.min(s, 1.5));
     for (let r = r0; r <= r1; r++) {
       const n = nodes[r], e = n.entry;
+      const badges = this.badges.get(e.id) || [];
+      if (dense && !badges.length && e.id !== this.selected) continue;
       const cls = ["node"];
       if (e.auto) cls.push("auto");
       if (e.id === this.selected) cls.push("selected");
-      const badges = this.badges.get(e.id) || [];
       if (badges.some((b) => b.kind === "machine")) cls.push("live");
-      dots.push(`<circle class="${cls.join(" ")}" data-id="${e.id}" cx="${x(n.lane)}" cy="${y(r)}" r="${e.auto ? 4 : 6}"><title>${short(e.id)} ${escapeHTML(firstLine(e.message))}</title></circle>`);
+      dots.push(`<circle class="${cls.join(" ")}" data-id="${e.id}" cx="${X(n.lane)}" cy="${Y(r)}" r="${radius(e.auto)}"><title>${short(e.id)} ${escapeHTML(firstLine(e.message))}</title></circle>`);
       if (withLabels) labels.push(this.label(n, badges, width[r]));
     }
     this.svg.innerHTML = lines.join("") + dots.join("");
@@ -293,8 +315,16 @@ export class GraphView {
     this.draw();
   }
 
+  // zoom zooms by factor around the selected snapshot if it is in view,
+  // else around the top left corner.
   zoom(factor) {
-    this.zoomAt(factor, this.container.clientWidth / 3, this.container.clientHeight / 2);
+    let px = 0, py = 0;
+    if (this.selected) {
+      const n = this.lay.nodes[this.lay.index.get(this.selected)];
+      const sx = this.tx + x(n.lane) * this.scale, sy = this.ty + y(n.row) * this.scale;
+      if (sy >= 0 && sy <= this.container.clientHeight) [px, py] = [sx, sy];
+    }
+    this.zoomAt(factor, px, py);
   }
 
   // fit shows every snapshot.
