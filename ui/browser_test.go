@@ -3,6 +3,7 @@ package ui_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/internal/testimage"
 	"github.com/sbuml/sbuml/ui"
+	"github.com/sbuml/sbuml/vmm"
 )
 
 // guestWait bounds what waits for a guest: a boot, checkout or commit
@@ -32,8 +35,10 @@ const guestWait = 3 * time.Minute
 // of both. The page boots m1 (with a screen) and the command line commits
 // it; the page shows the graph with every snapshot, a commit made in a
 // shell appears without a reload, the page shows m1's screen through
-// noVNC; the page checks out the newest snapshot as m2 (the shell as m3),
-// types into m2's console and reads the guest's answer, commits, tags,
+// noVNC; the page checks out the newest snapshot as m2 (the shell as m3);
+// the page is told m2's console is busy while a shell shows it, and the
+// shell is refused while the page shows it; the page types into m2's
+// console and reads the guest's answer, commits, tags,
 // freezes, continues, rewinds and halts m2, deletes its branch and runs
 // gc. Last, the same browser opens the site sbuml publish writes, on a
 // plain static server, and finds its graph.
@@ -372,19 +377,56 @@ func (p *page) checkout(id, machine string) {
 	p.confirm()
 }
 
-// console opens the machine's console on the page, checks that a shell
-// cannot attach it meanwhile, types a command and reads the answer.
+// console checks that the page cannot open the machine's console while a
+// shell shows it, and is told why; opens it once the shell has let go;
+// checks that a shell cannot attach it meanwhile; types a command and
+// reads the answer.
 func (p *page) console(dir, machine string) {
 	p.t.Helper()
+	shell := exec.Command(sbumlCommand(p.t), "--scrapbook", dir, "console", machine)
+	typing, err := shell.StdinPipe()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := shell.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	lock := filepath.Join(dir, "machines", machine, vmm.ConsoleLock)
+	eventually(p.t, time.Minute, "sbuml console holds "+lock, func() error {
+		if !flocked(lock) {
+			return errNotYet
+		}
+		return nil
+	})
+	p.click(machineButton(machine, "console"))
+	p.wait("the page told the console is busy", `document.querySelector("#terminal").dataset.state === "busy" && document.querySelector("#screen-status").textContent.includes("another sbuml process")`, time.Minute)
+	typing.Close()
+	if err := shell.Wait(); err != nil {
+		p.t.Fatalf("sbuml console, its input ended: %v", err)
+	}
 	p.click(machineButton(machine, "console"))
 	p.wait("the console attached", `document.querySelector("#terminal").dataset.state === "attached"`, time.Minute)
-	_, err := cli(p.t, dir, "true\n", "console", machine)
+	_, err = cli(p.t, dir, "true\n", "console", machine)
 	if err == nil || !strings.Contains(err.Error(), "attached in another sbuml process") {
 		p.t.Errorf("sbuml console while the page shows the console: %v, want it refused", err)
 	}
 	p.click("#terminal .xterm-screen")
 	p.do("type into the console", typeKeys("echo ui-$((6*7))\n"))
 	p.wait("the guest's answer in the page's console", `document.querySelector("#terminal .xterm-rows").textContent.includes("ui-42")`, time.Minute)
+}
+
+// flocked reports whether another process holds the flock on path.
+func flocked(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if err == nil {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	}
+	return errors.Is(err, syscall.EWOULDBLOCK)
 }
 
 // typeKeys types text on the keyboard as a browser's user would: per key
