@@ -304,7 +304,7 @@ func (e *machineEvents) follow(dir string) {
 		return
 	}
 	defer q.Close()
-	sub := q.Subscribe()
+	sub := q.Subscribe(runStateEvents...)
 	for {
 		if _, err := sub.Next(e.ctx); err != nil {
 			if !errors.Is(err, context.Canceled) {
@@ -315,6 +315,10 @@ func (e *machineEvents) follow(dir string) {
 		e.onChange()
 	}
 }
+
+// runStateEvents are the QMP events after which a machine's state may
+// read differently; others (a guest setting its clock, say) are no news.
+var runStateEvents = []string{"STOP", "RESUME", "SHUTDOWN", "RESET", "GUEST_PANICKED", "SUSPEND", "WAKEUP"}
 
 // wait waits for the watchers to end, once the server's context has.
 func (e *machineEvents) wait() { e.wg.Wait() }
