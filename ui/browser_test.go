@@ -87,8 +87,11 @@ func TestBrowser(t *testing.T) {
 	p.shot("ui-graph")
 
 	for _, change := range []struct{ action, state string }{{"freeze", "frozen"}, {"continue", "running"}} {
-		p.click(machineButton("m2", change.action))
+		// A freeze in a shell changes no file: the page hears it from
+		// QEMU's events.
 		mustCLI(t, dir, change.action, "m3")
+		p.waitState("m3", change.state)
+		p.click(machineButton("m2", change.action))
 		p.waitState("m2", change.state)
 		requireTwins(t, dir, "m2", "m3", fromPage.ID.String(), fromShell.ID.String())
 	}
