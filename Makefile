@@ -9,13 +9,14 @@ BIN := bin/sbuml
 # server the web tests publish to; debootstrap: the Debian image; syslinux,
 # syslinux-common, mtools, dosfstools, fdisk: disks that boot by BIOS;
 # qemu-utils: qcow2 imports; openssh-client: the scrapbook's ssh key and
-# sbuml ssh; gcc, libc6-dev: the C ckpt() library's test program).
+# sbuml ssh; gcc, libc6-dev: the C ckpt() library's test program;
+# chromium: the browser the tests of sbuml ui drive).
 DEB_PACKAGES := qemu-system-x86 busybox-static e2fsprogs cpio python3 \
 	debootstrap syslinux syslinux-common mtools dosfstools fdisk qemu-utils openssh-client \
-	gcc libc6-dev
+	gcc libc6-dev chromium
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all build deps test demo bench vet clean
+.PHONY: all build deps test demo bench vet clean ui-assets
 
 all: build
 
@@ -53,6 +54,11 @@ demo: build
 
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+# ui-assets refreshes the browser libraries sbuml ui embeds from npm, at the
+# versions pinned in the script; the result is checked in.
+ui-assets:
+	./scripts/ui-assets.sh
 
 clean:
 	rm -rf bin

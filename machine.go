@@ -469,13 +469,29 @@ func (s *Scrapbook) Halt(ctx context.Context, machine string) error {
 		return herr
 	}
 	if s.isNamedMachine(dir) {
-		return os.RemoveAll(dir)
+		return removeMachineDir(dir)
 	}
 	if err := removeMachineFiles(dir); err != nil {
 		return err
 	}
 	s.forgetMachine(dir)
 	return nil
+}
+
+// removeMachineDir removes a halted machine's directory. A process that
+// lists machines meanwhile (sbuml ps, sbuml ui, which lists them as soon
+// as a machine's files change) opens each machine's lock file, creating
+// it again if it was just removed; so removal is tried again, for up to
+// a second, while the directory is found not empty.
+func removeMachineDir(dir string) error {
+	var err error
+	for range 20 {
+		if err = os.RemoveAll(dir); !errors.Is(err, unix.ENOTEMPTY) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return err
 }
 
 func removeMachineFiles(dir string) error {

@@ -35,7 +35,8 @@ type PublishResult struct {
 // new objects also as one pack under packs/, listed in packs.json, so a
 // client downloads a publish in a few requests rather than one per
 // object; refs.json; index.html listing every snapshot with its message,
-// sizes and links; and a link file naming url and the snapshot per branch
+// sizes and links, and showing the history as the graph of sbuml ui
+// (graph.json, assets/); and a link file naming url and the snapshot per branch
 // (branches/NAME.sbuml), tag (tags/NAME.sbuml) and snapshot of their
 // history (snapshots/SHORTID.sbuml). Publishing again
 // sends only new objects and makes the published refs match the
@@ -184,6 +185,9 @@ func (s *Scrapbook) writeIndex(ctx context.Context, dir, url string, published [
 			return nil, 0, err
 		}
 	}
+	if err := s.writeGraphSite(dir, url, published, entries); err != nil {
+		return nil, 0, err
+	}
 	rows := make([]indexRow, len(entries))
 	for i, e := range entries {
 		rows[i] = indexRow{
@@ -212,20 +216,25 @@ var indexTemplate = template.Must(template.New("index").Parse(`<!DOCTYPE html>
 <head>
 <meta charset="utf-8">
 <title>sbuml scrapbook</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="assets/style.css">
 <style>
-body { font-family: sans-serif; margin: 2em; }
-table { border-collapse: collapse; }
-th, td { text-align: left; padding: 0.3em 0.8em; border-bottom: 1px solid #ccc; vertical-align: top; }
-td.num { text-align: right; }
-code { font-size: 0.9em; }
+#static-table { border-collapse: collapse; }
+#static-table th, #static-table td { text-align: left; padding: 0.3em 0.8em; border-bottom: 1px solid #ccc; vertical-align: top; }
+#static-table td.num { text-align: right; }
 </style>
+<script type="module" src="assets/site.js"></script>
 </head>
-<body>
+<body class="site">
 <h1>sbuml scrapbook</h1>
 <p>Copy all of it with <code>sbuml clone {{.URL}} DIR</code>.
 Run a snapshot with <code>sbuml open FILE.sbuml</code> on a link below, or with
 <code>sbuml checkout {{.URL}}#SNAPSHOT MACHINE -c</code>, where SNAPSHOT is an ID as shown, a branch or a tag.</p>
-<table>
+<div id="graph"></div>
+<div id="site-details" class="site-details" aria-live="polite"></div>
+<h2>Snapshots <span id="snapshot-count"></span></h2>
+<ol id="snapshot-list" class="snapshot-list"></ol>
+<table id="static-table">
 <tr><th>Snapshot</th><th>Time</th><th>Branches and tags</th><th>Message</th><th>Size</th><th>Added</th></tr>
 {{- range .Rows}}
 <tr>

@@ -239,11 +239,8 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 			}
 			name := prefix + args[0]
 			if del {
-				old, err := s.Refs.Get(name)
+				old, err := s.DeleteRef(name, kind+" -d")
 				if err != nil {
-					return err
-				}
-				if err := s.Refs.Update(name, old, objects.Zero, kind+" -d"); err != nil {
 					return err
 				}
 				fmt.Printf("deleted %s %s (was %s)\n", kind, args[0], old.Short())
