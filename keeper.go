@@ -39,6 +39,7 @@ const (
 	keeperPIDFile  = "keeper.pid"  // "KEEPERPID QEMUPID": the keeper and the QEMU it serves
 	keeperSocket   = "keeper.sock" // where commands reach the keeper
 	keeperLogFile  = "keeper.log"  // what the keeper did, timestamped
+	runStateFile   = "run-state"   // the last run-state event of QEMU (see noteRunState)
 )
 
 // Environment variables that make a process a keeper.
@@ -313,7 +314,7 @@ func (k *keeper) watchQEMU(ctx context.Context) {
 	k.eventsMu.Lock()
 	k.events = q
 	k.eventsMu.Unlock()
-	events := q.Subscribe("RESUME", "SHUTDOWN")
+	events := q.Subscribe(runStateEvents...)
 	defer events.Close()
 	for {
 		ev, err := events.Next(ctx)
@@ -323,6 +324,25 @@ func (k *keeper) watchQEMU(ctx context.Context) {
 		if ev.Name == "RESUME" {
 			k.guestResumed(ctx)
 		}
+		k.noteRunState(ev)
+	}
+}
+
+// runStateEvents are the QMP events after which a machine's state reads
+// differently.
+var runStateEvents = []string{"STOP", "RESUME", "SHUTDOWN", "RESET", "GUEST_PANICKED", "SUSPEND", "WAKEUP"}
+
+// noteRunState writes the last run-state event to runStateFile, so that
+// programs watching the machine directory (sbuml ui, with inotify) learn
+// of a freeze or a continue that changes no other file: QEMU serves its
+// events monitor to one client, the keeper.
+func (k *keeper) noteRunState(ev vmm.Event) {
+	b, _ := json.Marshal(struct {
+		Event string    `json:"event"`
+		Time  time.Time `json:"time"`
+	}{ev.Name, ev.Time})
+	if err := writeFileAtomic(filepath.Join(k.dir, runStateFile), append(b, '\n')); err != nil {
+		log.Printf("note run state: %v", err)
 	}
 }
 

@@ -497,7 +497,7 @@ func removeMachineDir(dir string) error {
 func removeMachineFiles(dir string) error {
 	for _, f := range []string{vmm.ConfigFile, vmm.QMPSocket, vmm.ConsoleSocket, vmm.EventsSocket, vmm.VNCSocket, vmm.AgentSocket,
 		vmm.ConsoleLog, vmm.PIDFile, vmm.QEMULog, vmm.LockFile, vmm.ConsoleLock, vmm.RAMFileName, machineKernel, machineInitrd, machineDisk, headFile,
-		keeperLockFile, keeperPIDFile, keeperSocket, keeperLogFile, keeperLogFile + ".1", autosnapFile, autosnapStateFile, sshKnownHosts} {
+		keeperLockFile, keeperPIDFile, keeperSocket, keeperLogFile, keeperLogFile + ".1", runStateFile, autosnapFile, autosnapStateFile, sshKnownHosts} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -259,10 +259,12 @@ func (w *watcher) schedule() {
 	}
 }
 
-// machineEvents watches the QMP events of running machines (STOP,
-// RESUME, SHUTDOWN, ...), which no file shows: a machine frozen or
-// continued from the command line. It holds each machine's events
-// monitor (vmm.DialEvents), which serves one client at a time.
+// machineEvents watches the QMP events of running machines that have no
+// keeper (STOP, RESUME, SHUTDOWN, ...), which no file shows: a machine
+// frozen or continued from the command line. It holds each such
+// machine's events monitor (vmm.DialEvents), which serves one client at
+// a time. A machine's keeper holds that monitor itself and writes each
+// such event to a file of the machine directory, which the watcher sees.
 type machineEvents struct {
 	ctx      context.Context
 	onChange func()
@@ -281,7 +283,7 @@ func (e *machineEvents) watch(machines []sbuml.MachineInfo) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, m := range machines {
-		if m.PID == 0 || e.watched[m.Dir] || e.ctx.Err() != nil {
+		if m.PID == 0 || m.Keeper || e.watched[m.Dir] || e.ctx.Err() != nil {
 			continue
 		}
 		e.watched[m.Dir] = true
