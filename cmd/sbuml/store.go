@@ -237,6 +237,9 @@ func fsckCmd() *cobra.Command {
 				for _, p := range r.Problems {
 					fmt.Println(p)
 				}
+				for _, l := range r.StaleLocks {
+					fmt.Printf("%s: stale lock left by a killed writer; the next update removes it\n", l)
+				}
 				if r.Leftovers > 0 {
 					fmt.Printf("%d unfinished pack file%s (%s) left by killed or running writers; sbuml gc removes them\n", r.Leftovers, pluralS(r.Leftovers), humanBytes(r.LeftoverBytes))
 				}
