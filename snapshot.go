@@ -102,6 +102,9 @@ func (s *Scrapbook) record(ctx context.Context, saver *stream.Saver, ref string,
 	}
 	why := "snapshot: " + firstLine(opts.Message)
 	if err := s.Refs.Update(ref, old, id, why); err != nil {
+		if errors.Is(err, refs.ErrLocked) {
+			return objects.Zero, fmt.Errorf("%w; snapshot %s is stored but on no branch: keep it with 'sbuml branch NAME %s', or sbuml gc removes it", err, id.Short(), id.Short())
+		}
 		if errors.Is(err, refs.ErrConflict) {
 			return objects.Zero, fmt.Errorf("%s moved while the snapshot was being taken; snapshot %s is stored but not on the branch (run 'sbuml branch NAME %s' to keep it): %w", ref, id.Short(), id.Short(), err)
 		}

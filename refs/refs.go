@@ -376,6 +376,32 @@ func (s *Store) Update(name string, old, new objects.ID, why string) error {
 	return nil
 }
 
+// WaitUnlocked returns once no other writer holds the lock of ref name
+// (or of the ref a symbolic name points at), waiting up to LockWait for
+// a live one and removing one left by a killed writer. It returns an
+// error wrapping ErrLocked if a writer still holds it. A long operation
+// that ends in an update of name calls it first, so that it does not do
+// its work only to find the ref locked.
+func (s *Store) WaitUnlocked(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	chain, _, _, err := s.resolve(name)
+	if err != nil {
+		return err
+	}
+	target := chain[len(chain)-1]
+	if !s.isFile(target + ".lock") {
+		return nil
+	}
+	l, err := s.lock("update "+target, target)
+	if err != nil {
+		return err
+	}
+	l.release()
+	return nil
+}
+
 // checkCreate returns an error wrapping ErrConflict if ref name cannot be
 // created because another ref, or the reflog of a deleted one, occupies
 // its path: a file where name needs a directory, or a directory where it
