@@ -58,3 +58,29 @@ func TestImportOverRefLocks(t *testing.T) {
 		t.Errorf("main moved to %s", tip.Short())
 	}
 }
+
+// The other lock files of a scrapbook and of a published directory are
+// taken over at once too when their writer was killed.
+func TestStaleLocksOfOtherFiles(t *testing.T) {
+	ctx := context.Background()
+	s := newScrapbook(t)
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "f"), []byte("one"), 0o644)
+	mustImport(t, s, src, sbuml.SnapshotOptions{})
+	pub := filepath.Join(t.TempDir(), "pub")
+	const url = "https://example.org/book/"
+	if _, err := s.Publish(ctx, pub, url, sbuml.TransferOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{filepath.Join(s.Dir, "remotes.lock"), filepath.Join(pub, "refs.json.lock"), filepath.Join(pub, "packs.json.lock")} {
+		writeFile(t, f, nil, 0o644) // as a killed writer leaves it
+	}
+	if err := s.AddRemote(sbuml.RemoteConfig{Name: "origin", URL: pub}); err != nil {
+		t.Errorf("remote add over a stale remotes.lock: %v", err)
+	}
+	writeFile(t, filepath.Join(src, "f"), []byte("two"), 0o644)
+	mustImport(t, s, src, sbuml.SnapshotOptions{})
+	if _, err := s.Publish(ctx, pub, url, sbuml.TransferOptions{}); err != nil {
+		t.Errorf("publish over stale locks: %v", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
 	"github.com/sbuml/sbuml/transport"
@@ -162,15 +163,11 @@ func (s *Scrapbook) readRemotes() (*remotesConfig, error) {
 // editRemotes changes the remotes file under its lock file.
 func (s *Scrapbook) editRemotes(change func(*remotesConfig) error) error {
 	p := filepath.Join(s.Dir, remotesFile)
-	lock, err := os.OpenFile(p+".lock", os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	lock, err := lockfile.Create(p+".lock", 0o644, refs.LockWait)
 	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s.lock exists: another sbuml is changing the remotes, or one was killed (then remove the file)", p)
-		}
-		return err
+		return fmt.Errorf("change the remotes: %w", err)
 	}
-	lock.Close()
-	defer os.Remove(p + ".lock")
+	defer lock.Release()
 	c, err := s.readRemotes()
 	if err != nil {
 		return err
