@@ -30,7 +30,7 @@ func TestFsckFindsFlippedReflogBytes(t *testing.T) {
 		mustImport(t, s, src, sbuml.SnapshotOptions{Message: "import number " + string(rune('a'+i))})
 	}
 	other := mustImport(t, s, src, sbuml.SnapshotOptions{Branch: "other"}).ID
-	if _, err := s.CreateRef(ctx, "refs/tags/v1", "main"); err != nil {
+	if _, err := s.CreateRef(ctx, "refs/tags/v1", "main", sbuml.RefOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Refs.Update("refs/heads/other", other, objects.Zero, "branch -d"); err != nil {

@@ -172,12 +172,15 @@ on since, commit with --branch NEW (or --force).`,
 
 // refCmd makes the branch and tag commands, which differ only in namespace.
 func refCmd(use, kind, plural, prefix string) *cobra.Command {
-	var del bool
+	var del, force bool
 	c := &cobra.Command{
 		Use:   use + " [NAME [SNAPSHOT]]",
 		Short: "List, create or delete " + plural,
-		Long:  fmt.Sprintf("With no NAME, list %[2]s. With NAME, create %[1]s NAME at SNAPSHOT (default HEAD).\nWith -d, delete %[1]s NAME (its snapshots stay in the scrapbook until sbuml gc).", kind, plural),
-		Args:  cobra.MaximumNArgs(2),
+		Long: fmt.Sprintf("With no NAME, list %[2]s. With NAME, create %[1]s NAME at SNAPSHOT (default HEAD);\n"+
+			"a name that would hide HEAD or snapshot IDs (four or more hex digits) needs --force.\n"+
+			"With -d, delete %[1]s NAME (its snapshots stay in the scrapbook until sbuml gc); the\n"+
+			"current branch needs --force.", kind, plural),
+		Args: cobra.MaximumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openScrapbook()
 			if err != nil {
@@ -209,12 +212,10 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 				return err
 			}
 			name := prefix + args[0]
+			opts := sbuml.RefOptions{Force: force}
 			if del {
-				old, err := s.Refs.Get(name)
+				old, err := s.DeleteRef(name, opts)
 				if err != nil {
-					return err
-				}
-				if err := s.Refs.Update(name, old, objects.Zero, kind+" -d"); err != nil {
 					return err
 				}
 				fmt.Printf("deleted %s %s (was %s)\n", kind, args[0], old.Short())
@@ -224,7 +225,7 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 			if len(args) == 2 {
 				rev = args[1]
 			}
-			id, err := s.CreateRef(ctx, name, rev)
+			id, err := s.CreateRef(ctx, name, rev, opts)
 			if err != nil {
 				if errors.Is(err, refs.ErrConflict) {
 					return fmt.Errorf("%s %s already exists", kind, args[0])
@@ -236,6 +237,7 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&del, "delete", "d", false, "delete the "+kind)
+	c.Flags().BoolVarP(&force, "force", "f", false, "create a "+kind+" whose name hides HEAD or snapshot IDs, or delete the current branch")
 	addJSONFlag(c)
 	return c
 }

@@ -330,6 +330,9 @@ up to 10 s for it to end. Killed at any moment, it loses nothing.`,
 			if flagJSON {
 				return printJSON(r)
 			}
+			for _, sn := range r.Snapshots {
+				fmt.Printf("would remove %s %s  %s\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"), firstLineOf(sn.Message))
+			}
 			verb, freed := "removed", fmt.Sprintf("%s freed", humanBytes(r.FileBytesBefore-r.FileBytesAfter))
 			if r.DryRun {
 				verb, freed = "would remove", fmt.Sprintf("about %s to free", humanBytes(r.RemovedBytes))
