@@ -144,7 +144,10 @@ func configText() []byte {
 	return b
 }
 
-// OpenOrInit opens the scrapbook in dir, creating it first if dir holds none.
+// OpenOrInit opens the scrapbook in dir, creating it first if dir holds
+// none. The sbuml command does not use it: there, as in git, only init
+// and clone make a scrapbook, so that a mistyped path is an error rather
+// than a new, empty scrapbook.
 func OpenOrInit(dir string) (*Scrapbook, error) {
 	s, err := Open(dir)
 	if errors.Is(err, ErrNotScrapbook) {

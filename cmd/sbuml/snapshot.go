@@ -83,11 +83,7 @@ link file, of which only the objects this scrapbook lacks are downloaded.
 Any number of machines may be checked out from one snapshot at once.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			open := openScrapbook
-			if sbuml.IsLink(args[0]) { // a snapshot from elsewhere needs no scrapbook yet
-				open = func() (*sbuml.Scrapbook, error) { return sbuml.OpenOrInit(scrapbookDir()) }
-			}
-			s, err := open()
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
@@ -257,7 +253,7 @@ browser helper). NEWMACHINE defaults to the link's file name. A browser hands
 are installed (see docs/transport.md).`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := sbuml.OpenOrInit(scrapbookDir())
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}

@@ -50,7 +50,7 @@ is not stored again, so importing a changed copy adds only the changes
 (SBUML's sbumlmakedelta, deduplicated against every snapshot at once).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := sbuml.OpenOrInit(scrapbookDir())
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
