@@ -34,7 +34,7 @@ func init() {
 func main() {
 	if err := rootCmd.Execute(); err != nil {
 		if err != errSilentFailure {
-			fmt.Fprintln(os.Stderr, "sbuml: "+oneLine(err.Error()))
+			fmt.Fprintln(os.Stderr, "sbuml: "+escapeText(oneLine(err.Error()), false))
 		}
 		os.Exit(1)
 	}

@@ -106,7 +106,7 @@ token that 'sbuml serve' wants for pushes.`,
 				return printJSON(rs)
 			}
 			for _, r := range rs {
-				fmt.Printf("%s\t%s\n", r.Name, r.URL)
+				fmt.Printf("%s\t%s\n", quoteName(r.Name), quoteName(r.URL))
 			}
 			return nil
 		},
@@ -149,7 +149,7 @@ the remote's configured token file.`,
 				return printJSON(res)
 			}
 			for _, r := range res.Refs {
-				fmt.Printf("%s: %s %s\n", r.Name, r.Status, movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+				fmt.Printf("%s: %s %s\n", quoteName(r.Name), escapeText(r.Status, false), movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
 			}
 			return nil
 		},
@@ -212,7 +212,7 @@ func finishPull(res *sbuml.PullResult, err error) error {
 		return printJSON(res)
 	}
 	for _, r := range res.Refs {
-		fmt.Printf("%s: %s %s\n", r.Name, r.Status, movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+		fmt.Printf("%s: %s %s\n", quoteName(r.Name), escapeText(r.Status, false), movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
 	}
 	return nil
 }
@@ -317,7 +317,7 @@ new objects.`,
 				return printJSON(res)
 			}
 			for _, r := range res.Refs {
-				fmt.Printf("%s: %s %s\n", r.Name, r.Status, movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+				fmt.Printf("%s: %s %s\n", quoteName(r.Name), escapeText(r.Status, false), movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
 			}
 			fmt.Printf("published %d snapshots in %s for %s (index.html, %d link files)\n", res.Snapshots, res.Dir, res.URL, len(res.Links))
 			return nil

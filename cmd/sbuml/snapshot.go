@@ -200,7 +200,7 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 					return printJSON(rows)
 				}
 				for _, r := range all {
-					fmt.Printf("%s %s\n", r.ID.Short(), strings.TrimPrefix(r.Name, prefix))
+					fmt.Printf("%s %s\n", r.ID.Short(), quoteName(strings.TrimPrefix(r.Name, prefix)))
 				}
 				return nil
 			}
