@@ -98,6 +98,9 @@ func (s *Scrapbook) Gc(ctx context.Context, opts GcOptions) (*GcReport, error) {
 			}
 			return live.Add(r.ID), nil
 		})
+		if err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("gc: interrupted; nothing was removed")
+		}
 		if err != nil {
 			return nil, fmt.Errorf("gc: snapshot %s: %w; nothing was removed (run sbuml fsck)", root.Short(), err)
 		}
@@ -115,6 +118,9 @@ func (s *Scrapbook) Gc(ctx context.Context, opts GcOptions) (*GcReport, error) {
 			report(GcProgress{Phase: "copying", Marked: marked, Copied: copied, Total: total})
 		},
 	})
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("gc: interrupted; nothing is left half done (packs that held nothing to keep may be gone); run sbuml gc again to finish")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}

@@ -17,7 +17,16 @@ func (s *Scrapbook) Import(ctx context.Context, dir string, opts SnapshotOptions
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	return s.importTo(ctx, dir, ref, opts)
+	res, err := s.importTo(ctx, dir, ref, opts)
+	if err != nil && ctx.Err() != nil {
+		// Interrupted: what was stored is whole, and worth keeping, so
+		// that importing again stores only the rest.
+		if serr := s.syncObjects(context.WithoutCancel(ctx)); serr != nil {
+			return nil, fmt.Errorf("import %s: interrupted; %w", dir, serr)
+		}
+		return nil, fmt.Errorf("import %s: interrupted, no snapshot recorded (the data stored so far is kept: importing again stores only the rest)", dir)
+	}
+	return res, err
 }
 
 // ExportOptions tune ExportWith.
@@ -46,6 +55,9 @@ func (s *Scrapbook) ExportWith(ctx context.Context, rev, dir string, opts Export
 		return objects.Zero, fmt.Errorf("export: %w", err)
 	}
 	if err := fstree.Export(ctx, s.Objects, sn.Tree, dir, fstree.ExportOptions{KeepSetuid: opts.KeepSetuid}); err != nil {
+		if ctx.Err() != nil {
+			return objects.Zero, fmt.Errorf("export %s: interrupted; what was written into %s is removed", id.Short(), dir)
+		}
 		return objects.Zero, err
 	}
 	return id, nil

@@ -47,18 +47,24 @@ func (im *importer) dir(ctx context.Context, dir string) (objects.ID, uint64, er
 	t := &objects.Tree{Entries: make([]objects.TreeEntry, len(des))}
 	errs := make([]error, len(des))
 	var wg sync.WaitGroup
+	// fail returns err once the files being saved are done: their
+	// goroutines use the saver, which the caller closes when this returns.
+	fail := func(err error) (objects.ID, uint64, error) {
+		wg.Wait()
+		return objects.Zero, 0, err
+	}
 	for i, de := range des {
 		if err := ctx.Err(); err != nil {
-			return objects.Zero, 0, err
+			return fail(err)
 		}
 		name := de.Name()
 		path := filepath.Join(dir, name)
 		if err := objects.ValidEntryName(name); err != nil {
-			return objects.Zero, 0, fmt.Errorf("import %s: %w", path, err)
+			return fail(fmt.Errorf("import %s: %w", path, err))
 		}
 		fi, err := de.Info()
 		if err != nil {
-			return objects.Zero, 0, fmt.Errorf("import: %w", err)
+			return fail(fmt.Errorf("import: %w", err))
 		}
 		e := &t.Entries[i]
 		*e = objects.TreeEntry{Name: name, Mode: uint32(fi.Mode().Perm())}
@@ -97,8 +103,7 @@ func (im *importer) dir(ctx context.Context, dir string) (objects.ID, uint64, er
 			err = fmt.Errorf("import %s: unsupported file type (%s)", path, fi.Mode().Type())
 		}
 		if err != nil {
-			wg.Wait()
-			return objects.Zero, 0, err
+			return fail(err)
 		}
 	}
 	wg.Wait()

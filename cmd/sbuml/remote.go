@@ -26,8 +26,10 @@ func init() {
 const DefaultServeAddr = "127.0.0.1:8417"
 
 // interruptible returns a context cancelled by the first SIGINT or
-// SIGTERM, so that an interrupted transfer still keeps what it received,
-// and a second one ends the process at once.
+// SIGTERM, so that an interrupted command ends cleanly (a transfer keeps
+// what it received, an import what it stored, an export removes what it
+// wrote, gc leaves nothing half done), and a second one ends the process
+// at once.
 func interruptible() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 1)

@@ -54,12 +54,15 @@ is not stored again, so importing a changed copy adds only the changes
 			if err != nil {
 				return err
 			}
+			defer s.Close() // a failed import leaves no unfinished pack behind
 			if opts.Message == "" {
 				opts.Message = "import " + args[0]
 			}
+			ctx, stop := interruptible()
+			defer stop()
 			progress, clear := storeProgress("importing")
 			opts.OnProgress = progress
-			res, err := s.Import(context.Background(), args[0], opts)
+			res, err := s.Import(ctx, args[0], opts)
 			clear()
 			if err != nil {
 				return err
@@ -100,7 +103,9 @@ may come from anywhere. Interrupted or failed, it removes what it wrote.`,
 			if err != nil {
 				return err
 			}
-			id, err := s.ExportWith(context.Background(), args[0], args[1], opts)
+			ctx, stop := interruptible()
+			defer stop()
+			id, err := s.ExportWith(ctx, args[0], args[1], opts)
 			if err != nil {
 				return err
 			}
@@ -333,7 +338,9 @@ up to 10 s for it to end. Killed at any moment, it loses nothing.`,
 				}
 				clear = func() { fmt.Fprint(os.Stderr, "\r\x1b[K") }
 			}
-			r, err := s.Gc(context.Background(), opts)
+			ctx, stop := interruptible()
+			defer stop()
+			r, err := s.Gc(ctx, opts)
 			clear()
 			if err != nil {
 				return err
