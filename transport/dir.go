@@ -349,7 +349,7 @@ func (p *publishedRefs) list() (*RefList, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseRefList(data, p.file())
+	return parseRefList(data, p.file(), DefaultMaxRefs)
 }
 
 func (p *publishedRefs) update(name string, old, new objects.ID, _ string) error {

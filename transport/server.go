@@ -295,7 +295,7 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 	rr := recordReader{r: body}
 	n := 0
 	for {
-		id, stored, err := rr.next()
+		id, stored, _, err := rr.next()
 		if err == io.EOF {
 			break
 		}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/sbuml/sbuml/transport"
 	"github.com/spf13/cobra"
 )
 
@@ -19,6 +20,12 @@ var rootCmd = &cobra.Command{
 	Long:          "sbuml saves the complete running state of Linux machines as snapshots in a\ncontent-addressed scrapbook, and restores, branches and moves them.",
 	SilenceUsage:  true,
 	SilenceErrors: true,
+	// The limits of remotes come from the environment: say at once if
+	// one of those variables is nonsense.
+	PersistentPreRunE: func(*cobra.Command, []string) error {
+		_, err := transport.LimitsFromEnv()
+		return err
+	},
 }
 
 // global flags
