@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
+	neturl "net/url"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -48,6 +49,31 @@ func interruptible() (context.Context, context.CancelFunc) {
 	return ctx, func() {
 		signal.Stop(sigs)
 		cancel()
+	}
+}
+
+// notify tells the user, on stderr, what they should know before data
+// travels (see sbuml.TransferOptions.Notify).
+func notify(msg string) {
+	fmt.Fprintln(os.Stderr, "sbuml: "+escapeText(msg, false))
+}
+
+// announceLink names the host a link file of this machine sends a
+// download to, before anything is downloaded: the file may have come
+// from anywhere.
+func announceLink(arg string) {
+	fi, err := os.Stat(arg)
+	if err != nil || !fi.Mode().IsRegular() {
+		return
+	}
+	b, err := os.ReadFile(arg)
+	if err != nil {
+		return
+	}
+	if l, err := sbuml.ParseLink(b); err == nil {
+		if u, err := neturl.Parse(l.URL); err == nil {
+			notify(fmt.Sprintf("link file %s sends the download to %s", arg, u.Host))
+		}
 	}
 }
 
@@ -138,7 +164,7 @@ the remote's configured token file.`,
 			ctx, stop := interruptible()
 			defer stop()
 			bar := newProgressBar(os.Stderr)
-			opts.Progress = bar.update
+			opts.Progress, opts.Notify = bar.update, notify
 			res, err := s.Push(ctx, args[0], args[1:], opts)
 			bar.clear()
 			if res != nil && res.Stats != nil && !flagJSON {
@@ -265,7 +291,7 @@ the remote's HEAD) or from a .sbuml link file, and print its ID. No ref moves.`,
 			ctx, stop := interruptible()
 			defer stop()
 			bar := newProgressBar(os.Stderr)
-			id, st, err := s.FetchLink(ctx, args[0], sbuml.TransferOptions{Progress: bar.update})
+			id, st, err := s.FetchLink(ctx, args[0], sbuml.TransferOptions{Progress: bar.update, Notify: notify})
 			bar.clear()
 			if st != nil && !flagJSON {
 				fmt.Fprintln(os.Stderr, st.Summary("received"))
@@ -334,6 +360,8 @@ func serveCmd() *cobra.Command {
 	var (
 		addr, tokenFile, certFile, keyFile string
 		readOnly                           bool
+		limits                             transport.ServerLimits
+		maxMemory                          sizeFlag
 	)
 	c := &cobra.Command{
 		Use:   "serve",
@@ -352,7 +380,11 @@ one, pushes are refused. --read-only refuses pushes whatever the token. With
 			if err != nil {
 				return err
 			}
-			opts := transport.ServerOptions{ReadOnly: readOnly, Log: serveLog}
+			limits.MaxMemory = int64(maxMemory)
+			// Garbage from finished requests is collected before the
+			// process grows far past what requests may hold.
+			debug.SetMemoryLimit(limits.MaxMemory + 128<<20)
+			opts := transport.ServerOptions{ReadOnly: readOnly, Log: serveLog, Limits: limits}
 			if tokenFile != "" {
 				if opts.Token, err = readTokenFile(tokenFile); err != nil {
 					return fmt.Errorf("serve: %w", err)
@@ -379,11 +411,9 @@ one, pushes are refused. --read-only refuses pushes whatever the token. With
 				push = "push disabled (no --token-file)"
 			}
 			fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", s.Dir, scheme, ln.Addr(), push)
-			srv := &http.Server{
-				Handler:           transport.NewServer(d, opts),
-				ReadHeaderTimeout: 10 * time.Second,
-				IdleTimeout:       2 * time.Minute,
-			}
+			handler := transport.NewServer(d, opts)
+			srv := handler.HTTPServer()
+			ln = handler.LimitListener(ln)
 			ctx, stop := interruptible()
 			defer stop()
 			done := make(chan error, 1)
@@ -410,6 +440,14 @@ one, pushes are refused. --read-only refuses pushes whatever the token. With
 	c.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token that pushes must carry")
 	c.Flags().StringVar(&certFile, "tls-cert", "", "TLS certificate file (PEM)")
 	c.Flags().StringVar(&keyFile, "tls-key", "", "TLS key file (PEM)")
+	c.Flags().IntVar(&limits.MaxConns, "max-conns", transport.DefaultServerMaxConns, "open connections at most; more are answered 503 at once")
+	c.Flags().IntVar(&limits.MaxRequests, "max-requests", transport.DefaultServerMaxRequests, "requests handled at once; more are answered 503 with Retry-After")
+	maxMemory = transport.DefaultServerMaxMemory
+	c.Flags().Var(&maxMemory, "max-memory", "memory for request bodies (pushed objects, ID lists) at once, e.g. 512M")
+	c.Flags().DurationVar(&limits.HeaderTimeout, "header-timeout", transport.DefaultServerHeaderTimeout, "time to read a request's headers")
+	c.Flags().DurationVar(&limits.IdleTimeout, "idle-timeout", transport.DefaultServerIdleTimeout, "time a connection may wait for its next request")
+	c.Flags().Int64Var(&limits.LowSpeedLimit, "low-speed-limit", transport.DefaultLowSpeedLimit, "bytes/s a body must move at, both ways, after --low-speed-time")
+	c.Flags().DurationVar(&limits.LowSpeedTime, "low-speed-time", transport.DefaultLowSpeedTime, "how long a body may lag behind --low-speed-limit, or stall")
 	return c
 }
 

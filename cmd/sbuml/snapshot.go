@@ -90,6 +90,7 @@ Any number of machines may be checked out from one snapshot at once.`,
 			ctx, cancel := interruptible()
 			defer cancel()
 			opts.Progress = progressWriter()
+			announceLink(args[0])
 			res, err := checkoutWithBar(ctx, s, args[0], args[1], opts)
 			if err != nil {
 				return err
@@ -267,6 +268,7 @@ are installed (see docs/transport.md).`,
 			}
 			opts.Continue = true
 			opts.Progress = progressWriter()
+			announceLink(args[0])
 			res, err := checkoutWithBar(ctx, s, args[0], name, opts)
 			if err != nil {
 				return err
