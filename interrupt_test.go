@@ -71,6 +71,48 @@ func requireNoTemporaries(t *testing.T, s *sbuml.Scrapbook, when string) {
 	})
 }
 
+// interrupter sends SIGINT to sbuml commands on one scrapbook at random
+// moments of a run of typical length, and counts how they ended.
+type interrupter struct {
+	t       *testing.T
+	s       *sbuml.Scrapbook
+	src     string
+	rng     *rand.Rand
+	typical time.Duration
+	counts  map[string]int
+}
+
+// change writes new data into the directory imported.
+func (in *interrupter) change(trial int) {
+	for i := range 4 {
+		writeFile(in.t, filepath.Join(in.src, fmt.Sprintf("d%d", i), "f.bin"), randomBytes(uint64(100*trial+i), 6*mib), 0o644)
+	}
+}
+
+// timed runs the command to its end and sets typical to how long it took.
+func (in *interrupter) timed(args ...string) {
+	in.t.Helper()
+	t0 := time.Now()
+	if out, err := exec.Command(sbumlCommand(in.t), append([]string{"--scrapbook", in.s.Dir}, args...)...).CombinedOutput(); err != nil {
+		in.t.Fatalf("sbuml %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	in.typical = time.Since(t0)
+}
+
+// interrupt runs the command, interrupts it at a random moment within a
+// run of typical length and returns how it ended; a command that
+// finished first tells how long a run takes now.
+func (in *interrupter) interrupt(args ...string) string {
+	in.t.Helper()
+	delay := in.typical/10 + time.Duration(in.rng.Int64N(int64(in.typical)*8/10))
+	how, took := interrupted(in.t, delay, append([]string{"--scrapbook", in.s.Dir}, args...)...)
+	if how == "done" {
+		in.typical = took
+	}
+	in.counts[args[0]+" "+how]++
+	return how
+}
+
 // TestInterruptImportExportGc sends SIGINT to import, export and gc at
 // random moments: each ends with one line, or finishes, and leaves no
 // unfinished file: the scrapbook passes fsck, an interrupted import moves
@@ -79,83 +121,64 @@ func TestInterruptImportExportGc(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the sbuml command 20 times")
 	}
-	const trials = 6
 	sbumlCommand(t) // built before anything is timed
-	s := newScrapbook(t)
-	src := t.TempDir()
-	rng := rand.New(rand.NewPCG(14, 1))
-	change := func(trial int) {
-		for i := range 4 {
-			writeFile(t, filepath.Join(src, fmt.Sprintf("d%d", i), "f.bin"), randomBytes(uint64(100*trial+i), 6*mib), 0o644)
-		}
+	in := &interrupter{t: t, s: newScrapbook(t), src: t.TempDir(), rng: rand.New(rand.NewPCG(14, 1)), counts: map[string]int{}}
+	in.change(-1)
+	in.timed("import", in.src)
+	interruptImports(in)
+	interruptExports(in)
+	interruptGcs(in)
+	t.Logf("how the commands ended: %v", in.counts)
+	if in.counts["import clean"] == 0 || in.counts["export clean"] == 0 || in.counts["gc clean"] == 0 {
+		t.Errorf("not every command was interrupted at least once: %v", in.counts)
 	}
-	timed := func(args ...string) time.Duration {
-		t0 := time.Now()
-		if out, err := exec.Command(sbumlCommand(t), args...).CombinedOutput(); err != nil {
-			t.Fatalf("sbuml %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return time.Since(t0)
-	}
-	// between picks a moment within a run of typical length; a command
-	// that finished first tells how long a run takes now.
-	between := func(typical time.Duration) time.Duration {
-		return typical/10 + time.Duration(rng.Int64N(int64(typical)*8/10))
-	}
-	learn := func(typical *time.Duration, how string, took time.Duration) {
-		if how == "done" {
-			*typical = took
-		}
-	}
-	book := []string{"--scrapbook", s.Dir}
-	change(-1)
-	typical := timed(append(book, "import", src)...)
-	counts := map[string]int{}
-	for trial := range trials {
-		change(trial)
-		before, _ := s.Refs.Get("refs/heads/main")
-		how, took := interrupted(t, between(typical), append(book, "import", src)...)
-		learn(&typical, how, took)
-		counts["import "+how]++
-		s := reopen(t, s)
-		requireWhole(t, s, fmt.Sprintf("import trial %d (%s)", trial, how))
-		requireNoTemporaries(t, s, fmt.Sprintf("import trial %d (%s)", trial, how))
+	requireFsckClean(t, reopen(t, in.s))
+}
+
+// interruptTrials is how many times each command is interrupted.
+const interruptTrials = 6
+
+func interruptImports(in *interrupter) {
+	for trial := range interruptTrials {
+		in.change(trial)
+		before, _ := in.s.Refs.Get("refs/heads/main")
+		how := in.interrupt("import", in.src)
+		s := reopen(in.t, in.s)
+		requireWhole(in.t, s, fmt.Sprintf("import trial %d (%s)", trial, how))
+		requireNoTemporaries(in.t, s, fmt.Sprintf("import trial %d (%s)", trial, how))
 		if after, _ := s.Refs.Get("refs/heads/main"); how != "done" && after != before {
-			t.Errorf("import trial %d: interrupted, but main moved", trial)
+			in.t.Errorf("import trial %d: interrupted, but main moved", trial)
 		}
 	}
+}
 
-	out := filepath.Join(t.TempDir(), "out")
-	typical = timed(append(book, "export", "main", out)...)
-	for trial := range trials {
+func interruptExports(in *interrupter) {
+	out := filepath.Join(in.t.TempDir(), "out")
+	in.timed("export", "main", out)
+	for trial := range interruptTrials {
 		os.RemoveAll(out)
-		how, took := interrupted(t, between(typical), append(book, "export", "main", out)...)
-		learn(&typical, how, took)
-		counts["export "+how]++
+		how := in.interrupt("export", "main", out)
 		if _, err := os.Stat(out); how != "done" && !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("export trial %d: interrupted, but %s is there (%v)", trial, out, err)
+			in.t.Errorf("export trial %d: interrupted, but %s is there (%v)", trial, out, err)
 		}
 	}
+}
 
-	for trial := range trials {
+func interruptGcs(in *interrupter) {
+	for trial := range interruptTrials {
 		// Garbage for gc to remove: a branch of its own, deleted.
-		change(100 + trial)
-		res := mustImport(t, reopen(t, s), src, sbuml.SnapshotOptions{Branch: "tmp"})
-		if err := s.Refs.Update("refs/heads/tmp", res.ID, objects.Zero, "test"); err != nil {
-			t.Fatal(err)
+		in.change(100 + trial)
+		res := mustImport(in.t, reopen(in.t, in.s), in.src, sbuml.SnapshotOptions{Branch: "tmp"})
+		if err := in.s.Refs.Update("refs/heads/tmp", res.ID, objects.Zero, "test"); err != nil {
+			in.t.Fatal(err)
 		}
 		if trial == 0 {
-			typical = timed(append(book, "gc", "--dry-run")...) * 2
+			in.timed("gc", "--dry-run")
+			in.typical *= 2
 		}
-		how, took := interrupted(t, between(typical), append(book, "gc")...)
-		learn(&typical, how, took)
-		counts["gc "+how]++
-		s := reopen(t, s)
-		requireWhole(t, s, fmt.Sprintf("gc trial %d (%s)", trial, how))
-		requireNoTemporaries(t, s, fmt.Sprintf("gc trial %d (%s)", trial, how))
+		how := in.interrupt("gc")
+		s := reopen(in.t, in.s)
+		requireWhole(in.t, s, fmt.Sprintf("gc trial %d (%s)", trial, how))
+		requireNoTemporaries(in.t, s, fmt.Sprintf("gc trial %d (%s)", trial, how))
 	}
-	t.Logf("how the commands ended: %v", counts)
-	if counts["import clean"] == 0 || counts["export clean"] == 0 || counts["gc clean"] == 0 {
-		t.Errorf("not every command was interrupted at least once: %v", counts)
-	}
-	requireFsckClean(t, reopen(t, s))
 }

@@ -613,9 +613,30 @@ func TestHostileClientsOfServe(t *testing.T) {
 		"--max-memory", "96M", "--header-timeout", "2s", "--idle-timeout", "3s", "--low-speed-time", "2s", "--low-speed-limit", "1024")
 	host := strings.TrimSuffix(strings.TrimPrefix(url, "http://"), "/")
 
-	// 50 clients dribble their headers, one byte a second: the 10 past
-	// --max-conns get a 503 at once, the others are cut off after the
-	// header timeout; an honest clone meanwhile retries and succeeds.
+	slowHeaderClients(t, url, host)
+	ids := make([]byte, 65536*objects.IDSize)
+	requireStatuses(t, "100 existence queries", postAtOnce(100, url+"objects/has", "", ids), http.StatusOK)
+	// False objects: refused as corrupt once read, or for memory.
+	record := make([]byte, 36+objects.MaxObjectSize)
+	binary.BigEndian.PutUint32(record[32:], objects.MaxObjectSize)
+	requireStatuses(t, "20 pushes of 64 MiB", postAtOnce(20, url+"objects/put", "secret", record), http.StatusUnprocessableEntity)
+	dribbleBody(t, host, len(ids))
+
+	rss := peakRSS(t, proc)
+	t.Logf("sbuml serve: peak RSS %d MiB", rss>>20)
+	if rss > 400<<20 {
+		t.Errorf("sbuml serve: peak RSS %d MiB, more than 400 MiB", rss>>20)
+	}
+	if m := runMeasured(t, nil, "clone", url, filepath.Join(t.TempDir(), "after")); m.code != 0 {
+		t.Errorf("clone after the load: exit %d, %s", m.code, m.stderr)
+	}
+}
+
+// slowHeaderClients has 50 clients dribble their headers, one byte a
+// second: those past --max-conns must get a 503 at once, the others be
+// cut off after the header timeout, all within hostileBound; an honest
+// clone meanwhile retries and succeeds.
+func slowHeaderClients(t *testing.T, url, host string) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	var busy, cut atomic.Int64
@@ -655,51 +676,40 @@ func TestHostileClientsOfServe(t *testing.T) {
 	if busy.Load()+cut.Load() != 50 {
 		t.Errorf("of 50 slow clients, %d got a 503 and %d were cut off within %v; the others held on", busy.Load(), cut.Load(), hostileBound)
 	}
+}
 
-	// 100 existence queries of the largest size at once.
-	ids := make([]byte, 65536*objects.IDSize)
+// postAtOnce sends n requests with body to url at once, and returns
+// their statuses and Retry-After headers.
+func postAtOnce(n int, url, token string, body []byte) [][2]any {
+	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var got [][2]any
-	for range 100 {
+	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			status, after := post(url+"objects/has", "", ids)
+			status, after := post(url, token, body)
 			mu.Lock()
 			got = append(got, [2]any{status, after})
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	requireStatuses(t, "100 existence queries", got, http.StatusOK)
+	return got
+}
 
-	// 20 pushes of one object of the largest size each, at once: false
-	// objects, refused as corrupt once read, or refused for memory.
-	record := make([]byte, 36+objects.MaxObjectSize)
-	binary.BigEndian.PutUint32(record[32:], objects.MaxObjectSize)
-	got = nil
-	for range 20 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			status, after := post(url+"objects/put", "secret", record)
-			mu.Lock()
-			got = append(got, [2]any{status, after})
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	requireStatuses(t, "20 pushes of 64 MiB", got, http.StatusUnprocessableEntity)
-
-	// A body that dribbles is cut off.
+// dribbleBody sends a request body of n bytes one byte at a time and
+// requires the server to end it within hostileBound.
+func dribbleBody(t *testing.T, host string, n int) {
 	c, err := net.Dial("tcp", host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(c, "POST /objects/has HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", len(ids))
-	start = time.Now()
+	defer c.Close()
+	fmt.Fprintf(c, "POST /objects/has HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", n)
+	start := time.Now()
 	for {
-		if _, err := c.Write(ids[:1]); err != nil || time.Since(start) > hostileBound {
+		if _, err := c.Write([]byte{0}); err != nil || time.Since(start) > hostileBound {
 			break
 		}
 		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
@@ -707,19 +717,9 @@ func TestHostileClientsOfServe(t *testing.T) {
 			break
 		}
 	}
-	c.Close()
 	if took := time.Since(start); took > hostileBound {
 		t.Errorf("a dribbling body held the server for %v", took)
 	} else {
 		t.Logf("a dribbling body was cut off after %v", took.Round(100*time.Millisecond))
-	}
-
-	rss := peakRSS(t, proc)
-	t.Logf("sbuml serve: peak RSS %d MiB", rss>>20)
-	if rss > 400<<20 {
-		t.Errorf("sbuml serve: peak RSS %d MiB, more than 400 MiB", rss>>20)
-	}
-	if m := runMeasured(t, nil, "clone", url, filepath.Join(t.TempDir(), "after")); m.code != 0 {
-		t.Errorf("clone after the load: exit %d, %s", m.code, m.stderr)
 	}
 }

@@ -356,13 +356,16 @@ new objects.`,
 	return c
 }
 
+// serveFlags are the flags of sbuml serve.
+type serveFlags struct {
+	addr, tokenFile, certFile, keyFile string
+	readOnly                           bool
+	limits                             transport.ServerLimits
+	maxMemory                          sizeFlag
+}
+
 func serveCmd() *cobra.Command {
-	var (
-		addr, tokenFile, certFile, keyFile string
-		readOnly                           bool
-		limits                             transport.ServerLimits
-		maxMemory                          sizeFlag
-	)
+	var f serveFlags
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the scrapbook over HTTP for clone, pull and push",
@@ -370,85 +373,90 @@ func serveCmd() *cobra.Command {
 'sbuml clone', 'pull' and 'push' on other machines. Anyone who can reach the
 address may read. Pushing needs the bearer token held in --token-file; without
 one, pushes are refused. --read-only refuses pushes whatever the token. With
---tls-cert and --tls-key the server speaks HTTPS.`,
+--tls-cert and --tls-key the server speaks HTTPS. The other flags bound what
+clients can make the server hold; excess load is answered 503 with a time to
+retry after.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if (certFile == "") != (keyFile == "") {
-				return errors.New("serve: give both --tls-cert and --tls-key, or neither")
-			}
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			limits.MaxMemory = int64(maxMemory)
-			// Garbage from finished requests is collected before the
-			// process grows far past what requests may hold.
-			debug.SetMemoryLimit(limits.MaxMemory + 128<<20)
-			opts := transport.ServerOptions{ReadOnly: readOnly, Log: serveLog, Limits: limits}
-			if tokenFile != "" {
-				if opts.Token, err = readTokenFile(tokenFile); err != nil {
-					return fmt.Errorf("serve: %w", err)
-				}
-			}
-			d, err := transport.OpenDir(s.Dir)
-			if err != nil {
-				return err
-			}
-			defer d.Close()
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return fmt.Errorf("serve: %w", err)
-			}
-			scheme := "http"
-			if certFile != "" {
-				scheme = "https"
-			}
-			push := "push needs the token in " + tokenFile
-			switch {
-			case readOnly:
-				push = "read-only"
-			case tokenFile == "":
-				push = "push disabled (no --token-file)"
-			}
-			fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", s.Dir, scheme, ln.Addr(), push)
-			handler := transport.NewServer(d, opts)
-			srv := handler.HTTPServer()
-			ln = handler.LimitListener(ln)
-			ctx, stop := interruptible()
-			defer stop()
-			done := make(chan error, 1)
-			go func() {
-				if certFile != "" {
-					done <- srv.ServeTLS(ln, certFile, keyFile)
-				} else {
-					done <- srv.Serve(ln)
-				}
-			}()
-			select {
-			case err := <-done:
-				return fmt.Errorf("serve: %w", err)
-			case <-ctx.Done():
-			}
-			fmt.Fprintln(os.Stderr, "stopping")
-			shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			return srv.Shutdown(shutdown)
-		},
+		RunE: func(cmd *cobra.Command, args []string) error { return serve(f) },
 	}
-	c.Flags().StringVar(&addr, "addr", DefaultServeAddr, "address to listen on")
-	c.Flags().BoolVar(&readOnly, "read-only", false, "refuse every push")
-	c.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token that pushes must carry")
-	c.Flags().StringVar(&certFile, "tls-cert", "", "TLS certificate file (PEM)")
-	c.Flags().StringVar(&keyFile, "tls-key", "", "TLS key file (PEM)")
-	c.Flags().IntVar(&limits.MaxConns, "max-conns", transport.DefaultServerMaxConns, "open connections at most; more are answered 503 at once")
-	c.Flags().IntVar(&limits.MaxRequests, "max-requests", transport.DefaultServerMaxRequests, "requests handled at once; more are answered 503 with Retry-After")
-	maxMemory = transport.DefaultServerMaxMemory
-	c.Flags().Var(&maxMemory, "max-memory", "memory for request bodies (pushed objects, ID lists) at once, e.g. 512M")
-	c.Flags().DurationVar(&limits.HeaderTimeout, "header-timeout", transport.DefaultServerHeaderTimeout, "time to read a request's headers")
-	c.Flags().DurationVar(&limits.IdleTimeout, "idle-timeout", transport.DefaultServerIdleTimeout, "time a connection may wait for its next request")
-	c.Flags().Int64Var(&limits.LowSpeedLimit, "low-speed-limit", transport.DefaultLowSpeedLimit, "bytes/s a body must move at, both ways, after --low-speed-time")
-	c.Flags().DurationVar(&limits.LowSpeedTime, "low-speed-time", transport.DefaultLowSpeedTime, "how long a body may lag behind --low-speed-limit, or stall")
+	c.Flags().StringVar(&f.addr, "addr", DefaultServeAddr, "address to listen on")
+	c.Flags().BoolVar(&f.readOnly, "read-only", false, "refuse every push")
+	c.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token that pushes must carry")
+	c.Flags().StringVar(&f.certFile, "tls-cert", "", "TLS certificate file (PEM)")
+	c.Flags().StringVar(&f.keyFile, "tls-key", "", "TLS key file (PEM)")
+	c.Flags().IntVar(&f.limits.MaxConns, "max-conns", transport.DefaultServerMaxConns, "open connections at most; more are answered 503 at once")
+	c.Flags().IntVar(&f.limits.MaxRequests, "max-requests", transport.DefaultServerMaxRequests, "requests handled at once; more are answered 503 with Retry-After")
+	f.maxMemory = transport.DefaultServerMaxMemory
+	c.Flags().Var(&f.maxMemory, "max-memory", "memory for request bodies (pushed objects, ID lists) at once, e.g. 512M")
+	c.Flags().DurationVar(&f.limits.HeaderTimeout, "header-timeout", transport.DefaultServerHeaderTimeout, "time to read a request's headers")
+	c.Flags().DurationVar(&f.limits.IdleTimeout, "idle-timeout", transport.DefaultServerIdleTimeout, "time a connection may wait for its next request")
+	c.Flags().Int64Var(&f.limits.LowSpeedLimit, "low-speed-limit", transport.DefaultLowSpeedLimit, "bytes/s a body must move at, both ways, after --low-speed-time")
+	c.Flags().DurationVar(&f.limits.LowSpeedTime, "low-speed-time", transport.DefaultLowSpeedTime, "how long a body may lag behind --low-speed-limit, or stall")
 	return c
+}
+
+// serve runs sbuml serve until SIGINT or SIGTERM.
+func serve(f serveFlags) error {
+	if (f.certFile == "") != (f.keyFile == "") {
+		return errors.New("serve: give both --tls-cert and --tls-key, or neither")
+	}
+	s, err := openScrapbook()
+	if err != nil {
+		return err
+	}
+	f.limits.MaxMemory = int64(f.maxMemory)
+	// Garbage from finished requests is collected before the process
+	// grows far past what requests may hold.
+	debug.SetMemoryLimit(f.limits.MaxMemory + 128<<20)
+	opts := transport.ServerOptions{ReadOnly: f.readOnly, Log: serveLog, Limits: f.limits}
+	if f.tokenFile != "" {
+		if opts.Token, err = readTokenFile(f.tokenFile); err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+	d, err := transport.OpenDir(s.Dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	ln, err := net.Listen("tcp", f.addr)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	scheme := "http"
+	if f.certFile != "" {
+		scheme = "https"
+	}
+	push := "push needs the token in " + f.tokenFile
+	switch {
+	case f.readOnly:
+		push = "read-only"
+	case f.tokenFile == "":
+		push = "push disabled (no --token-file)"
+	}
+	fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", s.Dir, scheme, ln.Addr(), push)
+	handler := transport.NewServer(d, opts)
+	srv := handler.HTTPServer()
+	ln = handler.LimitListener(ln)
+	ctx, stop := interruptible()
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		if f.certFile != "" {
+			done <- srv.ServeTLS(ln, f.certFile, f.keyFile)
+		} else {
+			done <- srv.Serve(ln)
+		}
+	}()
+	select {
+	case err := <-done:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	fmt.Fprintln(os.Stderr, "stopping")
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return srv.Shutdown(shutdown)
 }
 
 // serveLog prints a refused or failed request on stderr.
