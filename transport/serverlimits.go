@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,7 +20,8 @@ import (
 // (the DefaultServer constants).
 type ServerLimits struct {
 	// MaxConns bounds the open connections. A connection past it is
-	// answered 503 at once and closed.
+	// answered 503, with Retry-After, as soon as it has sent its
+	// request's head, and closed; within two seconds in any case.
 	MaxConns int
 	// MaxRequests bounds the requests handled at once. A request past it
 	// is answered 503, with Retry-After.
@@ -90,7 +93,7 @@ func (s *Server) HTTPServer() *http.Server {
 
 // LimitListener returns ln limited to MaxConns open connections: one
 // past it is answered "503 Service Unavailable", with Retry-After, and
-// closed at once.
+// closed, within two seconds.
 func (s *Server) LimitListener(ln net.Listener) net.Listener {
 	return &limitListener{Listener: ln, sem: make(chan struct{}, s.limits.MaxConns)}
 }
@@ -118,13 +121,24 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	}
 }
 
-// refuse answers a connection past the limit and closes it. What the
-// client sends meanwhile is read, for two seconds at most: closing a
-// connection with unread data resets it, and the client would not see
-// the answer.
+// refuse answers a connection past the limit and closes it. It reads
+// the request's head first (an answer before the request is one that
+// clients drop as unsolicited), and what the client sends after the
+// answer: closing a connection with unread data resets it, and the
+// client would not see the answer. Two seconds bound it all.
 func refuse(c net.Conn) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Second))
+	br := bufio.NewReaderSize(io.LimitReader(c, 64<<10), 4096)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil && err != bufio.ErrBufferFull {
+			return
+		}
+		if len(line) <= 2 && strings.TrimSpace(string(line)) == "" {
+			break
+		}
+	}
 	if _, err := io.WriteString(c, busyResponse); err != nil {
 		return
 	}

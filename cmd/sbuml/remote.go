@@ -384,7 +384,7 @@ retry after.`,
 	c.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token that pushes must carry")
 	c.Flags().StringVar(&f.certFile, "tls-cert", "", "TLS certificate file (PEM)")
 	c.Flags().StringVar(&f.keyFile, "tls-key", "", "TLS key file (PEM)")
-	c.Flags().IntVar(&f.limits.MaxConns, "max-conns", transport.DefaultServerMaxConns, "open connections at most; more are answered 503 at once")
+	c.Flags().IntVar(&f.limits.MaxConns, "max-conns", transport.DefaultServerMaxConns, "open connections at most; more are answered 503 and closed")
 	c.Flags().IntVar(&f.limits.MaxRequests, "max-requests", transport.DefaultServerMaxRequests, "requests handled at once; more are answered 503 with Retry-After")
 	f.maxMemory = transport.DefaultServerMaxMemory
 	c.Flags().Var(&f.maxMemory, "max-memory", "memory for request bodies (pushed objects, ID lists) at once, e.g. 512M")
