@@ -10,7 +10,13 @@
 // (objects.Unseal) by whoever receives them before they are stored, and
 // they are stored children first, so the receiving store keeps the
 // closure invariant at every moment. Refs move last, by compare-and-swap.
-// docs/transport.md describes the wire protocol and the published layout.
+//
+// A remote may be slow, broken or hostile: every HTTP request a client
+// sends is bounded in time and retried only when it failed in passing
+// (Limits), follows no redirect that could carry the push token, and
+// reads what comes back with bounds; the Server likewise bounds what
+// clients can make it hold (ServerLimits). docs/transport.md describes
+// the wire protocol, the published layout and these limits.
 package transport
 
 import (
