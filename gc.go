@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/sbuml/sbuml/internal/gclock"
@@ -36,9 +37,19 @@ type GcReport struct {
 	objects.RepackStats
 	// Roots counts the snapshots gc started from: refs, and the
 	// snapshots that named machines continue from.
-	Roots    int           `json:"roots"`
-	DryRun   bool          `json:"dry_run,omitempty"`
-	Duration time.Duration `json:"duration_ns"`
+	Roots  int  `json:"roots"`
+	DryRun bool `json:"dry_run,omitempty"`
+	// Snapshots are, in a dry run, the snapshots gc would remove, newest
+	// first.
+	Snapshots []GcSnapshot  `json:"snapshots,omitempty"`
+	Duration  time.Duration `json:"duration_ns"`
+}
+
+// GcSnapshot is a snapshot that gc removes.
+type GcSnapshot struct {
+	ID      objects.ID `json:"id"`
+	Time    time.Time  `json:"time"`
+	Message string     `json:"message"`
 }
 
 // Gc removes the objects no snapshot needs any more: those that no ref
@@ -87,21 +98,90 @@ func (s *Scrapbook) Gc(ctx context.Context, opts GcOptions) (*GcReport, error) {
 			}
 			return live.Add(r.ID), nil
 		})
+		if err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("gc: interrupted; nothing was removed")
+		}
 		if err != nil {
 			return nil, fmt.Errorf("gc: snapshot %s: %w; nothing was removed (run sbuml fsck)", root.Short(), err)
 		}
 	}
 	marked := int64(len(live))
+	var doomed []GcSnapshot
+	if opts.DryRun {
+		if doomed, err = s.unreachableSnapshots(ctx, live); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
+	}
 	st, err := packed.Repack(ctx, func(id objects.ID) bool { _, ok := live[id]; return ok }, objects.RepackOptions{
 		DryRun: opts.DryRun,
 		Progress: func(copied, total int64) {
 			report(GcProgress{Phase: "copying", Marked: marked, Copied: copied, Total: total})
 		},
 	})
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("gc: interrupted; nothing is left half done (packs that held nothing to keep may be gone); run sbuml gc again to finish")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
-	return &GcReport{RepackStats: st, Roots: len(roots), DryRun: opts.DryRun, Duration: time.Since(start)}, nil
+	return &GcReport{RepackStats: st, Roots: len(roots), DryRun: opts.DryRun, Snapshots: doomed, Duration: time.Since(start)}, nil
+}
+
+// unreachableSnapshots returns the snapshots of the store that are not
+// live, newest first, leaving out the ones that only keep books (see
+// isBookkeeping). It reads every unreachable object far enough to tell
+// its kind; one it cannot read is left out, as gc removes it anyway.
+func (s *Scrapbook) unreachableSnapshots(ctx context.Context, live objects.Seen) ([]GcSnapshot, error) {
+	var dead []objects.ID
+	if err := s.Objects.List(ctx, func(id objects.ID, size int64) error {
+		if _, ok := live[id]; !ok && size <= maxSnapshotStored {
+			dead = append(dead, id)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	var snaps []GcSnapshot
+	for _, id := range dead {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		stored, err := s.Objects.Get(ctx, id)
+		if err != nil || !maybeSnapshot(stored) {
+			continue
+		}
+		enc, err := objects.Unseal(id, stored)
+		if err != nil {
+			continue
+		}
+		if k, _ := objects.KindOf(enc); k != objects.KindSnapshot {
+			continue
+		}
+		sn, err := objects.DecodeSnapshot(enc)
+		if err != nil || isBookkeeping(sn) {
+			continue
+		}
+		snaps = append(snaps, GcSnapshot{ID: id, Time: sn.Time, Message: sn.Message})
+	}
+	sort.Slice(snaps, func(i, j int) bool { return snaps[i].Time.After(snaps[j].Time) })
+	return snaps, nil
+}
+
+// maxSnapshotStored bounds the stored form of the snapshot objects that
+// unreachableSnapshots looks for, so that it need not decompress large
+// chunks: a snapshot holds a tree, parents, a message and labels, and one
+// of a megabyte (a message of a million characters) is not listed.
+const maxSnapshotStored = 1 << 20
+
+// maybeSnapshot reports whether a stored form may hold a snapshot: one
+// stored as it is names its kind in its first byte; a compressed one must
+// be decompressed to tell.
+func maybeSnapshot(stored []byte) bool {
+	if objects.IsCompressed(stored) {
+		return true
+	}
+	k, err := objects.KindOf(stored)
+	return err == nil && k == objects.KindSnapshot
 }
 
 // gcRoots returns the snapshots gc keeps with all they reach: every ref,

@@ -2,6 +2,7 @@ package sbuml
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -145,7 +146,7 @@ func (s *Scrapbook) history(ctx context.Context, starts []objects.ID) ([]objects
 		}
 		sn, err := objects.LoadSnapshot(ctx, s.Objects, id)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, s.damaged(err)
 		}
 		snaps[id] = sn
 		todo = append(todo, sn.Parents...)
@@ -200,6 +201,27 @@ type usage struct {
 	objects     int64
 }
 
+// missingError says that r, which a snapshot reaches, is not in the
+// store, so sizes cannot be told.
+func (s *Scrapbook) missingError(r objects.Ref) error {
+	return s.damaged(fmt.Errorf("%s %s is missing from the store, so sizes cannot be counted: %w", r.Kind, r.ID, objects.ErrNotFound))
+}
+
+// damaged adds to an error reading the store what the store knows about
+// its damage, and what to do, if err is about a missing or corrupt
+// object.
+func (s *Scrapbook) damaged(err error) error {
+	if !errors.Is(err, objects.ErrNotFound) && !errors.Is(err, objects.ErrCorrupt) {
+		return err
+	}
+	if b, ok := s.Objects.(interface{ Broken() []error }); ok {
+		if broken := b.Broken(); len(broken) > 0 {
+			return fmt.Errorf("%w (%v); run sbuml fsck", err, broken[0])
+		}
+	}
+	return fmt.Errorf("%w; run sbuml fsck", err)
+}
+
 // account walks the snapshots in the given order (oldest first) with one
 // shared seen-set, so each object is charged to the first snapshot that
 // reaches it. Parents are not followed: each snapshot stands for itself.
@@ -224,6 +246,9 @@ func (s *Scrapbook) account(ctx context.Context, order []objects.ID) (map[object
 			if !seen.Add(r.ID) {
 				return false, nil
 			}
+			if _, ok := sizes[r.ID]; !ok {
+				return false, s.missingError(r)
+			}
 			u.added += sizes[r.ID]
 			u.objects++
 			if r.Kind == objects.KindChunk {
@@ -234,15 +259,15 @@ func (s *Scrapbook) account(ctx context.Context, order []objects.ID) (map[object
 			return true, nil
 		})
 		if err != nil {
-			return nil, err
+			return nil, s.damaged(err)
 		}
 		sn, err := objects.LoadSnapshot(ctx, s.Objects, id)
 		if err != nil {
-			return nil, err
+			return nil, s.damaged(err)
 		}
 		t, err := objects.LoadTree(ctx, s.Objects, sn.Tree)
 		if err != nil {
-			return nil, err
+			return nil, s.damaged(err)
 		}
 		u.logical = t.Size()
 		out[id] = u

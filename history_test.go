@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -504,5 +505,40 @@ func TestShow(t *testing.T) {
 
 	if _, err := s.Show(ctx, "main~5"); err == nil || !strings.Contains(err.Error(), "main~5") {
 		t.Errorf("show main~5: got %v, want an error naming it", err)
+	}
+}
+
+// A damaged pack index hides the objects it lists: log and du then fail
+// saying so, rather than print sizes without them.
+func TestLogDuDamagedPackIndex(t *testing.T) {
+	ctx := context.Background()
+	s := newScrapbook(t)
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "random.bin"), randomBytes(21, 800*kib), 0o644)
+	mustImport(t, s, src, sbuml.SnapshotOptions{Message: "one"})
+	writeFile(t, filepath.Join(src, "more.bin"), randomBytes(22, 300*kib), 0o644)
+	mustImport(t, s, src, sbuml.SnapshotOptions{Message: "two"})
+	wantLog, err := s.Log(ctx, sbuml.LogOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDu, err := s.Du(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	indexes, _ := filepath.Glob(filepath.Join(s.Dir, "objects", "pack", "*.idx"))
+	for _, idx := range indexes {
+		fi, _ := os.Stat(idx)
+		undo := flipByte(t, idx, fi.Size()/2, 0x10)
+		d := reopen(t, s)
+		if got, err := d.Log(ctx, sbuml.LogOptions{}); err == nil && !reflect.DeepEqual(got, wantLog) {
+			t.Errorf("%s damaged: log succeeds with other sizes: %+v", filepath.Base(idx), got)
+		} else if err != nil && !strings.Contains(err.Error(), "fsck") {
+			t.Errorf("%s damaged: log fails with %q, want it to say to run fsck", filepath.Base(idx), err)
+		}
+		if got, err := d.Du(ctx); err == nil && !reflect.DeepEqual(got, wantDu) {
+			t.Errorf("%s damaged: du succeeds with other sizes: %+v", filepath.Base(idx), got)
+		}
+		undo()
 	}
 }

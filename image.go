@@ -307,6 +307,10 @@ func (s *Scrapbook) importTo(ctx context.Context, dir, ref string, opts Snapshot
 		return nil, fmt.Errorf("import %s: %w", dir, err)
 	}
 	defer release()
+	// A ref another writer is moving is about to change: wait, then read it.
+	if err := s.Refs.WaitUnlocked(ref); err != nil {
+		return nil, fmt.Errorf("import %s: %w", dir, err)
+	}
 	parent, err := s.tip(ref)
 	if err != nil {
 		return nil, err

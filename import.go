@@ -3,7 +3,6 @@ package sbuml
 import (
 	"context"
 	"fmt"
-	"os"
 
 	"github.com/sbuml/sbuml/fstree"
 	"github.com/sbuml/sbuml/objects"
@@ -18,12 +17,35 @@ func (s *Scrapbook) Import(ctx context.Context, dir string, opts SnapshotOptions
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	return s.importTo(ctx, dir, ref, opts)
+	res, err := s.importTo(ctx, dir, ref, opts)
+	if err != nil && ctx.Err() != nil {
+		// Interrupted: what was stored is whole, and worth keeping, so
+		// that importing again stores only the rest.
+		if serr := s.syncObjects(context.WithoutCancel(ctx)); serr != nil {
+			return nil, fmt.Errorf("import %s: interrupted; %w", dir, serr)
+		}
+		return nil, fmt.Errorf("import %s: interrupted, no snapshot recorded (the data stored so far is kept: importing again stores only the rest)", dir)
+	}
+	return res, err
+}
+
+// ExportOptions tune ExportWith.
+type ExportOptions struct {
+	// KeepSetuid gives files the setuid and setgid bits they were stored
+	// with (see fstree.ExportOptions).
+	KeepSetuid bool
 }
 
 // Export writes the files of snapshot rev into dir, which must not exist
-// or be empty: byte for byte, holes as holes (SBUML's sbumlexpanddelta).
+// or be empty: byte for byte, holes as holes (SBUML's sbumlexpanddelta),
+// without setuid and setgid bits. If it fails or ctx is cancelled, it
+// removes what it wrote.
 func (s *Scrapbook) Export(ctx context.Context, rev, dir string) (objects.ID, error) {
+	return s.ExportWith(ctx, rev, dir, ExportOptions{})
+}
+
+// ExportWith is Export with options.
+func (s *Scrapbook) ExportWith(ctx context.Context, rev, dir string, opts ExportOptions) (objects.ID, error) {
 	id, err := s.Resolve(ctx, rev)
 	if err != nil {
 		return objects.Zero, fmt.Errorf("export: %w", err)
@@ -32,8 +54,10 @@ func (s *Scrapbook) Export(ctx context.Context, rev, dir string) (objects.ID, er
 	if err != nil {
 		return objects.Zero, fmt.Errorf("export: %w", err)
 	}
-	if err := fstree.Export(ctx, s.Objects, sn.Tree, dir); err != nil {
-		os.Remove(dir) // only if still empty
+	if err := fstree.Export(ctx, s.Objects, sn.Tree, dir, fstree.ExportOptions{KeepSetuid: opts.KeepSetuid}); err != nil {
+		if ctx.Err() != nil {
+			return objects.Zero, fmt.Errorf("export %s: interrupted; what was written into %s is removed", id.Short(), dir)
+		}
 		return objects.Zero, err
 	}
 	return id, nil

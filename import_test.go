@@ -451,7 +451,7 @@ func variedTree(t testing.TB, dir string) {
 		{"hello.txt", []byte("hello, scrapbook\n"), 0o644},
 		{"text/jack.txt", text, 0o640},
 		{"bin/tool", []byte("#!/bin/sh\necho tool\n"), 0o755},
-		{"bin/suid", []byte("pretend setuid program"), 0o4755},
+		{"bin/suid", []byte("pretend setuid program"), fs.ModeSetuid | 0o755},
 		{"secret", []byte("nobody else reads this"), 0o600},
 		{"read-only", []byte("do not change"), 0o444},
 		{"nested/a/b/c/deep.txt", []byte("deep"), 0o644},
@@ -495,8 +495,8 @@ func variedTree(t testing.TB, dir string) {
 	// while they are filled.
 	for d, mode := range map[string]fs.FileMode{
 		"text":         0o750,
-		"sticky":       0o1777,
-		"setgid":       0o2775,
+		"sticky":       fs.ModeSticky | 0o777,
+		"setgid":       fs.ModeSetgid | 0o775,
 		"nested/a/b":   0o700,
 		"locked-empty": 0o555,
 	} {
@@ -517,9 +517,21 @@ func TestImportExportRoundTrip(t *testing.T) {
 	variedTree(t, src)
 	s := newScrapbook(t)
 	res := mustImport(t, s, src, sbuml.SnapshotOptions{Message: "varied"})
-	out := mustExport(t, s, res.ID.String())
+	out := filepath.Join(t.TempDir(), "export")
+	if _, err := s.ExportWith(context.Background(), res.ID.String(), out, sbuml.ExportOptions{KeepSetuid: true}); err != nil {
+		t.Fatal(err)
+	}
 	requireSameTree(t, src, out)
 	requireFsckClean(t, s)
+
+	// Without KeepSetuid, files and directories lose their setuid and
+	// setgid bits, and keep the others.
+	plain := mustExport(t, s, res.ID.String())
+	for name, want := range map[string]fs.FileMode{"bin/suid": 0o755, "setgid": fs.ModeDir | 0o775, "sticky": fs.ModeDir | fs.ModeSticky | 0o777} {
+		if fi, err := os.Lstat(filepath.Join(plain, name)); err != nil || fi.Mode() != want {
+			t.Errorf("plain export: %s has mode %v (%v), want %v", name, fi.Mode(), err, want)
+		}
+	}
 
 	// Importing the export again gives the same tree, and stores nothing
 	// but the new snapshot object.

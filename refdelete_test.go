@@ -24,7 +24,7 @@ func TestDeleteRef(t *testing.T) {
 	}
 	id := mustImport(t, s, dir, sbuml.SnapshotOptions{Branch: "main"}).ID
 	for _, name := range []string{"refs/heads/b", "refs/tags/t", "refs/images/i"} {
-		if _, err := s.CreateRef(context.Background(), name, "main"); err != nil {
+		if _, err := s.CreateRef(context.Background(), name, "main", sbuml.RefOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -37,7 +37,7 @@ func TestDeleteRef(t *testing.T) {
 		{"refs/heads/missing", refs.ErrNotFound},
 		{"refs/images/i", errAny},
 	} {
-		old, err := s.DeleteRef(tc.name, "test")
+		old, err := s.DeleteRef(tc.name, sbuml.RefOptions{Why: "test"})
 		switch {
 		case tc.wantErr == nil && err != nil:
 			t.Errorf("DeleteRef(%s): %v", tc.name, err)

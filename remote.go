@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
 	"github.com/sbuml/sbuml/transport"
@@ -162,15 +163,11 @@ func (s *Scrapbook) readRemotes() (*remotesConfig, error) {
 // editRemotes changes the remotes file under its lock file.
 func (s *Scrapbook) editRemotes(change func(*remotesConfig) error) error {
 	p := filepath.Join(s.Dir, remotesFile)
-	lock, err := os.OpenFile(p+".lock", os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	lock, err := lockfile.Create(p+".lock", 0o644, refs.LockWait)
 	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s.lock exists: another sbuml is changing the remotes, or one was killed (then remove the file)", p)
-		}
-		return err
+		return fmt.Errorf("change the remotes: %w", err)
 	}
-	lock.Close()
-	defer os.Remove(p + ".lock")
+	defer lock.Release()
 	c, err := s.readRemotes()
 	if err != nil {
 		return err
@@ -197,12 +194,26 @@ type TransferOptions struct {
 	Concurrency int
 	// Progress, if set, is called a few times a second.
 	Progress func(transport.Progress)
-	// Client makes HTTP requests (nil: http.DefaultClient).
+	// Client makes HTTP requests (nil: one from transport.NewHTTPClient).
+	// Whatever it is, Limits bound every request.
 	Client *http.Client
+	// Limits bound each HTTP request and what a remote may list (zero
+	// fields: the defaults; the command line reads them from the
+	// environment, see transport.LimitsFromEnv).
+	Limits transport.Limits
+	// Notify, if set, is told what the user should know before data
+	// travels: the host a link file sends a download to, a push token
+	// about to go over plain http to another host.
+	Notify func(string)
 }
 
 func (o TransferOptions) transport() transport.Options {
 	return transport.Options{Concurrency: o.Concurrency, Progress: o.Progress}
+}
+
+// open returns the options to open a remote with.
+func (o TransferOptions) open(token string) transport.OpenOptions {
+	return transport.OpenOptions{Token: token, Client: o.Client, Limits: o.Limits, Notify: o.Notify}
 }
 
 // openRemote opens a configured remote by name, or a URL or path. The
@@ -223,7 +234,7 @@ func (s *Scrapbook) openRemote(ctx context.Context, remote string, opts Transfer
 	if err != nil {
 		return nil, "", err
 	}
-	r, err := transport.Open(ctx, rc.URL, transport.OpenOptions{Token: token, Client: opts.Client})
+	r, err := transport.Open(ctx, rc.URL, opts.open(token))
 	if err != nil {
 		return nil, "", err
 	}
@@ -493,11 +504,15 @@ func Clone(ctx context.Context, url, dir string, opts TransferOptions) (*Scrapbo
 	if err != nil {
 		return nil, nil, fmt.Errorf("clone: %w", err)
 	}
-	r, err := transport.Open(ctx, u, transport.OpenOptions{Client: opts.Client})
+	r, err := transport.Open(ctx, u, opts.open(""))
 	if err != nil {
 		return nil, nil, fmt.Errorf("clone: %w", err)
 	}
 	defer r.Close()
+	// A remote whose refs cannot be taken leaves no scrapbook behind.
+	if _, err := r.ListRefs(ctx); err != nil {
+		return nil, nil, fmt.Errorf("clone: %w", err)
+	}
 	s, err := Init(dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("clone: %w", err)

@@ -5,9 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
+	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -60,10 +59,30 @@ func ParseLink(data []byte) (*Link, error) {
 	if l.Snapshot.IsZero() {
 		return nil, fmt.Errorf("sbuml link names no snapshot")
 	}
-	if _, err := normalizeURL(l.URL); err != nil || !strings.Contains(l.URL, "://") {
-		return nil, fmt.Errorf("sbuml link has a bad URL %q: want http://, https:// or file://", l.URL)
+	if err := checkLinkURL(l.URL); err != nil {
+		return nil, fmt.Errorf("sbuml link: %w", err)
 	}
 	return &l, nil
+}
+
+// checkLinkURL checks the URL of a link: an http:// or https:// URL
+// that a remote can have. A link is data from elsewhere: one naming a
+// path or a file:// URL would make sbuml read a scrapbook of this
+// machine that the link's author chose.
+func checkLinkURL(u string) error {
+	if !isWebURL(u) {
+		return fmt.Errorf("URL %q: a link must name an http:// or https:// URL", u)
+	}
+	if _, err := normalizeURL(u); err != nil {
+		return err
+	}
+	return nil
+}
+
+// isWebURL reports whether u is an http:// or https:// URL with a host.
+func isWebURL(u string) bool {
+	p, err := url.Parse(u)
+	return err == nil && (p.Scheme == "http" || p.Scheme == "https") && p.Host != ""
 }
 
 // FetchURL fetches into the scrapbook one snapshot of another scrapbook
@@ -83,39 +102,26 @@ func (s *Scrapbook) FetchLink(ctx context.Context, link string, opts TransferOpt
 
 // fetchLink is FetchLink; if check is not nil, it is shown the snapshot's
 // top tree, read from the remote without storing it, before anything is
-// downloaded, and an error from it stops the fetch.
+// downloaded, and an error from it stops the fetch. The stats count all
+// that traveled, the peek included.
 func (s *Scrapbook) fetchLink(ctx context.Context, link string, opts TransferOptions, check func(*objects.Tree) error) (objects.ID, *transport.Stats, error) {
 	release, err := s.lockObjects()
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)
 	}
 	defer release()
-	url, rev, err := resolveLink(ctx, link, opts.Client)
+	remote, rev, err := resolveLink(ctx, link, opts)
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)
 	}
-	r, err := transport.Open(ctx, url, transport.OpenOptions{Client: opts.Client})
+	r, err := transport.Open(ctx, remote, opts.open(""))
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)
 	}
 	defer r.Close()
-	id, err := objects.ParseID(rev)
+	id, err := remoteRevision(ctx, r, remote, rev, opts)
 	if err != nil {
-		list, err := r.ListRefs(ctx)
-		if err != nil {
-			return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)
-		}
-		name := rev
-		if name == "" {
-			if name = list.Head; name == "" {
-				return objects.Zero, nil, fmt.Errorf("fetch %s: the remote has no HEAD; name a snapshot as URL#SNAPSHOT", link)
-			}
-		}
-		if ref, ok := findRemoteRef(list, name); ok {
-			id = ref.ID
-		} else if id, ok = publishedShortID(ctx, url, rev, opts.Client); !ok {
-			return objects.Zero, nil, fmt.Errorf("fetch %s: %q is neither a snapshot ID nor a branch or tag of the remote", link, rev)
-		}
+		return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)
 	}
 	if check != nil {
 		tree, err := peekTree(ctx, r, id)
@@ -127,10 +133,41 @@ func (s *Scrapbook) fetchLink(ctx context.Context, link string, opts TransferOpt
 		}
 	}
 	stats, err := transport.Fetch(ctx, s.Objects, r, []objects.ID{id}, opts.transport())
+	if stats != nil {
+		// Fetch counts what it moved; the remote was read before too (its
+		// refs, a peek, the pack indexes, packs downloaded whole).
+		t := r.Traffic()
+		stats.BytesSent, stats.BytesReceived = t.Sent, t.Received
+	}
 	if err != nil {
 		return objects.Zero, stats, err
 	}
 	return id, stats, nil
+}
+
+// remoteRevision finds rev (a full ID, a branch or tag, a short ID of a
+// published snapshot, or "" for HEAD) on remote r at remote.
+func remoteRevision(ctx context.Context, r transport.Remote, remote, rev string, opts TransferOptions) (objects.ID, error) {
+	if id, err := objects.ParseID(rev); err == nil {
+		return id, nil
+	}
+	list, err := r.ListRefs(ctx)
+	if err != nil {
+		return objects.Zero, err
+	}
+	name := rev
+	if name == "" {
+		if name = list.Head; name == "" {
+			return objects.Zero, fmt.Errorf("the remote has no HEAD; name a snapshot as URL#SNAPSHOT")
+		}
+	}
+	if ref, ok := findRemoteRef(list, name); ok {
+		return ref.ID, nil
+	}
+	if id, ok := publishedShortID(ctx, remote, rev, opts); ok {
+		return id, nil
+	}
+	return objects.Zero, fmt.Errorf("%q is neither a snapshot ID nor a branch or tag of the remote", rev)
 }
 
 // peekTree reads snapshot id and its top tree from r, verified, without
@@ -161,83 +198,89 @@ func peekTree(ctx context.Context, r transport.Remote, id objects.ID) (*objects.
 
 // publishedShortID finds the snapshot whose short ID (as index.html shows
 // it) is short in the published scrapbook at url, by its link file.
-func publishedShortID(ctx context.Context, url, short string, client *http.Client) (objects.ID, bool) {
+func publishedShortID(ctx context.Context, remote, short string, opts TransferOptions) (objects.ID, bool) {
 	if len(short) != len(objects.Zero.Short()) || strings.Trim(short, "0123456789abcdef") != "" {
 		return objects.Zero, false
 	}
-	rel := snapshotLinkPath(short)
-	var l *Link
-	var err error
-	if strings.HasPrefix(url, "http://") || strings.HasPrefix(url, "https://") {
-		l, err = downloadLink(ctx, strings.TrimSuffix(url, "/")+"/"+rel, client)
-	} else {
-		var b []byte
-		if b, err = os.ReadFile(filepath.Join(strings.TrimPrefix(url, "file://"), filepath.FromSlash(rel))); err == nil {
-			l, err = ParseLink(b)
-		}
-	}
+	l, err := downloadLink(ctx, strings.TrimSuffix(remote, "/")+"/"+snapshotLinkPath(short), opts)
 	if err != nil || !strings.HasPrefix(l.Snapshot.String(), short) {
 		return objects.Zero, false
 	}
 	return l.Snapshot, true
 }
 
-// resolveLink turns a link argument into a remote URL and a revision.
-func resolveLink(ctx context.Context, link string, client *http.Client) (url, rev string, err error) {
+// resolveLink turns a link argument into a remote URL and a revision: a
+// link file on this machine, the URL of one (which must send the
+// download to its own host), or URL#SNAPSHOT. The URL is always http or
+// https.
+func resolveLink(ctx context.Context, link string, opts TransferOptions) (remote, rev string, err error) {
 	if fi, err := os.Stat(link); err == nil && fi.Mode().IsRegular() {
-		f, err := os.Open(link)
+		l, err := readLinkFile(link)
 		if err != nil {
 			return "", "", err
 		}
-		defer f.Close()
-		b, err := io.ReadAll(io.LimitReader(f, maxLinkSize))
-		if err != nil {
-			return "", "", err
-		}
-		l, err := ParseLink(b)
-		if err != nil {
-			return "", "", fmt.Errorf("%s: %w", link, err)
+		if opts.Notify != nil {
+			opts.Notify(fmt.Sprintf("link file %s sends the download to %s", link, hostOf(l.URL)))
 		}
 		return l.URL, l.Snapshot.String(), nil
 	}
 	base, frag, hasFrag := strings.Cut(link, "#")
-	if !hasFrag && strings.HasSuffix(link, LinkExtension) && (strings.HasPrefix(link, "http://") || strings.HasPrefix(link, "https://")) {
-		l, err := downloadLink(ctx, link, client)
+	if !hasFrag && strings.HasSuffix(link, LinkExtension) && isWebURL(link) {
+		l, err := downloadLink(ctx, link, opts)
 		if err != nil {
 			return "", "", err
+		}
+		if hostOf(l.URL) != hostOf(link) {
+			return "", "", fmt.Errorf("the link sends the download to another host, %s; sbuml downloads only from the host a link comes from (fetch %s#%s yourself if you trust it)",
+				hostOf(l.URL), l.URL, l.Snapshot)
 		}
 		return l.URL, l.Snapshot.String(), nil
 	}
 	if hasFrag && frag == "" {
 		return "", "", fmt.Errorf("empty snapshot after '#'")
 	}
+	if !isWebURL(base) {
+		return "", "", fmt.Errorf("%q is not an http:// or https:// URL; for a scrapbook on this machine, add it with 'sbuml remote add' and pull", base)
+	}
 	return base, frag, nil
 }
 
-// downloadLink reads a link file from the web.
-func downloadLink(ctx context.Context, url string, client *http.Client) (*Link, error) {
-	if client == nil {
-		client = http.DefaultClient
-	}
-	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+// readLinkFile reads a link file of this machine.
+func readLinkFile(name string) (*Link, error) {
+	f, err := os.Open(name)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.Do(req)
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxLinkSize))
 	if err != nil {
 		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLinkSize))
-	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", url, err)
 	}
 	l, err := ParseLink(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", url, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return l, nil
+}
+
+// hostOf returns the host (and port) of a URL.
+func hostOf(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	return p.Host
+}
+
+// downloadLink reads a link file from the web.
+func downloadLink(ctx context.Context, link string, opts TransferOptions) (*Link, error) {
+	b, err := transport.Download(ctx, link, maxLinkSize, opts.open(""))
+	if err != nil {
+		return nil, err
+	}
+	l, err := ParseLink(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", link, err)
 	}
 	return l, nil
 }

@@ -43,8 +43,8 @@ type PublishResult struct {
 // scrapbook's. Objects go first and refs.json changes last, so a reader
 // never sees a ref to a snapshot that is not all there.
 func (s *Scrapbook) Publish(ctx context.Context, dir, url string, opts TransferOptions) (*PublishResult, error) {
-	if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") && !strings.HasPrefix(url, "file://") {
-		return nil, fmt.Errorf("publish: --url %q: give the http://, https:// or file:// address where %s will be served", url, dir)
+	if !isWebURL(url) {
+		return nil, fmt.Errorf("publish: --url %q: give the http:// or https:// address where %s will be served (link files may name no other)", url, dir)
 	}
 	if strings.ContainsAny(url, "?# \t\n") {
 		return nil, fmt.Errorf("publish: --url %q may not contain a query, fragment or white space", url)

@@ -10,6 +10,7 @@
 package sbuml
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -89,8 +90,7 @@ func Init(dir string) (*Scrapbook, error) {
 	if err := s.Refs.SetSymbolic("HEAD", "refs/heads/"+DefaultBranch); err != nil {
 		return nil, fmt.Errorf("init %s: %w", abs, err)
 	}
-	b, _ := json.Marshal(config{Format: FormatVersion})
-	if err := writeFileAtomic(filepath.Join(abs, "config"), append(b, '\n')); err != nil {
+	if err := writeFileAtomic(filepath.Join(abs, "config"), append(configText(), '\n')); err != nil {
 		return nil, fmt.Errorf("init %s: %w", abs, err)
 	}
 	return s, nil
@@ -102,24 +102,52 @@ func Open(dir string) (*Scrapbook, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", dir, err)
 	}
-	b, err := os.ReadFile(filepath.Join(abs, "config"))
+	name := filepath.Join(abs, "config")
+	b, err := os.ReadFile(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("open %s: %w (run 'sbuml init' to make one)", abs, ErrNotScrapbook)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", abs, err)
 	}
-	var c config
-	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("open %s: config: %w", abs, err)
-	}
-	if c.Format != FormatVersion {
-		return nil, fmt.Errorf("open %s: scrapbook format %d, this sbuml reads format %d", abs, c.Format, FormatVersion)
+	if err := readConfig(b); err != nil {
+		return nil, fmt.Errorf("open %s: config file %s %w", abs, name, err)
 	}
 	return open(abs), nil
 }
 
-// OpenOrInit opens the scrapbook in dir, creating it first if dir holds none.
+// readConfig checks the content of a config file. It is strict, since
+// the file has no checksum: JSON of exactly the fields this sbuml
+// writes, and the format it reads.
+func readConfig(b []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var c config
+	if err := dec.Decode(&c); err != nil {
+		return fmt.Errorf("is damaged (%v); it should read %s", err, configText())
+	}
+	if len(bytes.TrimSpace(b[dec.InputOffset():])) > 0 {
+		return fmt.Errorf("is damaged (more after the JSON object); it should read %s", configText())
+	}
+	switch {
+	case c.Format == 0:
+		return fmt.Errorf("is damaged (it names no format); it should read %s", configText())
+	case c.Format != FormatVersion:
+		return fmt.Errorf("says scrapbook format %d, this sbuml reads format %d: damaged, or written by another sbuml", c.Format, FormatVersion)
+	}
+	return nil
+}
+
+// configText is the content of the config file of a new scrapbook.
+func configText() []byte {
+	b, _ := json.Marshal(config{Format: FormatVersion})
+	return b
+}
+
+// OpenOrInit opens the scrapbook in dir, creating it first if dir holds
+// none. The sbuml command does not use it: there, as in git, only init
+// and clone make a scrapbook, so that a mistyped path is an error rather
+// than a new, empty scrapbook.
 func OpenOrInit(dir string) (*Scrapbook, error) {
 	s, err := Open(dir)
 	if errors.Is(err, ErrNotScrapbook) {

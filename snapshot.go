@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"strings"
 	"time"
 
 	"github.com/sbuml/sbuml/objects"
@@ -102,6 +103,9 @@ func (s *Scrapbook) record(ctx context.Context, saver *stream.Saver, ref string,
 	}
 	why := "snapshot: " + firstLine(opts.Message)
 	if err := s.Refs.Update(ref, old, id, why); err != nil {
+		if errors.Is(err, refs.ErrLocked) {
+			return objects.Zero, fmt.Errorf("%w; snapshot %s is stored but on no branch: keep it with 'sbuml branch NAME %s', or sbuml gc removes it", err, id.Short(), id.Short())
+		}
 		if errors.Is(err, refs.ErrConflict) {
 			return objects.Zero, fmt.Errorf("%s moved while the snapshot was being taken; snapshot %s is stored but not on the branch (run 'sbuml branch NAME %s' to keep it): %w", ref, id.Short(), id.Short(), err)
 		}
@@ -157,11 +161,28 @@ func hostname() string {
 	return h
 }
 
+// RefOptions tune CreateRef and DeleteRef.
+type RefOptions struct {
+	// Force creates a branch or tag whose name hides a revision (HEAD, or
+	// what looks like a snapshot ID), and deletes the current branch.
+	Force bool
+	// Why goes into the ref's reflog (default: what the call does).
+	Why string
+}
+
 // CreateRef creates the ref name (refs/heads/… or refs/tags/…) at the
 // snapshot rev resolves to, refusing a name already in use, and returns
 // the snapshot's ID. Unlike Refs.Update it holds off gc, so the snapshot
-// cannot be removed between resolving rev and naming it.
-func (s *Scrapbook) CreateRef(ctx context.Context, name, rev string) (objects.ID, error) {
+// cannot be removed between resolving rev and naming it. A short name
+// that would hide another revision (see ShadowedRevision) is refused
+// unless opts.Force.
+func (s *Scrapbook) CreateRef(ctx context.Context, name, rev string, opts RefOptions) (objects.ID, error) {
+	if !opts.Force {
+		short := strings.TrimPrefix(strings.TrimPrefix(name, "refs/heads/"), "refs/tags/")
+		if why := ShadowedRevision(short); why != "" {
+			return objects.Zero, fmt.Errorf("create %s: %s; choose another name, or create it anyway with --force", name, why)
+		}
+	}
 	release, err := s.holdObjects()
 	if err != nil {
 		return objects.Zero, err
@@ -178,4 +199,43 @@ func (s *Scrapbook) CreateRef(ctx context.Context, name, rev string) (objects.ID
 		return objects.Zero, err
 	}
 	return id, nil
+}
+
+// ShadowedRevision says which revision a branch or tag called name would
+// hide from Resolve, or returns "" if none: "HEAD" always means the
+// current branch, and a name of four or more hex digits would take the
+// place of the snapshot IDs it is a prefix of.
+func ShadowedRevision(name string) string {
+	switch {
+	case name == "HEAD":
+		return `"HEAD" names the current branch, so a branch or tag called HEAD could never be named`
+	case len(name) >= 4 && len(name) <= 2*objects.IDSize && isHex(name):
+		return fmt.Sprintf("%q looks like a snapshot ID, and would hide the snapshots whose IDs start with it", name)
+	}
+	return ""
+}
+
+// DeleteRef deletes the branch or tag name (refs/heads/… or refs/tags/…)
+// and returns the snapshot it named, which stays in the scrapbook until
+// gc. The branch HEAD names is refused unless opts.Force: the next import
+// onto it would start a history of its own. Other refs (images, remote
+// tracking, automatic snapshots) are not deleted this way.
+func (s *Scrapbook) DeleteRef(name string, opts RefOptions) (objects.ID, error) {
+	if !strings.HasPrefix(name, "refs/heads/") && !strings.HasPrefix(name, "refs/tags/") {
+		return objects.Zero, fmt.Errorf("delete %s: only branches (refs/heads/) and tags (refs/tags/) can be deleted", name)
+	}
+	if opts.Why == "" {
+		opts.Why = "delete"
+	}
+	if head, err := s.Refs.Symbolic("HEAD"); err == nil && head == name && !opts.Force {
+		return objects.Zero, fmt.Errorf("delete %s: it is the current branch (HEAD names it), and the next import onto it would start a new history; delete it anyway with --force", strings.TrimPrefix(name, "refs/heads/"))
+	}
+	old, err := s.Refs.Get(name)
+	if err != nil {
+		return objects.Zero, err
+	}
+	if err := s.Refs.Update(name, old, objects.Zero, opts.Why); err != nil {
+		return objects.Zero, err
+	}
+	return old, nil
 }

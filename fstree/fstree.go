@@ -47,18 +47,24 @@ func (im *importer) dir(ctx context.Context, dir string) (objects.ID, uint64, er
 	t := &objects.Tree{Entries: make([]objects.TreeEntry, len(des))}
 	errs := make([]error, len(des))
 	var wg sync.WaitGroup
+	// fail returns err once the files being saved are done: their
+	// goroutines use the saver, which the caller closes when this returns.
+	fail := func(err error) (objects.ID, uint64, error) {
+		wg.Wait()
+		return objects.Zero, 0, err
+	}
 	for i, de := range des {
 		if err := ctx.Err(); err != nil {
-			return objects.Zero, 0, err
+			return fail(err)
 		}
 		name := de.Name()
 		path := filepath.Join(dir, name)
 		if err := objects.ValidEntryName(name); err != nil {
-			return objects.Zero, 0, fmt.Errorf("import %s: %w", path, err)
+			return fail(fmt.Errorf("import %s: %w", path, err))
 		}
 		fi, err := de.Info()
 		if err != nil {
-			return objects.Zero, 0, fmt.Errorf("import: %w", err)
+			return fail(fmt.Errorf("import: %w", err))
 		}
 		e := &t.Entries[i]
 		*e = objects.TreeEntry{Name: name, Mode: uint32(fi.Mode().Perm())}
@@ -97,8 +103,7 @@ func (im *importer) dir(ctx context.Context, dir string) (objects.ID, uint64, er
 			err = fmt.Errorf("import %s: unsupported file type (%s)", path, fi.Mode().Type())
 		}
 		if err != nil {
-			wg.Wait()
-			return objects.Zero, 0, err
+			return fail(err)
 		}
 	}
 	wg.Wait()
@@ -126,20 +131,49 @@ func (im *importer) file(ctx context.Context, path string) (objects.ID, uint64, 
 	return id, st.Length, nil
 }
 
+// ExportOptions tune Export.
+type ExportOptions struct {
+	// KeepSetuid gives files the setuid and setgid bits they were stored
+	// with. Without it they are left out: a snapshot may come from
+	// anywhere, and a setuid file written by root runs as root.
+	KeepSetuid bool
+}
+
 // Export writes tree id into dir, which must not exist or be empty. Files
 // are written byte for byte with their holes left as holes, and get their
-// stored permission bits.
-func Export(ctx context.Context, store objects.Store, id objects.ID, dir string) error {
-	if des, err := os.ReadDir(dir); err == nil && len(des) > 0 {
+// stored permission bits (but setuid and setgid only if asked). If it
+// fails, or ctx is cancelled, what it wrote is removed again, and dir too
+// if it made it.
+func Export(ctx context.Context, store objects.Store, id objects.ID, dir string, opts ExportOptions) (err error) {
+	des, rerr := os.ReadDir(dir)
+	if rerr == nil && len(des) > 0 {
 		return fmt.Errorf("export: %s is not empty", dir)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	return exportDir(ctx, store, id, dir)
+	defer func() {
+		if err != nil {
+			removeExported(dir, rerr != nil)
+		}
+	}()
+	return exportDir(ctx, store, id, dir, opts)
 }
 
-func exportDir(ctx context.Context, store objects.Store, id objects.ID, dir string) error {
+// removeExported removes what a failed export wrote into dir, which was
+// empty, and dir itself if made is set.
+func removeExported(dir string, made bool) {
+	if made {
+		os.RemoveAll(dir)
+		return
+	}
+	des, _ := os.ReadDir(dir)
+	for _, de := range des {
+		os.RemoveAll(filepath.Join(dir, de.Name()))
+	}
+}
+
+func exportDir(ctx context.Context, store objects.Store, id objects.ID, dir string, opts ExportOptions) error {
 	t, err := objects.LoadTree(ctx, store, id)
 	if err != nil {
 		return fmt.Errorf("export %s: %w", dir, err)
@@ -154,7 +188,7 @@ func exportDir(ctx context.Context, store objects.Store, id objects.ID, dir stri
 			if err := os.Mkdir(path, 0o700); err != nil {
 				return fmt.Errorf("export: %w", err)
 			}
-			if err := exportDir(ctx, store, e.ID, path); err != nil {
+			if err := exportDir(ctx, store, e.ID, path, opts); err != nil {
 				return err
 			}
 		case objects.EntryFile:
@@ -171,7 +205,11 @@ func exportDir(ctx context.Context, store objects.Store, id objects.ID, dir stri
 			}
 			continue
 		}
-		if err := os.Chmod(path, fileMode(e.Mode)); err != nil {
+		mode := e.Mode
+		if !opts.KeepSetuid {
+			mode &^= 06000
+		}
+		if err := os.Chmod(path, fileMode(mode)); err != nil {
 			return fmt.Errorf("export: %w", err)
 		}
 	}

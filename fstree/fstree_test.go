@@ -59,7 +59,7 @@ func TestImportExport(t *testing.T) {
 	}
 
 	dst := filepath.Join(t.TempDir(), "out")
-	if err := Export(ctx, store, id, dst); err != nil {
+	if err := Export(ctx, store, id, dst, ExportOptions{KeepSetuid: true}); err != nil {
 		t.Fatal(err)
 	}
 	for name, data := range files {
@@ -89,7 +89,7 @@ func TestImportExport(t *testing.T) {
 	}
 
 	// Export refuses a non-empty directory and leaves it alone.
-	if err := Export(ctx, store, id, src); err == nil || !strings.Contains(err.Error(), "not empty") {
+	if err := Export(ctx, store, id, src, ExportOptions{}); err == nil || !strings.Contains(err.Error(), "not empty") {
 		t.Errorf("export into a non-empty directory: %v", err)
 	}
 }

@@ -291,6 +291,9 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 			}
 		}
 		if len(dead) > 0 && len(dead) < rewriting+len(loose) {
+			if err := ctx.Err(); err != nil {
+				return st, err // nothing removed yet
+			}
 			if err := p.removeLeftovers(); err != nil {
 				return st, err
 			}
@@ -379,6 +382,9 @@ func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOpti
 		st.Copied++
 		st.CopiedBytes += int64(len(b))
 		progress()
+	}
+	if err := ctx.Err(); err != nil {
+		return st, err // out.abort removes the copies
 	}
 	if err := out.finish(); err != nil {
 		return st, copyFailed(err)

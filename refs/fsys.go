@@ -48,6 +48,19 @@ func isMemfs(fsys billy.Basic) bool {
 	return wraps(fsys, func(b billy.Basic) bool { _, ok := b.(*memfs.Memory); return ok })
 }
 
+// onHost reports whether the store's file system is the host's, rooted
+// at a directory (osfs.New): then display names the real files.
+func (s *Store) onHost() bool {
+	r, ok := s.fs.(interface{ Root() string })
+	return ok && r.Root() != "" && wraps(s.fs, func(b billy.Basic) bool {
+		switch b.(type) {
+		case *osfs.ChrootOS, *osfs.BoundOS:
+			return true
+		}
+		return false
+	})
+}
+
 // wraps reports whether match holds for fsys or for a file system it
 // wraps, looking through wrappers such as chroot and polyfill.
 func wraps(fsys billy.Basic, match func(billy.Basic) bool) bool {

@@ -9,15 +9,16 @@
 //	logs/refs/heads/main          the reflog: one line per update
 //
 // Every update is a compare-and-swap guarded by a lock file (name+".lock")
-// created with O_EXCL, so concurrent writers, in one process or many,
-// never lose an update. docs/refs.md describes the on-disk format exactly.
+// that only one writer can create, so concurrent writers, in one process
+// or many, never lose an update; a lock file left by a killed writer is
+// removed by the next one (internal/lockfile). docs/refs.md describes the
+// on-disk format exactly.
 package refs
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
 	"os"
@@ -30,6 +31,7 @@ import (
 	"github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/util"
 
+	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -45,6 +47,9 @@ var (
 	ErrInvalidName = errors.New("invalid ref name")
 	// ErrNotSymbolic means Symbolic was asked about a ref that holds an ID.
 	ErrNotSymbolic = errors.New("ref is not symbolic")
+	// ErrLocked means another live process holds the lock file of a ref
+	// that an update needs. It wraps ErrConflict.
+	ErrLocked = fmt.Errorf("%w: ref is locked", ErrConflict)
 )
 
 // refError is an error with its own one-line message that still matches
@@ -371,6 +376,32 @@ func (s *Store) Update(name string, old, new objects.ID, why string) error {
 	return nil
 }
 
+// WaitUnlocked returns once no other writer holds the lock of ref name
+// (or of the ref a symbolic name points at), waiting up to LockWait for
+// a live one and removing one left by a killed writer. It returns an
+// error wrapping ErrLocked if a writer still holds it. A long operation
+// that ends in an update of name calls it first, so that it does not do
+// its work only to find the ref locked.
+func (s *Store) WaitUnlocked(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	chain, _, _, err := s.resolve(name)
+	if err != nil {
+		return err
+	}
+	target := chain[len(chain)-1]
+	if !s.isFile(target + ".lock") {
+		return nil
+	}
+	l, err := s.lock("update "+target, target)
+	if err != nil {
+		return err
+	}
+	l.release()
+	return nil
+}
+
 // checkCreate returns an error wrapping ErrConflict if ref name cannot be
 // created because another ref, or the reflog of a deleted one, occupies
 // its path: a file where name needs a directory, or a directory where it
@@ -432,95 +463,64 @@ type refLock struct {
 	name      string // the ref
 	path      string // name + ".lock"
 	f         billy.File
+	held      *lockfile.Lock // on the host's file system, instead of f
 	committed bool
-	held      *os.File // flock on the lock file while it is held, or nil
 }
 
-// lock creates the lock file for ref name. If it exists, another writer
-// holds it or a writer died holding it; the error says so and how to
-// remove a stale lock.
+// LockWait is how long an update waits for another process to finish
+// with a ref before it gives up (a variable for tests).
+var LockWait = time.Second
+
+// lock creates the lock file for ref name. On the host's file system the
+// lock file is flocked from the moment it exists (internal/lockfile), so
+// one left by a killed writer is removed at once, and one a live process
+// holds is waited for up to LockWait. Elsewhere (memfs, in tests) it is
+// created with O_EXCL.
 func (s *Store) lock(op, name string) (*refLock, error) {
 	p := name + ".lock"
-	var f billy.File
+	l := &refLock{s: s, op: op, name: name, path: p}
+	if s.onHost() {
+		held, err := lockfile.Create(s.display(p), 0o666, LockWait)
+		if errors.Is(err, lockfile.ErrHeld) {
+			return nil, errorf(ErrLocked, "%s: %v: another sbuml process is updating %s; try again when it is done", op, err, name)
+		}
+		if err != nil {
+			return nil, s.fileError(op, "create lock file", p, err)
+		}
+		l.held = held
+		return l, nil
+	}
 	var err error
 	// A concurrent delete may remove the directory between MkdirAll (inside
 	// OpenFile) and the open itself; git retries in that case, and so do we.
 	for try := 0; try < 3; try++ {
-		f, err = s.fs.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
+		l.f, err = s.fs.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
 		if err == nil || !isNotExist(err) {
 			break
 		}
 	}
-	if err != nil && errors.Is(err, fs.ErrExist) && s.breakStaleLock(p) {
-		f, err = s.fs.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
-	}
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return nil, errorf(ErrConflict, "%s: lock file %s exists: another process is updating %s, "+
-				"or one was killed while updating it; if no sbuml process is running, remove %s",
-				op, s.display(p), name, s.display(p))
+			return nil, errorf(ErrLocked, "%s: lock file %s exists: another writer is updating %s", op, s.display(p), name)
 		}
 		return nil, s.fileError(op, "create lock file", p, err)
 	}
-	return &refLock{s: s, op: op, name: name, path: p, f: f, held: s.holdLock(p)}, nil
-}
-
-// staleLockAge is how old a lock file must be before a lock that no live
-// process holds is taken to be left by a killed writer.
-const staleLockAge = 2 * time.Second
-
-// holdLock takes an flock on the lock file just created, when the file
-// system is the host's, so that other processes can tell a live writer's
-// lock from one left by a writer that was killed. It returns the file to
-// close on release, or nil.
-func (s *Store) holdLock(p string) *os.File {
-	r, ok := s.fs.(interface{ Root() string })
-	if !ok || r.Root() == "" {
-		return nil
-	}
-	f, err := os.Open(s.display(p))
-	if err != nil {
-		return nil
-	}
-	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-		f.Close()
-		return nil
-	}
-	return f
-}
-
-// breakStaleLock removes lock file p if it was left by a killed writer:
-// no process holds an flock on it, and it is older than staleLockAge (a
-// writer takes its flock right after creating the file). It reports
-// whether it removed the file.
-func (s *Store) breakStaleLock(p string) bool {
-	r, ok := s.fs.(interface{ Root() string })
-	if !ok || r.Root() == "" {
-		return false
-	}
-	f, err := os.Open(s.display(p))
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || time.Since(fi.ModTime()) < staleLockAge {
-		return false
-	}
-	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-		return false // a live writer holds it
-	}
-	defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
-	// Still the same file? (Another process may have broken and retaken it.)
-	if cur, err := os.Stat(s.display(p)); err != nil || !os.SameFile(fi, cur) {
-		return false
-	}
-	return os.Remove(s.display(p)) == nil
+	return l, nil
 }
 
 // write writes the new content of the ref to the lock file, flushes it to
 // stable storage and closes it.
 func (l *refLock) write(data []byte) error {
+	if l.held != nil {
+		f := l.held.File()
+		if _, err := f.Write(data); err != nil {
+			return l.s.fileError(l.op, "write", l.path, err)
+		}
+		if err := f.Sync(); err != nil {
+			return l.s.fileError(l.op, "sync", l.path, err)
+		}
+		return nil
+	}
 	if _, err := l.f.Write(data); err != nil {
 		return l.s.fileError(l.op, "write", l.path, err)
 	}
@@ -538,6 +538,13 @@ func (l *refLock) write(data []byte) error {
 // commit renames the written lock file over the ref, which publishes the
 // new value atomically and releases the lock.
 func (l *refLock) commit() error {
+	if l.held != nil {
+		if err := l.held.Rename(l.s.display(l.name)); err != nil {
+			return l.s.fileError(l.op, "rename", l.path, err)
+		}
+		l.committed = true
+		return nil
+	}
 	if isMemfs(l.s.fs) {
 		return l.commitByCopy()
 	}
@@ -545,16 +552,7 @@ func (l *refLock) commit() error {
 		return l.s.fileError(l.op, "rename", l.path, err)
 	}
 	l.committed = true
-	l.unhold()
 	return nil
-}
-
-// unhold drops the flock taken by holdLock.
-func (l *refLock) unhold() {
-	if l.held != nil {
-		l.held.Close()
-		l.held = nil
-	}
 }
 
 // commitByCopy copies the lock file over the ref and then releases the
@@ -584,13 +582,16 @@ func (l *refLock) release() {
 	if l.committed {
 		return
 	}
+	l.committed = true
+	if l.held != nil {
+		l.held.Release()
+		return
+	}
 	if l.f != nil {
 		l.f.Close()
 		l.f = nil
 	}
 	l.s.fs.Remove(l.path)
-	l.committed = true
-	l.unhold()
 }
 
 // isNotExist reports whether err means a file is missing, including

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/go-git/go-billy/v5/osfs"
 
 	"github.com/sbuml/sbuml/objects"
+	"golang.org/x/sys/unix"
 )
 
 // backends are the file systems every Store test runs on.
@@ -557,16 +559,31 @@ func TestCorruptRefFile(t *testing.T) {
 	})
 }
 
-func TestStaleLock(t *testing.T) {
+// A lock file that another writer holds blocks updates and is left
+// alone. On the host's file system only a lock file a live process
+// flocks is held (see TestStaleLockIsBroken); in memfs, which lives in one
+// process, any lock file is.
+func TestHeldLock(t *testing.T) {
+	defer func(w time.Duration) { LockWait = w }(LockWait)
+	LockWait = 50 * time.Millisecond
 	forEachBackend(t, func(t *testing.T, fs billy.Filesystem, s *Store) {
 		const main = "refs/heads/main"
 		mustUpdate(t, s, main, objects.Zero, id(1), "")
 		writeFile(t, fs, main+".lock", "")
 		lock := s.display(main + ".lock")
+		if s.onHost() {
+			f, err := os.Open(lock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+				t.Fatal(err)
+			}
+		}
 
-		checkErr(t, s.Update(main, id(1), id(2), ""), ErrConflict,
-			"lock file "+lock+" exists", "if no sbuml process is running, remove "+lock)
-		checkErr(t, s.SetSymbolic(main, "refs/heads/other"), ErrConflict, "lock file "+lock+" exists")
+		checkErr(t, s.Update(main, id(1), id(2), ""), ErrLocked, lock, "another")
+		checkErr(t, s.SetSymbolic(main, "refs/heads/other"), ErrConflict, lock)
 		if got, _ := s.Get(main); got != id(1) {
 			t.Errorf("ref changed to %v despite the lock", got)
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/go-git/go-billy/v5/osfs"
 
 	"github.com/sbuml/sbuml/internal/gclock"
+	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
 )
@@ -348,7 +349,7 @@ func (p *publishedRefs) list() (*RefList, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseRefList(data, p.file())
+	return parseRefList(data, p.file(), DefaultMaxRefs)
 }
 
 func (p *publishedRefs) update(name string, old, new objects.ID, _ string) error {
@@ -383,16 +384,14 @@ func (p *publishedRefs) setHead(name string) error {
 // locked reads refs.json under its lock, lets change edit it, and writes
 // it back.
 func (p *publishedRefs) locked(change func(*RefList) error) error {
-	lock := p.file() + ".lock"
-	f, err := os.OpenFile(lock, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	lock, err := lockfile.Create(p.file()+".lock", 0o644, refs.LockWait)
+	if errors.Is(err, lockfile.ErrHeld) {
+		return fmt.Errorf("%w: %v: another publish is running", refs.ErrLocked, err)
+	}
 	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%w: %s exists: another publish is running, or one was killed (then remove the file)", refs.ErrConflict, lock)
-		}
 		return err
 	}
-	f.Close()
-	defer os.Remove(lock)
+	defer lock.Release()
 	l, err := p.list()
 	if err != nil {
 		return err

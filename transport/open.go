@@ -13,8 +13,14 @@ import (
 type OpenOptions struct {
 	// Token is the bearer token for pushing to a smart server.
 	Token string
-	// Client makes HTTP requests; nil means http.DefaultClient.
+	// Client makes HTTP requests; nil means one from NewHTTPClient.
+	// Whatever it is, Limits bound every request.
 	Client *http.Client
+	// Limits bound the remote's requests and ref list.
+	Limits Limits
+	// Notify, if set, is told what the user should know: that the token
+	// is about to travel over plain http to another host.
+	Notify func(string)
 }
 
 // Open returns the Remote at url: a directory path (or file:// URL)
@@ -32,40 +38,37 @@ func Open(ctx context.Context, url string, opts OpenOptions) (Remote, error) {
 		}
 		return OpenDir(url)
 	}
-	client := opts.Client
-	if client == nil {
-		client = http.DefaultClient
-	}
+	c := newClient(opts.Client, opts.Limits)
 	base := withSlash(url)
 	if i := strings.IndexAny(base, "?#"); i >= 0 {
 		return nil, fmt.Errorf("open remote %s: a remote URL may not have a query or fragment", url)
 	}
-	smart, err := probeSmart(ctx, client, base)
+	smart, err := probeSmart(ctx, c, base)
 	if err != nil {
 		return nil, err
 	}
 	if smart {
-		return NewSmart(base, opts.Token, client), nil
+		return newSmart(base, opts.Token, c, opts.Notify), nil
 	}
-	s := NewStatic(base, client)
+	s := newStatic(base, c)
 	if _, err := s.ListRefs(ctx); err != nil {
 		return nil, fmt.Errorf("open remote %s: neither an sbuml server (no answer to GET sbuml-protocol) nor a published scrapbook: %w", base, err)
 	}
 	return s, nil
 }
 
-// probeSmart asks base for GET sbuml-protocol. A network failure is an
-// error; any answer other than the protocol's means "not smart".
-func probeSmart(ctx context.Context, client *http.Client, base string) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", base+"sbuml-protocol", nil)
-	if err != nil {
-		return false, fmt.Errorf("open remote %s: %w", base, err)
-	}
-	resp, err := client.Do(req)
+// probeSmart asks base for GET sbuml-protocol. A network failure or a
+// server error is an error; any other answer than the protocol's means
+// "not smart".
+func probeSmart(ctx context.Context, c *client, base string) (bool, error) {
+	resp, err := c.do(ctx, request{method: "GET", url: base + "sbuml-protocol", idempotent: true}, nil)
 	if err != nil {
 		return false, fmt.Errorf("open remote %s: %w", base, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return false, fmt.Errorf("open remote %s: GET sbuml-protocol: %s", base, resp.Status)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return false, nil
 	}
@@ -81,4 +84,27 @@ func probeSmart(ctx context.Context, client *http.Client, base string) (bool, er
 		return false, fmt.Errorf("open remote %s: the server speaks %s, this sbuml speaks %s", base, info.Protocol, ProtocolName)
 	}
 	return true, nil
+}
+
+// Download returns the file at url, an http:// or https:// URL, of at
+// most limit bytes, within opts.Limits like every request of a remote.
+func Download(ctx context.Context, url string, limit int64, opts OpenOptions) ([]byte, error) {
+	if !isHTTP(url) {
+		return nil, fmt.Errorf("download %s: not an http:// or https:// URL", url)
+	}
+	c := newClient(opts.Client, opts.Limits)
+	defer c.hc.CloseIdleConnections()
+	resp, err := c.do(ctx, request{method: "GET", url: url, idempotent: true}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("download %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("download %s: %s", url, resp.Status)
+	}
+	b, err := readAll(resp, limit, url)
+	if err != nil {
+		return nil, fmt.Errorf("download %s: %w", url, err)
+	}
+	return b, nil
 }

@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"regexp"
 
+	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/refs"
 )
 
 // Pack files of a published directory. Besides one loose file per object,
@@ -160,16 +162,11 @@ func (d *Dir) writePack(ctx context.Context, dir string, ids []objects.ID) (Pack
 // and by rename, so a web server always serves a whole list.
 func (d *Dir) listPacks(packs []PackInfo) error {
 	file := filepath.Join(d.path, PackListFile)
-	lock := file + ".lock"
-	f, err := os.OpenFile(lock, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	lock, err := lockfile.Create(file+".lock", 0o644, refs.LockWait)
 	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("update %s: %s exists: another publish is running, or one was killed (then remove the file)", file, lock)
-		}
 		return fmt.Errorf("update %s: %w", file, err)
 	}
-	f.Close()
-	defer os.Remove(lock)
+	defer lock.Release()
 	l := &PackList{Format: PackListFormat}
 	data, err := os.ReadFile(file)
 	switch {

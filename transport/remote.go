@@ -10,7 +10,13 @@
 // (objects.Unseal) by whoever receives them before they are stored, and
 // they are stored children first, so the receiving store keeps the
 // closure invariant at every moment. Refs move last, by compare-and-swap.
-// docs/transport.md describes the wire protocol and the published layout.
+//
+// A remote may be slow, broken or hostile: every HTTP request a client
+// sends is bounded in time and retried only when it failed in passing
+// (Limits), follows no redirect that could carry the push token, and
+// reads what comes back with bounds; the Server likewise bounds what
+// clients can make it hold (ServerLimits). docs/transport.md describes
+// the wire protocol, the published layout and these limits.
 package transport
 
 import (
@@ -18,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync/atomic"
 
 	"github.com/sbuml/sbuml/objects"
@@ -96,9 +103,10 @@ func (l *RefList) Get(name string) objects.ID {
 }
 
 // parseRefList decodes and checks a ref list received from a remote: the
-// format is known and every name is a valid ref name (a remote must not
-// make us create refs such as "refs/heads/../../x").
-func parseRefList(data []byte, where string) (*RefList, error) {
+// format is known, it lists at most maxRefs refs, and every name is a
+// valid ref name of at most MaxWireRefName bytes (a remote must not make
+// us create refs such as "refs/heads/../../x", nor refs without end).
+func parseRefList(data []byte, where string, maxRefs int) (*RefList, error) {
 	var l RefList
 	if err := json.Unmarshal(data, &l); err != nil {
 		return nil, fmt.Errorf("%s: ref list is not valid JSON: %v", where, err)
@@ -106,14 +114,17 @@ func parseRefList(data []byte, where string) (*RefList, error) {
 	if l.Format != RefListFormat {
 		return nil, fmt.Errorf("%s: ref list has format %d, this sbuml reads format %d", where, l.Format, RefListFormat)
 	}
+	if len(l.Refs) > maxRefs {
+		return nil, fmt.Errorf("%s: %w: the remote lists %d refs, more than the %d sbuml takes from a remote (set SBUML_MAX_REFS to allow more, if you trust it)", where, ErrProtocol, len(l.Refs), maxRefs)
+	}
 	if l.Head != "" {
-		if err := validatePushName(l.Head); err != nil {
+		if err := validateWireName(l.Head); err != nil {
 			return nil, fmt.Errorf("%s: HEAD: %w", where, err)
 		}
 	}
 	seen := map[string]bool{}
 	for _, r := range l.Refs {
-		if err := validatePushName(r.Name); err != nil {
+		if err := validateWireName(r.Name); err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		if r.ID.IsZero() {
@@ -125,6 +136,33 @@ func parseRefList(data []byte, where string) (*RefList, error) {
 		seen[r.Name] = true
 	}
 	return &l, nil
+}
+
+// validateWireName checks the name of a ref a remote lists.
+func validateWireName(name string) error {
+	if len(name) > MaxWireRefName {
+		return fmt.Errorf("%w: a ref name of %d bytes, more than the %d sbuml takes from a remote", ErrProtocol, len(name), MaxWireRefName)
+	}
+	return validatePushName(name)
+}
+
+// refListSize bounds the ref list of a remote that may list maxRefs
+// refs: each of a name, an ID and JSON around them.
+func refListSize(maxRefs int) int64 {
+	return int64(maxRefs)*(MaxWireRefName+2*objects.IDSize+64) + 4096
+}
+
+// readRefList reads the body of a ref list of at most maxRefs refs.
+func readRefList(resp *http.Response, where string, maxRefs int) (*RefList, error) {
+	limit := refListSize(maxRefs)
+	b, err := readAll(resp, limit, "ref list")
+	if errors.Is(err, ErrProtocol) {
+		return nil, fmt.Errorf("%s: %w: the ref list exceeds %d bytes, more than the %d refs sbuml takes from a remote can fill (set SBUML_MAX_REFS to allow more, if you trust it)", where, ErrProtocol, limit, maxRefs)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	return parseRefList(b, where, maxRefs)
 }
 
 // Traffic counts bytes on the wire.

@@ -25,6 +25,8 @@ type ServerOptions struct {
 	ReadOnly bool
 	// Log, if set, receives one line for each refused or failed request.
 	Log func(format string, args ...any)
+	// Limits bound what clients can make the server hold.
+	Limits ServerLimits
 }
 
 // Server serves a Remote (normally the Dir of a scrapbook) over the smart
@@ -32,14 +34,19 @@ type ServerOptions struct {
 // needs the bearer token. It also answers GET /refs.json and GET
 // /objects/ab/cdef…, so a static client can read from it too.
 type Server struct {
-	remote Remote
-	opts   ServerOptions
-	mux    *http.ServeMux
+	remote   Remote
+	opts     ServerOptions
+	limits   ServerLimits
+	mux      *http.ServeMux
+	requests chan struct{} // a place for each request handled
+	mem      *memory
 }
 
 // NewServer returns a handler serving r.
 func NewServer(r Remote, opts ServerOptions) *Server {
-	s := &Server{remote: r, opts: opts, mux: http.NewServeMux()}
+	l := opts.Limits.withDefaults()
+	s := &Server{remote: r, opts: opts, limits: l, mux: http.NewServeMux(),
+		requests: make(chan struct{}, l.MaxRequests), mem: newMemory(l.MaxMemory)}
 	s.mux.HandleFunc("GET /{$}", s.root)
 	s.mux.HandleFunc("GET /sbuml-protocol", s.protocol)
 	s.mux.HandleFunc("GET /refs", s.refs)
@@ -53,10 +60,18 @@ func NewServer(r Remote, opts ServerOptions) *Server {
 	return s
 }
 
-// ServeHTTP implements http.Handler.
+// ServeHTTP implements http.Handler. A request past MaxRequests is
+// answered 503 at once; the others' bodies are paced (see ServerLimits).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	release, ok := s.admit(w, r)
+	if !ok {
+		return
+	}
+	defer release()
+	pw := s.paced(w, r)
+	defer pw.reset()
 	w.Header().Set("Cache-Control", "no-cache")
-	s.mux.ServeHTTP(w, r)
+	s.mux.ServeHTTP(pw, r)
 }
 
 // Error codes sent in the Sbuml-Error header of failed responses, so
@@ -73,6 +88,7 @@ const (
 	codeReadOnly         = "read-only"
 	codeDenied           = "denied"
 	codeNoSpace          = "no-space"
+	codeBusy             = "busy"
 	codeInternal         = "internal"
 )
 
@@ -141,8 +157,16 @@ func (s *Server) mayWrite(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
-// readBody reads a whole request body of at most limit bytes.
+// readBody reads a whole request body of at most limit bytes, holding
+// twice that of the server's memory (see ServerLimits.MaxMemory) until
+// the request ends: the body, and what it decodes into.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	release, err := s.mem.reserve(r.Context(), 2*limit)
+	if err != nil {
+		s.busy(w, r, err.Error())
+		return nil, false
+	}
+	context.AfterFunc(r.Context(), release)
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var maxErr *http.MaxBytesError
@@ -292,12 +316,17 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body := http.MaxBytesReader(w, r.Body, MaxPutBytes+MaxPutObjects*recordHeaderSize)
-	rr := recordReader{r: body}
+	rr := recordReader{r: body, reserve: func(n int64) (func(), error) { return s.mem.reserve(r.Context(), n) }}
 	n := 0
 	for {
-		id, stored, err := rr.next()
+		id, stored, release, err := rr.next()
 		if err == io.EOF {
 			break
+		}
+		if errors.Is(err, errBusy) {
+			s.sync(r)
+			s.busy(w, r, fmt.Sprintf("%v; %d objects before it were stored", err, n))
+			return
 		}
 		if err != nil {
 			var maxErr *http.MaxBytesError
@@ -309,10 +338,13 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if n == MaxPutObjects {
+			release()
 			s.fail(w, r, http.StatusRequestEntityTooLarge, codeTooLarge, fmt.Sprintf("more than %d objects in one request; the first %d were stored", MaxPutObjects, n))
 			return
 		}
-		if err := s.remote.Put(r.Context(), []Object{{ID: id, Stored: stored}}); err != nil {
+		err = s.remote.Put(r.Context(), []Object{{ID: id, Stored: stored}})
+		release()
+		if err != nil {
 			s.sync(r)
 			s.failErr(w, r, err)
 			return

@@ -2,13 +2,16 @@ package transport
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/sbuml/sbuml/objects"
@@ -32,18 +35,24 @@ type ProtocolInfo struct {
 type Smart struct {
 	base   string // ends in "/"
 	token  string
-	client *http.Client
+	client *client
 	count  counter
+	// warn, if set, is told once that the token goes over plain http to
+	// a host that is not this machine.
+	warn     func(string)
+	warnOnce sync.Once
 }
 
 // NewSmart returns a client for the smart server at base (http:// or
-// https://). token, if not empty, is sent as a bearer token with every
-// request that writes. client nil means http.DefaultClient.
-func NewSmart(base, token string, client *http.Client) *Smart {
-	if client == nil {
-		client = http.DefaultClient
-	}
-	return &Smart{base: withSlash(base), token: token, client: client}
+// https://), within the default Limits. token, if not empty, is sent as
+// a bearer token with every request that writes, and with no other. hc
+// nil means a client from NewHTTPClient.
+func NewSmart(base, token string, hc *http.Client) *Smart {
+	return newSmart(base, token, newClient(hc, Limits{}), nil)
+}
+
+func newSmart(base, token string, c *client, warn func(string)) *Smart {
+	return &Smart{base: withSlash(base), token: token, client: c, warn: warn}
 }
 
 func withSlash(u string) string {
@@ -61,31 +70,26 @@ func (s *Smart) Traffic() Traffic { return s.count.traffic() }
 
 // Close implements Remote.
 func (s *Smart) Close() error {
-	s.client.CloseIdleConnections()
+	s.client.hc.CloseIdleConnections()
 	return nil
 }
 
 // do sends a request and returns the response if its status is 200. The
 // response body is counted as it is read. Any other status becomes an
 // error carrying the server's one-line message and, where one fits, a
-// sentinel error.
+// sentinel error. Requests that write carry the token; refs/update, the
+// one that is not idempotent, is sent again only if the server surely
+// did not act on it.
 func (s *Smart) do(ctx context.Context, method, path string, body []byte, write bool) (*http.Response, error) {
-	var rd io.Reader
+	r := request{method: method, url: s.base + path, body: body, header: http.Header{}, idempotent: path != "refs/update"}
 	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, s.base+path, rd)
-	if err != nil {
-		return nil, fmt.Errorf("remote %s: %w", s.base, err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/octet-stream")
+		r.header.Set("Content-Type", "application/octet-stream")
 	}
 	if write && s.token != "" {
-		req.Header.Set("Authorization", "Bearer "+s.token)
+		r.header.Set("Authorization", "Bearer "+s.token)
+		s.warnPlainToken()
 	}
-	s.count.sent.Add(int64(len(body)))
-	resp, err := s.client.Do(req)
+	resp, err := s.client.do(ctx, r, func(n int64) { s.count.sent.Add(n) })
 	if err != nil {
 		return nil, fmt.Errorf("remote %s: %w", s.base, err)
 	}
@@ -95,6 +99,31 @@ func (s *Smart) do(ctx context.Context, method, path string, body []byte, write 
 	}
 	defer resp.Body.Close()
 	return nil, statusError(s.base, method, path, resp)
+}
+
+// warnPlainToken warns, once, when the token is about to go over plain
+// http to a host other than this machine, where anyone on the way can
+// read it.
+func (s *Smart) warnPlainToken() {
+	if s.warn == nil || !strings.HasPrefix(s.base, "http://") {
+		return
+	}
+	u, err := url.Parse(s.base)
+	if err != nil || isLoopback(u.Hostname()) {
+		return
+	}
+	s.warnOnce.Do(func() {
+		s.warn(fmt.Sprintf("the push token goes to %s over plain http, readable on the way; serve it with --tls-cert and push to https://", u.Host))
+	})
+}
+
+// isLoopback reports whether host names this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // statusError turns a failed response into an error: the first line of
@@ -182,11 +211,7 @@ func (s *Smart) ListRefs(ctx context.Context) (*RefList, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := readAll(resp, maxRefListSize, "ref list")
-	if err != nil {
-		return nil, fmt.Errorf("remote %s: %w", s.base, err)
-	}
-	return parseRefList(b, "remote "+s.base)
+	return readRefList(resp, "remote "+s.base, s.client.limits.MaxRefs)
 }
 
 // Has implements Remote, in requests of at most MaxHasIDs IDs.
@@ -213,30 +238,46 @@ func (s *Smart) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 }
 
 // Get implements Remote, in requests of at most MaxGetIDs IDs. Objects
-// are handed to fn as they come off the wire. Once ctx is cancelled no
+// are handed to fn as they come off the wire; a response cut off in
+// passing (see transient) is asked again for the objects it did not
+// bring, at most Limits.Attempts times in all. Once ctx is cancelled no
 // request is started, and the one under way still hands over what keeps
 // arriving until the stream goes idle (see drainIdle), so that objects
 // already on their way when a fetch is interrupted are kept.
 func (s *Smart) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
 	for len(ids) > 0 {
-		if ctx.Err() != nil {
-			return fmt.Errorf("remote %s: POST objects/get: %w", s.base, context.Cause(ctx))
-		}
 		n := min(len(ids), MaxGetIDs)
-		if err := s.get(ctx, ids[:n], fn); err != nil {
-			return err
+		batch := ids[:n]
+		for attempt := 1; ; attempt++ {
+			if ctx.Err() != nil {
+				return fmt.Errorf("remote %s: POST objects/get: %w", s.base, context.Cause(ctx))
+			}
+			rest, err := s.get(ctx, batch, fn)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, errCutOff) || attempt >= s.client.limits.Attempts {
+				return err
+			}
+			batch = rest
 		}
 		ids = ids[n:]
 	}
 	return nil
 }
 
-func (s *Smart) get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
+// errCutOff marks a response to objects/get that ended in passing.
+var errCutOff = errors.New("response cut off")
+
+// get asks for ids and hands what arrives to fn. If the response is cut
+// off in passing, it returns the IDs not handed over and an error
+// wrapping errCutOff.
+func (s *Smart) get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) ([]objects.ID, error) {
 	d := startDraining(ctx)
 	defer d.close()
 	resp, err := s.do(d.ctx, "POST", "objects/get", encodeIDs(ids), false)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	resp.Body = &countingBody{ReadCloser: resp.Body, n: &d.read}
@@ -246,28 +287,43 @@ func (s *Smart) get(ctx context.Context, ids []objects.ID, fn func(objects.ID, [
 	}
 	rr := recordReader{r: resp.Body}
 	for {
-		id, stored, err := rr.next()
+		id, stored, _, err := rr.next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("remote %s: POST objects/get: %w", s.base, err)
+			err = fmt.Errorf("remote %s: POST objects/get: %w", s.base, err)
+			if transient(err) && ctx.Err() == nil {
+				return missing(ids, want), fmt.Errorf("%w: %w", errCutOff, err)
+			}
+			return nil, err
 		}
 		if !want[id] {
-			return fmt.Errorf("remote %s: %w: sent object %s, which was not asked for or sent twice", s.base, ErrProtocol, id)
+			return nil, fmt.Errorf("remote %s: %w: sent object %s, which was not asked for or sent twice", s.base, ErrProtocol, id)
 		}
 		delete(want, id)
 		if err := fn(id, stored); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	for id := range want {
 		if why := resp.Trailer.Get(errorTrailer); why != "" {
-			return fmt.Errorf("remote %s cannot send objects it has (one is %s in its scrapbook): %w; its owner should run sbuml fsck there, pulling again will not help", s.base, why, objects.ErrCorrupt)
+			return nil, fmt.Errorf("remote %s cannot send objects it has (one is %s in its scrapbook): %w; its owner should run sbuml fsck there, pulling again will not help", s.base, why, objects.ErrCorrupt)
 		}
-		return fmt.Errorf("remote %s: %w: response lacks object %s", s.base, ErrProtocol, id)
+		return nil, fmt.Errorf("remote %s: %w: response lacks object %s", s.base, ErrProtocol, id)
 	}
-	return nil
+	return nil, nil
+}
+
+// missing returns the IDs of ids still in want, in order.
+func missing(ids []objects.ID, want map[objects.ID]bool) []objects.ID {
+	var rest []objects.ID
+	for _, id := range ids {
+		if want[id] {
+			rest = append(rest, id)
+		}
+	}
+	return rest
 }
 
 // Put implements Remote in one request per call; callers keep objs under

@@ -29,7 +29,7 @@ const StaticConcurrency = 8
 // The downloaded packs stay in unlinked temporary files until Close.
 type Static struct {
 	base   string // ends in "/"
-	client *http.Client
+	client *client
 	count  counter
 
 	packsMu     sync.Mutex
@@ -42,13 +42,14 @@ type Static struct {
 	noRanges atomic.Bool
 }
 
-// NewStatic returns a client for the published directory at base.
-// client nil means http.DefaultClient.
-func NewStatic(base string, client *http.Client) *Static {
-	if client == nil {
-		client = http.DefaultClient
-	}
-	return &Static{base: withSlash(base), client: client}
+// NewStatic returns a client for the published directory at base,
+// within the default Limits. hc nil means a client from NewHTTPClient.
+func NewStatic(base string, hc *http.Client) *Static {
+	return newStatic(base, newClient(hc, Limits{}))
+}
+
+func newStatic(base string, c *client) *Static {
+	return &Static{base: withSlash(base), client: c}
 }
 
 // URL implements Remote.
@@ -59,7 +60,7 @@ func (s *Static) Traffic() Traffic { return s.count.traffic() }
 
 // Close implements Remote.
 func (s *Static) Close() error {
-	s.client.CloseIdleConnections()
+	s.client.hc.CloseIdleConnections()
 	if err := s.closePacks(); err != nil {
 		return fmt.Errorf("remote %s: %w", s.base, err)
 	}
@@ -70,14 +71,11 @@ func (s *Static) Close() error {
 // values, and returns the response, whatever its status, with the body
 // counted.
 func (s *Static) request(ctx context.Context, method, path string, header ...string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, s.base+path, nil)
-	if err != nil {
-		return nil, fmt.Errorf("remote %s: %w", s.base, err)
-	}
+	r := request{method: method, url: s.base + path, header: http.Header{}, idempotent: true}
 	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
+		r.header.Set(header[i], header[i+1])
 	}
-	resp, err := s.client.Do(req)
+	resp, err := s.client.do(ctx, r, nil)
 	if err != nil {
 		return nil, fmt.Errorf("remote %s: %w", s.base, err)
 	}
@@ -95,11 +93,7 @@ func (s *Static) ListRefs(ctx context.Context) (*RefList, error) {
 		resp.Body.Close()
 		return nil, fmt.Errorf("remote %s: GET %s: %s", s.base, RefListFile, resp.Status)
 	}
-	b, err := readAll(resp, maxRefListSize, RefListFile)
-	if err != nil {
-		return nil, fmt.Errorf("remote %s: %w", s.base, err)
-	}
-	return parseRefList(b, "remote "+s.base+RefListFile)
+	return readRefList(resp, "remote "+s.base+RefListFile, s.client.limits.MaxRefs)
 }
 
 func objectPath(id objects.ID) string {

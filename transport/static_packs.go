@@ -65,7 +65,7 @@ func (s *Static) loadPacks(ctx context.Context) error {
 		resp.Body.Close()
 		return fmt.Errorf("remote %s: GET %s: %s", s.base, PackListFile, resp.Status)
 	}
-	b, err := readAll(resp, maxRefListSize, PackListFile)
+	b, err := readAll(resp, maxPackListSize, PackListFile)
 	if err != nil {
 		return fmt.Errorf("remote %s: %w", s.base, err)
 	}
@@ -389,39 +389,76 @@ func (s *Static) downloadPack(ctx context.Context, p *staticPack, resp *http.Res
 
 // fetchPack downloads a pack into a temporary file that is unlinked at
 // once, so nothing is left behind however the process ends. resp, if not
-// nil, is the pack's download already under way.
+// nil, is the pack's download already under way. A download cut off in
+// passing goes on from where it stopped, with a range request, at most
+// Limits.Attempts times in all.
 func (s *Static) fetchPack(ctx context.Context, p PackInfo, resp *http.Response) (*os.File, error) {
 	path := PackDir + "/" + p.Name + ".pack"
-	if resp == nil {
-		var err error
-		if resp, err = s.request(ctx, "GET", path); err != nil {
-			return nil, err
-		}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("remote %s: GET %s: %s", s.base, path, resp.Status)
-	}
 	f, err := os.CreateTemp("", "sbuml-"+p.Name+"-*")
 	if err != nil {
+		if resp != nil {
+			resp.Body.Close()
+		}
 		return nil, fmt.Errorf("download %s: %w", path, err)
 	}
 	os.Remove(f.Name())
-	n, err := io.Copy(f, io.LimitReader(resp.Body, p.Size+1))
-	if err == nil && n != p.Size {
-		err = fmt.Errorf("%d bytes, %s says %d", n, PackListFile, p.Size)
-	}
-	if err == nil {
-		header := make([]byte, objects.PackHeaderSize)
-		if _, err = f.ReadAt(header, 0); err == nil {
-			err = objects.CheckPackHeader(header)
-		}
-	}
-	if err != nil {
+	fail := func(err error) (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("remote %s: GET %s: %w", s.base, path, err)
 	}
+	var n int64 // bytes of the pack in f
+	for attempt := 1; ; attempt++ {
+		if resp == nil {
+			if resp, err = s.packFrom(ctx, path, n); err != nil {
+				return fail(err)
+			}
+		}
+		if resp.StatusCode == http.StatusOK && n > 0 {
+			n = 0 // the server sends the whole pack again
+		}
+		m, err := io.Copy(io.NewOffsetWriter(f, n), io.LimitReader(resp.Body, p.Size-n+1))
+		resp.Body.Close()
+		resp, n = nil, n+m
+		if err == nil || !transient(err) || attempt >= s.client.limits.Attempts || ctx.Err() != nil {
+			if err != nil {
+				return fail(err)
+			}
+			break
+		}
+	}
+	if n != p.Size {
+		return fail(fmt.Errorf("%d bytes, %s says %d", n, PackListFile, p.Size))
+	}
+	header := make([]byte, objects.PackHeaderSize)
+	if _, err := f.ReadAt(header, 0); err != nil {
+		return fail(err)
+	}
+	if err := objects.CheckPackHeader(header); err != nil {
+		return fail(err)
+	}
 	return f, nil
+}
+
+// packFrom requests the pack at path from byte off on: all of it (200),
+// or, if off is not 0, the rest (206, or 200 from a server that ignores
+// ranges).
+func (s *Static) packFrom(ctx context.Context, path string, off int64) (*http.Response, error) {
+	var header []string
+	if off > 0 {
+		header = []string{"Range", fmt.Sprintf("bytes=%d-", off)}
+	}
+	resp, err := s.request(ctx, "GET", path, header...)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK:
+	case resp.StatusCode == http.StatusPartialContent && off > 0 && strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", off)):
+	default:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s", resp.Status)
+	}
+	return resp, nil
 }
 
 // closePacks closes the downloaded packs.

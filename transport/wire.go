@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -24,8 +25,8 @@ const (
 	MaxPutBytes   = 256 << 20
 	// maxRefUpdateSize bounds the JSON body of POST /refs/update.
 	maxRefUpdateSize = 16 << 10
-	// maxRefListSize bounds a ref list read from a remote.
-	maxRefListSize = 16 << 20
+	// maxPackListSize bounds the pack list of a published directory.
+	maxPackListSize = 16 << 20
 )
 
 // recordHeaderSize is the size of the header before each object in the
@@ -44,31 +45,79 @@ func appendRecord(b []byte, id objects.ID, stored []byte) []byte {
 type recordReader struct {
 	r   io.Reader
 	hdr [recordHeaderSize]byte
+	// reserve, if set, is asked for the memory of each stored form
+	// before it is read, and returns the function that gives it back.
+	reserve func(n int64) (release func(), err error)
 }
 
-// next returns the next object. It returns io.EOF at a clean end and
+// next returns the next object, and the function that gives back its
+// memory (see reserve). It returns io.EOF at a clean end and
 // io.ErrUnexpectedEOF, wrapped, if the stream stops inside a record.
-func (rr *recordReader) next() (objects.ID, []byte, error) {
+func (rr *recordReader) next() (objects.ID, []byte, func(), error) {
 	var id objects.ID
 	if _, err := io.ReadFull(rr.r, rr.hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return id, nil, fmt.Errorf("object stream cut inside a record header: %w", err)
+			return id, nil, nil, fmt.Errorf("object stream cut inside a record header: %w", err)
 		}
-		return id, nil, err
+		return id, nil, nil, err
 	}
 	copy(id[:], rr.hdr[:objects.IDSize])
 	n := binary.BigEndian.Uint32(rr.hdr[objects.IDSize:])
 	if n > MaxStoredSize {
-		return id, nil, fmt.Errorf("object %s: %w: announced stored size %d exceeds the limit of %d", id, ErrProtocol, n, MaxStoredSize)
+		return id, nil, nil, fmt.Errorf("object %s: %w: announced stored size %d exceeds the limit of %d", id, ErrProtocol, n, MaxStoredSize)
 	}
-	stored := make([]byte, n)
-	if _, err := io.ReadFull(rr.r, stored); err != nil {
+	release := func() {}
+	if rr.reserve != nil {
+		var err error
+		if release, err = rr.reserve(int64(n)); err != nil {
+			return id, nil, nil, err
+		}
+	}
+	var stored []byte
+	var err error
+	if rr.reserve != nil {
+		// The memory is reserved: read into it at once.
+		stored = make([]byte, n)
+		_, err = io.ReadFull(rr.r, stored)
+	} else {
+		stored, err = readN(rr.r, int(n))
+	}
+	if err != nil {
+		release()
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return id, nil, fmt.Errorf("object %s: stream cut after the header: %w", id, err)
+		return id, nil, nil, fmt.Errorf("object %s: stream cut after the header: %w", id, err)
 	}
-	return id, stored, nil
+	return id, stored, release, nil
+}
+
+// readN reads exactly n bytes. Past a megabyte, the first quarter is
+// read into a buffer that grows as the bytes arrive, and only then is
+// the whole allocated: a length announced but not sent costs little.
+func readN(r io.Reader, n int) ([]byte, error) {
+	if n <= 1<<20 {
+		b := make([]byte, n)
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	var buf bytes.Buffer
+	if _, err := io.CopyN(&buf, r, int64(n/4)); err != nil {
+		if err == io.EOF && buf.Len() > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	b := make([]byte, n)
+	m := copy(b, buf.Bytes())
+	buf = bytes.Buffer{}
+	if _, err := io.ReadFull(r, b[m:]); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return b, nil
 }
 
 // encodeIDs concatenates ids, the body of /objects/has and /objects/get.

@@ -155,7 +155,7 @@ func createRef(kind, prefix string) actionFunc {
 		if req.Snapshot == "" {
 			return nil, badRequest{fmt.Errorf("%s %s: name the snapshot", kind, req.Name)}
 		}
-		id, err := sb.CreateRef(ctx, prefix+req.Name, req.Snapshot)
+		id, err := sb.CreateRef(ctx, prefix+req.Name, req.Snapshot, sbuml.RefOptions{})
 		if errors.Is(err, refs.ErrConflict) {
 			return nil, fmt.Errorf("%s %s already exists: %w", kind, req.Name, err)
 		}
@@ -175,7 +175,7 @@ func deleteRef(ctx context.Context, sb *sbuml.Scrapbook, decode func(any) error)
 	if strings.HasPrefix(req.Ref, "refs/tags/") {
 		kind = "tag"
 	}
-	old, err := sb.DeleteRef(req.Ref, kind+" -d")
+	old, err := sb.DeleteRef(req.Ref, sbuml.RefOptions{Why: kind + " -d"})
 	if err != nil {
 		return nil, err
 	}

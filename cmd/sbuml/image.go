@@ -42,7 +42,7 @@ is the recipe unless --name says otherwise):
 			if name == "" {
 				name = opts.Recipe
 			}
-			s, err := sbuml.OpenOrInit(scrapbookDir())
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
@@ -97,7 +97,7 @@ Importing the same files again stores almost nothing.`,
 			if src.Disk == "" {
 				return errors.New("no disk: sbuml image import NAME DISK, or --kernel K --disk D")
 			}
-			s, err := sbuml.OpenOrInit(scrapbookDir())
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}

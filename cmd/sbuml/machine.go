@@ -89,7 +89,7 @@ its resources. The default image is built from Debian packages on first use.
 Returns once the guest's shell is ready.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := sbuml.OpenOrInit(scrapbookDir())
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
@@ -297,11 +297,10 @@ func doctorCmd() *cobra.Command {
 		Short: "Check what sbuml needs on this host, with fixes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := sbuml.OpenOrInit(scrapbookDir())
+			checks, err := doctor(context.Background())
 			if err != nil {
 				return err
 			}
-			checks := s.Doctor(context.Background())
 			bad := 0
 			for _, c := range checks {
 				if !c.OK {
@@ -396,4 +395,29 @@ func machineDetail(m sbuml.MachineInfo) string {
 		parts = append(parts, oneLine(m.Detail))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// doctor runs the host checks on the scrapbook the flags name. Where
+// there is none, it says so as a failed check, and runs the others on an
+// empty scrapbook made for the purpose and removed again: only init and
+// clone make scrapbooks.
+func doctor(ctx context.Context) ([]sbuml.DoctorCheck, error) {
+	s, err := openScrapbook()
+	if err == nil {
+		return s.Doctor(ctx), nil
+	}
+	if !errors.Is(err, sbuml.ErrNotScrapbook) {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "sbuml-doctor-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	if s, err = sbuml.Init(tmp); err != nil {
+		return nil, err
+	}
+	dir, _ := filepath.Abs(scrapbookDir())
+	missing := sbuml.DoctorCheck{Check: "scrapbook", Info: "no scrapbook at " + dir, Fix: "sbuml init " + dir}
+	return append([]sbuml.DoctorCheck{missing}, s.Doctor(ctx)...), nil
 }

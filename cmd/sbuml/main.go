@@ -11,7 +11,7 @@ import (
 	"os"
 
 	"github.com/sbuml/sbuml"
-
+	"github.com/sbuml/sbuml/transport"
 	"github.com/spf13/cobra"
 )
 
@@ -22,6 +22,12 @@ var rootCmd = &cobra.Command{
 	Long:          "sbuml saves the complete running state of Linux machines as snapshots in a\ncontent-addressed scrapbook, and restores, branches and moves them.",
 	SilenceUsage:  true,
 	SilenceErrors: true,
+	// The limits of remotes come from the environment: say at once if
+	// one of those variables is nonsense.
+	PersistentPreRunE: func(*cobra.Command, []string) error {
+		_, err := transport.LimitsFromEnv()
+		return err
+	},
 }
 
 // global flags
@@ -43,7 +49,7 @@ func main() {
 			os.Exit(int(status))
 		}
 		if err != errSilentFailure {
-			fmt.Fprintln(os.Stderr, "sbuml: "+oneLine(err.Error()))
+			fmt.Fprintln(os.Stderr, "sbuml: "+escapeText(oneLine(err.Error()), false))
 		}
 		os.Exit(1)
 	}

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
+	neturl "net/url"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -26,8 +27,10 @@ func init() {
 const DefaultServeAddr = "127.0.0.1:8417"
 
 // interruptible returns a context cancelled by the first SIGINT or
-// SIGTERM, so that an interrupted transfer still keeps what it received,
-// and a second one ends the process at once.
+// SIGTERM, so that an interrupted command ends cleanly (a transfer keeps
+// what it received, an import what it stored, an export removes what it
+// wrote, gc leaves nothing half done), and a second one ends the process
+// at once.
 func interruptible() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 1)
@@ -46,6 +49,31 @@ func interruptible() (context.Context, context.CancelFunc) {
 	return ctx, func() {
 		signal.Stop(sigs)
 		cancel()
+	}
+}
+
+// notify tells the user, on stderr, what they should know before data
+// travels (see sbuml.TransferOptions.Notify).
+func notify(msg string) {
+	fmt.Fprintln(os.Stderr, "sbuml: "+escapeText(msg, false))
+}
+
+// announceLink names the host a link file of this machine sends a
+// download to, before anything is downloaded: the file may have come
+// from anywhere.
+func announceLink(arg string) {
+	fi, err := os.Stat(arg)
+	if err != nil || !fi.Mode().IsRegular() {
+		return
+	}
+	b, err := os.ReadFile(arg)
+	if err != nil {
+		return
+	}
+	if l, err := sbuml.ParseLink(b); err == nil {
+		if u, err := neturl.Parse(l.URL); err == nil {
+			notify(fmt.Sprintf("link file %s sends the download to %s", arg, u.Host))
+		}
 	}
 }
 
@@ -106,7 +134,7 @@ token that 'sbuml serve' wants for pushes.`,
 				return printJSON(rs)
 			}
 			for _, r := range rs {
-				fmt.Printf("%s\t%s\n", r.Name, r.URL)
+				fmt.Printf("%s\t%s\n", quoteName(r.Name), quoteName(r.URL))
 			}
 			return nil
 		},
@@ -136,7 +164,7 @@ the remote's configured token file.`,
 			ctx, stop := interruptible()
 			defer stop()
 			bar := newProgressBar(os.Stderr)
-			opts.Progress = bar.update
+			opts.Progress, opts.Notify = bar.update, notify
 			res, err := s.Push(ctx, args[0], args[1:], opts)
 			bar.clear()
 			if res != nil && res.Stats != nil && !flagJSON {
@@ -149,7 +177,7 @@ the remote's configured token file.`,
 				return printJSON(res)
 			}
 			for _, r := range res.Refs {
-				fmt.Printf("%s: %s %s\n", r.Name, r.Status, movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+				fmt.Printf("%s: %s %s\n", quoteName(r.Name), escapeText(r.Status, false), movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
 			}
 			return nil
 		},
@@ -212,7 +240,7 @@ func finishPull(res *sbuml.PullResult, err error) error {
 		return printJSON(res)
 	}
 	for _, r := range res.Refs {
-		fmt.Printf("%s: %s %s\n", r.Name, r.Status, movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+		fmt.Printf("%s: %s %s\n", quoteName(r.Name), escapeText(r.Status, false), movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
 	}
 	return nil
 }
@@ -263,7 +291,7 @@ the remote's HEAD) or from a .sbuml link file, and print its ID. No ref moves.`,
 			ctx, stop := interruptible()
 			defer stop()
 			bar := newProgressBar(os.Stderr)
-			id, st, err := s.FetchLink(ctx, args[0], sbuml.TransferOptions{Progress: bar.update})
+			id, st, err := s.FetchLink(ctx, args[0], sbuml.TransferOptions{Progress: bar.update, Notify: notify})
 			bar.clear()
 			if st != nil && !flagJSON {
 				fmt.Fprintln(os.Stderr, st.Summary("received"))
@@ -317,7 +345,7 @@ new objects.`,
 				return printJSON(res)
 			}
 			for _, r := range res.Refs {
-				fmt.Printf("%s: %s %s\n", r.Name, r.Status, movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+				fmt.Printf("%s: %s %s\n", quoteName(r.Name), escapeText(r.Status, false), movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
 			}
 			fmt.Printf("published %d snapshots in %s for %s (index.html, %d link files)\n", res.Snapshots, res.Dir, res.URL, len(res.Links))
 			return nil
@@ -328,11 +356,16 @@ new objects.`,
 	return c
 }
 
+// serveFlags are the flags of sbuml serve.
+type serveFlags struct {
+	addr, tokenFile, certFile, keyFile string
+	readOnly                           bool
+	limits                             transport.ServerLimits
+	maxMemory                          sizeFlag
+}
+
 func serveCmd() *cobra.Command {
-	var (
-		addr, tokenFile, certFile, keyFile string
-		readOnly                           bool
-	)
+	var f serveFlags
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the scrapbook over HTTP for clone, pull and push",
@@ -340,75 +373,90 @@ func serveCmd() *cobra.Command {
 'sbuml clone', 'pull' and 'push' on other machines. Anyone who can reach the
 address may read. Pushing needs the bearer token held in --token-file; without
 one, pushes are refused. --read-only refuses pushes whatever the token. With
---tls-cert and --tls-key the server speaks HTTPS.`,
+--tls-cert and --tls-key the server speaks HTTPS. The other flags bound what
+clients can make the server hold; excess load is answered 503 with a time to
+retry after.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if (certFile == "") != (keyFile == "") {
-				return errors.New("serve: give both --tls-cert and --tls-key, or neither")
-			}
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			opts := transport.ServerOptions{ReadOnly: readOnly, Log: serveLog}
-			if tokenFile != "" {
-				if opts.Token, err = readTokenFile(tokenFile); err != nil {
-					return fmt.Errorf("serve: %w", err)
-				}
-			}
-			d, err := transport.OpenDir(s.Dir)
-			if err != nil {
-				return err
-			}
-			defer d.Close()
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return fmt.Errorf("serve: %w", err)
-			}
-			scheme := "http"
-			if certFile != "" {
-				scheme = "https"
-			}
-			push := "push needs the token in " + tokenFile
-			switch {
-			case readOnly:
-				push = "read-only"
-			case tokenFile == "":
-				push = "push disabled (no --token-file)"
-			}
-			fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", s.Dir, scheme, ln.Addr(), push)
-			srv := &http.Server{
-				Handler:           transport.NewServer(d, opts),
-				ReadHeaderTimeout: 10 * time.Second,
-				IdleTimeout:       2 * time.Minute,
-			}
-			ctx, stop := interruptible()
-			defer stop()
-			done := make(chan error, 1)
-			go func() {
-				if certFile != "" {
-					done <- srv.ServeTLS(ln, certFile, keyFile)
-				} else {
-					done <- srv.Serve(ln)
-				}
-			}()
-			select {
-			case err := <-done:
-				return fmt.Errorf("serve: %w", err)
-			case <-ctx.Done():
-			}
-			fmt.Fprintln(os.Stderr, "stopping")
-			shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			return srv.Shutdown(shutdown)
-		},
+		RunE: func(cmd *cobra.Command, args []string) error { return serve(f) },
 	}
-	c.Flags().StringVar(&addr, "addr", DefaultServeAddr, "address to listen on")
-	c.Flags().BoolVar(&readOnly, "read-only", false, "refuse every push")
-	c.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token that pushes must carry")
-	c.Flags().StringVar(&certFile, "tls-cert", "", "TLS certificate file (PEM)")
-	c.Flags().StringVar(&keyFile, "tls-key", "", "TLS key file (PEM)")
+	c.Flags().StringVar(&f.addr, "addr", DefaultServeAddr, "address to listen on")
+	c.Flags().BoolVar(&f.readOnly, "read-only", false, "refuse every push")
+	c.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token that pushes must carry")
+	c.Flags().StringVar(&f.certFile, "tls-cert", "", "TLS certificate file (PEM)")
+	c.Flags().StringVar(&f.keyFile, "tls-key", "", "TLS key file (PEM)")
+	c.Flags().IntVar(&f.limits.MaxConns, "max-conns", transport.DefaultServerMaxConns, "open connections at most; more are answered 503 and closed")
+	c.Flags().IntVar(&f.limits.MaxRequests, "max-requests", transport.DefaultServerMaxRequests, "requests handled at once; more are answered 503 with Retry-After")
+	f.maxMemory = transport.DefaultServerMaxMemory
+	c.Flags().Var(&f.maxMemory, "max-memory", "memory for request bodies (pushed objects, ID lists) at once, e.g. 512M")
+	c.Flags().DurationVar(&f.limits.HeaderTimeout, "header-timeout", transport.DefaultServerHeaderTimeout, "time to read a request's headers")
+	c.Flags().DurationVar(&f.limits.IdleTimeout, "idle-timeout", transport.DefaultServerIdleTimeout, "time a connection may wait for its next request")
+	c.Flags().Int64Var(&f.limits.LowSpeedLimit, "low-speed-limit", transport.DefaultLowSpeedLimit, "bytes/s a body must move at, both ways, after --low-speed-time")
+	c.Flags().DurationVar(&f.limits.LowSpeedTime, "low-speed-time", transport.DefaultLowSpeedTime, "how long a body may lag behind --low-speed-limit, or stall")
 	return c
+}
+
+// serve runs sbuml serve until SIGINT or SIGTERM.
+func serve(f serveFlags) error {
+	if (f.certFile == "") != (f.keyFile == "") {
+		return errors.New("serve: give both --tls-cert and --tls-key, or neither")
+	}
+	s, err := openScrapbook()
+	if err != nil {
+		return err
+	}
+	f.limits.MaxMemory = int64(f.maxMemory)
+	// Garbage from finished requests is collected before the process
+	// grows far past what requests may hold.
+	debug.SetMemoryLimit(f.limits.MaxMemory + 128<<20)
+	opts := transport.ServerOptions{ReadOnly: f.readOnly, Log: serveLog, Limits: f.limits}
+	if f.tokenFile != "" {
+		if opts.Token, err = readTokenFile(f.tokenFile); err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+	d, err := transport.OpenDir(s.Dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	ln, err := net.Listen("tcp", f.addr)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	scheme := "http"
+	if f.certFile != "" {
+		scheme = "https"
+	}
+	push := "push needs the token in " + f.tokenFile
+	switch {
+	case f.readOnly:
+		push = "read-only"
+	case f.tokenFile == "":
+		push = "push disabled (no --token-file)"
+	}
+	fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", s.Dir, scheme, ln.Addr(), push)
+	handler := transport.NewServer(d, opts)
+	srv := handler.HTTPServer()
+	ln = handler.LimitListener(ln)
+	ctx, stop := interruptible()
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		if f.certFile != "" {
+			done <- srv.ServeTLS(ln, f.certFile, f.keyFile)
+		} else {
+			done <- srv.Serve(ln)
+		}
+	}()
+	select {
+	case err := <-done:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	fmt.Fprintln(os.Stderr, "stopping")
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return srv.Shutdown(shutdown)
 }
 
 // serveLog prints a refused or failed request on stderr.

@@ -84,17 +84,14 @@ link file, of which only the objects this scrapbook lacks are downloaded.
 Any number of machines may be checked out from one snapshot at once.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			open := openScrapbook
-			if sbuml.IsLink(args[0]) { // a snapshot from elsewhere needs no scrapbook yet
-				open = func() (*sbuml.Scrapbook, error) { return sbuml.OpenOrInit(scrapbookDir()) }
-			}
-			s, err := open()
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
 			ctx, cancel := interruptible()
 			defer cancel()
 			opts.Progress = progressWriter()
+			announceLink(args[0])
 			res, err := checkoutWithBar(ctx, s, args[0], args[1], opts)
 			if err != nil {
 				return err
@@ -201,12 +198,15 @@ on since, commit with --branch NEW (or --force).`,
 
 // refCmd makes the branch and tag commands, which differ only in namespace.
 func refCmd(use, kind, plural, prefix string) *cobra.Command {
-	var del bool
+	var del, force bool
 	c := &cobra.Command{
 		Use:   use + " [NAME [SNAPSHOT]]",
 		Short: "List, create or delete " + plural,
-		Long:  fmt.Sprintf("With no NAME, list %[2]s. With NAME, create %[1]s NAME at SNAPSHOT (default HEAD).\nWith -d, delete %[1]s NAME (its snapshots stay in the scrapbook until sbuml gc).", kind, plural),
-		Args:  cobra.MaximumNArgs(2),
+		Long: fmt.Sprintf("With no NAME, list %[2]s. With NAME, create %[1]s NAME at SNAPSHOT (default HEAD);\n"+
+			"a name that would hide HEAD or snapshot IDs (four or more hex digits) needs --force.\n"+
+			"With -d, delete %[1]s NAME (its snapshots stay in the scrapbook until sbuml gc); the\n"+
+			"current branch needs --force.", kind, plural),
+		Args: cobra.MaximumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openScrapbook()
 			if err != nil {
@@ -230,7 +230,7 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 					return printJSON(rows)
 				}
 				for _, r := range all {
-					fmt.Printf("%s %s\n", r.ID.Short(), strings.TrimPrefix(r.Name, prefix))
+					fmt.Printf("%s %s\n", r.ID.Short(), quoteName(strings.TrimPrefix(r.Name, prefix)))
 				}
 				return nil
 			}
@@ -238,8 +238,10 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 				return err
 			}
 			name := prefix + args[0]
+			opts := sbuml.RefOptions{Force: force}
 			if del {
-				old, err := s.DeleteRef(name, kind+" -d")
+				opts.Why = kind + " -d"
+				old, err := s.DeleteRef(name, opts)
 				if err != nil {
 					return err
 				}
@@ -250,7 +252,7 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 			if len(args) == 2 {
 				rev = args[1]
 			}
-			id, err := s.CreateRef(ctx, name, rev)
+			id, err := s.CreateRef(ctx, name, rev, opts)
 			if err != nil {
 				if errors.Is(err, refs.ErrConflict) {
 					return fmt.Errorf("%s %s already exists", kind, args[0])
@@ -262,6 +264,7 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&del, "delete", "d", false, "delete the "+kind)
+	c.Flags().BoolVarP(&force, "force", "f", false, "create a "+kind+" whose name hides HEAD or snapshot IDs, or delete the current branch")
 	addJSONFlag(c)
 	return c
 }
@@ -281,7 +284,7 @@ browser helper). NEWMACHINE defaults to the link's file name. A browser hands
 are installed (see docs/transport.md).`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := sbuml.OpenOrInit(scrapbookDir())
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
@@ -295,6 +298,7 @@ are installed (see docs/transport.md).`,
 			}
 			opts.Continue = true
 			opts.Progress = progressWriter()
+			announceLink(args[0])
 			res, err := checkoutWithBar(ctx, s, args[0], name, opts)
 			if err != nil {
 				return err

@@ -50,16 +50,19 @@ is not stored again, so importing a changed copy adds only the changes
 (SBUML's sbumlmakedelta, deduplicated against every snapshot at once).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := sbuml.OpenOrInit(scrapbookDir())
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
+			defer s.Close() // a failed import leaves no unfinished pack behind
 			if opts.Message == "" {
 				opts.Message = "import " + args[0]
 			}
+			ctx, stop := interruptible()
+			defer stop()
 			progress, clear := storeProgress("importing")
 			opts.OnProgress = progress
-			res, err := s.Import(context.Background(), args[0], opts)
+			res, err := s.Import(ctx, args[0], opts)
 			clear()
 			if err != nil {
 				return err
@@ -85,19 +88,24 @@ func printResult(r *sbuml.Result) {
 }
 
 func exportCmd() *cobra.Command {
-	return &cobra.Command{
+	var opts sbuml.ExportOptions
+	c := &cobra.Command{
 		Use:     "export SNAPSHOT DIR",
 		Aliases: []string{"expanddelta"},
 		Short:   "Write the files of a snapshot into a directory",
 		Long: `Write the files of SNAPSHOT into DIR (which must not exist or be empty), byte
-for byte, with holes left as holes (SBUML's sbumlexpanddelta).`,
+for byte, with holes left as holes (SBUML's sbumlexpanddelta), and with their
+permission bits, but setuid and setgid only with --keep-setuid: a snapshot
+may come from anywhere. Interrupted or failed, it removes what it wrote.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
-			id, err := s.Export(context.Background(), args[0], args[1])
+			ctx, stop := interruptible()
+			defer stop()
+			id, err := s.ExportWith(ctx, args[0], args[1], opts)
 			if err != nil {
 				return err
 			}
@@ -105,6 +113,8 @@ for byte, with holes left as holes (SBUML's sbumlexpanddelta).`,
 			return nil
 		},
 	}
+	c.Flags().BoolVar(&opts.KeepSetuid, "keep-setuid", false, "give files their stored setuid and setgid bits")
+	return c
 }
 
 func logCmd() *cobra.Command {
@@ -146,17 +156,21 @@ func printLog(entries []sbuml.LogEntry, graph bool) {
 	for i, e := range entries {
 		refs := ""
 		if len(e.Refs) > 0 {
-			refs = " (" + strings.Join(e.Refs, ", ") + ")"
+			names := make([]string, len(e.Refs))
+			for i, r := range e.Refs {
+				names[i] = quoteName(r)
+			}
+			refs = " (" + strings.Join(names, ", ") + ")"
 		}
 		machine := ""
 		if m := e.Labels["machine"]; m != "" && e.Auto {
-			machine = " [" + m + ", auto]"
+			machine = " [" + quoteName(m) + ", auto]"
 		} else if m != "" {
-			machine = " [" + m + "]"
+			machine = " [" + quoteName(m) + "]"
 		}
 		lines[i] = fmt.Sprintf("%s %s%s%s %s  %s logical, +%s",
 			e.ID.Short(), e.Time.Local().Format("2006-01-02 15:04:05"), refs, machine,
-			firstLineOf(e.Message), humanBytes(e.LogicalBytes), humanBytes(e.AddedBytes))
+			subject(e.Message), humanBytes(e.LogicalBytes), humanBytes(e.AddedBytes))
 	}
 	if graph {
 		lines = drawGraph(entries, lines)
@@ -166,9 +180,11 @@ func printLog(entries []sbuml.LogEntry, graph bool) {
 	}
 }
 
-func firstLineOf(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
+// subject is the first line of a snapshot's message, escaped for a
+// terminal.
+func subject(message string) string {
+	line, _, _ := strings.Cut(message, "\n")
+	return escapeText(line, false)
 }
 
 func showCmd() *cobra.Command {
@@ -193,19 +209,19 @@ func showCmd() *cobra.Command {
 				fmt.Printf("parent   %s\n", p)
 			}
 			fmt.Printf("tree     %s\n", r.Tree)
-			fmt.Printf("author   %s@%s\n", r.Author, r.Host)
+			fmt.Printf("author   %s@%s\n", quoteName(r.Author), quoteName(r.Host))
 			fmt.Printf("date     %s\n", r.Time.Local().Format(time.RFC1123))
 			for k, v := range r.Labels {
-				fmt.Printf("label    %s=%s\n", k, v)
+				fmt.Printf("label    %s=%s\n", quoteName(k), quoteName(v))
 			}
 			fmt.Printf("size     %s logical, %s added to its history\n\n", humanBytes(r.LogicalBytes), humanBytes(r.AddedBytes))
-			fmt.Printf("    %s\n\n", strings.ReplaceAll(r.Message, "\n", "\n    "))
+			fmt.Printf("    %s\n\n", strings.ReplaceAll(escapeText(r.Message, true), "\n", "\n    "))
 			for _, f := range r.Files {
 				extra := ""
 				if f.Kind == "file" {
 					extra = fmt.Sprintf("  %d chunks, %s holes, %s", f.Chunks, humanBytes(f.HoleBytes), f.Chunking)
 				}
-				fmt.Printf("%-7s %04o %10s  %s  %s%s\n", f.Kind, f.Mode, humanBytes(f.Size), f.ID.Short(), f.Path, extra)
+				fmt.Printf("%-7s %04o %10s  %s  %s%s\n", f.Kind, f.Mode, humanBytes(f.Size), f.ID.Short(), quoteName(f.Path), extra)
 			}
 			return nil
 		},
@@ -235,7 +251,10 @@ func fsckCmd() *cobra.Command {
 				}
 			} else {
 				for _, p := range r.Problems {
-					fmt.Println(p)
+					fmt.Println(escapeText(p.String(), false))
+				}
+				for _, l := range r.StaleLocks {
+					fmt.Printf("%s: stale lock left by a killed writer; the next update removes it\n", quoteName(l))
 				}
 				if r.Leftovers > 0 {
 					fmt.Printf("%d unfinished pack file%s (%s) left by killed or running writers; sbuml gc removes them\n", r.Leftovers, pluralS(r.Leftovers), humanBytes(r.LeftoverBytes))
@@ -275,7 +294,7 @@ func duCmd() *cobra.Command {
 			}
 			for _, sn := range r.Snapshots {
 				fmt.Printf("%s %s %10s logical %10s added  %s\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"),
-					humanBytes(sn.LogicalBytes), humanBytes(sn.AddedBytes), firstLineOf(sn.Message))
+					humanBytes(sn.LogicalBytes), humanBytes(sn.AddedBytes), subject(sn.Message))
 			}
 			fmt.Printf("%d snapshots, %s logical, %s of unique chunks, %s stored in %d objects\n",
 				len(r.Snapshots), humanBytes(r.LogicalBytes), humanBytes(r.UniqueChunkBytes), humanBytes(r.StoredBytes), r.Objects)
@@ -319,13 +338,18 @@ up to 10 s for it to end. Killed at any moment, it loses nothing.`,
 				}
 				clear = func() { fmt.Fprint(os.Stderr, "\r\x1b[K") }
 			}
-			r, err := s.Gc(context.Background(), opts)
+			ctx, stop := interruptible()
+			defer stop()
+			r, err := s.Gc(ctx, opts)
 			clear()
 			if err != nil {
 				return err
 			}
 			if flagJSON {
 				return printJSON(r)
+			}
+			for _, sn := range r.Snapshots {
+				fmt.Printf("would remove %s %s  %s\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"), subject(sn.Message))
 			}
 			verb, freed := "removed", fmt.Sprintf("%s freed", humanBytes(r.FileBytesBefore-r.FileBytesAfter))
 			if r.DryRun {

@@ -380,20 +380,44 @@ func TestStoreCommands(t *testing.T) {
 	}
 }
 
-// TestImportCreatesScrapbook imports into a directory that holds no
-// scrapbook yet: import makes one.
-func TestImportCreatesScrapbook(t *testing.T) {
-	sb := filepath.Join(t.TempDir(), "new")
+// TestOnlyInitAndCloneCreate runs every command that writes on a path
+// that holds no scrapbook: each fails with one line saying to run sbuml
+// init (doctor reports it as a failed check) and creates nothing.
+func TestOnlyInitAndCloneCreate(t *testing.T) {
 	src := t.TempDir()
 	writeTestFile(t, filepath.Join(src, "f"), "data", 0o644)
-	c := newCLI(t, sb)
-	c.ok("import", src)
-	if _, err := os.Stat(filepath.Join(sb, "config")); err != nil {
-		t.Errorf("import did not create a scrapbook: %v", err)
+	for _, args := range [][]string{
+		{"import", src},
+		{"boot", "m1"},
+		{"open", "http://127.0.0.1:9/book/branches/main.sbuml"},
+		{"checkout", "http://127.0.0.1:9/book/#main", "m1"},
+		{"fetch", "http://127.0.0.1:9/book/#main"},
+		{"remote", "add", "origin", "http://127.0.0.1:9/book/"},
+		{"pull", "origin"},
+		{"image", "build"},
+		{"commit", "m1"},
+		{"branch", "x"},
+		{"gc"},
+	} {
+		sb := filepath.Join(t.TempDir(), "mistyped")
+		out := newCLI(t, sb).run(args...)
+		if out.code != 1 || !strings.Contains(out.stderr, "not a scrapbook") || !strings.Contains(out.stderr, "sbuml init") || strings.Count(out.stderr, "\n") != 1 {
+			t.Errorf("sbuml %s on a path without a scrapbook: exit %d, stderr %q; want one line saying to run sbuml init", strings.Join(args, " "), out.code, out.stderr)
+		}
+		if _, err := os.Stat(sb); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("sbuml %s created %s", strings.Join(args, " "), sb)
+		}
 	}
-	if out := c.ok("log"); strings.Count(out, "\n") != 1 {
-		t.Errorf("log printed %q, want one snapshot", out)
+	sb := filepath.Join(t.TempDir(), "mistyped")
+	out := newCLI(t, sb).run("doctor")
+	if out.code != 1 || !strings.Contains(out.stdout, "FAIL scrapbook") || !strings.Contains(out.stdout, "sbuml init "+sb) {
+		t.Errorf("doctor without a scrapbook: exit %d, stdout %q; want a failed scrapbook check saying to run sbuml init", out.code, out.stdout)
 	}
+	if _, err := os.Stat(sb); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("doctor created %s", sb)
+	}
+	newCLI(t, sb).ok("init")
+	newCLI(t, sb).ok("import", src)
 }
 
 // TestErrors checks that each mistake gives exit code 1 and one line on

@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/ui"
 	"github.com/spf13/cobra"
 )
@@ -46,8 +45,7 @@ then needs the token in that file (the page asks for it once).`,
 			}
 			opts.TLS = certFile != ""
 			opts.Log = serveLog
-			// The page boots machines: like boot, make the scrapbook on first use.
-			s, err := sbuml.OpenOrInit(scrapbookDir())
+			s, err := openScrapbook()
 			if err != nil {
 				return err
 			}
