@@ -487,52 +487,177 @@ func describeMissing(refs []objects.Ref) string {
 }
 
 // Rewind replaces a machine in place with a snapshot: the machine is
-// halted and checked out again from rev under the same name, running if
-// it was running. Its commits continue on its branch, with rev as parent.
+// checked out again from rev under the same name, running if it was
+// running, and its old self halted. Its commits continue on its branch,
+// with rev as parent.
+//
+// The old machine is lost only once the new one runs: rev is checked
+// first (present, whole, a machine snapshot this QEMU can restore), and
+// the old machine is frozen and its directory moved aside while the new
+// one is made; if that fails, the old one is put back as it was.
 func (s *Scrapbook) Rewind(ctx context.Context, machine, rev string, opts CheckoutOptions) (*CheckoutResult, error) {
 	dir, err := s.MachineDir(machine)
 	if err != nil {
 		return nil, err
 	}
-	// From the check that rev is whole to its checkout, gc must not run:
-	// the machine is gone in between.
+	// From the check that rev is whole to its checkout, gc must not run.
 	release, err := s.holdObjects()
 	if err != nil {
 		return nil, fmt.Errorf("rewind: %w", err)
 	}
 	defer release()
-	// Resolve first: a bad revision must not cost the running machine.
-	id := rev
-	if !isExportedMachine(rev) {
-		rid, err := s.Resolve(ctx, rev)
-		if err != nil {
-			return nil, fmt.Errorf("rewind: %w", err)
-		}
-		if missing, err := s.Missing(ctx, rid); err != nil || len(missing) > 0 {
-			if err == nil {
-				err = errors.New(describeMissing(missing))
-			}
-			return nil, fmt.Errorf("rewind %s: %w", rid.Short(), err)
-		}
-		id = rid.String()
-	}
-	m, err := s.OpenMachine(machine)
+	target, err := s.rewindTarget(ctx, rev)
 	if err != nil {
-		return nil, fmt.Errorf("rewind: %w", err)
-	}
-	st, _ := m.Status(ctx)
-	head, _ := readHead(dir)
-	if err := m.Halt(ctx); err != nil {
-		m.Close()
 		return nil, fmt.Errorf("rewind %s: %w", machine, err)
 	}
-	m.Close()
-	if err := removeMachineFiles(dir); err != nil {
+	old, err := s.setAside(ctx, machine, dir)
+	if err != nil {
 		return nil, fmt.Errorf("rewind %s: %w", machine, err)
 	}
 	if opts.Branch == "" {
-		opts.Branch = head.Branch
+		opts.Branch = old.head.Branch
 	}
-	opts.Continue = opts.Continue || st.State == vmm.StateRunning
-	return s.Checkout(ctx, id, machine, opts)
+	opts.Continue = opts.Continue || old.running
+	res, err := s.Checkout(ctx, target, machine, opts)
+	if err != nil {
+		if rerr := old.restore(ctx); rerr != nil {
+			return nil, fmt.Errorf("rewind %s: %w; and putting the machine back failed: %v (it is in %s)", machine, err, rerr, old.aside)
+		}
+		return nil, fmt.Errorf("rewind %s: %w (the machine is as it was)", machine, err)
+	}
+	if err := old.halt(ctx); err != nil {
+		return res, fmt.Errorf("rewind %s: the new machine runs, but halting the old one in %s failed: %w", machine, old.aside, err)
+	}
+	return res, nil
+}
+
+// rewindTarget checks that rev can be checked out as a machine, and
+// returns what to pass to Checkout.
+func (s *Scrapbook) rewindTarget(ctx context.Context, rev string) (string, error) {
+	var src machineSource
+	target := rev
+	if isExportedMachine(rev) {
+		src = dirSource{dir: rev}
+	} else {
+		id, err := s.Resolve(ctx, rev)
+		if err != nil {
+			return "", err
+		}
+		if missing, err := s.Missing(ctx, id); err != nil || len(missing) > 0 {
+			if err == nil {
+				err = errors.New(describeMissing(missing))
+			}
+			return "", fmt.Errorf("%s: %w", id.Short(), err)
+		}
+		ss, err := s.newStoreSource(ctx, id)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", id.Short(), err)
+		}
+		if _, ok := ss.files[snapMachine]; !ok {
+			return "", fmt.Errorf("%s is not a machine snapshot (it has no %s)", id.Short(), snapMachine)
+		}
+		src, target = ss, id.String()
+	}
+	raw, err := src.readFile(ctx, snapMachine)
+	if err != nil {
+		return "", err
+	}
+	var cfg vmm.Config
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return "", fmt.Errorf("%s: %w", snapMachine, err)
+	}
+	qi, err := vmm.InspectQEMU(ctx, "")
+	if err != nil {
+		return "", err
+	}
+	if !qi.HasMachineType(cfg.MachineType) {
+		return "", fmt.Errorf("the snapshot needs QEMU machine type %s, which QEMU %s here does not have", cfg.MachineType, qi.Version)
+	}
+	return target, nil
+}
+
+// asideMachine is a machine moved out of its directory's name while a
+// rewind makes its successor there.
+type asideMachine struct {
+	dir, aside string
+	head       machineHead
+	running    bool // it ran before the rewind froze it
+}
+
+// setAside freezes a machine (so that neither its guest nor its keeper
+// does anything meanwhile) and moves its directory to a hidden name
+// beside it. QEMU and its sockets move with the directory.
+func (s *Scrapbook) setAside(ctx context.Context, machine, dir string) (*asideMachine, error) {
+	m, err := s.OpenMachine(machine)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	st, err := m.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a := &asideMachine{dir: m.Dir(), running: st.State == vmm.StateRunning}
+	if a.head, err = readHead(a.dir); err != nil {
+		return nil, err
+	}
+	if a.running {
+		if err := m.Freeze(ctx); err != nil {
+			return nil, err
+		}
+	}
+	a.aside = filepath.Join(filepath.Dir(a.dir), fmt.Sprintf(".rewind-%s-%d", filepath.Base(a.dir), os.Getpid()))
+	if err := os.Rename(a.dir, a.aside); err != nil {
+		if a.running {
+			m.Continue(context.WithoutCancel(ctx))
+		}
+		return nil, err
+	}
+	return a, nil
+}
+
+// restore puts a machine set aside back under its name, running if it ran.
+func (a *asideMachine) restore(ctx context.Context) error {
+	if err := os.Rename(a.aside, a.dir); err != nil {
+		return err
+	}
+	if !a.running {
+		return nil
+	}
+	m, err := vmm.Open(a.dir)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	return m.Continue(context.WithoutCancel(ctx))
+}
+
+// halt stops the machine set aside and removes its files; anything else
+// its directory held (a directory of the user's choosing may hold more)
+// goes back beside the new machine, unless the new one has a file of the
+// same name.
+func (a *asideMachine) halt(ctx context.Context) error {
+	m, err := vmm.Open(a.aside)
+	if err != nil {
+		return err
+	}
+	herr := m.Halt(ctx)
+	m.Close()
+	if herr != nil {
+		return herr
+	}
+	if err := removeMachineFiles(a.aside); err != nil {
+		return err
+	}
+	rest, err := os.ReadDir(a.aside)
+	if err != nil {
+		return err
+	}
+	for _, e := range rest {
+		to := filepath.Join(a.dir, e.Name())
+		if _, err := os.Lstat(to); errors.Is(err, os.ErrNotExist) {
+			os.Rename(filepath.Join(a.aside, e.Name()), to)
+		}
+	}
+	return os.RemoveAll(a.aside)
 }

@@ -338,3 +338,36 @@ func TestRewind(t *testing.T) {
 		t.Errorf("branch m1 moved to %s", tip.Short())
 	}
 }
+
+// TestRewindRefusalsKeepTheMachine checks that a rewind to what cannot
+// be checked out as a machine (a directory snapshot, a name of nothing)
+// fails with one line and leaves the machine running as it was.
+func TestRewindRefusalsKeepTheMachine(t *testing.T) {
+	t.Parallel()
+	s := guestScrapbook(t, 1)
+	g := bootGuest(t, s, "m1", 0)
+	g.run("echo kept > /tmp/kept")
+	ctx := guestContext(t)
+	dir := filepath.Join(t.TempDir(), "d")
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	imp, err := s.Import(ctx, dir, sbuml.SnapshotOptions{Branch: "files"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rev := range []string{imp.ID.String(), "nosuch"} {
+		_, err := s.Rewind(ctx, "m1", rev, sbuml.CheckoutOptions{Accel: guestAccel})
+		if err == nil {
+			t.Fatalf("rewind to %s succeeded", rev)
+		}
+		requireOneLine(t, err, "m1")
+		t.Log(err)
+	}
+	if out := g.run("cat /tmp/kept"); out != "kept" {
+		t.Errorf("after the refused rewinds the machine's tmpfs holds %q", out)
+	}
+	ms, err := s.Machines(ctx)
+	if err != nil || len(ms) != 1 || ms[0].State != "running" {
+		t.Errorf("machines after the refused rewinds: %+v, %v", ms, err)
+	}
+}
