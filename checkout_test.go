@@ -273,10 +273,8 @@ func copyObjectsExcept(t testing.TB, from, to *sbuml.Scrapbook, skip []objects.I
 			t.Fatal(err)
 		}
 	}
-	if sy, ok := to.Objects.(objects.Syncer); ok {
-		if err := sy.Sync(ctx); err != nil {
-			t.Fatal(err)
-		}
+	if err := to.Objects.Sync(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -71,7 +71,7 @@ func newFsckFixture(t *testing.T) *fsckFixture {
 		t.Fatal(err)
 	}
 	// Objects are published before a ref names them.
-	if err := f.s.Objects.(objects.Syncer).Sync(ctx); err != nil {
+	if err := f.s.Objects.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.s.Refs.Update("refs/heads/deep", objects.Zero, f.deep, "test"); err != nil {
@@ -629,7 +629,7 @@ func TestFsckDamagedObjects(t *testing.T) {
 		}
 		requireOneProblem(t, fsck(t, s), objectFile(s, id), id,
 			"references "+hello.ID.String()+" as a tree, but it is a stream")
-		if err := s.Objects.Delete(ctx, id); err != nil {
+		if err := loose.Delete(ctx, id); err != nil {
 			t.Fatal(err)
 		}
 		requireFsckClean(t, s)

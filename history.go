@@ -214,8 +214,8 @@ func (s *Scrapbook) damaged(err error) error {
 	if !errors.Is(err, objects.ErrNotFound) && !errors.Is(err, objects.ErrCorrupt) {
 		return err
 	}
-	if b, ok := s.Objects.(interface{ Broken() []error }); ok {
-		if broken := b.Broken(); len(broken) > 0 {
+	if fc, ok := s.Objects.(objects.FileChecker); ok {
+		if broken := fc.Damaged(); len(broken) > 0 {
 			return fmt.Errorf("%w (%v); run sbuml fsck", err, broken[0])
 		}
 	}

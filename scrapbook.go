@@ -202,13 +202,20 @@ func (s *Scrapbook) holdObjects() (release func(), err error) {
 		return nil, err
 	}
 	// Another process may have repacked since this one last looked.
-	if p, ok := s.Objects.(*objects.Packed); ok {
-		if err := p.Refresh(); err != nil {
-			unlock()
-			return nil, err
-		}
+	if err := s.refresh(); err != nil {
+		unlock()
+		return nil, err
 	}
 	return unlock, nil
+}
+
+// refresh makes the object store see what other processes have
+// published or removed since it last looked.
+func (s *Scrapbook) refresh() error {
+	if r, ok := s.Objects.(objects.Refresher); ok {
+		return r.Refresh()
+	}
+	return nil
 }
 
 // compactAfter is how many small packs (under 128 MiB) a scrapbook may
@@ -222,8 +229,8 @@ const compactAfter = 32
 // walk of the snapshots. It is best effort and skipped while another
 // process uses the scrapbook.
 func (s *Scrapbook) compact() {
-	p, ok := s.Objects.(*objects.Packed)
-	if !ok || p.SmallPacks() <= compactAfter {
+	r, ok := s.Objects.(objects.Repacker)
+	if !ok || r.SmallPacks() <= compactAfter {
 		return
 	}
 	release, err := gclock.Exclusive(s.Dir)
@@ -231,7 +238,10 @@ func (s *Scrapbook) compact() {
 		return
 	}
 	defer release()
-	p.Repack(context.Background(), func(objects.ID) bool { return true }, objects.RepackOptions{})
+	ctx := context.Background()
+	if plan, err := r.PlanRepack(ctx, func(objects.ID) bool { return true }); err == nil {
+		r.Repack(ctx, plan, nil)
+	}
 }
 
 // writeFileAtomic writes a small file by temp file, fsync and rename.

@@ -134,10 +134,7 @@ func (s *Scrapbook) saveSnapshot(ctx context.Context, saver *stream.Saver, paren
 // syncObjects makes every object written so far durable, before a ref
 // may name it (refs-last).
 func (s *Scrapbook) syncObjects(ctx context.Context) error {
-	if sy, ok := s.Objects.(objects.Syncer); ok {
-		return sy.Sync(ctx)
-	}
-	return nil
+	return s.Objects.Sync(ctx)
 }
 
 func firstLine(s string) string {

@@ -148,7 +148,7 @@ func (d *Dir) Store() objects.Store { return d.objects() }
 func (d *Dir) objects() objects.Store {
 	d.storeMu.Lock()
 	defer d.storeMu.Unlock()
-	if f, ok := d.store.(interface{ Err() error }); ok && d.reopen != nil && f.Err() != nil {
+	if f, ok := d.store.(objects.FailStopper); ok && d.reopen != nil && f.Err() != nil {
 		d.store = d.reopen()
 	}
 	return d.store
@@ -186,30 +186,19 @@ func (d *Dir) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 	if len(missed) == 0 {
 		return has, nil
 	}
-	if r, ok := store.(interface{ Refresh() error }); ok {
-		if err := r.Refresh(); err != nil {
-			return nil, err
-		}
-		for _, i := range missed {
-			ok, err := store.Has(ctx, ids[i])
-			if err != nil {
-				return nil, err
-			}
-			has[i] = ok
-		}
+	r, ok := store.(objects.Refresher)
+	if !ok {
 		return has, nil
 	}
-	if _, ok := store.(*objects.Packed); ok {
-		// Get looks for new packs before it gives up.
-		for _, i := range missed {
-			_, err := store.Get(ctx, ids[i])
-			switch {
-			case err == nil:
-				has[i] = true
-			case !errors.Is(err, objects.ErrNotFound):
-				return nil, err
-			}
+	if err := r.Refresh(); err != nil {
+		return nil, err
+	}
+	for _, i := range missed {
+		ok, err := store.Has(ctx, ids[i])
+		if err != nil {
+			return nil, err
 		}
+		has[i] = ok
 	}
 	return has, nil
 }
@@ -274,10 +263,8 @@ func updateRef(ctx context.Context, s objects.Store, b refBackend, name string, 
 		if err := checkSnapshot(ctx, s, new); err != nil {
 			return fmt.Errorf("update %s: %w", name, err)
 		}
-		if sy, ok := s.(objects.Syncer); ok {
-			if err := sy.Sync(ctx); err != nil {
-				return fmt.Errorf("update %s: %w", name, err)
-			}
+		if err := s.Sync(ctx); err != nil {
+			return fmt.Errorf("update %s: %w", name, err)
 		}
 	}
 	return b.update(name, old, new, why)
@@ -289,10 +276,7 @@ func (d *Dir) Traffic() Traffic { return d.count.traffic() }
 // Sync makes the objects received so far durable and, in a scrapbook,
 // visible to other processes.
 func (d *Dir) Sync(ctx context.Context) error {
-	if sy, ok := d.objects().(objects.Syncer); ok {
-		return sy.Sync(ctx)
-	}
-	return nil
+	return d.objects().Sync(ctx)
 }
 
 // Close implements Remote: the objects received are kept (see Sync),
@@ -303,10 +287,8 @@ func (d *Dir) Close() error {
 	if serr := d.Sync(context.Background()); err == nil {
 		err = serr
 	}
-	if c, ok := d.objects().(interface{ Close() error }); ok {
-		if cerr := c.Close(); err == nil {
-			err = cerr
-		}
+	if cerr := d.objects().Close(); err == nil {
+		err = cerr
 	}
 	if d.release != nil {
 		d.release()
