@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
@@ -179,7 +180,7 @@ func (s *Scrapbook) editRemotes(change func(*remotesConfig) error) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(p, append(b, '\n'))
+	return atomicfile.WriteFile(p, append(b, '\n'), 0o644)
 }
 
 // TransferOptions tune Push, Pull, Clone, Publish and FetchLink.

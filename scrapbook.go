@@ -22,6 +22,7 @@ import (
 
 	"github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
@@ -90,7 +91,7 @@ func Init(dir string) (*Scrapbook, error) {
 	if err := s.Refs.SetSymbolic("HEAD", "refs/heads/"+DefaultBranch); err != nil {
 		return nil, fmt.Errorf("init %s: %w", abs, err)
 	}
-	if err := writeFileAtomic(filepath.Join(abs, "config"), append(configText(), '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(abs, "config"), append(configText(), '\n'), 0o644); err != nil {
 		return nil, fmt.Errorf("init %s: %w", abs, err)
 	}
 	return s, nil
@@ -242,27 +243,4 @@ func (s *Scrapbook) compact() {
 	if plan, err := r.PlanRepack(ctx, func(objects.ID) bool { return true }); err == nil {
 		r.Repack(ctx, plan, nil)
 	}
-}
-
-// writeFileAtomic writes a small file by temp file, fsync and rename.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }

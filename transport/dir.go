@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-git/go-billy/v5/osfs"
 
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
@@ -389,15 +390,7 @@ func (p *publishedRefs) write(l *RefList) error {
 	if err != nil {
 		return err
 	}
-	tmp := p.file() + ".tmp"
-	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, p.file()); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
+	return atomicfile.WriteFile(p.file(), append(data, '\n'), 0o644)
 }
 
 // SetHead records in a published directory the ref that HEAD names.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
@@ -152,7 +153,7 @@ func (d *Dir) writePack(ctx context.Context, dir string, ids []objects.ID) (Pack
 	if err := os.Rename(tmp, filepath.Join(dir, name+".pack")); err != nil {
 		return fail(err)
 	}
-	if err := writeFileSynced(filepath.Join(dir, name+".idx"), idx); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, name+".idx"), idx, 0o644); err != nil {
 		return PackInfo{}, nil, fmt.Errorf("write pack index %s: %w", filepath.Join(dir, name+".idx"), err)
 	}
 	return PackInfo{Name: name, Size: int64(enc.Size())}, ids[n:], nil
@@ -182,34 +183,8 @@ func (d *Dir) listPacks(packs []PackInfo) error {
 	if err != nil {
 		return fmt.Errorf("update %s: %w", file, err)
 	}
-	if err := writeFileSynced(file, append(data, '\n')); err != nil {
+	if err := atomicfile.WriteFile(file, append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("update %s: %w", file, err)
 	}
 	return nil
-}
-
-// writeFileSynced writes data to a new file at name through a temporary
-// file that is synced and renamed into place.
-func writeFileSynced(name string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(name), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), name)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/sbuml/sbuml/internal/atomicfile"
 )
 
 // AccelProbeTimeout bounds a KVM probe in ChooseAccel. A guest that has not
@@ -224,7 +226,7 @@ func writeAccelCache(path string, c *accelCache) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("write accelerator cache: %w", err)
 	}
-	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write accelerator cache %s: %w", path, err)
 	}
 	return nil

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sbuml/sbuml/internal/atomicfile"
 )
 
 // State is the condition of a machine as sbuml sees it.
@@ -242,7 +244,7 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 	// sbuml, not QEMU (-pidfile), writes the pid file: QEMU would remove
 	// it whenever it exits, and a QEMU that exits without Halt must be
 	// told apart from a halted one.
-	if err := writeFileAtomic(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(cmd.Process.Pid)+"\n")); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
 		return nil, err
