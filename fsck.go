@@ -12,9 +12,9 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/scrapbook"
 )
 
 // A Problem is one thing fsck found wrong.
@@ -239,7 +239,7 @@ func (s *Scrapbook) staleLocks() ([]string, error) {
 		return nil, err
 	}
 	for _, p := range top {
-		if filepath.Base(p) != gclock.FileName {
+		if filepath.Base(p) != scrapbook.LockFile {
 			if err := check(p); err != nil {
 				return nil, err
 			}

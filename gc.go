@@ -9,7 +9,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -65,22 +64,19 @@ type GcSnapshot struct {
 // removed.
 //
 // Gc refuses to run while another process writes to the scrapbook
-// (internal/gclock), and writers refuse to start while it runs. It stops
+// (the gc lock of package scrapbook), and writers refuse to start while it runs. It stops
 // without removing anything if any snapshot it must keep is damaged.
 func (s *Scrapbook) Gc(ctx context.Context, opts GcOptions) (*GcReport, error) {
 	start := time.Now()
-	release, err := gclock.Exclusive(s.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("gc: %w", err)
-	}
-	defer release()
 	r, ok := s.Objects.(objects.Repacker)
 	if !ok {
 		return nil, fmt.Errorf("gc: the object store (%T) cannot repack", s.Objects)
 	}
-	if err := s.refresh(); err != nil {
+	release, err := s.book.HoldExclusive()
+	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
+	defer release()
 	report := func(p GcProgress) {
 		if opts.OnProgress != nil {
 			opts.OnProgress(p)

@@ -15,6 +15,7 @@ import (
 	"github.com/sbuml/sbuml/image"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/scrapbook"
 	"github.com/sbuml/sbuml/stream"
 )
 
@@ -278,7 +279,7 @@ func (s *Scrapbook) Image(ctx context.Context, name string, progress io.Writer) 
 // materializeImage exports image snapshot id once into
 // SCRAPBOOK/images/ID and loads it.
 func (s *Scrapbook) materializeImage(ctx context.Context, id objects.ID) (*image.Image, error) {
-	dir := filepath.Join(s.Dir, "images", id.String())
+	dir := filepath.Join(s.Dir, scrapbook.ImagesDir, id.String())
 	if img, err := image.Load(dir); err == nil {
 		return img, nil
 	}
@@ -418,7 +419,7 @@ func (s *Scrapbook) forgetUnpacked(id objects.ID) {
 			return
 		}
 	}
-	os.RemoveAll(filepath.Join(s.Dir, "images", id.String()))
+	os.RemoveAll(filepath.Join(s.Dir, scrapbook.ImagesDir, id.String()))
 }
 
 // ExportBootableDisk writes base image NAME, which must boot by kernel,

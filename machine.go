@@ -15,6 +15,7 @@ import (
 	"github.com/sbuml/sbuml/image"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/scrapbook"
 	"github.com/sbuml/sbuml/vmm"
 	"golang.org/x/sys/unix"
 )
@@ -30,7 +31,7 @@ const (
 const ReadyTimeout = 3 * time.Minute
 
 // MachinesDir returns the directory holding named machines.
-func (s *Scrapbook) MachinesDir() string { return filepath.Join(s.Dir, "machines") }
+func (s *Scrapbook) MachinesDir() string { return filepath.Join(s.Dir, scrapbook.MachinesDir) }
 
 // MachineDir turns a machine argument into its directory. As in SBUML, a
 // machine is either a name, kept under the scrapbook's machines/

@@ -16,6 +16,7 @@ import (
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/scrapbook"
 	"github.com/sbuml/sbuml/transport"
 )
 
@@ -33,7 +34,7 @@ type RemoteConfig struct {
 }
 
 // remotesFile is the scrapbook file that lists its remotes.
-const remotesFile = "remotes"
+const remotesFile = scrapbook.RemotesFile
 
 type remotesConfig struct {
 	Remotes []RemoteConfig `json:"remotes"`

@@ -357,7 +357,7 @@ func (pl *RepackPlan) count() {
 // durable before the packs they replace are removed, and what is removed
 // vanishes at once (see journalFile): a crash leaves objects twice, never
 // missing. The caller must ensure that no other process writes to the
-// store meanwhile (see internal/gclock), and that keep holds every object
+// store meanwhile (see scrapbook.LockShared), and that keep holds every object
 // reachable from every ref; Repack only keeps the closure of what it is
 // told.
 func (p *Packed) Repack(ctx context.Context, pl *RepackPlan, progress func(copied, total int64)) (RepackStats, error) {

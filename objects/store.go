@@ -101,7 +101,7 @@ type FileChecker interface {
 // A Repacker is a Store that removes objects by rewriting the files
 // that hold them, planned first (see RepackPlan). The caller makes sure
 // that no other process writes between PlanRepack and the end of Repack
-// (see internal/gclock).
+// (see scrapbook.LockShared).
 type Repacker interface {
 	// PlanRepack decides what a repack that keeps the objects for which
 	// keep returns true would do. It writes nothing: a dry run is the

@@ -14,10 +14,10 @@ import (
 	"github.com/go-git/go-billy/v5/osfs"
 
 	"github.com/sbuml/sbuml/internal/atomicfile"
-	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/scrapbook"
 )
 
 // RefListFile is the name of the ref list in a published directory.
@@ -65,28 +65,35 @@ func OpenDir(path string) (*Dir, error) {
 		return nil, fmt.Errorf("open remote %s: not a directory", abs)
 	}
 	switch {
-	case isFile(filepath.Join(abs, "config")):
-		// Held until Close, so that gc never removes an object a push
-		// is about to name (see internal/gclock).
-		release, err := gclock.Shared(abs, gclock.Wait)
-		if err != nil {
-			return nil, fmt.Errorf("open remote %s: %w", abs, err)
-		}
-		fsys := osfs.New(abs)
-		reopen := func() objects.Store {
-			return objects.NewPacked(fsys, "objects", filepath.Join(abs, "objects"))
-		}
-		return &Dir{
-			path:    abs,
-			store:   reopen(),
-			reopen:  reopen,
-			refs:    scrapbookRefs{refs.New(fsys)},
-			release: release,
-		}, nil
+	case scrapbook.Is(abs):
+		return OpenScrapbook(abs)
 	case isFile(filepath.Join(abs, RefListFile)):
 		return openPublished(abs), nil
 	}
 	return nil, fmt.Errorf("open remote %s: neither a scrapbook (no config file) nor a published scrapbook (no %s)", abs, RefListFile)
+}
+
+// OpenScrapbook opens the scrapbook at path as a remote (for sbuml serve,
+// and for OpenDir), through package scrapbook, which checks its format.
+// The scrapbook's gc lock is held shared until Close, so that gc never
+// removes an object a push is about to name.
+func OpenScrapbook(path string) (*Dir, error) {
+	book, err := scrapbook.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	release, err := book.Hold()
+	if err != nil {
+		book.Close()
+		return nil, fmt.Errorf("open remote %s: %w", book.Path, err)
+	}
+	return &Dir{
+		path:    book.Path,
+		store:   book.Objects,
+		reopen:  book.NewObjects,
+		refs:    scrapbookRefs{book.Refs},
+		release: release,
+	}, nil
 }
 
 // CreatePublished opens the published directory at path for writing,

@@ -400,21 +400,18 @@ func serve(f serveFlags) error {
 	if (f.certFile == "") != (f.keyFile == "") {
 		return errors.New("serve: give both --tls-cert and --tls-key, or neither")
 	}
-	s, err := openScrapbook()
-	if err != nil {
-		return err
-	}
 	f.limits.MaxMemory = int64(f.maxMemory)
 	// Garbage from finished requests is collected before the process
 	// grows far past what requests may hold.
 	debug.SetMemoryLimit(f.limits.MaxMemory + 128<<20)
 	opts := transport.ServerOptions{ReadOnly: f.readOnly, Log: serveLog, Limits: f.limits}
 	if f.tokenFile != "" {
+		var err error
 		if opts.Token, err = readTokenFile(f.tokenFile); err != nil {
 			return fmt.Errorf("serve: %w", err)
 		}
 	}
-	d, err := transport.OpenDir(s.Dir)
+	d, err := transport.OpenScrapbook(scrapbookDir())
 	if err != nil {
 		return err
 	}
@@ -434,7 +431,7 @@ func serve(f serveFlags) error {
 	case f.tokenFile == "":
 		push = "push disabled (no --token-file)"
 	}
-	fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", s.Dir, scheme, ln.Addr(), push)
+	fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", d.Path(), scheme, ln.Addr(), push)
 	handler := transport.NewServer(d, opts)
 	srv := handler.HTTPServer()
 	ln = handler.LimitListener(ln)
