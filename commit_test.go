@@ -252,6 +252,9 @@ func requireOneLine(t testing.TB, err error, want ...string) {
 // --json lists the snapshots with their machine label, and checkout
 // prints the checkout-to-running time, for a snapshot and for a directory
 // made by export.
+//
+// It is long because one booted guest serves all these checks: each guest
+// costs seconds to boot under TCG.
 func TestCommitCLI(t *testing.T) {
 	t.Parallel()
 	s := guestScrapbook(t, 2)

@@ -273,6 +273,9 @@ func requireOneProblem(t *testing.T, problems []sbuml.Problem, where string, id 
 // fsck must name that object's location as corrupt and nothing else, and
 // be clean again once the byte is restored. Objects are checked where
 // sbuml writes them, in packs, and as loose files.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestFsckFindsEveryFlippedByte(t *testing.T) {
 	f := newFsckFixture(t)
 	kinds := storedObjects(t, f.s)
@@ -476,6 +479,9 @@ func TestFsckDamagedPacks(t *testing.T) {
 // TestFsckDamagedObjects checks what fsck reports for objects that are
 // missing, truncated or referenced as the wrong kind, and for refs that
 // name missing objects or objects that are not snapshots.
+//
+// It is long because of its table: one case of damage, with how to make
+// and undo it, a few lines each.
 func TestFsckDamagedObjects(t *testing.T) {
 	ctx := context.Background()
 	f := newFsckFixture(t)

@@ -21,6 +21,9 @@ import (
 // TestGc deletes a branch and checks that gc frees exactly what only that
 // branch reached, keeps what a tag, a machine or another branch still
 // reaches, and leaves a scrapbook that fsck finds clean.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestGc(t *testing.T) {
 	ctx := context.Background()
 	s := newScrapbook(t)

@@ -44,6 +44,9 @@ func newHistoryFixture(t *testing.T) *historyFixture {
 	return f
 }
 
+// TestResolve checks every form of revision Resolve takes, and its
+// refusals.
+// It is long because of its table, one case a line.
 func TestResolve(t *testing.T) {
 	ctx := context.Background()
 	f := newHistoryFixture(t)
@@ -219,6 +222,9 @@ func TestResolveAmbiguous(t *testing.T) {
 
 // TestLog checks the order, parents, refs and sizes Log reports, for one
 // branch, for a starting point, and for every ref.
+//
+// It is long because one history, built once, is checked from every
+// starting point.
 func TestLog(t *testing.T) {
 	ctx := context.Background()
 	f := newHistoryFixture(t)
@@ -407,6 +413,9 @@ func TestDu(t *testing.T) {
 }
 
 // TestShow lists the files of a snapshot with their chunk counts and holes.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestShow(t *testing.T) {
 	ctx := context.Background()
 	src := t.TempDir()

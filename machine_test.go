@@ -80,6 +80,9 @@ func requireGone(t testing.TB, s *sbuml.Scrapbook, name string, pid int, ram str
 // would: boot, the console (with a pipe as input), freeze and continue
 // with a counter running, ps for a QEMU killed with SIGKILL, halt and
 // halt --all.
+//
+// It is long because one booted guest serves all these checks: each guest
+// costs seconds to boot under TCG.
 func TestMachineCLI(t *testing.T) {
 	t.Parallel()
 	s := guestScrapbook(t, 2)

@@ -47,6 +47,10 @@ func repack(t *testing.T, s *Packed, keep func(ID) bool) (RepackStats, error) {
 	return s.Repack(context.Background(), plan, nil)
 }
 
+// TestRepack drops one set of objects of three, and a second copy of a
+// kept one, and merges what is kept into one pack.
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestRepack(t *testing.T) {
 	ctx := context.Background()
 	dir, open := packedDir(t)

@@ -11,7 +11,6 @@ package scrapbook
 // is released by the kernel when a process dies, so a killed writer never
 // leaves the scrapbook locked.
 
-
 import (
 	"errors"
 	"fmt"

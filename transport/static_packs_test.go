@@ -339,6 +339,9 @@ func newSourceStore(t *testing.T, dir string) objects.Store {
 // about the small branch's bytes travel; from one that ignores them (as
 // python3 -m http.server does) the pack comes whole, and the fetch is
 // as good.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestStaticPacksRanges(t *testing.T) {
 	ctx := context.Background()
 	book, err := sbuml.Init(t.TempDir())

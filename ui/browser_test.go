@@ -42,6 +42,9 @@ const guestWait = 3 * time.Minute
 // freezes, continues, rewinds and halts m2, deletes its branch and runs
 // gc. Last, the same browser opens the site sbuml publish writes, on a
 // plain static server, and finds its graph.
+//
+// It is long because one browser and one pair of guests serve all these
+// checks: each costs seconds to start.
 func TestBrowser(t *testing.T) {
 	s := guestScrapbook(t)
 	dir := s.Dir

@@ -181,6 +181,9 @@ func objectBytes(t *testing.T, book string) map[objects.ID]int64 {
 
 // TestCLIServePushPullClone drives two scrapbooks through a real
 // `sbuml serve` on 127.0.0.1.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestCLIServePushPullClone(t *testing.T) {
 	tmp := t.TempDir()
 	a, served, b := filepath.Join(tmp, "a"), filepath.Join(tmp, "served"), filepath.Join(tmp, "b")

@@ -211,6 +211,9 @@ var fullID = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // TestStoreCommands runs the scrapbook commands one after another on
 // one scrapbook: init, import, log, show, du, export, cat-object, fsck.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestStoreCommands(t *testing.T) {
 	sb := filepath.Join(t.TempDir(), "sb")
 	c := newCLI(t, "")
