@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sbuml/sbuml/image"
@@ -46,6 +47,9 @@ type CheckoutOptions struct {
 	// OnTransfer, if set, is called a few times a second while the
 	// objects of a snapshot elsewhere (URL#SNAPSHOT, a link file) download.
 	OnTransfer func(transport.Progress)
+	// OnProgress, if set, is called about five times a second while the
+	// snapshot's RAM, disks and boot files are written, file by file.
+	OnProgress func(StoreProgress)
 }
 
 // CheckoutResult describes a machine brought back from a snapshot.
@@ -60,7 +64,7 @@ type CheckoutResult struct {
 	Running bool `json:"running"`
 	// Forwards are the machine's port forwards, with the host ports
 	// chosen.
-	Forwards []vmm.Forward `json:"forwards,omitempty"`
+	Forwards []vmm.Forward `json:"forwards"`
 	// Fetched says what was downloaded for a snapshot elsewhere.
 	Fetched *transport.Stats `json:"fetched,omitempty"`
 	// Duration is checkout-to-running: from the call to the guest
@@ -78,6 +82,8 @@ type machineSource interface {
 	copyTo(ctx context.Context, name string, w io.Writer) error
 	// readFile returns a small file.
 	readFile(ctx context.Context, name string) ([]byte, error)
+	// size returns the length of the file at name.
+	size(ctx context.Context, name string) (int64, error)
 }
 
 // storeSource reads a snapshot from the scrapbook.
@@ -149,6 +155,18 @@ func (src *storeSource) copyTo(ctx context.Context, name string, w io.Writer) er
 	return err
 }
 
+func (src *storeSource) size(ctx context.Context, name string) (int64, error) {
+	id, err := src.stream(name)
+	if err != nil {
+		return 0, err
+	}
+	st, err := objects.LoadStream(ctx, src.s.Objects, id)
+	if err != nil {
+		return 0, err
+	}
+	return int64(st.Length), nil
+}
+
 func (src *storeSource) readFile(ctx context.Context, name string) ([]byte, error) {
 	var b strings.Builder
 	if err := src.copyTo(ctx, name, &b); err != nil {
@@ -176,6 +194,14 @@ func (d dirSource) copyTo(_ context.Context, name string, w io.Writer) error {
 
 func (d dirSource) readFile(_ context.Context, name string) ([]byte, error) {
 	return os.ReadFile(filepath.Join(d.dir, filepath.FromSlash(name)))
+}
+
+func (d dirSource) size(_ context.Context, name string) (int64, error) {
+	fi, err := os.Stat(filepath.Join(d.dir, filepath.FromSlash(name)))
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
 }
 
 // IsLink reports whether arg names a snapshot in another scrapbook: a
@@ -364,7 +390,7 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 		return nil, err
 	}
 	cfg.Name = machineName(dir)
-	if err := materialize(ctx, p.src, dir, &cfg, opts.RAMInDir); err != nil {
+	if err := materialize(ctx, p.src, dir, &cfg, opts); err != nil {
 		return nil, err
 	}
 	m, err := s.startRestored(ctx, dir, cfg, opts)
@@ -390,9 +416,10 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 }
 
 // materialize writes the snapshot's boot files, disks and RAM, in
-// parallel, into dir (RAM on tmpfs unless ramInDir), and points cfg at
-// them. Holes stay holes.
-func materialize(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, ramInDir bool) error {
+// parallel, into dir (RAM on tmpfs unless opts.RAMInDir), and points cfg
+// at them. Holes stay holes.
+func materialize(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, opts CheckoutOptions) error {
+	ramInDir := opts.RAMInDir
 	type job struct{ from, to string }
 	var jobs []job
 	if cfg.Kernel != "" {
@@ -421,19 +448,33 @@ func materialize(ctx context.Context, src machineSource, dir string, cfg *vmm.Co
 	}
 	cfg.RAMFile = ramPath
 	jobs = append(jobs, job{snapRAM, ramPath})
-	errs := make([]error, len(jobs))
-	var wg sync.WaitGroup
+	var total int64
+	sizes := make([]int64, len(jobs))
 	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := src.extract(ctx, j.from, j.to); err != nil {
-				errs[i] = fmt.Errorf("materialize %s: %w", j.from, err)
-			}
-		}()
+		sizes[i], _ = src.size(ctx, j.from)
+		total += sizes[i]
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	var written atomic.Int64
+	now := func() StoreProgress {
+		return StoreProgress{Stats: stream.Stats{LogicalBytes: written.Load()}, TotalBytes: total}
+	}
+	err := reportWhile(now, opts.OnProgress, func() error {
+		errs := make([]error, len(jobs))
+		var wg sync.WaitGroup
+		for i, j := range jobs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := src.extract(ctx, j.from, j.to); err != nil {
+					errs[i] = fmt.Errorf("materialize %s: %w", j.from, err)
+				}
+				written.Add(sizes[i])
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	})
+	if err != nil {
 		if !ramInDir {
 			os.RemoveAll(filepath.Dir(ramPath))
 		}

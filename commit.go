@@ -62,7 +62,7 @@ type CommitOptions struct {
 	// (0: none). It is recorded in the snapshot's labels and in the
 	// machine, whose answer to it is then 0.
 	Ckpt       uint64
-	OnProgress func(stream.Stats)
+	OnProgress func(StoreProgress)
 }
 
 // CommitResult describes a machine snapshot just taken.
@@ -309,10 +309,18 @@ func resolvePath(dir, p string) string {
 // storeMachine stores the captured state and the machine's boot files and
 // returns the snapshot tree and its size: machine.json, device-state,
 // ram, kernel, initrd, disks/.
-func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progress func(stream.Stats), m *vmm.Machine, c *captured) (objects.ID, uint64, error) {
+func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progress func(StoreProgress), m *vmm.Machine, c *captured) (objects.ID, uint64, error) {
 	cfg := m.Config()
 	files := machineFiles(m.Dir(), cfg, c)
-	if err := withProgress(saver, progress, func() error { return storeFiles(ctx, saver, files) }); err != nil {
+	var total int64
+	for _, f := range files {
+		if fi, err := os.Stat(f.path); err == nil {
+			total += fi.Size()
+		}
+	}
+	// The device state, stored meanwhile, counts too.
+	total += int64(c.devSize)
+	if err := withProgress(saver, progress, total, func() error { return storeFiles(ctx, saver, files) }); err != nil {
 		return objects.Zero, 0, err
 	}
 	top, disks := &objects.Tree{}, &objects.Tree{}

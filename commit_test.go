@@ -13,7 +13,6 @@ import (
 
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/objects"
-	"github.com/sbuml/sbuml/stream"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -411,7 +410,7 @@ func TestCommitAfterInterruptedFrozenCommit(t *testing.T) {
 	lo := g.lastTick()
 
 	ctx, cancel := context.WithCancel(guestContext(t))
-	_, err := s.Commit(ctx, "m1", sbuml.CommitOptions{Freeze: true, OnProgress: func(stream.Stats) { cancel() }})
+	_, err := s.Commit(ctx, "m1", sbuml.CommitOptions{Freeze: true, OnProgress: func(sbuml.StoreProgress) { cancel() }})
 	cancel()
 	if err == nil {
 		t.Skip("the commit stored everything before its first progress report; nothing to interrupt")

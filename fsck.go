@@ -41,7 +41,7 @@ type FsckReport struct {
 	LeftoverBytes int64 `json:"leftover_bytes"`
 	// StaleLocks are lock files left by killed writers: not a problem
 	// either, the next update of what they guard removes them.
-	StaleLocks []string `json:"stale_locks,omitempty"`
+	StaleLocks []string `json:"stale_locks"`
 }
 
 // OK reports whether fsck found nothing wrong.

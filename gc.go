@@ -41,7 +41,7 @@ type GcReport struct {
 	DryRun bool `json:"dry_run,omitempty"`
 	// Snapshots are, in a dry run, the snapshots gc would remove, newest
 	// first.
-	Snapshots []GcSnapshot  `json:"snapshots,omitempty"`
+	Snapshots []GcSnapshot  `json:"snapshots"`
 	Duration  time.Duration `json:"duration_ns"`
 }
 

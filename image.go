@@ -229,7 +229,7 @@ func (s *Scrapbook) AddImage(ctx context.Context, name, dir string) (*Result, er
 
 // addImage stores an image directory as base image NAME, calling
 // onProgress while it stores data.
-func (s *Scrapbook) addImage(ctx context.Context, name, dir string, onProgress func(stream.Stats)) (*Result, error) {
+func (s *Scrapbook) addImage(ctx context.Context, name, dir string, onProgress func(StoreProgress)) (*Result, error) {
 	ref, err := imageRef(name)
 	if err != nil {
 		return nil, err
@@ -320,7 +320,11 @@ func (s *Scrapbook) importTo(ctx context.Context, dir, ref string, opts Snapshot
 	defer saver.Close()
 	var tree objects.ID
 	var size uint64
-	err = withProgress(saver, opts.OnProgress, func() error {
+	var total int64
+	if opts.OnProgress != nil {
+		total = treeBytes(dir)
+	}
+	err = withProgress(saver, opts.OnProgress, total, func() error {
 		tree, size, err = fstree.Import(ctx, saver, dir, stream.Files)
 		return err
 	})
@@ -359,7 +363,7 @@ type ImportImageOptions struct {
 	Progress io.Writer
 	// OnProgress, if set, is called about five times a second while the
 	// image is stored.
-	OnProgress func(stream.Stats)
+	OnProgress func(StoreProgress)
 }
 
 // ImportImage stores a system the user brings as base image NAME

@@ -232,7 +232,7 @@ func (s *Scrapbook) openRemote(ctx context.Context, remote string, opts Transfer
 	if opts.TokenFile != "" {
 		tokenFile = opts.TokenFile
 	}
-	token, err := readToken(tokenFile)
+	token, err := ReadTokenFile(tokenFile)
 	if err != nil {
 		return nil, "", err
 	}
@@ -249,9 +249,11 @@ func isPathLike(arg string) bool {
 	return strings.ContainsAny(arg, "/:") || arg == "." || arg == ".."
 }
 
-// readToken reads a bearer token file: its content without surrounding
-// white space. An empty name gives an empty token.
-func readToken(name string) (string, error) {
+// ReadTokenFile reads a bearer token file (sbuml serve's, sbuml ui's, a
+// remote's): its content without surrounding white space, which must be
+// one token, a single line without spaces. An empty name gives an empty
+// token.
+func ReadTokenFile(name string) (string, error) {
 	if name == "" {
 		return "", nil
 	}

@@ -211,7 +211,7 @@ func requireTwinCommits(t testing.TB, dir, msgA, msgB string) (a, b sbuml.LogEnt
 	if norm(a) != norm(b) {
 		t.Errorf("the commit made on the page and the one made in the shell differ:\n%s\n%s", norm(a), norm(b))
 	}
-	if !reflect.DeepEqual(a.Refs, []string{"m2"}) || !reflect.DeepEqual(b.Refs, []string{"m3"}) {
+	if !reflect.DeepEqual(a.Refs, []string{"refs/heads/m2"}) || !reflect.DeepEqual(b.Refs, []string{"refs/heads/m3"}) {
 		t.Errorf("the page's commit is on %v, the shell's on %v; want m2 and m3", a.Refs, b.Refs)
 	}
 	return a, b

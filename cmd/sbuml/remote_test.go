@@ -366,36 +366,6 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	return m, s
 }
 
-// TestProgressBar draws on a terminal and stays quiet elsewhere.
-func TestProgressBar(t *testing.T) {
-	p := transport.Progress{Phase: "sending", Objects: 5, TotalObjects: 10, Bytes: 3 << 20, Elapsed: 2 * time.Second}
-
-	file, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bar := newProgressBar(file)
-	bar.update(p)
-	bar.clear()
-	if fi, _ := file.Stat(); fi.Size() != 0 {
-		t.Errorf("the bar drew %d bytes into a file", fi.Size())
-	}
-	file.Close()
-
-	master, slave := openPTY(t)
-	bar = newProgressBar(slave)
-	bar.update(p)
-	bar.update(transport.Progress{Phase: "finding", Objects: 7})
-	bar.clear()
-	slave.Close()
-	got, _ := io.ReadAll(master) // ends with EIO once the slave is closed
-	want := "\r\x1b[Ksending   [===============               ] 5/10 objects, 3.0 MiB (1.5 MiB/s)" +
-		"\r\x1b[Kfinding 7 objects, 0 B (0 B/s)" + "\r\x1b[K"
-	if string(got) != want {
-		t.Errorf("terminal got %q\nwant %q", got, want)
-	}
-}
-
 // stallingServer serves until budget bytes went out, then stops sending
 // (as a stuck network would) until the client gives up.
 type stallingServer struct {

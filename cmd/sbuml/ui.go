@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"time"
 
+	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/ui"
 	"github.com/spf13/cobra"
 )
@@ -31,13 +31,15 @@ a shell appears on the page without a reload.
 
 It listens on 127.0.0.1. Any other address needs --token-file: every request
 then needs the token in that file (the page asks for it once).`,
+		Example: `  sbuml ui
+  sbuml ui --addr 0.0.0.0:8418 --token-file ~/.sbuml-ui-token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (certFile == "") != (keyFile == "") {
-				return errors.New("ui: give both --tls-cert and --tls-key, or neither")
+				return usagef("ui: give both --tls-cert and --tls-key, or neither")
 			}
 			if tokenFile != "" {
-				tok, err := readTokenFile(tokenFile)
+				tok, err := sbuml.ReadTokenFile(tokenFile)
 				if err != nil {
 					return fmt.Errorf("ui: %w", err)
 				}
