@@ -390,10 +390,6 @@ func serve(f serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	scheme := "http"
-	if f.certFile != "" {
-		scheme = "https"
-	}
 	push := "push needs the token in " + f.tokenFile
 	switch {
 	case f.readOnly:
@@ -401,29 +397,12 @@ func serve(f serveFlags) error {
 	case f.tokenFile == "":
 		push = "push disabled (no --token-file)"
 	}
-	fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", d.Path(), scheme, ln.Addr(), push)
+	fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", d.Path(), scheme(f.certFile), ln.Addr(), push)
 	handler := transport.NewServer(d, opts)
-	srv := handler.HTTPServer()
-	ln = handler.LimitListener(ln)
-	ctx, stop := interruptible()
-	defer stop()
-	done := make(chan error, 1)
-	go func() {
-		if f.certFile != "" {
-			done <- srv.ServeTLS(ln, f.certFile, f.keyFile)
-		} else {
-			done <- srv.Serve(ln)
-		}
-	}()
-	select {
-	case err := <-done:
+	if err := serveUntilInterrupted(handler.HTTPServer(), handler.LimitListener(ln), f.certFile, f.keyFile, nil); err != nil {
 		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
 	}
-	fmt.Fprintln(os.Stderr, "stopping")
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return srv.Shutdown(shutdown)
+	return nil
 }
 
 // serveLog prints a refused or failed request on stderr.
