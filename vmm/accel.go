@@ -58,7 +58,7 @@ func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (
 	case "tcg":
 		return "tcg", nil
 	case "kvm":
-		if err := checkKVM(); err != nil {
+		if err := CheckKVM(); err != nil {
 			return "", err
 		}
 		return "kvm", nil
@@ -66,7 +66,7 @@ func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (
 	default:
 		return "", fmt.Errorf("unknown accelerator %q: want kvm, tcg or auto", want)
 	}
-	if checkKVM() != nil {
+	if CheckKVM() != nil {
 		return "tcg", nil
 	}
 	qi, err := InspectQEMU(ctx, "")
@@ -178,7 +178,9 @@ func BootProbe(cfg Config, marker string) ProbeFunc {
 }
 
 // checkKVM reports whether /dev/kvm can be opened for use.
-func checkKVM() error {
+// CheckKVM reports whether this process can open /dev/kvm; that alone
+// does not prove KVM runs guests (see ChooseAccel).
+func CheckKVM() error {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("kvm unavailable: %w", err)
@@ -200,6 +202,30 @@ func kernelRelease() (string, error) {
 		b = append(b, byte(c))
 	}
 	return string(b), nil
+}
+
+// CachedAccel returns the verdict ChooseAccel cached in cachePath for this
+// host's kernel and QEMU, or nil if it has not probed them yet. It probes
+// nothing and writes nothing.
+func CachedAccel(ctx context.Context, cachePath string) (*AccelVerdict, error) {
+	qi, err := InspectQEMU(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	kernel, err := kernelRelease()
+	if err != nil {
+		return nil, err
+	}
+	cache, err := readAccelCache(cachePath)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range cache.Verdicts {
+		if v.Kernel == kernel && v.QEMU == qi.Version {
+			return &v, nil
+		}
+	}
+	return nil, nil
 }
 
 func readAccelCache(path string) (*accelCache, error) {

@@ -29,7 +29,7 @@ func TestChooseAccelExplicit(t *testing.T) {
 		t.Errorf("unknown accelerator: %v", err)
 	}
 	a, err := ChooseAccel(ctx, "kvm", cache, noProbe)
-	if kvmErr := checkKVM(); kvmErr == nil {
+	if kvmErr := CheckKVM(); kvmErr == nil {
 		if a != "kvm" || err != nil {
 			t.Errorf("kvm with /dev/kvm: %q, %v", a, err)
 		}
@@ -45,7 +45,7 @@ func TestChooseAccelExplicit(t *testing.T) {
 // real probe is exercised by TestChooseAccelAutoOnThisHost.
 func TestChooseAccelCache(t *testing.T) {
 	t.Parallel()
-	if err := checkKVM(); err != nil {
+	if err := CheckKVM(); err != nil {
 		t.Skipf("auto never probes without KVM: %v", err)
 	}
 	ctx := testContext(t, time.Minute)
@@ -104,7 +104,7 @@ func TestChooseAccelCache(t *testing.T) {
 
 func TestChooseAccelCacheKeyedByHost(t *testing.T) {
 	t.Parallel()
-	if err := checkKVM(); err != nil {
+	if err := CheckKVM(); err != nil {
 		t.Skipf("auto never probes without KVM: %v", err)
 	}
 	ctx := testContext(t, time.Minute)
@@ -138,7 +138,7 @@ func TestChooseAccelCacheKeyedByHost(t *testing.T) {
 // one that sets its pace, with stand-in probes that take the given times
 // (a KVM probe that never ends runs into the probe deadline).
 func TestChooseAccelRace(t *testing.T) {
-	if err := checkKVM(); err != nil {
+	if err := CheckKVM(); err != nil {
 		t.Skipf("auto never probes without KVM: %v", err)
 	}
 	defer func(g time.Duration) { kvmGraceMin = g }(kvmGraceMin)
@@ -194,7 +194,7 @@ func TestChooseAccelRace(t *testing.T) {
 
 func TestChooseAccelInterrupted(t *testing.T) {
 	t.Parallel()
-	if err := checkKVM(); err != nil {
+	if err := CheckKVM(); err != nil {
 		t.Skipf("auto never probes without KVM: %v", err)
 	}
 	ctx, cancel := context.WithCancel(testContext(t, time.Minute))

@@ -217,7 +217,7 @@ func planBoot(ctx context.Context, dir string, cfg Config) (*bootPlan, error) {
 		}
 	}
 	if cfg.Accel == "kvm" {
-		if err := checkKVM(); err != nil {
+		if err := CheckKVM(); err != nil {
 			return nil, err
 		}
 	}

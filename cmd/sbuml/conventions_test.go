@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -199,6 +200,95 @@ func checkJSON(t *testing.T, cmd, path string, v any) {
 	case []any:
 		for i, e := range x {
 			checkJSON(t, cmd, path+"["+string(rune('0'+i%10))+"]", e)
+		}
+	}
+}
+
+// TestDoctor checks a scrapbook and this host, and creates nothing: not
+// in the scrapbook, its HOME (where the accelerator verdict is cached) or
+// its TMPDIR.
+func TestDoctor(t *testing.T) {
+	sb := filepath.Join(t.TempDir(), "sb")
+	newCLI(t, sb).ok("init")
+	before := listTree(t, sb)
+	c := newCLI(t, sb)
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	out := c.run("doctor", "--json")
+	var checks []struct {
+		Check, Status, Info, Fix string
+		OK                       bool
+	}
+	if err := json.Unmarshal([]byte(out.stdout), &checks); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, out.stdout)
+	}
+	seen := map[string]string{}
+	for _, ch := range checks {
+		seen[ch.Check] = ch.Status
+		if ch.Status != "ok" && ch.Fix == "" && ch.Check != "accel" {
+			t.Errorf("doctor: %s is %s with no fix: %s", ch.Check, ch.Status, ch.Info)
+		}
+		if ch.OK != (ch.Status != "fail") {
+			t.Errorf("doctor: %s: ok %v but status %s", ch.Check, ch.OK, ch.Status)
+		}
+	}
+	for _, want := range []string{"qemu", "accel", "tmpfs", "agent", "tools", "scrapbook", "writable", "space", "image"} {
+		if seen[want] == "" {
+			t.Errorf("doctor did not check %s: %v", want, seen)
+		}
+	}
+	if seen["image"] != "warn" || (out.code != 0) != slices.ContainsFunc(checks, func(c struct {
+		Check, Status, Info, Fix string
+		OK                       bool
+	}) bool {
+		return !c.OK
+	}) {
+		t.Errorf("doctor exit %d with checks %v", out.code, seen)
+	}
+	if after := listTree(t, sb); !slices.Equal(before, after) {
+		t.Errorf("doctor changed the scrapbook: %v -> %v", before, after)
+	}
+	for _, dir := range []string{c.home, tmp} {
+		if got := listTree(t, dir); len(got) != 0 {
+			t.Errorf("doctor created %v in %s", got, dir)
+		}
+	}
+}
+
+// listTree lists the paths below dir.
+func listTree(t *testing.T, dir string) []string {
+	t.Helper()
+	var paths []string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && p != dir {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	return paths
+}
+
+// TestMakeInstall installs the command built for the tests into a
+// temporary DESTDIR, as make install does after make build.
+func TestMakeInstall(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
+	dest := t.TempDir()
+	cmd := exec.Command("make", "-s", "-C", "../..", "install-files", "DESTDIR="+dest, "PREFIX=/usr",
+		"SBUML_BIN="+sbumlBin, "GUEST_BIN="+filepath.Join(filepath.Dir(sbumlBin), "sbuml-guest"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install-files: %v\n%s", err, out)
+	}
+	for _, f := range []string{
+		"usr/bin/sbuml", "usr/bin/sbuml-guest",
+		"usr/share/man/man1/sbuml.1", "usr/share/man/man1/sbuml-checkout.1",
+		"usr/share/bash-completion/completions/sbuml", "usr/share/zsh/site-functions/_sbuml",
+		"usr/share/fish/vendor_completions.d/sbuml.fish",
+		"usr/share/applications/sbuml.desktop", "usr/share/mime/packages/sbuml.xml",
+	} {
+		if fi, err := os.Stat(filepath.Join(dest, f)); err != nil || fi.Size() == 0 {
+			t.Errorf("make install-files did not install %s: %v", f, err)
 		}
 	}
 }

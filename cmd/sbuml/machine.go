@@ -310,15 +310,18 @@ func attachConsole(s *sbuml.Scrapbook, machine string) error {
 
 func doctorCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:     "doctor",
-		Short:   "Check what sbuml needs on this host, with fixes",
-		Example: "  sbuml doctor\n  sbuml doctor --json",
+		Use:   "doctor",
+		Short: "Check what sbuml needs on this host, with fixes",
+		Long: `Check what the commands need: QEMU and the accelerator (a warning when
+machines run under TCG, saying why KVM was refused), tmpfs for guest RAM, the
+agent images carry, the programs image builds, imports and exports run, and
+the scrapbook (there, writable, with free space, and its default image). Each
+problem comes with its fix. Exits 1 if a check failed; warnings do not fail.
+Creates nothing: no scrapbook, no probe boot.`,
+		Example: "  sbuml doctor\n  sbuml --scrapbook /srv/book doctor --json",
 		Args:    cobra.NoArgs,
 		RunE: withoutScrapbook(func(ctx context.Context, _ []string) ([]sbuml.DoctorCheck, error) {
-			checks, err := doctor(ctx)
-			if err != nil {
-				return nil, err
-			}
+			checks := sbuml.Doctor(ctx, scrapbookDir())
 			for _, c := range checks {
 				if !c.OK {
 					return checks, errSilentFailure
@@ -333,42 +336,11 @@ func doctorCmd() *cobra.Command {
 
 func printDoctor(checks []sbuml.DoctorCheck) {
 	for _, c := range checks {
-		mark := "ok  "
-		if !c.OK {
-			mark = "FAIL"
-		}
-		fmt.Printf("%s %-9s %s\n", mark, c.Check, c.Info)
+		fmt.Printf("%-4s %-9s %s\n", c.Status, c.Check, c.Info)
 		if c.Fix != "" {
 			fmt.Printf("     %-9s fix: %s\n", "", c.Fix)
 		}
 	}
-}
-
-// doctor runs the host checks on the scrapbook the flags name. Where
-// there is none, it says so as a failed check, and runs the others on an
-// empty scrapbook made for the purpose and removed again: only init and
-// clone make scrapbooks.
-func doctor(ctx context.Context) ([]sbuml.DoctorCheck, error) {
-	s, err := openScrapbook()
-	if err == nil {
-		defer s.Close()
-		return s.Doctor(ctx), nil
-	}
-	if !errors.Is(err, sbuml.ErrNotScrapbook) {
-		return nil, err
-	}
-	tmp, err := os.MkdirTemp("", "sbuml-doctor-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	if s, err = sbuml.Init(tmp); err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	dir, _ := filepath.Abs(scrapbookDir())
-	missing := sbuml.DoctorCheck{Check: "scrapbook", Info: "no scrapbook at " + dir, Fix: "sbuml init " + dir}
-	return append([]sbuml.DoctorCheck{missing}, s.Doctor(ctx)...), nil
 }
 
 // bootReport is what boot --json prints.

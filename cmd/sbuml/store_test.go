@@ -413,7 +413,7 @@ func TestOnlyInitAndCloneCreate(t *testing.T) {
 	}
 	sb := filepath.Join(t.TempDir(), "mistyped")
 	out := newCLI(t, sb).run("doctor")
-	if out.code != 1 || !strings.Contains(out.stdout, "FAIL scrapbook") || !strings.Contains(out.stdout, "sbuml init "+sb) {
+	if out.code != 1 || !strings.Contains(out.stdout, "fail scrapbook") || !strings.Contains(out.stdout, "sbuml init "+sb) {
 		t.Errorf("doctor without a scrapbook: exit %d, stdout %q; want a failed scrapbook check saying to run sbuml init", out.code, out.stdout)
 	}
 	if _, err := os.Stat(sb); !errors.Is(err, fs.ErrNotExist) {

@@ -11,10 +11,11 @@ import (
 	"github.com/sbuml/sbuml/vmm"
 )
 
-// version is sbuml's version, set at build time by make
-// (-ldflags "-X main.version=..."); otherwise the module's, from the
-// build information.
-var version string
+// version and commit say what sbuml was built from, set at build time by
+// make (-ldflags "-X main.version=... -X main.commit=..."); otherwise
+// they come from the build information, where the go command recorded
+// them.
+var version, commit string
 
 // versionText is what sbuml --version prints: the version, the commit it
 // was built from, the Go that built it, and the QEMU it would run.
@@ -37,11 +38,14 @@ func versionText() string {
 // buildVersion returns sbuml's version and the commit it was built from
 // ("unknown" where the build recorded none; "-dirty" after it when the
 // tree had changes).
-func buildVersion() (v, commit string) {
-	v, commit = version, "unknown"
+func buildVersion() (v, rev string) {
+	if commit != "" {
+		return orDefault(version, "unknown"), commit
+	}
+	v, rev = version, "unknown"
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
-		return orDefault(v, "unknown"), commit
+		return orDefault(v, "unknown"), rev
 	}
 	if v == "" {
 		v = info.Main.Version
@@ -50,15 +54,15 @@ func buildVersion() (v, commit string) {
 	for _, s := range info.Settings {
 		switch s.Key {
 		case "vcs.revision":
-			commit = s.Value
+			rev = s.Value
 		case "vcs.modified":
 			dirty = s.Value == "true"
 		}
 	}
-	if dirty && commit != "unknown" {
-		commit += "-dirty"
+	if dirty && rev != "unknown" {
+		rev += "-dirty"
 	}
-	return orDefault(v, "unknown"), commit
+	return orDefault(v, "unknown"), rev
 }
 
 // orDefault returns s, or def if s is empty.
