@@ -9,6 +9,7 @@ import (
 	"github.com/go-git/go-billy/v5/memfs"
 	"github.com/go-git/go-billy/v5/osfs"
 
+	"github.com/sbuml/sbuml/internal/testenv"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/objects/storetest"
 )
@@ -33,13 +34,8 @@ var fileSystems = []struct {
 		return osfs.New(dir, osfs.WithBoundOS()), dir
 	}},
 	{"tmpfs", func(t *testing.T) (billy.Filesystem, string) {
-		if fi, err := os.Stat("/dev/shm"); err != nil || !fi.IsDir() {
-			t.Skip("no /dev/shm")
-		}
 		dir, err := os.MkdirTemp("/dev/shm", "sbuml-storetest-")
-		if err != nil {
-			t.Fatal(err)
-		}
+		testenv.Need(t, "tmpfs on /dev/shm", err)
 		t.Cleanup(func() { os.RemoveAll(dir) })
 		return osfs.New(dir), dir
 	}},

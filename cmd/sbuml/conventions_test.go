@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sbuml/sbuml/internal/testenv"
 	"github.com/spf13/cobra"
 )
 
@@ -271,9 +272,8 @@ func listTree(t *testing.T, dir string) []string {
 // TestMakeInstall installs the command built for the tests into a
 // temporary DESTDIR, as make install does after make build.
 func TestMakeInstall(t *testing.T) {
-	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("no make")
-	}
+	_, err := exec.LookPath("make")
+	testenv.Need(t, "make", err)
 	dest := t.TempDir()
 	cmd := exec.Command("make", "-s", "-C", "../..", "install-files", "DESTDIR="+dest, "PREFIX=/usr",
 		"SBUML_BIN="+sbumlBin, "GUEST_BIN="+filepath.Join(filepath.Dir(sbumlBin), "sbuml-guest"))

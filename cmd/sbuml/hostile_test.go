@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/internal/testenv"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -394,9 +395,7 @@ func TestHostileLinks(t *testing.T) {
 
 	var otherHits atomic.Int64
 	other, err := net.Listen("tcp", "127.0.0.2:0")
-	if err != nil {
-		t.Skip("no 127.0.0.2:", err)
-	}
+	testenv.Need(t, "a listener on 127.0.0.2", err)
 	otherSrv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) { otherHits.Add(1) })}
 	go otherSrv.Serve(other)
 	defer otherSrv.Close()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"sync"
 	"syscall"
 
 	"github.com/sbuml/sbuml"
@@ -77,21 +78,32 @@ var errSilentFailure = errors.New("")
 // at once.
 func interruptible() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
-	sigs := make(chan os.Signal, 1)
+	done := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
 		select {
 		case <-sigs:
-			// From now on the default action applies, so a second
-			// interrupt ends the process at once.
-			signal.Stop(sigs)
 			cancel()
-		case <-ctx.Done():
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			// The second ends the process at once, by the signal's
+			// default action, as if sbuml did not catch it.
+			signal.Reset(sig)
+			syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+		case <-done:
 		}
 	}()
+	var once sync.Once
 	return ctx, func() {
-		signal.Stop(sigs)
-		cancel()
+		once.Do(func() {
+			close(done)
+			signal.Stop(sigs)
+			cancel()
+		})
 	}
 }
 
