@@ -177,7 +177,7 @@ func TestMachineCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	attachedIn.Close()
-	time.Sleep(time.Second) // let it attach
+	waitAttached(t, filepath.Join(s.MachinesDir(), "m1"))
 	if out := mustCLI(t, s, "freeze", "m1"); out != "m1 frozen\n" {
 		t.Errorf("sbuml freeze m1 with a console attached printed %q", out)
 	}
@@ -255,5 +255,32 @@ func TestMachineCLIErrors(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(vmm.DefaultRAMRoot, big+"-*")); len(left) > 0 {
 		t.Errorf("failed boot left RAM directories %v", left)
+	}
+}
+
+// waitAttached waits until a console command shows the console of the
+// machine in dir and has let go of the machine itself (vmm ShareConsole):
+// the console lock is held and the machine lock is not.
+func waitAttached(t *testing.T, dir string) {
+	t.Helper()
+	held := func(name string) bool {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			return true
+		}
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		return false
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if held(vmm.ConsoleLock) && !held(vmm.LockFile) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the console of %s was not attached within 30 s", dir)
+		}
 	}
 }
