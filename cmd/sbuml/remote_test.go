@@ -75,8 +75,19 @@ func sbumlFails(t *testing.T, msg string, args ...string) string {
 }
 
 // startServe runs `sbuml serve` on a free port of 127.0.0.1 and returns
-// its URL; the server is stopped when the test ends.
+// its URL; the server is stopped when the test ends, and must stop
+// cleanly.
 func startServe(t *testing.T, book string, args ...string) string {
+	t.Helper()
+	url, _ := runServe(t, book, true, args...)
+	return url
+}
+
+// runServe runs `sbuml serve` with args on a free port of 127.0.0.1 until
+// the test ends, and returns its URL and process. With clean, the server
+// must exit 0 when it is stopped; either way it must stop within 15 s of
+// SIGTERM.
+func runServe(t *testing.T, book string, clean bool, args ...string) (string, *os.Process) {
 	t.Helper()
 	cmd := exec.Command(sbumlBin, append([]string{"--scrapbook", book, "serve", "--addr", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
@@ -93,7 +104,7 @@ func startServe(t *testing.T, book string, args ...string) string {
 		go func() { done <- cmd.Wait() }()
 		select {
 		case err := <-done:
-			if err != nil {
+			if err != nil && clean {
 				t.Errorf("sbuml serve did not stop cleanly: %v", err)
 			}
 		case <-time.After(15 * time.Second):
@@ -124,11 +135,11 @@ func startServe(t *testing.T, book string, args ...string) string {
 				t.Logf("serve: %s", l)
 			}
 		}()
-		return m[1]
+		return m[1], cmd.Process
 	case <-time.After(30 * time.Second):
 		t.Fatal("sbuml serve did not start")
 	}
-	return ""
+	return "", nil
 }
 
 func writeRandom(t *testing.T, path string, size int, seed uint64) {
