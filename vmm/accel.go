@@ -51,44 +51,61 @@ type accelCache struct {
 // The verdict is cached in the JSON file at cachePath, keyed by host
 // kernel release and QEMU version, so later calls answer at once.
 // Anything short of a working KVM means TCG.
+//
+// For kvm, the same verdict is needed (probed once if there is none yet):
+// a KVM that the probe found hanging or failing is refused with its
+// reason, rather than giving a machine that reports running while its
+// vCPUs are stuck in an internal error.
 func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (string, error) {
 	switch want {
 	case "tcg":
 		return "tcg", nil
-	case "kvm":
-		if err := checkKVM(); err != nil {
-			return "", err
-		}
-		return "kvm", nil
-	case "auto", "":
+	case "kvm", "auto", "":
 	default:
 		return "", fmt.Errorf("unknown accelerator %q: want kvm, tcg or auto", want)
 	}
-	if checkKVM() != nil {
+	if err := checkKVM(); err != nil {
+		if want == "kvm" {
+			return "", err
+		}
 		return "tcg", nil
 	}
-	qi, err := InspectQEMU(ctx, "")
+	v, err := accelVerdict(ctx, cachePath, probe)
 	if err != nil {
 		return "", err
+	}
+	if want == "kvm" && v.Accel != "kvm" {
+		return "", fmt.Errorf("KVM does not run guests on this host: the probe of %s found %s; use --accel tcg or auto (or delete %s to probe again)",
+			v.Checked.Local().Format("2006-01-02 15:04"), v.Reason, cachePath)
+	}
+	return v.Accel, nil
+}
+
+// accelVerdict returns this host's verdict on KVM, from the cache, or by
+// probing once and caching the result.
+func accelVerdict(ctx context.Context, cachePath string, probe ProbeFunc) (AccelVerdict, error) {
+	qi, err := InspectQEMU(ctx, "")
+	if err != nil {
+		return AccelVerdict{}, err
 	}
 	kernel, err := kernelRelease()
 	if err != nil {
-		return "", fmt.Errorf("choose accelerator: %w", err)
+		return AccelVerdict{}, fmt.Errorf("choose accelerator: %w", err)
 	}
 	cache, err := readAccelCache(cachePath)
 	if err != nil {
-		return "", err
+		return AccelVerdict{}, err
 	}
 	for _, v := range cache.Verdicts {
 		if v.Kernel == kernel && v.QEMU == qi.Version {
-			return v.Accel, nil
+			return v, nil
 		}
 	}
 
 	start := time.Now()
 	perr := raceProbes(ctx, probe)
 	if perr != nil && ctx.Err() != nil {
-		return "", fmt.Errorf("choose accelerator: %w", ctx.Err()) // interrupted: no verdict
+		return AccelVerdict{}, fmt.Errorf("choose accelerator: %w", ctx.Err()) // interrupted: no verdict
 	}
 	v := AccelVerdict{Kernel: kernel, QEMU: qi.Version, Accel: "kvm", Checked: time.Now().UTC(),
 		Seconds: time.Since(start).Seconds()}
@@ -104,9 +121,9 @@ func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (
 	}
 	cache.Verdicts = append(keep, v)
 	if err := writeAccelCache(cachePath, cache); err != nil {
-		return "", err
+		return AccelVerdict{}, err
 	}
-	return v.Accel, nil
+	return v, nil
 }
 
 // raceProbes probes KVM, with TCG alongside as the pace to beat (see
