@@ -265,6 +265,13 @@ console has shown so far and return.`,
 				return err
 			}
 			defer m.Close()
+			// Typed from a pipe into a frozen guest, the input would
+			// wait for it: say so at once.
+			if !isTerminal(os.Stdin) {
+				if st, err := m.Status(context.Background()); err == nil && st.State == vmm.StateFrozen {
+					return fmt.Errorf("machine %s is frozen: what is piped to its console would wait for it; continue it first ('sbuml continue %s')", args[0], args[0])
+				}
+			}
 			// Attached, hold only the console: halt, freeze, continue
 			// and commit work meanwhile from other shells.
 			if err := m.ShareConsole(context.Background()); err != nil {
@@ -277,8 +284,11 @@ console has shown so far and return.`,
 				}
 				defer restore()
 				fmt.Fprintf(os.Stderr, "attached to %s; Ctrl-] q detaches\r\n", args[0])
+				err = m.Attach(context.Background(), os.Stdin, os.Stdout)
+			} else {
+				// A script types lines; none is left half taken.
+				err = m.Type(context.Background(), os.Stdin, os.Stdout)
 			}
-			err = m.Attach(context.Background(), os.Stdin, os.Stdout)
 			if errors.Is(err, vmm.ErrConsoleClosed) {
 				// Halted (or crashed) meanwhile: the session is over.
 				fmt.Fprintf(os.Stderr, "\r\nconsole of %s closed: its QEMU exited\r\n", args[0])
