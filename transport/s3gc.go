@@ -394,6 +394,7 @@ func (s *S3) condemn(ctx context.Context, opts GCOptions, lock *lease, res *GCRe
 	interior := objects.Seen{}
 	err = s.walkRemote(ctx, roots, func(r objects.Ref) (bool, error) {
 		if _, ok := v.where[r.ID]; !ok {
+
 			return false, fmt.Errorf("remote %s: object %s (%s) is missing, so the bucket is damaged; gc removed nothing", s.url, r.ID, r.Kind)
 		}
 		live.Add(r.ID)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -28,6 +29,10 @@ const (
 )
 
 // s3Pack is a pack of a bucket: packs/KIND/NAME.pack and its index.
+// NAME is "pack-", the hex checksum of the index, "-" and 16 random hex
+// digits: every upload makes new keys, so a pack uploaded again with
+// the same objects (by a push, or by a gc copying them) is never the
+// pack a gc condemned and deletes.
 type s3Pack struct {
 	kind, name string
 	size       int64
@@ -54,6 +59,12 @@ type packView struct {
 	gen          *generation
 }
 
+var s3PackName = regexp.MustCompile(`^pack-[0-9a-f]{64}-[0-9a-f]{16}$`)
+
+// checksumName returns the part of a pack's name that its index's
+// checksum gives.
+func checksumName(name string) string { return name[:len("pack-")+2*objects.IDSize] }
+
 // slot returns where id is, preferring packs not condemned.
 func (v *packView) slot(id objects.ID) (s3Slot, bool) {
 	if sl, ok := v.where[id]; ok {
@@ -72,10 +83,10 @@ func (s *S3) listPacks(ctx context.Context) (map[string]*s3Pack, error) {
 		if !ok || (kind != packData && kind != packTree) {
 			return
 		}
-		if base, ok := strings.CutSuffix(file, ".pack"); ok && packNamePattern.MatchString(base) {
+		if base, ok := strings.CutSuffix(file, ".pack"); ok && s3PackName.MatchString(base) {
 			sizes[kind+"/"+base] = size
 		}
-		if base, ok := strings.CutSuffix(file, ".idx"); ok && packNamePattern.MatchString(base) {
+		if base, ok := strings.CutSuffix(file, ".idx"); ok && s3PackName.MatchString(base) {
 			packs[kind+"/"+base] = &s3Pack{kind: kind, name: base, modified: modified}
 		}
 	})
@@ -206,8 +217,8 @@ func (s *S3) currentView(ctx context.Context) (*packView, error) {
 func (s *S3) packIndex(ctx context.Context, p *s3Pack) ([]objects.PackEntry, error) {
 	cached := ""
 	if s.opts.CacheDir != "" {
-		cached = filepath.Join(s.opts.CacheDir, p.name+".idx")
-		if b, err := os.ReadFile(cached); err == nil && "pack-"+objects.Sum(b).String() == p.name {
+		cached = filepath.Join(s.opts.CacheDir, checksumName(p.name)+".idx")
+		if b, err := os.ReadFile(cached); err == nil && "pack-"+objects.Sum(b).String() == checksumName(p.name) {
 			if entries, err := objects.DecodePackIndex(b); err == nil {
 				return entries, nil
 			}
@@ -221,7 +232,7 @@ func (s *S3) packIndex(ctx context.Context, p *s3Pack) ([]objects.PackEntry, err
 		}
 		return nil, err
 	}
-	if "pack-"+objects.Sum(b).String() != p.name {
+	if "pack-"+objects.Sum(b).String() != checksumName(p.name) {
 		return nil, fmt.Errorf("remote %s: pack index %s: %w: its checksum does not match its name", s.url, key, objects.ErrCorrupt)
 	}
 	entries, err := objects.DecodePackIndex(b)
@@ -331,7 +342,7 @@ func (s *S3) getFrom(ctx context.Context, v *packView, ids []objects.ID, deliver
 	for p, entries := range byPack {
 		for _, run := range rangeRuns(entries) {
 			g.run(func(ctx context.Context) error {
-				gone, err := s.readRun(ctx, p, run, deliver)
+				gone, err := s.readRunAgain(ctx, p, run, deliver)
 				if gone {
 					mu.Lock()
 					for _, e := range run {
@@ -371,6 +382,22 @@ func rangeRuns(entries []objects.PackEntry) [][]objects.PackEntry {
 	return runs
 }
 
+// readRunAgain is readRun, tried again when the answer is cut off in
+// passing (the SDK retries requests, but not the reading of a body).
+func (s *S3) readRunAgain(ctx context.Context, p *s3Pack, run []objects.PackEntry, deliver func(objects.ID, []byte) error) (bool, error) {
+	for attempt := 1; ; attempt++ {
+		gone, err := s.readRun(ctx, p, run, deliver)
+		if err == nil || !errors.Is(err, errCutOff) || attempt >= s.limits.Attempts || ctx.Err() != nil {
+			return gone, err
+		}
+		select {
+		case <-time.After(time.Duration(attempt) * 250 * time.Millisecond):
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+}
+
 // readRun reads one run of objects of pack p and delivers them. gone
 // reports that the pack is not there any more.
 func (s *S3) readRun(ctx context.Context, p *s3Pack, run []objects.PackEntry, deliver func(objects.ID, []byte) error) (gone bool, err error) {
@@ -391,6 +418,9 @@ func (s *S3) readRun(ctx context.Context, p *s3Pack, run []objects.PackEntry, de
 	}
 	data := make([]byte, end-start)
 	if _, err := io.ReadFull(out.Body, data); err != nil {
+		if transient(err) {
+			return false, fmt.Errorf("remote %s: GET %s: %w: %w", s.url, key, errCutOff, err)
+		}
 		return false, s.errS3("GET", key, err)
 	}
 	for _, e := range run {
@@ -489,7 +519,7 @@ func (s *S3) uploadPack(ctx context.Context, kind string, objs []Object) (*s3Pac
 		}
 	}
 	idx, name := enc.Index()
-	p := &s3Pack{kind: kind, name: name, size: int64(buf.Len())}
+	p := &s3Pack{kind: kind, name: name + "-" + randomName()[:16], size: int64(buf.Len())}
 	if err := s.putLarge(ctx, "packs/"+p.path()+".pack", buf.Bytes()); err != nil {
 		return nil, err
 	}

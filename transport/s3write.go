@@ -64,11 +64,15 @@ func (s *S3) deleteObject(ctx context.Context, key string) error {
 }
 
 // Multipart uploads: objects larger than multipartOver are sent in parts
-// of partSize, several at once.
+// of partSize, several at once. A push sends batches of s3BatchBytes,
+// each a pack (two if it holds both chunks and other objects).
 const (
 	multipartOver = 8 << 20
 	partSize      = 8 << 20
+	s3BatchBytes  = 16 << 20
 )
+
+func (s *S3) sendBatchBytes() int { return s3BatchBytes }
 
 // putLarge writes data at key, in parts if it is large. A multipart
 // upload that fails is aborted; one left behind by a killed process is
