@@ -211,7 +211,7 @@ func (s *S3) checkConditional(ctx context.Context) error {
 		return err
 	}
 	if missing != "" && !s.opts.UnsafeNoConditionalWrites {
-		return fmt.Errorf("remote %s: the store does not honour %s, which sbuml needs to move refs safely when several hosts push; use a store that does, or, if only one host ever pushes, add the remote with --unsafe-no-conditional-writes", s.url, missing)
+		return fmt.Errorf("remote %s: the store does not honour %s, and sbuml needs conditional writes to move refs safely when several hosts push; use a store that does, or, if only one host ever pushes, add the remote with --unsafe-no-conditional-writes", s.url, missing)
 	}
 	s.mu.Lock()
 	s.condOK, s.condWorks = true, missing == ""
@@ -222,7 +222,7 @@ func (s *S3) checkConditional(ctx context.Context) error {
 // probeConditional tries conditional writes on key and says which the
 // store does not honour ("" if it honours all).
 func (s *S3) probeConditional(ctx context.Context, key string) (string, error) {
-	const noneMatch, match = "If-None-Match: * on PutObject (conditional writes)", "If-Match on PutObject (conditional writes)"
+	const noneMatch, match = "If-None-Match: * on PutObject", "If-Match on PutObject"
 	unsupported := func(err error, what string) (string, error) {
 		if isS3NotImplemented(err) {
 			return what, nil
@@ -235,19 +235,19 @@ func (s *S3) probeConditional(ctx context.Context, key string) (string, error) {
 	}
 	switch _, err := s.putObjectETag(ctx, key, []byte("2"), putCond{ifNoneMatch: true}); {
 	case err == nil:
-		return noneMatch + ": it replaced an existing object", nil
+		return noneMatch + " (it replaced an existing object)", nil
 	case !errors.Is(err, errPrecondition):
 		return unsupported(err, noneMatch)
 	}
 	switch err := s.putObject(ctx, key, []byte("3"), putCond{ifMatch: `"0123456789abcdef0123456789abcdef"`}); {
 	case err == nil:
-		return match + ": it replaced an object whose ETag did not match", nil
+		return match + " (it replaced an object whose ETag did not match)", nil
 	case !errors.Is(err, errPrecondition):
 		return unsupported(err, match)
 	}
 	if err := s.putObject(ctx, key, []byte("4"), putCond{ifMatch: etag}); err != nil {
 		if errors.Is(err, errPrecondition) {
-			return match + ": it refused the object's own ETag", nil
+			return match + " (it refused the object's own ETag)", nil
 		}
 		return unsupported(err, match)
 	}
