@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/internal/s3test"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -33,6 +34,7 @@ func TestMain(m *testing.M) {
 	// Machines the tests boot get keepers: this test binary run again.
 	sbuml.KeeperMain()
 	code := m.Run()
+	s3test.StopShared()
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -108,6 +109,8 @@ type S3 struct {
 	limits Limits
 	count  counter
 	clock  serverClock
+	// cacheBytes counts the bytes of small packs kept in memory.
+	cacheBytes atomic.Int64
 
 	mu    sync.Mutex
 	view  *packView // the packs, once listed

@@ -38,7 +38,17 @@ type s3Pack struct {
 	size       int64
 	modified   time.Time // of the index, by the store's clock
 	entries    []objects.PackEntry
+
+	// A small pack's bytes are kept as they are read (see readCached):
+	// buf holds them at their offsets, have the spans read.
+	mu     sync.Mutex // held while the pack is read into buf
+	buf    []byte
+	have   []span
+	ranged int64 // bytes asked of the pack so far
 }
+
+// span is the bytes [start, end) of a pack.
+type span struct{ start, end uint64 }
 
 // path is the pack's name below packs/, without extension: "data/pack-H".
 func (p *s3Pack) path() string { return p.kind + "/" + p.name }
@@ -338,17 +348,30 @@ func (s *S3) getFrom(ctx context.Context, v *packView, ids []objects.ID, deliver
 	}
 	s.mu.Unlock()
 	var mu sync.Mutex
+	gone := func(run []objects.PackEntry) {
+		mu.Lock()
+		for _, e := range run {
+			missing = append(missing, e.ID)
+		}
+		mu.Unlock()
+	}
 	g := newGroup(ctx, StaticConcurrency)
 	for p, entries := range byPack {
+		if s.cacheable(p) {
+			g.run(func(ctx context.Context) error {
+				isGone, err := s.readCached(ctx, p, entries, deliver)
+				if isGone {
+					gone(entries)
+				}
+				return err
+			})
+			continue
+		}
 		for _, run := range rangeRuns(entries) {
 			g.run(func(ctx context.Context) error {
-				gone, err := s.readRunAgain(ctx, p, run, deliver)
-				if gone {
-					mu.Lock()
-					for _, e := range run {
-						missing = append(missing, e.ID)
-					}
-					mu.Unlock()
+				isGone, err := s.readRunAgain(ctx, p, run, deliver)
+				if isGone {
+					gone(run)
 				}
 				return err
 			})
@@ -402,37 +425,173 @@ func (s *S3) readRunAgain(ctx context.Context, p *s3Pack, run []objects.PackEntr
 // reports that the pack is not there any more.
 func (s *S3) readRun(ctx context.Context, p *s3Pack, run []objects.PackEntry, deliver func(objects.ID, []byte) error) (gone bool, err error) {
 	start, end := run[0].Offset, run[len(run)-1].Offset+uint64(run[len(run)-1].Size)
+	data, gone, err := s.readRange(ctx, p, start, end)
+	if gone || err != nil {
+		return gone, err
+	}
+	return false, s.deliverRun(p, run, data, start, deliver)
+}
+
+// readRange reads bytes [start, end) of pack p with a range request.
+// gone reports that the pack is not there any more; an answer cut off in
+// passing gives an error wrapping errCutOff.
+func (s *S3) readRange(ctx context.Context, p *s3Pack, start, end uint64) (data []byte, gone bool, err error) {
 	key := s.key("packs/" + p.path() + ".pack")
 	out, err := s.api.GetObject(s.withCount(ctx), &s3.GetObjectInput{
 		Bucket: &s.bucket, Key: &key, Range: aws.String(fmt.Sprintf("bytes=%d-%d", start, end-1)),
 	})
 	if err != nil {
 		if isS3NotFound(err) {
-			return true, nil
+			return nil, true, nil
 		}
-		return false, s.errS3("GET", key, err)
+		return nil, false, s.errS3("GET", key, err)
 	}
 	defer out.Body.Close()
 	if cr := aws.ToString(out.ContentRange); !strings.HasPrefix(cr, fmt.Sprintf("bytes %d-%d/", start, end-1)) {
-		return false, fmt.Errorf("remote %s: GET %s: asked for bytes %d-%d, got Content-Range %q", s.url, key, start, end-1, cr)
+		return nil, false, fmt.Errorf("remote %s: GET %s: asked for bytes %d-%d, got Content-Range %q", s.url, key, start, end-1, cr)
 	}
-	data := make([]byte, end-start)
+	data = make([]byte, end-start)
 	if _, err := io.ReadFull(out.Body, data); err != nil {
 		if transient(err) {
-			return false, fmt.Errorf("remote %s: GET %s: %w: %w", s.url, key, errCutOff, err)
+			return nil, false, fmt.Errorf("remote %s: GET %s: %w: %w", s.url, key, errCutOff, err)
 		}
-		return false, s.errS3("GET", key, err)
+		return nil, false, s.errS3("GET", key, err)
 	}
+	return data, false, nil
+}
+
+// deliverRun delivers the objects of run out of data, the bytes of pack
+// p from offset start on, each checked against the index's CRC.
+func (s *S3) deliverRun(p *s3Pack, run []objects.PackEntry, data []byte, start uint64, deliver func(objects.ID, []byte) error) error {
 	for _, e := range run {
 		stored := data[e.Offset-start : e.Offset-start+uint64(e.Size) : e.Offset-start+uint64(e.Size)]
 		if !e.Check(stored) {
-			return false, fmt.Errorf("remote %s: object %s in %s: %w: its CRC does not match the pack index", s.url, e.ID, key, objects.ErrCorrupt)
+			return fmt.Errorf("remote %s: object %s in %s: %w: its CRC does not match the pack index", s.url, e.ID, s.key("packs/"+p.path()+".pack"), objects.ErrCorrupt)
 		}
 		if err := deliver(e.ID, stored); err != nil {
-			return false, err
+			return err
 		}
 	}
-	return false, nil
+	return nil
+}
+
+// Small packs (tree packs, mostly) are kept in memory as they are read,
+// up to cacheBudget bytes in all: a fetch or a gc reads a tree pack level
+// by level, and the ranges of neighbouring levels overlap.
+const (
+	cacheMax    = 4 << 20
+	cacheBudget = 256 << 20
+	// cacheGap is the largest gap between two spans to read that is read
+	// too, to save a request.
+	cacheGap = 4 << 10
+)
+
+// cacheable reports whether p is read through the cache, reserving its
+// room on first use.
+func (s *S3) cacheable(p *s3Pack) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.buf != nil {
+		return true
+	}
+	if p.size > cacheMax || s.cacheBytes.Add(p.size) > cacheBudget {
+		if p.size <= cacheMax {
+			s.cacheBytes.Add(-p.size)
+		}
+		return false
+	}
+	p.buf = make([]byte, p.size)
+	return true
+}
+
+// readCached delivers entries of the small pack p, reading what the
+// cache lacks of them: the spans of the entries' runs, or, once the
+// bytes asked of p add up to half of it, all it lacks of p. gone
+// reports that the pack is not there any more.
+func (s *S3) readCached(ctx context.Context, p *s3Pack, entries []objects.PackEntry, deliver func(objects.ID, []byte) error) (gone bool, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var want []span
+	for _, run := range rangeRuns(entries) {
+		want = append(want, span{run[0].Offset, run[len(run)-1].Offset + uint64(run[len(run)-1].Size)})
+		p.ranged += int64(want[len(want)-1].end - want[len(want)-1].start)
+	}
+	if p.ranged >= p.size/2 {
+		want = []span{{0, uint64(p.size)}}
+	}
+	for _, sp := range p.lacking(want) {
+		if gone, err := s.readSpan(ctx, p, sp); gone || err != nil {
+			return gone, err
+		}
+		p.have = addSpan(p.have, sp)
+	}
+	// The cache stays: each object is handed over in a copy.
+	return false, s.deliverRun(p, entries, p.buf, 0, func(id objects.ID, stored []byte) error {
+		return deliver(id, append([]byte(nil), stored...))
+	})
+}
+
+// lacking returns the parts of want (sorted, disjoint) that p.have
+// lacks, those closer than cacheGap merged.
+func (p *s3Pack) lacking(want []span) []span {
+	var out []span
+	for _, w := range want {
+		at := w.start
+		for _, h := range p.have {
+			if h.end <= at || h.start >= w.end {
+				continue
+			}
+			if h.start > at {
+				out = addGap(out, span{at, h.start})
+			}
+			at = max(at, h.end)
+		}
+		if at < w.end {
+			out = addGap(out, span{at, w.end})
+		}
+	}
+	return out
+}
+
+// addGap appends sp to spans, merging it with the last if they are
+// closer than cacheGap.
+func addGap(spans []span, sp span) []span {
+	if n := len(spans); n > 0 && sp.start <= spans[n-1].end+cacheGap {
+		spans[n-1].end = max(spans[n-1].end, sp.end)
+		return spans
+	}
+	return append(spans, sp)
+}
+
+// addSpan adds sp to the sorted, disjoint spans, merging what touches.
+func addSpan(spans []span, sp span) []span {
+	var out []span
+	for _, h := range spans {
+		switch {
+		case h.end < sp.start || h.start > sp.end:
+			out = append(out, h)
+		default:
+			sp = span{min(sp.start, h.start), max(sp.end, h.end)}
+		}
+	}
+	out = append(out, sp)
+	sort.Slice(out, func(i, j int) bool { return out[i].start < out[j].start })
+	return out
+}
+
+// readSpan reads sp of pack p into p.buf with one range request, again
+// if it is cut off in passing.
+func (s *S3) readSpan(ctx context.Context, p *s3Pack, sp span) (gone bool, err error) {
+	for attempt := 1; ; attempt++ {
+		var data []byte
+		data, gone, err = s.readRange(ctx, p, sp.start, sp.end)
+		if err == nil && !gone {
+			copy(p.buf[sp.start:sp.end], data)
+		}
+		if err == nil || !errors.Is(err, errCutOff) || attempt >= s.limits.Attempts || ctx.Err() != nil {
+			return gone, err
+		}
+	}
 }
 
 // Put implements Remote. An empty objs gets the remote ready to be

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -288,3 +290,75 @@ func (s *Server) SetEnv(t testing.TB) {
 		t.Setenv(k, v)
 	}
 }
+
+// Proxy passes TCP connections on to a server and counts the bytes
+// each way, headers and all: what a transfer costs on the wire.
+type Proxy struct {
+	// URL is where clients connect, http://127.0.0.1:PORT.
+	URL      string
+	up, down atomic.Int64
+}
+
+// NewProxy starts a proxy to the server at endpoint (http://HOST:PORT)
+// until the test ends.
+func NewProxy(t testing.TB, endpoint string) *Proxy {
+	t.Helper()
+	target := strings.TrimPrefix(endpoint, "http://")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{URL: "http://" + l.Addr().String()}
+	var conns sync.WaitGroup
+	t.Cleanup(func() {
+		l.Close()
+		conns.Wait()
+	})
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Go(func() { p.serve(c, target) })
+		}
+	}()
+	return p
+}
+
+// serve relays one connection.
+func (p *Proxy) serve(c net.Conn, target string) {
+	defer c.Close()
+	s, err := net.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	done := make(chan struct{})
+	go func() {
+		io.Copy(counting{s, &p.up}, c)
+		s.(*net.TCPConn).CloseWrite()
+		close(done)
+	}()
+	io.Copy(counting{c, &p.down}, s)
+	c.(*net.TCPConn).CloseWrite()
+	<-done
+}
+
+// counting is a writer that counts what passes.
+type counting struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c counting) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// Up returns the bytes sent to the server so far.
+func (p *Proxy) Up() int64 { return p.up.Load() }
+
+// Down returns the bytes received from the server so far.
+func (p *Proxy) Down() int64 { return p.down.Load() }

@@ -1,0 +1,135 @@
+package sbuml_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/internal/s3test"
+	"github.com/sbuml/sbuml/objects"
+)
+
+// s3CLI runs the sbuml command on scrapbook dir with the environment
+// that reaches the S3 server at endpoint, as AWS tools are told.
+func s3CLI(t testing.TB, srv *s3test.Server, endpoint, dir string, args ...string) cliResult {
+	t.Helper()
+	cmd := exec.CommandContext(guestContext(t), sbumlCommand(t), append([]string{"--scrapbook", dir}, args...)...)
+	cmd.Env = append(os.Environ(), srv.Env()...)
+	cmd.Env = append(cmd.Env, "AWS_ENDPOINT_URL="+endpoint)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return cliResult{stdout.String(), stderr.String(), err}
+}
+
+// newObjectBytes returns the stored bytes of the objects reachable from
+// id that are not reachable from base.
+func newObjectBytes(t testing.TB, s objects.Store, base, id objects.ID) int64 {
+	t.Helper()
+	old := storeReach(t, s, base)
+	var n int64
+	for oid, size := range storeReach(t, s, id) {
+		if _, ok := old[oid]; !ok {
+			n += size
+		}
+	}
+	return n
+}
+
+// storeReach returns the objects reachable from snapshot id with their
+// stored sizes.
+func storeReach(t testing.TB, s objects.Store, id objects.ID) map[objects.ID]int64 {
+	t.Helper()
+	ctx := context.Background()
+	out := map[objects.ID]int64{}
+	err := objects.Walk(ctx, s, objects.Ref{ID: id, Kind: objects.KindSnapshot}, func(r objects.Ref) (bool, error) {
+		if _, ok := out[r.ID]; ok {
+			return false, nil
+		}
+		stored, err := s.Get(ctx, r.ID)
+		if err != nil {
+			return false, err
+		}
+		out[r.ID] = int64(len(stored))
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestS3Machine shares a running machine through a bucket of a real S3
+// server (versitygw on 127.0.0.1), with the bytes counted on the wire by
+// a proxy in front of it. One guest commits and pushes; idles, commits
+// and pushes again: the second push sends at most 1.1 times the new
+// objects' bytes plus 64 KiB, and a scrapbook that had the first
+// snapshot pulls the second for about as much. Then
+// `sbuml checkout s3://BUCKET/PREFIX#ID m2 -c`, in an empty scrapbook
+// told the endpoint only by AWS_ENDPOINT_URL, runs the machine on from
+// the snapshot.
+func TestS3Machine(t *testing.T) {
+	t.Parallel()
+	srv := s3test.Shared(t)
+	proxy := s3test.NewProxy(t, srv.Endpoint)
+	url := "s3://" + srv.Bucket(t) + "/team"
+	s := guestScrapbook(t, 2)
+	if err := s.AddRemote(sbuml.RemoteConfig{Name: "team", URL: url, S3: &sbuml.S3Settings{Endpoint: proxy.URL}}); err != nil {
+		t.Fatal(err)
+	}
+	g := bootGuest(t, s, "m1", 0)
+	g.startCounter()
+	g.run("echo on-disk > /mnt/s3; echo in-ram > /tmp/s3")
+	first := g.commit(sbuml.CommitOptions{}).ID
+	if r := s3CLI(t, srv, proxy.URL, s.Dir, "push", "team", "m1"); r.err != nil {
+		t.Fatalf("sbuml push: %v\n%s", r.err, r.stderr)
+	}
+	puller := filepath.Join(t.TempDir(), "puller")
+	if r := s3CLI(t, srv, proxy.URL, "", "clone", url, puller); r.err != nil {
+		t.Fatalf("sbuml clone: %v\n%s", r.err, r.stderr)
+	}
+
+	time.Sleep(2 * time.Second) // idle
+	tl := commitTimeline(g, sbuml.CommitOptions{})
+	newBytes := newObjectBytes(t, s.Objects, first, tl.id)
+	limit := int64(1.1*float64(newBytes)) + 64<<10
+	up := proxy.Up()
+	r := s3CLI(t, srv, proxy.URL, s.Dir, "push", "team", "m1")
+	if r.err != nil {
+		t.Fatalf("sbuml push: %v\n%s", r.err, r.stderr)
+	}
+	sent := proxy.Up() - up
+	t.Logf("incremental push of an idle commit: %d bytes of new objects, %d bytes sent on the wire (limit %d); %s", newBytes, sent, limit, strings.TrimSpace(r.stderr))
+	if sent > limit {
+		t.Errorf("the push sent %d bytes for %d bytes of new objects; want at most %d", sent, newBytes, limit)
+	}
+	down := proxy.Down()
+	if r := s3CLI(t, srv, proxy.URL, puller, "pull", "origin"); r.err != nil {
+		t.Fatalf("sbuml pull: %v\n%s", r.err, r.stderr)
+	}
+	received := proxy.Down() - down
+	t.Logf("pull of it: %d bytes received on the wire", received)
+	if received > limit {
+		t.Errorf("the pull received %d bytes for %d bytes of new objects; want at most %d", received, newBytes, limit)
+	}
+	g.halt()
+
+	other, err := sbuml.Init(filepath.Join(t.TempDir(), "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	haltAllOnCleanup(t, other)
+	r = s3CLI(t, srv, srv.Endpoint, other.Dir, "checkout", url+"#"+tl.id.String(), "m2", "-c", "--accel", guestAccel)
+	if r.err != nil {
+		t.Fatalf("sbuml checkout s3://…#ID m2 -c: %v\n%s", r.err, r.stderr)
+	}
+	t.Logf("checkout from the bucket: %s%s", r.stderr, r.stdout)
+	m2 := &guest{t: t, s: other, name: "m2"}
+	requireResumed(m2, tl)
+	requireFiles(m2, map[string]string{"/mnt/s3": "on-disk", "/tmp/s3": "in-ram"})
+}
