@@ -2,10 +2,14 @@ package sbuml_test
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,4 +136,92 @@ func TestS3Machine(t *testing.T) {
 	m2 := &guest{t: t, s: other, name: "m2"}
 	requireResumed(m2, tl)
 	requireFiles(m2, map[string]string{"/mnt/s3": "on-disk", "/tmp/s3": "in-ram"})
+}
+
+// TestS3PushKilled kills `sbuml push` to a bucket with SIGKILL at random
+// moments and pushes again at once: the push must succeed, and the
+// bucket must then clone into a scrapbook that passes fsck and holds
+// every snapshot pushed. $SBUML_S3_KILL_TRIALS sets the number of
+// trials (5 by default; the issue asks for 20).
+func TestS3PushKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the sbuml command many times")
+	}
+	trials := 5
+	if v := os.Getenv("SBUML_S3_KILL_TRIALS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("SBUML_S3_KILL_TRIALS=%q", v)
+		}
+		trials = n
+	}
+	srv := s3test.Shared(t)
+	bin := sbumlCommand(t)
+	url := "s3://" + srv.Bucket(t) + "/kill"
+	book := newScrapbook(t)
+	if err := book.AddRemote(sbuml.RemoteConfig{Name: "s3", URL: url, S3: &sbuml.S3Settings{Endpoint: srv.Endpoint}}); err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	writeRandomFile(t, filepath.Join(src, "base.bin"), 8*mib, 1)
+	push := func() *exec.Cmd {
+		cmd := exec.Command(bin, "--scrapbook", book.Dir, "push", "s3", "main")
+		cmd.Env = append(os.Environ(), srv.Env()...)
+		return cmd
+	}
+	var pushed []objects.ID
+	importNew := func(round int) {
+		writeRandomFile(t, filepath.Join(src, "new.bin"), 6*mib, uint64(100+round))
+		r, err := book.Import(context.Background(), src, sbuml.SnapshotOptions{Branch: "main", Message: fmt.Sprint("round ", round)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pushed = append(pushed, r.ID)
+	}
+	// The second push, like those killed, sends one new file.
+	var typical time.Duration
+	for round := range 2 {
+		importNew(round)
+		start := time.Now()
+		if out, err := push().CombinedOutput(); err != nil {
+			t.Fatalf("sbuml push: %v\n%s", err, out)
+		}
+		typical = time.Since(start)
+	}
+	rng := rand.New(rand.NewPCG(16, 1))
+	killed := 0
+	for trial := 1; trial <= trials; trial++ {
+		importNew(1 + trial)
+		cmd := push()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		delay := time.Duration(rng.Int64N(int64(typical) * 6 / 5))
+		time.Sleep(delay)
+		cmd.Process.Signal(syscall.SIGKILL)
+		if err := cmd.Wait(); err != nil {
+			killed++
+		}
+		if out, err := push().CombinedOutput(); err != nil {
+			t.Fatalf("trial %d: the push after one killed after %v failed: %v\n%s", trial, delay.Round(time.Millisecond), err, out)
+		}
+	}
+	t.Logf("%d pushes of %v each killed at a random moment (%d before they ended), each pushed again", trials, typical.Round(time.Millisecond), killed)
+	out := filepath.Join(t.TempDir(), "clone")
+	cmd := exec.Command(bin, "clone", url, out)
+	cmd.Env = append(os.Environ(), srv.Env()...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sbuml clone: %v\n%s", err, b)
+	}
+	clone, err := sbuml.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clone.Close()
+	fsckClean(t, clone)
+	for i, id := range pushed {
+		if ok, err := clone.Objects.Has(context.Background(), id); err != nil || !ok {
+			t.Errorf("the snapshot of round %d, %s, is not in the clone", i, id.Short())
+		}
+	}
 }
