@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/transport"
 )
 
@@ -102,4 +103,37 @@ func (s *Scrapbook) GCRemote(ctx context.Context, remote string, opts RemoteGCOp
 		return res, fmt.Errorf("gc %s: %w", remote, err)
 	}
 	return res, nil
+}
+
+// DeleteRemoteRefs deletes branches or tags (or full ref names) of a
+// remote, each by compare-and-swap from the value it has when read, and
+// the remote-tracking branches of a named remote. What only they
+// reached becomes garbage there, for the remote's own gc.
+func (s *Scrapbook) DeleteRemoteRefs(ctx context.Context, remote string, names []string, opts TransferOptions) ([]transport.RefResult, error) {
+	r, name, err := s.openRemote(ctx, remote, opts)
+	if err != nil {
+		return nil, fmt.Errorf("push --delete: %w", err)
+	}
+	defer r.Close()
+	list, err := r.ListRefs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("push --delete: %w", err)
+	}
+	var done []transport.RefResult
+	for _, n := range names {
+		ref, ok := findRemoteRef(list, n)
+		if !ok {
+			return done, fmt.Errorf("push --delete: remote %s has no branch or tag called %q", r.URL(), n)
+		}
+		if err := r.UpdateRef(ctx, ref.Name, ref.ID, objects.Zero); err != nil {
+			return done, fmt.Errorf("push --delete: %w", err)
+		}
+		done = append(done, transport.RefResult{Name: ref.Name, Old: ref.ID, Status: "deleted"})
+		if branch, ok := strings.CutPrefix(ref.Name, "refs/heads/"); ok && name != "" {
+			if err := s.setTracking(name, branch, objects.Zero, "push --delete"); err != nil {
+				return done, err
+			}
+		}
+	}
+	return done, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/internal/s3test"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/transport"
 )
 
 // s3CLI runs the sbuml command on scrapbook dir with the environment
@@ -223,5 +224,73 @@ func TestS3PushKilled(t *testing.T) {
 		if ok, err := clone.Objects.Has(context.Background(), id); err != nil || !ok {
 			t.Errorf("the snapshot of round %d, %s, is not in the clone", i, id.Short())
 		}
+	}
+}
+
+// TestS3RemoteGC deletes a branch of a bucket with push --delete and
+// frees its space with two runs of sbuml remote gc: the first condemns
+// the packs holding it (copying out what main still reaches from them),
+// the second, no push being under way, deletes them. The bucket then
+// clones and passes fsck, without the deleted branch's snapshot.
+func TestS3RemoteGC(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := s3test.Shared(t)
+	bin := sbumlCommand(t)
+	url := "s3://" + srv.Bucket(t) + "/gc"
+	book := newScrapbook(t)
+	if err := book.AddRemote(sbuml.RemoteConfig{Name: "s3", URL: url, S3: &sbuml.S3Settings{Endpoint: srv.Endpoint}}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(dir string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, append([]string{"--scrapbook", dir}, args...)...)
+		cmd.Env = append(os.Environ(), srv.Env()...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("sbuml %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	src := t.TempDir()
+	writeRandomFile(t, filepath.Join(src, "base.bin"), 2*mib, 1)
+	if _, err := book.Import(ctx, src, sbuml.SnapshotOptions{Branch: "main", Message: "main"}); err != nil {
+		t.Fatal(err)
+	}
+	writeRandomFile(t, filepath.Join(src, "tmp.bin"), 3*mib, 2)
+	tmp, err := book.Import(ctx, src, sbuml.SnapshotOptions{Branch: "tmp", Message: "tmp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(book.Dir, "push", "s3", "main", "tmp")
+	t.Log(strings.TrimSpace(run(book.Dir, "push", "--delete", "s3", "tmp")))
+	first := run(book.Dir, "remote", "gc", "s3", "--min-age", "0")
+	second := run(book.Dir, "remote", "gc", "s3", "--min-age", "0")
+	t.Logf("first gc:\n%ssecond gc:\n%s", first, second)
+	if !strings.Contains(first, "deleted 0 packs") || strings.Contains(first, "condemned 0 packs") {
+		t.Errorf("the first gc should condemn packs and delete none:\n%s", first)
+	}
+	if strings.Contains(second, "deleted 0 packs") {
+		t.Errorf("the second gc should delete what the first condemned:\n%s", second)
+	}
+	clone := filepath.Join(t.TempDir(), "clone")
+	cmd := exec.Command(bin, "clone", url, clone)
+	cmd.Env = append(os.Environ(), srv.Env()...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sbuml clone: %v\n%s", err, out)
+	}
+	c, err := sbuml.Open(clone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fsckClean(t, c)
+	r, err := transport.OpenS3(ctx, url, transport.S3Options{Endpoint: srv.Endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if ok, err := r.Store().Has(ctx, tmp.ID); err != nil || ok {
+		t.Errorf("the deleted branch's snapshot is still in the bucket (%v)", err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go/logging"
 )
 
 // S3Scheme starts the URL of a scrapbook in an S3 bucket:
@@ -198,6 +199,9 @@ func loadAWSConfig(ctx context.Context, opts S3Options, limits Limits) (aws.Conf
 		// objects carry their own (IDs, CRCs, index checksums).
 		config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
 		config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
+		// Errors are returned, explained; the SDK's own log would only
+		// print them again, unexplained.
+		config.WithLogger(logging.Nop{}),
 	}
 	if opts.Region != "" {
 		load = append(load, config.WithRegion(opts.Region))

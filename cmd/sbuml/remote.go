@@ -210,6 +210,7 @@ a later run: they may belong to a push under way.`,
 
 func pushCmd() *cobra.Command {
 	var opts sbuml.TransferOptions
+	var del bool
 	c := &cobra.Command{
 		Use:   "push REMOTE [REF...]",
 		Short: "Send branches or tags to another scrapbook",
@@ -218,7 +219,8 @@ or a URL or path. Only the objects the remote lacks travel. The remote refs
 move last, each by compare-and-swap, and only if the remote's snapshot is an
 ancestor of the one pushed (--force drops that check, never the
 compare-and-swap). A smart server wants the bearer token from --token-file or
-the remote's configured token file.`,
+the remote's configured token file. --delete deletes the named branches or
+tags of the remote instead, each by compare-and-swap.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openScrapbook()
@@ -227,6 +229,9 @@ the remote's configured token file.`,
 			}
 			ctx, stop := interruptible()
 			defer stop()
+			if del {
+				return deleteRemoteRefs(ctx, s, args, opts)
+			}
 			bar := newProgressBar(os.Stderr)
 			opts.Progress, opts.Notify = bar.update, notify
 			res, err := s.Push(ctx, args[0], args[1:], opts)
@@ -248,8 +253,25 @@ the remote's configured token file.`,
 	}
 	c.Flags().BoolVarP(&opts.Force, "force", "f", false, "replace remote refs even if the push is not a fast-forward")
 	c.Flags().StringVar(&opts.TokenFile, "token-file", "", "file holding the bearer token (default: the remote's)")
+	c.Flags().BoolVarP(&del, "delete", "d", false, "delete the named branches or tags of the remote")
 	addJSONFlag(c)
 	return c
+}
+
+// deleteRemoteRefs is push --delete REMOTE REF...
+func deleteRemoteRefs(ctx context.Context, s *sbuml.Scrapbook, args []string, opts sbuml.TransferOptions) error {
+	if len(args) < 2 {
+		return errors.New("push --delete: name the branches or tags of the remote to delete")
+	}
+	opts.Notify = notify
+	res, err := s.DeleteRemoteRefs(ctx, args[0], args[1:], opts)
+	if flagJSON && err == nil {
+		return printJSON(res)
+	}
+	for _, r := range res {
+		fmt.Printf("%s: deleted (was %s)\n", quoteName(r.Name), r.Old.Short())
+	}
+	return err
 }
 
 // movement describes a ref moving from old to new.
