@@ -137,6 +137,24 @@ func TestS3Machine(t *testing.T) {
 	m2 := &guest{t: t, s: other, name: "m2"}
 	requireResumed(m2, tl)
 	requireFiles(m2, map[string]string{"/mnt/s3": "on-disk", "/tmp/s3": "in-ram"})
+	m2.halt()
+
+	// A link file naming the bucket opens the same snapshot, and
+	// downloads nothing: the scrapbook has it all now.
+	link := filepath.Join(t.TempDir(), "m1.sbuml")
+	body := `{"sbuml": 1, "url": "` + url + `", "snapshot": "` + tl.id.String() + `"}`
+	if err := os.WriteFile(link, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = s3CLI(t, srv, srv.Endpoint, other.Dir, "open", link, "--accel", guestAccel)
+	if r.err != nil {
+		t.Fatalf("sbuml open %s: %v\n%s", link, r.err, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "received 0 objects") || !strings.Contains(r.stderr, "sends the download to s3://") {
+		t.Errorf("sbuml open printed on stderr %q; want it to name the bucket and download nothing", r.stderr)
+	}
+	opened := &guest{t: t, s: other, name: "m1"}
+	requireResumed(opened, tl)
 }
 
 // TestS3PushKilled kills `sbuml push` to a bucket with SIGKILL at random

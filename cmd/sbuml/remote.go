@@ -72,7 +72,11 @@ func announceLink(arg string) {
 	}
 	if l, err := sbuml.ParseLink(b); err == nil {
 		if u, err := neturl.Parse(l.URL); err == nil {
-			notify(fmt.Sprintf("link file %s sends the download to %s", arg, u.Host))
+			host := u.Host
+			if u.Scheme == "s3" {
+				host = "s3://" + host // a bucket
+			}
+			notify(fmt.Sprintf("link file %s sends the download to %s", arg, host))
 		}
 	}
 }
