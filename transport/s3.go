@@ -113,6 +113,9 @@ type S3 struct {
 	// cacheBytes counts the bytes of small packs kept in memory.
 	cacheBytes atomic.Int64
 
+	// beginMu is held while the remote gets ready to be written.
+	beginMu sync.Mutex
+
 	mu    sync.Mutex
 	view  *packView // the packs, once listed
 	lease *lease    // held from the first write until Close

@@ -106,109 +106,124 @@ func pushAndFetch(t *testing.T, src *source, r, fetchFrom transport.Remote) {
 // backoff; what cannot be overcome is one line that says what to do.
 func TestS3Faults(t *testing.T) {
 	src := newSource(t)
-	t.Run("Throttled", func(t *testing.T) {
-		var n atomic.Int64
-		p := newFaultProxy(t, func(p *faultProxy, w http.ResponseWriter, r *http.Request) bool {
-			if n.Add(1)%5 != 1 {
-				return false
-			}
-			p.count.Add(1)
-			s3Error(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
-			return true
-		})
-		url := newS3Backing(t)
-		pushAndFetch(t, src, p.open(t, url, transport.Limits{}, false), p.open(t, url, transport.Limits{}, false))
-		t.Logf("%d requests answered 503 SlowDown, each retried", p.count.Load())
+	t.Run("Throttled", func(t *testing.T) { testThrottled(t, src) })
+	t.Run("ThrottledForGood", testThrottledForGood)
+	t.Run("DroppedConnections", func(t *testing.T) { testDropped(t, src) })
+	t.Run("NoConditionalWrites", func(t *testing.T) { testNoConditionalWrites(t, src) })
+	t.Run("Refusals", testRefusals)
+}
+
+// testThrottled answers every fifth request 503 SlowDown.
+func testThrottled(t *testing.T, src *source) {
+	var n atomic.Int64
+	p := newFaultProxy(t, func(p *faultProxy, w http.ResponseWriter, r *http.Request) bool {
+		if n.Add(1)%5 != 1 {
+			return false
+		}
+		p.count.Add(1)
+		s3Error(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
+		return true
 	})
-	t.Run("ThrottledForGood", func(t *testing.T) {
-		p := newFaultProxy(t, func(p *faultProxy, w http.ResponseWriter, r *http.Request) bool {
-			s3Error(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
-			return true
-		})
-		_, err := p.open(t, newS3Backing(t), transport.Limits{Attempts: 2}, false).ListRefs(context.Background())
-		oneLine(t, err, "throttling", "try again later")
+	url := newS3Backing(t)
+	pushAndFetch(t, src, p.open(t, url, transport.Limits{}, false), p.open(t, url, transport.Limits{}, false))
+	t.Logf("%d requests answered 503 SlowDown, each retried", p.count.Load())
+}
+
+// testThrottledForGood answers every request 503 SlowDown.
+func testThrottledForGood(t *testing.T) {
+	p := newFaultProxy(t, func(p *faultProxy, w http.ResponseWriter, r *http.Request) bool {
+		s3Error(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
+		return true
 	})
-	t.Run("DroppedConnections", func(t *testing.T) {
-		cut := map[string]bool{}
-		var mu sync.Mutex
-		p := newFaultProxy(t, func(p *faultProxy, w http.ResponseWriter, r *http.Request) bool {
-			// The first request for each key is cut: a ranged read half
-			// way through its body, a pack upload before it reaches the
-			// server, a ref update after the server did it.
-			mu.Lock()
-			first := !cut[r.Method+r.URL.Path] && (r.Header.Get("Range") != "" || strings.Contains(r.URL.Path, "/packs/") && r.Method == "PUT" || strings.Contains(r.URL.Path, "/refs/") && r.Method == "PUT")
-			cut[r.Method+r.URL.Path] = true
-			mu.Unlock()
-			if !first {
-				return false
+	_, err := p.open(t, newS3Backing(t), transport.Limits{Attempts: 2}, false).ListRefs(context.Background())
+	oneLine(t, err, "throttling", "try again later")
+}
+
+// testDropped cuts the first request for each key: a ranged read half
+// way through its body, a pack upload before it reaches the server, a
+// ref update after the server did it.
+func testDropped(t *testing.T, src *source) {
+	cut := map[string]bool{}
+	var mu sync.Mutex
+	p := newFaultProxy(t, func(p *faultProxy, w http.ResponseWriter, r *http.Request) bool {
+		mu.Lock()
+		first := !cut[r.Method+r.URL.Path] && (r.Header.Get("Range") != "" || strings.Contains(r.URL.Path, "/packs/") && r.Method == "PUT" || strings.Contains(r.URL.Path, "/refs/") && r.Method == "PUT")
+		cut[r.Method+r.URL.Path] = true
+		mu.Unlock()
+		if !first {
+			return false
+		}
+		p.count.Add(1)
+		switch {
+		case r.Method == "GET":
+			rec := httptest.NewRecorder()
+			p.fwd.ServeHTTP(rec, r)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
 			}
-			p.count.Add(1)
-			switch {
-			case r.Method == "GET":
-				rec := httptest.NewRecorder()
-				p.fwd.ServeHTTP(rec, r)
-				for k, v := range rec.Header() {
-					w.Header()[k] = v
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
+		case strings.Contains(r.URL.Path, "/refs/"):
+			p.fwd.ServeHTTP(httptest.NewRecorder(), r)
+		}
+		panic(http.ErrAbortHandler)
+	})
+	url := newS3Backing(t)
+	pushAndFetch(t, src, p.open(t, url, transport.Limits{}, false), p.open(t, url, transport.Limits{}, false))
+	t.Logf("%d requests cut off, each retried", p.count.Load())
+	if l, err := openS3(t, url).ListRefs(context.Background()); err != nil || l.Get("refs/heads/main") != src.second {
+		t.Fatalf("refs after the push: %v, %v", l, err)
+	}
+}
+
+// testNoConditionalWrites puts a store that does not honour conditional
+// writes, or ignores them, in front of the real one.
+func testNoConditionalWrites(t *testing.T, src *source) {
+	for _, tc := range []struct {
+		name, want string
+		answer     func(w http.ResponseWriter)
+	}{
+		{"NotImplemented", "If-None-Match: * on PutObject", func(w http.ResponseWriter) {
+			s3Error(w, http.StatusNotImplemented, "NotImplemented", "A header you provided implies functionality that is not implemented.")
+		}},
+		{"Ignored", "it replaced an existing object", func(w http.ResponseWriter) {
+			w.Header().Set("ETag", `"0123"`)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newFaultProxy(t, func(p *faultProxy, w http.ResponseWriter, r *http.Request) bool {
+				if r.Method != "PUT" || r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Match") == "" {
+					return false
 				}
-				w.WriteHeader(rec.Code)
-				w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
-			case strings.Contains(r.URL.Path, "/refs/"):
-				p.fwd.ServeHTTP(httptest.NewRecorder(), r)
-			}
-			panic(http.ErrAbortHandler)
-		})
-		url := newS3Backing(t)
-		pushAndFetch(t, src, p.open(t, url, transport.Limits{}, false), p.open(t, url, transport.Limits{}, false))
-		t.Logf("%d requests cut off, each retried", p.count.Load())
-		if l, err := openS3(t, url).ListRefs(context.Background()); err != nil || l.Get("refs/heads/main") != src.second {
-			t.Fatalf("refs after the push: %v, %v", l, err)
-		}
-	})
-	t.Run("NoConditionalWrites", func(t *testing.T) {
-		for _, tc := range []struct {
-			name, want string
-			answer     func(w http.ResponseWriter)
-		}{
-			{"NotImplemented", "If-None-Match: * on PutObject", func(w http.ResponseWriter) {
-				s3Error(w, http.StatusNotImplemented, "NotImplemented", "A header you provided implies functionality that is not implemented.")
-			}},
-			{"Ignored", "it replaced an existing object", func(w http.ResponseWriter) {
-				w.Header().Set("ETag", `"0123"`)
-			}},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				p := newFaultProxy(t, func(p *faultProxy, w http.ResponseWriter, r *http.Request) bool {
-					if r.Method != "PUT" || r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Match") == "" {
-						return false
-					}
-					tc.answer(w)
-					return true
-				})
-				url := newS3Backing(t)
-				err := p.open(t, url, transport.Limits{}, false).Put(context.Background(), nil)
-				oneLine(t, err, "does not honour", tc.want, "--unsafe-no-conditional-writes")
-				r := p.open(t, url, transport.Limits{}, true)
-				pushAndFetch(t, src, r, r)
+				tc.answer(w)
+				return true
 			})
-		}
-	})
-	t.Run("Refusals", func(t *testing.T) {
-		ctx := context.Background()
-		url := newS3Backing(t)
-		oneLine(t, listRefs(openS3(t, "s3://"+s3test.Shared(t).Bucket(t)+"/empty")), "holds no sbuml scrapbook")
-		oneLine(t, openS3(t, "s3://sbuml-no-such-bucket/x").Put(ctx, nil), "bucket sbuml-no-such-bucket does not exist")
-		t.Setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-		oneLine(t, listRefs(openS3(t, url)), "access denied", "check the credentials")
-		refused, err := transport.OpenS3(ctx, url, transport.S3Options{Endpoint: "http://127.0.0.1:1", Limits: transport.Limits{Attempts: 2}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = refused.ListRefs(ctx)
-		oneLine(t, err, "cannot reach the store")
-		if errors.Is(err, context.DeadlineExceeded) {
-			t.Error("timed out instead of being refused")
-		}
-	})
+			url := newS3Backing(t)
+			err := p.open(t, url, transport.Limits{}, false).Put(context.Background(), nil)
+			oneLine(t, err, "does not honour", tc.want, "--unsafe-no-conditional-writes")
+			r := p.open(t, url, transport.Limits{}, true)
+			pushAndFetch(t, src, r, r)
+		})
+	}
+}
+
+// testRefusals: what no retry overcomes is one line saying what to do.
+func testRefusals(t *testing.T) {
+	ctx := context.Background()
+	url := newS3Backing(t)
+	oneLine(t, listRefs(openS3(t, "s3://"+s3test.Shared(t).Bucket(t)+"/empty")), "holds no sbuml scrapbook")
+	oneLine(t, openS3(t, "s3://sbuml-no-such-bucket/x").Put(ctx, nil), "bucket sbuml-no-such-bucket does not exist")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+	oneLine(t, listRefs(openS3(t, url)), "access denied", "check the credentials")
+	refused, err := transport.OpenS3(ctx, url, transport.S3Options{Endpoint: "http://127.0.0.1:1", Limits: transport.Limits{Attempts: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = refused.ListRefs(ctx)
+	oneLine(t, err, "cannot reach the store")
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Error("timed out instead of being refused")
+	}
 }
 
 // listRefs returns the error of r.ListRefs.

@@ -137,6 +137,8 @@ const s3Format = 1
 // packs, so that the view includes what the last gc condemned if that
 // gc could have missed this push (see GCS3).
 func (s *S3) beginWrites(ctx context.Context) error {
+	s.beginMu.Lock()
+	defer s.beginMu.Unlock()
 	s.mu.Lock()
 	started := s.lease != nil
 	s.mu.Unlock()

@@ -282,15 +282,6 @@ func (s *Server) Env() []string {
 	}
 }
 
-// SetEnv sets Env in the test's environment.
-func (s *Server) SetEnv(t testing.TB) {
-	t.Helper()
-	for _, kv := range s.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-}
-
 // Proxy passes TCP connections on to a server and counts the bytes
 // each way, headers and all: what a transfer costs on the wire.
 type Proxy struct {
