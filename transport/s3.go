@@ -88,8 +88,8 @@ func (l LeaseTimes) orDefaults() LeaseTimes {
 //	PREFIX/config                 marks the scrapbook (JSON, format 1)
 //	PREFIX/HEAD                   "ref: refs/heads/main"
 //	PREFIX/refs/...               one object per ref: the snapshot's hex ID
-//	PREFIX/packs/data/pack-H.*    packs of objects that reference nothing (chunks)
-//	PREFIX/packs/tree/pack-H.*    packs of the other objects
+//	PREFIX/packs/data/pack-H-R.*  packs of objects that reference nothing (chunks)
+//	PREFIX/packs/tree/pack-H-R.*  packs of the other objects
 //	PREFIX/locks/push-R           the lease of a push under way
 //	PREFIX/locks/gc               the lock of a gc under way
 //	PREFIX/gc/generation          what the last gc condemned (see GCS3)
@@ -102,7 +102,7 @@ func (l LeaseTimes) orDefaults() LeaseTimes {
 // with S3 conditional writes: If-Match on the ref object's ETag, or
 // If-None-Match: * to create it.
 type S3 struct {
-	url    string // s3://bucket/prefix, as given
+	url    string // s3://bucket/prefix/
 	bucket string
 	prefix string // "" or ending in "/"
 	api    *s3.Client
@@ -119,13 +119,11 @@ type S3 struct {
 	mu    sync.Mutex
 	view  *packView // the packs, once listed
 	lease *lease    // held from the first write until Close
-	// condOK records that the store honours conditional writes (or
-	// that the user said to do without them).
-	condOK bool
+	// condOK records that the store's conditional writes were checked
+	// (see checkConditional), and condWorks that they work.
+	condOK, condWorks bool
 	// known records that the prefix holds a scrapbook.
 	known bool
-	// condWorks records that the store honours conditional writes.
-	condWorks bool
 }
 
 var bucketPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)

@@ -230,6 +230,10 @@ func (s *S3) probeConditional(ctx context.Context, key string) (string, error) {
 		return "", err
 	}
 	etag, err := s.putObjectETag(ctx, key, []byte("1"), putCond{ifNoneMatch: true})
+	if errors.Is(err, errPrecondition) {
+		// A first attempt that was retried did create it.
+		_, etag, err = s.getObjectETag(ctx, key, 16)
+	}
 	if err != nil {
 		return unsupported(err, noneMatch)
 	}
