@@ -218,7 +218,8 @@ func (p *pausing) Put(ctx context.Context, objs []transport.Object) error {
 // the push names them, finds them garbage and condemns their pack. The
 // next gc waits while the push's lease lives, then copies the chunks the
 // push named out of the condemned pack before deleting it: the bucket
-// loses nothing the push names, and frees the rest.
+// loses nothing the push names, and frees the rest. A push that begins
+// after the gc sends the condemned chunks it needs again.
 func TestS3GCWhilePushing(t *testing.T) {
 	ctx := context.Background()
 	url := newS3Backing(t)
@@ -265,6 +266,22 @@ func TestS3GCWhilePushing(t *testing.T) {
 	if g1.Condemned == 0 || g1.GarbageBytes < 1<<20 {
 		t.Fatalf("the gc did not condemn the deleted branch's packs: %+v", *g1)
 	}
+	// A push that begins after the gc treats the condemned chunks as
+	// absent, and sends them again.
+	writeFiles(t, work, 9, map[string]int{"z.bin": 100 << 10})
+	z, err := book.Import(ctx, work, sbuml.SnapshotOptions{Branch: "z", Message: "z"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := open()
+	_, st, err := transport.Push(ctx, book.Objects, later, []transport.RefUpdate{{Name: "refs/heads/z", New: z.ID}}, transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	later.Close()
+	if st.ObjectBytes < 1<<20 {
+		t.Errorf("a push after the gc sent %d bytes; want the condemned chunks sent again", st.ObjectBytes)
+	}
 	close(pusher.resume)
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -289,8 +306,10 @@ func TestS3GCWhilePushing(t *testing.T) {
 	}
 	bucket := open().Store()
 	checkClosed(t, bucket)
-	if got, want := len(reachable(t, bucket, y.ID)), len(reachable(t, book.Objects, y.ID)); got != want {
-		t.Errorf("the bucket holds %d objects of the pushed snapshot, want %d", got, want)
+	for _, id := range []objects.ID{y.ID, z.ID} {
+		if got, want := len(reachable(t, bucket, id)), len(reachable(t, book.Objects, id)); got != want {
+			t.Errorf("the bucket holds %d objects of the pushed snapshot %s, want %d", got, id.Short(), want)
+		}
 	}
 	if has(t, bucket, x.ID) {
 		t.Errorf("the deleted branch's snapshot is still in the bucket")
