@@ -48,7 +48,8 @@ type RefResult struct {
 // and the error wraps ErrNotFastForward. Refs move only after every
 // object is on the remote, each by a compare-and-swap from the value
 // read when the push began, so a concurrent push is never overwritten:
-// the loser's error wraps refs.ErrConflict.
+// the loser's error wraps refs.ErrConflict and, unless the update was
+// forced, ErrNotFastForward.
 func Push(ctx context.Context, local objects.Store, remote Remote, updates []RefUpdate, opts Options) ([]RefResult, *Stats, error) {
 	fail := func(err error) ([]RefResult, *Stats, error) {
 		return nil, nil, fmt.Errorf("push to %s: %w", remote.URL(), err)
@@ -113,8 +114,11 @@ func Push(ctx context.Context, local objects.Store, remote Remote, updates []Ref
 			continue
 		}
 		if err := remote.UpdateRef(ctx, r.Name, r.Old, r.New); err != nil {
-			if errors.Is(err, refs.ErrConflict) {
+			switch {
+			case errors.Is(err, refs.ErrConflict) && r.Status == "forced":
 				err = fmt.Errorf("%s moved on the remote while pushing (someone else pushed); its objects are there, but the ref was left alone; pull and try again: %w", r.Name, err)
+			case errors.Is(err, refs.ErrConflict):
+				err = fmt.Errorf("%s moved on the remote while pushing (someone else pushed), so this push is %w from it; its objects are there, but the ref was left alone; pull and try again: %w", r.Name, ErrNotFastForward, err)
 			}
 			return results, stats, fmt.Errorf("push to %s: %w", remote.URL(), err)
 		}
@@ -309,8 +313,19 @@ type sendBatch struct {
 	done chan struct{}
 }
 
+// batchSizer is a Remote that wants batches of its own size: a bucket
+// stores each batch as a pack, and fewer, larger packs cost fewer
+// requests to read.
+type batchSizer interface {
+	sendBatchBytes() int
+}
+
 // send puts missing (sorted by height) on the remote.
 func send(ctx context.Context, local objects.Store, remote Remote, missing []*snode, concurrency int, stats *Stats, m *meter) error {
+	batchBytes := sendBatchBytes
+	if bs, ok := remote.(batchSizer); ok {
+		batchBytes = bs.sendBatchBytes()
+	}
 	batches := make(chan *sendBatch, concurrency)
 	g := newGroup(ctx, concurrency+1)
 	// Assemble batches in order, reading chunks as they are needed.
@@ -339,7 +354,7 @@ func send(ctx context.Context, local objects.Store, remote Remote, missing []*sn
 					return err
 				}
 			}
-			if b != nil && (size+len(stored) > sendBatchBytes || len(b.objs) == sendBatchObject) {
+			if b != nil && (size+len(stored) > batchBytes || len(b.objs) == sendBatchObject) {
 				if err := flush(); err != nil {
 					return err
 				}
