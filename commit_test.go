@@ -323,7 +323,7 @@ func TestCommitCLI(t *testing.T) {
 		}
 	}
 
-	checkoutLine := regexp.MustCompile(`^(\w+) (running|frozen \(sbuml continue \w+ starts it\)) from (\S+|exported snapshot), checkout to running (\d+) ms\n$`)
+	checkoutLine := regexp.MustCompile(`^(\w+) (running|frozen \(sbuml continue \w+ starts it\)) from (\S+|exported snapshot), checkout(?: to running)? (\d+) ms\n$`)
 	checkout := func(rev, name string, args ...string) []string {
 		t.Helper()
 		out := mustCLI(t, s, append([]string{"checkout", rev, name, "--accel", guestAccel}, args...)...)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/internal/s3test"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -32,7 +33,16 @@ var (
 func TestMain(m *testing.M) {
 	// Machines the tests boot get keepers: this test binary run again.
 	sbuml.KeeperMain()
+	// The S3 tests reach their server as AWS tools do, through the
+	// environment (the endpoint they give themselves): never the EC2
+	// metadata service.
+	for _, kv := range (&s3test.Server{}).Env() {
+		if k, v, _ := strings.Cut(kv, "="); k != "AWS_ENDPOINT_URL" {
+			os.Setenv(k, v)
+		}
+	}
 	code := m.Run()
+	s3test.StopShared()
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}

@@ -126,6 +126,16 @@ func TestMachineCLI(t *testing.T) {
 	if st := psJSON(t, s)["m1"].State; st != vmm.StateFrozen {
 		t.Errorf("ps says m1 is %s after freeze", st)
 	}
+	// Typing from a pipe into a frozen machine is refused at once, and
+	// leaves nothing to run into the next command.
+	start := time.Now()
+	r = sbumlCLI(t, s, strings.NewReader("echo 01$((1+1))\n"), "console", "m1")
+	if r.err == nil || !strings.Contains(r.stderr, "frozen") || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+		t.Errorf("sbuml console m1 < pipe, m1 frozen: %v, stderr %q", r.err, r.stderr)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("sbuml console m1 < pipe, m1 frozen, took %v", d)
+	}
 	time.Sleep(3 * counterPeriod) // output already under way comes out
 	frozenAt := g.lastTick()
 	time.Sleep(10 * counterPeriod)
@@ -143,6 +153,14 @@ func TestMachineCLI(t *testing.T) {
 		}
 	}
 	t.Logf("counter at %d when frozen, at %d after continue", frozenAt, all[len(all)-1])
+	// The next command typed runs as itself: nothing of the refused one.
+	r = sbumlCLI(t, s, strings.NewReader("echo after-$((1+1))\n"), "console", "m1")
+	if r.err != nil || !strings.Contains(r.stdout, "after-2") {
+		t.Errorf("sbuml console m1 < pipe after continue: %v, %q", r.err, r.stdout)
+	}
+	if log := mustCLI(t, s, "console", "m1", "--tail"); strings.Contains(log, "012") {
+		t.Errorf("the line refused while frozen reached the guest:\n%s", tail(log, 500))
+	}
 
 	// ps reports a QEMU killed with SIGKILL as crashed.
 	mustCLI(t, s, "boot", "m2", "--accel", guestAccel, "--memory", "256M")

@@ -31,6 +31,9 @@ type RemoteConfig struct {
 	// TokenFile, if set, holds the bearer token for pushing to a smart
 	// server.
 	TokenFile string `json:"token_file,omitempty"`
+	// S3, for an s3:// URL, says how to reach the bucket where the
+	// environment and ~/.aws do not.
+	S3 *S3Settings `json:"s3,omitempty"`
 }
 
 // remotesFile is the scrapbook file that lists its remotes.
@@ -86,6 +89,12 @@ func (s *Scrapbook) AddRemote(rc RemoteConfig) error {
 		return fmt.Errorf("remote %s: %w", rc.Name, err)
 	}
 	rc.URL = u
+	if rc.S3 != nil && !transport.IsS3URL(u) {
+		return fmt.Errorf("remote %s: S3 settings (endpoint, region, path style) are for s3:// URLs", rc.Name)
+	}
+	if err := rc.S3.check(); err != nil {
+		return fmt.Errorf("remote %s: %w", rc.Name, err)
+	}
 	if rc.TokenFile != "" {
 		if rc.TokenFile, err = filepath.Abs(rc.TokenFile); err != nil {
 			return err
@@ -140,8 +149,14 @@ func normalizeURL(u string) (string, error) {
 		return u, nil
 	case strings.HasPrefix(u, "file://"):
 		return u, nil
+	case transport.IsS3URL(u):
+		bucket, prefix, err := transport.ParseS3URL(u)
+		if err != nil {
+			return "", err
+		}
+		return strings.TrimSuffix(transport.S3Scheme+bucket+"/"+prefix, "/"), nil
 	case strings.Contains(u, "://"):
-		return "", fmt.Errorf("URL %q: unsupported scheme (use a path, file://, http:// or https://)", u)
+		return "", fmt.Errorf("URL %q: unsupported scheme (use a path, file://, http://, https:// or s3://)", u)
 	}
 	return filepath.Abs(u)
 }
@@ -207,6 +222,9 @@ type TransferOptions struct {
 	// travels: the host a link file sends a download to, a push token
 	// about to go over plain http to another host.
 	Notify func(string)
+	// S3 sets how to reach a bucket named by an s3:// URL that is not a
+	// configured remote (clone, fetch, checkout of a link).
+	S3 *S3Settings
 }
 
 func (o TransferOptions) transport() transport.Options {
@@ -236,7 +254,9 @@ func (s *Scrapbook) openRemote(ctx context.Context, remote string, opts Transfer
 	if err != nil {
 		return nil, "", err
 	}
-	r, err := transport.Open(ctx, rc.URL, opts.open(token))
+	o := opts.open(token)
+	o.S3 = s3Options(s.s3SettingsFor(rc.URL, rc.S3), s.Dir)
+	r, err := transport.Open(ctx, rc.URL, o)
 	if err != nil {
 		return nil, "", err
 	}
@@ -508,7 +528,16 @@ func Clone(ctx context.Context, url, dir string, opts TransferOptions) (*Scrapbo
 	if err != nil {
 		return nil, nil, fmt.Errorf("clone: %w", err)
 	}
-	r, err := transport.Open(ctx, u, opts.open(""))
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("clone: %w", err)
+	}
+	if err := opts.S3.check(); err != nil {
+		return nil, nil, fmt.Errorf("clone: %w", err)
+	}
+	o := opts.open("")
+	o.S3 = s3Options(opts.S3, abs)
+	r, err := transport.Open(ctx, u, o)
 	if err != nil {
 		return nil, nil, fmt.Errorf("clone: %w", err)
 	}
@@ -521,7 +550,11 @@ func Clone(ctx context.Context, url, dir string, opts TransferOptions) (*Scrapbo
 	if err != nil {
 		return nil, nil, fmt.Errorf("clone: %w", err)
 	}
-	if err := s.AddRemote(RemoteConfig{Name: "origin", URL: u}); err != nil {
+	origin := RemoteConfig{Name: "origin", URL: u}
+	if transport.IsS3URL(u) {
+		origin.S3 = opts.S3
+	}
+	if err := s.AddRemote(origin); err != nil {
 		return nil, nil, fmt.Errorf("clone: %w", err)
 	}
 	res, list, err := s.pull(ctx, r, "origin", nil, opts)

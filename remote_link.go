@@ -65,13 +65,13 @@ func ParseLink(data []byte) (*Link, error) {
 	return &l, nil
 }
 
-// checkLinkURL checks the URL of a link: an http:// or https:// URL
-// that a remote can have. A link is data from elsewhere: one naming a
-// path or a file:// URL would make sbuml read a scrapbook of this
+// checkLinkURL checks the URL of a link: an http://, https:// or s3://
+// URL that a remote can have. A link is data from elsewhere: one naming
+// a path or a file:// URL would make sbuml read a scrapbook of this
 // machine that the link's author chose.
 func checkLinkURL(u string) error {
-	if !isWebURL(u) {
-		return fmt.Errorf("URL %q: a link must name an http:// or https:// URL", u)
+	if !isWebURL(u) && !transport.IsS3URL(u) {
+		return fmt.Errorf("URL %q: a link must name an http://, https:// or s3:// URL", u)
 	}
 	if _, err := normalizeURL(u); err != nil {
 		return err
@@ -114,7 +114,9 @@ func (s *Scrapbook) fetchLink(ctx context.Context, link string, opts TransferOpt
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)
 	}
-	r, err := transport.Open(ctx, remote, opts.open(""))
+	o := opts.open("")
+	o.S3 = s3Options(s.s3SettingsFor(remote, opts.S3), s.Dir)
+	r, err := transport.Open(ctx, remote, o)
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("fetch %s: %w", link, err)
 	}
@@ -239,8 +241,12 @@ func resolveLink(ctx context.Context, link string, opts TransferOptions) (remote
 	if hasFrag && frag == "" {
 		return "", "", fmt.Errorf("empty snapshot after '#'")
 	}
+	if transport.IsS3URL(base) {
+		u, err := normalizeURL(base)
+		return u, frag, err
+	}
 	if !isWebURL(base) {
-		return "", "", fmt.Errorf("%q is not an http:// or https:// URL; for a scrapbook on this machine, add it with 'sbuml remote add' and pull", base)
+		return "", "", fmt.Errorf("%q is not an http://, https:// or s3:// URL; for a scrapbook on this machine, add it with 'sbuml remote add' and pull", base)
 	}
 	return base, frag, nil
 }
@@ -263,8 +269,13 @@ func readLinkFile(name string) (*Link, error) {
 	return l, nil
 }
 
-// hostOf returns the host (and port) of a URL.
+// hostOf returns the host (and port) of a URL, or the bucket of an s3://
+// URL with the scheme.
 func hostOf(u string) string {
+	if transport.IsS3URL(u) {
+		bucket, _, _ := transport.ParseS3URL(u)
+		return transport.S3Scheme + bucket
+	}
 	p, err := url.Parse(u)
 	if err != nil {
 		return u

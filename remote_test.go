@@ -181,18 +181,28 @@ func TestRemoteConfig(t *testing.T) {
 		{sbuml.RemoteConfig{Name: "ftp", URL: "ftp://example.org/"}, "unsupported scheme"},
 		{sbuml.RemoteConfig{Name: "q", URL: "http://example.org/?a=b"}, "query"},
 		{sbuml.RemoteConfig{Name: "empty", URL: ""}, "empty URL"},
+		{sbuml.RemoteConfig{Name: "s3", URL: "s3://Bad_Bucket/x"}, "not a bucket name"},
+		{sbuml.RemoteConfig{Name: "s3", URL: "/x", S3: &sbuml.S3Settings{Region: "eu-west-1"}}, "are for s3:// URLs"},
+		{sbuml.RemoteConfig{Name: "s3", URL: "s3://book/x", S3: &sbuml.S3Settings{Endpoint: "ftp://host"}}, "S3 endpoint"},
 	} {
 		err := s.AddRemote(tc.rc)
 		if err == nil || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("AddRemote(%+v) = %v; want an error saying %s", tc.rc, err, tc.msg)
 		}
 	}
+	if err := s.AddRemote(sbuml.RemoteConfig{Name: "team", URL: "s3://book/a/b/", S3: &sbuml.S3Settings{Endpoint: "http://127.0.0.1:7070"}}); err != nil {
+		t.Fatal(err)
+	}
 	rs, err := s.Remotes()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rs) != 2 || rs[0].Name != "backup" || rs[1].Name != "origin" || !filepath.IsAbs(rs[0].URL) {
+	if len(rs) != 3 || rs[0].Name != "backup" || rs[1].Name != "origin" || !filepath.IsAbs(rs[0].URL) ||
+		rs[2].URL != "s3://book/a/b" || rs[2].S3 == nil || rs[2].S3.Endpoint != "http://127.0.0.1:7070" {
 		t.Errorf("remotes = %+v", rs)
+	}
+	if err := s.RemoveRemote("team"); err != nil {
+		t.Fatal(err)
 	}
 	// Removing a remote removes its remote-tracking refs.
 	id := remoteImport(t, s, newRemoteWork(t).dir, "x")

@@ -127,7 +127,7 @@ type FailStopper interface {
 var ErrNotFound = errors.New("object not found")
 
 // Where describes the location of id in s for error messages.
-func Where(s Store, id ID) string {
+func Where(s Reader, id ID) string {
 	if l, ok := s.(Locator); ok {
 		return l.Locate(id)
 	}
@@ -135,7 +135,7 @@ func Where(s Store, id ID) string {
 }
 
 // Load gets, unseals and verifies the canonical encoding of id.
-func Load(ctx context.Context, s Store, id ID) ([]byte, error) {
+func Load(ctx context.Context, s Reader, id ID) ([]byte, error) {
 	stored, err := s.Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -159,7 +159,7 @@ func Save(ctx context.Context, s Store, enc []byte) (ID, int, error) {
 }
 
 // loadAs loads id and decodes it with decode, wrapping errors with the object.
-func loadAs[T any](ctx context.Context, s Store, id ID, decode func([]byte) (T, error)) (T, error) {
+func loadAs[T any](ctx context.Context, s Reader, id ID, decode func([]byte) (T, error)) (T, error) {
 	var zero T
 	enc, err := Load(ctx, s, id)
 	if err != nil {
@@ -173,27 +173,27 @@ func loadAs[T any](ctx context.Context, s Store, id ID, decode func([]byte) (T, 
 }
 
 // LoadIndex loads and decodes an index node.
-func LoadIndex(ctx context.Context, s Store, id ID) (*Index, error) {
+func LoadIndex(ctx context.Context, s Reader, id ID) (*Index, error) {
 	return loadAs(ctx, s, id, DecodeIndex)
 }
 
 // LoadStream loads and decodes a stream.
-func LoadStream(ctx context.Context, s Store, id ID) (*Stream, error) {
+func LoadStream(ctx context.Context, s Reader, id ID) (*Stream, error) {
 	return loadAs(ctx, s, id, DecodeStream)
 }
 
 // LoadTree loads and decodes a tree.
-func LoadTree(ctx context.Context, s Store, id ID) (*Tree, error) {
+func LoadTree(ctx context.Context, s Reader, id ID) (*Tree, error) {
 	return loadAs(ctx, s, id, DecodeTree)
 }
 
 // LoadSnapshot loads and decodes a snapshot.
-func LoadSnapshot(ctx context.Context, s Store, id ID) (*Snapshot, error) {
+func LoadSnapshot(ctx context.Context, s Reader, id ID) (*Snapshot, error) {
 	return loadAs(ctx, s, id, DecodeSnapshot)
 }
 
 // LoadChunk loads a chunk's raw bytes.
-func LoadChunk(ctx context.Context, s Store, id ID) ([]byte, error) {
+func LoadChunk(ctx context.Context, s Reader, id ID) ([]byte, error) {
 	return loadAs(ctx, s, id, DecodeChunk)
 }
 

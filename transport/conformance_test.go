@@ -25,6 +25,7 @@ type implementation struct {
 	name      string
 	published bool // the backing directory is a published one
 	readOnly  bool
+	s3        bool // the backing is a bucket of the shared S3 server: its URL
 	// client returns a Remote reaching the backing directory dir.
 	client func(t *testing.T, dir string) transport.Remote
 }
@@ -54,6 +55,13 @@ var implementations = []implementation{
 		},
 	},
 	{
+		name: "s3",
+		s3:   true,
+		client: func(t *testing.T, url string) transport.Remote {
+			return openS3(t, url)
+		},
+	},
+	{
 		name:      "static-http",
 		published: true,
 		readOnly:  true,
@@ -77,9 +85,13 @@ func openDir(t *testing.T, dir string) *transport.Dir {
 	return d
 }
 
-// newBacking makes an empty backing directory for impl.
+// newBacking makes an empty backing directory for impl, or an empty
+// scrapbook in a new bucket of the shared S3 server, whose URL it returns.
 func newBacking(t *testing.T, impl implementation) string {
 	t.Helper()
+	if impl.s3 {
+		return newS3Backing(t)
+	}
 	dir := t.TempDir()
 	if impl.published {
 		if _, err := transport.CreatePublished(dir); err != nil {
@@ -93,16 +105,32 @@ func newBacking(t *testing.T, impl implementation) string {
 	return dir
 }
 
-// seed pushes updates from src into the backing directory, by a Dir.
+// seed pushes updates from src into the backing directory, by a Dir,
+// or into the backing bucket.
 func seed(t *testing.T, dir string, src objects.Store, updates ...transport.RefUpdate) {
 	t.Helper()
-	d := openDir(t, dir)
+	var d transport.Remote
+	if transport.IsS3URL(dir) {
+		d = openS3(t, dir)
+	} else {
+		d = openDir(t, dir)
+	}
 	if _, _, err := transport.Push(context.Background(), src, d, updates, transport.Options{}); err != nil {
 		t.Fatalf("seed: %v", err)
 	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// backingStore returns the objects of a backing directory or bucket, as
+// they are now.
+func backingStore(t *testing.T, dir string) objects.Reader {
+	t.Helper()
+	if transport.IsS3URL(dir) {
+		return openS3(t, dir).Store()
+	}
+	return openDir(t, dir).Store()
 }
 
 func newLocal(t *testing.T) *sbuml.Scrapbook {
@@ -341,11 +369,11 @@ func testPush(t *testing.T, impl implementation, src *source) {
 	if st.Objects != int64(n) || st.ObjectBytes != size {
 		t.Errorf("sent %d objects, %d bytes; want %d, %d", st.Objects, st.ObjectBytes, n, size)
 	}
-	d := openDir(t, dir)
-	if got := reachable(t, d.Store(), src.second); len(got) != n {
+	d := backingStore(t, dir)
+	if got := reachable(t, d, src.second); len(got) != n {
 		t.Errorf("remote holds %d objects of the snapshot, want %d", len(got), n)
 	}
-	checkClosed(t, d.Store())
+	checkClosed(t, d)
 	l, err := r.ListRefs(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -405,7 +433,7 @@ func testPushDamagedLocal(t *testing.T, impl implementation) {
 	if !l.Get("refs/heads/main").IsZero() {
 		t.Error("the remote branch was created")
 	}
-	checkClosed(t, openDir(t, dir).Store())
+	checkClosed(t, backingStore(t, dir))
 }
 
 // testPushChild checks the wire cost of pushing a child whose parent the
@@ -629,11 +657,11 @@ func testPutRefusals(t *testing.T, impl implementation, src *source) {
 	b[len(b)-1] ^= 1
 	err = r.Put(ctx, []transport.Object{{ID: chunk, Stored: b}})
 	mustIs(t, err, objects.ErrCorrupt)
-	d := openDir(t, dir)
-	if has(t, d.Store(), src.first) || has(t, d.Store(), chunk) {
+	d := backingStore(t, dir)
+	if has(t, d, src.first) || has(t, d, chunk) {
 		t.Error("a refused object was stored")
 	}
-	checkClosed(t, d.Store())
+	checkClosed(t, d)
 }
 
 func testRefNames(t *testing.T, impl implementation, src *source) {

@@ -21,20 +21,33 @@ type OpenOptions struct {
 	// Notify, if set, is told what the user should know: that the token
 	// is about to travel over plain http to another host.
 	Notify func(string)
+	// S3 configures a remote in S3; its Client and Limits, if unset, are
+	// the ones above.
+	S3 S3Options
 }
 
 // Open returns the Remote at url: a directory path (or file:// URL)
-// holding a scrapbook or a published scrapbook; or an http:// or
-// https:// URL of a smart server, recognized by its answer to GET
+// holding a scrapbook or a published scrapbook; an http:// or https://
+// URL of a smart server, recognized by its answer to GET
 // sbuml-protocol, else of a published scrapbook, recognized by its
-// refs.json.
+// refs.json; or an s3:// URL (see OpenS3).
 func Open(ctx context.Context, url string, opts OpenOptions) (Remote, error) {
 	if p, ok := strings.CutPrefix(url, "file://"); ok {
 		return OpenDir(p)
 	}
+	if IsS3URL(url) {
+		o := opts.S3
+		if o.Client == nil {
+			o.Client = opts.Client
+		}
+		if o.Limits == (Limits{}) {
+			o.Limits = opts.Limits
+		}
+		return OpenS3(ctx, url, o)
+	}
 	if !isHTTP(url) {
 		if strings.Contains(url, "://") {
-			return nil, fmt.Errorf("open remote %s: unsupported URL scheme (use a path, file://, http:// or https://)", url)
+			return nil, fmt.Errorf("open remote %s: unsupported URL scheme (use a path, file://, http://, https:// or s3://)", url)
 		}
 		return OpenDir(url)
 	}

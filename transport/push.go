@@ -48,7 +48,8 @@ type RefResult struct {
 // and the error wraps ErrNotFastForward. Refs move only after every
 // object is on the remote, each by a compare-and-swap from the value
 // read when the push began, so a concurrent push is never overwritten:
-// the loser's error wraps refs.ErrConflict.
+// the loser's error wraps refs.ErrConflict and, unless the update was
+// forced, ErrNotFastForward.
 func Push(ctx context.Context, local objects.Store, remote Remote, updates []RefUpdate, opts Options) ([]RefResult, *Stats, error) {
 	fail := func(err error) ([]RefResult, *Stats, error) {
 		return nil, nil, fmt.Errorf("push to %s: %w", remote.URL(), err)
@@ -113,8 +114,11 @@ func Push(ctx context.Context, local objects.Store, remote Remote, updates []Ref
 			continue
 		}
 		if err := remote.UpdateRef(ctx, r.Name, r.Old, r.New); err != nil {
-			if errors.Is(err, refs.ErrConflict) {
+			switch {
+			case errors.Is(err, refs.ErrConflict) && r.Status == "forced":
 				err = fmt.Errorf("%s moved on the remote while pushing (someone else pushed); its objects are there, but the ref was left alone; pull and try again: %w", r.Name, err)
+			case errors.Is(err, refs.ErrConflict):
+				err = fmt.Errorf("%s moved on the remote while pushing (someone else pushed), so this push is %w from it; its objects are there, but the ref was left alone; pull and try again: %w", r.Name, ErrNotFastForward, err)
 			}
 			return results, stats, fmt.Errorf("push to %s: %w", remote.URL(), err)
 		}
@@ -309,86 +313,109 @@ type sendBatch struct {
 	done chan struct{}
 }
 
-// send puts missing (sorted by height) on the remote.
+// batchSizer is a Remote that wants batches of its own size: a bucket
+// stores each batch as a pack, and fewer, larger packs cost fewer
+// requests to read.
+type batchSizer interface {
+	sendBatchBytes() int
+}
+
+// send puts missing (sorted by height) on the remote: one goroutine
+// assembles batches in order, the others put them, each batch after the
+// batches holding its objects' children.
 func send(ctx context.Context, local objects.Store, remote Remote, missing []*snode, concurrency int, stats *Stats, m *meter) error {
+	batchBytes := sendBatchBytes
+	if bs, ok := remote.(batchSizer); ok {
+		batchBytes = bs.sendBatchBytes()
+	}
 	batches := make(chan *sendBatch, concurrency)
 	g := newGroup(ctx, concurrency+1)
-	// Assemble batches in order, reading chunks as they are needed.
 	g.run(func(ctx context.Context) error {
 		defer close(batches)
-		batchOf := make(map[objects.ID]*sendBatch, len(missing))
-		var b *sendBatch
-		size := 0
-		flush := func() error {
-			if b == nil {
-				return nil
-			}
-			select {
-			case batches <- b:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			b, size = nil, 0
-			return nil
-		}
-		for _, n := range missing {
-			stored := n.stored
-			if stored == nil {
-				var err error
-				if stored, err = readStored(ctx, local, n.ref.ID); err != nil {
-					return err
-				}
-			}
-			if b != nil && (size+len(stored) > sendBatchBytes || len(b.objs) == sendBatchObject) {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-			if b == nil {
-				b = &sendBatch{done: make(chan struct{})}
-			}
-			for _, c := range n.children {
-				if cb := batchOf[c]; cb != nil && cb != b && !containsChan(b.deps, cb.done) {
-					b.deps = append(b.deps, cb.done)
-				}
-			}
-			b.objs = append(b.objs, Object{ID: n.ref.ID, Stored: stored})
-			batchOf[n.ref.ID] = b
-			size += len(stored)
-			n.stored = nil
-		}
-		return flush()
+		return assembleBatches(ctx, local, missing, batchBytes, batches)
 	})
 	var mu sync.Mutex
 	for i := 0; i < concurrency; i++ {
-		g.run(func(ctx context.Context) error {
-			for b := range batches {
-				for _, d := range b.deps {
-					select {
-					case <-d:
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-				}
-				if err := remote.Put(ctx, b.objs); err != nil {
-					return err
-				}
-				close(b.done)
-				mu.Lock()
-				for _, o := range b.objs {
-					stats.Objects++
-					stats.ObjectBytes += int64(len(o.Stored))
-				}
-				mu.Unlock()
-				m.objects.Add(int64(len(b.objs)))
-			}
-			return nil
-		})
+		g.run(func(ctx context.Context) error { return putBatches(ctx, remote, batches, &mu, stats, m) })
 	}
 	if err := g.wait(); err != nil {
 		return err
 	}
 	return ctx.Err()
+}
+
+// assembleBatches cuts missing into batches of about batchBytes, in
+// order, reading the stored forms as they are needed, and sends them to
+// batches.
+func assembleBatches(ctx context.Context, local objects.Store, missing []*snode, batchBytes int, batches chan<- *sendBatch) error {
+	batchOf := make(map[objects.ID]*sendBatch, len(missing))
+	var b *sendBatch
+	size := 0
+	flush := func() error {
+		if b == nil {
+			return nil
+		}
+		select {
+		case batches <- b:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		b, size = nil, 0
+		return nil
+	}
+	for _, n := range missing {
+		stored := n.stored
+		if stored == nil {
+			var err error
+			if stored, err = readStored(ctx, local, n.ref.ID); err != nil {
+				return err
+			}
+		}
+		if b != nil && (size+len(stored) > batchBytes || len(b.objs) == sendBatchObject) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if b == nil {
+			b = &sendBatch{done: make(chan struct{})}
+		}
+		for _, c := range n.children {
+			if cb := batchOf[c]; cb != nil && cb != b && !containsChan(b.deps, cb.done) {
+				b.deps = append(b.deps, cb.done)
+			}
+		}
+		b.objs = append(b.objs, Object{ID: n.ref.ID, Stored: stored})
+		batchOf[n.ref.ID] = b
+		size += len(stored)
+		n.stored = nil
+	}
+	return flush()
+}
+
+// putBatches puts the batches on the remote, each once the batches it
+// depends on are there, and counts them in stats (under mu) and m.
+func putBatches(ctx context.Context, remote Remote, batches <-chan *sendBatch, mu *sync.Mutex, stats *Stats, m *meter) error {
+	for b := range batches {
+		for _, d := range b.deps {
+			select {
+			case <-d:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if err := remote.Put(ctx, b.objs); err != nil {
+			return err
+		}
+		close(b.done)
+		mu.Lock()
+		for _, o := range b.objs {
+			stats.Objects++
+			stats.ObjectBytes += int64(len(o.Stored))
+		}
+		mu.Unlock()
+		m.objects.Add(int64(len(b.objs)))
+	}
+	return nil
 }
 
 func containsChan(cs []chan struct{}, c chan struct{}) bool {

@@ -266,7 +266,8 @@ func (s *Smart) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, [
 	return nil
 }
 
-// errCutOff marks a response to objects/get that ended in passing.
+// errCutOff marks a response that ended in passing (objects/get of a
+// smart server, a ranged GET of a bucket).
 var errCutOff = errors.New("response cut off")
 
 // get asks for ids and hands what arrives to fn. If the response is cut

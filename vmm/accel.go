@@ -53,46 +53,57 @@ type accelCache struct {
 // The verdict is cached in the JSON file at cachePath, keyed by host
 // kernel release and QEMU version, so later calls answer at once.
 // Anything short of a working KVM means TCG.
+//
+// For kvm, the same verdict is needed (probed once if there is none yet):
+// a KVM that the probe found hanging or failing is refused with its
+// reason, rather than giving a machine that reports running while its
+// vCPUs are stuck in an internal error.
 func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (string, error) {
 	switch want {
 	case "tcg":
 		return "tcg", nil
-	case "kvm":
-		if err := CheckKVM(); err != nil {
-			return "", err
-		}
-		return "kvm", nil
-	case "auto", "":
+	case "kvm", "auto", "":
 	default:
 		return "", fmt.Errorf("unknown accelerator %q: want kvm, tcg or auto", want)
 	}
-	if CheckKVM() != nil {
+	if err := CheckKVM(); err != nil {
+		if want == "kvm" {
+			return "", err
+		}
 		return "tcg", nil
 	}
-	qi, err := InspectQEMU(ctx, "")
+	v, err := accelVerdict(ctx, cachePath, probe)
 	if err != nil {
 		return "", err
 	}
-	kernel, err := kernelRelease()
+	if want == "kvm" && v.Accel != "kvm" {
+		return "", fmt.Errorf("KVM does not run guests on this host: the probe of %s found %s; use --accel tcg or auto (or delete %s to probe again)",
+			v.Checked.Local().Format("2006-01-02 15:04"), v.Reason, cachePath)
+	}
+	return v.Accel, nil
+}
+
+// accelVerdict returns this host's verdict on KVM, from the cache, or by
+// probing once and caching the result.
+func accelVerdict(ctx context.Context, cachePath string, probe ProbeFunc) (AccelVerdict, error) {
+	host, err := thisHost(ctx)
 	if err != nil {
-		return "", fmt.Errorf("choose accelerator: %w", err)
+		return AccelVerdict{}, err
 	}
 	cache, err := readAccelCache(cachePath)
 	if err != nil {
-		return "", err
+		return AccelVerdict{}, err
 	}
-	for _, v := range cache.Verdicts {
-		if v.Kernel == kernel && v.QEMU == qi.Version {
-			return v.Accel, nil
-		}
+	if v := cache.find(host); v != nil {
+		return *v, nil
 	}
 
 	start := time.Now()
 	perr := raceProbes(ctx, probe)
 	if perr != nil && ctx.Err() != nil {
-		return "", fmt.Errorf("choose accelerator: %w", ctx.Err()) // interrupted: no verdict
+		return AccelVerdict{}, fmt.Errorf("choose accelerator: %w", ctx.Err()) // interrupted: no verdict
 	}
-	v := AccelVerdict{Kernel: kernel, QEMU: qi.Version, Accel: "kvm", Checked: time.Now().UTC(),
+	v := AccelVerdict{Kernel: host.Kernel, QEMU: host.QEMU, Accel: "kvm", Checked: time.Now().UTC(),
 		Seconds: time.Since(start).Seconds()}
 	if perr != nil {
 		v.Accel = "tcg"
@@ -100,15 +111,54 @@ func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (
 	}
 	var keep []AccelVerdict
 	for _, o := range cache.Verdicts {
-		if o.Kernel != kernel || o.QEMU != qi.Version {
+		if o.Kernel != host.Kernel || o.QEMU != host.QEMU {
 			keep = append(keep, o)
 		}
 	}
 	cache.Verdicts = append(keep, v)
 	if err := writeAccelCache(cachePath, cache); err != nil {
-		return "", err
+		return AccelVerdict{}, err
 	}
-	return v.Accel, nil
+	return v, nil
+}
+
+// CachedAccel returns the verdict ChooseAccel cached in cachePath for this
+// host's kernel and QEMU, or nil if it has not probed them yet. It probes
+// nothing and writes nothing.
+func CachedAccel(ctx context.Context, cachePath string) (*AccelVerdict, error) {
+	host, err := thisHost(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cache, err := readAccelCache(cachePath)
+	if err != nil {
+		return nil, err
+	}
+	return cache.find(host), nil
+}
+
+// thisHost returns what a verdict is kept for: this host's kernel release
+// and QEMU version (the other fields empty).
+func thisHost(ctx context.Context) (AccelVerdict, error) {
+	qi, err := InspectQEMU(ctx, "")
+	if err != nil {
+		return AccelVerdict{}, err
+	}
+	kernel, err := kernelRelease()
+	if err != nil {
+		return AccelVerdict{}, fmt.Errorf("choose accelerator: %w", err)
+	}
+	return AccelVerdict{Kernel: kernel, QEMU: qi.Version}, nil
+}
+
+// find returns the verdict kept for host's kernel and QEMU, or nil.
+func (c *accelCache) find(host AccelVerdict) *AccelVerdict {
+	for _, v := range c.Verdicts {
+		if v.Kernel == host.Kernel && v.QEMU == host.QEMU {
+			return &v
+		}
+	}
+	return nil
 }
 
 // raceProbes probes KVM, with TCG alongside as the pace to beat (see
@@ -177,8 +227,7 @@ func BootProbe(cfg Config, marker string) ProbeFunc {
 	}
 }
 
-// checkKVM reports whether /dev/kvm can be opened for use.
-// CheckKVM reports whether this process can open /dev/kvm; that alone
+// CheckKVM reports whether /dev/kvm can be opened for use; that alone
 // does not prove KVM runs guests (see ChooseAccel).
 func CheckKVM() error {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
@@ -202,30 +251,6 @@ func kernelRelease() (string, error) {
 		b = append(b, byte(c))
 	}
 	return string(b), nil
-}
-
-// CachedAccel returns the verdict ChooseAccel cached in cachePath for this
-// host's kernel and QEMU, or nil if it has not probed them yet. It probes
-// nothing and writes nothing.
-func CachedAccel(ctx context.Context, cachePath string) (*AccelVerdict, error) {
-	qi, err := InspectQEMU(ctx, "")
-	if err != nil {
-		return nil, err
-	}
-	kernel, err := kernelRelease()
-	if err != nil {
-		return nil, err
-	}
-	cache, err := readAccelCache(cachePath)
-	if err != nil {
-		return nil, err
-	}
-	for _, v := range cache.Verdicts {
-		if v.Kernel == kernel && v.QEMU == qi.Version {
-			return &v, nil
-		}
-	}
-	return nil, nil
 }
 
 func readAccelCache(path string) (*accelCache, error) {

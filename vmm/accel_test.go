@@ -28,16 +28,29 @@ func TestChooseAccelExplicit(t *testing.T) {
 	if _, err := ChooseAccel(ctx, "hvf", cache, noProbe); err == nil || !strings.Contains(err.Error(), `"hvf"`) {
 		t.Errorf("unknown accelerator: %v", err)
 	}
-	a, err := ChooseAccel(ctx, "kvm", cache, noProbe)
-	if kvmErr := CheckKVM(); kvmErr == nil {
-		if a != "kvm" || err != nil {
-			t.Errorf("kvm with /dev/kvm: %q, %v", a, err)
-		}
-	} else if err == nil || !strings.Contains(err.Error(), "/dev/kvm") {
-		t.Errorf("kvm without /dev/kvm: %q, %v", a, err)
-	}
 	if _, err := os.Stat(cache); !os.IsNotExist(err) {
 		t.Errorf("explicit choices wrote the cache: %v", err)
+	}
+	if kvmErr := CheckKVM(); kvmErr != nil {
+		if a, err := ChooseAccel(ctx, "kvm", cache, noProbe); err == nil || !strings.Contains(err.Error(), "/dev/kvm") {
+			t.Errorf("kvm without /dev/kvm: %q, %v", a, err)
+		}
+		return
+	}
+	// With /dev/kvm, an explicit kvm is held to the host's verdict: a KVM
+	// the probe found hanging is refused, saying why.
+	hangs := func(ctx context.Context, accel string) error {
+		if accel == "kvm" {
+			return errors.New("the guest hung under KVM")
+		}
+		return nil
+	}
+	if a, err := ChooseAccel(ctx, "kvm", cache, hangs); err == nil || !strings.Contains(err.Error(), "hung under KVM") || !strings.Contains(err.Error(), "--accel tcg") {
+		t.Errorf("kvm where the probe found it hanging: %q, %v", a, err)
+	}
+	works := func(context.Context, string) error { return nil }
+	if a, err := ChooseAccel(ctx, "kvm", filepath.Join(t.TempDir(), "accel.json"), works); a != "kvm" || err != nil {
+		t.Errorf("kvm where the probe found it working: %q, %v", a, err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -28,6 +29,9 @@ const (
 	AttachQuiet  = time.Second
 	AttachLinger = 5 * time.Second
 )
+
+// lineKill is the character that erases the line being typed (Ctrl-U).
+const lineKill = 0x15
 
 // ErrConsoleClosed is returned by Attach when QEMU closes the console,
 // which it does when it exits.
@@ -159,7 +163,7 @@ func (c *console) drain(ctx context.Context, limit time.Duration) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("console input not taken by the guest after %v (%d bytes left)", limit, queued)
+			return fmt.Errorf("the guest did not take the typed input within %v (%d bytes left): is it stuck?", limit, queued)
 		}
 		select {
 		case <-time.After(10 * time.Millisecond):
@@ -230,9 +234,9 @@ func (m *Machine) SendLine(ctx context.Context, line string) error {
 // Attach returns nil on detach or end of input. At the end of input it
 // first waits until the guest has taken every byte, then goes on copying
 // what the guest prints until it has been quiet for AttachQuiet (at most
-// AttachLinger), so that `echo CMD | sbuml console m1` shows what CMD
-// printed. A read from in that is still blocked when Attach returns is
-// abandoned; its data is dropped.
+// AttachLinger). Scripts typing commands use Type, which never leaves a
+// line half taken. A read from in that is still blocked when Attach
+// returns is abandoned; its data is dropped.
 func (m *Machine) Attach(ctx context.Context, in io.Reader, out io.Writer) error {
 	c, err := m.console(ctx)
 	if err != nil {
@@ -293,6 +297,74 @@ func (m *Machine) Attach(ctx context.Context, in io.Reader, out io.Writer) error
 			return ctx.Err()
 		}
 	}
+}
+
+// Type types the lines of in on the serial console, as a script would,
+// and copies what the guest prints to out until it has been quiet for
+// AttachQuiet after the last line (at most AttachLinger). Each line goes
+// in two steps: its text, which the guest must take within AttachLinger,
+// then its newline. A guest that does not take a line's text (stuck, or
+// frozen) gets a line kill (Ctrl-U) after it instead of the newline, so
+// the line never runs, neither now nor when the guest takes input again
+// (it would otherwise run into what is typed next), and Type fails.
+func (m *Machine) Type(ctx context.Context, in io.Reader, out io.Writer) error {
+	c, err := m.console(ctx)
+	if err != nil {
+		return fmt.Errorf("type on the console: %w", err)
+	}
+	c.setOut(out)
+	defer c.setOut(io.Discard)
+	lines := make(chan []byte)
+	readErr := make(chan error, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		sc := bufio.NewScanner(in)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			select {
+			case lines <- append([]byte(nil), sc.Bytes()...):
+			case <-stop:
+				return
+			}
+		}
+		readErr <- sc.Err()
+		close(lines)
+	}()
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				if err := <-readErr; err != nil {
+					return fmt.Errorf("type on the console of %s: read input: %w", m.cfg.Name, err)
+				}
+				return c.settle(ctx, AttachQuiet, AttachLinger)
+			}
+			if err := c.typeLine(ctx, line); err != nil {
+				return fmt.Errorf("type on the console of %s: %w", m.cfg.Name, err)
+			}
+		case <-c.done:
+			return fmt.Errorf("type on the console of %s: %w", m.cfg.Name, ErrConsoleClosed)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// typeLine types one line: its text, then, once the guest has taken it,
+// the newline.
+func (c *console) typeLine(ctx context.Context, line []byte) error {
+	if err := c.write(ctx, line); err != nil {
+		return err
+	}
+	if err := c.drain(ctx, AttachLinger); err != nil {
+		c.write(ctx, []byte{lineKill})
+		return err
+	}
+	if err := c.write(ctx, []byte{'\n'}); err != nil {
+		return err
+	}
+	return c.drain(ctx, AttachLinger)
 }
 
 // escaper finds the detach sequence in typed input.

@@ -217,10 +217,10 @@ func TestGuestPowerOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.State != StateCrashed || !strings.Contains(st.Detail, "going-down") {
+	if st.State != StateStopped || !strings.Contains(st.Detail, "going-down") || !strings.Contains(st.Detail, "powered off") {
 		t.Errorf("after guest poweroff: %+v", st)
 	}
-	if err := m.WaitConsole(ctx, "never printed"); err == nil || !strings.Contains(err.Error(), "crashed") {
+	if err := m.WaitConsole(ctx, "never printed"); err == nil || !strings.Contains(err.Error(), "stopped") {
 		t.Errorf("WaitConsole on a stopped machine: %v", err)
 	}
 }

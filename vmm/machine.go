@@ -26,7 +26,8 @@ type State string
 const (
 	StateRunning State = "running" // QEMU runs the guest
 	StateFrozen  State = "frozen"  // QEMU is alive, the guest's vCPUs are stopped
-	StateCrashed State = "crashed" // QEMU exited without Halt (crash, error, guest power-off), or the guest cannot go on
+	StateCrashed State = "crashed" // QEMU exited without Halt (crash, error, a reboot under -no-reboot), or the guest cannot go on
+	StateStopped State = "stopped" // the guest powered itself off: QEMU exited, its files remain until Halt
 	StateHalted  State = "halted"  // no QEMU; only files remain
 	StateBusy    State = "busy"    // QEMU is alive and another sbuml process drives it (List only)
 )
@@ -466,6 +467,9 @@ func (m *Machine) notRunning(pid int) error {
 	if pid == 0 {
 		return fmt.Errorf("machine %s is halted", m.cfg.Name)
 	}
+	if st, detail := m.gone(pid); st == StateStopped {
+		return fmt.Errorf("machine %s is stopped: %s", m.cfg.Name, detail)
+	}
 	return fmt.Errorf("machine %s crashed: %s", m.cfg.Name, m.crashDetail(pid))
 }
 
@@ -493,6 +497,20 @@ func (m *Machine) crashDetail(pid int) string {
 	return d
 }
 
+// gone says what became of a machine whose QEMU (pid) exited without
+// Halt: stopped if the guest powered itself off and QEMU said nothing
+// amiss, else crashed, with why.
+func (m *Machine) gone(pid int) (State, string) {
+	detail := m.crashDetail(pid)
+	if logTail(filepath.Join(m.dir, QEMULog), 5) == "" && guestEnd(logTail(filepath.Join(m.dir, ConsoleLog), 20)) == guestPoweredOff {
+		return StateStopped, detail
+	}
+	return StateCrashed, detail
+}
+
+// guestPoweredOff is what guestEnd says of a guest that powered off.
+const guestPoweredOff = "the guest powered off"
+
 // guestEnd says how a guest whose QEMU left no message ended, from the
 // last lines of its console.
 func guestEnd(console string) string {
@@ -500,7 +518,7 @@ func guestEnd(console string) string {
 	case strings.Contains(console, "Kernel panic"):
 		return "the guest kernel panicked"
 	case strings.Contains(console, "reboot: Power down"), strings.Contains(console, "reboot: System halted"):
-		return "the guest powered off"
+		return guestPoweredOff
 	case strings.Contains(console, "reboot: Restarting system"):
 		return "the guest rebooted (machines run with -no-reboot)"
 	}
@@ -657,8 +675,7 @@ func (m *Machine) Status(ctx context.Context) (Status, error) {
 		st.State = StateHalted
 		return st, nil
 	case !qemuAlive(pid, m.dir):
-		st.State = StateCrashed
-		st.Detail = m.crashDetail(pid)
+		st.State, st.Detail = m.gone(pid)
 		return st, nil
 	}
 	st.PID = pid
@@ -743,8 +760,7 @@ func Inspect(ctx context.Context, dir string) Info {
 	case pid == 0:
 		st.State = StateHalted
 	case !qemuAlive(pid, abs):
-		st.State = StateCrashed
-		st.Detail = m.crashDetail(pid)
+		st.State, st.Detail = m.gone(pid)
 	default:
 		st.State, st.PID, st.Uptime = StateBusy, pid, time.Since(started).Truncate(time.Millisecond)
 		st.Detail = err.Error()

@@ -417,8 +417,8 @@ func TestHostileLinks(t *testing.T) {
 
 	v := newVictim(t, srv.URL+"/")
 	for _, tc := range []struct{ name, want string }{
-		{"file.sbuml", "must name an http:// or https:// URL"},
-		{"relative.sbuml", "must name an http:// or https:// URL"},
+		{"file.sbuml", "must name an http://, https:// or s3:// URL"},
+		{"relative.sbuml", "must name an http://, https:// or s3:// URL"},
 		{"other-host.sbuml", "sends the download to another host, " + other.Addr().String()},
 	} {
 		name, want := tc.name, tc.want
@@ -443,7 +443,7 @@ func TestHostileLinks(t *testing.T) {
 		requireOneLine(t, "fetch of "+name+" on disk", m, want, 100<<20)
 	}
 	for _, arg := range []string{"file://" + local + "#main", local + "#main"} {
-		requireOneLine(t, "fetch "+arg, runMeasured(t, hostileEnv, "--scrapbook", v.dir, "fetch", arg), "not an http:// or https:// URL", 100<<20)
+		requireOneLine(t, "fetch "+arg, runMeasured(t, hostileEnv, "--scrapbook", v.dir, "fetch", arg), "not an http://, https:// or s3:// URL", 100<<20)
 	}
 	v.requireUntouched(t, "hostile links")
 }

@@ -286,6 +286,13 @@ func attachConsole(s *sbuml.Scrapbook, machine string) error {
 		return err
 	}
 	defer m.Close()
+	// Typed from a pipe into a frozen guest, the input would wait for it:
+	// say so at once.
+	if !isTerminal(os.Stdin) {
+		if st, err := m.Status(context.Background()); err == nil && st.State == vmm.StateFrozen {
+			return fmt.Errorf("machine %s is frozen: what is piped to its console would wait for it; continue it first ('sbuml continue %s')", machine, machine)
+		}
+	}
 	// Attached, hold only the console: halt, freeze, continue and commit
 	// work meanwhile from other shells.
 	if err := m.ShareConsole(context.Background()); err != nil {
@@ -298,8 +305,11 @@ func attachConsole(s *sbuml.Scrapbook, machine string) error {
 		}
 		defer restore()
 		fmt.Fprintf(os.Stderr, "attached to %s; Ctrl-] q detaches\r\n", machine)
+		err = m.Attach(context.Background(), os.Stdin, os.Stdout)
+	} else {
+		// A script types lines; none is left half taken.
+		err = m.Type(context.Background(), os.Stdin, os.Stdout)
 	}
-	err = m.Attach(context.Background(), os.Stdin, os.Stdout)
 	if errors.Is(err, vmm.ErrConsoleClosed) {
 		// Halted (or crashed) meanwhile: the session is over.
 		fmt.Fprintf(os.Stderr, "\r\nconsole of %s closed: its QEMU exited\r\n", machine)

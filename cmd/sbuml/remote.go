@@ -43,7 +43,11 @@ func announceLink(arg string) {
 	}
 	if l, err := sbuml.ParseLink(b); err == nil {
 		if u, err := neturl.Parse(l.URL); err == nil {
-			notify(fmt.Sprintf("link file %s sends the download to %s", arg, u.Host))
+			host := u.Host
+			if u.Scheme == "s3" {
+				host = "s3://" + host // a bucket
+			}
+			notify(fmt.Sprintf("link file %s sends the download to %s", arg, host))
 		}
 	}
 }
@@ -60,27 +64,6 @@ func remoteCmd() *cobra.Command {
 		Short:   "Manage the scrapbooks this one pushes to and pulls from",
 		Example: "  sbuml remote add origin https://book.example.org/\n  sbuml remote ls",
 	}
-	var tokenFile string
-	add := &cobra.Command{
-		Use:   "add NAME URL",
-		Short: "Add a remote",
-		Long: `Add a remote called NAME at URL: a directory (another scrapbook, or one made by
-'sbuml publish'), an http:// or https:// URL of 'sbuml serve', or of a published
-directory on any web server. --token-file names the file holding the bearer
-token that 'sbuml serve' wants for pushes.`,
-		Example: `  sbuml remote add backup /mnt/usb/scrapbook
-  sbuml remote add origin http://10.0.0.5:8417/ --token-file ~/.sbuml-token`,
-		Args: cobra.ExactArgs(2),
-		RunE: withScrapbook(func(_ context.Context, s *sbuml.Scrapbook, args []string) (remoteReport, error) {
-			rc := sbuml.RemoteConfig{Name: args[0], URL: args[1], TokenFile: tokenFile}
-			if err := s.AddRemote(rc); err != nil {
-				return remoteReport{}, err
-			}
-			return remoteReport{"added", rc}, nil
-		}, printRemoteReport),
-	}
-	add.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token for pushing")
-	addJSONFlag(add)
 	remove := &cobra.Command{
 		Use:               "remove NAME",
 		Aliases:           []string{"rm"},
@@ -115,8 +98,89 @@ token that 'sbuml serve' wants for pushes.`,
 		}),
 	}
 	addJSONFlag(ls)
-	c.AddCommand(add, remove, ls)
+	c.AddCommand(remoteAddCmd(), remove, ls, remoteGCCmd())
 	return c
+}
+
+func remoteAddCmd() *cobra.Command {
+	var tokenFile string
+	var s3 sbuml.S3Settings
+	add := &cobra.Command{
+		Use:   "add NAME URL",
+		Short: "Add a remote",
+		Long: `Add a remote called NAME at URL: a directory (another scrapbook, or one made by
+'sbuml publish'), an http:// or https:// URL of 'sbuml serve', or of a published
+directory on any web server, or s3://BUCKET[/PREFIX], a scrapbook in S3 or an
+S3-compatible store (the first push makes it). --token-file names the file
+holding the bearer token that 'sbuml serve' wants for pushes.
+
+S3 credentials, region and endpoint come from where AWS tools take them
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+AWS_ENDPOINT_URL, AWS_PROFILE with ~/.aws/credentials and ~/.aws/config);
+--endpoint, --region and --path-style set them for this remote. A store that
+does not honour conditional writes (If-Match, If-None-Match) is refused, since
+two hosts pushing one branch at once could lose an update there, unless
+--unsafe-no-conditional-writes says that only one host ever pushes.`,
+		Example: `  sbuml remote add backup /mnt/usb/scrapbook
+  sbuml remote add origin http://10.0.0.5:8417/ --token-file ~/.sbuml-token
+  sbuml remote add cloud s3://my-bucket/books/main --region eu-west-1`,
+		Args: cobra.ExactArgs(2),
+		RunE: withScrapbook(func(_ context.Context, s *sbuml.Scrapbook, args []string) (remoteReport, error) {
+			rc := sbuml.RemoteConfig{Name: args[0], URL: args[1], TokenFile: tokenFile}
+			if s3 != (sbuml.S3Settings{}) {
+				rc.S3 = &s3
+			}
+			if err := s.AddRemote(rc); err != nil {
+				return remoteReport{}, err
+			}
+			return remoteReport{"added", rc}, nil
+		}, printRemoteReport),
+	}
+	add.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token for pushing")
+	add.Flags().StringVar(&s3.Endpoint, "endpoint", "", "S3: the URL of an S3-compatible server (default: $AWS_ENDPOINT_URL, else AWS)")
+	add.Flags().StringVar(&s3.Region, "region", "", "S3: the bucket's region (default: $AWS_REGION or the profile's)")
+	add.Flags().BoolVar(&s3.PathStyle, "path-style", false, "S3: address buckets as ENDPOINT/BUCKET (implied for an IP address or localhost)")
+	add.Flags().BoolVar(&s3.UnsafeNoConditionalWrites, "unsafe-no-conditional-writes", false,
+		"S3: push to a store without conditional writes, where concurrent pushes to one branch can lose an update")
+	addJSONFlag(add)
+	return add
+}
+
+func remoteGCCmd() *cobra.Command {
+	var opts sbuml.RemoteGCOptions
+	c := &cobra.Command{
+		Use:   "gc REMOTE",
+		Short: "Free what no ref of a scrapbook in S3 reaches, safely while others push",
+		Long: `Free the space of objects that no ref of REMOTE, a scrapbook in S3 (a remote's
+name or an s3:// URL), reaches. It is safe while other hosts push to the
+bucket, in two steps: each run condemns the packs holding garbage (after
+copying what they hold that is still reached), and deletes what the run
+before it condemned once every push that was under way then has ended. So
+space comes back at the second run. Packs younger than --min-age are left for
+a later run: they may belong to a push under way.`,
+		Example:           "  sbuml remote gc cloud\n  sbuml remote gc s3://my-bucket/books/main --min-age 1h",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(completeRemotes),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*transport.GCResult, error) {
+			if opts.MinAge == 0 {
+				opts.MinAge = -1 // none spared
+			}
+			return s.GCRemote(ctx, args[0], opts)
+		}, printRemoteGC),
+	}
+	c.Flags().DurationVar(&opts.MinAge, "min-age", transport.DefaultGCMinAge, "leave packs younger than this for a later gc")
+	addJSONFlag(c)
+	return c
+}
+
+func printRemoteGC(res *transport.GCResult) {
+	if res.Waiting > 0 {
+		fmt.Printf("the last gc's deletions wait for %d pushes that began before it; nothing else was done\n", res.Waiting)
+		return
+	}
+	fmt.Printf("deleted %d packs (%s) that the last gc condemned\n", res.Deleted, transport.FormatBytes(res.DeletedBytes))
+	fmt.Printf("%d objects reached; condemned %d packs (%s, %s of it garbage), copying %d objects (%s) they held that are still reached\n",
+		res.Live, res.Condemned, transport.FormatBytes(res.CondemnedBytes), transport.FormatBytes(res.GarbageBytes), res.Copied, transport.FormatBytes(res.CopiedBytes))
 }
 
 func printRemoteReport(r remoteReport) {
@@ -125,6 +189,7 @@ func printRemoteReport(r remoteReport) {
 
 func pushCmd() *cobra.Command {
 	var opts sbuml.TransferOptions
+	var del bool
 	c := &cobra.Command{
 		Use:   "push REMOTE [REF...]",
 		Short: "Send branches or tags to another scrapbook",
@@ -133,13 +198,18 @@ or a URL or path. Only the objects the remote lacks travel. The remote refs
 move last, each by compare-and-swap, and only if the remote's snapshot is an
 ancestor of the one pushed (--force drops that check, never the
 compare-and-swap). A smart server wants the bearer token from --token-file or
-the remote's configured token file.`,
+the remote's configured token file. --delete deletes the named branches or
+tags of the remote instead, each by compare-and-swap.`,
 		Example: `  sbuml push origin
   sbuml push origin main v1 --token-file ~/.sbuml-token
-  sbuml push /mnt/usb/scrapbook m1`,
+  sbuml push /mnt/usb/scrapbook m1
+  sbuml push --delete origin old-experiment`,
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: completeArgs(completeRemotes, completeRevisions, completeRevisions, completeRevisions),
 		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.PushResult, error) {
+			if del {
+				return deleteRemoteRefs(ctx, s, args, opts)
+			}
 			bar := newBar()
 			opts.Progress, opts.Notify = bar.transfer, notify
 			res, err := s.Push(ctx, args[0], args[1:], opts)
@@ -156,8 +226,20 @@ the remote's configured token file.`,
 	}
 	c.Flags().BoolVarP(&opts.Force, "force", "f", false, "replace remote refs even if the push is not a fast-forward")
 	c.Flags().StringVar(&opts.TokenFile, "token-file", "", "file holding the bearer token (default: the remote's)")
+	c.Flags().BoolVarP(&del, "delete", "d", false, "delete the named branches or tags of the remote")
 	addJSONFlag(c)
 	return c
+}
+
+// deleteRemoteRefs is push --delete REMOTE REF...: its report is a push's,
+// each ref "deleted".
+func deleteRemoteRefs(ctx context.Context, s *sbuml.Scrapbook, args []string, opts sbuml.TransferOptions) (*sbuml.PushResult, error) {
+	if len(args) < 2 {
+		return nil, usagef("push --delete: name the branches or tags of the remote to delete")
+	}
+	opts.Notify = notify
+	refs, err := s.DeleteRemoteRefs(ctx, args[0], args[1:], opts)
+	return &sbuml.PushResult{Remote: args[0], Refs: refs}, err
 }
 
 // summarize prints, unless --json, what a transfer moved: on stderr, as
@@ -173,6 +255,8 @@ func summarize(st *transport.Stats, verb string) {
 func printRefLine(name, status string, old, new objects.ID) {
 	move := new.Short()
 	switch {
+	case new.IsZero():
+		move = "(was " + old.Short() + ")"
 	case old.IsZero():
 	case old == new:
 		move = old.Short()

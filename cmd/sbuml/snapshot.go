@@ -151,7 +151,11 @@ func printCheckout(res *sbuml.CheckoutResult) {
 	if res.Child > 0 {
 		child = fmt.Sprintf(" (child %d of its ckpt())", res.Child)
 	}
-	fmt.Printf("%s %s from %s%s, checkout to running %.0f ms\n", res.Machine, state, from, child, float64(res.Duration.Microseconds())/1000)
+	took := "checkout to running"
+	if !res.Running {
+		took = "checkout"
+	}
+	fmt.Printf("%s %s from %s%s, %s %.0f ms\n", res.Machine, state, from, child, took, float64(res.Duration.Microseconds())/1000)
 	for _, f := range res.Forwards {
 		fmt.Printf("%s: %s:%d -> guest port %d\n", res.Machine, f.HostAddr, f.HostPort, f.GuestPort)
 	}
