@@ -121,15 +121,23 @@ func (w *packWriter) closeWriter() {
 // dir/pack, loose objects in dir/ab/…. hostDir, if not empty, is dir on the
 // host file system, for syncing and messages.
 func NewPacked(fsys billy.Filesystem, dir, hostDir string) *Packed {
-	root := ""
+	hostPacks := ""
 	if hostDir != "" {
-		root = path.Join(hostDir, "pack")
+		hostPacks = path.Join(hostDir, "pack")
 	}
+	return NewPackedIn(fsys, path.Join(dir, "pack"), hostPacks, dir, hostDir)
+}
+
+// NewPackedIn is NewPacked for another layout: packs in packDir, loose
+// objects in looseDir, both inside fsys; hostPacks and hostLoose, if not
+// empty, are the same directories on the host. A published directory
+// keeps its packs so (see transport.CreatePublished).
+func NewPackedIn(fsys billy.Filesystem, packDir, hostPacks, looseDir, hostLoose string) *Packed {
 	p := &Packed{
-		loose: NewLoose(fsys, dir, hostDir),
+		loose: NewLoose(fsys, looseDir, hostLoose),
 		fs:    fsys,
-		dir:   path.Join(dir, "pack"),
-		root:  root,
+		dir:   packDir,
+		root:  hostPacks,
 		known: map[string]bool{},
 		index: map[ID]packLoc{},
 	}
@@ -187,7 +195,7 @@ func (p *Packed) load() error {
 	// Loose objects, if any, sit in two-hex-digit fan-out directories.
 	// Where there are none, Has need not look for one per object.
 	if !p.hasLoose {
-		tops, err := p.fs.ReadDir(path.Dir(p.dir))
+		tops, err := p.fs.ReadDir(p.loose.dir)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("list objects: %w", err)
 		}
@@ -623,11 +631,27 @@ func (p *Packed) publish(lane int) error {
 	return nil
 }
 
+// syncfs makes every write to the file system of the store durable: one
+// syncfs(2), through the pack directory, or whichever of the directories
+// above it exists yet.
 func (p *Packed) syncfs() error {
-	if p.loose.root == "" {
+	if p.root == "" {
 		return nil
 	}
-	return p.loose.Sync(context.Background())
+	dir := p.root
+	f, err := os.Open(dir)
+	for errors.Is(err, fs.ErrNotExist) && path.Dir(dir) != dir {
+		dir = path.Dir(dir)
+		f, err = os.Open(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("sync objects: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync objects %s: %w", dir, err)
+	}
+	return nil
 }
 
 // Sync implements Store: it publishes the packs being written and makes

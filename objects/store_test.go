@@ -62,6 +62,15 @@ func TestStoreConformance(t *testing.T) {
 		{"packed", func(fs billy.Filesystem, host string) objects.Store {
 			return objects.NewPacked(fs, "objects", hostObjects(host))
 		}},
+		// The layout of a published directory: packs beside the loose
+		// objects, not under them.
+		{"packed-published", func(fs billy.Filesystem, host string) objects.Store {
+			hostPacks := ""
+			if host != "" {
+				hostPacks = filepath.Join(host, "packs")
+			}
+			return objects.NewPackedIn(fs, "packs", hostPacks, "objects", hostObjects(host))
+		}},
 	}
 	for _, st := range stores {
 		for _, fsys := range fileSystems {

@@ -24,8 +24,9 @@ import (
 const RefListFile = "refs.json"
 
 // Dir is a Remote on a directory of this machine: either another
-// scrapbook, or a published directory (objects in the loose layout and
-// refs in refs.json, see Publish) which any web server can serve.
+// scrapbook, or a published directory (objects in packs listed in
+// packs.json, refs in refs.json, see CreatePublished) which any web
+// server can serve.
 type Dir struct {
 	path  string
 	refs  refBackend
@@ -37,11 +38,6 @@ type Dir struct {
 	store   objects.Store
 	// reopen, for a scrapbook, opens its object store afresh (see objects).
 	reopen func() objects.Store
-
-	// added are the objects Put added to a published directory that no
-	// pack holds yet (see writePacks).
-	addedMu sync.Mutex
-	added   []objects.ID
 }
 
 // refBackend reads and updates the refs of a Dir.
@@ -100,6 +96,10 @@ func OpenScrapbook(path string) (*Dir, error) {
 // creating it with no objects and no refs if it does not exist or is
 // empty. A directory holding anything else is refused, so that
 // publishing never scribbles over unrelated files.
+//
+// A published directory stores each object once, in a pack: the objects
+// Put receives go into the pack being written, which UpdateRef and Close
+// publish (pack, then index, then packs.json) before any ref names them.
 func CreatePublished(path string) (*Dir, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -115,7 +115,7 @@ func CreatePublished(path string) (*Dir, error) {
 	if len(entries) > 0 {
 		return nil, fmt.Errorf("publish to %s: the directory is not empty and holds no %s; choose a new or empty directory", abs, RefListFile)
 	}
-	if err := os.MkdirAll(filepath.Join(abs, "objects"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(abs, PackDir), 0o755); err != nil {
 		return nil, fmt.Errorf("publish to %s: %w", abs, err)
 	}
 	d := openPublished(abs)
@@ -128,7 +128,7 @@ func CreatePublished(path string) (*Dir, error) {
 func openPublished(abs string) *Dir {
 	return &Dir{
 		path:  abs,
-		store: objects.NewLoose(osfs.New(abs), "objects", filepath.Join(abs, "objects")),
+		store: objects.NewPackedIn(osfs.New(abs), PackDir, filepath.Join(abs, PackDir), "objects", filepath.Join(abs, "objects")),
 		refs:  &publishedRefs{dir: abs},
 	}
 }
@@ -235,23 +235,18 @@ func (d *Dir) Put(ctx context.Context, objs []Object) error {
 	store := d.objects()
 	for _, o := range objs {
 		d.count.sent.Add(int64(len(o.Stored)))
-		added, err := Receive(ctx, store, o.ID, o.Stored)
-		if err != nil {
+		if _, err := Receive(ctx, store, o.ID, o.Stored); err != nil {
 			return err
-		}
-		if _, ok := d.refs.(*publishedRefs); ok && added {
-			d.noteAdded(o.ID)
 		}
 	}
 	return nil
 }
 
 // UpdateRef implements Remote. Before the ref moves, the new snapshot is
-// checked and every object stored so far is made durable; in a published
-// directory, the objects added since the last ref update are also
-// written into a new pack (see PackListFile).
+// checked and every object stored so far is made durable and visible (in
+// a published directory, listed in packs.json).
 func (d *Dir) UpdateRef(ctx context.Context, name string, old, new objects.ID) error {
-	if err := d.writePacks(ctx); err != nil {
+	if err := d.Sync(ctx); err != nil {
 		return fmt.Errorf("update %s: %w", name, err)
 	}
 	return updateRef(ctx, d.objects(), d.refs, name, old, new, "push")
@@ -281,20 +276,17 @@ func updateRef(ctx context.Context, s objects.Store, b refBackend, name string, 
 // Traffic implements Remote: the stored bytes read and written.
 func (d *Dir) Traffic() Traffic { return d.count.traffic() }
 
-// Sync makes the objects received so far durable and, in a scrapbook,
-// visible to other processes.
+// Sync makes the objects received so far durable and visible to other
+// processes: in a scrapbook, in its packs; in a published directory, to
+// web clients too, in packs.json (see listPacks).
 func (d *Dir) Sync(ctx context.Context) error {
-	return d.objects().Sync(ctx)
+	return d.listPacks(ctx)
 }
 
-// Close implements Remote: the objects received are kept (see Sync),
-// in a published directory also in a pack (see PackListFile), and the
-// store's files are closed.
+// Close implements Remote: the objects received are kept (see Sync) and
+// the store's files are closed.
 func (d *Dir) Close() error {
-	err := d.writePacks(context.Background())
-	if serr := d.Sync(context.Background()); err == nil {
-		err = serr
-	}
+	err := d.Sync(context.Background())
 	if cerr := d.objects().Close(); err == nil {
 		err = cerr
 	}
