@@ -168,15 +168,7 @@ func (d *Dir) Close() error { return d.Objects.Close() }
 // under it, and it cannot start while gc runs. The store then sees what
 // other processes published or removed meanwhile. Call release when done.
 func (d *Dir) Hold() (release func(), err error) {
-	unlock, err := LockShared(d.Path, LockWait)
-	if err != nil {
-		return nil, err
-	}
-	if err := d.Refresh(); err != nil {
-		unlock()
-		return nil, err
-	}
-	return unlock, nil
+	return d.refreshed(LockShared(d.Path, LockWait))
 }
 
 // HoldToWrite is Hold for an operation that writes objects: releasing it
@@ -195,7 +187,12 @@ func (d *Dir) HoldToWrite() (release func(), err error) {
 // HoldExclusive takes the gc lock exclusively, for gc: it does not wait,
 // and fails with ErrBusy while anyone else holds it.
 func (d *Dir) HoldExclusive() (release func(), err error) {
-	unlock, err := LockExclusive(d.Path)
+	return d.refreshed(LockExclusive(d.Path))
+}
+
+// refreshed refreshes the store once the gc lock is taken, and releases
+// the lock if that fails.
+func (d *Dir) refreshed(unlock func(), err error) (func(), error) {
 	if err != nil {
 		return nil, err
 	}

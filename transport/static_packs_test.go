@@ -294,13 +294,7 @@ func TestStaticPacksOnly(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, _, dir, first := publishedBook(t)
-			var victim objects.ID
-			for id, size := range reachable(t, newSourceStore(t, dir), first) {
-				if size > 10000 {
-					victim = id
-					break
-				}
-			}
+			victim := largeObject(t, dir, first)
 			tt.damage(t, dir, victim)
 			url, _ := serve(t, dir)
 			local := newLocal(t)
@@ -355,13 +349,7 @@ func TestStaticPacksDamaged(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			_, _, dir, first := publishedBook(t)
 			withLooseCopies(t, dir)
-			var victim objects.ID
-			for id, size := range reachable(t, newSourceStore(t, dir), first) {
-				if size > 10000 {
-					victim = id
-					break
-				}
-			}
+			victim := largeObject(t, dir, first)
 			tt.damage(t, dir, victim)
 			url, log := serveNoRanges(t, dir)
 			if tt.ranges {
@@ -512,4 +500,17 @@ func TestStaticPacksRanges(t *testing.T) {
 			}
 		})
 	}
+}
+
+// largeObject returns an object over 10,000 bytes that first reaches in
+// the published directory dir.
+func largeObject(t *testing.T, dir string, first objects.ID) objects.ID {
+	t.Helper()
+	for id, size := range reachable(t, newSourceStore(t, dir), first) {
+		if size > 10000 {
+			return id
+		}
+	}
+	t.Fatal("no object over 10,000 bytes")
+	return objects.ID{}
 }
