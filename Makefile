@@ -15,8 +15,18 @@ DEB_PACKAGES := qemu-system-x86 busybox-static e2fsprogs cpio python3 \
 	debootstrap syslinux syslinux-common mtools dosfstools fdisk qemu-utils openssh-client \
 	gcc libc6-dev chromium
 TEST_TIMEOUT ?= 25m
+# make install puts the binaries, man pages, shell completions, the desktop
+# entry and the MIME type of .sbuml links under $(DESTDIR)$(PREFIX).
+PREFIX ?= /usr/local
+DESTDIR ?=
+SBUML_BIN ?= $(BIN)
+GUEST_BIN ?= bin/sbuml-guest
+# sbuml --version says what it was built from.
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+COMMIT := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build deps test demo bench vet clean ui-assets
+.PHONY: all build deps test demo bench vet clean ui-assets install install-files
 
 all: build
 
@@ -39,11 +49,38 @@ deps:
 # sbuml-guest, the agent every image sbuml builds carries, is a static binary
 # that sbuml finds next to itself.
 build: deps
-	$(GO) build -o $(BIN) ./cmd/sbuml
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sbuml
 	CGO_ENABLED=0 $(GO) build -ldflags "-s -w" -o bin/sbuml-guest ./cmd/sbuml-guest
 
 vet:
 	$(GO) vet ./...
+
+install: build install-files
+
+# install-files installs what make build made, without building (the CLI
+# tests run it into a temporary DESTDIR). Outside a DESTDIR it registers
+# the MIME type with xdg-mime when that is installed, else with
+# update-mime-database when that is.
+install-files:
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d $(DESTDIR)$(PREFIX)/share/applications \
+		$(DESTDIR)$(PREFIX)/share/mime/packages
+	install -m 0755 $(SBUML_BIN) $(DESTDIR)$(PREFIX)/bin/sbuml
+	install -m 0755 $(GUEST_BIN) $(DESTDIR)$(PREFIX)/bin/sbuml-guest
+	$(SBUML_BIN) man --dir $(DESTDIR)$(PREFIX)/share/man/man1
+	$(SBUML_BIN) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/sbuml
+	$(SBUML_BIN) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_sbuml
+	$(SBUML_BIN) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/sbuml.fish
+	install -m 0644 docs/sbuml.desktop $(DESTDIR)$(PREFIX)/share/applications/sbuml.desktop
+	install -m 0644 docs/sbuml-mime.xml $(DESTDIR)$(PREFIX)/share/mime/packages/sbuml.xml
+	@if [ -n "$(DESTDIR)" ]; then :; \
+	elif command -v xdg-mime >/dev/null; then \
+		xdg-mime install --novendor $(PREFIX)/share/mime/packages/sbuml.xml && \
+		xdg-mime default sbuml.desktop application/x-sbuml; \
+	elif command -v update-mime-database >/dev/null; then \
+		update-mime-database $(PREFIX)/share/mime; \
+	fi
 
 # The S3 tests run versitygw, which the first run on a host builds with go
 # install from the module proxy (minutes): internal/s3test builds it before

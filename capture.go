@@ -2,12 +2,18 @@ package sbuml
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
+	"time"
 
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/stream"
+	"github.com/sbuml/sbuml/vmm"
 	"golang.org/x/sys/unix"
 )
 
@@ -184,4 +190,155 @@ func zeroRange(f *os.File, off, n int64) error {
 		}
 	}
 	return nil
+}
+
+// captured is a machine's state caught at one instant: copies of its RAM
+// and disks, and its device state already stored.
+type captured struct {
+	ramDir, diskDir string // the copies: ramDir/ram, diskDir/<disk name>
+	devID           objects.ID
+	devSize         uint64
+	downtime        time.Duration
+	running         bool // the guest runs after the capture
+	// frozenAt is when the guest was frozen for the capture (zero: it
+	// was not).
+	frozenAt time.Time
+}
+
+func (c *captured) remove() {
+	os.RemoveAll(c.ramDir)
+	os.RemoveAll(c.diskDir)
+}
+
+// mirrorJob is one file a capture copies: a RAM file or a disk.
+type mirrorJob struct{ dst, src string }
+
+// capture copies the machine's RAM and disks aside while it runs, then
+// freezes it only while its device state is saved and the copies catch
+// up, and continues it (unless asked to leave it frozen). The device
+// state streams into the store meanwhile.
+func (s *Scrapbook) capture(ctx context.Context, m *vmm.Machine, p *commitPlan, saver *stream.Saver, opts CommitOptions) (*captured, error) {
+	c, err := newCaptured(m)
+	if err != nil {
+		return nil, err
+	}
+	pw, devDone := c.storeDeviceState(ctx, saver, p.reuseDev)
+	jobs := c.mirrorJobs(m)
+	// Pre-copy while the guest runs; frozen, only the pages that changed
+	// since are copied again (see mirror).
+	captureErr := mirrorAll(jobs)
+	if captureErr == nil {
+		captureErr = c.freezeAndSave(ctx, m, p, pw, jobs)
+	}
+	if captureErr != nil {
+		pw.CloseWithError(captureErr)
+	}
+	if err := c.resume(ctx, m, p.wasRunning, opts); err != nil && captureErr == nil {
+		captureErr = err
+	}
+	devErr := <-devDone
+	if captureErr != nil {
+		return c, captureErr
+	}
+	if devErr != nil {
+		return c, fmt.Errorf("store device state: %w", devErr)
+	}
+	return c, nil
+}
+
+// newCaptured makes the scratch space for a machine's private copies:
+// RAM on the RAM file's file system (tmpfs), disks beside the machine.
+func newCaptured(m *vmm.Machine) (*captured, error) {
+	c := &captured{}
+	var err error
+	if c.ramDir, err = os.MkdirTemp(filepath.Dir(filepath.Dir(m.RAMFile())), ".commit-"); err != nil {
+		return nil, err
+	}
+	if c.diskDir, err = os.MkdirTemp(m.Dir(), ".commit-"); err != nil {
+		os.RemoveAll(c.ramDir)
+		return nil, err
+	}
+	return c, nil
+}
+
+// storeDeviceState stores, as it arrives, the device state written into
+// the pipe it returns (or takes reuse, the one already stored, and
+// ignores the pipe); the channel gives the outcome once it is stored.
+func (c *captured) storeDeviceState(ctx context.Context, saver *stream.Saver, reuse *objects.TreeEntry) (*io.PipeWriter, <-chan error) {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		if reuse != nil {
+			c.devID, c.devSize = reuse.ID, reuse.Size
+			done <- nil
+			return
+		}
+		id, st, err := saver.SaveStream(ctx, pr, DiskParams)
+		pr.CloseWithError(err)
+		if err == nil {
+			c.devID, c.devSize = id, st.Length
+		}
+		done <- err
+	}()
+	return pw, done
+}
+
+// mirrorJobs lists the files a capture copies: the RAM file, then the
+// disks.
+func (c *captured) mirrorJobs(m *vmm.Machine) []mirrorJob {
+	jobs := []mirrorJob{{filepath.Join(c.ramDir, snapRAM), m.RAMFile()}}
+	for _, d := range m.Config().Disks {
+		jobs = append(jobs, mirrorJob{filepath.Join(c.diskDir, filepath.Base(d)), resolvePath(m.Dir(), d)})
+	}
+	return jobs
+}
+
+// mirrorAll brings every copy up to date (see mirror).
+func mirrorAll(jobs []mirrorJob) error {
+	for _, j := range jobs {
+		if _, err := mirror(j.dst, j.src); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// freezeAndSave freezes a running guest and, frozen, has QEMU write its
+// device state into pw while the copies catch up: neither touches guest
+// RAM or disks.
+func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitPlan, pw *io.PipeWriter, jobs []mirrorJob) error {
+	if p.wasRunning {
+		if err := m.Freeze(ctx); err != nil {
+			return err
+		}
+	}
+	c.frozenAt = time.Now()
+	mirrored := make(chan error, 1)
+	go func() { mirrored <- mirrorAll(jobs) }()
+	var err error
+	if p.reuseDev == nil {
+		err = m.SaveDeviceState(ctx, pw)
+		pw.CloseWithError(err)
+	}
+	if merr := <-mirrored; err == nil {
+		err = merr
+	}
+	return err
+}
+
+// resume continues the guest as soon as its state is safe, even after a
+// failed capture or an interrupt: a commit must not leave a running
+// machine frozen. It is left frozen only when asked (-f without -c).
+func (c *captured) resume(ctx context.Context, m *vmm.Machine, wasRunning bool, opts CommitOptions) error {
+	leaveFrozen := opts.Freeze && !opts.Continue
+	continued := !c.frozenAt.IsZero() && (wasRunning && !leaveFrozen || opts.Continue)
+	var err error
+	if continued {
+		err = m.Continue(context.WithoutCancel(ctx))
+	}
+	if continued && wasRunning {
+		c.downtime = time.Since(c.frozenAt)
+	}
+	c.running = continued || (wasRunning && c.frozenAt.IsZero())
+	return err
 }

@@ -9,8 +9,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sbuml/sbuml/image"
@@ -45,6 +47,9 @@ type CheckoutOptions struct {
 	// OnTransfer, if set, is called a few times a second while the
 	// objects of a snapshot elsewhere (URL#SNAPSHOT, a link file) download.
 	OnTransfer func(transport.Progress)
+	// OnProgress, if set, is called about five times a second while the
+	// snapshot's RAM, disks and boot files are written, file by file.
+	OnProgress func(StoreProgress)
 }
 
 // CheckoutResult describes a machine brought back from a snapshot.
@@ -59,7 +64,7 @@ type CheckoutResult struct {
 	Running bool `json:"running"`
 	// Forwards are the machine's port forwards, with the host ports
 	// chosen.
-	Forwards []vmm.Forward `json:"forwards,omitempty"`
+	Forwards []vmm.Forward `json:"forwards"`
 	// Fetched says what was downloaded for a snapshot elsewhere.
 	Fetched *transport.Stats `json:"fetched,omitempty"`
 	// Duration is checkout-to-running: from the call to the guest
@@ -77,6 +82,8 @@ type machineSource interface {
 	copyTo(ctx context.Context, name string, w io.Writer) error
 	// readFile returns a small file.
 	readFile(ctx context.Context, name string) ([]byte, error)
+	// size returns the length of the file at name.
+	size(ctx context.Context, name string) (int64, error)
 }
 
 // storeSource reads a snapshot from the scrapbook.
@@ -148,6 +155,18 @@ func (src *storeSource) copyTo(ctx context.Context, name string, w io.Writer) er
 	return err
 }
 
+func (src *storeSource) size(ctx context.Context, name string) (int64, error) {
+	id, err := src.stream(name)
+	if err != nil {
+		return 0, err
+	}
+	st, err := objects.LoadStream(ctx, src.s.Objects, id)
+	if err != nil {
+		return 0, err
+	}
+	return int64(st.Length), nil
+}
+
 func (src *storeSource) readFile(ctx context.Context, name string) ([]byte, error) {
 	var b strings.Builder
 	if err := src.copyTo(ctx, name, &b); err != nil {
@@ -175,6 +194,14 @@ func (d dirSource) copyTo(_ context.Context, name string, w io.Writer) error {
 
 func (d dirSource) readFile(_ context.Context, name string) ([]byte, error) {
 	return os.ReadFile(filepath.Join(d.dir, filepath.FromSlash(name)))
+}
+
+func (d dirSource) size(_ context.Context, name string) (int64, error) {
+	fi, err := os.Stat(filepath.Join(d.dir, filepath.FromSlash(name)))
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
 }
 
 // IsLink reports whether arg names a snapshot in another scrapbook: a
@@ -214,45 +241,17 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 		return nil, fmt.Errorf("checkout: %w", err)
 	}
 	defer release()
-	var src machineSource
-	var id objects.ID
 	var fetchStats *transport.Stats
 	if IsLink(rev) {
-		// A snapshot elsewhere: fetch only the objects this scrapbook lacks.
-		// Look before downloading: a directory snapshot is no machine.
-		isMachine := func(t *objects.Tree) error {
-			if t.Find(snapMachine) == nil {
-				return fmt.Errorf("not a machine snapshot (it has no %s); 'sbuml fetch' and 'sbuml export' get directory snapshots", snapMachine)
-			}
-			return nil
-		}
-		fetched, st, err := s.fetchLink(ctx, rev, TransferOptions{Progress: opts.OnTransfer}, isMachine)
-		if err != nil {
+		if rev, fetchStats, err = s.fetchMachineLink(ctx, rev, opts); err != nil {
 			return nil, fmt.Errorf("checkout: %w", err)
 		}
-		rev, fetchStats = fetched.String(), st
 	}
-	if isExportedMachine(rev) {
-		src = dirSource{dir: rev}
-	} else {
-		if id, err = s.Resolve(ctx, rev); err != nil {
-			return nil, fmt.Errorf("checkout: %w", err)
-		}
-		if missing, err := s.Missing(ctx, id); err != nil {
-			return nil, fmt.Errorf("checkout %s: %w", id.Short(), err)
-		} else if len(missing) > 0 {
-			return nil, fmt.Errorf("checkout %s: snapshot is incomplete: %s", id.Short(), describeMissing(missing))
-		}
-		ss, err := s.newStoreSource(ctx, id)
-		if err != nil {
-			return nil, fmt.Errorf("checkout %s: %w", id.Short(), err)
-		}
-		if _, ok := ss.files[snapMachine]; !ok {
-			return nil, fmt.Errorf("checkout %s: not a machine snapshot (it has no %s; use 'sbuml export' for directory snapshots)", id.Short(), snapMachine)
-		}
-		src = ss
+	plan, err := s.planCheckout(ctx, rev)
+	if err != nil {
+		return nil, fmt.Errorf("checkout %w", err)
 	}
-	m, err := s.restore(ctx, src, dir, opts)
+	m, err := s.restore(ctx, plan, dir, opts)
 	if err != nil {
 		if m != nil {
 			m.Halt(context.Background())
@@ -268,19 +267,92 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if branch == "" {
 		branch = name
 	}
-	head, err := s.checkoutHead(ctx, id, name, branch)
+	head, err := s.checkoutHead(ctx, plan.id, name, branch)
 	if err != nil {
 		return nil, fmt.Errorf("checkout %s: %w", rev, err)
 	}
 	if err := writeHead(dir, head); err != nil {
 		return nil, err
 	}
-	res := &CheckoutResult{Machine: name, Dir: dir, Snapshot: id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: time.Since(start)}
+	res := &CheckoutResult{Machine: name, Dir: dir, Snapshot: plan.id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: time.Since(start)}
 	if n := m.Config().Net; n != nil {
 		res.Forwards = n.Forwards
 	}
 	s.keepMachine(dir, opts.Progress)
 	return res, nil
+}
+
+// fetchMachineLink fetches a snapshot elsewhere, only the objects this
+// scrapbook lacks, and returns its ID as a revision. It looks before it
+// downloads: a directory snapshot is no machine.
+func (s *Scrapbook) fetchMachineLink(ctx context.Context, link string, opts CheckoutOptions) (string, *transport.Stats, error) {
+	isMachine := func(t *objects.Tree) error {
+		if t.Find(snapMachine) == nil {
+			return fmt.Errorf("not a machine snapshot (it has no %s); 'sbuml fetch' and 'sbuml export' get directory snapshots", snapMachine)
+		}
+		return nil
+	}
+	id, st, err := s.fetchLink(ctx, link, TransferOptions{Progress: opts.OnTransfer}, isMachine)
+	if err != nil {
+		return "", nil, err
+	}
+	return id.String(), st, nil
+}
+
+// checkoutPlan is what a checkout restores, checked before anything is
+// made: where the machine snapshot is read from, which snapshot it is
+// (Zero for a directory made by Export) and the machine it recorded,
+// whose QEMU machine type this host's QEMU has.
+type checkoutPlan struct {
+	src machineSource
+	id  objects.ID
+	cfg vmm.Config
+}
+
+// planCheckout checks that rev can be restored as a machine here: a whole
+// machine snapshot, or an exported one, that this QEMU can run. Its
+// errors start with what rev names.
+func (s *Scrapbook) planCheckout(ctx context.Context, rev string) (*checkoutPlan, error) {
+	p := &checkoutPlan{}
+	what := rev
+	if isExportedMachine(rev) {
+		p.src = dirSource{dir: rev}
+	} else {
+		id, err := s.Resolve(ctx, rev)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", rev, err)
+		}
+		what = id.Short()
+		if missing, err := s.Missing(ctx, id); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		} else if len(missing) > 0 {
+			return nil, fmt.Errorf("%s: snapshot is incomplete: %s", what, describeMissing(missing))
+		}
+		ss, err := s.newStoreSource(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		if _, ok := ss.files[snapMachine]; !ok {
+			return nil, fmt.Errorf("%s: not a machine snapshot (it has no %s; use 'sbuml export' for directory snapshots)", what, snapMachine)
+		}
+		p.src, p.id = ss, id
+	}
+	raw, err := p.src.readFile(ctx, snapMachine)
+	if err == nil {
+		err = json.Unmarshal(raw, &p.cfg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: %w", what, snapMachine, err)
+	}
+	qi, err := vmm.InspectQEMU(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if !qi.HasMachineType(p.cfg.MachineType) {
+		return nil, fmt.Errorf("%s: the snapshot needs QEMU machine type %s, which QEMU %s here does not have (its newest q35 is %s): restore it on a host whose QEMU has %s, such as the version that saved it",
+			what, p.cfg.MachineType, qi.Version, qi.Q35(), p.cfg.MachineType)
+	}
+	return p, nil
 }
 
 // checkoutHead returns the head of a machine checked out of snapshot id
@@ -306,33 +378,48 @@ func (s *Scrapbook) checkoutHead(ctx context.Context, id objects.ID, machine, br
 	return head.withAnswer(req, head.Child), nil
 }
 
-// restore materializes src into dir and starts QEMU on it.
-func (s *Scrapbook) restore(ctx context.Context, src machineSource, dir string, opts CheckoutOptions) (*vmm.Machine, error) {
-	raw, err := src.readFile(ctx, snapMachine)
-	if err != nil {
-		return nil, err
-	}
-	var cfg vmm.Config
-	if err := json.Unmarshal(raw, &cfg); err != nil {
-		return nil, fmt.Errorf("%s: %w", snapMachine, err)
-	}
-	qi, err := vmm.InspectQEMU(ctx, "")
-	if err != nil {
-		return nil, err
-	}
-	if !qi.HasMachineType(cfg.MachineType) {
-		return nil, fmt.Errorf("the snapshot needs QEMU machine type %s, which QEMU %s here does not have (its newest q35 is %s): restore it on a host whose QEMU has %s, such as the version that saved it",
-			cfg.MachineType, qi.Version, qi.Q35(), cfg.MachineType)
-	}
+// restore carries out a checkout plan: it materializes the snapshot into
+// dir and starts QEMU on it, waiting for its device state, which it then
+// loads.
+func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, opts CheckoutOptions) (*vmm.Machine, error) {
+	cfg := p.cfg
 	if err := checkoutNet(&cfg, opts); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-
-	// Materialize boot files, disks and RAM, in parallel.
 	cfg.Name = machineName(dir)
+	if err := materialize(ctx, p.src, dir, &cfg, opts); err != nil {
+		return nil, err
+	}
+	m, err := s.startRestored(ctx, dir, cfg, opts)
+	if err != nil {
+		if !opts.RAMInDir {
+			os.RemoveAll(filepath.Dir(cfg.RAMFile))
+		}
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(p.src.copyTo(ctx, snapDeviceState, pw)) }()
+	err = m.LoadDeviceState(ctx, pr)
+	pr.Close()
+	if err != nil {
+		return m, err
+	}
+	if opts.Continue {
+		if err := m.Continue(ctx); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+// materialize writes the snapshot's boot files, disks and RAM, in
+// parallel, into dir (RAM on tmpfs unless opts.RAMInDir), and points cfg
+// at them. Holes stay holes.
+func materialize(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, opts CheckoutOptions) error {
+	ramInDir := opts.RAMInDir
 	type job struct{ from, to string }
 	var jobs []job
 	if cfg.Kernel != "" {
@@ -343,43 +430,64 @@ func (s *Scrapbook) restore(ctx context.Context, src machineSource, dir string, 
 		jobs = append(jobs, job{cfg.Initrd, filepath.Join(dir, machineInitrd)})
 		cfg.Initrd = machineInitrd
 	}
+	cfg.Disks = slices.Clone(cfg.Disks)
 	for i, d := range cfg.Disks {
 		base := path.Base(d)
 		if base == "." || base == "/" || base == ".." || strings.ContainsRune(base, ',') {
-			return nil, fmt.Errorf("%s: bad disk name %q", snapMachine, d)
+			return fmt.Errorf("%s: bad disk name %q", snapMachine, d)
 		}
 		jobs = append(jobs, job{d, filepath.Join(dir, base)})
 		cfg.Disks[i] = base
 	}
-	var ramPath string
-	if opts.RAMInDir {
-		ramPath = filepath.Join(dir, vmm.RAMFileName)
-	} else if ramPath, err = vmm.NewRAMFile("", cfg.Name); err != nil {
-		return nil, err
+	ramPath := filepath.Join(dir, vmm.RAMFileName)
+	if !ramInDir {
+		var err error
+		if ramPath, err = vmm.NewRAMFile("", cfg.Name); err != nil {
+			return err
+		}
 	}
 	cfg.RAMFile = ramPath
 	jobs = append(jobs, job{snapRAM, ramPath})
-	errs := make([]error, len(jobs))
-	var wg sync.WaitGroup
+	var total int64
+	sizes := make([]int64, len(jobs))
 	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := src.extract(ctx, j.from, j.to); err != nil {
-				errs[i] = fmt.Errorf("materialize %s: %w", j.from, err)
-			}
-		}()
+		sizes[i], _ = src.size(ctx, j.from)
+		total += sizes[i]
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		if !opts.RAMInDir {
+	var written atomic.Int64
+	now := func() StoreProgress {
+		return StoreProgress{Stats: stream.Stats{LogicalBytes: written.Load()}, TotalBytes: total}
+	}
+	err := reportWhile(now, opts.OnProgress, func() error {
+		errs := make([]error, len(jobs))
+		var wg sync.WaitGroup
+		for i, j := range jobs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := src.extract(ctx, j.from, j.to); err != nil {
+					errs[i] = fmt.Errorf("materialize %s: %w", j.from, err)
+				}
+				written.Add(sizes[i])
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	})
+	if err != nil {
+		if !ramInDir {
 			os.RemoveAll(filepath.Dir(ramPath))
 		}
-		return nil, err
+		return err
 	}
+	return nil
+}
 
-	// The accelerator probe boots the machine's own kernel; a machine
-	// that boots by BIOS has none, and is probed with the default image.
+// startRestored chooses the accelerator and starts QEMU on a materialized
+// machine, waiting for its device state. The accelerator probe boots the
+// machine's own kernel; a machine that boots by BIOS has none, and is
+// probed with the default image.
+func (s *Scrapbook) startRestored(ctx context.Context, dir string, cfg vmm.Config, opts CheckoutOptions) (*vmm.Machine, error) {
 	img := &image.Image{}
 	if cfg.Kernel != "" {
 		img = &image.Image{Kernel: filepath.Join(dir, machineKernel), Cmdline: cfg.Cmdline, ReadyMarker: image.ReadyMarker}
@@ -395,33 +503,11 @@ func (s *Scrapbook) restore(ctx context.Context, src machineSource, dir string, 
 		cfg.Accel, err = chooseAccel(ctx, opts.Accel, probe, opts.Progress)
 	}
 	if err != nil {
-		if !opts.RAMInDir {
-			os.RemoveAll(filepath.Dir(ramPath))
-		}
 		return nil, err
 	}
 	cfg.Created = time.Time{}
 	cfg.Boot = vmm.BootOptions{Incoming: true}
-	m, err := vmm.Boot(ctx, dir, cfg)
-	if err != nil {
-		if !opts.RAMInDir {
-			os.RemoveAll(filepath.Dir(ramPath))
-		}
-		return nil, err
-	}
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(src.copyTo(ctx, snapDeviceState, pw)) }()
-	err = m.LoadDeviceState(ctx, pr)
-	pr.Close()
-	if err != nil {
-		return m, err
-	}
-	if opts.Continue {
-		if err := m.Continue(ctx); err != nil {
-			return m, err
-		}
-	}
-	return m, nil
+	return vmm.Boot(ctx, dir, cfg)
 }
 
 // checkoutNet sets the port forwards of a machine being checked out: the
@@ -534,46 +620,14 @@ func (s *Scrapbook) Rewind(ctx context.Context, machine, rev string, opts Checko
 // rewindTarget checks that rev can be checked out as a machine, and
 // returns what to pass to Checkout.
 func (s *Scrapbook) rewindTarget(ctx context.Context, rev string) (string, error) {
-	var src machineSource
-	target := rev
-	if isExportedMachine(rev) {
-		src = dirSource{dir: rev}
-	} else {
-		id, err := s.Resolve(ctx, rev)
-		if err != nil {
-			return "", err
-		}
-		if missing, err := s.Missing(ctx, id); err != nil || len(missing) > 0 {
-			if err == nil {
-				err = errors.New(describeMissing(missing))
-			}
-			return "", fmt.Errorf("%s: %w", id.Short(), err)
-		}
-		ss, err := s.newStoreSource(ctx, id)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", id.Short(), err)
-		}
-		if _, ok := ss.files[snapMachine]; !ok {
-			return "", fmt.Errorf("%s is not a machine snapshot (it has no %s)", id.Short(), snapMachine)
-		}
-		src, target = ss, id.String()
-	}
-	raw, err := src.readFile(ctx, snapMachine)
+	p, err := s.planCheckout(ctx, rev)
 	if err != nil {
 		return "", err
 	}
-	var cfg vmm.Config
-	if err := json.Unmarshal(raw, &cfg); err != nil {
-		return "", fmt.Errorf("%s: %w", snapMachine, err)
+	if p.id.IsZero() {
+		return rev, nil // a directory made by Export
 	}
-	qi, err := vmm.InspectQEMU(ctx, "")
-	if err != nil {
-		return "", err
-	}
-	if !qi.HasMachineType(cfg.MachineType) {
-		return "", fmt.Errorf("the snapshot needs QEMU machine type %s, which QEMU %s here does not have", cfg.MachineType, qi.Version)
-	}
-	return target, nil
+	return p.id.String(), nil
 }
 
 // asideMachine is a machine moved out of its directory's name while a

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -63,7 +62,7 @@ type CommitOptions struct {
 	// (0: none). It is recorded in the snapshot's labels and in the
 	// machine, whose answer to it is then 0.
 	Ckpt       uint64
-	OnProgress func(stream.Stats)
+	OnProgress func(StoreProgress)
 }
 
 // CommitResult describes a machine snapshot just taken.
@@ -217,7 +216,7 @@ func (s *Scrapbook) commit(ctx context.Context, m *vmm.Machine, p *commitPlan, o
 	if err != nil {
 		return nil, err
 	}
-	tree, size, err := s.storeMachine(ctx, saver, opts.OnProgress, m.Dir(), m.Config(), c.ramDir, c.diskDir, c.devID, c.devSize)
+	tree, size, err := s.storeMachine(ctx, saver, opts.OnProgress, m, c)
 	if err != nil {
 		return nil, err
 	}
@@ -273,122 +272,6 @@ func (s *Scrapbook) recordCommit(ctx context.Context, saver *stream.Saver, p *co
 	return id, s.addAutosnap(ctx, saver, p.name, id)
 }
 
-// captured is a machine's state caught at one instant: copies of its RAM
-// and disks, and its device state already stored.
-type captured struct {
-	ramDir, diskDir string // the copies: ramDir/ram, diskDir/<disk name>
-	devID           objects.ID
-	devSize         uint64
-	downtime        time.Duration
-	running         bool // the guest runs after the capture
-}
-
-func (c *captured) remove() {
-	os.RemoveAll(c.ramDir)
-	os.RemoveAll(c.diskDir)
-}
-
-// capture copies the machine's RAM and disks aside while it runs, then
-// freezes it only while its device state is saved and the copies catch
-// up, and continues it (unless asked to leave it frozen). The device
-// state streams into the store meanwhile.
-func (s *Scrapbook) capture(ctx context.Context, m *vmm.Machine, p *commitPlan, saver *stream.Saver, opts CommitOptions) (*captured, error) {
-	c := &captured{}
-	var err error
-	// Scratch space for the private copies: RAM on the RAM file's file
-	// system (tmpfs), disks beside the machine.
-	if c.ramDir, err = os.MkdirTemp(filepath.Dir(filepath.Dir(m.RAMFile())), ".commit-"); err != nil {
-		return nil, err
-	}
-	if c.diskDir, err = os.MkdirTemp(m.Dir(), ".commit-"); err != nil {
-		os.RemoveAll(c.ramDir)
-		return nil, err
-	}
-	var (
-		devErr   error
-		devDone  = make(chan struct{})
-		frozenAt time.Time
-	)
-	pr, pw := io.Pipe()
-	go func() {
-		defer close(devDone)
-		if p.reuseDev != nil {
-			c.devID, c.devSize = p.reuseDev.ID, p.reuseDev.Size
-			return
-		}
-		id, st, err := saver.SaveStream(ctx, pr, DiskParams)
-		pr.CloseWithError(err)
-		if err == nil {
-			c.devID, c.devSize = id, st.Length
-		}
-		devErr = err
-	}()
-	// Pre-copy while the guest runs; frozen, only the pages that changed
-	// since are copied again (see mirror).
-	type copyJob struct{ dst, src string }
-	copies := []copyJob{{filepath.Join(c.ramDir, snapRAM), m.RAMFile()}}
-	for _, d := range m.Config().Disks {
-		copies = append(copies, copyJob{filepath.Join(c.diskDir, filepath.Base(d)), resolvePath(m.Dir(), d)})
-	}
-	mirrorAll := func() error {
-		for _, cp := range copies {
-			if _, err := mirror(cp.dst, cp.src); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	captureErr := mirrorAll()
-	if captureErr == nil {
-		captureErr = func() error {
-			if p.wasRunning {
-				if err := m.Freeze(ctx); err != nil {
-					return err
-				}
-			}
-			frozenAt = time.Now()
-			// QEMU writes the device state while the copies catch up:
-			// neither touches guest RAM or disks.
-			mirrored := make(chan error, 1)
-			go func() { mirrored <- mirrorAll() }()
-			var err error
-			if p.reuseDev == nil {
-				err = m.SaveDeviceState(ctx, pw)
-				pw.CloseWithError(err)
-			}
-			if merr := <-mirrored; err == nil {
-				err = merr
-			}
-			return err
-		}()
-	}
-	if captureErr != nil {
-		pw.CloseWithError(captureErr)
-	}
-	// Continue as soon as the state is safe, even after a failed capture:
-	// a commit must not leave a running machine frozen.
-	leaveFrozen := opts.Freeze && !opts.Continue
-	continued := !frozenAt.IsZero() && (p.wasRunning && !leaveFrozen || opts.Continue)
-	if continued {
-		// Also when interrupted: the guest must not stay frozen.
-		if err := m.Continue(context.WithoutCancel(ctx)); err != nil && captureErr == nil {
-			captureErr = err
-		}
-	}
-	if continued && p.wasRunning {
-		c.downtime = time.Since(frozenAt)
-	}
-	c.running = continued || (p.wasRunning && frozenAt.IsZero())
-	<-devDone
-	if captureErr != nil {
-		return c, captureErr
-	}
-	if devErr != nil {
-		return c, fmt.Errorf("store device state: %w", devErr)
-	}
-	return c, nil
-}
-
 // deviceStateOf returns the device-state entry of machine snapshot id.
 func (s *Scrapbook) deviceStateOf(ctx context.Context, id objects.ID) (*objects.TreeEntry, error) {
 	if id.IsZero() {
@@ -424,96 +307,36 @@ func resolvePath(dir, p string) string {
 }
 
 // storeMachine stores the captured state and the machine's boot files and
-// returns the snapshot tree: machine.json, device-state, ram, kernel,
-// initrd, disks/.
-func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progress func(stream.Stats), dir string, cfg vmm.Config,
-	ramCopyDir, diskCopyDir string, devID objects.ID, devSize uint64) (objects.ID, uint64, error) {
-	type item struct {
-		name   string
-		path   string
-		params stream.Params
-		entry  *objects.TreeEntry
-	}
-	top := &objects.Tree{}
-	disks := &objects.Tree{}
-	var items []item
-	add := func(t *objects.Tree, name, path string, p stream.Params) {
-		t.Entries = append(t.Entries, objects.TreeEntry{Name: name, Kind: objects.EntryFile, Mode: 0o644})
-		items = append(items, item{name: name, path: path, params: p})
-	}
-	add(top, snapRAM, filepath.Join(ramCopyDir, snapRAM), RAMParams)
-	if cfg.Kernel != "" {
-		add(top, snapKernel, resolvePath(dir, cfg.Kernel), stream.Files)
-	}
-	if cfg.Initrd != "" {
-		add(top, snapInitrd, resolvePath(dir, cfg.Initrd), stream.Files)
-	}
-	for _, d := range cfg.Disks {
-		add(disks, filepath.Base(d), filepath.Join(diskCopyDir, filepath.Base(d)), DiskParams)
-	}
-	// Bind entries after all appends (the slices no longer move).
-	i := 0
-	for k := range top.Entries {
-		items[i].entry = &top.Entries[k]
-		i++
-	}
-	for k := range disks.Entries {
-		items[i].entry = &disks.Entries[k]
-		i++
-	}
-
-	errs := make([]error, len(items))
-	err := withProgress(saver, progress, func() error {
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, 2)
-		for k := range items {
-			it := &items[k]
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				f, err := os.Open(it.path)
-				if err != nil {
-					errs[k] = err
-					return
-				}
-				defer f.Close()
-				id, st, err := saver.SaveStream(ctx, f, it.params)
-				if err != nil {
-					errs[k] = fmt.Errorf("store %s: %w", it.name, err)
-					return
-				}
-				it.entry.ID, it.entry.Size = id, st.Length
-			}()
+// returns the snapshot tree and its size: machine.json, device-state,
+// ram, kernel, initrd, disks/.
+func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progress func(StoreProgress), m *vmm.Machine, c *captured) (objects.ID, uint64, error) {
+	cfg := m.Config()
+	files := machineFiles(m.Dir(), cfg, c)
+	var total int64
+	for _, f := range files {
+		if fi, err := os.Stat(f.path); err == nil {
+			total += fi.Size()
 		}
-		wg.Wait()
-		return errors.Join(errs...)
-	})
+	}
+	// The device state, stored meanwhile, counts too.
+	total += int64(c.devSize)
+	if err := withProgress(saver, progress, total, func() error { return storeFiles(ctx, saver, files) }); err != nil {
+		return objects.Zero, 0, err
+	}
+	top, disks := &objects.Tree{}, &objects.Tree{}
+	for _, f := range files {
+		t := top
+		if f.disk {
+			t = disks
+		}
+		t.Entries = append(t.Entries, f.entry)
+	}
+	mj, err := storeMachineJSON(ctx, saver, cfg)
 	if err != nil {
 		return objects.Zero, 0, err
 	}
-	// machine.json: the configuration needed to start the same virtual
-	// hardware again, with paths made relative to the snapshot.
-	mc := cfg
-	mc.RAMFile, mc.RAMDir = "", ""
-	if mc.Kernel != "" {
-		mc.Kernel = snapKernel
-	}
-	if mc.Initrd != "" {
-		mc.Initrd = snapInitrd
-	}
-	for k, d := range mc.Disks {
-		mc.Disks[k] = snapDisks + "/" + filepath.Base(d)
-	}
-	mj, _ := json.MarshalIndent(mc, "", "  ")
-	mjStream, mjSt, err := saver.SaveStream(ctx, bytes.NewReader(mj), stream.Files)
-	if err != nil {
-		return objects.Zero, 0, err
-	}
-	top.Entries = append(top.Entries,
-		objects.TreeEntry{Name: snapMachine, Kind: objects.EntryFile, Mode: 0o644, Size: mjSt.Length, ID: mjStream},
-		objects.TreeEntry{Name: snapDeviceState, Kind: objects.EntryFile, Mode: 0o644, Size: devSize, ID: devID})
+	top.Entries = append(top.Entries, mj,
+		objects.TreeEntry{Name: snapDeviceState, Kind: objects.EntryFile, Mode: 0o644, Size: c.devSize, ID: c.devID})
 	if len(disks.Entries) > 0 {
 		disks.Sort()
 		did, err := saver.SaveObject(ctx, disks.Encode())
@@ -525,4 +348,85 @@ func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progr
 	top.Sort()
 	id, err := saver.SaveObject(ctx, top.Encode())
 	return id, top.Size(), err
+}
+
+// machineFile is one file of a machine snapshot stored as a stream: its
+// tree entry, filled in once stored.
+type machineFile struct {
+	path   string
+	params stream.Params
+	disk   bool // in disks/, not at the top
+	entry  objects.TreeEntry
+}
+
+// machineFiles lists the files of a machine snapshot that are stored as
+// streams: the captured RAM and disks, the kernel and initrd.
+func machineFiles(dir string, cfg vmm.Config, c *captured) []*machineFile {
+	file := func(name, path string, p stream.Params, disk bool) *machineFile {
+		return &machineFile{path: path, params: p, disk: disk, entry: objects.TreeEntry{Name: name, Kind: objects.EntryFile, Mode: 0o644}}
+	}
+	files := []*machineFile{file(snapRAM, filepath.Join(c.ramDir, snapRAM), RAMParams, false)}
+	if cfg.Kernel != "" {
+		files = append(files, file(snapKernel, resolvePath(dir, cfg.Kernel), stream.Files, false))
+	}
+	if cfg.Initrd != "" {
+		files = append(files, file(snapInitrd, resolvePath(dir, cfg.Initrd), stream.Files, false))
+	}
+	for _, d := range cfg.Disks {
+		files = append(files, file(filepath.Base(d), filepath.Join(c.diskDir, filepath.Base(d)), DiskParams, true))
+	}
+	return files
+}
+
+// storeFiles stores files, two at a time, and fills in their entries.
+func storeFiles(ctx context.Context, saver *stream.Saver, files []*machineFile) error {
+	errs := make([]error, len(files))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 2)
+	for k, f := range files {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			in, err := os.Open(f.path)
+			if err != nil {
+				errs[k] = err
+				return
+			}
+			defer in.Close()
+			id, st, err := saver.SaveStream(ctx, in, f.params)
+			if err != nil {
+				errs[k] = fmt.Errorf("store %s: %w", f.entry.Name, err)
+				return
+			}
+			f.entry.ID, f.entry.Size = id, st.Length
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// storeMachineJSON stores machine.json: the configuration needed to start
+// the same virtual hardware again, with paths made relative to the
+// snapshot.
+func storeMachineJSON(ctx context.Context, saver *stream.Saver, cfg vmm.Config) (objects.TreeEntry, error) {
+	mc := cfg
+	mc.RAMFile, mc.RAMDir = "", ""
+	if mc.Kernel != "" {
+		mc.Kernel = snapKernel
+	}
+	if mc.Initrd != "" {
+		mc.Initrd = snapInitrd
+	}
+	mc.Disks = make([]string, len(cfg.Disks))
+	for k, d := range cfg.Disks {
+		mc.Disks[k] = snapDisks + "/" + filepath.Base(d)
+	}
+	mj, _ := json.MarshalIndent(mc, "", "  ")
+	id, st, err := saver.SaveStream(ctx, bytes.NewReader(mj), stream.Files)
+	if err != nil {
+		return objects.TreeEntry{}, err
+	}
+	return objects.TreeEntry{Name: snapMachine, Kind: objects.EntryFile, Mode: 0o644, Size: st.Length, ID: id}, nil
 }

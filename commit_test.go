@@ -13,7 +13,6 @@ import (
 
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/objects"
-	"github.com/sbuml/sbuml/stream"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -252,6 +251,9 @@ func requireOneLine(t testing.TB, err error, want ...string) {
 // --json lists the snapshots with their machine label, and checkout
 // prints the checkout-to-running time, for a snapshot and for a directory
 // made by export.
+//
+// It is long because one booted guest serves all these checks: each guest
+// costs seconds to boot under TCG.
 func TestCommitCLI(t *testing.T) {
 	t.Parallel()
 	s := guestScrapbook(t, 2)
@@ -408,7 +410,7 @@ func TestCommitAfterInterruptedFrozenCommit(t *testing.T) {
 	lo := g.lastTick()
 
 	ctx, cancel := context.WithCancel(guestContext(t))
-	_, err := s.Commit(ctx, "m1", sbuml.CommitOptions{Freeze: true, OnProgress: func(stream.Stats) { cancel() }})
+	_, err := s.Commit(ctx, "m1", sbuml.CommitOptions{Freeze: true, OnProgress: func(sbuml.StoreProgress) { cancel() }})
 	cancel()
 	if err == nil {
 		t.Skip("the commit stored everything before its first progress report; nothing to interrupt")

@@ -85,6 +85,9 @@ func sbumlCommand(t testing.TB) string {
 // over and over, in one scrapbook: after every kill the scrapbook must
 // pass fsck and every ref must name a present snapshot, and a final
 // import must succeed.
+//
+// It is long because the kill loop and the checks after every kill are one
+// unit, run over one scrapbook.
 func TestImportKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the sbuml command 60 times")
@@ -243,6 +246,9 @@ func requireRefsNameSnapshots(t testing.TB, s *sbuml.Scrapbook) {
 // removes the snapshots of deleted branches: after every kill the
 // scrapbook must pass fsck, every ref must name a snapshot that loads,
 // and what the kept branch holds must export unchanged.
+//
+// It is long because the kill loop and the checks after every kill are one
+// unit, run over one scrapbook.
 func TestGcKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the sbuml command 40 times")

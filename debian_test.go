@@ -46,6 +46,9 @@ func counterOf(t testing.TB, s *sbuml.Scrapbook, machine string) int {
 // their own, and their programs carry on from the committed instant; the
 // guests fetch from a server on the host; a checkout made a while after
 // the commit has the host's time.
+//
+// It is long because one booted guest serves all these checks: each guest
+// costs seconds to boot under TCG.
 func TestDebianMachine(t *testing.T) {
 	t.Parallel()
 	img := testimage.Debian(t)

@@ -23,6 +23,9 @@ import (
 // clean, every ref naming a snapshot that loads), leave no temporary
 // files taking up space, and leave the branch where it was. Once there is
 // room again, an import succeeds and exports byte for byte.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestImportDiskFull(t *testing.T) {
 	mnt := tinyfs.Mount(t, 32*mib)
 	bin := sbumlCommand(t)

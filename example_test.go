@@ -61,7 +61,7 @@ func Example() {
 	// first import: 280 bytes in 12 new objects
 	// second import: 318 bytes in 6 new objects
 	// its parent is the first: true
-	// add 03-done.txt  318 bytes, 1 parent(s), refs [main]
+	// add 03-done.txt  318 bytes, 1 parent(s), refs [refs/heads/main]
 	// notes as found   280 bytes, 0 parent(s), refs []
 }
 

@@ -12,9 +12,9 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/scrapbook"
 )
 
 // A Problem is one thing fsck found wrong.
@@ -41,7 +41,7 @@ type FsckReport struct {
 	LeftoverBytes int64 `json:"leftover_bytes"`
 	// StaleLocks are lock files left by killed writers: not a problem
 	// either, the next update of what they guard removes them.
-	StaleLocks []string `json:"stale_locks,omitempty"`
+	StaleLocks []string `json:"stale_locks"`
 }
 
 // OK reports whether fsck found nothing wrong.
@@ -94,24 +94,17 @@ func (s *Scrapbook) fsckStore(ctx context.Context, r *FsckReport) (map[objects.I
 	}); err != nil {
 		return nil, err
 	}
-	if p, ok := s.Objects.(*objects.Packed); ok {
-		names, size, err := p.Leftovers()
-		if err != nil {
-			return nil, err
-		}
-		r.Leftovers, r.LeftoverBytes = len(names), size
+	fc, ok := s.Objects.(objects.FileChecker)
+	if !ok {
+		return sizes, nil
 	}
-	if b, ok := s.Objects.(interface{ Broken() []error }); ok {
-		for _, err := range b.Broken() {
-			r.Problems = append(r.Problems, Problem{Where: "objects/pack", Problem: err.Error()})
-		}
+	names, size, err := fc.Leftovers()
+	if err != nil {
+		return nil, err
 	}
-	if c, ok := s.Objects.(interface {
-		CheckPacks(context.Context) []error
-	}); ok {
-		for _, err := range c.CheckPacks(ctx) {
-			r.Problems = append(r.Problems, Problem{Where: "objects/pack", Problem: err.Error()})
-		}
+	r.Leftovers, r.LeftoverBytes = len(names), size
+	for _, err := range fc.CheckFiles(ctx) {
+		r.Problems = append(r.Problems, Problem{Where: "objects/pack", Problem: err.Error()})
 	}
 	return sizes, nil
 }
@@ -246,7 +239,7 @@ func (s *Scrapbook) staleLocks() ([]string, error) {
 		return nil, err
 	}
 	for _, p := range top {
-		if filepath.Base(p) != gclock.FileName {
+		if filepath.Base(p) != scrapbook.LockFile {
 			if err := check(p); err != nil {
 				return nil, err
 			}
@@ -273,9 +266,9 @@ type referrer struct {
 }
 
 // checksummed reports whether the store and Unseal check every stored
-// byte of id on reads (packed objects: see objects.Packed.Checksummed).
+// byte of id on reads (see objects.FileChecker).
 func checksummed(s objects.Store, id objects.ID) bool {
-	c, ok := s.(interface{ Checksummed(objects.ID) bool })
+	c, ok := s.(objects.FileChecker)
 	return ok && c.Checksummed(id)
 }
 

@@ -71,7 +71,7 @@ func newFsckFixture(t *testing.T) *fsckFixture {
 		t.Fatal(err)
 	}
 	// Objects are published before a ref names them.
-	if err := f.s.Objects.(objects.Syncer).Sync(ctx); err != nil {
+	if err := f.s.Objects.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.s.Refs.Update("refs/heads/deep", objects.Zero, f.deep, "test"); err != nil {
@@ -273,6 +273,9 @@ func requireOneProblem(t *testing.T, problems []sbuml.Problem, where string, id 
 // fsck must name that object's location as corrupt and nothing else, and
 // be clean again once the byte is restored. Objects are checked where
 // sbuml writes them, in packs, and as loose files.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestFsckFindsEveryFlippedByte(t *testing.T) {
 	f := newFsckFixture(t)
 	kinds := storedObjects(t, f.s)
@@ -476,6 +479,9 @@ func TestFsckDamagedPacks(t *testing.T) {
 // TestFsckDamagedObjects checks what fsck reports for objects that are
 // missing, truncated or referenced as the wrong kind, and for refs that
 // name missing objects or objects that are not snapshots.
+//
+// It is long because of its table: one case of damage, with how to make
+// and undo it, a few lines each.
 func TestFsckDamagedObjects(t *testing.T) {
 	ctx := context.Background()
 	f := newFsckFixture(t)
@@ -629,7 +635,7 @@ func TestFsckDamagedObjects(t *testing.T) {
 		}
 		requireOneProblem(t, fsck(t, s), objectFile(s, id), id,
 			"references "+hello.ID.String()+" as a tree, but it is a stream")
-		if err := s.Objects.Delete(ctx, id); err != nil {
+		if err := loose.Delete(ctx, id); err != nil {
 			t.Fatal(err)
 		}
 		requireFsckClean(t, s)

@@ -9,13 +9,13 @@ import (
 	"sort"
 	"time"
 
-	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/objects"
 )
 
 // GcOptions tunes Gc.
 type GcOptions struct {
-	// DryRun reports what would be removed without removing anything.
+	// DryRun returns gc's plan, what it would keep and remove, without
+	// removing anything.
 	DryRun bool
 	// OnProgress, if set, is called now and then: while gc marks what the
 	// snapshots reach, and while it copies what it keeps.
@@ -41,7 +41,7 @@ type GcReport struct {
 	DryRun bool `json:"dry_run,omitempty"`
 	// Snapshots are, in a dry run, the snapshots gc would remove, newest
 	// first.
-	Snapshots []GcSnapshot  `json:"snapshots,omitempty"`
+	Snapshots []GcSnapshot  `json:"snapshots"`
 	Duration  time.Duration `json:"duration_ns"`
 }
 
@@ -64,31 +64,61 @@ type GcSnapshot struct {
 // removed.
 //
 // Gc refuses to run while another process writes to the scrapbook
-// (internal/gclock), and writers refuse to start while it runs. It stops
+// (the gc lock of package scrapbook), and writers refuse to start while it runs. It stops
 // without removing anything if any snapshot it must keep is damaged.
 func (s *Scrapbook) Gc(ctx context.Context, opts GcOptions) (*GcReport, error) {
 	start := time.Now()
-	release, err := gclock.Exclusive(s.Dir)
+	r, ok := s.Objects.(objects.Repacker)
+	if !ok {
+		return nil, fmt.Errorf("gc: the object store (%T) cannot repack", s.Objects)
+	}
+	release, err := s.book.HoldExclusive()
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
 	defer release()
-	packed, ok := s.Objects.(*objects.Packed)
-	if !ok {
-		return nil, fmt.Errorf("gc: the object store (%T) cannot repack", s.Objects)
-	}
-	if err := packed.Refresh(); err != nil {
-		return nil, fmt.Errorf("gc: %w", err)
-	}
-
-	roots, err := s.gcRoots()
-	if err != nil {
-		return nil, fmt.Errorf("gc: %w", err)
-	}
 	report := func(p GcProgress) {
 		if opts.OnProgress != nil {
 			opts.OnProgress(p)
 		}
+	}
+	live, roots, err := s.markLive(ctx, report)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := r.PlanRepack(ctx, func(id objects.ID) bool { _, ok := live[id]; return ok })
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	res := &GcReport{RepackStats: plan.Stats, Roots: roots, DryRun: opts.DryRun}
+	if opts.DryRun {
+		// The plan is the answer; say which snapshots it drops.
+		if res.Snapshots, err = s.unreachableSnapshots(ctx, live); err != nil {
+			return nil, fmt.Errorf("gc: %w", err)
+		}
+		res.Duration = time.Since(start)
+		return res, nil
+	}
+	marked := int64(len(live))
+	res.RepackStats, err = r.Repack(ctx, plan, func(copied, total int64) {
+		report(GcProgress{Phase: "copying", Marked: marked, Copied: copied, Total: total})
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("gc: interrupted; nothing is left half done (packs that held nothing to keep may be gone); run sbuml gc again to finish")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// markLive walks the object graph from gc's roots and returns every
+// object reached, and the number of roots. A damaged snapshot stops it.
+func (s *Scrapbook) markLive(ctx context.Context, report func(GcProgress)) (objects.Seen, int, error) {
+	roots, err := s.gcRoots()
+	if err != nil {
+		return nil, 0, fmt.Errorf("gc: %w", err)
 	}
 	live := objects.Seen{}
 	for _, root := range roots {
@@ -99,32 +129,13 @@ func (s *Scrapbook) Gc(ctx context.Context, opts GcOptions) (*GcReport, error) {
 			return live.Add(r.ID), nil
 		})
 		if err != nil && ctx.Err() != nil {
-			return nil, fmt.Errorf("gc: interrupted; nothing was removed")
+			return nil, 0, fmt.Errorf("gc: interrupted; nothing was removed")
 		}
 		if err != nil {
-			return nil, fmt.Errorf("gc: snapshot %s: %w; nothing was removed (run sbuml fsck)", root.Short(), err)
+			return nil, 0, fmt.Errorf("gc: snapshot %s: %w; nothing was removed (run sbuml fsck)", root.Short(), err)
 		}
 	}
-	marked := int64(len(live))
-	var doomed []GcSnapshot
-	if opts.DryRun {
-		if doomed, err = s.unreachableSnapshots(ctx, live); err != nil {
-			return nil, fmt.Errorf("gc: %w", err)
-		}
-	}
-	st, err := packed.Repack(ctx, func(id objects.ID) bool { _, ok := live[id]; return ok }, objects.RepackOptions{
-		DryRun: opts.DryRun,
-		Progress: func(copied, total int64) {
-			report(GcProgress{Phase: "copying", Marked: marked, Copied: copied, Total: total})
-		},
-	})
-	if err != nil && ctx.Err() != nil {
-		return nil, fmt.Errorf("gc: interrupted; nothing is left half done (packs that held nothing to keep may be gone); run sbuml gc again to finish")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("gc: %w", err)
-	}
-	return &GcReport{RepackStats: st, Roots: len(roots), DryRun: opts.DryRun, Snapshots: doomed, Duration: time.Since(start)}, nil
+	return live, len(roots), nil
 }
 
 // unreachableSnapshots returns the snapshots of the store that are not

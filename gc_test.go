@@ -13,14 +13,17 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml"
-	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/scrapbook"
 	"github.com/sbuml/sbuml/transport"
 )
 
 // TestGc deletes a branch and checks that gc frees exactly what only that
 // branch reached, keeps what a tag, a machine or another branch still
 // reaches, and leaves a scrapbook that fsck finds clean.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestGc(t *testing.T) {
 	ctx := context.Background()
 	s := newScrapbook(t)
@@ -136,29 +139,29 @@ func TestGcExcludesWriters(t *testing.T) {
 	writeRandomFile(t, filepath.Join(src, "f"), 1*mib, 1)
 	mustImport(t, s, src, sbuml.SnapshotOptions{})
 
-	release, err := gclock.Shared(s.Dir, 0) // a writer at work
+	release, err := scrapbook.LockShared(s.Dir, 0) // a writer at work
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Gc(ctx, sbuml.GcOptions{}); !errors.Is(err, gclock.ErrBusy) {
+	if _, err := s.Gc(ctx, sbuml.GcOptions{}); !errors.Is(err, scrapbook.ErrBusy) {
 		t.Fatalf("gc beside a writer: %v", err)
 	}
 	release()
 
-	release, err = gclock.Exclusive(s.Dir) // gc at work
+	release, err = scrapbook.LockExclusive(s.Dir) // gc at work
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer release()
-	defer func(w time.Duration) { gclock.Wait = w }(gclock.Wait)
-	gclock.Wait = 100 * time.Millisecond // writers wait this long for gc
+	defer func(w time.Duration) { scrapbook.LockWait = w }(scrapbook.LockWait)
+	scrapbook.LockWait = 100 * time.Millisecond // writers wait this long for gc
 	writeRandomFile(t, filepath.Join(src, "g"), 1*mib, 2)
 	_, err = s.Import(ctx, src, sbuml.SnapshotOptions{})
-	if !errors.Is(err, gclock.ErrBusy) {
+	if !errors.Is(err, scrapbook.ErrBusy) {
 		t.Fatalf("import during gc: %v", err)
 	}
 	t.Logf("import during gc: %v", err)
-	if _, err := s.Fsck(ctx); !errors.Is(err, gclock.ErrBusy) {
+	if _, err := s.Fsck(ctx); !errors.Is(err, scrapbook.ErrBusy) {
 		t.Fatalf("fsck during gc: %v", err)
 	}
 	if entries, err := os.ReadDir(filepath.Join(s.Dir, "objects", "pack")); err != nil || len(entries) == 0 {
@@ -223,12 +226,12 @@ func TestPushHoldsOffGc(t *testing.T) {
 		server.ServeHTTP(w, r)
 	}))
 	defer srv.Close()
-	defer func(w time.Duration) { gclock.Wait = w }(gclock.Wait)
-	gclock.Wait = 0
+	defer func(w time.Duration) { scrapbook.LockWait = w }(scrapbook.LockWait)
+	scrapbook.LockWait = 0
 	if _, err := a.Push(ctx, srv.URL, []string{"main"}, sbuml.TransferOptions{TokenFile: writeToken(t, "tok")}); err != nil {
 		t.Fatal(err)
 	}
-	if !errors.Is(gcErr, gclock.ErrBusy) {
+	if !errors.Is(gcErr, scrapbook.ErrBusy) {
 		t.Errorf("gc during a push: %v", gcErr)
 	}
 	requireFsckClean(t, a)

@@ -52,6 +52,10 @@ func sh(t testing.TB, s *sbuml.Scrapbook, machine, cmd string) string {
 	return out
 }
 
+// TestExecAndCopy runs commands and copies files through a guest's agent,
+// by the API and by the command line.
+// It is long because one booted guest serves all these checks: each guest
+// costs seconds to boot under TCG.
 func TestExecAndCopy(t *testing.T) {
 	t.Parallel()
 	s := guestScrapbook(t, 1)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -102,5 +103,5 @@ func readHead(dir string) (machineHead, error) {
 
 func writeHead(dir string, h machineHead) error {
 	b, _ := json.MarshalIndent(h, "", "  ")
-	return writeFileAtomic(filepath.Join(dir, headFile), append(b, '\n'))
+	return atomicfile.WriteFile(filepath.Join(dir, headFile), append(b, '\n'), 0o644)
 }

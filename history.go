@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/sbuml/sbuml/objects"
@@ -20,8 +19,9 @@ type LogEntry struct {
 	Host    string            `json:"host"`
 	Message string            `json:"message"`
 	Labels  map[string]string `json:"labels,omitempty"`
-	// Refs lists the refs that point at the snapshot.
-	Refs []string `json:"refs,omitempty"`
+	// Refs lists the full names of the refs that point at the snapshot
+	// (refs/heads/main, refs/tags/v1).
+	Refs []string `json:"refs"`
 	// Auto marks an automatic snapshot (thinkback).
 	Auto bool `json:"auto,omitempty"`
 	// LogicalBytes is the size of everything the snapshot holds.
@@ -165,7 +165,7 @@ func (s *Scrapbook) history(ctx context.Context, starts []objects.ID) ([]objects
 	return order, snaps, nil
 }
 
-// refNames maps snapshot IDs to the short names of the refs pointing at them.
+// refNames maps snapshot IDs to the full names of the refs pointing at them.
 func (s *Scrapbook) refNames() (map[objects.ID][]string, error) {
 	all, err := s.Refs.List("refs/")
 	if err != nil {
@@ -173,21 +173,9 @@ func (s *Scrapbook) refNames() (map[objects.ID][]string, error) {
 	}
 	m := map[objects.ID][]string{}
 	for _, r := range all {
-		m[r.ID] = append(m[r.ID], shortRef(r.Name))
+		m[r.ID] = append(m[r.ID], r.Name)
 	}
 	return m, nil
-}
-
-func shortRef(name string) string {
-	for _, p := range []string{"refs/heads/", "refs/tags/", "refs/remotes/"} {
-		if strings.HasPrefix(name, p) {
-			if p == "refs/tags/" {
-				return "tag:" + name[len(p):]
-			}
-			return name[len(p):]
-		}
-	}
-	return strings.TrimPrefix(name, "refs/")
 }
 
 // usage is what accounting found for one snapshot.
@@ -214,8 +202,8 @@ func (s *Scrapbook) damaged(err error) error {
 	if !errors.Is(err, objects.ErrNotFound) && !errors.Is(err, objects.ErrCorrupt) {
 		return err
 	}
-	if b, ok := s.Objects.(interface{ Broken() []error }); ok {
-		if broken := b.Broken(); len(broken) > 0 {
+	if fc, ok := s.Objects.(objects.FileChecker); ok {
+		if broken := fc.Damaged(); len(broken) > 0 {
 			return fmt.Errorf("%w (%v); run sbuml fsck", err, broken[0])
 		}
 	}

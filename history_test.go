@@ -44,6 +44,9 @@ func newHistoryFixture(t *testing.T) *historyFixture {
 	return f
 }
 
+// TestResolve checks every form of revision Resolve takes, and its
+// refusals.
+// It is long because of its table, one case a line.
 func TestResolve(t *testing.T) {
 	ctx := context.Background()
 	f := newHistoryFixture(t)
@@ -219,6 +222,9 @@ func TestResolveAmbiguous(t *testing.T) {
 
 // TestLog checks the order, parents, refs and sizes Log reports, for one
 // branch, for a starting point, and for every ref.
+//
+// It is long because one history, built once, is checked from every
+// starting point.
 func TestLog(t *testing.T) {
 	ctx := context.Background()
 	f := newHistoryFixture(t)
@@ -272,8 +278,8 @@ func TestLog(t *testing.T) {
 	if head[0].Labels["machine"] != "m" {
 		t.Errorf("labels %v, want machine=m", head[0].Labels)
 	}
-	if !slices.Equal(head[0].Refs, []string{"main"}) || !slices.Equal(head[2].Refs, []string{"tag:v1"}) || head[1].Refs != nil {
-		t.Errorf("refs: m3 %v, m2 %v, m1 %v; want [main], none, [tag:v1]", head[0].Refs, head[1].Refs, head[2].Refs)
+	if !slices.Equal(head[0].Refs, []string{"refs/heads/main"}) || !slices.Equal(head[2].Refs, []string{"refs/tags/v1"}) || head[1].Refs != nil {
+		t.Errorf("refs: m3 %v, m2 %v, m1 %v; want [refs/heads/main], none, [refs/tags/v1]", head[0].Refs, head[1].Refs, head[2].Refs)
 	}
 
 	limited, err := s.Log(ctx, sbuml.LogOptions{Limit: 2})
@@ -294,7 +300,7 @@ func TestLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(other) != 1 || other[0].ID != f.b2.ID || len(other[0].Parents) != 0 || !slices.Equal(other[0].Refs, []string{"b2"}) {
+	if len(other) != 1 || other[0].ID != f.b2.ID || len(other[0].Parents) != 0 || !slices.Equal(other[0].Refs, []string{"refs/heads/b2"}) {
 		t.Errorf("log b2 = %+v, want the one parentless snapshot of b2", other)
 	}
 	// Listed alone, b2 still added only what no older snapshot of the
@@ -407,6 +413,9 @@ func TestDu(t *testing.T) {
 }
 
 // TestShow lists the files of a snapshot with their chunk counts and holes.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestShow(t *testing.T) {
 	ctx := context.Background()
 	src := t.TempDir()

@@ -15,6 +15,7 @@ import (
 	"github.com/sbuml/sbuml/image"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/scrapbook"
 	"github.com/sbuml/sbuml/stream"
 )
 
@@ -228,7 +229,7 @@ func (s *Scrapbook) AddImage(ctx context.Context, name, dir string) (*Result, er
 
 // addImage stores an image directory as base image NAME, calling
 // onProgress while it stores data.
-func (s *Scrapbook) addImage(ctx context.Context, name, dir string, onProgress func(stream.Stats)) (*Result, error) {
+func (s *Scrapbook) addImage(ctx context.Context, name, dir string, onProgress func(StoreProgress)) (*Result, error) {
 	ref, err := imageRef(name)
 	if err != nil {
 		return nil, err
@@ -278,7 +279,7 @@ func (s *Scrapbook) Image(ctx context.Context, name string, progress io.Writer) 
 // materializeImage exports image snapshot id once into
 // SCRAPBOOK/images/ID and loads it.
 func (s *Scrapbook) materializeImage(ctx context.Context, id objects.ID) (*image.Image, error) {
-	dir := filepath.Join(s.Dir, "images", id.String())
+	dir := filepath.Join(s.Dir, scrapbook.ImagesDir, id.String())
 	if img, err := image.Load(dir); err == nil {
 		return img, nil
 	}
@@ -319,7 +320,11 @@ func (s *Scrapbook) importTo(ctx context.Context, dir, ref string, opts Snapshot
 	defer saver.Close()
 	var tree objects.ID
 	var size uint64
-	err = withProgress(saver, opts.OnProgress, func() error {
+	var total int64
+	if opts.OnProgress != nil {
+		total = treeBytes(dir)
+	}
+	err = withProgress(saver, opts.OnProgress, total, func() error {
 		tree, size, err = fstree.Import(ctx, saver, dir, stream.Files)
 		return err
 	})
@@ -358,7 +363,7 @@ type ImportImageOptions struct {
 	Progress io.Writer
 	// OnProgress, if set, is called about five times a second while the
 	// image is stored.
-	OnProgress func(stream.Stats)
+	OnProgress func(StoreProgress)
 }
 
 // ImportImage stores a system the user brings as base image NAME
@@ -418,7 +423,7 @@ func (s *Scrapbook) forgetUnpacked(id objects.ID) {
 			return
 		}
 	}
-	os.RemoveAll(filepath.Join(s.Dir, "images", id.String()))
+	os.RemoveAll(filepath.Join(s.Dir, scrapbook.ImagesDir, id.String()))
 }
 
 // ExportBootableDisk writes base image NAME, which must boot by kernel,

@@ -3,9 +3,13 @@ package sbuml
 import (
 	"context"
 	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sync/atomic"
 
 	"github.com/sbuml/sbuml/fstree"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/stream"
 )
 
 // Import stores the directory dir as a new snapshot on a branch, whose
@@ -34,6 +38,25 @@ type ExportOptions struct {
 	// KeepSetuid gives files the setuid and setgid bits they were stored
 	// with (see fstree.ExportOptions).
 	KeepSetuid bool
+	// OnProgress, if set, is called about five times a second with the
+	// bytes of the files written so far (file by file) of the snapshot's
+	// logical size.
+	OnProgress func(StoreProgress)
+}
+
+// treeBytes is the size of the regular files under dir, for progress
+// bars: what an import of dir reads. What cannot be read counts 0.
+func treeBytes(dir string) int64 {
+	var total int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				total += fi.Size()
+			}
+		}
+		return nil
+	})
+	return total
 }
 
 // Export writes the files of snapshot rev into dir, which must not exist
@@ -54,7 +77,19 @@ func (s *Scrapbook) ExportWith(ctx context.Context, rev, dir string, opts Export
 	if err != nil {
 		return objects.Zero, fmt.Errorf("export: %w", err)
 	}
-	if err := fstree.Export(ctx, s.Objects, sn.Tree, dir, fstree.ExportOptions{KeepSetuid: opts.KeepSetuid}); err != nil {
+	var written atomic.Int64
+	fopts := fstree.ExportOptions{KeepSetuid: opts.KeepSetuid, OnFile: func(size uint64) { written.Add(int64(size)) }}
+	var total int64
+	if opts.OnProgress != nil {
+		if t, err := objects.LoadTree(ctx, s.Objects, sn.Tree); err == nil {
+			total = int64(t.Size())
+		}
+	}
+	now := func() StoreProgress {
+		return StoreProgress{Stats: stream.Stats{LogicalBytes: written.Load()}, TotalBytes: total}
+	}
+	err = reportWhile(now, opts.OnProgress, func() error { return fstree.Export(ctx, s.Objects, sn.Tree, dir, fopts) })
+	if err != nil {
 		if ctx.Err() != nil {
 			return objects.Zero, fmt.Errorf("export %s: interrupted; what was written into %s is removed", id.Short(), dir)
 		}

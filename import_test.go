@@ -262,6 +262,9 @@ func allocated(t testing.TB, path string) int64 {
 // TestImportSmallChange imports 256 MiB of random data, then the same
 // directory with one 1 MiB region of one file rewritten: the second
 // snapshot must add less than 2 MiB, and both must export byte for byte.
+//
+// It is long because its 256 MiB import is made once and checked several
+// ways.
 func TestImportSmallChange(t *testing.T) {
 	if testing.Short() {
 		t.Skip("writes and imports 256 MiB")

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml/agent"
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -256,7 +257,7 @@ func runKeeper(ctx context.Context, book, dir string) error {
 	}
 	defer os.Remove(sock)
 	defer ln.Close()
-	if err := writeFileAtomic(filepath.Join(dir, keeperPIDFile), []byte(fmt.Sprintf("%d %d\n", os.Getpid(), k.qemu))); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, keeperPIDFile), []byte(fmt.Sprintf("%d %d\n", os.Getpid(), k.qemu)), 0o644); err != nil {
 		return err
 	}
 	defer os.Remove(filepath.Join(dir, keeperPIDFile))
@@ -341,7 +342,7 @@ func (k *keeper) noteRunState(ev vmm.Event) {
 		Event string    `json:"event"`
 		Time  time.Time `json:"time"`
 	}{ev.Name, ev.Time})
-	if err := writeFileAtomic(filepath.Join(k.dir, runStateFile), append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(k.dir, runStateFile), append(b, '\n'), 0o644); err != nil {
 		log.Printf("note run state: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/sbuml/sbuml/image"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/scrapbook"
 	"github.com/sbuml/sbuml/vmm"
 	"golang.org/x/sys/unix"
 )
@@ -30,7 +31,7 @@ const (
 const ReadyTimeout = 3 * time.Minute
 
 // MachinesDir returns the directory holding named machines.
-func (s *Scrapbook) MachinesDir() string { return filepath.Join(s.Dir, "machines") }
+func (s *Scrapbook) MachinesDir() string { return filepath.Join(s.Dir, scrapbook.MachinesDir) }
 
 // MachineDir turns a machine argument into its directory. As in SBUML, a
 // machine is either a name, kept under the scrapbook's machines/
@@ -625,71 +626,4 @@ func (s *Scrapbook) Machines(ctx context.Context) ([]MachineInfo, error) {
 		out = append(out, mi)
 	}
 	return out, nil
-}
-
-// DoctorCheck is one line of Doctor's report.
-type DoctorCheck struct {
-	Check string `json:"check"`
-	OK    bool   `json:"ok"`
-	Info  string `json:"info"`
-	Fix   string `json:"fix,omitempty"`
-}
-
-// Doctor checks what sbuml needs on this host: QEMU, the accelerator,
-// tmpfs space for guest RAM, the default image. Each problem comes with
-// its fix.
-func (s *Scrapbook) Doctor(ctx context.Context) []DoctorCheck {
-	var checks []DoctorCheck
-	qi, err := vmm.InspectQEMU(ctx, "")
-	if err != nil {
-		checks = append(checks, DoctorCheck{Check: "qemu", Info: err.Error(), Fix: "apt-get install qemu-system-x86"})
-	} else {
-		checks = append(checks, DoctorCheck{Check: "qemu", OK: true, Info: fmt.Sprintf("%s %s, machine type %s", qi.Path, qi.Version, firstOr(qi.MachineTypes, "?"))})
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(vmm.DefaultRAMRoot[:strings.LastIndexByte(vmm.DefaultRAMRoot, '/')], &st); err != nil {
-		checks = append(checks, DoctorCheck{Check: "tmpfs", Info: err.Error(), Fix: "mount a tmpfs on /dev/shm, or boot with --ram-in-dir"})
-	} else {
-		free := int64(st.Bavail) * st.Bsize
-		c := DoctorCheck{Check: "tmpfs", OK: free >= 1<<30, Info: fmt.Sprintf("/dev/shm has %d MiB free for guest RAM", free>>20)}
-		if !c.OK {
-			c.Fix = "free space on /dev/shm (halt machines), or boot with --ram-in-dir"
-		}
-		checks = append(checks, c)
-	}
-	for _, tool := range []string{"mke2fs", "resize2fs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			checks = append(checks, DoctorCheck{Check: tool, Info: "not found", Fix: "apt-get install e2fsprogs"})
-		}
-	}
-	imgs, _ := s.Images(ctx)
-	var img *ImageInfo
-	for i := range imgs {
-		if imgs[i].Name == DefaultImage {
-			img = &imgs[i]
-		}
-	}
-	if img == nil {
-		checks = append(checks, DoctorCheck{Check: "image", Info: "default image " + DefaultImage + " not built yet", Fix: "sbuml image build (or just sbuml boot: it builds on first use)"})
-	} else {
-		checks = append(checks, DoctorCheck{Check: "image", OK: true, Info: fmt.Sprintf("%s %s, kernel %s", img.Name, img.ID.Short(), img.KernelVersion)})
-		if err == nil {
-			if _, imgFiles, ierr := s.Image(ctx, DefaultImage, nil); ierr == nil {
-				accel, aerr := chooseAccel(ctx, "auto", imgFiles, nil)
-				if aerr != nil {
-					checks = append(checks, DoctorCheck{Check: "accel", Info: aerr.Error(), Fix: "boot with --accel tcg"})
-				} else {
-					checks = append(checks, DoctorCheck{Check: "accel", OK: true, Info: accel + " (verdict cached in " + AccelCachePath() + ")"})
-				}
-			}
-		}
-	}
-	return checks
-}
-
-func firstOr(s []string, def string) string {
-	if len(s) > 0 {
-		return s[0]
-	}
-	return def
 }

@@ -80,6 +80,9 @@ func requireGone(t testing.TB, s *sbuml.Scrapbook, name string, pid int, ram str
 // would: boot, the console (with a pipe as input), freeze and continue
 // with a counter running, ps for a QEMU killed with SIGKILL, halt and
 // halt --all.
+//
+// It is long because one booted guest serves all these checks: each guest
+// costs seconds to boot under TCG.
 func TestMachineCLI(t *testing.T) {
 	t.Parallel()
 	s := guestScrapbook(t, 2)
@@ -192,7 +195,7 @@ func TestMachineCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	attachedIn.Close()
-	time.Sleep(time.Second) // let it attach
+	waitAttached(t, filepath.Join(s.MachinesDir(), "m1"))
 	if out := mustCLI(t, s, "freeze", "m1"); out != "m1 frozen\n" {
 		t.Errorf("sbuml freeze m1 with a console attached printed %q", out)
 	}
@@ -270,5 +273,32 @@ func TestMachineCLIErrors(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(vmm.DefaultRAMRoot, big+"-*")); len(left) > 0 {
 		t.Errorf("failed boot left RAM directories %v", left)
+	}
+}
+
+// waitAttached waits until a console command shows the console of the
+// machine in dir and has let go of the machine itself (vmm ShareConsole):
+// the console lock is held and the machine lock is not.
+func waitAttached(t *testing.T, dir string) {
+	t.Helper()
+	held := func(name string) bool {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			return true
+		}
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		return false
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if held(vmm.ConsoleLock) && !held(vmm.LockFile) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the console of %s was not attached within 30 s", dir)
+		}
 	}
 }

@@ -12,9 +12,11 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/scrapbook"
 	"github.com/sbuml/sbuml/transport"
 )
 
@@ -35,7 +37,7 @@ type RemoteConfig struct {
 }
 
 // remotesFile is the scrapbook file that lists its remotes.
-const remotesFile = "remotes"
+const remotesFile = scrapbook.RemotesFile
 
 type remotesConfig struct {
 	Remotes []RemoteConfig `json:"remotes"`
@@ -194,7 +196,7 @@ func (s *Scrapbook) editRemotes(change func(*remotesConfig) error) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(p, append(b, '\n'))
+	return atomicfile.WriteFile(p, append(b, '\n'), 0o644)
 }
 
 // TransferOptions tune Push, Pull, Clone, Publish and FetchLink.
@@ -248,7 +250,7 @@ func (s *Scrapbook) openRemote(ctx context.Context, remote string, opts Transfer
 	if opts.TokenFile != "" {
 		tokenFile = opts.TokenFile
 	}
-	token, err := readToken(tokenFile)
+	token, err := ReadTokenFile(tokenFile)
 	if err != nil {
 		return nil, "", err
 	}
@@ -267,9 +269,11 @@ func isPathLike(arg string) bool {
 	return strings.ContainsAny(arg, "/:") || arg == "." || arg == ".."
 }
 
-// readToken reads a bearer token file: its content without surrounding
-// white space. An empty name gives an empty token.
-func readToken(name string) (string, error) {
+// ReadTokenFile reads a bearer token file (sbuml serve's, sbuml ui's, a
+// remote's): its content without surrounding white space, which must be
+// one token, a single line without spaces. An empty name gives an empty
+// token.
+func ReadTokenFile(name string) (string, error) {
 	if name == "" {
 		return "", nil
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/transport"
 )
@@ -205,7 +206,7 @@ func (s *Scrapbook) writeIndex(ctx context.Context, dir, url string, published [
 	if err != nil {
 		return nil, 0, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "index.html"), buf.Bytes()); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "index.html"), buf.Bytes(), 0o644); err != nil {
 		return nil, 0, err
 	}
 	return links, len(rows), nil

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/transport"
 	"github.com/sbuml/sbuml/ui/web"
@@ -47,5 +48,5 @@ func (s *Scrapbook) writeGraphSite(dir, url string, published []transport.Ref, e
 	if err := web.WriteGraphSite(dir); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, "graph.json"), append(b, '\n'))
+	return atomicfile.WriteFile(filepath.Join(dir, "graph.json"), append(b, '\n'), 0o644)
 }

@@ -225,6 +225,9 @@ func TestRemoteConfig(t *testing.T) {
 
 // TestPushPullThroughServer pushes from one scrapbook to a smart server,
 // clones from it into another, pushes a child and pulls it.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestPushPullThroughServer(t *testing.T) {
 	ctx := context.Background()
 	srv, served := smartServer(t, "tok")
@@ -443,6 +446,9 @@ func (w *dyingWriter) Write(p []byte) (int, error) {
 
 // TestPublishAndClone publishes a scrapbook, serves the directory with a
 // plain file server, clones it and fetches single snapshots by link.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestPublishAndClone(t *testing.T) {
 	ctx := context.Background()
 	a := remoteBook(t)
@@ -669,6 +675,9 @@ func (c corruptingRemote) Get(ctx context.Context, ids []objects.ID, fn func(obj
 
 // TestLinkFileRegistration checks docs/sbuml-mime.xml and
 // docs/sbuml.desktop against the link files Publish writes.
+//
+// It is long because it reads the two registration files and checks each
+// against the link files in turn.
 func TestLinkFileRegistration(t *testing.T) {
 	a := remoteBook(t)
 	remoteImport(t, a, newRemoteWork(t).dir, "x")

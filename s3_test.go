@@ -162,6 +162,9 @@ func TestS3Machine(t *testing.T) {
 // bucket must then clone into a scrapbook that passes fsck and holds
 // every snapshot pushed. $SBUML_S3_KILL_TRIALS sets the number of
 // trials (5 by default; the issue asks for 20).
+//
+// It is long because the kill loop and the checks after it are one unit,
+// run over one bucket.
 func TestS3PushKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the sbuml command many times")

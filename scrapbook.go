@@ -5,33 +5,26 @@
 //
 // The plumbing lives in sub-packages: chunker cuts bytes, objects encodes
 // and stores content-addressed objects, stream builds and reads large byte
-// streams, fstree stores directory trees, refs names snapshots, vmm drives
-// QEMU machines, image builds the default guest.
+// streams, fstree stores directory trees, refs names snapshots, scrapbook
+// owns the scrapbook directory on disk, vmm drives QEMU machines, image
+// builds the default guest, transport moves snapshots between scrapbooks.
 package sbuml
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 
-	"github.com/go-git/go-billy/v5"
-	"github.com/go-git/go-billy/v5/osfs"
-	"github.com/sbuml/sbuml/internal/gclock"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/scrapbook"
 )
 
 // FormatVersion is the scrapbook layout version written to the config file.
-const FormatVersion = 1
+const FormatVersion = scrapbook.FormatVersion
 
 // DefaultBranch is the branch HEAD names in a new scrapbook.
-const DefaultBranch = "main"
+const DefaultBranch = scrapbook.DefaultBranch
 
 // A Scrapbook is an opened scrapbook directory: its object store and refs.
 //
@@ -48,12 +41,8 @@ type Scrapbook struct {
 	// Refs names snapshots: branches, tags, remote-tracking refs.
 	Refs *refs.Store
 
-	fs billy.Filesystem
-}
-
-// config is the content of the scrapbook's config file.
-type config struct {
-	Format int `json:"format"`
+	// book is the scrapbook on disk, which opened Objects and Refs.
+	book *scrapbook.Dir
 }
 
 // DefaultDir returns $SBUML_DIR, else ~/.sbuml.
@@ -69,79 +58,29 @@ func DefaultDir() string {
 }
 
 // ErrNotScrapbook is returned by Open for a directory that holds no scrapbook.
-var ErrNotScrapbook = errors.New("not a scrapbook")
+var ErrNotScrapbook = scrapbook.ErrNotScrapbook
 
 // Init creates a scrapbook in dir (created if missing; it must not already
 // hold a scrapbook) and opens it.
 func Init(dir string) (*Scrapbook, error) {
-	abs, err := filepath.Abs(dir)
+	b, err := scrapbook.Init(dir)
 	if err != nil {
-		return nil, fmt.Errorf("init %s: %w", dir, err)
+		return nil, err
 	}
-	if _, err := os.Stat(filepath.Join(abs, "config")); err == nil {
-		return nil, fmt.Errorf("init %s: a scrapbook already exists there", abs)
-	}
-	for _, d := range []string{"objects", "refs/heads", "refs/tags"} {
-		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
-			return nil, fmt.Errorf("init %s: %w", abs, err)
-		}
-	}
-	s := open(abs)
-	if err := s.Refs.SetSymbolic("HEAD", "refs/heads/"+DefaultBranch); err != nil {
-		return nil, fmt.Errorf("init %s: %w", abs, err)
-	}
-	if err := writeFileAtomic(filepath.Join(abs, "config"), append(configText(), '\n')); err != nil {
-		return nil, fmt.Errorf("init %s: %w", abs, err)
-	}
-	return s, nil
+	return wrap(b), nil
 }
 
 // Open opens the scrapbook in dir.
 func Open(dir string) (*Scrapbook, error) {
-	abs, err := filepath.Abs(dir)
+	b, err := scrapbook.Open(dir)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", dir, err)
+		return nil, err
 	}
-	name := filepath.Join(abs, "config")
-	b, err := os.ReadFile(name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("open %s: %w (run 'sbuml init' to make one)", abs, ErrNotScrapbook)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", abs, err)
-	}
-	if err := readConfig(b); err != nil {
-		return nil, fmt.Errorf("open %s: config file %s %w", abs, name, err)
-	}
-	return open(abs), nil
+	return wrap(b), nil
 }
 
-// readConfig checks the content of a config file. It is strict, since
-// the file has no checksum: JSON of exactly the fields this sbuml
-// writes, and the format it reads.
-func readConfig(b []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	var c config
-	if err := dec.Decode(&c); err != nil {
-		return fmt.Errorf("is damaged (%v); it should read %s", err, configText())
-	}
-	if len(bytes.TrimSpace(b[dec.InputOffset():])) > 0 {
-		return fmt.Errorf("is damaged (more after the JSON object); it should read %s", configText())
-	}
-	switch {
-	case c.Format == 0:
-		return fmt.Errorf("is damaged (it names no format); it should read %s", configText())
-	case c.Format != FormatVersion:
-		return fmt.Errorf("says scrapbook format %d, this sbuml reads format %d: damaged, or written by another sbuml", c.Format, FormatVersion)
-	}
-	return nil
-}
-
-// configText is the content of the config file of a new scrapbook.
-func configText() []byte {
-	b, _ := json.Marshal(config{Format: FormatVersion})
-	return b
+func wrap(b *scrapbook.Dir) *Scrapbook {
+	return &Scrapbook{Dir: b.Path, Objects: b.Objects, Refs: b.Refs, book: b}
 }
 
 // OpenOrInit opens the scrapbook in dir, creating it first if dir holds
@@ -159,100 +98,13 @@ func OpenOrInit(dir string) (*Scrapbook, error) {
 // Close releases the files the scrapbook holds open (its pack files).
 // Every operation has finished writing by the time it returns, so Close
 // loses nothing; the Scrapbook must not be used afterwards.
-func (s *Scrapbook) Close() error {
-	if c, ok := s.Objects.(io.Closer); ok {
-		return c.Close()
-	}
-	return nil
-}
-
-func open(abs string) *Scrapbook {
-	fsys := osfs.New(abs)
-	return &Scrapbook{
-		Dir:     abs,
-		Objects: objects.NewPacked(fsys, "objects", filepath.Join(abs, "objects")),
-		Refs:    refs.New(fsys),
-		fs:      fsys,
-	}
-}
+func (s *Scrapbook) Close() error { return s.book.Close() }
 
 // lockObjects holds the scrapbook's gc lock shared for an operation that
-// writes objects or refs, or reads a snapshot no ref may name: gc cannot
-// remove objects under it, and it cannot start while gc runs (see
-// internal/gclock). Call the returned function when done.
-//
-// Releasing it also merges the small packs, if writes have left many (see
-// compact).
-func (s *Scrapbook) lockObjects() (release func(), err error) {
-	unlock, err := s.holdObjects()
-	if err != nil {
-		return nil, err
-	}
-	return func() {
-		unlock()
-		s.compact()
-	}, nil
-}
+// writes objects or refs (see scrapbook.Dir.HoldToWrite); releasing it
+// merges the small packs, if writes have left many.
+func (s *Scrapbook) lockObjects() (release func(), err error) { return s.book.HoldToWrite() }
 
 // holdObjects is lockObjects without the merge of packs at the end, for
 // operations that only read.
-func (s *Scrapbook) holdObjects() (release func(), err error) {
-	unlock, err := gclock.Shared(s.Dir, gclock.Wait)
-	if err != nil {
-		return nil, err
-	}
-	// Another process may have repacked since this one last looked.
-	if p, ok := s.Objects.(*objects.Packed); ok {
-		if err := p.Refresh(); err != nil {
-			unlock()
-			return nil, err
-		}
-	}
-	return unlock, nil
-}
-
-// compactAfter is how many small packs (under 128 MiB) a scrapbook may
-// hold before a writer, done, merges them. Every process that opens the scrapbook
-// reads every pack index: with thousands of packs (two or three per
-// commit) each command took 0.2 s longer.
-const compactAfter = 32
-
-// compact merges the packs under 128 MiB into one once there are more
-// than compactAfter packs: gc's repack, removing nothing, so it needs no
-// walk of the snapshots. It is best effort and skipped while another
-// process uses the scrapbook.
-func (s *Scrapbook) compact() {
-	p, ok := s.Objects.(*objects.Packed)
-	if !ok || p.SmallPacks() <= compactAfter {
-		return
-	}
-	release, err := gclock.Exclusive(s.Dir)
-	if err != nil {
-		return
-	}
-	defer release()
-	p.Repack(context.Background(), func(objects.ID) bool { return true }, objects.RepackOptions{})
-}
-
-// writeFileAtomic writes a small file by temp file, fsync and rename.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
-}
+func (s *Scrapbook) holdObjects() (release func(), err error) { return s.book.Hold() }

@@ -36,7 +36,16 @@ type SnapshotOptions struct {
 	Labels  map[string]string
 	// OnProgress, if set, is called about five times a second while
 	// data is being stored.
-	OnProgress func(stream.Stats)
+	OnProgress func(StoreProgress)
+}
+
+// StoreProgress is a moment of storing or writing snapshot data (an
+// import, a commit, an export, a checkout), for a progress bar.
+type StoreProgress struct {
+	stream.Stats
+	// TotalBytes is how many logical bytes the operation goes through in
+	// all, where it is known beforehand (0: not known).
+	TotalBytes int64
 }
 
 // branchRef returns the full ref name of branch, or of the current branch.
@@ -63,8 +72,15 @@ func (s *Scrapbook) tip(ref string) (objects.ID, error) {
 	return id, err
 }
 
-// withProgress runs fn while calling report with the saver's stats.
-func withProgress(saver *stream.Saver, report func(stream.Stats), fn func() error) error {
+// withProgress runs fn while calling report with the saver's stats, of
+// total logical bytes in all (0: not known).
+func withProgress(saver *stream.Saver, report func(StoreProgress), total int64, fn func() error) error {
+	return reportWhile(func() StoreProgress { return StoreProgress{Stats: saver.Stats(), TotalBytes: total} }, report, fn)
+}
+
+// reportWhile runs fn while calling report with what now says, about five
+// times a second.
+func reportWhile(now func() StoreProgress, report func(StoreProgress), fn func() error) error {
 	if report == nil {
 		return fn()
 	}
@@ -77,7 +93,7 @@ func withProgress(saver *stream.Saver, report func(stream.Stats), fn func() erro
 		for {
 			select {
 			case <-t.C:
-				report(saver.Stats())
+				report(now())
 			case <-done:
 				return
 			}
@@ -134,10 +150,7 @@ func (s *Scrapbook) saveSnapshot(ctx context.Context, saver *stream.Saver, paren
 // syncObjects makes every object written so far durable, before a ref
 // may name it (refs-last).
 func (s *Scrapbook) syncObjects(ctx context.Context) error {
-	if sy, ok := s.Objects.(objects.Syncer); ok {
-		return sy.Sync(ctx)
-	}
-	return nil
+	return s.Objects.Sync(ctx)
 }
 
 func firstLine(s string) string {

@@ -7,17 +7,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-)
 
-// sshDir is where the scrapbook keeps its ssh key pair.
-const sshDir = "ssh"
+	"github.com/sbuml/sbuml/scrapbook"
+)
 
 // SSHKey returns the scrapbook's ssh key pair: the path of the private
 // key file (mode 0600) and the public key line. The pair is made once
 // per scrapbook, under SCRAPBOOK/ssh/, with ssh-keygen (ed25519). The
 // Debian images BuildImage makes let root log in with it.
 func (s *Scrapbook) SSHKey() (privPath, pubKey string, err error) {
-	dir := filepath.Join(s.Dir, sshDir)
+	dir := filepath.Join(s.Dir, scrapbook.SSHDir)
 	priv := filepath.Join(dir, "id_ed25519")
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		if err := s.makeSSHKey(dir); err != nil {

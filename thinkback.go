@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml/agent"
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/retention"
 	"github.com/sbuml/sbuml/vmm"
@@ -103,7 +104,7 @@ func (s *Scrapbook) SetAutosnap(ctx context.Context, machine string, cfg Autosna
 		return fmt.Errorf("autosnap: %w", err)
 	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
-	if err := writeFileAtomic(filepath.Join(dir, autosnapFile), append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, autosnapFile), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("autosnap %s: %w", machine, err)
 	}
 	if err := s.startKeeper(dir); err != nil {
@@ -291,7 +292,7 @@ func (k *keeper) expire(ctx context.Context, p retention.Policy) (int, error) {
 
 func (k *keeper) saveAutosnapState(st *AutosnapState) {
 	b, _ := json.MarshalIndent(st, "", "  ")
-	if err := writeFileAtomic(filepath.Join(k.dir, autosnapStateFile), append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(k.dir, autosnapStateFile), append(b, '\n'), 0o644); err != nil {
 		log.Printf("autosnap: %v", err)
 	}
 }

@@ -18,6 +18,9 @@ import (
 // snapshot again, and NAME@{DATE} finds the automatic snapshots. With
 // SBUML_LONG=1 it runs the full scenario: every 30 s for 10
 // minutes, --keep-last 5 --keep-hourly 1.
+//
+// It is long because one booted guest serves all these checks: each guest
+// costs seconds to boot under TCG.
 func TestAutosnap(t *testing.T) {
 	t.Parallel()
 	every, run := 2*time.Second, 24*time.Second

@@ -137,6 +137,9 @@ type ExportOptions struct {
 	// with. Without it they are left out: a snapshot may come from
 	// anywhere, and a setuid file written by root runs as root.
 	KeepSetuid bool
+	// OnFile, if set, is called with the size of each regular file once
+	// it is written, for progress reports.
+	OnFile func(size uint64)
 }
 
 // Export writes tree id into dir, which must not exist or be empty. Files
@@ -194,6 +197,9 @@ func exportDir(ctx context.Context, store objects.Store, id objects.ID, dir stri
 		case objects.EntryFile:
 			if err := exportFile(ctx, store, e.ID, path); err != nil {
 				return err
+			}
+			if opts.OnFile != nil {
+				opts.OnFile(e.Size)
 			}
 		case objects.EntrySymlink:
 			target, err := objects.LoadChunk(ctx, store, e.ID)

@@ -57,7 +57,7 @@ func bootBIOS(t *testing.T, disk, marker string, timeout time.Duration) *biosGue
 // the echo of the typed line cannot match it.
 func (g *biosGuest) run(command string) string {
 	g.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), testimage.CommandTimeout)
 	defer cancel()
 	g.seq++
 	n := 2000 + g.seq

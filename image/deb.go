@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/sbuml/sbuml/internal/atomicfile"
 )
 
 // debPackage is a .deb unpacked into root.
@@ -215,43 +217,8 @@ func copyFile(dst, src string) error {
 		return err
 	}
 	defer in.Close()
-	return writeAtomic(dst, func(w io.Writer) error {
+	return atomicfile.Write(dst, 0o644, func(w io.Writer) error {
 		_, err := io.Copy(w, in)
 		return err
 	})
-}
-
-func writeFileAtomic(dst string, data []byte) error {
-	return writeAtomic(dst, func(w io.Writer) error {
-		_, err := w.Write(data)
-		return err
-	})
-}
-
-// writeAtomic writes dst through fill into a temporary file next to it,
-// then renames it into place.
-func writeAtomic(dst string, fill func(io.Writer) error) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+"-")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := fill(f); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), dst); err != nil {
-		return err
-	}
-	return nil
 }

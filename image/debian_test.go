@@ -38,45 +38,9 @@ func freePort(t *testing.T) int {
 // to the guest's port 22, and waits for the ready marker.
 func bootDebian(t *testing.T, img *image.Image, sshPort int) *guest {
 	t.Helper()
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Fatalf("qemu-system-x86_64 is needed to boot the image (apt-get install qemu-system-x86): %v", err)
-	}
-	args := []string{
-		"-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot",
+	return testimage.BootConsole(t, img, debianBootTimeout,
 		"-machine", "q35", "-cpu", "qemu64,-svm", "-m", "512M",
-		"-serial", "stdio", "-monitor", "none",
-		"-kernel", img.Kernel, "-initrd", img.Initrd, "-append", img.Cmdline,
-		"-drive", "file=" + img.Disk + ",format=raw,if=virtio",
-		"-nic", fmt.Sprintf("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:22", sshPort),
-	}
-	g := &guest{t: t, update: make(chan struct{})}
-	g.cmd = exec.Command(qemu, args...)
-	if g.stdin, err = g.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := g.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.cmd.Stderr = g.cmd.Stdout
-	start := time.Now()
-	if err := g.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", qemu, err)
-	}
-	t.Cleanup(func() {
-		g.cmd.Process.Kill()
-		g.cmd.Wait()
-		if t.Failed() {
-			t.Logf("console output:\n%s", g.output())
-		}
-	})
-	go g.read(stdout)
-	if !g.waitFor(img.ReadyMarker, debianBootTimeout) {
-		t.Fatalf("no ready marker %q within %v", img.ReadyMarker, debianBootTimeout)
-	}
-	t.Logf("Debian: ready marker %v after QEMU started", time.Since(start).Round(100*time.Millisecond))
-	return g
+		"-nic", fmt.Sprintf("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:22", sshPort))
 }
 
 // sshRun runs a command in the guest over ssh as root with the test key.
@@ -104,12 +68,12 @@ func TestDebianBoot(t *testing.T) {
 	port := freePort(t)
 	g := bootDebian(t, img, port)
 
-	if out := g.run("uname -a; id -u"); !strings.Contains(out, "Linux sbuml "+img.KernelVersion) || !strings.Contains(out, "\n0\r") {
+	if out := g.Run("uname -a; id -u"); !strings.Contains(out, "Linux sbuml "+img.KernelVersion) || !strings.Contains(out, "\n0\r") {
 		t.Errorf("uname -a; id -u on the console printed:\n%s", out)
 	}
 	// Boot ends (is-system-running stops waiting) once DHCP is done.
-	if out := g.run("echo state-$(systemctl is-system-running --wait)"); !strings.Contains(out, "state-running") {
-		t.Errorf("systemd is not running cleanly:\n%s%s", out, g.run("systemctl --failed"))
+	if out := g.Run("echo state-$(systemctl is-system-running --wait)"); !strings.Contains(out, "state-running") {
+		t.Errorf("systemd is not running cleanly:\n%s%s", out, g.Run("systemctl --failed"))
 	}
 	checks := []struct{ command, want string }{
 		{"findmnt -no SOURCE,FSTYPE,OPTIONS / | tr -s ' '", "/dev/vda ext4 rw,noatime"},
@@ -118,12 +82,12 @@ func TestDebianBoot(t *testing.T) {
 		{"test -s /etc/ssh/ssh_host_ed25519_key && echo host-key-$((1+1))", "host-key-2"},
 	}
 	for _, c := range checks {
-		if out := g.run(c.command); !strings.Contains(out, c.want) {
+		if out := g.Run(c.command); !strings.Contains(out, c.want) {
 			t.Errorf("%s printed %q, want %q", c.command, out, c.want)
 		}
 	}
 	checkDebianNetwork(t, g, port)
-	g.poweroff()
+	g.PowerOff()
 	if out, err := exec.Command("e2fsck", "-f", "-n", img.Disk).CombinedOutput(); err != nil {
 		t.Errorf("e2fsck -fn after poweroff: %v\n%s", err, out)
 	}
@@ -142,7 +106,7 @@ func checkDebianNetwork(t *testing.T, g *guest, sshPort int) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	url := fmt.Sprintf("http://10.0.2.2:%d/", ln.Addr().(*net.TCPAddr).Port)
-	if out := g.run("wget -qO- " + url); !strings.Contains(out, "page-"+word) {
+	if out := g.Run("wget -qO- " + url); !strings.Contains(out, "page-"+word) {
 		t.Errorf("the guest did not fetch %s from the host:\n%s", url, out)
 	}
 

@@ -20,6 +20,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/sbuml/sbuml/internal/atomicfile"
 )
 
 // ReadyMarker is the line /init prints on the console once the machine is
@@ -221,7 +223,7 @@ func writeConfig(dir string, c config) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("write image config: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, configFile), append(data, '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, configFile), append(data, '\n'), 0o644); err != nil {
 		return nil, fmt.Errorf("write image config: %w", err)
 	}
 	return Load(dir)

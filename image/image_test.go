@@ -50,6 +50,11 @@ func readInitrd(t *testing.T, file string) ([]*cpio.Header, map[string][]byte) {
 	return hdrs, data
 }
 
+// TestInitrdContents reads the test image's initramfs: sorted entries,
+// directories before their contents, one modification time, and the files
+// the guest needs.
+// It is long because it checks every entry of the one initramfs the test
+// image has, in one pass.
 func TestInitrdContents(t *testing.T) {
 	img := testimage.Get(t)
 	hdrs, data := readInitrd(t, img.Initrd)

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/sbuml/sbuml/internal/atomicfile"
 )
 
 // initramfsDirs are the directories /init and busybox expect to exist.
@@ -66,7 +68,7 @@ func writeInitramfs(ctx context.Context, dst string, kernel *kernelTree, modules
 	}
 
 	var size int64
-	err = writeAtomic(dst, func(w io.Writer) error {
+	err = atomicfile.Write(dst, 0o644, func(w io.Writer) error {
 		cw := &countingWriter{w: w}
 		bw := bufio.NewWriterSize(cw, 1<<20)
 		if err := t.writeCpio(bw); err != nil {

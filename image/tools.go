@@ -6,26 +6,39 @@ import (
 	"os/exec"
 )
 
-// toolPackages names the Debian package that provides each program this
-// package runs, for the error that says what to install.
-var toolPackages = map[string]string{
-	"chroot":      "coreutils",
-	"debootstrap": "debootstrap",
-	"debugfs":     "e2fsprogs",
-	"e2fsck":      "e2fsprogs",
-	"mcopy":       "mtools",
-	"mke2fs":      "e2fsprogs",
-	"mkfs.fat":    "dosfstools",
-	"qemu-img":    "qemu-utils",
-	"resize2fs":   "e2fsprogs",
-	"sfdisk":      "fdisk",
-	"syslinux":    "syslinux",
+// A Tool is a program that building, importing or exporting images runs.
+type Tool struct {
+	Name    string // the program
+	Package string // the Debian package that provides it
+	For     string // what needs it
+}
+
+// Tools lists the programs this package runs, for sbuml doctor.
+var Tools = []Tool{
+	{"apt-get", "apt", "tiny: fetching the kernel and busybox packages"},
+	{"dpkg-deb", "dpkg", "tiny: unpacking them"},
+	{"mke2fs", "e2fsprogs", "the root disks of tiny and debian"},
+	{"debugfs", "e2fsprogs", "the root disks of tiny and debian"},
+	{"e2fsck", "e2fsprogs", "growing disks, bootable disks"},
+	{"resize2fs", "e2fsprogs", "growing disks (--disk-size)"},
+	{"debootstrap", "debootstrap", "the debian image"},
+	{"chroot", "coreutils", "the debian image"},
+	{"qemu-img", "qemu-utils", "importing qcow2 disks"},
+	{"sfdisk", "fdisk", "image export (disks that boot by BIOS)"},
+	{"mkfs.fat", "dosfstools", "image export"},
+	{"mcopy", "mtools", "image export"},
+	{"syslinux", "syslinux", "image export"},
 }
 
 // missingTool returns the error for a program that is not installed: one
 // line naming the Debian package to install.
 func missingTool(name string) error {
-	pkg := toolPackages[name]
+	var pkg string
+	for _, t := range Tools {
+		if t.Name == name {
+			pkg = t.Package
+		}
+	}
 	if pkg == "" {
 		return fmt.Errorf("%s not found in PATH", name)
 	}

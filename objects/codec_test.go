@@ -17,6 +17,8 @@ import (
 
 // roundTripCases are valid objects of every kind, edge cases included.
 // FuzzDecode uses their encodings as seeds.
+//
+// It is long because of its table, one case a line.
 func roundTripCases() []struct {
 	name string
 	obj  encodable
@@ -305,6 +307,8 @@ func TestKindOf(t *testing.T) {
 
 // TestDecodeRejects feeds hand-made invalid encodings to References and to
 // the decoder of their kind; each must fail with an error that says why.
+//
+// It is long because of its table, one case a line.
 func TestDecodeRejects(t *testing.T) {
 	a, b := idOf("a"), idOf("b")
 	goodEntry := func(name string) []byte { return treeEntry(name, 1, 0o644, 1, idOf(name)) }

@@ -7,16 +7,16 @@ import "fmt"
 // carries the number of stream bytes below it, so any offset can be found
 // by descending from the root.
 type Index struct {
-	Level   uint8
-	Entries []IndexEntry
+	Level   uint8        `json:"level"`
+	Entries []IndexEntry `json:"entries"`
 }
 
 // An IndexEntry names a chunk (level 0) or a child index node (level>0)
 // and the number of stream bytes it covers. At level 0 a Zero ID marks a
 // hole: Length zero bytes that are stored nowhere.
 type IndexEntry struct {
-	ID     ID
-	Length uint64
+	ID     ID     `json:"id"`
+	Length uint64 `json:"length"`
 }
 
 // MaxIndexLevel bounds the height of an index tree.

@@ -39,6 +39,14 @@ func NewLoose(fs billy.Filesystem, dir, hostDir string) *Loose {
 	return &Loose{fs: fs, dir: dir, root: hostDir}
 }
 
+// The abilities a loose store has beyond Store.
+var (
+	_ Store        = (*Loose)(nil)
+	_ Deleter      = (*Loose)(nil)
+	_ Locator      = (*Loose)(nil)
+	_ PrefixFinder = (*Loose)(nil)
+)
+
 // lockedFS serializes the directory operations of a billy.Filesystem.
 type lockedFS struct {
 	billy.Filesystem
@@ -222,7 +230,7 @@ func (l *Loose) List(ctx context.Context, fn func(ID, int64) error) error {
 	return nil
 }
 
-// Delete implements Store.
+// Delete implements Deleter.
 func (l *Loose) Delete(_ context.Context, id ID) error {
 	err := l.fs.Remove(l.name(id))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -231,8 +239,9 @@ func (l *Loose) Delete(_ context.Context, id ID) error {
 	return nil
 }
 
-// Sync makes every completed Put durable: one syncfs(2) of the file
-// system holding the store, rather than an fsync per object.
+// Sync implements Store: one syncfs(2) of the file system holding the
+// store, rather than an fsync per object. A store that is not a host
+// directory (memfs) has nothing to sync.
 func (l *Loose) Sync(_ context.Context) error {
 	if l.root == "" {
 		return nil
@@ -247,6 +256,10 @@ func (l *Loose) Sync(_ context.Context) error {
 	}
 	return nil
 }
+
+// Close implements Store. A loose store holds no file open between
+// calls: there is nothing to release.
+func (l *Loose) Close() error { return nil }
 
 func randomSuffix() string {
 	var b [8]byte

@@ -75,6 +75,18 @@ type Packed struct {
 	goneLoose map[ID]bool
 }
 
+// The abilities a pack store has beyond Store.
+var (
+	_ Store        = (*Packed)(nil)
+	_ LeafPutter   = (*Packed)(nil)
+	_ Locator      = (*Packed)(nil)
+	_ PrefixFinder = (*Packed)(nil)
+	_ Refresher    = (*Packed)(nil)
+	_ FileChecker  = (*Packed)(nil)
+	_ Repacker     = (*Packed)(nil)
+	_ FailStopper  = (*Packed)(nil)
+)
+
 type packLoc struct {
 	pack int32
 	size uint32
@@ -109,15 +121,23 @@ func (w *packWriter) closeWriter() {
 // dir/pack, loose objects in dir/ab/…. hostDir, if not empty, is dir on the
 // host file system, for syncing and messages.
 func NewPacked(fsys billy.Filesystem, dir, hostDir string) *Packed {
-	root := ""
+	hostPacks := ""
 	if hostDir != "" {
-		root = path.Join(hostDir, "pack")
+		hostPacks = path.Join(hostDir, "pack")
 	}
+	return NewPackedIn(fsys, path.Join(dir, "pack"), hostPacks, dir, hostDir)
+}
+
+// NewPackedIn is NewPacked for another layout: packs in packDir, loose
+// objects in looseDir, both inside fsys; hostPacks and hostLoose, if not
+// empty, are the same directories on the host. A published directory
+// keeps its packs so (see transport.CreatePublished).
+func NewPackedIn(fsys billy.Filesystem, packDir, hostPacks, looseDir, hostLoose string) *Packed {
 	p := &Packed{
-		loose: NewLoose(fsys, dir, hostDir),
+		loose: NewLoose(fsys, looseDir, hostLoose),
 		fs:    fsys,
-		dir:   path.Join(dir, "pack"),
-		root:  root,
+		dir:   packDir,
+		root:  hostPacks,
 		known: map[string]bool{},
 		index: map[ID]packLoc{},
 	}
@@ -175,7 +195,7 @@ func (p *Packed) load() error {
 	// Loose objects, if any, sit in two-hex-digit fan-out directories.
 	// Where there are none, Has need not look for one per object.
 	if !p.hasLoose {
-		tops, err := p.fs.ReadDir(path.Dir(p.dir))
+		tops, err := p.fs.ReadDir(p.loose.dir)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("list objects: %w", err)
 		}
@@ -523,8 +543,8 @@ func (p *Packed) fail(err error) error {
 	return err
 }
 
-// Err returns the error that ended this store's writing (see fail), or
-// nil while it writes.
+// Err implements FailStopper: the error that ended this store's writing
+// (see fail), or nil while it writes.
 func (p *Packed) Err() error {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -611,15 +631,31 @@ func (p *Packed) publish(lane int) error {
 	return nil
 }
 
+// syncfs makes every write to the file system of the store durable: one
+// syncfs(2), through the pack directory, or whichever of the directories
+// above it exists yet.
 func (p *Packed) syncfs() error {
-	if p.loose.root == "" {
+	if p.root == "" {
 		return nil
 	}
-	return p.loose.Sync(context.Background())
+	dir := p.root
+	f, err := os.Open(dir)
+	for errors.Is(err, fs.ErrNotExist) && path.Dir(dir) != dir {
+		dir = path.Dir(dir)
+		f, err = os.Open(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("sync objects: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync objects %s: %w", dir, err)
+	}
+	return nil
 }
 
-// Sync publishes the pack being written and makes every completed Put
-// durable. Callers sync before moving a ref to new objects.
+// Sync implements Store: it publishes the packs being written and makes
+// every completed Put durable.
 func (p *Packed) Sync(ctx context.Context) error {
 	p.mu.Lock()
 	err := p.publishAll()
@@ -657,7 +693,12 @@ func (p *Packed) List(ctx context.Context, fn func(ID, int64) error) error {
 		}
 	}
 	p.mu.Unlock()
-	for _, it := range items {
+	for i, it := range items {
+		if i%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
 		if err := fn(it.id, it.size); err != nil {
 			return err
 		}
@@ -673,35 +714,31 @@ func (p *Packed) List(ctx context.Context, fn func(ID, int64) error) error {
 	})
 }
 
-// ErrPacked is returned by Delete for objects kept in pack files, which
-// are never rewritten in place.
-var ErrPacked = errors.New("object is in a pack file")
-
-// Delete implements Store for loose objects; packed objects are refused
-// with ErrPacked.
-func (p *Packed) Delete(ctx context.Context, id ID) error {
-	if _, _, ok, err := p.lookup(id, false); err != nil {
-		return err
-	} else if ok {
-		return fmt.Errorf("delete object %s: %w", id, ErrPacked)
-	}
-	return p.loose.Delete(ctx, id)
-}
-
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// CheckPacks reads every published pack from start to end and reports
-// damage that object reads do not see: a bad magic number, record headers
-// that disagree with the pack's own index, gaps or trailing bytes.
-func (p *Packed) CheckPacks(ctx context.Context) []error {
+// Damaged implements FileChecker: every pack index that could not be
+// read.
+func (p *Packed) Damaged() []error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.load()
+	return append([]error(nil), p.broken...)
+}
+
+// CheckFiles implements FileChecker: every pack index that could not be
+// read (its objects are unreachable until it is repaired), then, read
+// from start to end, every published pack whose records disagree with
+// its own index: a bad magic number, record headers that do not match,
+// gaps or trailing bytes.
+func (p *Packed) CheckFiles(ctx context.Context) []error {
 	p.mu.Lock()
 	if err := p.load(); err != nil {
 		p.mu.Unlock()
 		return []error{err}
 	}
 	packs := append([]*packFile(nil), p.packs...)
+	errs := append([]error(nil), p.broken...)
 	p.mu.Unlock()
-	var errs []error
 	for _, pf := range packs {
 		if ctx.Err() != nil {
 			return append(errs, ctx.Err())
@@ -751,30 +788,20 @@ func checkPack(f billy.File, entries []indexEntry) error {
 	return nil
 }
 
-// Checksummed reports whether every stored byte of id is covered by a
-// checksum that Get or Unseal verifies: true for packed objects, whose
+// Checksummed implements FileChecker: true for packed objects, whose
 // compressed forms carry a CRC (an uncompressed form is the encoding
-// that Unseal hashes).
+// that Unseal hashes); loose objects have no checksum of their own.
 func (p *Packed) Checksummed(id ID) bool {
 	_, _, ok, _ := p.lookup(id, false)
 	return ok
 }
 
-// Refresh reads the indexes of packs that other processes have published
-// since this store last looked, so Has sees their objects.
+// Refresh implements Refresher: it reads the indexes of packs that other
+// processes have published since this store last looked.
 func (p *Packed) Refresh() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.load()
-}
-
-// Broken returns an error for every pack index that could not be read;
-// the objects it lists are unreachable until it is repaired.
-func (p *Packed) Broken() []error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.load()
-	return append([]error(nil), p.broken...)
 }
 
 // Locate names the file (and offset) where an object is kept.
@@ -821,8 +848,9 @@ func (p *Packed) FindPrefix(ctx context.Context, prefix string) ([]ID, error) {
 	return ids, nil
 }
 
-// Close closes the pack files. A pending pack is left unpublished (its
-// objects are lost, as after a crash); call Sync first to keep them.
+// Close implements Store: it closes the pack files. A pending pack is
+// left unpublished (its objects are lost, as after a crash); call Sync
+// first to keep them.
 func (p *Packed) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -68,7 +68,7 @@ func TestPackEncoder(t *testing.T) {
 	}
 	dst := NewPacked(fsys, "objects", "")
 	defer dst.Close()
-	if errs := dst.CheckPacks(ctx); len(errs) > 0 {
+	if errs := dst.CheckFiles(ctx); len(errs) > 0 {
 		t.Fatalf("fsck of the written pack: %v", errs)
 	}
 	for id, enc := range want {

@@ -71,8 +71,8 @@ func TestPackedRoundTrip(t *testing.T) {
 	if n != len(want) {
 		t.Fatalf("List gave %d objects, want %d", n, len(want))
 	}
-	if err := other.Delete(ctx, firstKey(want)); !errors.Is(err, ErrPacked) {
-		t.Fatalf("Delete of a packed object: %v", err)
+	if _, ok := Store(other).(Deleter); ok {
+		t.Fatal("a pack store says it deletes single objects")
 	}
 }
 
@@ -132,11 +132,15 @@ func TestPackedCorruption(t *testing.T) {
 			t.Fatalf("untouched object %s: %v", other.Short(), err)
 		}
 	}
-	// A flipped index byte makes the index unreadable, reported by Broken.
+	// A flipped index byte makes the index unreadable, reported by
+	// CheckFiles.
 	flip(t, idxs[0], 20)
 	fresh = NewPacked(osfs.New(dir), "objects", filepath.Join(dir, "objects"))
-	if b := fresh.Broken(); len(b) != 1 || !errors.Is(b[0], ErrCorrupt) {
-		t.Fatalf("Broken() = %v", b)
+	if b := fresh.Damaged(); len(b) != 1 || !errors.Is(b[0], ErrCorrupt) {
+		t.Fatalf("Damaged() = %v", b)
+	}
+	if b := fresh.CheckFiles(ctx); len(b) != 1 || !errors.Is(b[0], ErrCorrupt) {
+		t.Fatalf("CheckFiles() = %v", b)
 	}
 }
 

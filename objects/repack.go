@@ -161,269 +161,398 @@ func (p *Packed) SmallPacks() int {
 // many commits become one.
 const smallPack = maxPackSize / 4
 
-// RepackOptions tune Repack.
-type RepackOptions struct {
-	// DryRun writes and removes nothing; the stats say what would happen.
-	DryRun bool
-	// Progress, if set, is called now and then while objects are copied
-	// with the bytes copied so far and the bytes to copy in all.
-	Progress func(copied, total int64)
+// RepackPlan is what a repack will do, decided before anything is
+// written, as restic plans a prune before it executes it: which packs are
+// rewritten, which are removed whole, which loose objects are moved into
+// packs or dropped. A dry run is the plan. Repack carries it out against
+// the store as it was planned: if the store's packs changed meanwhile, it
+// refuses, and a new plan is needed.
+type RepackPlan struct {
+	// Stats are the figures the plan expects. PacksAfter and
+	// FileBytesAfter are estimates until Repack reports what it did.
+	Stats RepackStats
+
+	store *Packed
+	keep  func(ID) bool
+	packs []plannedPack
+	loose []plannedLoose
+	// dead counts the packs that hold nothing to keep and go before any
+	// copying; deadBytes is their size.
+	dead      int
+	deadBytes int64
 }
 
-// Repack drops every object for which keep returns false and merges
-// small packs. Packs holding a dropped object, a second copy of an
-// object, or under a quarter of MaxPackSize are rewritten, their kept
-// objects copied (verified, not decoded) into new packs; loose objects are
-// moved into packs or removed. Large packs holding only kept objects are
-// left alone, so the cost of a repack follows what it frees.
-//
-// Packs that hold nothing to keep are removed first, so that a full disk
-// gets room for the copies. The new packs are published and made durable
-// before the packs they replace are removed, and what is removed vanishes
-// at once (see journalFile): a crash leaves objects twice, never missing. The caller must ensure that
-// no other process writes to the store meanwhile (see internal/gclock),
-// and that keep holds every object reachable from every ref; Repack only
-// keeps the closure of what it is told.
-func (p *Packed) Repack(ctx context.Context, keep func(ID) bool, opts RepackOptions) (RepackStats, error) {
-	dryRun := opts.DryRun
-	var st RepackStats
+// plannedPack is one published pack as a plan sees it.
+type plannedPack struct {
+	pf      *packFile
+	entries []indexEntry
+	size    int64 // of the pack file
+	// rewrite: its kept objects are copied into new packs and it goes;
+	// dead: it holds nothing to keep and goes before any copying.
+	rewrite, dead bool
+}
+
+// plannedLoose is one loose object as a plan sees it.
+type plannedLoose struct {
+	id   ID
+	size int64
+	copy bool // kept and in no pack: copied into a new pack
+}
+
+// PlanRepack implements Repacker. A pack is rewritten when it holds an
+// object that keep drops, a second copy of an object, or is under a
+// quarter of MaxPackSize (so the small packs of many commits merge into
+// one); large packs holding only kept objects are left alone, so the
+// cost of a repack follows what it frees. Loose objects are moved into
+// packs or dropped. It publishes what this process has written first, so
+// that the plan sees it.
+func (p *Packed) PlanRepack(ctx context.Context, keep func(ID) bool) (*RepackPlan, error) {
 	if err := p.Sync(ctx); err != nil {
-		return st, fmt.Errorf("repack: %w", err)
+		return nil, fmt.Errorf("plan repack: %w", err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.load(); err != nil {
-		return st, fmt.Errorf("repack: %w", err)
-	}
-	if !dryRun && (p.gonePacks != nil || p.goneLoose != nil) {
-		// A repack was killed while removing files: finish it.
-		if err := p.removeJournaled(ctx); err != nil {
-			return st, fmt.Errorf("repack: %w", err)
-		}
+		return nil, fmt.Errorf("plan repack: %w", err)
 	}
 	if len(p.broken) > 0 {
-		return st, fmt.Errorf("repack: %w (run sbuml fsck)", p.broken[0])
+		return nil, fmt.Errorf("plan repack: %w (run sbuml fsck)", p.broken[0])
 	}
+	pl := &RepackPlan{store: p, keep: keep}
+	if err := p.planPacks(pl); err != nil {
+		return nil, fmt.Errorf("plan repack: %w", err)
+	}
+	if err := p.planLoose(ctx, pl); err != nil {
+		return nil, fmt.Errorf("plan repack: %w", err)
+	}
+	pl.planDead()
+	pl.count()
+	return pl, nil
+}
 
-	// Decide, pack by pack, what goes.
-	type oldPack struct {
-		pf      *packFile
-		entries []indexEntry
-		rewrite bool
-		removed bool // holds nothing to keep, removed before any copying
-	}
-	olds := make([]oldPack, len(p.packs))
+// planPacks reads the index of every published pack and decides which
+// are rewritten. Callers hold mu.
+func (p *Packed) planPacks(pl *RepackPlan) error {
 	rewriting := 0
 	for i, pf := range p.packs {
 		idxName := strings.TrimSuffix(pf.name, ".pack") + ".idx"
 		b, err := readAll(p.fs, path.Join(p.dir, idxName))
 		if err != nil {
-			return st, fmt.Errorf("repack: read pack index %s: %w", p.where(idxName), err)
+			return fmt.Errorf("read pack index %s: %w", p.where(idxName), err)
 		}
 		entries, err := decodePackIndex(b)
 		if err != nil {
-			return st, fmt.Errorf("repack: pack index %s: %w: %v", p.where(idxName), ErrCorrupt, err)
+			return fmt.Errorf("pack index %s: %w: %v", p.where(idxName), ErrCorrupt, err)
 		}
 		size, err := fileSize(p.fs, path.Join(p.dir, pf.name))
 		if err != nil {
-			return st, fmt.Errorf("repack: %w", err)
+			return err
 		}
-		st.FileBytesBefore += size + int64(len(b))
-		op := oldPack{pf: pf, entries: entries, rewrite: size < smallPack}
-		for _, e := range entries {
-			if !p.liveIn(e, int32(i), keep) {
-				op.rewrite = true
-				break
-			}
-		}
-		if op.rewrite {
+		pl.Stats.FileBytesBefore += size + int64(len(b))
+		pp := plannedPack{pf: pf, entries: entries, size: size, rewrite: size < smallPack || !p.allLive(entries, int32(i), pl.keep)}
+		if pp.rewrite {
 			rewriting++
 		}
-		olds[i] = op
+		pl.packs = append(pl.packs, pp)
 	}
-	st.PacksBefore = len(p.packs)
-
+	pl.Stats.PacksBefore = len(p.packs)
 	// A single pack with nothing to drop gains nothing from a rewrite.
 	if rewriting == 1 {
-		for i := range olds {
-			if olds[i].rewrite && p.allLive(olds[i].entries, int32(i), keep) {
-				olds[i].rewrite = false
-				rewriting = 0
+		for i := range pl.packs {
+			if pl.packs[i].rewrite && p.allLive(pl.packs[i].entries, int32(i), pl.keep) {
+				pl.packs[i].rewrite = false
 			}
 		}
 	}
+	return nil
+}
 
-	var loose []ID
-	var total int64 // bytes to copy, for Progress
-	if err := p.loose.List(ctx, func(id ID, size int64) error {
-		loose = append(loose, id)
-		st.FileBytesBefore += size
-		total += size
+// planLoose lists the loose objects and decides which are copied into
+// packs. Callers hold mu.
+func (p *Packed) planLoose(ctx context.Context, pl *RepackPlan) error {
+	err := p.loose.List(ctx, func(id ID, size int64) error {
+		if p.goneLoose[id] {
+			return nil // an unfinished repack removes it (see Repack)
+		}
+		_, packed := p.index[id]
+		pl.loose = append(pl.loose, plannedLoose{id: id, size: size, copy: !packed && pl.keep(id)})
+		pl.Stats.FileBytesBefore += size
 		return nil
-	}); err != nil {
-		return st, fmt.Errorf("repack: list loose objects: %w", err)
+	})
+	if err != nil {
+		return fmt.Errorf("list loose objects: %w", err)
 	}
-	st.LooseBefore = len(loose)
-	for i, op := range olds {
-		for _, e := range op.entries {
-			if op.rewrite && p.liveIn(e, int32(i), keep) {
-				total += int64(e.size)
-			}
-		}
-	}
-	var reported int64
-	progress := func() {
-		if opts.Progress != nil && st.CopiedBytes-reported >= 8<<20 {
-			reported = st.CopiedBytes
-			opts.Progress(st.CopiedBytes, total)
-		}
-	}
+	pl.Stats.LooseBefore = len(pl.loose)
+	return nil
+}
 
-	// Packs that hold nothing to keep go first, with nothing to copy: on
-	// a full disk, that frees the room the copies below need.
-	copyFailed := func(err error) error { return err }
-	if !dryRun {
-		var dead []string
-		for i := range olds {
-			if olds[i].rewrite && p.noneLive(olds[i].entries, int32(i), keep) {
-				dead = append(dead, olds[i].pf.name)
-				olds[i].removed = true
-			}
-		}
-		if len(dead) > 0 && len(dead) < rewriting+len(loose) {
-			if err := ctx.Err(); err != nil {
-				return st, err // nothing removed yet
-			}
-			if err := p.removeLeftovers(); err != nil {
-				return st, err
-			}
-			var size int64
-			for _, name := range dead {
-				n, _ := fileSize(p.fs, path.Join(p.dir, name))
-				size += n
-			}
-			if err := p.removeByJournal(ctx, dead, nil); err != nil {
-				return st, fmt.Errorf("repack: %w", err)
-			}
-			// Should copying fail now (the room freed was not enough),
-			// say what was done.
-			copyFailed = func(err error) error {
-				return fmt.Errorf("%w (the %d packs that held nothing to keep, %.1f MiB, were removed first)", err, len(dead), float64(size)/(1<<20))
-			}
-		} else {
-			for i := range olds {
-				olds[i].removed = false // one journal below does for all
-			}
-		}
-	}
-
-	out := &packOutput{p: p, dryRun: dryRun}
-	defer out.abort()
-	copied := map[ID]bool{}
-	for i, op := range olds {
-		for _, e := range op.entries {
-			live := p.liveIn(e, int32(i), keep)
-			switch {
-			case !live:
-				st.Removed++
-				st.RemovedBytes += int64(e.size)
-			case !op.rewrite:
-				st.Kept++
-				st.KeptBytes += int64(e.size)
-			default:
-				if err := ctx.Err(); err != nil {
-					return st, err
-				}
-				b := make([]byte, e.size)
-				if _, err := op.pf.f.ReadAt(b, int64(e.off)); err != nil {
-					return st, fmt.Errorf("repack: read object %s from %s at %d: %w", e.id, p.where(op.pf.name), e.off, err)
-				}
-				// Copied, not decoded: a compressed form is checked by
-				// its CRC, any other against its ID, lest a damaged
-				// record replace the loose copy dropped below.
-				bad := !crcMatches(b, e.crc)
-				if !bad && !IsCompressed(b) {
-					_, err := Unseal(e.id, b)
-					bad = err != nil
-				}
-				if bad {
-					return st, fmt.Errorf("repack: object %s: %w: checksum mismatch in %s at offset %d (run sbuml fsck)", e.id, ErrCorrupt, p.where(op.pf.name), e.off)
-				}
-				if err := out.add(e.id, b); err != nil {
-					return st, copyFailed(err)
-				}
-				copied[e.id] = true
-				st.Kept++
-				st.KeptBytes += int64(e.size)
-				st.Copied++
-				st.CopiedBytes += int64(e.size)
-				progress()
-			}
-		}
-	}
-	for _, id := range loose {
-		if _, ok := p.index[id]; ok || !keep(id) || copied[id] {
-			st.Removed++ // a loose copy of a packed object, or garbage
+// planDead marks the rewritten packs that hold nothing to keep, to be
+// removed before anything is copied: on a full disk that frees the room
+// the copies need. Where they are all there is to do, one removal at the
+// end does for all.
+func (pl *RepackPlan) planDead() {
+	var dead []int
+	rewriting := 0
+	for i, pp := range pl.packs {
+		if !pp.rewrite {
 			continue
 		}
-		b, err := p.loose.Get(ctx, id)
-		if err != nil {
+		rewriting++
+		if pl.store.noneLive(pp.entries, int32(i), pl.keep) {
+			dead = append(dead, i)
+		}
+	}
+	if len(dead) == 0 || len(dead) >= rewriting+len(pl.loose) {
+		return
+	}
+	for _, i := range dead {
+		pl.packs[i].dead = true
+		pl.dead++
+		pl.deadBytes += pl.packs[i].size
+	}
+}
+
+// count fills in the plan's Stats: what is kept, removed and copied, and
+// the packs and bytes expected after.
+func (pl *RepackPlan) count() {
+	st := &pl.Stats
+	for i, pp := range pl.packs {
+		for _, e := range pp.entries {
+			switch {
+			case !pl.store.liveIn(e, int32(i), pl.keep):
+				st.Removed++
+				st.RemovedBytes += int64(e.size)
+			case pp.rewrite:
+				st.Copied++
+				st.CopiedBytes += int64(e.size)
+				fallthrough
+			default:
+				st.Kept++
+				st.KeptBytes += int64(e.size)
+			}
+		}
+		if !pp.rewrite {
+			st.PacksAfter++
+		}
+	}
+	for _, lo := range pl.loose {
+		if !lo.copy {
+			st.Removed++ // a loose copy of a packed object, or garbage
+			st.RemovedBytes += lo.size
+			continue
+		}
+		st.Kept++
+		st.KeptBytes += lo.size
+		st.Copied++
+		st.CopiedBytes += lo.size
+	}
+	st.PacksAfter += int((st.CopiedBytes + maxPackSize - 1) / maxPackSize)
+	st.FileBytesAfter = st.FileBytesBefore - st.RemovedBytes // stored bytes, roughly
+}
+
+// Repack implements Repacker: it carries out a plan made by PlanRepack on
+// this store. Packs that hold nothing to keep are removed first; the kept
+// objects of the other rewritten packs and the loose ones are copied
+// (verified, not decoded) into new packs, which are published and made
+// durable before the packs they replace are removed, and what is removed
+// vanishes at once (see journalFile): a crash leaves objects twice, never
+// missing. The caller must ensure that no other process writes to the
+// store meanwhile (see scrapbook.LockShared), and that keep holds every object
+// reachable from every ref; Repack only keeps the closure of what it is
+// told.
+func (p *Packed) Repack(ctx context.Context, pl *RepackPlan, progress func(copied, total int64)) (RepackStats, error) {
+	st := pl.Stats
+	st.Copied, st.CopiedBytes = 0, 0
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.checkPlan(pl); err != nil {
+		return st, err
+	}
+	if p.gonePacks != nil || p.goneLoose != nil {
+		// A repack was killed while removing files: finish it.
+		if err := p.removeJournaled(ctx); err != nil {
 			return st, fmt.Errorf("repack: %w", err)
 		}
-		if _, err := Unseal(id, b); err != nil {
-			return st, fmt.Errorf("repack: loose object %s (%s): %w (run sbuml fsck)", id, p.loose.Locate(id), err)
-		}
-		if err := out.add(id, b); err != nil {
-			return st, copyFailed(err)
-		}
-		copied[id] = true
-		st.Kept++
-		st.KeptBytes += int64(len(b))
-		st.Copied++
-		st.CopiedBytes += int64(len(b))
-		progress()
 	}
-	if err := ctx.Err(); err != nil {
-		return st, err // out.abort removes the copies
+	copyFailed, err := p.removeDead(ctx, pl)
+	if err != nil {
+		return st, err
+	}
+	out := &packOutput{p: p}
+	defer out.abort()
+	if err := p.copyKept(ctx, pl, out, &st, progress); err != nil {
+		return st, copyFailed(err)
 	}
 	if err := out.finish(); err != nil {
 		return st, copyFailed(err)
 	}
-
+	if err := p.removeReplaced(ctx, pl, out.published); err != nil {
+		return st, err
+	}
 	st.PacksAfter = len(out.published)
-	for _, op := range olds {
-		if !op.rewrite {
+	for _, pp := range pl.packs {
+		if !pp.rewrite {
 			st.PacksAfter++
 		}
 	}
-	if dryRun {
-		st.FileBytesAfter = st.FileBytesBefore - st.RemovedBytes // stored bytes, roughly
-		return st, nil
-	}
+	return p.reloadAfterRepack(ctx, st)
+}
 
-	// The new packs are durable: what they replace goes.
+// checkPlan refuses a plan made for another store, or before this store's
+// packs changed. Callers hold mu.
+func (p *Packed) checkPlan(pl *RepackPlan) error {
+	if pl.store != p {
+		return errors.New("repack: the plan was made for another store")
+	}
+	if err := p.load(); err != nil {
+		return fmt.Errorf("repack: %w", err)
+	}
+	changed := len(p.packs) != len(pl.packs)
+	for i := 0; !changed && i < len(p.packs); i++ {
+		changed = p.packs[i] != pl.packs[i].pf
+	}
+	for _, w := range p.pending {
+		changed = changed || w != nil
+	}
+	if changed {
+		return errors.New("repack: the store changed since the repack was planned; plan it again")
+	}
+	return nil
+}
+
+// removeDead removes the packs the plan marks dead, before any copying,
+// and returns how to describe a copy that fails afterwards. Callers hold
+// mu.
+func (p *Packed) removeDead(ctx context.Context, pl *RepackPlan) (copyFailed func(error) error, err error) {
+	copyFailed = func(err error) error { return err }
+	if pl.dead == 0 {
+		return copyFailed, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err // nothing removed yet
+	}
+	if err := p.removeLeftovers(); err != nil {
+		return nil, err
+	}
+	var dead []string
+	for _, pp := range pl.packs {
+		if pp.dead {
+			dead = append(dead, pp.pf.name)
+		}
+	}
+	if err := p.removeByJournal(ctx, dead, nil); err != nil {
+		return nil, fmt.Errorf("repack: %w", err)
+	}
+	// Should copying fail now (the room freed was not enough), say what
+	// was done.
+	return func(err error) error {
+		return fmt.Errorf("%w (the %d packs that held nothing to keep, %.1f MiB, were removed first)", err, pl.dead, float64(pl.deadBytes)/(1<<20))
+	}, nil
+}
+
+// copyKept copies the kept objects of the rewritten packs and the loose
+// objects to keep into out, counting them in st. Callers hold mu.
+func (p *Packed) copyKept(ctx context.Context, pl *RepackPlan, out *packOutput, st *RepackStats, progress func(copied, total int64)) error {
+	var reported int64
+	copied := func(size int64) {
+		st.Copied++
+		st.CopiedBytes += size
+		if progress != nil && st.CopiedBytes-reported >= 8<<20 {
+			reported = st.CopiedBytes
+			progress(st.CopiedBytes, pl.Stats.CopiedBytes)
+		}
+	}
+	for i, pp := range pl.packs {
+		if !pp.rewrite || pp.dead {
+			continue
+		}
+		for _, e := range pp.entries {
+			if !p.liveIn(e, int32(i), pl.keep) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err // out.abort removes the copies
+			}
+			if err := p.copyPacked(pp.pf, e, out); err != nil {
+				return err
+			}
+			copied(int64(e.size))
+		}
+	}
+	for _, lo := range pl.loose {
+		if !lo.copy {
+			continue
+		}
+		if err := p.copyLoose(ctx, lo.id, out); err != nil {
+			return err
+		}
+		copied(lo.size)
+	}
+	return ctx.Err()
+}
+
+// copyPacked copies one record of a pack into out. It is copied, not
+// decoded: a compressed form is checked by its CRC, any other against its
+// ID, lest a damaged record replace the loose copy dropped later.
+func (p *Packed) copyPacked(pf *packFile, e indexEntry, out *packOutput) error {
+	b := make([]byte, e.size)
+	if _, err := pf.f.ReadAt(b, int64(e.off)); err != nil {
+		return fmt.Errorf("repack: read object %s from %s at %d: %w", e.id, p.where(pf.name), e.off, err)
+	}
+	bad := !crcMatches(b, e.crc)
+	if !bad && !IsCompressed(b) {
+		_, err := Unseal(e.id, b)
+		bad = err != nil
+	}
+	if bad {
+		return fmt.Errorf("repack: object %s: %w: checksum mismatch in %s at offset %d (run sbuml fsck)", e.id, ErrCorrupt, p.where(pf.name), e.off)
+	}
+	return out.add(e.id, b)
+}
+
+// copyLoose copies one loose object, verified against its ID, into out.
+func (p *Packed) copyLoose(ctx context.Context, id ID, out *packOutput) error {
+	b, err := p.loose.Get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("repack: %w", err)
+	}
+	if _, err := Unseal(id, b); err != nil {
+		return fmt.Errorf("repack: loose object %s (%s): %w (run sbuml fsck)", id, p.loose.Locate(id), err)
+	}
+	return out.add(id, b)
+}
+
+// removeReplaced removes, through one journal, the rewritten packs that
+// the new ones replace and every loose object, then what killed writers
+// left. Callers hold mu.
+func (p *Packed) removeReplaced(ctx context.Context, pl *RepackPlan, published []string) error {
 	fresh := map[string]bool{}
-	for _, name := range out.published {
+	for _, name := range published {
 		fresh[name+".pack"] = true
 	}
 	var gone []string
-	for _, op := range olds {
+	for _, pp := range pl.packs {
 		// A rewrite may give back an old pack byte for byte, under its
 		// old name: that one stays.
-		if op.rewrite && !op.removed && !fresh[op.pf.name] {
-			gone = append(gone, op.pf.name)
+		if pp.rewrite && !pp.dead && !fresh[pp.pf.name] {
+			gone = append(gone, pp.pf.name)
 		}
 	}
+	loose := make([]ID, len(pl.loose))
+	for i, lo := range pl.loose {
+		loose[i] = lo.id
+	}
 	if err := p.removeByJournal(ctx, gone, loose); err != nil {
-		return st, fmt.Errorf("repack: %w", err)
+		return fmt.Errorf("repack: %w", err)
 	}
-	if err := p.removeLeftovers(); err != nil {
-		return st, err
-	}
+	return p.removeLeftovers()
+}
 
-	// Start afresh from what is on disk now. The files of the old view
-	// are not closed here: a Get of this process may still read one; they
-	// close when no longer used.
+// reloadAfterRepack starts afresh from what is on disk after a repack and
+// completes its stats. The files of the old view are not closed here: a
+// Get of this process may still read one; they close when no longer used.
+// Callers hold mu.
+func (p *Packed) reloadAfterRepack(ctx context.Context, st RepackStats) (RepackStats, error) {
 	p.packs, p.index, p.known, p.broken, p.loaded, p.hasLoose = nil, map[ID]packLoc{}, map[string]bool{}, nil, false, false
 	if err := p.load(); err != nil {
 		return st, fmt.Errorf("repack: %w", err)
@@ -578,11 +707,10 @@ func fileSize(fsys interface {
 // reaches MaxPackSize. The packs are published together at the end
 // (finish), so a repack that fails midway leaves only temporary files.
 type packOutput struct {
-	p      *Packed
-	dryRun bool
-	tmp    string // the pack being written
-	f      interface{ Close() error }
-	enc    *PackEncoder
+	p   *Packed
+	tmp string // the pack being written
+	f   interface{ Close() error }
+	enc *PackEncoder
 	// written are the packs completed, not yet published.
 	written []writtenPack
 	// published are the names (pack-…) of the packs published.
@@ -595,12 +723,6 @@ type writtenPack struct {
 }
 
 func (o *packOutput) add(id ID, stored []byte) error {
-	if o.dryRun {
-		if len(o.published) == 0 {
-			o.published = append(o.published, "") // one pack, at least
-		}
-		return nil
-	}
 	if o.enc != nil && o.enc.Size()+uint64(len(stored)) > maxPackSize {
 		if err := o.complete(); err != nil {
 			return err

@@ -37,6 +37,20 @@ func packNames(t *testing.T, dir string) []string {
 	return names
 }
 
+// repack plans and carries out a repack of s that keeps what keep says.
+func repack(t *testing.T, s *Packed, keep func(ID) bool) (RepackStats, error) {
+	t.Helper()
+	plan, err := s.PlanRepack(context.Background(), keep)
+	if err != nil {
+		return RepackStats{}, err
+	}
+	return s.Repack(context.Background(), plan, nil)
+}
+
+// TestRepack drops one set of objects of three, and a second copy of a
+// kept one, and merges what is kept into one pack.
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestRepack(t *testing.T) {
 	ctx := context.Background()
 	dir, open := packedDir(t)
@@ -81,20 +95,21 @@ func TestRepack(t *testing.T) {
 	keepFn := func(id ID) bool { return keep[id] }
 
 	s = open()
-	dry, err := s.Repack(ctx, keepFn, RepackOptions{DryRun: true})
+	plan, err := s.PlanRepack(ctx, keepFn)
 	if err != nil {
 		t.Fatal(err)
 	}
+	dry := plan.Stats
 	if n := len(packNames(t, dir)); n != 4 || dry.Removed == 0 {
-		t.Fatalf("dry run: %d packs left, stats %+v", n, dry)
+		t.Fatalf("the plan: %d packs left, stats %+v", n, dry)
 	}
 
-	st, err := s.Repack(ctx, keepFn, RepackOptions{})
+	st, err := s.Repack(ctx, plan, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Removed != dry.Removed || st.Kept != dry.Kept || st.PacksAfter != dry.PacksAfter {
-		t.Errorf("dry run said %+v, repack did %+v", dry, st)
+	if st.Removed != dry.Removed || st.Kept != dry.Kept || st.Copied != dry.Copied || st.PacksAfter != dry.PacksAfter {
+		t.Errorf("the plan said %+v, repack did %+v", dry, st)
 	}
 	if st.Kept != int64(len(keep)) || st.Removed != int64(len(sets[1])+1) || st.PacksBefore != 4 || st.PacksAfter != 1 || st.LooseBefore != 1 {
 		t.Errorf("stats %+v: want %d kept, %d removed, 4 packs -> 1, 1 loose", st, len(keep), len(sets[1])+1)
@@ -126,13 +141,13 @@ func TestRepack(t *testing.T) {
 		if got, err := Load(ctx, st, looseID); err != nil || !bytes.Equal(got, looseEnc) {
 			t.Fatalf("loose object after repack: %v", err)
 		}
-		if errs := st.CheckPacks(ctx); len(errs) != 0 {
+		if errs := st.CheckFiles(ctx); len(errs) != 0 {
 			t.Fatalf("packs after repack: %v", errs)
 		}
 	}
 
 	// Nothing more to do: a second repack leaves the one pack alone.
-	again, err := open().Repack(ctx, keepFn, RepackOptions{})
+	again, err := repack(t, open(), keepFn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +186,7 @@ func TestRepackRemovesLeftovers(t *testing.T) {
 		t.Errorf("Leftovers = %v, %d bytes, %v; want the two junk files, 8 bytes", names, size, err)
 	}
 	keepAll := func(ID) bool { return true }
-	if _, err := open().Repack(ctx, keepAll, RepackOptions{}); err != nil {
+	if _, err := repack(t, open(), keepAll); err != nil {
 		t.Fatal(err)
 	}
 	if names, _, err := s.Leftovers(); err != nil || len(names) != 0 {
@@ -211,7 +226,7 @@ func TestRepackRefusesCorruptPack(t *testing.T) {
 	if err := os.WriteFile(p, b, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	_, err := open().Repack(ctx, func(ID) bool { return true }, RepackOptions{})
+	_, err := repack(t, open(), func(ID) bool { return true })
 	if err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
 		t.Fatalf("repack of a corrupt pack: %v", err)
 	}
@@ -267,7 +282,7 @@ func TestRepackJournal(t *testing.T) {
 		t.Fatalf("FindPrefix finds a journaled loose object")
 	}
 
-	if _, err := r.Repack(ctx, func(ID) bool { return true }, RepackOptions{}); err != nil {
+	if _, err := repack(t, r, func(ID) bool { return true }); err != nil {
 		t.Fatal(err)
 	}
 	des, _ := os.ReadDir(filepath.Join(dir, "objects", "pack"))
@@ -308,7 +323,7 @@ func TestRefreshAfterRepackElsewhere(t *testing.T) {
 			t.Fatal("not loaded")
 		}
 	}
-	if _, err := open().Repack(ctx, func(id ID) bool { _, ok := b[id]; return ok }, RepackOptions{}); err != nil {
+	if _, err := repack(t, open(), func(id ID) bool { _, ok := b[id]; return ok }); err != nil {
 		t.Fatal(err)
 	}
 	if err := old.Refresh(); err != nil {
@@ -324,8 +339,8 @@ func TestRefreshAfterRepackElsewhere(t *testing.T) {
 			t.Fatalf("%s: %v", id.Short(), err)
 		}
 	}
-	if errs := old.CheckPacks(ctx); len(errs) != 0 {
-		t.Fatalf("CheckPacks after a repack elsewhere: %v", errs)
+	if errs := old.CheckFiles(ctx); len(errs) != 0 {
+		t.Fatalf("CheckFiles after a repack elsewhere: %v", errs)
 	}
 }
 
@@ -361,10 +376,47 @@ func TestRepackJournalNameTaken(t *testing.T) {
 	if err := w.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := open().Repack(ctx, func(ID) bool { return true }, RepackOptions{}); err != nil {
+	if _, err := repack(t, open(), func(ID) bool { return true }); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := Load(ctx, open(), id); err != nil || !bytes.Equal(got, enc) {
 		t.Fatalf("the chunk stored again after the killed gc: %v", err)
+	}
+}
+
+// A plan is carried out only on the store as it was planned: packs
+// published since make Repack refuse it, and change nothing.
+func TestRepackRefusesStalePlan(t *testing.T) {
+	ctx := context.Background()
+	dir, open := packedDir(t)
+	s := open()
+	putChunks(t, s, 20, 1)
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := s.PlanRepack(ctx, func(ID) bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Stats.Removed != 20 || plan.Stats.PacksAfter != 0 {
+		t.Fatalf("plan to drop everything: %+v", plan.Stats)
+	}
+	later := putChunks(t, s, 5, 2)
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Repack(ctx, plan, nil); err == nil || !strings.Contains(err.Error(), "plan it again") {
+		t.Fatalf("repack on a stale plan: %v", err)
+	}
+	if n := len(packNames(t, dir)); n != 2 {
+		t.Fatalf("%d packs after a refused repack, want 2", n)
+	}
+	for id := range later {
+		if ok, _ := open().Has(ctx, id); !ok {
+			t.Fatalf("%s lost by a refused repack", id.Short())
+		}
+	}
+	if _, err := open().Repack(ctx, plan, nil); err == nil {
+		t.Fatal("a plan made for another store was carried out")
 	}
 }

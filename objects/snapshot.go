@@ -10,15 +10,15 @@ import (
 // A Snapshot records one saved state: a tree, the snapshots it descends
 // from, and who made it, when and why. Like a git commit.
 type Snapshot struct {
-	Tree    ID
-	Parents []ID
-	Time    time.Time
-	Author  string
-	Host    string
-	Message string
+	Tree    ID        `json:"tree"`
+	Parents []ID      `json:"parents"`
+	Time    time.Time `json:"time"`
+	Author  string    `json:"author"`
+	Host    string    `json:"host"`
+	Message string    `json:"message"`
 	// Labels are free-form key/value annotations (for example
 	// "machine": "m1"). Keys are unique.
-	Labels map[string]string
+	Labels map[string]string `json:"labels"`
 }
 
 // MaxParents bounds the number of parents a snapshot may name.

@@ -7,20 +7,22 @@ import "fmt"
 // Readers never need the chunking parameters; they are recorded so that
 // writers cut the same data the same way and so tools can report them.
 type Stream struct {
-	Length   uint64
-	Chunking Chunking
+	Length   uint64   `json:"length"`
+	Chunking Chunking `json:"chunking"`
 	// Fanout is the average number of entries per index node the writer
 	// aimed for (a power of two).
-	Fanout uint32
+	Fanout uint32 `json:"fanout"`
 	// Root is the top index node, or Zero for an empty stream.
-	Root ID
+	Root ID `json:"root"`
 }
 
 // Chunking records the chunker that cut a stream. Algorithm values are
 // those of package chunker (1 FastCDC, 2 fixed-size).
 type Chunking struct {
-	Algorithm     uint8
-	Min, Avg, Max uint32
+	Algorithm uint8  `json:"algorithm"`
+	Min       uint32 `json:"min"`
+	Avg       uint32 `json:"avg"`
+	Max       uint32 `json:"max"`
 }
 
 // Encode returns the canonical encoding:

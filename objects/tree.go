@@ -16,6 +16,9 @@ const (
 	EntrySymlink EntryKind = 3 // a symbolic link; ID names a chunk holding the target
 )
 
+// MarshalText gives JSON the kind's name, as String.
+func (k EntryKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
 func (k EntryKind) String() string {
 	switch k {
 	case EntryFile:
@@ -31,18 +34,18 @@ func (k EntryKind) String() string {
 // A Tree is a list of named entries sorted by name (bytewise), with no
 // duplicates.
 type Tree struct {
-	Entries []TreeEntry
+	Entries []TreeEntry `json:"entries"`
 }
 
 // A TreeEntry is one name in a tree. Size is the logical size in bytes of
 // what it names (for a directory, the sum of its entries' sizes); Mode
 // holds the Unix permission bits (07777).
 type TreeEntry struct {
-	Name string
-	Kind EntryKind
-	Mode uint32
-	Size uint64
-	ID   ID
+	Name string    `json:"name"`
+	Kind EntryKind `json:"kind"`
+	Mode uint32    `json:"mode"`
+	Size uint64    `json:"size"`
+	ID   ID        `json:"id"`
 }
 
 // ValidEntryName reports whether name may appear in a tree.

@@ -95,7 +95,7 @@ type Visit func(r Ref) (descend bool, err error)
 // index node, index nodes to their children. Each object is loaded and
 // verified, and must have the kind its referrer says, before its
 // references are visited.
-func Walk(ctx context.Context, s Store, root Ref, visit Visit) error {
+func Walk(ctx context.Context, s Reader, root Ref, visit Visit) error {
 	descend, err := visit(root)
 	if err != nil || !descend || root.Kind == KindChunk {
 		return err

@@ -16,6 +16,9 @@ import (
 // in its own process, advance one counter ref by compare-and-swap until
 // each has succeeded a fixed number of times. A lost update would leave
 // the counter short or break the chain of reflog entries.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestConcurrentAdvance(t *testing.T) {
 	const (
 		writers = 8

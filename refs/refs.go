@@ -319,8 +319,16 @@ func (s *Store) Update(name string, old, new objects.ID, why string) error {
 		return err
 	}
 	defer l.release()
+	if err := s.compareLocked(op, target, described, old); err != nil {
+		return err
+	}
+	return s.applyLocked(l, op, chain, ReflogEntry{Old: old, New: new, Time: s.now(), Why: why})
+}
 
-	// Read again under the lock: only now is the value stable.
+// compareLocked reads target again under its lock, where only now is the
+// value stable, and refuses unless it holds old (Zero: that it does not
+// exist).
+func (s *Store) compareLocked(op, target, described string, old objects.ID) error {
 	cur, exists, err := s.read(target)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
@@ -336,15 +344,20 @@ func (s *Store) Update(name string, old, new objects.ID, why string) error {
 	case exists && cur.id != old:
 		return errorf(ErrConflict, "ref %s is at %s, expected %s", described, cur.id, old)
 	}
+	return nil
+}
 
-	if !new.IsZero() {
-		if err := l.write([]byte(new.String() + "\n")); err != nil {
+// applyLocked moves the locked ref, the last of chain, to entry.New (Zero:
+// deletes it). The reflog of every ref of chain gets entry first, while
+// the lock is still held, so that log lines are in the same order as the
+// updates; they are taken back if the ref cannot be moved.
+func (s *Store) applyLocked(l *refLock, op string, chain []string, entry ReflogEntry) error {
+	target := chain[len(chain)-1]
+	if !entry.New.IsZero() {
+		if err := l.write([]byte(entry.New.String() + "\n")); err != nil {
 			return err
 		}
 	}
-	// Log before the ref changes, while the lock is still held, so that
-	// log lines are in the same order as the updates.
-	entry := ReflogEntry{Old: old, New: new, Time: s.now(), Why: why}
 	var undo []func()
 	rollback := func() {
 		for i := len(undo) - 1; i >= 0; i-- {
@@ -359,8 +372,7 @@ func (s *Store) Update(name string, old, new objects.ID, why string) error {
 		}
 		undo = append(undo, u)
 	}
-
-	if !new.IsZero() {
+	if !entry.New.IsZero() {
 		if err := l.commit(); err != nil {
 			rollback()
 			return err

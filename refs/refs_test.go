@@ -250,6 +250,10 @@ func TestDeleteRemovesEmptyDirectories(t *testing.T) {
 	})
 }
 
+// TestSymbolicHEAD makes HEAD a symbolic ref and updates, reads and logs
+// through it.
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestSymbolicHEAD(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, fs billy.Filesystem, s *Store) {
 		if _, err := s.Symbolic("HEAD"); !errors.Is(err, ErrNotFound) {

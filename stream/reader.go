@@ -136,51 +136,66 @@ func Copy(ctx context.Context, store objects.Store, id objects.ID, w io.Writer) 
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-
-	// piece is one leaf on its way to w: a hole of length n, or a chunk
-	// whose bytes arrive on data.
-	type piece struct {
-		hole uint64
-		data chan []byte
+	pending := make(chan piece, 8*runtime.GOMAXPROCS(0))
+	go fetchAhead(ctx, cancel, store, st, pending)
+	written := writePieces(ctx, cancel, w, pending)
+	if err := context.Cause(ctx); err != nil {
+		return written, fmt.Errorf("copy stream %s: %w", id.Short(), err)
 	}
-	workers := runtime.GOMAXPROCS(0)
-	sem := make(chan struct{}, 2*workers)
-	pending := make(chan piece, 8*workers)
-	go func() {
-		defer close(pending)
-		err := Leaves(ctx, store, st, func(l Leaf) error {
-			p := piece{hole: l.Length}
-			if !l.ID.IsZero() {
-				p = piece{data: make(chan []byte, 1)}
-				select {
-				case sem <- struct{}{}:
-				case <-ctx.Done():
-					return context.Cause(ctx)
-				}
-				go func() {
-					defer func() { <-sem }()
-					data, err := objects.LoadChunk(ctx, store, l.ID)
-					if err == nil && uint64(len(data)) != l.Length {
-						err = fmt.Errorf("chunk %s: %w: %d bytes, index says %d", l.ID, objects.ErrCorrupt, len(data), l.Length)
-					}
-					if err != nil {
-						cancel(err)
-					}
-					p.data <- data
-				}()
-			}
+	return written, nil
+}
+
+// piece is one leaf of a stream on its way to Copy's writer: a hole of
+// length hole, or a chunk whose bytes arrive on data.
+type piece struct {
+	hole uint64
+	data chan []byte
+}
+
+// fetchAhead sends the leaves of st to pending in order, each chunk's
+// bytes loaded by a goroutine of its own, at most twice as many at once
+// as there are cores. It closes pending when done, and cancels ctx with
+// the first error.
+func fetchAhead(ctx context.Context, cancel context.CancelCauseFunc, store objects.Store, st *objects.Stream, pending chan<- piece) {
+	defer close(pending)
+	sem := make(chan struct{}, 2*runtime.GOMAXPROCS(0))
+	err := Leaves(ctx, store, st, func(l Leaf) error {
+		p := piece{hole: l.Length}
+		if !l.ID.IsZero() {
+			p = piece{data: make(chan []byte, 1)}
 			select {
-			case pending <- p:
-				return nil
+			case sem <- struct{}{}:
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			}
-		})
-		if err != nil {
-			cancel(err)
+			go func() {
+				defer func() { <-sem }()
+				data, err := objects.LoadChunk(ctx, store, l.ID)
+				if err == nil && uint64(len(data)) != l.Length {
+					err = fmt.Errorf("chunk %s: %w: %d bytes, index says %d", l.ID, objects.ErrCorrupt, len(data), l.Length)
+				}
+				if err != nil {
+					cancel(err)
+				}
+				p.data <- data
+			}()
 		}
-	}()
+		select {
+		case pending <- p:
+			return nil
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	})
+	if err != nil {
+		cancel(err)
+	}
+}
 
+// writePieces writes the pieces to w as they come, holes as zeros, and
+// returns the bytes written. After an error (it cancels ctx with it) it
+// drains pending without writing.
+func writePieces(ctx context.Context, cancel context.CancelCauseFunc, w io.Writer, pending <-chan piece) int64 {
 	var written int64
 	zeros := make([]byte, 64<<10)
 	for p := range pending {
@@ -205,8 +220,5 @@ func Copy(ctx context.Context, store objects.Store, id objects.ID, w io.Writer) 
 			cancel(err)
 		}
 	}
-	if err := context.Cause(ctx); err != nil {
-		return written, fmt.Errorf("copy stream %s: %w", id.Short(), err)
-	}
-	return written, nil
+	return written
 }

@@ -13,18 +13,20 @@ import (
 
 	"github.com/go-git/go-billy/v5/osfs"
 
-	"github.com/sbuml/sbuml/internal/gclock"
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
+	"github.com/sbuml/sbuml/scrapbook"
 )
 
 // RefListFile is the name of the ref list in a published directory.
 const RefListFile = "refs.json"
 
 // Dir is a Remote on a directory of this machine: either another
-// scrapbook, or a published directory (objects in the loose layout and
-// refs in refs.json, see Publish) which any web server can serve.
+// scrapbook, or a published directory (objects in packs listed in
+// packs.json, refs in refs.json, see CreatePublished) which any web
+// server can serve.
 type Dir struct {
 	path  string
 	refs  refBackend
@@ -36,11 +38,6 @@ type Dir struct {
 	store   objects.Store
 	// reopen, for a scrapbook, opens its object store afresh (see objects).
 	reopen func() objects.Store
-
-	// added are the objects Put added to a published directory that no
-	// pack holds yet (see writePacks).
-	addedMu sync.Mutex
-	added   []objects.ID
 }
 
 // refBackend reads and updates the refs of a Dir.
@@ -64,34 +61,45 @@ func OpenDir(path string) (*Dir, error) {
 		return nil, fmt.Errorf("open remote %s: not a directory", abs)
 	}
 	switch {
-	case isFile(filepath.Join(abs, "config")):
-		// Held until Close, so that gc never removes an object a push
-		// is about to name (see internal/gclock).
-		release, err := gclock.Shared(abs, gclock.Wait)
-		if err != nil {
-			return nil, fmt.Errorf("open remote %s: %w", abs, err)
-		}
-		fsys := osfs.New(abs)
-		reopen := func() objects.Store {
-			return objects.NewPacked(fsys, "objects", filepath.Join(abs, "objects"))
-		}
-		return &Dir{
-			path:    abs,
-			store:   reopen(),
-			reopen:  reopen,
-			refs:    scrapbookRefs{refs.New(fsys)},
-			release: release,
-		}, nil
+	case scrapbook.Is(abs):
+		return OpenScrapbook(abs)
 	case isFile(filepath.Join(abs, RefListFile)):
 		return openPublished(abs), nil
 	}
 	return nil, fmt.Errorf("open remote %s: neither a scrapbook (no config file) nor a published scrapbook (no %s)", abs, RefListFile)
 }
 
+// OpenScrapbook opens the scrapbook at path as a remote (for sbuml serve,
+// and for OpenDir), through package scrapbook, which checks its format.
+// The scrapbook's gc lock is held shared until Close, so that gc never
+// removes an object a push is about to name.
+func OpenScrapbook(path string) (*Dir, error) {
+	book, err := scrapbook.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	release, err := book.Hold()
+	if err != nil {
+		book.Close()
+		return nil, fmt.Errorf("open remote %s: %w", book.Path, err)
+	}
+	return &Dir{
+		path:    book.Path,
+		store:   book.Objects,
+		reopen:  book.NewObjects,
+		refs:    scrapbookRefs{book.Refs},
+		release: release,
+	}, nil
+}
+
 // CreatePublished opens the published directory at path for writing,
 // creating it with no objects and no refs if it does not exist or is
 // empty. A directory holding anything else is refused, so that
 // publishing never scribbles over unrelated files.
+//
+// A published directory stores each object once, in a pack: the objects
+// Put receives go into the pack being written, which UpdateRef and Close
+// publish (pack, then index, then packs.json) before any ref names them.
 func CreatePublished(path string) (*Dir, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -107,7 +115,7 @@ func CreatePublished(path string) (*Dir, error) {
 	if len(entries) > 0 {
 		return nil, fmt.Errorf("publish to %s: the directory is not empty and holds no %s; choose a new or empty directory", abs, RefListFile)
 	}
-	if err := os.MkdirAll(filepath.Join(abs, "objects"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(abs, PackDir), 0o755); err != nil {
 		return nil, fmt.Errorf("publish to %s: %w", abs, err)
 	}
 	d := openPublished(abs)
@@ -120,7 +128,7 @@ func CreatePublished(path string) (*Dir, error) {
 func openPublished(abs string) *Dir {
 	return &Dir{
 		path:  abs,
-		store: objects.NewLoose(osfs.New(abs), "objects", filepath.Join(abs, "objects")),
+		store: objects.NewPackedIn(osfs.New(abs), PackDir, filepath.Join(abs, PackDir), "objects", filepath.Join(abs, "objects")),
 		refs:  &publishedRefs{dir: abs},
 	}
 }
@@ -148,7 +156,7 @@ func (d *Dir) Store() objects.Store { return d.objects() }
 func (d *Dir) objects() objects.Store {
 	d.storeMu.Lock()
 	defer d.storeMu.Unlock()
-	if f, ok := d.store.(interface{ Err() error }); ok && d.reopen != nil && f.Err() != nil {
+	if f, ok := d.store.(objects.FailStopper); ok && d.reopen != nil && f.Err() != nil {
 		d.store = d.reopen()
 	}
 	return d.store
@@ -186,30 +194,19 @@ func (d *Dir) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 	if len(missed) == 0 {
 		return has, nil
 	}
-	if r, ok := store.(interface{ Refresh() error }); ok {
-		if err := r.Refresh(); err != nil {
-			return nil, err
-		}
-		for _, i := range missed {
-			ok, err := store.Has(ctx, ids[i])
-			if err != nil {
-				return nil, err
-			}
-			has[i] = ok
-		}
+	r, ok := store.(objects.Refresher)
+	if !ok {
 		return has, nil
 	}
-	if _, ok := store.(*objects.Packed); ok {
-		// Get looks for new packs before it gives up.
-		for _, i := range missed {
-			_, err := store.Get(ctx, ids[i])
-			switch {
-			case err == nil:
-				has[i] = true
-			case !errors.Is(err, objects.ErrNotFound):
-				return nil, err
-			}
+	if err := r.Refresh(); err != nil {
+		return nil, err
+	}
+	for _, i := range missed {
+		ok, err := store.Has(ctx, ids[i])
+		if err != nil {
+			return nil, err
 		}
+		has[i] = ok
 	}
 	return has, nil
 }
@@ -238,23 +235,18 @@ func (d *Dir) Put(ctx context.Context, objs []Object) error {
 	store := d.objects()
 	for _, o := range objs {
 		d.count.sent.Add(int64(len(o.Stored)))
-		added, err := Receive(ctx, store, o.ID, o.Stored)
-		if err != nil {
+		if _, err := Receive(ctx, store, o.ID, o.Stored); err != nil {
 			return err
-		}
-		if _, ok := d.refs.(*publishedRefs); ok && added {
-			d.noteAdded(o.ID)
 		}
 	}
 	return nil
 }
 
 // UpdateRef implements Remote. Before the ref moves, the new snapshot is
-// checked and every object stored so far is made durable; in a published
-// directory, the objects added since the last ref update are also
-// written into a new pack (see PackListFile).
+// checked and every object stored so far is made durable and visible (in
+// a published directory, listed in packs.json).
 func (d *Dir) UpdateRef(ctx context.Context, name string, old, new objects.ID) error {
-	if err := d.writePacks(ctx); err != nil {
+	if err := d.Sync(ctx); err != nil {
 		return fmt.Errorf("update %s: %w", name, err)
 	}
 	return updateRef(ctx, d.objects(), d.refs, name, old, new, "push")
@@ -274,10 +266,8 @@ func updateRef(ctx context.Context, s objects.Store, b refBackend, name string, 
 		if err := checkSnapshot(ctx, s, new); err != nil {
 			return fmt.Errorf("update %s: %w", name, err)
 		}
-		if sy, ok := s.(objects.Syncer); ok {
-			if err := sy.Sync(ctx); err != nil {
-				return fmt.Errorf("update %s: %w", name, err)
-			}
+		if err := s.Sync(ctx); err != nil {
+			return fmt.Errorf("update %s: %w", name, err)
 		}
 	}
 	return b.update(name, old, new, why)
@@ -286,27 +276,19 @@ func updateRef(ctx context.Context, s objects.Store, b refBackend, name string, 
 // Traffic implements Remote: the stored bytes read and written.
 func (d *Dir) Traffic() Traffic { return d.count.traffic() }
 
-// Sync makes the objects received so far durable and, in a scrapbook,
-// visible to other processes.
+// Sync makes the objects received so far durable and visible to other
+// processes: in a scrapbook, in its packs; in a published directory, to
+// web clients too, in packs.json (see listPacks).
 func (d *Dir) Sync(ctx context.Context) error {
-	if sy, ok := d.objects().(objects.Syncer); ok {
-		return sy.Sync(ctx)
-	}
-	return nil
+	return d.listPacks(ctx)
 }
 
-// Close implements Remote: the objects received are kept (see Sync),
-// in a published directory also in a pack (see PackListFile), and the
-// store's files are closed.
+// Close implements Remote: the objects received are kept (see Sync) and
+// the store's files are closed.
 func (d *Dir) Close() error {
-	err := d.writePacks(context.Background())
-	if serr := d.Sync(context.Background()); err == nil {
-		err = serr
-	}
-	if c, ok := d.objects().(interface{ Close() error }); ok {
-		if cerr := c.Close(); err == nil {
-			err = cerr
-		}
+	err := d.Sync(context.Background())
+	if cerr := d.objects().Close(); err == nil {
+		err = cerr
 	}
 	if d.release != nil {
 		d.release()
@@ -407,15 +389,7 @@ func (p *publishedRefs) write(l *RefList) error {
 	if err != nil {
 		return err
 	}
-	tmp := p.file() + ".tmp"
-	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, p.file()); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
+	return atomicfile.WriteFile(p.file(), append(data, '\n'), 0o644)
 }
 
 // SetHead records in a published directory the ref that HEAD names.

@@ -47,7 +47,7 @@ func Fetch(ctx context.Context, local objects.Store, remote Remote, want []objec
 	err := f.run(ctx, want, opts.concurrency())
 	// Keep what arrived, also when the fetch failed: the next one starts
 	// from there.
-	if serr := syncStore(context.WithoutCancel(ctx), local); err == nil {
+	if serr := local.Sync(context.WithoutCancel(ctx)); err == nil {
 		err = serr
 	}
 	f.meter.finish()
@@ -98,14 +98,6 @@ const (
 	syncInterval = 10 * time.Second
 )
 
-// syncStore makes every completed Put to s durable, if s can.
-func syncStore(ctx context.Context, s objects.Store) error {
-	if sy, ok := s.(objects.Syncer); ok {
-		return sy.Sync(ctx)
-	}
-	return nil
-}
-
 // run schedules requests until nothing is left to fetch.
 func (f *fetcher) run(ctx context.Context, want []objects.ID, concurrency int) error {
 	ctx, cancel := context.WithCancel(ctx)
@@ -150,7 +142,7 @@ func (f *fetcher) run(ctx context.Context, want []objects.ID, concurrency int) e
 			// killed later need not fetch them again.
 			stored := f.stats.ObjectBytes
 			f.mu.Unlock()
-			err := syncStore(ctx, f.local)
+			err := f.local.Sync(ctx)
 			f.mu.Lock()
 			if err != nil && f.err == nil {
 				f.err = err

@@ -89,7 +89,7 @@ func newSource(t testing.TB) *source {
 
 // reachable returns the objects reachable from snapshot id in s with the
 // sizes of their stored forms.
-func reachable(t testing.TB, s objects.Store, id objects.ID) map[objects.ID]int64 {
+func reachable(t testing.TB, s objects.Reader, id objects.ID) map[objects.ID]int64 {
 	t.Helper()
 	ctx := context.Background()
 	out := map[objects.ID]int64{}
@@ -126,7 +126,7 @@ func sum(a, b map[objects.ID]int64) (n int, bytes int64) {
 
 // checkClosed verifies that every object in s matches its ID and that
 // everything it references is present: the closure invariant.
-func checkClosed(t testing.TB, s objects.Store) int {
+func checkClosed(t testing.TB, s objects.Reader) int {
 	t.Helper()
 	ctx := context.Background()
 	var ids []objects.ID
@@ -156,7 +156,7 @@ func checkClosed(t testing.TB, s objects.Store) int {
 }
 
 // has reports whether s holds id.
-func has(t testing.TB, s objects.Store, id objects.ID) bool {
+func has(t testing.TB, s objects.Reader, id objects.ID) bool {
 	t.Helper()
 	ok, err := s.Has(context.Background(), id)
 	if err != nil {

@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,16 +9,21 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
+	"strings"
 
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/refs"
 )
 
-// Pack files of a published directory. Besides one loose file per object,
-// a published directory holds the objects each publish added in pack
-// files, so that a client downloading a snapshot asks for a few large
-// files instead of one file per object (see Static).
+// Pack files of a published directory. A published directory holds its
+// objects in pack files with their indexes, each object once, so that a
+// client downloading a snapshot asks for a few large files, or ranges of
+// them, instead of one file per object (see Static). Directories
+// published by older sbuml versions also hold loose files, objects/ab/…,
+// which are still read.
 const (
 	// PackListFile is the name of the pack list in a published directory.
 	PackListFile = "packs.json"
@@ -67,100 +71,20 @@ func parsePackList(data []byte, where string) (*PackList, error) {
 	return &l, nil
 }
 
-// noteAdded remembers an object a Put added to a published directory,
-// for the next pack.
-func (d *Dir) noteAdded(id objects.ID) {
-	d.addedMu.Lock()
-	d.added = append(d.added, id)
-	d.addedMu.Unlock()
-}
-
-// writePacks writes the objects added since the last call into new packs
-// of a published directory (one pack unless they exceed
-// objects.MaxPackSize) and lists them in packs.json. Each pack and its
-// index are complete and durable before packs.json names them, so a
-// reader never sees a listed pack that is not all there.
-func (d *Dir) writePacks(ctx context.Context) error {
-	d.addedMu.Lock()
-	added := d.added
-	d.added = nil
-	d.addedMu.Unlock()
-	if len(added) == 0 {
+// listPacks publishes the pack a published directory's store is writing
+// (see objects.Packed.Sync: the pack and its index, durable) and makes
+// packs.json list it: the packs it listed, in their order, then those
+// published since, oldest first. It writes packs.json under the lock
+// file packs.json.lock and by rename, so a web server always serves a
+// whole list, and only lists packs whose index is in place. A scrapbook
+// directory has no pack list: it only syncs.
+func (d *Dir) listPacks(ctx context.Context) error {
+	if err := d.objects().Sync(ctx); err != nil {
+		return err
+	}
+	if _, ok := d.refs.(*publishedRefs); !ok {
 		return nil
 	}
-	dir := filepath.Join(d.path, PackDir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("write packs in %s: %w", d.path, err)
-	}
-	var made []PackInfo
-	for len(added) > 0 {
-		info, rest, err := d.writePack(ctx, dir, added)
-		if err != nil {
-			return err
-		}
-		made = append(made, info)
-		added = rest
-	}
-	return d.listPacks(made)
-}
-
-// writePack writes the first of ids into one pack of at most
-// objects.MaxPackSize bytes and returns it and the IDs left over.
-func (d *Dir) writePack(ctx context.Context, dir string, ids []objects.ID) (PackInfo, []objects.ID, error) {
-	f, err := os.CreateTemp(dir, ".tmp-*.pack")
-	if err != nil {
-		return PackInfo{}, nil, fmt.Errorf("write pack in %s: %w", dir, err)
-	}
-	tmp := f.Name()
-	fail := func(err error) (PackInfo, []objects.ID, error) {
-		f.Close()
-		os.Remove(tmp)
-		return PackInfo{}, nil, fmt.Errorf("write pack %s: %w", tmp, err)
-	}
-	w := bufio.NewWriterSize(f, 1<<20)
-	enc, err := objects.NewPackEncoder(w)
-	if err != nil {
-		return fail(err)
-	}
-	store := d.objects()
-	n := 0
-	for ; n < len(ids); n++ {
-		stored, err := store.Get(ctx, ids[n])
-		if err != nil {
-			return fail(err)
-		}
-		if enc.Len() > 0 && enc.Size()+uint64(objects.IDSize+4+len(stored)) > objects.MaxPackSize {
-			break
-		}
-		if err := enc.Add(ids[n], stored); err != nil {
-			return fail(err)
-		}
-	}
-	if err := w.Flush(); err != nil {
-		return fail(err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		return fail(err)
-	}
-	idx, name := enc.Index()
-	if err := os.Rename(tmp, filepath.Join(dir, name+".pack")); err != nil {
-		return fail(err)
-	}
-	if err := writeFileSynced(filepath.Join(dir, name+".idx"), idx); err != nil {
-		return PackInfo{}, nil, fmt.Errorf("write pack index %s: %w", filepath.Join(dir, name+".idx"), err)
-	}
-	return PackInfo{Name: name, Size: int64(enc.Size())}, ids[n:], nil
-}
-
-// listPacks adds packs to packs.json, under the lock file packs.json.lock
-// and by rename, so a web server always serves a whole list.
-func (d *Dir) listPacks(packs []PackInfo) error {
 	file := filepath.Join(d.path, PackListFile)
 	lock, err := lockfile.Create(file+".lock", 0o644, refs.LockWait)
 	if err != nil {
@@ -177,39 +101,58 @@ func (d *Dir) listPacks(packs []PackInfo) error {
 	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("update %s: %w", file, err)
 	}
-	l.Packs = append(l.Packs, packs...)
+	added, err := newPacks(filepath.Join(d.path, PackDir), l)
+	if err != nil || len(added) == 0 {
+		return err
+	}
+	l.Packs = append(l.Packs, added...)
 	data, err = json.MarshalIndent(l, "", "  ")
 	if err != nil {
 		return fmt.Errorf("update %s: %w", file, err)
 	}
-	if err := writeFileSynced(file, append(data, '\n')); err != nil {
+	if err := atomicfile.WriteFile(file, append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("update %s: %w", file, err)
 	}
 	return nil
 }
 
-// writeFileSynced writes data to a new file at name through a temporary
-// file that is synced and renamed into place.
-func writeFileSynced(name string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(name), ".tmp-*")
-	if err != nil {
-		return err
+// newPacks returns the packs in dir with their index in place that l
+// does not list, oldest first.
+func newPacks(dir string, l *PackList) ([]PackInfo, error) {
+	listed := map[string]bool{}
+	for _, p := range l.Packs {
+		listed[p.Name] = true
 	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), name)
+	des, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
 	}
 	if err != nil {
-		os.Remove(f.Name())
+		return nil, fmt.Errorf("list packs in %s: %w", dir, err)
 	}
-	return err
+	type found struct {
+		PackInfo
+		mod int64
+	}
+	var packs []found
+	for _, de := range des {
+		name, ok := strings.CutSuffix(de.Name(), ".pack")
+		if !ok || !packNamePattern.MatchString(name) || listed[name] {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, name+".idx")); err != nil {
+			continue // not published yet
+		}
+		fi, err := de.Info()
+		if err != nil {
+			return nil, fmt.Errorf("list packs in %s: %w", dir, err)
+		}
+		packs = append(packs, found{PackInfo{Name: name, Size: fi.Size()}, fi.ModTime().UnixNano()})
+	}
+	sort.Slice(packs, func(i, j int) bool { return packs[i].mod < packs[j].mod })
+	out := make([]PackInfo, len(packs))
+	for i, p := range packs {
+		out[i] = p.PackInfo
+	}
+	return out, nil
 }

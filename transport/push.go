@@ -320,7 +320,9 @@ type batchSizer interface {
 	sendBatchBytes() int
 }
 
-// send puts missing (sorted by height) on the remote.
+// send puts missing (sorted by height) on the remote: one goroutine
+// assembles batches in order, the others put them, each batch after the
+// batches holding its objects' children.
 func send(ctx context.Context, local objects.Store, remote Remote, missing []*snode, concurrency int, stats *Stats, m *meter) error {
 	batchBytes := sendBatchBytes
 	if bs, ok := remote.(batchSizer); ok {
@@ -328,82 +330,92 @@ func send(ctx context.Context, local objects.Store, remote Remote, missing []*sn
 	}
 	batches := make(chan *sendBatch, concurrency)
 	g := newGroup(ctx, concurrency+1)
-	// Assemble batches in order, reading chunks as they are needed.
 	g.run(func(ctx context.Context) error {
 		defer close(batches)
-		batchOf := make(map[objects.ID]*sendBatch, len(missing))
-		var b *sendBatch
-		size := 0
-		flush := func() error {
-			if b == nil {
-				return nil
-			}
-			select {
-			case batches <- b:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			b, size = nil, 0
-			return nil
-		}
-		for _, n := range missing {
-			stored := n.stored
-			if stored == nil {
-				var err error
-				if stored, err = readStored(ctx, local, n.ref.ID); err != nil {
-					return err
-				}
-			}
-			if b != nil && (size+len(stored) > batchBytes || len(b.objs) == sendBatchObject) {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-			if b == nil {
-				b = &sendBatch{done: make(chan struct{})}
-			}
-			for _, c := range n.children {
-				if cb := batchOf[c]; cb != nil && cb != b && !containsChan(b.deps, cb.done) {
-					b.deps = append(b.deps, cb.done)
-				}
-			}
-			b.objs = append(b.objs, Object{ID: n.ref.ID, Stored: stored})
-			batchOf[n.ref.ID] = b
-			size += len(stored)
-			n.stored = nil
-		}
-		return flush()
+		return assembleBatches(ctx, local, missing, batchBytes, batches)
 	})
 	var mu sync.Mutex
 	for i := 0; i < concurrency; i++ {
-		g.run(func(ctx context.Context) error {
-			for b := range batches {
-				for _, d := range b.deps {
-					select {
-					case <-d:
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-				}
-				if err := remote.Put(ctx, b.objs); err != nil {
-					return err
-				}
-				close(b.done)
-				mu.Lock()
-				for _, o := range b.objs {
-					stats.Objects++
-					stats.ObjectBytes += int64(len(o.Stored))
-				}
-				mu.Unlock()
-				m.objects.Add(int64(len(b.objs)))
-			}
-			return nil
-		})
+		g.run(func(ctx context.Context) error { return putBatches(ctx, remote, batches, &mu, stats, m) })
 	}
 	if err := g.wait(); err != nil {
 		return err
 	}
 	return ctx.Err()
+}
+
+// assembleBatches cuts missing into batches of about batchBytes, in
+// order, reading the stored forms as they are needed, and sends them to
+// batches.
+func assembleBatches(ctx context.Context, local objects.Store, missing []*snode, batchBytes int, batches chan<- *sendBatch) error {
+	batchOf := make(map[objects.ID]*sendBatch, len(missing))
+	var b *sendBatch
+	size := 0
+	flush := func() error {
+		if b == nil {
+			return nil
+		}
+		select {
+		case batches <- b:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		b, size = nil, 0
+		return nil
+	}
+	for _, n := range missing {
+		stored := n.stored
+		if stored == nil {
+			var err error
+			if stored, err = readStored(ctx, local, n.ref.ID); err != nil {
+				return err
+			}
+		}
+		if b != nil && (size+len(stored) > batchBytes || len(b.objs) == sendBatchObject) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if b == nil {
+			b = &sendBatch{done: make(chan struct{})}
+		}
+		for _, c := range n.children {
+			if cb := batchOf[c]; cb != nil && cb != b && !containsChan(b.deps, cb.done) {
+				b.deps = append(b.deps, cb.done)
+			}
+		}
+		b.objs = append(b.objs, Object{ID: n.ref.ID, Stored: stored})
+		batchOf[n.ref.ID] = b
+		size += len(stored)
+		n.stored = nil
+	}
+	return flush()
+}
+
+// putBatches puts the batches on the remote, each once the batches it
+// depends on are there, and counts them in stats (under mu) and m.
+func putBatches(ctx context.Context, remote Remote, batches <-chan *sendBatch, mu *sync.Mutex, stats *Stats, m *meter) error {
+	for b := range batches {
+		for _, d := range b.deps {
+			select {
+			case <-d:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if err := remote.Put(ctx, b.objs); err != nil {
+			return err
+		}
+		close(b.done)
+		mu.Lock()
+		for _, o := range b.objs {
+			stats.Objects++
+			stats.ObjectBytes += int64(len(o.Stored))
+		}
+		mu.Unlock()
+		m.objects.Add(int64(len(b.objs)))
+	}
+	return nil
 }
 
 func containsChan(cs []chan struct{}, c chan struct{}) bool {

@@ -220,6 +220,9 @@ func (p *pausing) Put(ctx context.Context, objs []transport.Object) error {
 // push named out of the condemned pack before deleting it: the bucket
 // loses nothing the push names, and frees the rest. A push that begins
 // after the gc sends the condemned chunks it needs again.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestS3GCWhilePushing(t *testing.T) {
 	ctx := context.Background()
 	url := newS3Backing(t)

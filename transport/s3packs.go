@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -251,7 +252,7 @@ func (s *S3) packIndex(ctx context.Context, p *s3Pack) ([]objects.PackEntry, err
 	}
 	if cached != "" && os.MkdirAll(s.opts.CacheDir, 0o755) == nil {
 		// A cache that cannot be written costs only a download next time.
-		writeFileSynced(cached, b)
+		atomicfile.WriteFile(cached, b, 0o644)
 	}
 	return entries, nil
 }
@@ -691,10 +692,11 @@ func (s *S3) uploadPack(ctx context.Context, kind string, objs []Object) (*s3Pac
 	return p, nil
 }
 
-// Store returns the bucket's objects as a read-only objects.Store, as
-// the remote sees them (see Has): for checking a bucket, as fsck checks
-// a scrapbook.
-func (s *S3) Store() objects.Store { return s3Store{s} }
+// Store returns the bucket's objects as an objects.Reader, as the remote
+// sees them (see Has): for checking a bucket, as fsck checks a
+// scrapbook. Objects reach a bucket only by Push, and leave it only by
+// gc.
+func (s *S3) Store() objects.Reader { return s3Store{s} }
 
 type s3Store struct{ s *S3 }
 
@@ -713,14 +715,6 @@ func (st s3Store) Get(ctx context.Context, id objects.ID) ([]byte, error) {
 		return nil
 	})
 	return out, err
-}
-
-func (st s3Store) Put(context.Context, objects.ID, []byte) error {
-	return fmt.Errorf("remote %s: %w: its store is read here, written by Push", st.s.url, ErrReadOnly)
-}
-
-func (st s3Store) Delete(context.Context, objects.ID) error {
-	return fmt.Errorf("remote %s: %w: objects leave a bucket only by gc", st.s.url, ErrReadOnly)
 }
 
 func (st s3Store) List(ctx context.Context, fn func(objects.ID, int64) error) error {

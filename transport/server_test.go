@@ -432,10 +432,6 @@ func (s slowStore) Put(ctx context.Context, id objects.ID, stored []byte) error 
 	return s.Store.Put(ctx, id, stored)
 }
 
-func (s slowStore) Sync(ctx context.Context) error {
-	return s.Store.(objects.Syncer).Sync(ctx)
-}
-
 // TestFetchInterruptedKeepsWhatArrived cancels a fetch the moment its
 // server stalls half-way, while the client still lags behind what the
 // server sent: every object sent whole before the cancellation must be

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,9 +17,10 @@ import (
 const StaticConcurrency = 8
 
 // Static is a read-only Remote on a published directory served by any web
-// server: refs.json lists the refs, objects/ab/cdef… are the objects in
-// their stored form, and packs.json, if there, lists packs that hold
-// them too (see PackListFile).
+// server: refs.json lists the refs, and packs.json the packs that hold
+// the objects (see PackListFile). Directories published by older sbuml
+// versions also hold each object as a loose file, objects/ab/cdef…,
+// which Static reads where a pack does not serve.
 //
 // Get downloads a pack whole, once, as soon as it is asked for any object
 // in it, and reads the objects out of it; other objects are one GET each.
@@ -101,11 +103,19 @@ func objectPath(id objects.ID) string {
 	return "objects/" + h[:2] + "/" + h[2:]
 }
 
-// Has implements Remote: one HEAD request per object.
+// Has implements Remote: an object a pack lists is there; for any other,
+// one HEAD request for its loose file (older published directories).
 func (s *Static) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
+	if err := s.loadPacks(ctx); err != nil {
+		return nil, err
+	}
 	has := make([]bool, len(ids))
 	g := newGroup(ctx, StaticConcurrency)
 	for i, id := range ids {
+		if _, ok := s.where[id]; ok {
+			has[i] = true
+			continue
+		}
 		g.run(func(ctx context.Context) error {
 			resp, err := s.request(ctx, "HEAD", objectPath(id))
 			if err != nil {
@@ -134,7 +144,9 @@ func (s *Static) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 // Get implements Remote: the objects in packs are read from the packs,
 // the rest downloaded one by one, with StaticConcurrency GETs in flight.
 // An object read from a pack that fn refuses as corrupt (errors.Is
-// objects.ErrCorrupt) is downloaded again on its own.
+// objects.ErrCorrupt) is downloaded again on its own, where the directory
+// holds loose files; where it holds none, the error says which object
+// and pack are damaged.
 func (s *Static) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
 	var mu sync.Mutex
 	deliver := func(id objects.ID, stored []byte) error {
@@ -150,6 +162,9 @@ func (s *Static) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, 
 	for _, id := range ids {
 		g.run(func(ctx context.Context) error {
 			stored, err := s.getOne(ctx, id)
+			if slot, ok := s.where[id]; ok && errors.Is(err, objects.ErrNotFound) {
+				return fmt.Errorf("remote %s: object %s: %w: its copy in %s/%s.pack could not be read or is damaged, and the directory holds no other", s.base, id, objects.ErrCorrupt, PackDir, slot.pack.Name)
+			}
 			if err != nil {
 				return err
 			}

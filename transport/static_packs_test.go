@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/go-git/go-billy/v5/osfs"
 	sbuml "github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/objects"
 	"github.com/sbuml/sbuml/transport"
@@ -239,9 +240,83 @@ func flipByte(t testing.TB, name string, off int64) {
 	}
 }
 
-// TestStaticPacksDamaged fetches from published directories whose packs
-// are damaged or missing: the objects are then downloaded one by one,
-// and nothing wrong is stored.
+// withLooseCopies makes the published directory dir look as an older
+// sbuml published it: every object of its packs also as a loose file,
+// objects/ab/cdef….
+func withLooseCopies(t *testing.T, dir string) {
+	t.Helper()
+	ctx := context.Background()
+	src := newSourceStore(t, dir)
+	loose := objects.NewLoose(osfs.New(dir), "objects", filepath.Join(dir, "objects"))
+	err := src.List(ctx, func(id objects.ID, _ int64) error {
+		stored, err := src.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		return loose.Put(ctx, id, stored)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStaticPacksOnly: a publish stores each object once, in its packs,
+// and a damaged or missing pack is a fetch that fails, naming what is
+// damaged, and stores nothing wrong.
+func TestStaticPacksOnly(t *testing.T) {
+	_, _, dir, first := publishedBook(t)
+	if _, err := os.Stat(filepath.Join(dir, "objects")); !os.IsNotExist(err) {
+		t.Errorf("a publish wrote loose objects too (%v)", err)
+	}
+	var stored, packed int64
+	for _, size := range reachable(t, newSourceStore(t, dir), first) {
+		stored += size
+	}
+	for _, p := range readPackList(t, dir).Packs {
+		packed += p.Size
+	}
+	if packed < stored || packed > stored+stored/10+4096 {
+		t.Errorf("the packs hold %d bytes for %d bytes of objects: each object should be there once", packed, stored)
+	}
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, dir string, victim objects.ID)
+		want   error
+	}{
+		{"object in pack", func(t *testing.T, dir string, victim objects.ID) { corruptPacked(t, dir, victim) }, objects.ErrCorrupt},
+		{"pack missing", func(t *testing.T, dir string, _ objects.ID) {
+			m, _ := filepath.Glob(filepath.Join(dir, transport.PackDir, "*.pack"))
+			for _, p := range m {
+				os.Remove(p)
+			}
+		}, objects.ErrCorrupt},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, dir, first := publishedBook(t)
+			victim := largeObject(t, dir, first)
+			tt.damage(t, dir, victim)
+			url, _ := serve(t, dir)
+			local := newLocal(t)
+			r := transport.NewStatic(url, nil)
+			defer r.Close()
+			_, err := transport.Fetch(context.Background(), local.Objects, r, []objects.ID{first}, transport.Options{})
+			mustIs(t, err, tt.want)
+			if !strings.Contains(err.Error(), transport.PackDir+"/pack-") {
+				t.Errorf("the error does not name the damaged pack: %v", err)
+			}
+			if has(t, local.Objects, first) {
+				t.Error("the snapshot was stored over a damaged object")
+			}
+			checkClosed(t, local.Objects)
+		})
+	}
+}
+
+// TestStaticPacksDamaged fetches from directories published by an older
+// sbuml, which hold every object as a loose file too, whose packs are
+// damaged or missing: the objects are then downloaded one by one, and
+// nothing wrong is stored.
 func TestStaticPacksDamaged(t *testing.T) {
 	onlyFile := func(t *testing.T, dir, pattern string) string {
 		m, _ := filepath.Glob(filepath.Join(dir, transport.PackDir, pattern))
@@ -273,13 +348,8 @@ func TestStaticPacksDamaged(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, _, dir, first := publishedBook(t)
-			var victim objects.ID
-			for id, size := range reachable(t, newSourceStore(t, dir), first) {
-				if size > 10000 {
-					victim = id
-					break
-				}
-			}
+			withLooseCopies(t, dir)
+			victim := largeObject(t, dir, first)
 			tt.damage(t, dir, victim)
 			url, log := serveNoRanges(t, dir)
 			if tt.ranges {
@@ -302,9 +372,11 @@ func TestStaticPacksDamaged(t *testing.T) {
 }
 
 // TestStaticPacksBadLoose damages an object both in its pack and as a
-// loose file: the fetch fails naming it and stores nothing wrong.
+// loose file (published by an older sbuml): the fetch fails naming it and
+// stores nothing wrong.
 func TestStaticPacksBadLoose(t *testing.T) {
 	_, _, dir, first := publishedBook(t)
+	withLooseCopies(t, dir)
 	var victim objects.ID
 	for id, size := range reachable(t, newSourceStore(t, dir), first) {
 		if size > 10000 {
@@ -339,6 +411,9 @@ func newSourceStore(t *testing.T, dir string) objects.Store {
 // about the small branch's bytes travel; from one that ignores them (as
 // python3 -m http.server does) the pack comes whole, and the fetch is
 // as good.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestStaticPacksRanges(t *testing.T) {
 	ctx := context.Background()
 	book, err := sbuml.Init(t.TempDir())
@@ -425,4 +500,17 @@ func TestStaticPacksRanges(t *testing.T) {
 			}
 		})
 	}
+}
+
+// largeObject returns an object over 10,000 bytes that first reaches in
+// the published directory dir.
+func largeObject(t *testing.T, dir string, first objects.ID) objects.ID {
+	t.Helper()
+	for id, size := range reachable(t, newSourceStore(t, dir), first) {
+		if size > 10000 {
+			return id
+		}
+	}
+	t.Fatal("no object over 10,000 bytes")
+	return objects.ID{}
 }

@@ -121,7 +121,7 @@ func syntheticHistory(b *testing.B, n, fork int) *sbuml.Scrapbook {
 		ids = append(ids, id)
 		tips[branch] = id
 	}
-	if err := s.Objects.(objects.Syncer).Sync(ctx); err != nil {
+	if err := s.Objects.Sync(ctx); err != nil {
 		b.Fatal(err)
 	}
 	for name, id := range tips {

@@ -42,6 +42,9 @@ const guestWait = 3 * time.Minute
 // freezes, continues, rewinds and halts m2, deletes its branch and runs
 // gc. Last, the same browser opens the site sbuml publish writes, on a
 // plain static server, and finds its graph.
+//
+// It is long because one browser and one pair of guests serve all these
+// checks: each costs seconds to start.
 func TestBrowser(t *testing.T) {
 	s := guestScrapbook(t)
 	dir := s.Dir
@@ -208,7 +211,7 @@ func requireTwinCommits(t testing.TB, dir, msgA, msgB string) (a, b sbuml.LogEnt
 	if norm(a) != norm(b) {
 		t.Errorf("the commit made on the page and the one made in the shell differ:\n%s\n%s", norm(a), norm(b))
 	}
-	if !reflect.DeepEqual(a.Refs, []string{"m2"}) || !reflect.DeepEqual(b.Refs, []string{"m3"}) {
+	if !reflect.DeepEqual(a.Refs, []string{"refs/heads/m2"}) || !reflect.DeepEqual(b.Refs, []string{"refs/heads/m3"}) {
 		t.Errorf("the page's commit is on %v, the shell's on %v; want m2 and m3", a.Refs, b.Refs)
 	}
 	return a, b

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/sbuml/sbuml/internal/atomicfile"
 )
 
 // AccelProbeTimeout bounds a KVM probe in ChooseAccel. A guest that has not
@@ -64,7 +66,7 @@ func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (
 	default:
 		return "", fmt.Errorf("unknown accelerator %q: want kvm, tcg or auto", want)
 	}
-	if err := checkKVM(); err != nil {
+	if err := CheckKVM(); err != nil {
 		if want == "kvm" {
 			return "", err
 		}
@@ -84,22 +86,16 @@ func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (
 // accelVerdict returns this host's verdict on KVM, from the cache, or by
 // probing once and caching the result.
 func accelVerdict(ctx context.Context, cachePath string, probe ProbeFunc) (AccelVerdict, error) {
-	qi, err := InspectQEMU(ctx, "")
+	host, err := thisHost(ctx)
 	if err != nil {
 		return AccelVerdict{}, err
-	}
-	kernel, err := kernelRelease()
-	if err != nil {
-		return AccelVerdict{}, fmt.Errorf("choose accelerator: %w", err)
 	}
 	cache, err := readAccelCache(cachePath)
 	if err != nil {
 		return AccelVerdict{}, err
 	}
-	for _, v := range cache.Verdicts {
-		if v.Kernel == kernel && v.QEMU == qi.Version {
-			return v, nil
-		}
+	if v := cache.find(host); v != nil {
+		return *v, nil
 	}
 
 	start := time.Now()
@@ -107,7 +103,7 @@ func accelVerdict(ctx context.Context, cachePath string, probe ProbeFunc) (Accel
 	if perr != nil && ctx.Err() != nil {
 		return AccelVerdict{}, fmt.Errorf("choose accelerator: %w", ctx.Err()) // interrupted: no verdict
 	}
-	v := AccelVerdict{Kernel: kernel, QEMU: qi.Version, Accel: "kvm", Checked: time.Now().UTC(),
+	v := AccelVerdict{Kernel: host.Kernel, QEMU: host.QEMU, Accel: "kvm", Checked: time.Now().UTC(),
 		Seconds: time.Since(start).Seconds()}
 	if perr != nil {
 		v.Accel = "tcg"
@@ -115,7 +111,7 @@ func accelVerdict(ctx context.Context, cachePath string, probe ProbeFunc) (Accel
 	}
 	var keep []AccelVerdict
 	for _, o := range cache.Verdicts {
-		if o.Kernel != kernel || o.QEMU != qi.Version {
+		if o.Kernel != host.Kernel || o.QEMU != host.QEMU {
 			keep = append(keep, o)
 		}
 	}
@@ -124,6 +120,45 @@ func accelVerdict(ctx context.Context, cachePath string, probe ProbeFunc) (Accel
 		return AccelVerdict{}, err
 	}
 	return v, nil
+}
+
+// CachedAccel returns the verdict ChooseAccel cached in cachePath for this
+// host's kernel and QEMU, or nil if it has not probed them yet. It probes
+// nothing and writes nothing.
+func CachedAccel(ctx context.Context, cachePath string) (*AccelVerdict, error) {
+	host, err := thisHost(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cache, err := readAccelCache(cachePath)
+	if err != nil {
+		return nil, err
+	}
+	return cache.find(host), nil
+}
+
+// thisHost returns what a verdict is kept for: this host's kernel release
+// and QEMU version (the other fields empty).
+func thisHost(ctx context.Context) (AccelVerdict, error) {
+	qi, err := InspectQEMU(ctx, "")
+	if err != nil {
+		return AccelVerdict{}, err
+	}
+	kernel, err := kernelRelease()
+	if err != nil {
+		return AccelVerdict{}, fmt.Errorf("choose accelerator: %w", err)
+	}
+	return AccelVerdict{Kernel: kernel, QEMU: qi.Version}, nil
+}
+
+// find returns the verdict kept for host's kernel and QEMU, or nil.
+func (c *accelCache) find(host AccelVerdict) *AccelVerdict {
+	for _, v := range c.Verdicts {
+		if v.Kernel == host.Kernel && v.QEMU == host.QEMU {
+			return &v
+		}
+	}
+	return nil
 }
 
 // raceProbes probes KVM, with TCG alongside as the pace to beat (see
@@ -192,8 +227,9 @@ func BootProbe(cfg Config, marker string) ProbeFunc {
 	}
 }
 
-// checkKVM reports whether /dev/kvm can be opened for use.
-func checkKVM() error {
+// CheckKVM reports whether /dev/kvm can be opened for use; that alone
+// does not prove KVM runs guests (see ChooseAccel).
+func CheckKVM() error {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("kvm unavailable: %w", err)
@@ -241,7 +277,7 @@ func writeAccelCache(path string, c *accelCache) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("write accelerator cache: %w", err)
 	}
-	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write accelerator cache %s: %w", path, err)
 	}
 	return nil

@@ -31,7 +31,7 @@ func TestChooseAccelExplicit(t *testing.T) {
 	if _, err := os.Stat(cache); !os.IsNotExist(err) {
 		t.Errorf("explicit choices wrote the cache: %v", err)
 	}
-	if kvmErr := checkKVM(); kvmErr != nil {
+	if kvmErr := CheckKVM(); kvmErr != nil {
 		if a, err := ChooseAccel(ctx, "kvm", cache, noProbe); err == nil || !strings.Contains(err.Error(), "/dev/kvm") {
 			t.Errorf("kvm without /dev/kvm: %q, %v", a, err)
 		}
@@ -58,7 +58,7 @@ func TestChooseAccelExplicit(t *testing.T) {
 // real probe is exercised by TestChooseAccelAutoOnThisHost.
 func TestChooseAccelCache(t *testing.T) {
 	t.Parallel()
-	if err := checkKVM(); err != nil {
+	if err := CheckKVM(); err != nil {
 		t.Skipf("auto never probes without KVM: %v", err)
 	}
 	ctx := testContext(t, time.Minute)
@@ -117,7 +117,7 @@ func TestChooseAccelCache(t *testing.T) {
 
 func TestChooseAccelCacheKeyedByHost(t *testing.T) {
 	t.Parallel()
-	if err := checkKVM(); err != nil {
+	if err := CheckKVM(); err != nil {
 		t.Skipf("auto never probes without KVM: %v", err)
 	}
 	ctx := testContext(t, time.Minute)
@@ -151,7 +151,7 @@ func TestChooseAccelCacheKeyedByHost(t *testing.T) {
 // one that sets its pace, with stand-in probes that take the given times
 // (a KVM probe that never ends runs into the probe deadline).
 func TestChooseAccelRace(t *testing.T) {
-	if err := checkKVM(); err != nil {
+	if err := CheckKVM(); err != nil {
 		t.Skipf("auto never probes without KVM: %v", err)
 	}
 	defer func(g time.Duration) { kvmGraceMin = g }(kvmGraceMin)
@@ -207,7 +207,7 @@ func TestChooseAccelRace(t *testing.T) {
 
 func TestChooseAccelInterrupted(t *testing.T) {
 	t.Parallel()
-	if err := checkKVM(); err != nil {
+	if err := CheckKVM(); err != nil {
 		t.Skipf("auto never probes without KVM: %v", err)
 	}
 	ctx, cancel := context.WithCancel(testContext(t, time.Minute))

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sbuml/sbuml/internal/atomicfile"
 )
 
 // Names of the files in a machine directory.
@@ -265,25 +267,7 @@ func writeConfig(dir string, c *Config) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, ConfigFile), append(b, '\n'))
-}
-
-// writeFileAtomic replaces path with data through a temporary file and a
-// rename, so readers see the old or the new content, never a mix.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.WriteFile(filepath.Join(dir, ConfigFile), append(b, '\n'), 0o600)
 }
 
 // LoadConfig reads the configuration of the machine in dir without

@@ -278,7 +278,7 @@ func TestChooseAccelAutoOnThisHost(t *testing.T) {
 	if took := time.Since(start); took > AccelProbeTimeout+30*time.Second {
 		t.Errorf("ChooseAccel took %v", took)
 	}
-	if checkKVM() == nil {
+	if CheckKVM() == nil {
 		if want := map[bool]string{true: "kvm", false: "tcg"}[probeErr == nil]; accel != want || probes != 1 {
 			t.Errorf("accel %s after %d probes (probe error %v), want %s", accel, probes, probeErr, want)
 		}

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sbuml/sbuml/internal/atomicfile"
 )
 
 // State is the condition of a machine as sbuml sees it.
@@ -126,28 +128,75 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var cleanups []func()
+	var undo undoList
 	defer func() {
 		if err != nil {
-			for i := len(cleanups) - 1; i >= 0; i-- {
-				cleanups[i]()
-			}
+			undo.run()
 			lock.unlock()
 		}
 	}()
-
-	if old, rerr := readConfig(dir); rerr == nil {
-		if pid, _, _ := readPID(dir); pid != 0 {
-			if qemuAlive(pid, dir) {
-				return nil, fmt.Errorf("machine %s is already running (qemu pid %d)", old.Name, pid)
-			}
-			return nil, fmt.Errorf("machine %s crashed and was not cleaned up: halt it first", old.Name)
-		}
-		if _, serr := os.Stat(resolve(dir, old.RAMFile)); serr == nil && old.RAMFile != cfg.RAMFile {
-			return nil, fmt.Errorf("machine %s was halted but its RAM file %s remains: halt it first", old.Name, old.RAMFile)
-		}
+	if err := checkReplaceable(dir, cfg.RAMFile); err != nil {
+		return nil, err
 	}
+	p, err := planBoot(ctx, dir, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.prepareRAM(&undo); err != nil {
+		return nil, err
+	}
+	m, err := p.startQEMU(lock, &undo)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.connect(ctx); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
 
+// undoList is what a failed Boot takes back, last first.
+type undoList []func()
+
+func (u *undoList) add(f func()) { *u = append(*u, f) }
+
+func (u undoList) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+// checkReplaceable refuses to boot over a machine in dir that is running,
+// crashed, or halted with its RAM file still there (other than ramFile,
+// which the new machine takes over).
+func checkReplaceable(dir, ramFile string) error {
+	old, err := readConfig(dir)
+	if err != nil {
+		return nil // no machine there, or none that can be read: replaced
+	}
+	if pid, _, _ := readPID(dir); pid != 0 {
+		if qemuAlive(pid, dir) {
+			return fmt.Errorf("machine %s is already running (qemu pid %d)", old.Name, pid)
+		}
+		return fmt.Errorf("machine %s crashed and was not cleaned up: halt it first", old.Name)
+	}
+	if _, err := os.Stat(resolve(dir, old.RAMFile)); err == nil && old.RAMFile != ramFile {
+		return fmt.Errorf("machine %s was halted but its RAM file %s remains: halt it first", old.Name, old.RAMFile)
+	}
+	return nil
+}
+
+// bootPlan is what Boot decided before it changes anything: the
+// machine's whole configuration and the QEMU that runs it.
+type bootPlan struct {
+	dir  string
+	cfg  Config
+	qemu string // the QEMU executable
+}
+
+// planBoot completes cfg with its defaults and what the installed QEMU
+// offers, and checks that it can be booted.
+func planBoot(ctx context.Context, dir string, cfg Config) (*bootPlan, error) {
 	cfg.Net = cfg.Net.clone() // Boot fills in the MAC and host ports
 	cfg.setDefaults(dir)
 	qi, err := InspectQEMU(ctx, cfg.Boot.QEMU)
@@ -169,66 +218,77 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 		}
 	}
 	if cfg.Accel == "kvm" {
-		if err := checkKVM(); err != nil {
+		if err := CheckKVM(); err != nil {
 			return nil, err
 		}
 	}
+	return &bootPlan{dir: dir, cfg: cfg, qemu: qi.Path}, nil
+}
 
-	// Guest RAM.
+// prepareRAM settles the guest RAM file: the one given (of exactly the
+// machine's memory, and present for an incoming machine), else a new one
+// on tmpfs or in the machine directory, where there is room for it.
+func (p *bootPlan) prepareRAM(undo *undoList) error {
+	cfg := &p.cfg
 	ramRoot := cfg.Boot.RAMRoot
 	if ramRoot == "" {
 		ramRoot = DefaultRAMRoot
 	}
 	if cfg.RAMFile == "" {
-		if cfg.Boot.Incoming {
-			return nil, errors.New("an incoming machine needs Config.RAMFile holding the saved RAM")
-		}
-		if cfg.Boot.RAMInDir {
+		switch {
+		case cfg.Boot.Incoming:
+			return errors.New("an incoming machine needs Config.RAMFile holding the saved RAM")
+		case cfg.Boot.RAMInDir:
 			cfg.RAMFile = RAMFileName
-		} else {
-			p, err := NewRAMFile(ramRoot, cfg.Name)
+		default:
+			ram, err := NewRAMFile(ramRoot, cfg.Name)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			cfg.RAMFile = p
-			cleanups = append(cleanups, func() { os.RemoveAll(filepath.Dir(p)) })
+			cfg.RAMFile = ram
+			undo.add(func() { os.RemoveAll(filepath.Dir(ram)) })
 		}
 	}
-	ram := resolve(dir, cfg.RAMFile)
-	if fi, serr := os.Stat(ram); serr == nil {
-		if fi.Size() != cfg.Memory {
-			return nil, fmt.Errorf("ram file %s holds %d bytes, machine memory is %d", ram, fi.Size(), cfg.Memory)
-		}
-	} else if !os.IsNotExist(serr) {
-		return nil, serr
-	} else if cfg.Boot.Incoming {
-		return nil, fmt.Errorf("incoming machine: ram file %s does not exist", ram)
-	} else {
+	ram := resolve(p.dir, cfg.RAMFile)
+	fi, err := os.Stat(ram)
+	switch {
+	case err == nil && fi.Size() != cfg.Memory:
+		return fmt.Errorf("ram file %s holds %d bytes, machine memory is %d", ram, fi.Size(), cfg.Memory)
+	case err != nil && !os.IsNotExist(err):
+		return err
+	case err != nil && cfg.Boot.Incoming:
+		return fmt.Errorf("incoming machine: ram file %s does not exist", ram)
+	case err != nil:
 		if err := os.MkdirAll(filepath.Dir(ram), 0o755); err != nil {
-			return nil, err
+			return err
 		}
 		if err := checkFree(filepath.Dir(ram), cfg.Memory, "guest RAM"); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	cfg.RAMDir = ""
-	if rd := filepath.Dir(ram); rd != dir && filepath.Dir(rd) == filepath.Clean(ramRoot) {
+	if rd := filepath.Dir(ram); rd != p.dir && filepath.Dir(rd) == filepath.Clean(ramRoot) {
 		cfg.RAMDir = rd
 	}
+	return nil
+}
 
+// startQEMU records the machine's configuration and starts its QEMU, in
+// a session of its own, with the lock held.
+func (p *bootPlan) startQEMU(lock *dirLock, undo *undoList) (*Machine, error) {
+	dir := p.dir
 	for _, f := range append([]string{PIDFile}, sockets...) {
 		os.Remove(filepath.Join(dir, f))
 	}
-	if err := writeConfig(dir, &cfg); err != nil {
+	if err := writeConfig(dir, &p.cfg); err != nil {
 		return nil, err
 	}
-	cleanups = append(cleanups, func() { os.Remove(filepath.Join(dir, ConfigFile)) })
-
+	undo.add(func() { os.Remove(filepath.Join(dir, ConfigFile)) })
 	logf, err := os.OpenFile(filepath.Join(dir, QEMULog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(qi.Path, cfg.qemuArgs()...)
+	cmd := exec.Command(p.qemu, p.cfg.qemuArgs()...)
 	cmd.Dir = dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
@@ -238,17 +298,17 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 	err = cmd.Start()
 	logf.Close()
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", qi.Path, err)
+		return nil, fmt.Errorf("start %s: %w", p.qemu, err)
 	}
 	// sbuml, not QEMU (-pidfile), writes the pid file: QEMU would remove
 	// it whenever it exits, and a QEMU that exits without Halt must be
 	// told apart from a halted one.
-	if err := writeFileAtomic(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(cmd.Process.Pid)+"\n")); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
 		return nil, err
 	}
-	m := &Machine{dir: dir, cfg: cfg, lock: lock, exited: make(chan struct{})}
+	m := &Machine{dir: dir, cfg: p.cfg, lock: lock, exited: make(chan struct{})}
 	go func() {
 		m.exitErr = cmd.Wait()
 		if m.exitErr == nil {
@@ -256,24 +316,29 @@ func boot(ctx context.Context, dir string, cfg Config) (_ *Machine, err error) {
 		}
 		close(m.exited)
 	}()
-	cleanups = append(cleanups, func() {
+	undo.add(func() {
 		cmd.Process.Kill()
 		<-m.exited
 		for _, f := range append([]string{PIDFile}, sockets...) {
 			os.Remove(filepath.Join(dir, f))
 		}
 	})
+	return m, nil
+}
 
+// connect opens the QMP connection to a QEMU this process has just
+// started and learns the host ports it chose.
+func (m *Machine) connect(ctx context.Context) error {
 	qmp, err := m.waitQMP(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	m.qmp = qmp
 	if err := m.learnHostPorts(ctx); err != nil {
 		qmp.Close()
-		return nil, err
+		return err
 	}
-	return m, nil
+	return nil
 }
 
 // waitQMP connects to a QEMU that this process has just started.

@@ -13,6 +13,10 @@ import (
 	"time"
 )
 
+// TestMachineLifecycle boots a machine and takes it through freeze,
+// continue and halt, checking its directory and state at each step.
+// It is long because one QEMU serves all these checks, each state change
+// starting from the one before.
 func TestMachineLifecycle(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, time.Minute)
@@ -255,6 +259,9 @@ func TestCrashReportsQEMULog(t *testing.T) {
 	}
 }
 
+// TestBootErrors checks that Boot refuses what cannot be booted, in one
+// line that says what to do.
+// It is long because of its table, one case a line.
 func TestBootErrors(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

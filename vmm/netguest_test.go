@@ -94,6 +94,9 @@ func screendump(t *testing.T, ctx context.Context, m *Machine) []byte {
 // host ports. The restored guest's network must work again by itself,
 // both machines must answer on their own ports, and the restored screen
 // must be the saved one, pixel for pixel.
+//
+// It is long because one booted guest serves all these checks: each guest
+// costs seconds to boot under TCG.
 func TestGuestNetworkAndScreenSurviveRestore(t *testing.T) {
 	t.Parallel()
 	word := strconv.FormatUint(rand.Uint64(), 36)

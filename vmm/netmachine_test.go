@@ -28,6 +28,9 @@ func freePort(t testing.TB) int {
 // TestMachineNetAndDisplay boots a machine without a kernel but with a
 // network card, forwards and a display: QEMU's side of all of them works
 // without a guest.
+//
+// It is long because one QEMU serves all these checks: each costs a second
+// or two to start.
 func TestMachineNetAndDisplay(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, time.Minute)

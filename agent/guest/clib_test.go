@@ -9,15 +9,14 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml/agent"
+	"github.com/sbuml/sbuml/internal/testenv"
 )
 
 // buildTestckpt compiles libckpt's test program as the README says.
 func buildTestckpt(t *testing.T) string {
 	t.Helper()
 	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Skip("gcc is not installed: the C library is not tested (apt-get install gcc)")
-	}
+	testenv.Need(t, "gcc, to test the C library (apt-get install gcc)", err)
 	src, _ := filepath.Abs("../../libckpt")
 	bin := filepath.Join(t.TempDir(), "testckpt")
 	cmd := exec.Command(gcc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", bin,

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/agent"
 	"github.com/sbuml/sbuml/vmm"
 	"github.com/spf13/cobra"
@@ -41,36 +41,33 @@ The serial console ('sbuml console') stays for humans; exec is for scripts.`,
   sbuml exec m1 -- sh -c 'echo out; echo err >&2; exit 3'
   tar c dir | sbuml exec -i m1 -- tar x -C /mnt
   sbuml exec -it m1 sh`,
-		Args: cobra.MinimumNArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		Args:              cobra.MinimumNArgs(2),
+		ValidArgsFunction: completeArgs(completeMachines),
+		RunE: withScrapbook(func(_ context.Context, s *sbuml.Scrapbook, args []string) (any, error) {
+			// Interrupts go to the guest's process (see runInGuest).
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			g, err := s.Guest(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			defer g.Close()
 			req.Argv, req.TTY = args[1:], tty
 			if req.Argv[0] == "--" { // flags end at MACHINE; a "--" after it is only a separator
 				req.Argv = req.Argv[1:]
 			}
 			if len(req.Argv) == 0 {
-				return fmt.Errorf("exec: no command given")
+				return nil, usagef("exec: no command given")
 			}
+			g, err := s.Guest(ctx, args[0])
+			if err != nil {
+				return nil, err
+			}
+			defer g.Close()
 			code, err := runInGuest(ctx, g, req, interactive)
 			if err != nil {
-				return fmt.Errorf("exec in %s: %w", args[0], err)
+				return nil, fmt.Errorf("exec in %s: %w", args[0], err)
 			}
 			if code != 0 {
-				return exitStatus(code)
+				return nil, exitStatus(code)
 			}
-			return nil
-		},
+			return nil, nil
+		}, nil),
 	}
 	c.Flags().SetInterspersed(false) // flags after MACHINE belong to the command
 	c.Flags().BoolVarP(&interactive, "interactive", "i", false, "pass standard input to the command")
@@ -172,26 +169,19 @@ copies a directory's contents. Modes, times and symbolic links are kept.`,
   sbuml cp m1:/var/log/syslog .
   sbuml cp ./site/. m1:/srv/www`,
 		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			ctx, cancel := interruptible()
-			defer cancel()
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (any, error) {
 			srcM, src := splitMachinePath(args[0])
 			dstM, dst := splitMachinePath(args[1])
 			switch {
 			case srcM != "" && dstM != "":
-				return errors.New("cp: copy between two machines through the host, in two steps")
+				return nil, usagef("cp: copy between two machines through the host, in two steps")
 			case srcM != "":
-				return s.CopyFromGuest(ctx, srcM, src, dst)
+				return nil, s.CopyFromGuest(ctx, srcM, src, dst)
 			case dstM != "":
-				return s.CopyToGuest(ctx, dstM, src, dst)
+				return nil, s.CopyToGuest(ctx, dstM, src, dst)
 			}
-			return errors.New("cp: one side must be MACHINE:PATH")
-		},
+			return nil, usagef("cp: one side must be MACHINE:PATH")
+		}, nil),
 	}
 }
 

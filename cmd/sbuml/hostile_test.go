@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/internal/testenv"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -394,9 +395,7 @@ func TestHostileLinks(t *testing.T) {
 
 	var otherHits atomic.Int64
 	other, err := net.Listen("tcp", "127.0.0.2:0")
-	if err != nil {
-		t.Skip("no 127.0.0.2:", err)
-	}
+	testenv.Need(t, "a listener on 127.0.0.2", err)
 	otherSrv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) { otherHits.Add(1) })}
 	go otherSrv.Serve(other)
 	defer otherSrv.Close()
@@ -492,47 +491,6 @@ func TestHostileHugeBodies(t *testing.T) {
 	v.requireUntouched(t, "a false object")
 }
 
-// serveProcess runs `sbuml serve` with args on a free port of 127.0.0.1
-// until the test ends, and returns its URL and process.
-func serveProcess(t *testing.T, book string, args ...string) (string, *os.Process) {
-	t.Helper()
-	cmd := exec.Command(sbumlBin, append([]string{"--scrapbook", book, "serve", "--addr", "127.0.0.1:0"}, args...)...)
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Error("sbuml serve ignored SIGTERM")
-		}
-	})
-	sc := bufio.NewScanner(stderr)
-	if !sc.Scan() {
-		t.Fatal("sbuml serve exited before serving")
-	}
-	line := sc.Text()
-	go func() {
-		for sc.Scan() {
-		}
-	}()
-	i := strings.Index(line, "http://")
-	if i < 0 {
-		t.Fatalf("sbuml serve said %q", line)
-	}
-	return strings.Fields(line[i:])[0], cmd.Process
-}
-
 // peakRSS returns the peak resident set of process p so far.
 func peakRSS(t *testing.T, p *os.Process) int64 {
 	t.Helper()
@@ -611,7 +569,7 @@ func TestHostileClientsOfServe(t *testing.T) {
 	sbumlOK(t, "--scrapbook", book, "import", work)
 	token := filepath.Join(t.TempDir(), "token")
 	os.WriteFile(token, []byte("secret\n"), 0o600)
-	url, proc := serveProcess(t, book, "--token-file", token, "--max-conns", "40", "--max-requests", "8",
+	url, proc := runServe(t, book, false, "--token-file", token, "--max-conns", "40", "--max-requests", "8",
 		"--max-memory", "96M", "--header-timeout", "2s", "--idle-timeout", "3s", "--low-speed-time", "2s", "--low-speed-limit", "1024")
 	host := strings.TrimSuffix(strings.TrimPrefix(url, "http://"), "/")
 

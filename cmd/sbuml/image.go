@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -14,7 +13,11 @@ import (
 )
 
 func imageCmd() *cobra.Command {
-	c := &cobra.Command{Use: "image", Short: "Build, import, list, remove and export base images"}
+	c := &cobra.Command{
+		Use:     "image",
+		Short:   "Build, import, list, remove and export base images",
+		Example: "  sbuml image build debian\n  sbuml image ls",
+	}
 	c.AddCommand(imageBuildCmd(), imageImportCmd(), imageLsCmd(), imageRmCmd(), imageExportCmd())
 	return c
 }
@@ -33,8 +36,11 @@ is the recipe unless --name says otherwise):
           holding busybox-static, and a small ext4 disk
   debian  Debian 12 installed with debootstrap: systemd, DHCP networking,
           ssh (root logs in with the scrapbook's key); needs root to build`,
-		Args: cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		Example: `  sbuml image build
+  sbuml image build debian --disk-size 4G --name big`,
+		Args:      cobra.MaximumNArgs(1),
+		ValidArgs: []cobra.Completion{sbuml.RecipeTiny, sbuml.RecipeDebian},
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.Result, error) {
 			opts.Recipe = sbuml.RecipeTiny
 			if len(args) == 1 {
 				opts.Recipe = args[0]
@@ -42,24 +48,12 @@ is the recipe unless --name says otherwise):
 			if name == "" {
 				name = opts.Recipe
 			}
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible()
-			defer cancel()
 			opts.DiskSize = int64(disk)
 			opts.Progress = progressWriter()
-			res, err := s.BuildImage(ctx, name, opts)
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(res)
-			}
-			fmt.Printf("image %s: %s, %s\n", name, res.ID, humanBytes(res.LogicalBytes))
-			return nil
-		},
+			return s.BuildImage(ctx, name, opts)
+		}, func(res *sbuml.Result) {
+			fmt.Printf("image %s: %s, %s\n", strings.TrimPrefix(res.Branch, "refs/images/"), res.ID, humanBytes(res.LogicalBytes))
+		}),
 	}
 	c.Flags().StringVar(&name, "name", "", "image name (default: the recipe)")
 	c.Flags().StringVar(&opts.KernelDeb, "kernel-deb", "", "tiny: use this linux-image .deb instead of downloading one")
@@ -86,35 +80,26 @@ A qcow2 disk is converted to raw with qemu-img; a raw disk is taken as it
 is. --ready-marker names a line the guest prints on its serial console
 when it is up; without one, a machine counts as ready once QEMU runs.
 Importing the same files again stores almost nothing.`,
+		Example: `  sbuml image import alpine alpine.qcow2
+  sbuml image import mine --kernel vmlinuz --initrd initrd.img --disk root.img`,
 		Args: cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.Result, error) {
 			if len(args) == 2 {
 				if src.Disk != "" {
-					return errors.New("give the disk once: as an argument or with --disk")
+					return nil, usagef("give the disk once: as an argument or with --disk")
 				}
 				src.Disk = args[1]
 			}
 			if src.Disk == "" {
-				return errors.New("no disk: sbuml image import NAME DISK, or --kernel K --disk D")
+				return nil, usagef("no disk: sbuml image import NAME DISK, or --kernel K --disk D")
 			}
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible()
-			defer cancel()
-			progress, clear := storeProgress("storing")
-			res, err := s.ImportImage(ctx, args[0], src, sbuml.ImportImageOptions{Progress: progressWriter(), OnProgress: progress})
-			clear()
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(res)
-			}
-			fmt.Printf("image %s: %s, %s, %s new\n", args[0], res.ID, humanBytes(res.LogicalBytes), humanBytes(res.Stats.NewBytes))
-			return nil
-		},
+			bar := newStoreBar("storing")
+			res, err := s.ImportImage(ctx, args[0], src, sbuml.ImportImageOptions{Progress: progressWriter(), OnProgress: bar.update})
+			bar.done()
+			return res, err
+		}, func(res *sbuml.Result) {
+			fmt.Printf("image %s: %s, %s, %s new\n", strings.TrimPrefix(res.Branch, "refs/images/"), res.ID, humanBytes(res.LogicalBytes), humanBytes(res.Stats.NewBytes))
+		}),
 	}
 	c.Flags().StringVar(&src.Disk, "disk", "", "the root disk (raw or qcow2)")
 	c.Flags().StringVar(&src.Kernel, "kernel", "", "a Linux kernel (bzImage) to boot instead of the disk's boot loader")
@@ -127,27 +112,18 @@ Importing the same files again stores almost nothing.`,
 
 func imageLsCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "ls",
-		Short: "List base images",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			imgs, err := s.Images(context.Background())
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(imgs)
-			}
+		Use:     "ls",
+		Short:   "List base images",
+		Example: "  sbuml image ls\n  sbuml image ls --json",
+		Args:    cobra.NoArgs,
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, _ []string) ([]sbuml.ImageInfo, error) {
+			return s.Images(ctx)
+		}, func(imgs []sbuml.ImageInfo) {
 			for _, i := range imgs {
 				fmt.Printf("%-12s %s %s %-6s %-22s %-13s %s\n", i.Name, i.ID.Short(), i.Time.Local().Format("2006-01-02 15:04"),
 					i.Boot, orDash(i.KernelVersion), orDash(abilities(i)), humanBytes(i.LogicalBytes))
 			}
-			return nil
-		},
+		}),
 	}
 	addJSONFlag(c)
 	return c
@@ -167,11 +143,12 @@ func abilities(i sbuml.ImageInfo) string {
 	return strings.Join(a, ",")
 }
 
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
+func orDash(s string) string { return orDefault(s, "-") }
+
+// removedImage is one image image rm removed.
+type removedImage struct {
+	Name string     `json:"name"`
+	ID   objects.ID `json:"id"`
 }
 
 func imageRmCmd() *cobra.Command {
@@ -180,35 +157,34 @@ func imageRmCmd() *cobra.Command {
 		Short: "Remove base images",
 		Long: `Remove base images. Their data stays in the scrapbook until 'sbuml gc' removes
 what nothing else needs; machines booted from them keep their own files.`,
-		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			type removed struct {
-				Name string     `json:"name"`
-				ID   objects.ID `json:"id"`
-			}
-			var out []removed
+		Example:           "  sbuml image rm old && sbuml gc",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeEach(completeImages),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) ([]removedImage, error) {
+			var out []removedImage
 			for _, name := range args {
-				id, err := s.RemoveImage(context.Background(), name)
+				id, err := s.RemoveImage(ctx, name)
 				if err != nil {
-					return err
+					return nil, err
 				}
-				out = append(out, removed{name, id})
-				if !flagJSON {
-					fmt.Printf("removed image %s (was %s); 'sbuml gc' frees its space\n", name, id.Short())
-				}
+				out = append(out, removedImage{name, id})
 			}
-			if flagJSON {
-				return printJSON(out)
+			return out, nil
+		}, func(out []removedImage) {
+			for _, r := range out {
+				fmt.Printf("removed image %s (was %s); 'sbuml gc' frees its space\n", r.Name, r.ID.Short())
 			}
-			return nil
-		},
+		}),
 	}
 	addJSONFlag(c)
 	return c
+}
+
+// exportedImage is what image export reports.
+type exportedImage struct {
+	Image string `json:"image"`
+	File  string `json:"file"`
+	Bytes int64  `json:"bytes"`
 }
 
 func imageExportCmd() *cobra.Command {
@@ -220,34 +196,24 @@ func imageExportCmd() *cobra.Command {
 boot loader (syslinux): partition 1 holds the kernel and initrd, partition 2
 the root file system. Run it elsewhere (qemu-system-x86_64 -drive
 file=FILE,format=raw,if=virtio), or import it again.`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		Example:           "  sbuml image export tiny --raw tiny.img",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(completeImages),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (exportedImage, error) {
 			if raw == "" {
-				return errors.New("no output file: sbuml image export NAME --raw FILE")
+				return exportedImage{}, usagef("no output file: sbuml image export NAME --raw FILE")
 			}
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible()
-			defer cancel()
 			if err := s.ExportBootableDisk(ctx, args[0], raw); err != nil {
-				return err
+				return exportedImage{}, err
 			}
 			fi, err := os.Stat(raw)
 			if err != nil {
-				return err
+				return exportedImage{}, err
 			}
-			if flagJSON {
-				return printJSON(struct {
-					Image string `json:"image"`
-					File  string `json:"file"`
-					Bytes int64  `json:"bytes"`
-				}{args[0], raw, fi.Size()})
-			}
-			fmt.Printf("image %s written to %s: %s, boots by BIOS\n", args[0], raw, humanBytes(fi.Size()))
-			return nil
-		},
+			return exportedImage{args[0], raw, fi.Size()}, nil
+		}, func(r exportedImage) {
+			fmt.Printf("image %s written to %s: %s, boots by BIOS\n", r.Image, r.File, humanBytes(r.Bytes))
+		}),
 	}
 	c.Flags().StringVar(&raw, "raw", "", "the raw disk file to write")
 	addJSONFlag(c)

@@ -65,7 +65,6 @@ func parseSize(v string) (int64, error) {
 	return n * mult, nil
 }
 
-// signalContext is cancelled by Ctrl-C.
 // progressWriter shows progress lines on a terminal only.
 func progressWriter() io.Writer {
 	if isTerminal(os.Stderr) {
@@ -79,7 +78,8 @@ func bootCmd() *cobra.Command {
 	var forwards []string
 	var autosnap sbuml.AutosnapConfig
 	var memory, disk sizeFlag
-	c := &cobra.Command{
+	var c *cobra.Command
+	c = &cobra.Command{
 		Use:   "boot NAME|DIR",
 		Short: "Create a machine from a base image and start it",
 		Long: `Create a machine from a base image and start it (SBUML's sbumlboot). A machine
@@ -87,20 +87,18 @@ is a name, kept under the scrapbook's machines/ directory, or a directory of
 your choosing (any argument with a '/'). It is a plain directory: du -s shows
 its resources. The default image is built from Debian packages on first use.
 Returns once the guest's shell is ready.`,
+		Example: `  sbuml boot m1
+  sbuml boot web --base debian --memory 1G --forward 8080:80
+  sbuml boot m2 --autosnap 1m --keep-last 10`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible()
-			defer cancel()
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (bootReport, error) {
 			opts.Memory, opts.DiskSize = int64(memory), int64(disk)
 			opts.Progress = progressWriter()
+			var err error
 			if opts.Forwards, err = parseForwards(forwards); err != nil {
-				return err
+				return bootReport{}, usageError{err}
 			}
-			if cmd.Flags().Changed("autosnap") {
+			if c.Flags().Changed("autosnap") {
 				opts.Autosnap = &autosnap
 			}
 			start := time.Now()
@@ -109,16 +107,15 @@ Returns once the guest's shell is ready.`,
 				m.Close()
 			}
 			if err != nil {
-				return err
+				return bootReport{}, err
 			}
 			cfg := m.Config()
-			if flagJSON {
-				return printJSON(bootReport{Name: cfg.Name, Dir: m.Dir(), Config: cfg, Ready: time.Since(start)})
-			}
-			fmt.Printf("%s running: %s RAM, %d CPU%s, %s, ready in %.1fs\n", cfg.Name, humanBytes(cfg.Memory), cfg.CPUs, pluralS(cfg.CPUs), cfg.Accel, time.Since(start).Seconds())
+			return bootReport{Name: cfg.Name, Dir: m.Dir(), Config: cfg, Ready: time.Since(start)}, nil
+		}, func(r bootReport) {
+			cfg := r.Config
+			fmt.Printf("%s running: %s RAM, %d CPU%s, %s, ready in %.1fs\n", cfg.Name, humanBytes(cfg.Memory), cfg.CPUs, pluralS(cfg.CPUs), cfg.Accel, r.Ready.Seconds())
 			printForwards(cfg.Name, cfg.Net)
-			return nil
-		},
+		}),
 	}
 	c.Flags().StringVar(&opts.Net, "net", "", "network: user (a card on QEMU's user-mode network) or none (default: user if the image configures a card)")
 	c.Flags().StringArrayVar(&forwards, "forward", nil, "forward a host TCP port to the guest, [HOSTADDR:]HOSTPORT:GUESTPORT (HOSTPORT 0: any free port; repeatable)")
@@ -132,42 +129,61 @@ Returns once the guest's shell is ready.`,
 	c.Flags().Var(&disk, "disk-size", "grow the root disk to this size, e.g. 1G")
 	c.Flags().StringVar(&opts.Accel, "accel", "auto", "accelerator: kvm, tcg or auto (KVM only where a probe boot works)")
 	c.Flags().BoolVar(&opts.RAMInDir, "ram-in-dir", false, "keep guest RAM in the machine directory instead of /dev/shm")
+	completeFlag(c, "base", completeImages)
+	completeWords(c, "net", "user", "none")
+	completeWords(c, "display", "vnc")
+	completeWords(c, "accel", "auto", "kvm", "tcg")
 	return c
+}
+
+// machineState is what halt, freeze and continue report of each machine.
+type machineState struct {
+	Machine string `json:"machine"`
+	State   string `json:"state"` // "halted", "frozen", "running"
 }
 
 func haltCmd() *cobra.Command {
 	var all bool
 	c := &cobra.Command{
-		Use:   "halt NAME|DIR... | --all",
-		Short: "Stop machines and delete their resources",
-		Long:  "Stop machines and delete their resources (SBUML's sbumlhalt): QEMU, guest RAM and the machine directory.",
-		RunE: func(cmd *cobra.Command, args []string) error {
+		Use:               "halt NAME|DIR... | --all",
+		Short:             "Stop machines and delete their resources",
+		Long:              "Stop machines and delete their resources (SBUML's sbumlhalt): QEMU, guest RAM and the machine directory.",
+		Example:           "  sbuml halt m1 m2\n  sbuml halt --all",
+		ValidArgsFunction: completeEach(completeMachines),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) ([]machineState, error) {
 			if all == (len(args) > 0) {
-				return fmt.Errorf("halt: name machines or give --all")
+				return nil, usagef("halt: name machines or give --all")
 			}
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx := context.Background()
+			var done []machineState
 			if all {
-				names, err := s.HaltAll(ctx)
+				names, err := s.HaltAll(context.WithoutCancel(ctx))
 				for _, n := range names {
-					fmt.Printf("%s halted\n", n)
+					done = append(done, machineState{n, "halted"})
 				}
-				return err
+				return done, err
 			}
 			for _, a := range args {
-				if err := s.Halt(ctx, a); err != nil {
-					return err
+				if err := s.Halt(context.WithoutCancel(ctx), a); err != nil {
+					printMachineStates(done)
+					return nil, err
 				}
-				fmt.Printf("%s halted\n", a)
+				done = append(done, machineState{a, "halted"})
 			}
-			return nil
-		},
+			return done, nil
+		}, printMachineStates),
 	}
 	c.Flags().BoolVar(&all, "all", false, "halt every machine")
+	addJSONFlag(c)
 	return c
+}
+
+func printMachineStates(ms []machineState) {
+	if flagJSON {
+		return
+	}
+	for _, m := range ms {
+		fmt.Printf("%s %s\n", m.Machine, m.State)
+	}
 }
 
 func freezeCmd() *cobra.Command {
@@ -180,54 +196,44 @@ func continueCmd() *cobra.Command {
 
 // stateCmd makes a command that changes one machine's run state.
 func stateCmd(use, short, done string, change func(*sbuml.Scrapbook, context.Context, string) error) *cobra.Command {
-	return &cobra.Command{
-		Use:   use + " NAME|DIR",
-		Short: short,
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			if err := change(s, context.Background(), args[0]); err != nil {
-				return err
-			}
-			fmt.Printf("%s %s\n", args[0], done)
-			return nil
-		},
+	c := &cobra.Command{
+		Use:               use + " NAME|DIR",
+		Short:             short,
+		Example:           "  sbuml " + use + " m1",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(completeMachines),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (machineState, error) {
+			err := change(s, context.WithoutCancel(ctx), args[0])
+			return machineState{args[0], done}, err
+		}, func(m machineState) { printMachineStates([]machineState{m}) }),
 	}
+	addJSONFlag(c)
+	return c
 }
 
 func psCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "ps",
-		Short: "List machines with their state, memory, uptime and accelerator",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ms, err := s.Machines(context.Background())
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(ms)
-			}
-			fmt.Printf("%-16s %-8s %9s %4s %-5s %10s  %-28s %s\n", "NAME", "STATE", "MEMORY", "CPUS", "ACCEL", "UPTIME", "FORWARDS", "DETAIL")
-			for _, m := range ms {
-				up := ""
-				if m.Uptime > 0 {
-					up = m.Uptime.Truncate(time.Second).String()
-				}
-				fmt.Printf("%-16s %-8s %9s %4d %-5s %10s  %-28s %s\n", m.Name, m.State, humanBytes(m.Memory), m.CPUs, m.Accel, up, forwardsText(m.Forwards), machineDetail(m))
-			}
-			return nil
-		},
+		Use:     "ps",
+		Short:   "List machines with their state, memory, uptime and accelerator",
+		Example: "  sbuml ps\n  sbuml ps --json",
+		Args:    cobra.NoArgs,
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, _ []string) ([]sbuml.MachineInfo, error) {
+			return s.Machines(ctx)
+		}, printPs),
 	}
 	addJSONFlag(c)
 	return c
+}
+
+func printPs(ms []sbuml.MachineInfo) {
+	fmt.Printf("%-16s %-8s %9s %4s %-5s %10s  %-28s %s\n", "NAME", "STATE", "MEMORY", "CPUS", "ACCEL", "UPTIME", "FORWARDS", "DETAIL")
+	for _, m := range ms {
+		up := ""
+		if m.Uptime > 0 {
+			up = m.Uptime.Truncate(time.Second).String()
+		}
+		fmt.Printf("%-16s %-8s %9s %4d %-5s %10s  %-28s %s\n", m.Name, m.State, humanBytes(m.Memory), m.CPUs, m.Accel, up, forwardsText(m.Forwards), machineDetail(m))
+	}
 }
 
 func consoleCmd() *cobra.Command {
@@ -238,109 +244,113 @@ func consoleCmd() *cobra.Command {
 		Long: `Attach the terminal to the machine's serial console. Type Ctrl-] then q to
 detach (Ctrl-] twice sends a literal Ctrl-]). With --tail, print what the
 console has shown so far and return.`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
+		Example: `  sbuml console m1
+  echo 'uname -a' | sbuml console m1
+  sbuml console m1 --tail | tail`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(completeMachines),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (any, error) {
 			if tail {
-				dir, err := s.MachineDir(args[0])
-				if err != nil {
-					return err
-				}
-				f, err := os.Open(filepath.Join(dir, vmm.ConsoleLog))
-				if errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("no machine %s (see 'sbuml ps')", args[0])
-				}
-				if err != nil {
-					return fmt.Errorf("console %s: %w", args[0], err)
-				}
-				defer f.Close()
-				_, err = io.Copy(os.Stdout, f)
-				return err
+				return nil, printConsoleLog(s, args[0])
 			}
-			m, err := s.OpenMachine(args[0])
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			// Typed from a pipe into a frozen guest, the input would
-			// wait for it: say so at once.
-			if !isTerminal(os.Stdin) {
-				if st, err := m.Status(context.Background()); err == nil && st.State == vmm.StateFrozen {
-					return fmt.Errorf("machine %s is frozen: what is piped to its console would wait for it; continue it first ('sbuml continue %s')", args[0], args[0])
-				}
-			}
-			// Attached, hold only the console: halt, freeze, continue
-			// and commit work meanwhile from other shells.
-			if err := m.ShareConsole(context.Background()); err != nil {
-				return err
-			}
-			if isTerminal(os.Stdin) {
-				restore, err := vmm.MakeRaw(int(os.Stdin.Fd()))
-				if err != nil {
-					return err
-				}
-				defer restore()
-				fmt.Fprintf(os.Stderr, "attached to %s; Ctrl-] q detaches\r\n", args[0])
-				err = m.Attach(context.Background(), os.Stdin, os.Stdout)
-			} else {
-				// A script types lines; none is left half taken.
-				err = m.Type(context.Background(), os.Stdin, os.Stdout)
-			}
-			if errors.Is(err, vmm.ErrConsoleClosed) {
-				// Halted (or crashed) meanwhile: the session is over.
-				fmt.Fprintf(os.Stderr, "\r\nconsole of %s closed: its QEMU exited\r\n", args[0])
-				return nil
-			}
-			return err
-		},
+			return nil, attachConsole(s, args[0])
+		}, nil),
 	}
 	c.Flags().BoolVar(&tail, "tail", false, "print the console log and return")
 	return c
+}
+
+// printConsoleLog copies a machine's console log to standard output.
+func printConsoleLog(s *sbuml.Scrapbook, machine string) error {
+	dir, err := s.MachineDir(machine)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(filepath.Join(dir, vmm.ConsoleLog))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("no machine %s (see 'sbuml ps')", machine)
+	}
+	if err != nil {
+		return fmt.Errorf("console %s: %w", machine, err)
+	}
+	defer f.Close()
+	_, err = io.Copy(os.Stdout, f)
+	return err
+}
+
+// attachConsole attaches the terminal to a machine's serial console until
+// the user detaches or QEMU exits.
+func attachConsole(s *sbuml.Scrapbook, machine string) error {
+	m, err := s.OpenMachine(machine)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	// Typed from a pipe into a frozen guest, the input would wait for it:
+	// say so at once.
+	if !isTerminal(os.Stdin) {
+		if st, err := m.Status(context.Background()); err == nil && st.State == vmm.StateFrozen {
+			return fmt.Errorf("machine %s is frozen: what is piped to its console would wait for it; continue it first ('sbuml continue %s')", machine, machine)
+		}
+	}
+	// Attached, hold only the console: halt, freeze, continue and commit
+	// work meanwhile from other shells.
+	if err := m.ShareConsole(context.Background()); err != nil {
+		return err
+	}
+	if isTerminal(os.Stdin) {
+		restore, err := vmm.MakeRaw(int(os.Stdin.Fd()))
+		if err != nil {
+			return err
+		}
+		defer restore()
+		fmt.Fprintf(os.Stderr, "attached to %s; Ctrl-] q detaches\r\n", machine)
+		err = m.Attach(context.Background(), os.Stdin, os.Stdout)
+	} else {
+		// A script types lines; none is left half taken.
+		err = m.Type(context.Background(), os.Stdin, os.Stdout)
+	}
+	if errors.Is(err, vmm.ErrConsoleClosed) {
+		// Halted (or crashed) meanwhile: the session is over.
+		fmt.Fprintf(os.Stderr, "\r\nconsole of %s closed: its QEMU exited\r\n", machine)
+		return nil
+	}
+	return err
 }
 
 func doctorCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check what sbuml needs on this host, with fixes",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			checks, err := doctor(context.Background())
-			if err != nil {
-				return err
-			}
-			bad := 0
+		Long: `Check what the commands need: QEMU and the accelerator (a warning when
+machines run under TCG, saying why KVM was refused), tmpfs for guest RAM, the
+agent images carry, the programs image builds, imports and exports run, and
+the scrapbook (there, writable, with free space, and its default image). Each
+problem comes with its fix. Exits 1 if a check failed; warnings do not fail.
+Creates nothing: no scrapbook, no probe boot.`,
+		Example: "  sbuml doctor\n  sbuml --scrapbook /srv/book doctor --json",
+		Args:    cobra.NoArgs,
+		RunE: withoutScrapbook(func(ctx context.Context, _ []string) ([]sbuml.DoctorCheck, error) {
+			checks := sbuml.Doctor(ctx, scrapbookDir())
 			for _, c := range checks {
 				if !c.OK {
-					bad++
+					return checks, errSilentFailure
 				}
 			}
-			if flagJSON {
-				if err := printJSON(checks); err != nil {
-					return err
-				}
-			} else {
-				for _, c := range checks {
-					mark := "ok  "
-					if !c.OK {
-						mark = "FAIL"
-					}
-					fmt.Printf("%s %-9s %s\n", mark, c.Check, c.Info)
-					if c.Fix != "" {
-						fmt.Printf("     %-9s fix: %s\n", "", c.Fix)
-					}
-				}
-			}
-			if bad > 0 {
-				return errSilentFailure
-			}
-			return nil
-		},
+			return checks, nil
+		}, printDoctor),
 	}
 	addJSONFlag(c)
 	return c
+}
+
+func printDoctor(checks []sbuml.DoctorCheck) {
+	for _, c := range checks {
+		fmt.Printf("%-4s %-9s %s\n", c.Status, c.Check, c.Info)
+		if c.Fix != "" {
+			fmt.Printf("     %-9s fix: %s\n", "", c.Fix)
+		}
+	}
 }
 
 // bootReport is what boot --json prints.
@@ -405,29 +415,4 @@ func machineDetail(m sbuml.MachineInfo) string {
 		parts = append(parts, oneLine(m.Detail))
 	}
 	return strings.Join(parts, "; ")
-}
-
-// doctor runs the host checks on the scrapbook the flags name. Where
-// there is none, it says so as a failed check, and runs the others on an
-// empty scrapbook made for the purpose and removed again: only init and
-// clone make scrapbooks.
-func doctor(ctx context.Context) ([]sbuml.DoctorCheck, error) {
-	s, err := openScrapbook()
-	if err == nil {
-		return s.Doctor(ctx), nil
-	}
-	if !errors.Is(err, sbuml.ErrNotScrapbook) {
-		return nil, err
-	}
-	tmp, err := os.MkdirTemp("", "sbuml-doctor-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	if s, err = sbuml.Init(tmp); err != nil {
-		return nil, err
-	}
-	dir, _ := filepath.Abs(scrapbookDir())
-	missing := sbuml.DoctorCheck{Check: "scrapbook", Info: "no scrapbook at " + dir, Fix: "sbuml init " + dir}
-	return append([]sbuml.DoctorCheck{missing}, s.Doctor(ctx)...), nil
 }

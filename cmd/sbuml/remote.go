@@ -7,10 +7,7 @@ import (
 	"net"
 	neturl "net/url"
 	"os"
-	"os/signal"
 	"runtime/debug"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/sbuml/sbuml"
@@ -25,32 +22,6 @@ func init() {
 
 // DefaultServeAddr is where `sbuml serve` listens unless told otherwise.
 const DefaultServeAddr = "127.0.0.1:8417"
-
-// interruptible returns a context cancelled by the first SIGINT or
-// SIGTERM, so that an interrupted command ends cleanly (a transfer keeps
-// what it received, an import what it stored, an export removes what it
-// wrote, gc leaves nothing half done), and a second one ends the process
-// at once.
-func interruptible() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.Background())
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		select {
-		case <-sigs:
-			// The first interrupt ends the work cleanly (a transfer keeps
-			// what arrived); from now on the default action applies, so
-			// a second one ends the process at once.
-			signal.Stop(sigs)
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, func() {
-		signal.Stop(sigs)
-		cancel()
-	}
-}
 
 // notify tells the user, on stderr, what they should know before data
 // travels (see sbuml.TransferOptions.Notify).
@@ -81,11 +52,57 @@ func announceLink(arg string) {
 	}
 }
 
+// remoteReport is what remote add and remote rm report.
+type remoteReport struct {
+	Action string `json:"action"` // "added" or "removed"
+	sbuml.RemoteConfig
+}
+
 func remoteCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "remote",
-		Short: "Manage the scrapbooks this one pushes to and pulls from",
+		Use:     "remote",
+		Short:   "Manage the scrapbooks this one pushes to and pulls from",
+		Example: "  sbuml remote add origin https://book.example.org/\n  sbuml remote ls",
 	}
+	remove := &cobra.Command{
+		Use:               "remove NAME",
+		Aliases:           []string{"rm"},
+		Short:             "Remove a remote and its remote-tracking branches",
+		Example:           "  sbuml remote rm backup",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(completeRemotes),
+		RunE: withScrapbook(func(_ context.Context, s *sbuml.Scrapbook, args []string) (remoteReport, error) {
+			rc, err := s.LookupRemote(args[0])
+			if err != nil {
+				return remoteReport{}, err
+			}
+			if err := s.RemoveRemote(args[0]); err != nil {
+				return remoteReport{}, err
+			}
+			return remoteReport{"removed", *rc}, nil
+		}, printRemoteReport),
+	}
+	addJSONFlag(remove)
+	ls := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List the remotes",
+		Example: "  sbuml remote ls\n  sbuml remote ls --json",
+		Args:    cobra.NoArgs,
+		RunE: withScrapbook(func(_ context.Context, s *sbuml.Scrapbook, _ []string) ([]sbuml.RemoteConfig, error) {
+			return s.Remotes()
+		}, func(rs []sbuml.RemoteConfig) {
+			for _, r := range rs {
+				fmt.Printf("%s\t%s\n", quoteName(r.Name), quoteName(r.URL))
+			}
+		}),
+	}
+	addJSONFlag(ls)
+	c.AddCommand(remoteAddCmd(), remove, ls, remoteGCCmd())
+	return c
+}
+
+func remoteAddCmd() *cobra.Command {
 	var tokenFile string
 	var s3 sbuml.S3Settings
 	add := &cobra.Command{
@@ -104,18 +121,20 @@ AWS_ENDPOINT_URL, AWS_PROFILE with ~/.aws/credentials and ~/.aws/config);
 does not honour conditional writes (If-Match, If-None-Match) is refused, since
 two hosts pushing one branch at once could lose an update there, unless
 --unsafe-no-conditional-writes says that only one host ever pushes.`,
+		Example: `  sbuml remote add backup /mnt/usb/scrapbook
+  sbuml remote add origin http://10.0.0.5:8417/ --token-file ~/.sbuml-token
+  sbuml remote add cloud s3://my-bucket/books/main --region eu-west-1`,
 		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
+		RunE: withScrapbook(func(_ context.Context, s *sbuml.Scrapbook, args []string) (remoteReport, error) {
 			rc := sbuml.RemoteConfig{Name: args[0], URL: args[1], TokenFile: tokenFile}
 			if s3 != (sbuml.S3Settings{}) {
 				rc.S3 = &s3
 			}
-			return s.AddRemote(rc)
-		},
+			if err := s.AddRemote(rc); err != nil {
+				return remoteReport{}, err
+			}
+			return remoteReport{"added", rc}, nil
+		}, printRemoteReport),
 	}
 	add.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token for pushing")
 	add.Flags().StringVar(&s3.Endpoint, "endpoint", "", "S3: the URL of an S3-compatible server (default: $AWS_ENDPOINT_URL, else AWS)")
@@ -123,48 +142,8 @@ two hosts pushing one branch at once could lose an update there, unless
 	add.Flags().BoolVar(&s3.PathStyle, "path-style", false, "S3: address buckets as ENDPOINT/BUCKET (implied for an IP address or localhost)")
 	add.Flags().BoolVar(&s3.UnsafeNoConditionalWrites, "unsafe-no-conditional-writes", false,
 		"S3: push to a store without conditional writes, where concurrent pushes to one branch can lose an update")
-	remove := &cobra.Command{
-		Use:     "remove NAME",
-		Aliases: []string{"rm"},
-		Short:   "Remove a remote and its remote-tracking branches",
-		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			return s.RemoveRemote(args[0])
-		},
-	}
-	ls := &cobra.Command{
-		Use:     "ls",
-		Aliases: []string{"list"},
-		Short:   "List the remotes",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			rs, err := s.Remotes()
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				if rs == nil {
-					rs = []sbuml.RemoteConfig{}
-				}
-				return printJSON(rs)
-			}
-			for _, r := range rs {
-				fmt.Printf("%s\t%s\n", quoteName(r.Name), quoteName(r.URL))
-			}
-			return nil
-		},
-	}
-	addJSONFlag(ls)
-	c.AddCommand(add, remove, ls, remoteGCCmd())
-	return c
+	addJSONFlag(add)
+	return add
 }
 
 func remoteGCCmd() *cobra.Command {
@@ -179,37 +158,33 @@ copying what they hold that is still reached), and deletes what the run
 before it condemned once every push that was under way then has ended. So
 space comes back at the second run. Packs younger than --min-age are left for
 a later run: they may belong to a push under way.`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
+		Example:           "  sbuml remote gc cloud\n  sbuml remote gc s3://my-bucket/books/main --min-age 1h",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(completeRemotes),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*transport.GCResult, error) {
 			if opts.MinAge == 0 {
 				opts.MinAge = -1 // none spared
 			}
-			ctx, stop := interruptible()
-			defer stop()
-			res, err := s.GCRemote(ctx, args[0], opts)
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(res)
-			}
-			if res.Waiting > 0 {
-				fmt.Printf("the last gc's deletions wait for %d pushes that began before it; nothing else was done\n", res.Waiting)
-				return nil
-			}
-			fmt.Printf("deleted %d packs (%s) that the last gc condemned\n", res.Deleted, transport.FormatBytes(res.DeletedBytes))
-			fmt.Printf("%d objects reached; condemned %d packs (%s, %s of it garbage), copying %d objects (%s) they held that are still reached\n",
-				res.Live, res.Condemned, transport.FormatBytes(res.CondemnedBytes), transport.FormatBytes(res.GarbageBytes), res.Copied, transport.FormatBytes(res.CopiedBytes))
-			return nil
-		},
+			return s.GCRemote(ctx, args[0], opts)
+		}, printRemoteGC),
 	}
 	c.Flags().DurationVar(&opts.MinAge, "min-age", transport.DefaultGCMinAge, "leave packs younger than this for a later gc")
 	addJSONFlag(c)
 	return c
+}
+
+func printRemoteGC(res *transport.GCResult) {
+	if res.Waiting > 0 {
+		fmt.Printf("the last gc's deletions wait for %d pushes that began before it; nothing else was done\n", res.Waiting)
+		return
+	}
+	fmt.Printf("deleted %d packs (%s) that the last gc condemned\n", res.Deleted, transport.FormatBytes(res.DeletedBytes))
+	fmt.Printf("%d objects reached; condemned %d packs (%s, %s of it garbage), copying %d objects (%s) they held that are still reached\n",
+		res.Live, res.Condemned, transport.FormatBytes(res.CondemnedBytes), transport.FormatBytes(res.GarbageBytes), res.Copied, transport.FormatBytes(res.CopiedBytes))
+}
+
+func printRemoteReport(r remoteReport) {
+	fmt.Printf("%s remote %s (%s)\n", r.Action, quoteName(r.Name), quoteName(r.URL))
 }
 
 func pushCmd() *cobra.Command {
@@ -225,35 +200,29 @@ ancestor of the one pushed (--force drops that check, never the
 compare-and-swap). A smart server wants the bearer token from --token-file or
 the remote's configured token file. --delete deletes the named branches or
 tags of the remote instead, each by compare-and-swap.`,
-		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, stop := interruptible()
-			defer stop()
+		Example: `  sbuml push origin
+  sbuml push origin main v1 --token-file ~/.sbuml-token
+  sbuml push /mnt/usb/scrapbook m1
+  sbuml push --delete origin old-experiment`,
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeArgs(completeRemotes, completeRevisions, completeRevisions, completeRevisions),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.PushResult, error) {
 			if del {
 				return deleteRemoteRefs(ctx, s, args, opts)
 			}
-			bar := newProgressBar(os.Stderr)
-			opts.Progress, opts.Notify = bar.update, notify
+			bar := newBar()
+			opts.Progress, opts.Notify = bar.transfer, notify
 			res, err := s.Push(ctx, args[0], args[1:], opts)
-			bar.clear()
-			if res != nil && res.Stats != nil && !flagJSON {
-				fmt.Fprintln(os.Stderr, res.Stats.Summary("sent"))
+			bar.done()
+			if res != nil {
+				summarize(res.Stats, "sent")
 			}
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(res)
-			}
+			return res, err
+		}, func(res *sbuml.PushResult) {
 			for _, r := range res.Refs {
-				fmt.Printf("%s: %s %s\n", quoteName(r.Name), escapeText(r.Status, false), movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+				printRefLine(r.Name, r.Status, r.Old, r.New)
 			}
-			return nil
-		},
+		}),
 	}
 	c.Flags().BoolVarP(&opts.Force, "force", "f", false, "replace remote refs even if the push is not a fast-forward")
 	c.Flags().StringVar(&opts.TokenFile, "token-file", "", "file holding the bearer token (default: the remote's)")
@@ -262,31 +231,46 @@ tags of the remote instead, each by compare-and-swap.`,
 	return c
 }
 
-// deleteRemoteRefs is push --delete REMOTE REF...
-func deleteRemoteRefs(ctx context.Context, s *sbuml.Scrapbook, args []string, opts sbuml.TransferOptions) error {
+// deleteRemoteRefs is push --delete REMOTE REF...: its report is a push's,
+// each ref "deleted".
+func deleteRemoteRefs(ctx context.Context, s *sbuml.Scrapbook, args []string, opts sbuml.TransferOptions) (*sbuml.PushResult, error) {
 	if len(args) < 2 {
-		return errors.New("push --delete: name the branches or tags of the remote to delete")
+		return nil, usagef("push --delete: name the branches or tags of the remote to delete")
 	}
 	opts.Notify = notify
-	res, err := s.DeleteRemoteRefs(ctx, args[0], args[1:], opts)
-	if flagJSON && err == nil {
-		return printJSON(res)
-	}
-	for _, r := range res {
-		fmt.Printf("%s: deleted (was %s)\n", quoteName(r.Name), r.Old.Short())
-	}
-	return err
+	refs, err := s.DeleteRemoteRefs(ctx, args[0], args[1:], opts)
+	return &sbuml.PushResult{Remote: args[0], Refs: refs}, err
 }
 
-// movement describes a ref moving from old to new.
-func movement(old, new string, created bool) string {
-	if created {
-		return new
+// summarize prints, unless --json, what a transfer moved: on stderr, as
+// the summary that follows a progress bar.
+func summarize(st *transport.Stats, verb string) {
+	if st != nil && !flagJSON {
+		fmt.Fprintln(os.Stderr, st.Summary(verb))
 	}
-	if old == new {
-		return old
+}
+
+// printRefLine prints what a push, pull, clone or publish did to one
+// ref: its name, what happened, and from where to where it moved.
+func printRefLine(name, status string, old, new objects.ID) {
+	move := new.Short()
+	switch {
+	case new.IsZero():
+		move = "(was " + old.Short() + ")"
+	case old.IsZero():
+	case old == new:
+		move = old.Short()
+	default:
+		move = old.Short() + ".." + new.Short()
 	}
-	return old + ".." + new
+	fmt.Printf("%s: %s %s\n", quoteName(name), escapeText(status, false), move)
+}
+
+// printPull prints the refs a pull or clone moved.
+func printPull(res *sbuml.PullResult) {
+	for _, r := range res.Refs {
+		printRefLine(r.Name, r.Status, r.Old, r.New)
+	}
 }
 
 func pullCmd() *cobra.Command {
@@ -299,40 +283,29 @@ named) with everything this scrapbook lacks, then point refs/remotes/REMOTE/B
 at each branch B and create the tags this scrapbook does not have. Every object
 is verified before it is stored. A pull that is cut off keeps what arrived;
 run it again to fetch the rest.`,
-		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, stop := interruptible()
-			defer stop()
-			bar := newProgressBar(os.Stderr)
-			opts.Progress = bar.update
+		Example: `  sbuml pull origin
+  sbuml pull origin main`,
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeArgs(completeRemotes),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.PullResult, error) {
+			bar := newBar()
+			opts.Progress = bar.transfer
 			res, err := s.Pull(ctx, args[0], args[1:], opts)
-			bar.clear()
-			return finishPull(res, err)
-		},
+			bar.done()
+			if res != nil {
+				summarize(res.Stats, "received")
+			}
+			return res, err
+		}, printPull),
 	}
 	addJSONFlag(c)
 	return c
 }
 
-// finishPull prints the outcome of a pull or clone.
-func finishPull(res *sbuml.PullResult, err error) error {
-	if res != nil && res.Stats != nil && !flagJSON {
-		fmt.Fprintln(os.Stderr, res.Stats.Summary("received"))
-	}
-	if err != nil {
-		return err
-	}
-	if flagJSON {
-		return printJSON(res)
-	}
-	for _, r := range res.Refs {
-		fmt.Printf("%s: %s %s\n", quoteName(r.Name), escapeText(r.Status, false), movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
-	}
-	return nil
+// cloneReport is what clone reports: the pull into the new scrapbook.
+type cloneReport struct {
+	Dir string `json:"dir"`
+	*sbuml.PullResult
 }
 
 func cloneCmd() *cobra.Command {
@@ -342,27 +315,37 @@ func cloneCmd() *cobra.Command {
 		Long: `Make a new scrapbook in DIR holding everything the scrapbook at URL has: a path,
 an http(s):// URL of 'sbuml serve', or of a published directory. Its branches
 become local branches and remote-tracking branches of the remote "origin".`,
+		Example: `  sbuml clone https://book.example.org/ ~/book
+  sbuml clone /mnt/usb/scrapbook ./copy`,
 		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, stop := interruptible()
-			defer stop()
-			bar := newProgressBar(os.Stderr)
-			s, res, err := sbuml.Clone(ctx, args[0], args[1], sbuml.TransferOptions{Progress: bar.update})
-			bar.clear()
-			if err != nil && s != nil && !errors.Is(err, objects.ErrCorrupt) && !errors.Is(err, transport.ErrProtocol) {
+		RunE: withoutScrapbook(func(ctx context.Context, args []string) (cloneReport, error) {
+			bar := newBar()
+			s, res, err := sbuml.Clone(ctx, args[0], args[1], sbuml.TransferOptions{Progress: bar.transfer})
+			bar.done()
+			if res != nil {
+				summarize(res.Stats, "received")
+			}
+			if s == nil {
+				return cloneReport{}, err
+			}
+			defer s.Close()
+			if err != nil && !errors.Is(err, objects.ErrCorrupt) && !errors.Is(err, transport.ErrProtocol) {
 				err = fmt.Errorf("%w; to finish, run: sbuml --scrapbook %s pull origin", err, s.Dir)
 			}
-			if err := finishPull(res, err); err != nil {
-				return err
-			}
-			if !flagJSON {
-				fmt.Fprintf(os.Stderr, "cloned into %s\n", s.Dir)
-			}
-			return nil
-		},
+			return cloneReport{Dir: s.Dir, PullResult: res}, err
+		}, func(r cloneReport) {
+			printPull(r.PullResult)
+			fmt.Fprintf(os.Stderr, "cloned into %s\n", r.Dir)
+		}),
 	}
 	addJSONFlag(c)
 	return c
+}
+
+// fetchReport is what fetch reports.
+type fetchReport struct {
+	Snapshot objects.ID       `json:"snapshot"`
+	Stats    *transport.Stats `json:"stats"`
 }
 
 func fetchCmd() *cobra.Command {
@@ -372,29 +355,16 @@ func fetchCmd() *cobra.Command {
 		Long: `Fetch one snapshot, and everything it reaches that this scrapbook lacks, from
 URL#SNAPSHOT (SNAPSHOT: an ID, or a branch or tag of the remote; without it,
 the remote's HEAD) or from a .sbuml link file, and print its ID. No ref moves.`,
+		Example: `  sbuml fetch https://book.example.org/#main
+  sbuml fetch ~/Downloads/demo.sbuml`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, stop := interruptible()
-			defer stop()
-			bar := newProgressBar(os.Stderr)
-			id, st, err := s.FetchLink(ctx, args[0], sbuml.TransferOptions{Progress: bar.update, Notify: notify})
-			bar.clear()
-			if st != nil && !flagJSON {
-				fmt.Fprintln(os.Stderr, st.Summary("received"))
-			}
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(map[string]any{"snapshot": id, "stats": st})
-			}
-			fmt.Println(id)
-			return nil
-		},
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (fetchReport, error) {
+			bar := newBar()
+			id, st, err := s.FetchLink(ctx, args[0], sbuml.TransferOptions{Progress: bar.transfer, Notify: notify})
+			bar.done()
+			summarize(st, "received")
+			return fetchReport{Snapshot: id, Stats: st}, err
+		}, func(r fetchReport) { fmt.Println(r.Snapshot) }),
 	}
 	addJSONFlag(c)
 	return c
@@ -406,40 +376,32 @@ func publishCmd() *cobra.Command {
 		Use:   "publish DIR --url URL",
 		Short: "Write the scrapbook as a static directory for any web server",
 		Long: `Write the branches and tags of the scrapbook into DIR, a new, empty or earlier
-published directory, for a web server to serve at URL: the objects, refs.json,
-index.html listing every snapshot, and a link file per branch
+published directory, for a web server to serve at URL: the objects in packs
+with their indexes (any web server serves them, by byte ranges where it can),
+refs.json, index.html listing every snapshot, and a link file per branch
 (branches/NAME.sbuml), tag (tags/NAME.sbuml) and snapshot (snapshots/ID.sbuml)
-that 'sbuml open' and a browser understand. Others clone or pull from URL. Publishing again adds only
-new objects.`,
+that 'sbuml open' and a browser understand. Others clone or pull from URL.
+Publishing again adds only new objects.`,
+		Example: `  sbuml publish /var/www/book --url https://book.example.org/
+  python3 -m http.server -d /var/www/book 8000 &`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.PublishResult, error) {
 			if url == "" {
-				return errors.New("publish: --url is required: the address where DIR will be served")
+				return nil, usagef("publish: --url is required: the address where %s will be served", args[0])
 			}
-			s, err := openScrapbook()
-			if err != nil {
-				return err
+			bar := newBar()
+			res, err := s.Publish(ctx, args[0], url, sbuml.TransferOptions{Progress: bar.transfer})
+			bar.done()
+			if res != nil {
+				summarize(res.Stats, "wrote")
 			}
-			ctx, stop := interruptible()
-			defer stop()
-			bar := newProgressBar(os.Stderr)
-			res, err := s.Publish(ctx, args[0], url, sbuml.TransferOptions{Progress: bar.update})
-			bar.clear()
-			if res != nil && res.Stats != nil && !flagJSON {
-				fmt.Fprintln(os.Stderr, res.Stats.Summary("wrote"))
-			}
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(res)
-			}
+			return res, err
+		}, func(res *sbuml.PublishResult) {
 			for _, r := range res.Refs {
-				fmt.Printf("%s: %s %s\n", quoteName(r.Name), escapeText(r.Status, false), movement(r.Old.Short(), r.New.Short(), r.Old.IsZero()))
+				printRefLine(r.Name, r.Status, r.Old, r.New)
 			}
 			fmt.Printf("published %d snapshots in %s for %s (index.html, %d link files)\n", res.Snapshots, res.Dir, res.URL, len(res.Links))
-			return nil
-		},
+		}),
 	}
 	c.Flags().StringVar(&url, "url", "", "the http(s):// URL where DIR will be served (required)")
 	addJSONFlag(c)
@@ -466,6 +428,8 @@ one, pushes are refused. --read-only refuses pushes whatever the token. With
 --tls-cert and --tls-key the server speaks HTTPS. The other flags bound what
 clients can make the server hold; excess load is answered 503 with a time to
 retry after.`,
+		Example: `  sbuml serve --token-file ~/.sbuml-token
+  sbuml serve --addr 0.0.0.0:8417 --read-only --tls-cert cert.pem --tls-key key.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return serve(f) },
 	}
@@ -488,11 +452,7 @@ retry after.`,
 // serve runs sbuml serve until SIGINT or SIGTERM.
 func serve(f serveFlags) error {
 	if (f.certFile == "") != (f.keyFile == "") {
-		return errors.New("serve: give both --tls-cert and --tls-key, or neither")
-	}
-	s, err := openScrapbook()
-	if err != nil {
-		return err
+		return usagef("serve: give both --tls-cert and --tls-key, or neither")
 	}
 	f.limits.MaxMemory = int64(f.maxMemory)
 	// Garbage from finished requests is collected before the process
@@ -500,11 +460,12 @@ func serve(f serveFlags) error {
 	debug.SetMemoryLimit(f.limits.MaxMemory + 128<<20)
 	opts := transport.ServerOptions{ReadOnly: f.readOnly, Log: serveLog, Limits: f.limits}
 	if f.tokenFile != "" {
-		if opts.Token, err = readTokenFile(f.tokenFile); err != nil {
+		var err error
+		if opts.Token, err = sbuml.ReadTokenFile(f.tokenFile); err != nil {
 			return fmt.Errorf("serve: %w", err)
 		}
 	}
-	d, err := transport.OpenDir(s.Dir)
+	d, err := transport.OpenScrapbook(scrapbookDir())
 	if err != nil {
 		return err
 	}
@@ -513,10 +474,6 @@ func serve(f serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	scheme := "http"
-	if f.certFile != "" {
-		scheme = "https"
-	}
 	push := "push needs the token in " + f.tokenFile
 	switch {
 	case f.readOnly:
@@ -524,84 +481,15 @@ func serve(f serveFlags) error {
 	case f.tokenFile == "":
 		push = "push disabled (no --token-file)"
 	}
-	fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", s.Dir, scheme, ln.Addr(), push)
+	fmt.Fprintf(os.Stderr, "serving %s at %s://%s/ (%s)\n", d.Path(), scheme(f.certFile), ln.Addr(), push)
 	handler := transport.NewServer(d, opts)
-	srv := handler.HTTPServer()
-	ln = handler.LimitListener(ln)
-	ctx, stop := interruptible()
-	defer stop()
-	done := make(chan error, 1)
-	go func() {
-		if f.certFile != "" {
-			done <- srv.ServeTLS(ln, f.certFile, f.keyFile)
-		} else {
-			done <- srv.Serve(ln)
-		}
-	}()
-	select {
-	case err := <-done:
+	if err := serveUntilInterrupted(handler.HTTPServer(), handler.LimitListener(ln), f.certFile, f.keyFile, nil); err != nil {
 		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
 	}
-	fmt.Fprintln(os.Stderr, "stopping")
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return srv.Shutdown(shutdown)
+	return nil
 }
 
 // serveLog prints a refused or failed request on stderr.
 func serveLog(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s %s\n", time.Now().Format("2006-01-02 15:04:05"), fmt.Sprintf(format, args...))
-}
-
-// readTokenFile reads a bearer token: one line without spaces.
-func readTokenFile(name string) (string, error) {
-	b, err := os.ReadFile(name)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" || strings.ContainsAny(tok, " \t\r\n") {
-		return "", fmt.Errorf("token file %s must hold one token: a single line without spaces", name)
-	}
-	return tok, nil
-}
-
-// progressBar draws a transfer's progress on one line of a terminal.
-type progressBar struct {
-	f      *os.File
-	drawn  bool
-	active bool
-}
-
-// newProgressBar returns a bar drawing on f if f is a terminal, and one
-// that draws nothing otherwise.
-func newProgressBar(f *os.File) *progressBar {
-	return &progressBar{f: f, active: isTerminal(f)}
-}
-
-// update redraws the bar; it is a transport progress callback.
-func (b *progressBar) update(p transport.Progress) {
-	if !b.active {
-		return
-	}
-	rate := float64(p.Bytes) / max(p.Elapsed.Seconds(), 0.001)
-	line := fmt.Sprintf("%s %d objects", p.Phase, p.Objects)
-	if p.Phase != "finding" && p.TotalObjects > 0 {
-		const width = 30
-		frac := min(float64(p.Objects)/float64(p.TotalObjects), 1)
-		full := int(frac * width)
-		line = fmt.Sprintf("%-9s [%s%s] %d/%d objects", p.Phase, strings.Repeat("=", full), strings.Repeat(" ", width-full), p.Objects, p.TotalObjects)
-	}
-	line += fmt.Sprintf(", %s (%s/s)", humanBytes(p.Bytes), humanBytes(int64(rate)))
-	fmt.Fprintf(b.f, "\r\x1b[K%s", line)
-	b.drawn = true
-}
-
-// clear erases the bar.
-func (b *progressBar) clear() {
-	if b.drawn {
-		fmt.Fprint(b.f, "\r\x1b[K")
-		b.drawn = false
-	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/sbuml/sbuml"
@@ -29,45 +28,41 @@ captured at one instant, as a snapshot whose parent is the machine's previous
 snapshot (SBUML's sbumlsave). -f leaves the machine frozen afterwards, -f -c
 freezes and continues it; with neither, the guest is frozen only for the
 capture. The machine's branch (default: its name) moves to the snapshot.`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible()
-			defer cancel()
-			progress, clear := storeProgress("storing")
-			opts.OnProgress = progress
+		Example: `  sbuml commit m1 -m "before the upgrade"
+  sbuml commit m1 -f
+  sbuml commit m1 -b experiment`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(completeMachines),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.CommitResult, error) {
+			bar := newStoreBar("storing")
+			opts.OnProgress = bar.update
 			res, err := s.Commit(ctx, args[0], opts)
-			clear()
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(res)
-			}
-			fmt.Printf("%s %s\n", res.ID, strings.TrimPrefix(res.Branch, "refs/heads/"))
-			guest := "left frozen"
-			switch {
-			case res.Downtime > 0:
-				guest = fmt.Sprintf("downtime %.0f ms", float64(res.Downtime.Microseconds())/1000)
-			case res.Running:
-				guest = "continued"
-			}
-			fmt.Printf("  %s, %s logical, %s added (%d new objects), %.2fs in all\n",
-				guest, humanBytes(res.LogicalBytes), humanBytes(res.Stats.NewBytes),
-				res.Stats.NewObjects, res.Duration.Seconds())
-			return nil
-		},
+			bar.done()
+			return res, err
+		}, printCommit),
 	}
 	c.Flags().BoolVarP(&opts.Freeze, "freeze", "f", false, "freeze the machine first and leave it frozen (unless -c)")
 	c.Flags().BoolVarP(&opts.Continue, "continue", "c", false, "continue the machine after saving")
 	c.Flags().StringVarP(&opts.Message, "message", "m", "", "snapshot message")
 	c.Flags().StringVarP(&opts.Branch, "branch", "b", "", "branch to add the snapshot to (default: the machine's)")
 	c.Flags().BoolVar(&opts.Force, "force", false, "move the branch even if its tip is not this machine's last snapshot")
+	completeFlag(c, "branch", completeBranches)
 	addJSONFlag(c)
 	return c
+}
+
+func printCommit(res *sbuml.CommitResult) {
+	fmt.Printf("%s %s\n", res.ID, shortRef(res.Branch))
+	guest := "left frozen"
+	switch {
+	case res.Downtime > 0:
+		guest = fmt.Sprintf("downtime %.0f ms", float64(res.Downtime.Microseconds())/1000)
+	case res.Running:
+		guest = "continued"
+	}
+	fmt.Printf("  %s, %s logical, %s added (%d new objects), %.2fs in all\n",
+		guest, humanBytes(res.LogicalBytes), humanBytes(res.Stats.NewBytes),
+		res.Stats.NewObjects, res.Duration.Seconds())
 }
 
 func checkoutCmd() *cobra.Command {
@@ -82,22 +77,15 @@ prefix, a branch, a tag, BRANCH~N, a directory made by 'sbuml export', or a
 snapshot elsewhere: URL#SNAPSHOT (a published or served scrapbook) or a .sbuml
 link file, of which only the objects this scrapbook lacks are downloaded.
 Any number of machines may be checked out from one snapshot at once.`,
-		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible()
-			defer cancel()
-			opts.Progress = progressWriter()
+		Example: `  sbuml checkout m1 m2 -c
+  sbuml checkout m1~2 old -c
+  sbuml checkout https://book.example.org/#demo demo -c`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeArgs(completeRevisions),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.CheckoutResult, error) {
 			announceLink(args[0])
-			res, err := checkoutWithBar(ctx, s, args[0], args[1], opts)
-			if err != nil {
-				return err
-			}
-			return printCheckout(res)
-		},
+			return checkoutWithBar(ctx, s, args[0], args[1], opts)
+		}, printCheckout),
 	}
 	checkoutFlags(c, &opts)
 	return c
@@ -108,6 +96,8 @@ func checkoutFlags(c *cobra.Command, opts *sbuml.CheckoutOptions) {
 	c.Flags().StringVar(&opts.Accel, "accel", "auto", "accelerator: kvm, tcg or auto")
 	c.Flags().StringVarP(&opts.Branch, "branch", "b", "", "branch for the machine's commits (default: its name)")
 	c.Flags().BoolVar(&opts.RAMInDir, "ram-in-dir", false, "keep guest RAM in the machine directory instead of /dev/shm")
+	completeWords(c, "accel", "auto", "kvm", "tcg")
+	completeFlag(c, "branch", completeBranches)
 	netFlags(c, opts)
 	addJSONFlag(c)
 }
@@ -116,6 +106,7 @@ func checkoutFlags(c *cobra.Command, opts *sbuml.CheckoutOptions) {
 func netFlags(c *cobra.Command, opts *sbuml.CheckoutOptions) {
 	c.Flags().StringVar(&opts.Net, "net", "", "the network the snapshot's machine has: user or none (a saved machine keeps its hardware)")
 	c.Flags().Var((*forwardsFlag)(&opts.Forwards), "forward", "forward a host TCP port to the guest, [HOSTADDR:]HOSTPORT:GUESTPORT (repeatable; default: the snapshot's forwards, on free host ports)")
+	completeWords(c, "net", "user", "none")
 }
 
 // forwardsFlag collects --forward flags.
@@ -133,22 +124,21 @@ func (f *forwardsFlag) Set(v string) error {
 }
 
 // checkoutWithBar checks out rev as machine, showing a progress bar on a
-// terminal and a summary line while a snapshot elsewhere downloads.
+// terminal while the snapshot's files are written and, for a snapshot
+// elsewhere, downloaded, then a summary line of the download.
 func checkoutWithBar(ctx context.Context, s *sbuml.Scrapbook, rev, machine string, opts sbuml.CheckoutOptions) (*sbuml.CheckoutResult, error) {
-	bar := newProgressBar(os.Stderr)
-	opts.OnTransfer = bar.update
+	bar := newStoreBar("restoring")
+	opts.OnTransfer, opts.OnProgress = bar.transfer, bar.update
+	opts.Progress = progressWriter()
 	res, err := s.Checkout(ctx, rev, machine, opts)
-	bar.clear()
-	if err == nil && res.Fetched != nil && !flagJSON {
-		fmt.Fprintln(os.Stderr, res.Fetched.Summary("received"))
+	bar.done()
+	if err == nil {
+		summarize(res.Fetched, "received")
 	}
 	return res, err
 }
 
-func printCheckout(res *sbuml.CheckoutResult) error {
-	if flagJSON {
-		return printJSON(res)
-	}
+func printCheckout(res *sbuml.CheckoutResult) {
 	state := "frozen (sbuml continue " + res.Machine + " starts it)"
 	if res.Running {
 		state = "running"
@@ -169,7 +159,6 @@ func printCheckout(res *sbuml.CheckoutResult) error {
 	for _, f := range res.Forwards {
 		fmt.Printf("%s: %s:%d -> guest port %d\n", res.Machine, f.HostAddr, f.HostPort, f.GuestPort)
 	}
-	return nil
 }
 
 func rewindCmd() *cobra.Command {
@@ -180,28 +169,35 @@ func rewindCmd() *cobra.Command {
 		Long: `Halt MACHINE and bring it back under the same name from SNAPSHOT, running if it
 was running. Its next commit has SNAPSHOT as parent; if its branch has moved
 on since, commit with --branch NEW (or --force).`,
-		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible()
-			defer cancel()
+		Example: `  sbuml rewind m1 m1~1
+  sbuml rewind m1 'm1@{10 minutes ago}'`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeArgs(completeMachines, completeRevisions),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.CheckoutResult, error) {
+			bar := newStoreBar("restoring")
+			opts.OnProgress = bar.update
 			opts.Progress = progressWriter()
 			res, err := s.Rewind(ctx, args[0], args[1], opts)
-			if err != nil {
-				return err
-			}
-			return printCheckout(res)
-		},
+			bar.done()
+			return res, err
+		}, printCheckout),
 	}
 	checkoutFlags(c, &opts)
 	return c
 }
 
+// refReport is what branch and tag report of a ref they list, create or
+// delete: its full name and the snapshot it names (named, for a deleted
+// one).
+type refReport struct {
+	Name string     `json:"name"`
+	ID   objects.ID `json:"id"`
+	// Action is "created" or "deleted"; empty in a listing.
+	Action string `json:"action,omitempty"`
+}
+
 // refCmd makes the branch and tag commands, which differ only in namespace.
-func refCmd(use, kind, plural, prefix string) *cobra.Command {
+func refCmd(use, kind, plural, prefix string, names completer) *cobra.Command {
 	var del, force bool
 	c := &cobra.Command{
 		Use:   use + " [NAME [SNAPSHOT]]",
@@ -210,62 +206,33 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 			"a name that would hide HEAD or snapshot IDs (four or more hex digits) needs --force.\n"+
 			"With -d, delete %[1]s NAME (its snapshots stay in the scrapbook until sbuml gc); the\n"+
 			"current branch needs --force.", kind, plural),
-		Args: cobra.MaximumNArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx := context.Background()
+		Example:           fmt.Sprintf("  sbuml %[1]s\n  sbuml %[1]s stable m1~1\n  sbuml %[1]s -d stable", use),
+		Args:              cobra.MaximumNArgs(2),
+		ValidArgsFunction: completeArgs(names, completeRevisions),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) ([]refReport, error) {
 			if len(args) == 0 {
-				all, err := s.Refs.List(prefix)
-				if err != nil {
-					return err
-				}
-				if flagJSON {
-					type row struct {
-						Name string     `json:"name"`
-						ID   objects.ID `json:"id"`
-					}
-					rows := []row{}
-					for _, r := range all {
-						rows = append(rows, row{strings.TrimPrefix(r.Name, prefix), r.ID})
-					}
-					return printJSON(rows)
-				}
-				for _, r := range all {
-					fmt.Printf("%s %s\n", r.ID.Short(), quoteName(strings.TrimPrefix(r.Name, prefix)))
-				}
-				return nil
+				return listRefs(s, prefix)
 			}
 			if err := refs.ValidateShortName(args[0]); err != nil {
-				return err
+				return nil, err
 			}
 			name := prefix + args[0]
 			opts := sbuml.RefOptions{Force: force}
 			if del {
 				opts.Why = kind + " -d"
 				old, err := s.DeleteRef(name, opts)
-				if err != nil {
-					return err
-				}
-				fmt.Printf("deleted %s %s (was %s)\n", kind, args[0], old.Short())
-				return nil
+				return []refReport{{name, old, "deleted"}}, err
 			}
 			rev := "HEAD"
 			if len(args) == 2 {
 				rev = args[1]
 			}
 			id, err := s.CreateRef(ctx, name, rev, opts)
-			if err != nil {
-				if errors.Is(err, refs.ErrConflict) {
-					return fmt.Errorf("%s %s already exists", kind, args[0])
-				}
-				return err
+			if errors.Is(err, refs.ErrConflict) {
+				return nil, fmt.Errorf("%s %s already exists", kind, args[0])
 			}
-			fmt.Printf("%s %s at %s\n", kind, args[0], id.Short())
-			return nil
-		},
+			return []refReport{{name, id, "created"}}, err
+		}, func(rs []refReport) { printRefs(rs, kind, prefix) }),
 	}
 	c.Flags().BoolVarP(&del, "delete", "d", false, "delete the "+kind)
 	c.Flags().BoolVarP(&force, "force", "f", false, "create a "+kind+" whose name hides HEAD or snapshot IDs, or delete the current branch")
@@ -273,8 +240,38 @@ func refCmd(use, kind, plural, prefix string) *cobra.Command {
 	return c
 }
 
-func branchCmd() *cobra.Command { return refCmd("branch", "branch", "branches", "refs/heads/") }
-func tagCmd() *cobra.Command    { return refCmd("tag", "tag", "tags", "refs/tags/") }
+// listRefs lists the refs under prefix.
+func listRefs(s *sbuml.Scrapbook, prefix string) ([]refReport, error) {
+	all, err := s.Refs.List(prefix)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]refReport, 0, len(all))
+	for _, r := range all {
+		rows = append(rows, refReport{Name: r.Name, ID: r.ID})
+	}
+	return rows, nil
+}
+
+func printRefs(rs []refReport, kind, prefix string) {
+	for _, r := range rs {
+		short := strings.TrimPrefix(r.Name, prefix)
+		switch r.Action {
+		case "created":
+			fmt.Printf("%s %s at %s\n", kind, short, r.ID.Short())
+		case "deleted":
+			fmt.Printf("deleted %s %s (was %s)\n", kind, short, r.ID.Short())
+		default:
+			fmt.Printf("%s %s\n", r.ID.Short(), quoteName(short))
+		}
+	}
+}
+
+func branchCmd() *cobra.Command {
+	return refCmd("branch", "branch", "branches", "refs/heads/", completeBranches)
+}
+
+func tagCmd() *cobra.Command { return refCmd("tag", "tag", "tags", "refs/tags/", completeTags) }
 
 func openCmd() *cobra.Command {
 	var opts sbuml.CheckoutOptions
@@ -285,32 +282,27 @@ func openCmd() *cobra.Command {
 the objects this scrapbook lacks, and check it out as a running machine (SBUML's
 browser helper). NEWMACHINE defaults to the link's file name. A browser hands
 .sbuml files to this command once docs/sbuml.desktop and docs/sbuml-mime.xml
-are installed (see docs/transport.md).`,
+are installed ('make install' does it; see docs/transport.md).`,
+		Example: `  sbuml open ~/Downloads/demo.sbuml
+  sbuml open https://book.example.org/#demo mine`,
 		Args: cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible()
-			defer cancel()
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.CheckoutResult, error) {
 			name := ""
 			if len(args) == 2 {
 				name = args[1]
-			} else if name, err = s.FreeMachineName(linkBaseName(args[0])); err != nil {
-				return err
+			} else {
+				var err error
+				if name, err = s.FreeMachineName(linkBaseName(args[0])); err != nil {
+					return nil, err
+				}
 			}
 			opts.Continue = true
-			opts.Progress = progressWriter()
 			announceLink(args[0])
-			res, err := checkoutWithBar(ctx, s, args[0], name, opts)
-			if err != nil {
-				return err
-			}
-			return printCheckout(res)
-		},
+			return checkoutWithBar(ctx, s, args[0], name, opts)
+		}, printCheckout),
 	}
 	c.Flags().StringVar(&opts.Accel, "accel", "auto", "accelerator: kvm, tcg or auto")
+	completeWords(c, "accel", "auto", "kvm", "tcg")
 	netFlags(c, &opts)
 	addJSONFlag(c)
 	return c

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -17,25 +16,33 @@ func init() {
 	rootCmd.AddCommand(initCmd(), importCmd(), exportCmd(), logCmd(), showCmd(), fsckCmd(), duCmd(), gcCmd(), catObjectCmd())
 }
 
+// initReport is what init reports.
+type initReport struct {
+	Dir string `json:"dir"`
+}
+
 func initCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "init [DIR]",
-		Short: "Create an empty scrapbook",
-		Long:  "Create an empty scrapbook in DIR (default: --scrapbook, $SBUML_DIR, else ~/.sbuml).",
-		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	c := &cobra.Command{
+		Use:     "init [DIR]",
+		Short:   "Create an empty scrapbook",
+		Long:    "Create an empty scrapbook in DIR (default: --scrapbook, $SBUML_DIR, else ~/.sbuml).",
+		Example: "  sbuml init\n  sbuml init /srv/scrapbook",
+		Args:    cobra.MaximumNArgs(1),
+		RunE: withoutScrapbook(func(_ context.Context, args []string) (initReport, error) {
 			dir := scrapbookDir()
 			if len(args) == 1 {
 				dir = args[0]
 			}
 			s, err := sbuml.Init(dir)
 			if err != nil {
-				return err
+				return initReport{}, err
 			}
-			fmt.Printf("Initialized empty scrapbook in %s\n", s.Dir)
-			return nil
-		},
+			defer s.Close()
+			return initReport{Dir: s.Dir}, nil
+		}, func(r initReport) { fmt.Printf("Initialized empty scrapbook in %s\n", r.Dir) }),
 	}
+	addJSONFlag(c)
+	return c
 }
 
 func importCmd() *cobra.Command {
@@ -48,34 +55,23 @@ func importCmd() *cobra.Command {
 branch), whose previous tip becomes its parent. Data already in the scrapbook
 is not stored again, so importing a changed copy adds only the changes
 (SBUML's sbumlmakedelta, deduplicated against every snapshot at once).`,
+		Example: `  sbuml import ./site -m "first"
+  sbuml import ./site -b staging -m "try the new layout"`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			defer s.Close() // a failed import leaves no unfinished pack behind
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.Result, error) {
 			if opts.Message == "" {
 				opts.Message = "import " + args[0]
 			}
-			ctx, stop := interruptible()
-			defer stop()
-			progress, clear := storeProgress("importing")
-			opts.OnProgress = progress
+			bar := newStoreBar("importing")
+			opts.OnProgress = bar.update
 			res, err := s.Import(ctx, args[0], opts)
-			clear()
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(res)
-			}
-			printResult(res)
-			return nil
-		},
+			bar.done()
+			return res, err
+		}, printResult),
 	}
 	c.Flags().StringVarP(&opts.Message, "message", "m", "", "snapshot message")
 	c.Flags().StringVarP(&opts.Branch, "branch", "b", "", "branch to add the snapshot to (default: current branch)")
+	completeFlag(c, "branch", completeBranches)
 	addJSONFlag(c)
 	return c
 }
@@ -85,6 +81,12 @@ func printResult(r *sbuml.Result) {
 	fmt.Printf("  %s logical, %s new in %d objects (%s of new chunk data), %.2fs\n",
 		humanBytes(r.LogicalBytes), humanBytes(r.Stats.NewBytes), r.Stats.NewObjects,
 		humanBytes(r.Stats.NewChunkBytes), r.Duration.Seconds())
+}
+
+// exportReport is what export reports.
+type exportReport struct {
+	Snapshot objects.ID `json:"snapshot"`
+	Dir      string     `json:"dir"`
 }
 
 func exportCmd() *cobra.Command {
@@ -97,23 +99,20 @@ func exportCmd() *cobra.Command {
 for byte, with holes left as holes (SBUML's sbumlexpanddelta), and with their
 permission bits, but setuid and setgid only with --keep-setuid: a snapshot
 may come from anywhere. Interrupted or failed, it removes what it wrote.`,
-		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			ctx, stop := interruptible()
-			defer stop()
+		Example: `  sbuml export main ./site-copy
+  sbuml export main~2 /tmp/old --keep-setuid`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeArgs(completeRevisions),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (exportReport, error) {
+			bar := newStoreBar("exporting")
+			opts.OnProgress = bar.update
 			id, err := s.ExportWith(ctx, args[0], args[1], opts)
-			if err != nil {
-				return err
-			}
-			fmt.Printf("exported %s to %s\n", id.Short(), args[1])
-			return nil
-		},
+			bar.done()
+			return exportReport{Snapshot: id, Dir: args[1]}, err
+		}, func(r exportReport) { fmt.Printf("exported %s to %s\n", r.Snapshot.Short(), r.Dir) }),
 	}
 	c.Flags().BoolVar(&opts.KeepSetuid, "keep-setuid", false, "give files their stored setuid and setgid bits")
+	addJSONFlag(c)
 	return c
 }
 
@@ -124,25 +123,14 @@ func logCmd() *cobra.Command {
 		Use:   "log [REV...]",
 		Short: "List snapshots, newest first",
 		Long:  "List the snapshots reachable from REV (default HEAD; --all: every ref) with their time,\nmessage, logical size and the bytes each added to the scrapbook.",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
+		Example: `  sbuml log
+  sbuml log --graph --all
+  sbuml log -n 5 --json m1`,
+		ValidArgsFunction: completeArgs(completeRevisions),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) ([]sbuml.LogEntry, error) {
 			opts.Revs = args
-			entries, err := s.Log(context.Background(), opts)
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				if entries == nil {
-					entries = []sbuml.LogEntry{}
-				}
-				return printJSON(entries)
-			}
-			printLog(entries, graph)
-			return nil
-		},
+			return s.Log(ctx, opts)
+		}, func(entries []sbuml.LogEntry) { printLog(entries, graph) }),
 	}
 	c.Flags().BoolVar(&opts.All, "all", false, "start from every ref")
 	c.Flags().IntVarP(&opts.Limit, "limit", "n", 0, "show at most N snapshots")
@@ -158,7 +146,7 @@ func printLog(entries []sbuml.LogEntry, graph bool) {
 		if len(e.Refs) > 0 {
 			names := make([]string, len(e.Refs))
 			for i, r := range e.Refs {
-				names[i] = quoteName(r)
+				names[i] = quoteName(shortRef(r))
 			}
 			refs = " (" + strings.Join(names, ", ") + ")"
 		}
@@ -189,128 +177,102 @@ func subject(message string) string {
 
 func showCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "show SNAPSHOT",
-		Short: "Describe a snapshot and the files in it",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			r, err := s.Show(context.Background(), args[0])
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(r)
-			}
-			fmt.Printf("snapshot %s\n", r.ID)
-			for _, p := range r.Parents {
-				fmt.Printf("parent   %s\n", p)
-			}
-			fmt.Printf("tree     %s\n", r.Tree)
-			fmt.Printf("author   %s@%s\n", quoteName(r.Author), quoteName(r.Host))
-			fmt.Printf("date     %s\n", r.Time.Local().Format(time.RFC1123))
-			for k, v := range r.Labels {
-				fmt.Printf("label    %s=%s\n", quoteName(k), quoteName(v))
-			}
-			fmt.Printf("size     %s logical, %s added to its history\n\n", humanBytes(r.LogicalBytes), humanBytes(r.AddedBytes))
-			fmt.Printf("    %s\n\n", strings.ReplaceAll(escapeText(r.Message, true), "\n", "\n    "))
-			for _, f := range r.Files {
-				extra := ""
-				if f.Kind == "file" {
-					extra = fmt.Sprintf("  %d chunks, %s holes, %s", f.Chunks, humanBytes(f.HoleBytes), f.Chunking)
-				}
-				fmt.Printf("%-7s %04o %10s  %s  %s%s\n", f.Kind, f.Mode, humanBytes(f.Size), f.ID.Short(), quoteName(f.Path), extra)
-			}
-			return nil
-		},
+		Use:               "show SNAPSHOT",
+		Short:             "Describe a snapshot and the files in it",
+		Example:           "  sbuml show main\n  sbuml show m1~1 --json",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(completeRevisions),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.ShowResult, error) {
+			return s.Show(ctx, args[0])
+		}, printShow),
 	}
 	addJSONFlag(c)
 	return c
+}
+
+func printShow(r *sbuml.ShowResult) {
+	fmt.Printf("snapshot %s\n", r.ID)
+	for _, p := range r.Parents {
+		fmt.Printf("parent   %s\n", p)
+	}
+	fmt.Printf("tree     %s\n", r.Tree)
+	fmt.Printf("author   %s@%s\n", quoteName(r.Author), quoteName(r.Host))
+	fmt.Printf("date     %s\n", r.Time.Local().Format(time.RFC1123))
+	for k, v := range r.Labels {
+		fmt.Printf("label    %s=%s\n", quoteName(k), quoteName(v))
+	}
+	fmt.Printf("size     %s logical, %s added to its history\n\n", humanBytes(r.LogicalBytes), humanBytes(r.AddedBytes))
+	fmt.Printf("    %s\n\n", strings.ReplaceAll(escapeText(r.Message, true), "\n", "\n    "))
+	for _, f := range r.Files {
+		extra := ""
+		if f.Kind == "file" {
+			extra = fmt.Sprintf("  %d chunks, %s holes, %s", f.Chunks, humanBytes(f.HoleBytes), f.Chunking)
+		}
+		fmt.Printf("%-7s %04o %10s  %s  %s%s\n", f.Kind, f.Mode, humanBytes(f.Size), f.ID.Short(), quoteName(f.Path), extra)
+	}
 }
 
 func fsckCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "fsck",
-		Short: "Verify every object and ref in the scrapbook",
-		Long:  "Read back every object, check its hash and encoding and that everything it names is present;\ncheck that every ref names a present snapshot. Lists every problem; exits 1 if there is any.",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
+		Use:     "fsck",
+		Short:   "Verify every object and ref in the scrapbook",
+		Long:    "Read back every object, check its hash and encoding and that everything it names is present;\ncheck that every ref names a present snapshot. Lists every problem; exits 1 if there is any.",
+		Example: "  sbuml fsck\n  sbuml fsck --json",
+		Args:    cobra.NoArgs,
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, _ []string) (*sbuml.FsckReport, error) {
+			r, err := s.Fsck(ctx)
+			if err == nil && !r.OK() {
+				err = errSilentFailure
 			}
-			r, err := s.Fsck(context.Background())
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				if err := printJSON(r); err != nil {
-					return err
-				}
-			} else {
-				for _, p := range r.Problems {
-					fmt.Println(escapeText(p.String(), false))
-				}
-				for _, l := range r.StaleLocks {
-					fmt.Printf("%s: stale lock left by a killed writer; the next update removes it\n", quoteName(l))
-				}
-				if r.Leftovers > 0 {
-					fmt.Printf("%d unfinished pack file%s (%s) left by killed or running writers; sbuml gc removes them\n", r.Leftovers, pluralS(r.Leftovers), humanBytes(r.LeftoverBytes))
-				}
-				fmt.Printf("checked %d objects (%s) and %d refs: %d problems\n", r.Objects, humanBytes(r.Bytes), r.Refs, len(r.Problems))
-			}
-			if !r.OK() {
-				return errSilentFailure
-			}
-			return nil
-		},
+			return r, err
+		}, printFsck),
 	}
 	addJSONFlag(c)
 	return c
 }
 
-// errSilentFailure makes sbuml exit 1 without printing another line,
-// for commands that already reported what is wrong.
-var errSilentFailure = errors.New("")
+func printFsck(r *sbuml.FsckReport) {
+	for _, p := range r.Problems {
+		fmt.Println(escapeText(p.String(), false))
+	}
+	for _, l := range r.StaleLocks {
+		fmt.Printf("%s: stale lock left by a killed writer; the next update removes it\n", quoteName(l))
+	}
+	if r.Leftovers > 0 {
+		fmt.Printf("%d unfinished pack file%s (%s) left by killed or running writers; sbuml gc removes them\n", r.Leftovers, pluralS(r.Leftovers), humanBytes(r.LeftoverBytes))
+	}
+	fmt.Printf("checked %d objects (%s) and %d refs: %d problems\n", r.Objects, humanBytes(r.Bytes), r.Refs, len(r.Problems))
+}
 
 func duCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "du",
-		Short: "Show how much the scrapbook stores and how well it dedupes",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			r, err := s.Du(context.Background())
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(r)
-			}
-			for _, sn := range r.Snapshots {
-				fmt.Printf("%s %s %10s logical %10s added  %s\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"),
-					humanBytes(sn.LogicalBytes), humanBytes(sn.AddedBytes), subject(sn.Message))
-			}
-			fmt.Printf("%d snapshots, %s logical, %s of unique chunks, %s stored in %d objects\n",
-				len(r.Snapshots), humanBytes(r.LogicalBytes), humanBytes(r.UniqueChunkBytes), humanBytes(r.StoredBytes), r.Objects)
-			fmt.Printf("dedup %.2fx, compression %.2fx\n", r.DedupRatio, r.CompressionRatio)
-			if r.UnreferencedObjects > 0 {
-				fmt.Printf("%s in %d objects that no ref or machine needs (sbuml gc frees them)\n", humanBytes(r.UnreferencedBytes), r.UnreferencedObjects)
-			}
-			return nil
-		},
+		Use:     "du",
+		Short:   "Show how much the scrapbook stores and how well it dedupes",
+		Example: "  sbuml du\n  sbuml du --json",
+		Args:    cobra.NoArgs,
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, _ []string) (*sbuml.DuReport, error) {
+			return s.Du(ctx)
+		}, printDu),
 	}
 	addJSONFlag(c)
 	return c
 }
 
+func printDu(r *sbuml.DuReport) {
+	for _, sn := range r.Snapshots {
+		fmt.Printf("%s %s %10s logical %10s added  %s\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"),
+			humanBytes(sn.LogicalBytes), humanBytes(sn.AddedBytes), subject(sn.Message))
+	}
+	fmt.Printf("%d snapshots, %s logical, %s of unique chunks, %s stored in %d objects\n",
+		len(r.Snapshots), humanBytes(r.LogicalBytes), humanBytes(r.UniqueChunkBytes), humanBytes(r.StoredBytes), r.Objects)
+	fmt.Printf("dedup %.2fx, compression %.2fx\n", r.DedupRatio, r.CompressionRatio)
+	if r.UnreferencedObjects > 0 {
+		fmt.Printf("%s in %d objects that no ref or machine needs (sbuml gc frees them)\n", humanBytes(r.UnreferencedBytes), r.UnreferencedObjects)
+	}
+}
+
 func gcCmd() *cobra.Command {
-	var dryRun bool
+	var opts sbuml.GcOptions
 	c := &cobra.Command{
 		Use:   "gc",
 		Short: "Remove objects no snapshot needs and merge small packs",
@@ -319,113 +281,117 @@ and no machine of the scrapbook reaches, such as the snapshots of a deleted
 branch, and merge the small packs that commits leave into one. Snapshots
 reachable only from reflogs go too. Refuses to run while another sbuml process
 uses the scrapbook (including sbuml serve); commits, imports and the like wait
-up to 10 s for it to end. Killed at any moment, it loses nothing.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			opts := sbuml.GcOptions{DryRun: dryRun}
-			clear := func() {}
-			if isTerminal(os.Stderr) {
-				opts.OnProgress = func(p sbuml.GcProgress) {
-					line := fmt.Sprintf("gc: marking, %d objects reached", p.Marked)
-					if p.Phase == "copying" {
-						line = fmt.Sprintf("gc: copying what is kept, %s of %s", humanBytes(p.Copied), humanBytes(p.Total))
-					}
-					fmt.Fprintf(os.Stderr, "\r\x1b[K%s", line)
+up to 10 s for it to end. Killed at any moment, it loses nothing. With
+--dry-run it prints its plan and changes nothing.`,
+		Example: "  sbuml branch -d old && sbuml gc\n  sbuml gc --dry-run",
+		Args:    cobra.NoArgs,
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, _ []string) (*sbuml.GcReport, error) {
+			bar := newBar()
+			opts.OnProgress = func(p sbuml.GcProgress) {
+				if p.Phase == "copying" {
+					bar.update("gc: copying", p.Copied, p.Total, unitBytes)
+				} else {
+					bar.update("gc: marking", p.Marked, 0, unitObjects)
 				}
-				clear = func() { fmt.Fprint(os.Stderr, "\r\x1b[K") }
 			}
-			ctx, stop := interruptible()
-			defer stop()
 			r, err := s.Gc(ctx, opts)
-			clear()
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(r)
-			}
-			for _, sn := range r.Snapshots {
-				fmt.Printf("would remove %s %s  %s\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"), subject(sn.Message))
-			}
-			verb, freed := "removed", fmt.Sprintf("%s freed", humanBytes(r.FileBytesBefore-r.FileBytesAfter))
-			if r.DryRun {
-				verb, freed = "would remove", fmt.Sprintf("about %s to free", humanBytes(r.RemovedBytes))
-			}
-			fmt.Printf("gc: kept %d objects (%s) reachable from %d snapshot%s, %s %d (%s); packs %d -> %d; %s in %s\n",
-				r.Kept, humanBytes(r.KeptBytes), r.Roots, pluralS(r.Roots), verb, r.Removed, humanBytes(r.RemovedBytes),
-				r.PacksBefore, r.PacksAfter, freed, r.Duration.Round(time.Millisecond))
-			return nil
-		},
+			bar.done()
+			return r, err
+		}, printGc),
 	}
-	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "say what would be removed, remove nothing")
+	c.Flags().BoolVarP(&opts.DryRun, "dry-run", "n", false, "print what gc would keep and remove (its plan), remove nothing")
 	addJSONFlag(c)
 	return c
+}
+
+func printGc(r *sbuml.GcReport) {
+	for _, sn := range r.Snapshots {
+		fmt.Printf("would remove %s %s  %s\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"), subject(sn.Message))
+	}
+	verb, freed := "removed", fmt.Sprintf("%s freed", humanBytes(r.FileBytesBefore-r.FileBytesAfter))
+	if r.DryRun {
+		verb, freed = "would remove", fmt.Sprintf("about %s to free", humanBytes(r.RemovedBytes))
+	}
+	fmt.Printf("gc: kept %d objects (%s) reachable from %d snapshot%s, %s %d (%s); packs %d -> %d; %s in %s\n",
+		r.Kept, humanBytes(r.KeptBytes), r.Roots, pluralS(r.Roots), verb, r.Removed, humanBytes(r.RemovedBytes),
+		r.PacksBefore, r.PacksAfter, freed, r.Duration.Round(time.Millisecond))
 }
 
 func catObjectCmd() *cobra.Command {
 	var raw bool
 	c := &cobra.Command{
-		Use:   "cat-object ID",
-		Short: "Print one object (plumbing)",
-		Long:  "Print a stored object, decoded (--json for structure), or with --raw its canonical encoding. ID may be a unique prefix.",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
+		Use:     "cat-object ID",
+		Short:   "Print one object (plumbing)",
+		Long:    "Print a stored object, decoded (--json for structure), or with --raw its canonical encoding. ID may be a unique prefix.",
+		Example: "  sbuml cat-object 3fa9c2 --json\n  sbuml cat-object 3fa9c2 --raw | xxd | head",
+		Args:    cobra.ExactArgs(1),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*objectReport, error) {
+			if raw && flagJSON {
+				return nil, usagef("cat-object: --raw and --json exclude each other")
 			}
-			ctx := context.Background()
 			id, err := s.ObjectID(ctx, args[0])
 			if err != nil {
-				return err
+				return nil, err
 			}
 			enc, err := objects.Load(ctx, s.Objects, id)
 			if err != nil {
-				return err
+				return nil, err
 			}
-			if raw {
-				_, err := os.Stdout.Write(enc)
-				return err
-			}
-			return printObject(id, enc)
-		},
+			return decodeObject(id, enc, raw)
+		}, (*objectReport).print),
 	}
 	c.Flags().BoolVar(&raw, "raw", false, "write the canonical encoding")
 	addJSONFlag(c)
 	return c
 }
 
-func printObject(id objects.ID, enc []byte) error {
+// objectReport is what cat-object reports: an object decoded.
+type objectReport struct {
+	ID   objects.ID `json:"id"`
+	Kind string     `json:"kind"`
+	// Object is the decoded object; a chunk is its length.
+	Object any `json:"object"`
+
+	enc  []byte // the canonical encoding, for --raw
+	data []byte // a chunk's bytes
+	raw  bool
+}
+
+// chunkInfo is a chunk in cat-object --json: its bytes are no JSON.
+type chunkInfo struct {
+	Length int `json:"length"`
+}
+
+func decodeObject(id objects.ID, enc []byte, raw bool) (*objectReport, error) {
 	k, _ := objects.KindOf(enc)
-	var v any
+	r := &objectReport{ID: id, Kind: k.String(), enc: enc, raw: raw}
 	var err error
 	switch k {
 	case objects.KindChunk:
-		data, _ := objects.DecodeChunk(enc)
-		if !flagJSON {
-			_, err = os.Stdout.Write(data)
-			return err
-		}
-		v = map[string]any{"length": len(data)}
+		r.data, err = objects.DecodeChunk(enc)
+		r.Object = chunkInfo{Length: len(r.data)}
 	case objects.KindIndex:
-		v, err = objects.DecodeIndex(enc)
+		r.Object, err = objects.DecodeIndex(enc)
 	case objects.KindStream:
-		v, err = objects.DecodeStream(enc)
+		r.Object, err = objects.DecodeStream(enc)
 	case objects.KindTree:
-		v, err = objects.DecodeTree(enc)
+		r.Object, err = objects.DecodeTree(enc)
 	case objects.KindSnapshot:
-		v, err = objects.DecodeSnapshot(enc)
+		r.Object, err = objects.DecodeSnapshot(enc)
 	}
-	if err != nil {
-		return err
+	return r, err
+}
+
+// print writes the object as text: its canonical encoding with --raw, a
+// chunk's bytes, else its kind, ID and decoded form.
+func (r *objectReport) print() {
+	switch {
+	case r.raw:
+		os.Stdout.Write(r.enc)
+	case r.Kind == objects.KindChunk.String():
+		os.Stdout.Write(r.data)
+	default:
+		fmt.Printf("%s %s\n", r.Kind, r.ID)
+		printJSON(r.Object)
 	}
-	if flagJSON {
-		return printJSON(map[string]any{"id": id, "kind": k.String(), "object": v})
-	}
-	fmt.Printf("%s %s\n", k, id)
-	return printJSON(v)
 }

@@ -211,6 +211,9 @@ var fullID = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // TestStoreCommands runs the scrapbook commands one after another on
 // one scrapbook: init, import, log, show, du, export, cat-object, fsck.
+//
+// It is long because it is one scenario: each step starts from what the
+// steps before it left.
 func TestStoreCommands(t *testing.T) {
 	sb := filepath.Join(t.TempDir(), "sb")
 	c := newCLI(t, "")
@@ -258,7 +261,7 @@ func TestStoreCommands(t *testing.T) {
 	c.json(&log, "log", "--json")
 	if len(log) != 2 || log[0].Message != "second" || log[1].Message != "first" || log[1].ID.String() != first ||
 		!slices.Equal(log[0].Parents, []objects.ID{log[1].ID}) || len(log[1].Parents) != 0 ||
-		!slices.Equal(log[0].Refs, []string{"main"}) || log[0].Time.Before(log[1].Time) || log[0].Time.IsZero() {
+		!slices.Equal(log[0].Refs, []string{"refs/heads/main"}) || log[0].Time.Before(log[1].Time) || log[0].Time.IsZero() {
 		t.Errorf("log --json: %+v", log)
 	}
 	requireKeys(t, "log --json", c.keys("log", "--json"),
@@ -410,7 +413,7 @@ func TestOnlyInitAndCloneCreate(t *testing.T) {
 	}
 	sb := filepath.Join(t.TempDir(), "mistyped")
 	out := newCLI(t, sb).run("doctor")
-	if out.code != 1 || !strings.Contains(out.stdout, "FAIL scrapbook") || !strings.Contains(out.stdout, "sbuml init "+sb) {
+	if out.code != 1 || !strings.Contains(out.stdout, "fail scrapbook") || !strings.Contains(out.stdout, "sbuml init "+sb) {
 		t.Errorf("doctor without a scrapbook: exit %d, stdout %q; want a failed scrapbook check saying to run sbuml init", out.code, out.stdout)
 	}
 	if _, err := os.Stat(sb); !errors.Is(err, fs.ErrNotExist) {
@@ -442,30 +445,34 @@ func TestErrors(t *testing.T) {
 		dir   string // $SBUML_DIR
 		args  []string
 		parts []string
+		code  int // the exit status: 2 for a usage error, else 1
 	}{
-		{"missing scrapbook", "", []string{"--scrapbook", "/nonexistent/sb", "log"}, []string{"/nonexistent/sb", "not a scrapbook", "sbuml init"}},
-		{"directory without scrapbook", notScrapbook, []string{"show", "main"}, []string{notScrapbook, "not a scrapbook"}},
-		{"bad config", badConfig, []string{"du"}, []string{badConfig, "config"}},
-		{"scrapbook exists", sb, []string{"init"}, []string{sb, "already exists"}},
-		{"unknown revision", sb, []string{"show", "nosuch"}, []string{`unknown revision "nosuch"`}},
-		{"unknown revision in log", sb, []string{"log", "nosuch"}, []string{`unknown revision "nosuch"`}},
-		{"too deep", sb, []string{"log", "main~5"}, []string{"main~5", "no parent"}},
-		{"bad revision", sb, []string{"show", "a..b"}, []string{`bad revision "a..b"`}},
-		{"export unknown revision", sb, []string{"export", "nosuch", missingOut}, []string{`unknown revision "nosuch"`}},
-		{"export into non-empty dir", sb, []string{"export", "main", nonEmpty}, []string{nonEmpty, "not empty"}},
-		{"import missing dir", sb, []string{"import", "/nonexistent/src"}, []string{"/nonexistent/src", "no such file"}},
-		{"import a file", sb, []string{"import", filepath.Join(src, "f")}, []string{filepath.Join(src, "f"), "not a directory"}},
-		{"import onto a bad branch", sb, []string{"import", "-b", "a..b", src}, []string{`"a..b"`}},
-		{"cat-object unknown", sb, []string{"cat-object", "0123456789abcdef"}, []string{"0123456789abcdef"}},
-		{"missing argument", sb, []string{"show"}, []string{"accepts 1 arg(s), received 0"}},
-		{"unknown command", sb, []string{"frobnicate"}, []string{`unknown command "frobnicate"`}},
-		{"unknown flag", sb, []string{"log", "--bogus"}, []string{"unknown flag: --bogus"}},
+		{"missing scrapbook", "", []string{"--scrapbook", "/nonexistent/sb", "log"}, []string{"/nonexistent/sb", "not a scrapbook", "sbuml init"}, 1},
+		{"directory without scrapbook", notScrapbook, []string{"show", "main"}, []string{notScrapbook, "not a scrapbook"}, 1},
+		{"bad config", badConfig, []string{"du"}, []string{badConfig, "config"}, 1},
+		{"scrapbook exists", sb, []string{"init"}, []string{sb, "already exists"}, 1},
+		{"unknown revision", sb, []string{"show", "nosuch"}, []string{`unknown revision "nosuch"`}, 1},
+		{"unknown revision in log", sb, []string{"log", "nosuch"}, []string{`unknown revision "nosuch"`}, 1},
+		{"too deep", sb, []string{"log", "main~5"}, []string{"main~5", "no parent"}, 1},
+		{"bad revision", sb, []string{"show", "a..b"}, []string{`bad revision "a..b"`}, 1},
+		{"export unknown revision", sb, []string{"export", "nosuch", missingOut}, []string{`unknown revision "nosuch"`}, 1},
+		{"export into non-empty dir", sb, []string{"export", "main", nonEmpty}, []string{nonEmpty, "not empty"}, 1},
+		{"import missing dir", sb, []string{"import", "/nonexistent/src"}, []string{"/nonexistent/src", "no such file"}, 1},
+		{"import a file", sb, []string{"import", filepath.Join(src, "f")}, []string{filepath.Join(src, "f"), "not a directory"}, 1},
+		{"import onto a bad branch", sb, []string{"import", "-b", "a..b", src}, []string{`"a..b"`}, 1},
+		{"cat-object unknown", sb, []string{"cat-object", "0123456789abcdef"}, []string{"0123456789abcdef"}, 1},
+		// Usage errors exit 2 and say where the help is.
+		{"missing argument", sb, []string{"show"}, []string{"accepts 1 arg(s), received 0", "see 'sbuml show --help'"}, 2},
+		{"unknown command", sb, []string{"frobnicate"}, []string{`unknown command "frobnicate"`, "see 'sbuml --help'"}, 2},
+		{"unknown flag", sb, []string{"log", "--bogus"}, []string{"unknown flag: --bogus", "see 'sbuml log --help'"}, 2},
+		{"flags that exclude each other", sb, []string{"cat-object", "--raw", "--json", "0123456789abcdef"}, []string{"--raw and --json"}, 2},
+		{"halt nothing", sb, []string{"halt"}, []string{"name machines or give --all"}, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			out := newCLI(t, tt.dir).run(tt.args...)
-			if out.code != 1 {
-				t.Errorf("exit code %d, want 1", out.code)
+			if out.code != tt.code {
+				t.Errorf("exit code %d, want %d", out.code, tt.code)
 			}
 			if out.stdout != "" {
 				t.Errorf("stdout %q, want nothing", out.stdout)

@@ -30,7 +30,9 @@ func addKeepFlags(fs *pflag.FlagSet, p *retention.Policy) {
 func autosnapCmd() *cobra.Command {
 	var cfg sbuml.AutosnapConfig
 	var stop, expire, dryRun bool
-	c := &cobra.Command{
+	var machine string // for the text report
+	var c *cobra.Command
+	c = &cobra.Command{
 		Use:   "autosnap MACHINE [--every DURATION [--keep-... N]] | --stop | --expire",
 		Short: "Take automatic snapshots of a running machine at intervals (thinkback)",
 		Long: `Take automatic snapshots of a running machine at intervals, as DejaView's
@@ -52,45 +54,24 @@ last did. --stop turns it off; --expire applies the --keep-* rules once
 		Example: `  sbuml autosnap m1 --every 30s --keep-last 5 --keep-hourly 24
   sbuml autosnap m1
   sbuml autosnap m1 --stop`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			ctx := context.Background()
-			machine := args[0]
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeArgs(completeMachines),
+		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (any, error) {
+			machine = args[0]
 			switch {
+			case expire:
+				return s.ExpireAutosnaps(ctx, machine, cfg.Keep, dryRun)
 			case stop:
 				if err := s.StopAutosnap(ctx, machine); err != nil {
-					return err
+					return nil, err
 				}
-				fmt.Printf("%s: automatic snapshots off\n", machine)
-				return nil
-			case expire:
-				ds, err := s.ExpireAutosnaps(ctx, machine, cfg.Keep, dryRun)
-				if err != nil {
-					return err
-				}
-				return printExpire(ds, dryRun)
-			case cmd.Flags().Changed("every"):
+			case c.Flags().Changed("every"):
 				if err := s.SetAutosnap(ctx, machine, cfg); err != nil {
-					return err
+					return nil, err
 				}
-				fmt.Printf("%s: an automatic snapshot every %v, %s\n", machine, cfg.Every, cfg.Keep)
-				return nil
 			}
-			st, err := s.Autosnap(ctx, machine)
-			if err != nil {
-				return err
-			}
-			if flagJSON {
-				return printJSON(st)
-			}
-			printAutosnapState(machine, st)
-			return nil
-		},
+			return s.Autosnap(ctx, machine)
+		}, func(v any) { printAutosnap(machine, v, dryRun) }),
 	}
 	c.Flags().DurationVar(&cfg.Every, "every", 0, "interval between automatic snapshots, e.g. 30s, 10m")
 	c.Flags().BoolVar(&cfg.Always, "always", false, "snapshot even a guest that did nothing since the last automatic snapshot")
@@ -102,13 +83,18 @@ last did. --stop turns it off; --expire applies the --keep-* rules once
 	return c
 }
 
-func printExpire(ds []sbuml.AutosnapDecision, dryRun bool) error {
-	if flagJSON {
-		if ds == nil {
-			ds = []sbuml.AutosnapDecision{}
-		}
-		return printJSON(ds)
+// printAutosnap prints what autosnap reports: the decisions of --expire,
+// else the machine's settings and what its keeper last did.
+func printAutosnap(machine string, v any, dryRun bool) {
+	switch v := v.(type) {
+	case []sbuml.AutosnapDecision:
+		printExpire(v, dryRun)
+	case *sbuml.AutosnapState:
+		printAutosnapState(machine, v)
 	}
+}
+
+func printExpire(ds []sbuml.AutosnapDecision, dryRun bool) {
 	verb := "drop"
 	if dryRun {
 		verb = "would drop"
@@ -120,7 +106,6 @@ func printExpire(ds []sbuml.AutosnapDecision, dryRun bool) error {
 		}
 		fmt.Printf("%s %s  %s\n", d.ID.Short(), d.Time.Local().Format("2006-01-02 15:04:05"), what)
 	}
-	return nil
 }
 
 func printAutosnapState(machine string, st *sbuml.AutosnapState) {

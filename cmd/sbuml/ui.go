@@ -2,12 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"time"
 
+	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/ui"
 	"github.com/spf13/cobra"
 )
@@ -31,13 +32,15 @@ a shell appears on the page without a reload.
 
 It listens on 127.0.0.1. Any other address needs --token-file: every request
 then needs the token in that file (the page asks for it once).`,
+		Example: `  sbuml ui
+  sbuml ui --addr 0.0.0.0:8418 --token-file ~/.sbuml-ui-token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (certFile == "") != (keyFile == "") {
-				return errors.New("ui: give both --tls-cert and --tls-key, or neither")
+				return usagef("ui: give both --tls-cert and --tls-key, or neither")
 			}
 			if tokenFile != "" {
-				tok, err := readTokenFile(tokenFile)
+				tok, err := sbuml.ReadTokenFile(tokenFile)
 				if err != nil {
 					return fmt.Errorf("ui: %w", err)
 				}
@@ -45,45 +48,7 @@ then needs the token in that file (the page asks for it once).`,
 			}
 			opts.TLS = certFile != ""
 			opts.Log = serveLog
-			s, err := openScrapbook()
-			if err != nil {
-				return err
-			}
-			s.Close()
-			srv, err := ui.New(s.Dir, opts)
-			if err != nil {
-				return err
-			}
-			defer srv.Close()
-			ln, err := ui.Listen(addr, opts)
-			if err != nil {
-				return err
-			}
-			scheme := "http"
-			if opts.TLS {
-				scheme = "https"
-			}
-			fmt.Fprintf(os.Stderr, "sbuml ui: open %s://%s/ (Ctrl-C stops)\n", scheme, ln.Addr())
-			hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-			ctx, stop := interruptible()
-			defer stop()
-			done := make(chan error, 1)
-			go func() {
-				if opts.TLS {
-					done <- hs.ServeTLS(ln, certFile, keyFile)
-				} else {
-					done <- hs.Serve(ln)
-				}
-			}()
-			select {
-			case err := <-done:
-				return fmt.Errorf("ui: %w", err)
-			case <-ctx.Done():
-			}
-			srv.Close()
-			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			return hs.Shutdown(shutdown)
+			return runUI(addr, certFile, keyFile, opts)
 		},
 	}
 	c.Flags().StringVar(&addr, "addr", ui.DefaultAddr, "address to listen on (other than loopback only with --token-file)")
@@ -92,4 +57,65 @@ then needs the token in that file (the page asks for it once).`,
 	c.Flags().StringVar(&certFile, "tls-cert", "", "TLS certificate file (PEM)")
 	c.Flags().StringVar(&keyFile, "tls-key", "", "TLS key file (PEM)")
 	return c
+}
+
+// runUI serves the page for the scrapbook the flags name until
+// interrupted.
+func runUI(addr, certFile, keyFile string, opts ui.Options) error {
+	s, err := openScrapbook()
+	if err != nil {
+		return err
+	}
+	s.Close() // the page opens it for each request
+	srv, err := ui.New(s.Dir, opts)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	ln, err := ui.Listen(addr, opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "sbuml ui: open %s://%s/ (Ctrl-C stops)\n", scheme(certFile), ln.Addr())
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	if err := serveUntilInterrupted(hs, ln, certFile, keyFile, srv.Close); err != nil {
+		return fmt.Errorf("ui: %w", err)
+	}
+	return nil
+}
+
+// scheme is https with a TLS certificate, else http.
+func scheme(certFile string) string {
+	if certFile != "" {
+		return "https"
+	}
+	return "http"
+}
+
+// serveUntilInterrupted serves hs on ln (with TLS if certFile is set)
+// until the first interrupt, then calls stopping (if set) and shuts hs
+// down, giving requests under way 10 s to end.
+func serveUntilInterrupted(hs *http.Server, ln net.Listener, certFile, keyFile string, stopping func() error) error {
+	ctx, stop := interruptible()
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		if certFile != "" {
+			done <- hs.ServeTLS(ln, certFile, keyFile)
+		} else {
+			done <- hs.Serve(ln)
+		}
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	fmt.Fprintln(os.Stderr, "stopping")
+	if stopping != nil {
+		stopping()
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return hs.Shutdown(shutdown)
 }

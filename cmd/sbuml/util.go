@@ -1,35 +1,13 @@
 package main
 
 import (
-	"encoding/json"
-	"fmt"
-	"github.com/sbuml/sbuml/internal/units"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/sbuml/sbuml"
-	"github.com/sbuml/sbuml/stream"
-	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
+	"github.com/sbuml/sbuml/internal/units"
+	"golang.org/x/term"
 )
-
-// oneLine folds an error message onto a single line.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
-}
-
-// addJSONFlag gives a read command its --json flag.
-func addJSONFlag(c *cobra.Command) {
-	c.Flags().BoolVar(&flagJSON, "json", false, "print machine-readable JSON")
-}
-
-// printJSON writes v as indented JSON to stdout.
-func printJSON(v any) error {
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
 
 // scrapbookDir returns the --scrapbook flag, else the default directory.
 func scrapbookDir() string {
@@ -45,28 +23,10 @@ func openScrapbook() (*sbuml.Scrapbook, error) {
 }
 
 // isTerminal reports whether f is a terminal.
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
-}
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
 // humanBytes formats n with a binary unit.
 func humanBytes[T int64 | uint64 | int](n T) string { return units.Bytes(n) }
-
-// storeProgress returns a progress callback that redraws one status line
-// on stderr when it is a terminal, and nil (no progress) otherwise.
-func storeProgress(verb string) (func(stream.Stats), func()) {
-	if !isTerminal(os.Stderr) {
-		return nil, func() {}
-	}
-	start := time.Now()
-	report := func(s stream.Stats) {
-		secs := time.Since(start).Seconds()
-		fmt.Fprintf(os.Stderr, "\r\x1b[K%s %s (%.0f MiB/s), %s new", verb, humanBytes(s.LogicalBytes),
-			float64(s.LogicalBytes)/(1<<20)/max(secs, 0.001), humanBytes(s.NewBytes))
-	}
-	return report, func() { fmt.Fprint(os.Stderr, "\r\x1b[K") }
-}
 
 // pluralS returns "s" unless n is 1: fmt.Sprintf("%d snapshot%s", n, pluralS(n)).
 func pluralS(n int) string {
@@ -74,4 +34,19 @@ func pluralS(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// shortRef is how text output names a ref: a branch by its name, a tag
+// as tag:NAME, a remote-tracking branch as REMOTE/NAME, any other ref
+// without its refs/. JSON always gives the full name.
+func shortRef(name string) string {
+	for _, p := range []string{"refs/heads/", "refs/tags/", "refs/remotes/"} {
+		if rest, ok := strings.CutPrefix(name, p); ok {
+			if p == "refs/tags/" {
+				return "tag:" + rest
+			}
+			return rest
+		}
+	}
+	return strings.TrimPrefix(name, "refs/")
 }

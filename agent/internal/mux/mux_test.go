@@ -504,6 +504,9 @@ func (s *switchWriter) set(w io.Writer) {
 // and reconnected before the guest ran): the new host's bytes follow half
 // a frame of the old one. The acceptor drops the old Conn and its
 // sessions, and connects to the new host.
+//
+// It is long because the two hosts' bytes must arrive in one exact order,
+// which it writes out step by step.
 func TestPeerStartsAfresh(t *testing.T) {
 	log := &logger{}
 	defer func() {

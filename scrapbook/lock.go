@@ -1,15 +1,15 @@
-// Package gclock keeps garbage collection and writers of a scrapbook
-// apart. A writer looks in the store, finds an object already there and
-// names it in a new tree; if gc removed that object in between, the
-// scrapbook would hold a tree whose children are missing. So every
-// process that writes objects or moves refs holds the scrapbook's gc lock
-// shared while it does, and gc takes it exclusively, refusing to run
-// while anyone writes.
+package scrapbook
+
+// The gc lock keeps garbage collection and writers of a scrapbook apart.
+// A writer looks in the store, finds an object already there and names it
+// in a new tree; if gc removed that object in between, the scrapbook would
+// hold a tree whose children are missing. So every process that writes
+// objects or moves refs holds the scrapbook's gc lock shared while it
+// does, and gc takes it exclusively, refusing to run while anyone writes.
 //
 // The lock is flock(2) on the file gc.lock in the scrapbook directory: it
 // is released by the kernel when a process dies, so a killed writer never
 // leaves the scrapbook locked.
-package gclock
 
 import (
 	"errors"
@@ -21,23 +21,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// FileName is the lock file in a scrapbook directory.
-const FileName = "gc.lock"
-
-// Wait is how long writers of the sbuml package wait for a gc or a merge
-// of packs to end before they give up (a variable for tests).
-var Wait = 10 * time.Second
+// LockWait is how long writers wait for a gc or a merge of packs to end
+// before they give up (a variable for tests).
+var LockWait = 10 * time.Second
 
 // ErrBusy is returned when the lock is held in a way that excludes the
 // caller.
 var ErrBusy = errors.New("scrapbook busy")
 
-// Shared takes the lock of the scrapbook in dir for writing objects and
-// refs. While gc (or a merge of packs) runs, it waits for at most wait,
+// LockShared takes the gc lock of the scrapbook in dir for writing
+// objects and refs. While gc (or a merge of packs) runs, it waits for at most wait,
 // then returns ErrBusy. Where the lock file can be neither created nor
 // opened (a scrapbook the caller may not write), nothing can be written
 // either, and Shared returns a no-op release.
-func Shared(dir string, wait time.Duration) (release func(), err error) {
+func LockShared(dir string, wait time.Duration) (release func(), err error) {
 	deadline := time.Now().Add(wait)
 	for {
 		release, err = take(dir, unix.LOCK_SH, "sbuml gc, or a merge of packs after a write, is running on the scrapbook; try again when it is done")
@@ -48,14 +45,14 @@ func Shared(dir string, wait time.Duration) (release func(), err error) {
 	}
 }
 
-// Exclusive takes the lock of the scrapbook in dir for gc. It does not
+// LockExclusive takes the gc lock of the scrapbook in dir for gc. It does not
 // wait: while any other process writes, it returns ErrBusy.
-func Exclusive(dir string) (release func(), err error) {
+func LockExclusive(dir string) (release func(), err error) {
 	return take(dir, unix.LOCK_EX, "another sbuml process is using the scrapbook (an import, commit, checkout, pull, push or sbuml serve); try again when it ends")
 }
 
 func take(dir string, how int, busy string) (func(), error) {
-	name := filepath.Join(dir, FileName)
+	name := filepath.Join(dir, LockFile)
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil && (errors.Is(err, os.ErrPermission) || errors.Is(err, unix.EROFS)) {
 		// flock needs no write access: a lock file of another user's

@@ -1,4 +1,4 @@
-package gclock
+package scrapbook
 
 import (
 	"errors"
@@ -9,7 +9,7 @@ import (
 )
 
 // shared takes the shared lock without waiting.
-func shared(dir string) (func(), error) { return Shared(dir, 0) }
+func shared(dir string) (func(), error) { return LockShared(dir, 0) }
 
 func TestLock(t *testing.T) {
 	type step struct {
@@ -22,11 +22,11 @@ func TestLock(t *testing.T) {
 		steps []step
 	}{
 		{"writers share", []step{{take: shared}, {take: shared}}},
-		{"gc waits for writers", []step{{take: shared}, {take: Exclusive, busy: true}}},
-		{"writers wait for gc", []step{{take: Exclusive}, {take: shared, busy: true}}},
-		{"one gc at a time", []step{{take: Exclusive}, {take: Exclusive, busy: true}}},
-		{"release lets gc in", []step{{take: shared}, {take: Exclusive, release: true}}},
-		{"release lets writers in", []step{{take: Exclusive}, {take: shared, release: true}, {take: shared}}},
+		{"gc waits for writers", []step{{take: shared}, {take: LockExclusive, busy: true}}},
+		{"writers wait for gc", []step{{take: LockExclusive}, {take: shared, busy: true}}},
+		{"one gc at a time", []step{{take: LockExclusive}, {take: LockExclusive, busy: true}}},
+		{"release lets gc in", []step{{take: shared}, {take: LockExclusive, release: true}}},
+		{"release lets writers in", []step{{take: LockExclusive}, {take: shared, release: true}, {take: shared}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,7 +64,7 @@ func TestLock(t *testing.T) {
 // that does not.
 func TestSharedWaits(t *testing.T) {
 	dir := t.TempDir()
-	gc, err := Exclusive(dir)
+	gc, err := LockExclusive(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestSharedWaits(t *testing.T) {
 		gc()
 	}()
 	start := time.Now()
-	r, err := Shared(dir, 5*time.Second)
+	r, err := LockShared(dir, 5*time.Second)
 	if err != nil {
 		t.Fatalf("a writer did not get the lock after gc ended: %v", err)
 	}
@@ -82,12 +82,12 @@ func TestSharedWaits(t *testing.T) {
 		t.Errorf("the writer did not wait for gc (%v)", waited)
 	}
 
-	release, err := Exclusive(dir)
+	release, err := LockExclusive(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer release()
-	if _, err := Shared(dir, 100*time.Millisecond); !errors.Is(err, ErrBusy) {
+	if _, err := LockShared(dir, 100*time.Millisecond); !errors.Is(err, ErrBusy) {
 		t.Errorf("a writer whose wait ran out: %v", err)
 	}
 }
@@ -96,23 +96,23 @@ func TestSharedWaits(t *testing.T) {
 // locks: flock needs only a descriptor.
 func TestLockReadOnlyFile(t *testing.T) {
 	dir := t.TempDir()
-	first, err := Exclusive(dir) // creates the file
+	first, err := LockExclusive(dir) // creates the file
 	if err != nil {
 		t.Fatal(err)
 	}
 	first()
-	if err := os.Chmod(filepath.Join(dir, FileName), 0o444); err != nil {
+	if err := os.Chmod(filepath.Join(dir, LockFile), 0o444); err != nil {
 		t.Fatal(err)
 	}
 	if os.Geteuid() == 0 {
 		t.Log("as root, a 0444 file is still writable: this checks only that locking works")
 	}
-	release, err := Exclusive(dir)
+	release, err := LockExclusive(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer release()
-	if _, err := Shared(dir, 0); !errors.Is(err, ErrBusy) {
+	if _, err := LockShared(dir, 0); !errors.Is(err, ErrBusy) {
 		t.Errorf("shared lock beside an exclusive one on a read-only file: %v", err)
 	}
 }
