@@ -1,0 +1,228 @@
+package transport
+
+import (
+	"context"
+
+	"github.com/sbuml/sbuml/objects"
+)
+
+// Bounds of the search for haves among a pushed snapshot's ancestors.
+const (
+	// haveWalk is the number of ancestors looked at: a push of a longer
+	// unpushed history negotiates in full, as without haves.
+	haveWalk = 1024
+	// haveMax is the number of haves a pushed snapshot is walked
+	// against (more than one after merges).
+	haveMax = 2
+)
+
+// A counterpart is what stands, in the have snapshots, where an object
+// of the pushed snapshot stands: the haves themselves for a pushed
+// snapshot, their trees for its tree, the entries of the same name for a
+// tree's entry, and for an index node the nodes of the have's stream at
+// the same level and offset. Everything a counterpart references is on
+// the remote (if the haves are right), so a new object's reference that
+// is among them needs no question. Only new objects have counterparts
+// looked up, so the cost follows the change, not the snapshot's size.
+type counterpart struct {
+	ids []objects.ID // snapshots, trees or streams
+	old *oldStream   // for an index node: the have's stream
+	off uint64       // for an index node: its offset in its stream
+}
+
+// oldStream is the index tree of a have's stream, loaded only as far as
+// the push needs it.
+type oldStream struct {
+	root  objects.ID
+	nodes map[objects.ID]*objects.Index
+}
+
+// nearestHaves returns, as the counterpart of root, the haves that are
+// the nearest ancestors of root in local (root itself included),
+// searching breadth-first at most haveWalk snapshots and not beyond a
+// have. It returns nil if there is none.
+func nearestHaves(ctx context.Context, local objects.Store, root objects.ID, haves objects.Seen) (*counterpart, error) {
+	if len(haves) == 0 {
+		return nil, nil
+	}
+	var found []objects.ID
+	seen := objects.Seen{}
+	seen.Add(root)
+	todo := []objects.ID{root}
+	for n := 0; len(todo) > 0 && n < haveWalk && len(found) < haveMax; n++ {
+		id := todo[0]
+		todo = todo[1:]
+		if _, ok := haves[id]; ok {
+			found = append(found, id)
+			continue
+		}
+		sn, err := objects.LoadSnapshot(ctx, local, id)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range sn.Parents {
+			if seen.Add(p) {
+				todo = append(todo, p)
+			}
+		}
+	}
+	if len(found) == 0 {
+		return nil, nil
+	}
+	return &counterpart{ids: found}, nil
+}
+
+// match loads from local what stands in the haves where enc, a new
+// object of kind k whose references are refs, stands; it adds to known
+// whatever there the references may be, and returns the counterparts of
+// the references (nil where there is none).
+func (cp *counterpart) match(ctx context.Context, local objects.Store, k objects.Kind, enc []byte, refs []objects.Ref, known objects.Seen) ([]*counterpart, error) {
+	if cp == nil {
+		return make([]*counterpart, len(refs)), nil
+	}
+	switch k {
+	case objects.KindSnapshot:
+		return cp.matchSnapshot(ctx, local, refs, known)
+	case objects.KindTree:
+		return cp.matchTree(ctx, local, enc, known)
+	case objects.KindStream:
+		return cp.matchStream(ctx, local, known)
+	case objects.KindIndex:
+		return cp.matchIndex(ctx, local, enc, known)
+	}
+	return make([]*counterpart, len(refs)), nil
+}
+
+// matchSnapshot: the haves' trees stand where the tree stands, and the
+// haves where a parent not yet pushed stands.
+func (cp *counterpart) matchSnapshot(ctx context.Context, local objects.Store, refs []objects.Ref, known objects.Seen) ([]*counterpart, error) {
+	trees := &counterpart{}
+	for _, id := range cp.ids {
+		sn, err := objects.LoadSnapshot(ctx, local, id)
+		if err != nil {
+			return nil, err
+		}
+		known.Add(sn.Tree)
+		for _, p := range sn.Parents {
+			known.Add(p)
+		}
+		trees.ids = append(trees.ids, sn.Tree)
+	}
+	out := make([]*counterpart, len(refs))
+	for i, r := range refs {
+		if r.Kind == objects.KindTree {
+			out[i] = trees
+		} else {
+			out[i] = cp
+		}
+	}
+	return out, nil
+}
+
+// matchTree: the entries of the same name and kind stand where an entry
+// stands.
+func (cp *counterpart) matchTree(ctx context.Context, local objects.Store, enc []byte, known objects.Seen) ([]*counterpart, error) {
+	t, err := objects.DecodeTree(enc)
+	if err != nil {
+		return nil, err
+	}
+	old := map[string]*counterpart{}
+	for _, id := range cp.ids {
+		ot, err := objects.LoadTree(ctx, local, id)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ot.Entries {
+			known.Add(e.ID)
+			if t.Find(e.Name) == nil {
+				continue
+			}
+			key := e.Name + "\x00" + e.Kind.String()
+			if old[key] == nil {
+				old[key] = &counterpart{}
+			}
+			old[key].ids = append(old[key].ids, e.ID)
+		}
+	}
+	out := make([]*counterpart, len(t.Entries))
+	for i, e := range t.Entries {
+		if e.Kind != objects.EntrySymlink {
+			out[i] = old[e.Name+"\x00"+e.Kind.String()]
+		}
+	}
+	return out, nil
+}
+
+// matchStream: the index tree of the first counterpart stream stands
+// where the stream's index tree stands.
+func (cp *counterpart) matchStream(ctx context.Context, local objects.Store, known objects.Seen) ([]*counterpart, error) {
+	for _, id := range cp.ids {
+		st, err := objects.LoadStream(ctx, local, id)
+		if err != nil {
+			return nil, err
+		}
+		if !st.Root.IsZero() {
+			known.Add(st.Root)
+			return []*counterpart{{old: &oldStream{root: st.Root, nodes: map[objects.ID]*objects.Index{}}}}, nil
+		}
+	}
+	return []*counterpart{nil}, nil
+}
+
+// matchIndex: the nodes (or chunks) of the have's stream one level below
+// the node's and overlapping its bytes are what its entries may be.
+func (cp *counterpart) matchIndex(ctx context.Context, local objects.Store, enc []byte, known objects.Seen) ([]*counterpart, error) {
+	x, err := objects.DecodeIndex(enc)
+	if err != nil {
+		return nil, err
+	}
+	want := int(x.Level) - 1 // -1: chunks
+	if err := cp.old.visit(ctx, local, cp.old.root, 0, cp.off, cp.off+x.Length(), want, known); err != nil {
+		return nil, err
+	}
+	var out []*counterpart
+	off := cp.off
+	for _, e := range x.Entries {
+		if !e.ID.IsZero() {
+			var c *counterpart
+			if x.Level > 0 {
+				c = &counterpart{old: cp.old, off: off}
+			}
+			out = append(out, c)
+		}
+		off += e.Length
+	}
+	return out, nil
+}
+
+// visit adds to known the objects of level want (-1: chunks) below node
+// id of the old stream that overlap the bytes [lo, hi); the node starts
+// at offset at. A node whose level is want or below (the old tree is
+// lower there) is itself the closest there is.
+func (o *oldStream) visit(ctx context.Context, local objects.Store, id objects.ID, at, lo, hi uint64, want int, known objects.Seen) error {
+	x := o.nodes[id]
+	if x == nil {
+		var err error
+		if x, err = objects.LoadIndex(ctx, local, id); err != nil {
+			return err
+		}
+		o.nodes[id] = x
+	}
+	if int(x.Level) <= want {
+		known.Add(id)
+		return nil
+	}
+	off := at
+	for _, e := range x.Entries {
+		end := off + e.Length
+		if !e.ID.IsZero() && end > lo && off < hi {
+			if int(x.Level)-1 == want {
+				known.Add(e.ID)
+			} else if err := o.visit(ctx, local, e.ID, off, lo, hi, want, known); err != nil {
+				return err
+			}
+		}
+		off = end
+	}
+	return nil
+}
