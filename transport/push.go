@@ -315,16 +315,24 @@ func (f *finder) step(ctx context.Context, level []walkItem) ([]walkItem, error)
 	return next, nil
 }
 
-// ask asks the remote whether it has the objects of level, except those
-// placed where a have's object stood: they are new (git asks about
-// nothing either), and a question costs 32 bytes, a twentieth of a
-// compressed page. Only an object that moved from elsewhere on the remote
-// is sent again that way: 1 in 317 new pages of an idle commit.
+// freeHas is a Remote that answers Has without a word on the wire: a
+// directory, or a bucket, from the pack indexes it has read.
+type freeHas interface {
+	hasIsFree()
+}
+
+// ask asks the remote whether it has the objects of level. Those placed
+// where a have's object stood are new (git asks about nothing either),
+// so a remote that answers over the wire is not asked about them: a
+// question costs 32 bytes, a twentieth of a compressed page, and only
+// an object that moved from elsewhere on the remote is sent again that
+// way (1 in 317 new pages of an idle commit).
 func (f *finder) ask(ctx context.Context, level []walkItem) ([]bool, error) {
+	_, free := f.remote.(freeHas)
 	var ids []objects.ID
 	var at []int
 	for i, it := range level {
-		if !it.placed {
+		if free || !it.placed {
 			ids = append(ids, it.ref.ID)
 			at = append(at, i)
 		}
