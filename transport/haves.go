@@ -11,14 +11,14 @@ const (
 	// haveWalk is the number of ancestors looked at: a push of a longer
 	// unpushed history negotiates in full, as without haves.
 	haveWalk = 1024
-	// haveMax is the number of haves a pushed snapshot is walked
-	// against (more than one after merges).
+	// haveMax is the number of snapshots the remote holds that a pushed
+	// snapshot is walked against (more than one after merges).
 	haveMax = 2
 )
 
-// A counterpart is what stands, in the have snapshots, where an object
-// of the pushed snapshot stands: the haves themselves for a pushed
-// snapshot, their trees for its tree, the entries of the same name for a
+// A counterpart is what stands, in the snapshots the remote holds, where
+// an object of the pushed snapshot stands: the nearest of its ancestors
+// the remote holds (its bases) for a pushed snapshot, their trees for its tree, the entries of the same name for a
 // tree's entry, and for an index node the nodes of the have's stream at
 // the same level and offset. Everything a counterpart references is on
 // the remote (if the haves are right), so a new object's reference that
@@ -37,39 +37,64 @@ type oldStream struct {
 	nodes map[objects.ID]*objects.Index
 }
 
-// nearestHaves returns, as the counterpart of root, the haves that are
-// the nearest ancestors of root in local (root itself included),
-// searching breadth-first at most haveWalk snapshots and not beyond a
-// have. It returns nil if there is none.
-func nearestHaves(ctx context.Context, local objects.Store, root objects.ID, haves objects.Seen) (*counterpart, error) {
-	if len(haves) == 0 {
-		return nil, nil
-	}
+// bases returns the counterpart of root: its nearest ancestors (root
+// included) that the remote holds, by the haves or by its own answer,
+// searching breadth-first, a generation at a time, at most haveWalk
+// snapshots and not beyond one the remote holds. Every snapshot looked
+// at is recorded in f.onRemote. It returns nil if there is none.
+func (f *finder) bases(ctx context.Context, root objects.ID, haves objects.Seen) (*counterpart, error) {
 	var found []objects.ID
 	seen := objects.Seen{}
 	seen.Add(root)
-	todo := []objects.ID{root}
-	for n := 0; len(todo) > 0 && n < haveWalk && len(found) < haveMax; n++ {
-		id := todo[0]
-		todo = todo[1:]
-		if _, ok := haves[id]; ok {
-			found = append(found, id)
-			continue
-		}
-		sn, err := objects.LoadSnapshot(ctx, local, id)
-		if err != nil {
+	level := []objects.ID{root}
+	for walked := 0; len(level) > 0 && walked < haveWalk && len(found) == 0; walked += len(level) {
+		if err := f.askSnapshots(ctx, level, haves); err != nil {
 			return nil, err
 		}
-		for _, p := range sn.Parents {
-			if seen.Add(p) {
-				todo = append(todo, p)
+		var next []objects.ID
+		for _, id := range level {
+			if f.onRemote[id] {
+				found = append(found, id)
+				continue
+			}
+			sn, err := objects.LoadSnapshot(ctx, f.local, id)
+			if err != nil {
+				return nil, err
+			}
+			for _, p := range sn.Parents {
+				if seen.Add(p) {
+					next = append(next, p)
+				}
 			}
 		}
+		level = next
 	}
 	if len(found) == 0 {
 		return nil, nil
 	}
-	return &counterpart{ids: found}, nil
+	return &counterpart{ids: found[:min(len(found), haveMax)]}, nil
+}
+
+// askSnapshots records in f.onRemote whether the remote holds each of
+// ids: a have it holds as far as this push knows, any other it is asked
+// about, once.
+func (f *finder) askSnapshots(ctx context.Context, ids []objects.ID, haves objects.Seen) error {
+	var ask []objects.ID
+	for _, id := range ids {
+		if _, ok := haves[id]; ok {
+			f.onRemote[id] = true
+		} else if _, ok := f.onRemote[id]; !ok {
+			ask = append(ask, id)
+		}
+	}
+	answers, err := hasMany(ctx, f.remote, ask, f.concurrency)
+	if err != nil {
+		return err
+	}
+	for i, id := range ask {
+		f.onRemote[id] = answers[i]
+	}
+	return nil
 }
 
 // match loads from local what stands in the haves where enc, a new

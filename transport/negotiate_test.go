@@ -205,3 +205,36 @@ func checkWrongHave(t *testing.T, m *ramMachine, r transport.Remote, dir string,
 		}
 	}
 }
+
+// TestPushFindsBaseOnRemote pushes a snapshot whose parent the remote
+// holds though no remote ref names it: the remote's branch x went on
+// from that parent, and the pushed snapshot forks from it onto branch m,
+// which the remote has at an older snapshot. The push must find the
+// parent by asking, and send only what the fork added to it.
+func TestPushFindsBaseOnRemote(t *testing.T) {
+	ctx := context.Background()
+	m := newRAMMachine(t, 2048)
+	first := m.snaps[0]
+	parent := m.idle(t, 8)
+	atParent := bytes.Clone(m.ram)
+	x := m.idle(t, 8)
+	m.ram, m.snaps = atParent, append(m.snaps, parent)
+	fork := m.idle(t, 8)
+
+	dir := newBacking(t, implementations[2])
+	r := implementations[2].client(t, dir)
+	for _, u := range []transport.RefUpdate{{Name: "refs/heads/m", New: first}, {Name: "refs/heads/x", New: x}} {
+		if _, _, err := transport.Push(ctx, m.book.Objects, r, []transport.RefUpdate{u}, transport.Options{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, st, err := transport.Push(ctx, m.book.Objects, r, []transport.RefUpdate{{Name: "refs/heads/m", New: fork}}, transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, newBytes := sum(reachable(t, m.book.Objects, fork), reachable(t, m.book.Objects, parent))
+	t.Logf("push of the fork: %d new objects, %d bytes; sent %d objects, %d bytes, %d on the wire", n, newBytes, st.Objects, st.ObjectBytes, st.BytesSent)
+	if limit := int64(1.1*float64(newBytes)) + 1024; st.ObjectBytes != newBytes || st.BytesSent > limit {
+		t.Errorf("the push sent %d object bytes, %d on the wire; want the %d the fork added to its parent, at most %d on the wire", st.ObjectBytes, st.BytesSent, newBytes, limit)
+	}
+}

@@ -211,7 +211,8 @@ func Send(ctx context.Context, local objects.Store, remote Remote, roots []objec
 func sendOnce(ctx context.Context, local objects.Store, remote Remote, roots, haves []objects.ID, concurrency int, stats *Stats, m *meter) error {
 	f := &finder{
 		local: local, remote: remote, concurrency: concurrency, stats: stats, m: m,
-		seen: objects.Seen{}, known: objects.Seen{}, nodes: map[objects.ID]*snode{},
+		seen: objects.Seen{}, known: objects.Seen{}, onRemote: map[objects.ID]bool{},
+		nodes: map[objects.ID]*snode{},
 	}
 	missing, err := f.find(ctx, roots, haves)
 	if err != nil {
@@ -232,10 +233,11 @@ type finder struct {
 	stats       *Stats
 	m           *meter
 
-	seen    objects.Seen          // reached by the walk
-	known   objects.Seen          // on the remote, as the haves say
-	nodes   map[objects.ID]*snode // missing, by ID
-	missing []*snode
+	seen     objects.Seen          // reached by the walk
+	known    objects.Seen          // on the remote, as the haves say
+	onRemote map[objects.ID]bool   // snapshots looked at by bases
+	nodes    map[objects.ID]*snode // missing, by ID
+	missing  []*snode
 }
 
 // walkItem is an object the walk reached, with its counterpart in the
@@ -262,7 +264,7 @@ func (f *finder) find(ctx context.Context, roots, haves []objects.ID) ([]*snode,
 		if !f.seen.Add(id) {
 			continue
 		}
-		cp, err := nearestHaves(ctx, f.local, id, haveSet)
+		cp, err := f.bases(ctx, id, haveSet)
 		if err != nil {
 			return nil, err
 		}
@@ -309,7 +311,7 @@ func (f *finder) step(ctx context.Context, level []walkItem) ([]walkItem, error)
 				f.skip(c)
 				continue
 			}
-			next = append(next, walkItem{ref: c, cp: cps[j], placed: it.cp != nil})
+			next = append(next, walkItem{ref: c, cp: cps[j], placed: it.cp != nil && c.Kind != objects.KindSnapshot})
 		}
 	}
 	return next, nil
@@ -321,7 +323,8 @@ type freeHas interface {
 	hasIsFree()
 }
 
-// ask asks the remote whether it has the objects of level. Those placed
+// ask asks the remote whether it has the objects of level, except the
+// snapshots bases already looked at. Those placed
 // where a have's object stood are new (git asks about nothing either),
 // so a remote that answers over the wire is not asked about them: a
 // question costs 32 bytes, a twentieth of a compressed page, and only
@@ -329,10 +332,13 @@ type freeHas interface {
 // way (1 in 317 new pages of an idle commit).
 func (f *finder) ask(ctx context.Context, level []walkItem) ([]bool, error) {
 	_, free := f.remote.(freeHas)
+	has := make([]bool, len(level))
 	var ids []objects.ID
 	var at []int
 	for i, it := range level {
-		if free || !it.placed {
+		if on, ok := f.onRemote[it.ref.ID]; ok {
+			has[i] = on
+		} else if free || !it.placed {
 			ids = append(ids, it.ref.ID)
 			at = append(at, i)
 		}
@@ -341,7 +347,6 @@ func (f *finder) ask(ctx context.Context, level []walkItem) ([]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	has := make([]bool, len(level))
 	for j, i := range at {
 		has[i] = answers[j]
 	}
