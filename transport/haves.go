@@ -6,31 +6,32 @@ import (
 	"github.com/sbuml/sbuml/objects"
 )
 
-// Bounds of the search for haves among a pushed snapshot's ancestors.
+// Bounds of the search for bases among a pushed snapshot's ancestors.
 const (
-	// haveWalk is the number of ancestors looked at: a push of a longer
+	// baseWalk is the number of ancestors looked at: a push of a longer
 	// unpushed history negotiates in full, as without haves.
-	haveWalk = 1024
-	// haveMax is the number of snapshots the remote holds that a pushed
-	// snapshot is walked against (more than one after merges).
-	haveMax = 2
+	baseWalk = 1024
+	// baseMax is the number of bases a pushed snapshot is walked against
+	// (more than one after merges).
+	baseMax = 2
 )
 
 // A counterpart is what stands, in the snapshots the remote holds, where
-// an object of the pushed snapshot stands: the nearest of its ancestors
-// the remote holds (its bases) for a pushed snapshot, their trees for its tree, the entries of the same name for a
-// tree's entry, and for an index node the nodes of the have's stream at
+// an object of the pushed snapshot stands: the nearest ancestors of the
+// pushed snapshot that the remote holds (its bases) for the pushed
+// snapshot, their trees for its tree, the entries of the same name for a
+// tree's entry, and for an index node the nodes of the base's stream at
 // the same level and offset. Everything a counterpart references is on
 // the remote (if the haves are right), so a new object's reference that
 // is among them needs no question. Only new objects have counterparts
 // looked up, so the cost follows the change, not the snapshot's size.
 type counterpart struct {
 	ids []objects.ID // snapshots, trees or streams
-	old *oldStream   // for an index node: the have's stream
+	old *oldStream   // for an index node: the base's stream
 	off uint64       // for an index node: its offset in its stream
 }
 
-// oldStream is the index tree of a have's stream, loaded only as far as
+// oldStream is the index tree of a base's stream, loaded only as far as
 // the push needs it.
 type oldStream struct {
 	root  objects.ID
@@ -39,7 +40,7 @@ type oldStream struct {
 
 // bases returns the counterpart of root: its nearest ancestors (root
 // included) that the remote holds, by the haves or by its own answer,
-// searching breadth-first, a generation at a time, at most haveWalk
+// searching breadth-first, a generation at a time, at most baseWalk
 // snapshots and not beyond one the remote holds. Every snapshot looked
 // at is recorded in f.onRemote. It returns nil if there is none.
 func (f *finder) bases(ctx context.Context, root objects.ID, haves objects.Seen) (*counterpart, error) {
@@ -47,7 +48,7 @@ func (f *finder) bases(ctx context.Context, root objects.ID, haves objects.Seen)
 	seen := objects.Seen{}
 	seen.Add(root)
 	level := []objects.ID{root}
-	for walked := 0; len(level) > 0 && walked < haveWalk && len(found) == 0; walked += len(level) {
+	for walked := 0; len(level) > 0 && walked < baseWalk && len(found) == 0; walked += len(level) {
 		if err := f.askSnapshots(ctx, level, haves); err != nil {
 			return nil, err
 		}
@@ -72,7 +73,7 @@ func (f *finder) bases(ctx context.Context, root objects.ID, haves objects.Seen)
 	if len(found) == 0 {
 		return nil, nil
 	}
-	return &counterpart{ids: found[:min(len(found), haveMax)]}, nil
+	return &counterpart{ids: found[:min(len(found), baseMax)]}, nil
 }
 
 // askSnapshots records in f.onRemote whether the remote holds each of
@@ -97,7 +98,7 @@ func (f *finder) askSnapshots(ctx context.Context, ids []objects.ID, haves objec
 	return nil
 }
 
-// match loads from local what stands in the haves where enc, a new
+// match loads from local what stands in the bases where enc, a new
 // object of kind k whose references are refs, stands; it adds to known
 // whatever there the references may be, and returns the counterparts of
 // the references (nil where there is none).
@@ -118,8 +119,8 @@ func (cp *counterpart) match(ctx context.Context, local objects.Store, k objects
 	return make([]*counterpart, len(refs)), nil
 }
 
-// matchSnapshot: the haves' trees stand where the tree stands, and the
-// haves where a parent not yet pushed stands.
+// matchSnapshot: the bases' trees stand where the tree stands, and the
+// bases where a parent not yet pushed stands.
 func (cp *counterpart) matchSnapshot(ctx context.Context, local objects.Store, refs []objects.Ref, known objects.Seen) ([]*counterpart, error) {
 	trees := &counterpart{}
 	for _, id := range cp.ids {
@@ -194,7 +195,7 @@ func (cp *counterpart) matchStream(ctx context.Context, local objects.Store, kno
 	return []*counterpart{nil}, nil
 }
 
-// matchIndex: the nodes (or chunks) of the have's stream one level below
+// matchIndex: the nodes (or chunks) of the base's stream one level below
 // the node's and overlapping its bytes are what its entries may be.
 func (cp *counterpart) matchIndex(ctx context.Context, local objects.Store, enc []byte, known objects.Seen) ([]*counterpart, error) {
 	x, err := objects.DecodeIndex(enc)

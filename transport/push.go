@@ -173,18 +173,19 @@ type snode struct {
 // Send copies the snapshots roots, and whatever they reach that remote
 // lacks, from local to remote, without touching refs. It walks from the
 // roots one level at a time, descending only into what the remote
-// lacks. An object that a snapshot in opts.Haves reaches is taken to be
-// on the remote without asking: the walk goes down the pushed snapshots
-// side by side with their nearest ancestors among the haves, only where
-// they differ, so the questions follow the change, not the size of the
-// snapshot. The remote is asked about the rest, a level at a time in
-// batches. Then Send sends the missing objects sorted by height (chunks
-// first, snapshots last), in batches of several megabytes, several at
-// once; a batch waits until the batches holding the objects it
-// references are stored, so the remote always holds whole subtrees. If
-// the remote refuses a batch because it lacks an object the haves
-// vouched for (it lost a snapshot since), Send negotiates again without
-// haves and sends the rest.
+// lacks, side by side with the nearest ancestors of each root that the
+// remote holds (a snapshot in opts.Haves, or one the remote says it
+// has): what such a base holds where the new snapshot holds the same is
+// there without asking, and what stands where the base holds something
+// else is new, so the questions follow the change, not the size of the
+// snapshot (docs/transport.md, "Negotiation"). The remote is asked about
+// the rest, a level at a time in batches. Then Send sends the missing
+// objects sorted by height (chunks first, snapshots last), in batches of
+// several megabytes, several at once; a batch waits until the batches
+// holding the objects it references are stored, so the remote always
+// holds whole subtrees. If the remote refuses a batch because it lacks
+// an object a have vouched for (it lost the snapshot since), Send
+// negotiates again without haves and sends the rest.
 func Send(ctx context.Context, local objects.Store, remote Remote, roots []objects.ID, opts Options) (*Stats, error) {
 	start := time.Now()
 	before := remote.Traffic()
@@ -241,13 +242,13 @@ type finder struct {
 }
 
 // walkItem is an object the walk reached, with its counterpart in the
-// haves, if any.
+// bases, if any.
 type walkItem struct {
 	ref objects.Ref
 	cp  *counterpart
 	// placed is set for an object that a new object references where
-	// the have's counterpart references something else: the remote
-	// lacks it, as far as the haves tell.
+	// the base's counterpart references something else: the remote
+	// lacks it, as far as the bases tell.
 	placed bool
 }
 
@@ -282,7 +283,7 @@ func (f *finder) find(ctx context.Context, roots, haves []objects.ID) ([]*snode,
 
 // step asks the remote about one level of the walk and returns the next:
 // the references of what it lacks, less those seen before and those the
-// haves vouch for.
+// bases hold.
 func (f *finder) step(ctx context.Context, level []walkItem) ([]walkItem, error) {
 	has, err := f.ask(ctx, level)
 	if err != nil {
