@@ -15,9 +15,9 @@ import (
 // HTTP on the loopback, for an idle commit of a 512 MiB guest, per byte
 // of the commit's new objects: its push from the scrapbook to a server
 // that has the parent (push-wire/new, bytes sent and received), the same
-// objects sent to a second server by the negotiation without haves, in
-// the same run (nohaves-wire/new), and a pull of the commit into a clone
-// that has the parent (pull-wire/new).
+// objects sent to a second server by transport.Send with no haves, which
+// must find the parent by asking (nohaves-wire/new), and a pull of the
+// commit into a clone that has the parent (pull-wire/new).
 //
 //	go test -run '^$' -bench BenchmarkPushIdleCommit -benchtime 5x .
 func BenchmarkPushIdleCommit(b *testing.B) {
