@@ -541,10 +541,12 @@ func putBatches(ctx context.Context, remote Remote, batches <-chan *sendBatch, m
 				return ctx.Err()
 			}
 		}
-		if err := remote.Put(ctx, b.objs); err != nil {
+		err := remote.Put(ctx, b.objs)
+		if err != nil && !errors.Is(err, ErrMissingReference) {
 			return err
 		}
-		close(b.done)
+		// A batch refused for a missing reference traveled all the
+		// same, and Send sends what it lacks again.
 		mu.Lock()
 		for _, o := range b.objs {
 			stats.Objects++
@@ -552,6 +554,10 @@ func putBatches(ctx context.Context, remote Remote, batches <-chan *sendBatch, m
 		}
 		mu.Unlock()
 		m.objects.Add(int64(len(b.objs)))
+		if err != nil {
+			return err
+		}
+		close(b.done)
 	}
 	return nil
 }
