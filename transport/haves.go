@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 
+	"github.com/sbuml/sbuml/chunker"
 	"github.com/sbuml/sbuml/objects"
 )
 
@@ -34,8 +35,9 @@ type counterpart struct {
 // oldStream is the index tree of a base's stream, loaded only as far as
 // the push needs it.
 type oldStream struct {
-	root  objects.ID
-	nodes map[objects.ID]*objects.Index
+	root    objects.ID
+	aligned bool // see counterpart.aligned
+	nodes   map[objects.ID]*objects.Index
 }
 
 // bases returns the counterpart of root: its nearest ancestors (root
@@ -112,7 +114,7 @@ func (cp *counterpart) match(ctx context.Context, local objects.Store, k objects
 	case objects.KindTree:
 		return cp.matchTree(ctx, local, enc, known)
 	case objects.KindStream:
-		return cp.matchStream(ctx, local, known)
+		return cp.matchStream(ctx, local, enc, known)
 	case objects.KindIndex:
 		return cp.matchIndex(ctx, local, enc, known)
 	}
@@ -181,18 +183,32 @@ func (cp *counterpart) matchTree(ctx context.Context, local objects.Store, enc [
 
 // matchStream: the index tree of the first counterpart stream stands
 // where the stream's index tree stands.
-func (cp *counterpart) matchStream(ctx context.Context, local objects.Store, known objects.Seen) ([]*counterpart, error) {
+func (cp *counterpart) matchStream(ctx context.Context, local objects.Store, enc []byte, known objects.Seen) ([]*counterpart, error) {
+	st, err := objects.DecodeStream(enc)
+	if err != nil {
+		return nil, err
+	}
 	for _, id := range cp.ids {
-		st, err := objects.LoadStream(ctx, local, id)
+		old, err := objects.LoadStream(ctx, local, id)
 		if err != nil {
 			return nil, err
 		}
-		if !st.Root.IsZero() {
-			known.Add(st.Root)
-			return []*counterpart{{old: &oldStream{root: st.Root, nodes: map[objects.ID]*objects.Index{}}}}, nil
+		if !old.Root.IsZero() {
+			known.Add(old.Root)
+			aligned := st.Chunking == old.Chunking && st.Chunking.Algorithm == uint8(chunker.Fixed)
+			return []*counterpart{{old: &oldStream{root: old.Root, aligned: aligned, nodes: map[objects.ID]*objects.Index{}}}}, nil
 		}
 	}
 	return []*counterpart{nil}, nil
+}
+
+// aligned reports whether cp is a place in a base's stream cut into the
+// same fixed-size chunks as the new one (guest RAM): the same bytes stand
+// at the same offsets in both, so what differs at an offset is new.
+// Elsewhere content can move (a file with bytes inserted, a copy of a
+// file the remote has under another name), so the remote is asked.
+func (cp *counterpart) aligned() bool {
+	return cp != nil && cp.old != nil && cp.old.aligned
 }
 
 // matchIndex: the nodes (or chunks) of the base's stream one level below

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -236,5 +238,44 @@ func TestPushFindsBaseOnRemote(t *testing.T) {
 	t.Logf("push of the fork: %d new objects, %d bytes; sent %d objects, %d bytes, %d on the wire", n, newBytes, st.Objects, st.ObjectBytes, st.BytesSent)
 	if limit := int64(1.1*float64(newBytes)) + 1024; st.ObjectBytes != newBytes || st.BytesSent > limit {
 		t.Errorf("the push sent %d object bytes, %d on the wire; want the %d the fork added to its parent, at most %d on the wire", st.ObjectBytes, st.BytesSent, newBytes, limit)
+	}
+}
+
+// TestPushAsksAboutMovedContent pushes a snapshot in which a file became
+// a copy of another file the remote has, plus a byte. Its chunks stand
+// where the parent's file had other chunks, but outside a RAM image
+// content moves: the push must ask about them and send only what is new.
+func TestPushAsksAboutMovedContent(t *testing.T) {
+	ctx := context.Background()
+	book := newLocal(t)
+	work := t.TempDir()
+	writeFiles(t, work, 5, map[string]int{"a.bin": 2 << 20, "b.bin": 2 << 20})
+	first, err := book.Import(ctx, work, sbuml.SnapshotOptions{Branch: "main", Message: "first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(work, "b.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(work, "a.bin"), append(b, 'x'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	second, err := book.Import(ctx, work, sbuml.SnapshotOptions{Branch: "main", Message: "second"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := implementations[2].client(t, newBacking(t, implementations[2]))
+	if _, _, err := transport.Push(ctx, book.Objects, r, []transport.RefUpdate{{Name: "refs/heads/main", New: first.ID}}, transport.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	_, st, err := transport.Push(ctx, book.Objects, r, []transport.RefUpdate{{Name: "refs/heads/main", New: second.ID}}, transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, newBytes := sum(reachable(t, book.Objects, second.ID), reachable(t, book.Objects, first.ID))
+	t.Logf("push: %d new objects, %d bytes; sent %d objects, %d bytes", n, newBytes, st.Objects, st.ObjectBytes)
+	if st.ObjectBytes != newBytes {
+		t.Errorf("the push sent %d object bytes; want the %d new ones", st.ObjectBytes, newBytes)
 	}
 }

@@ -246,9 +246,9 @@ type finder struct {
 type walkItem struct {
 	ref objects.Ref
 	cp  *counterpart
-	// placed is set for an object that a new object references where
-	// the base's counterpart references something else: the remote
-	// lacks it, as far as the bases tell.
+	// placed is set for an object of a RAM image that stands where the
+	// base's holds something else: the remote lacks it, as far as the
+	// bases tell (see counterpart.aligned).
 	placed bool
 }
 
@@ -312,7 +312,7 @@ func (f *finder) step(ctx context.Context, level []walkItem) ([]walkItem, error)
 				f.skip(c)
 				continue
 			}
-			next = append(next, walkItem{ref: c, cp: cps[j], placed: it.cp != nil && c.Kind != objects.KindSnapshot})
+			next = append(next, walkItem{ref: c, cp: cps[j], placed: it.cp.aligned() || cps[j].aligned()})
 		}
 	}
 	return next, nil
@@ -325,12 +325,12 @@ type freeHas interface {
 }
 
 // ask asks the remote whether it has the objects of level, except the
-// snapshots bases already looked at. Those placed
-// where a have's object stood are new (git asks about nothing either),
-// so a remote that answers over the wire is not asked about them: a
-// question costs 32 bytes, a twentieth of a compressed page, and only
-// an object that moved from elsewhere on the remote is sent again that
-// way (1 in 317 new pages of an idle commit).
+// snapshots bases already looked at. Those placed where a base's RAM
+// image holds another page are new (git asks about nothing either), so
+// a remote that answers over the wire is not asked about them: a
+// question costs 32 bytes, a twentieth of a compressed page, and only a
+// page that moved from elsewhere on the remote is sent again that way
+// (1 in 317 new pages of an idle commit).
 func (f *finder) ask(ctx context.Context, level []walkItem) ([]bool, error) {
 	_, free := f.remote.(freeHas)
 	has := make([]bool, len(level))
