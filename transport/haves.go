@@ -42,62 +42,69 @@ type oldStream struct {
 
 // bases returns the counterpart of root: its nearest ancestors (root
 // included) that the remote holds, by the haves or by its own answer,
-// searching breadth-first, a generation at a time, at most baseWalk
-// snapshots and not beyond one the remote holds. Every snapshot looked
-// at is recorded in f.onRemote. It returns nil if there is none.
+// or nil if there is none. It lists at most baseWalk ancestors
+// breadth-first, not beyond a have, and asks the remote about the
+// others in the list's order, in windows that double (2, 4, 8...) until
+// it holds one, so a base a few generations back costs a question or
+// two, and one far back a few round trips, never one per generation.
+// Every snapshot looked at is recorded in f.onRemote.
 func (f *finder) bases(ctx context.Context, root objects.ID, haves objects.Seen) (*counterpart, error) {
-	var found []objects.ID
-	seen := objects.Seen{}
-	seen.Add(root)
-	level := []objects.ID{root}
-	for walked := 0; len(level) > 0 && walked < baseWalk && len(found) == 0; walked += len(level) {
-		if err := f.askSnapshots(ctx, level, haves); err != nil {
+	list, err := ancestors(ctx, f.local, root, haves)
+	if err != nil {
+		return nil, err
+	}
+	for lo, size := 0, 2; lo < len(list); lo, size = lo+size, size*2 {
+		hi := min(len(list), lo+size)
+		var ask []objects.ID
+		for _, id := range list[lo:hi] {
+			if _, ok := haves[id]; ok {
+				f.onRemote[id] = true
+			} else if _, ok := f.onRemote[id]; !ok {
+				ask = append(ask, id)
+			}
+		}
+		answers, err := hasMany(ctx, f.remote, ask, f.concurrency)
+		if err != nil {
 			return nil, err
 		}
-		var next []objects.ID
-		for _, id := range level {
-			if f.onRemote[id] {
+		for i, id := range ask {
+			f.onRemote[id] = answers[i]
+		}
+		var found []objects.ID
+		for _, id := range list[:hi] {
+			if f.onRemote[id] && len(found) < baseMax {
 				found = append(found, id)
-				continue
-			}
-			sn, err := objects.LoadSnapshot(ctx, f.local, id)
-			if err != nil {
-				return nil, err
-			}
-			for _, p := range sn.Parents {
-				if seen.Add(p) {
-					next = append(next, p)
-				}
 			}
 		}
-		level = next
+		if len(found) > 0 {
+			return &counterpart{ids: found}, nil
+		}
 	}
-	if len(found) == 0 {
-		return nil, nil
-	}
-	return &counterpart{ids: found[:min(len(found), baseMax)]}, nil
+	return nil, nil
 }
 
-// askSnapshots records in f.onRemote whether the remote holds each of
-// ids: a have it holds as far as this push knows, any other it is asked
-// about, once.
-func (f *finder) askSnapshots(ctx context.Context, ids []objects.ID, haves objects.Seen) error {
-	var ask []objects.ID
-	for _, id := range ids {
-		if _, ok := haves[id]; ok {
-			f.onRemote[id] = true
-		} else if _, ok := f.onRemote[id]; !ok {
-			ask = append(ask, id)
+// ancestors lists root and its ancestors in local breadth-first, at most
+// baseWalk of them, not beyond a have, and none after the first have
+// (the remote is not asked about snapshots farther than a have).
+func ancestors(ctx context.Context, local objects.Store, root objects.ID, haves objects.Seen) ([]objects.ID, error) {
+	seen := objects.Seen{}
+	seen.Add(root)
+	list := []objects.ID{root}
+	for i := 0; i < len(list) && len(list) < baseWalk; i++ {
+		if _, ok := haves[list[i]]; ok {
+			return list[:i+1], nil
+		}
+		sn, err := objects.LoadSnapshot(ctx, local, list[i])
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range sn.Parents {
+			if seen.Add(p) {
+				list = append(list, p)
+			}
 		}
 	}
-	answers, err := hasMany(ctx, f.remote, ask, f.concurrency)
-	if err != nil {
-		return err
-	}
-	for i, id := range ask {
-		f.onRemote[id] = answers[i]
-	}
-	return nil
+	return list, nil
 }
 
 // match loads from local what stands in the bases where enc, a new
