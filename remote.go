@@ -343,7 +343,11 @@ func (s *Scrapbook) Push(ctx context.Context, remote string, names []string, opt
 		return nil, fmt.Errorf("push: %w", err)
 	}
 	defer r.Close()
-	results, stats, err := transport.Push(ctx, s.Objects, r, updates, opts.transport())
+	topts := opts.transport()
+	if topts.Haves, err = s.trackingHaves(name); err != nil {
+		return nil, fmt.Errorf("push: %w", err)
+	}
+	results, stats, err := transport.Push(ctx, s.Objects, r, updates, topts)
 	res := &PushResult{Remote: r.URL(), Refs: results, Stats: stats}
 	if err != nil {
 		return res, err
@@ -358,6 +362,24 @@ func (s *Scrapbook) Push(ctx context.Context, remote string, names []string, opt
 		}
 	}
 	return res, nil
+}
+
+// trackingHaves returns the snapshots of the remote-tracking refs of
+// remote (none for a URL, named ""): the remote had them when they were
+// last pushed or pulled, so a push need not ask about what they reach.
+func (s *Scrapbook) trackingHaves(remote string) ([]objects.ID, error) {
+	if remote == "" {
+		return nil, nil
+	}
+	tracking, err := s.Refs.List("refs/remotes/" + remote + "/")
+	if err != nil {
+		return nil, err
+	}
+	haves := make([]objects.ID, len(tracking))
+	for i, r := range tracking {
+		haves[i] = r.ID
+	}
+	return haves, nil
 }
 
 // localRef resolves a branch name, tag name or full ref name to the full

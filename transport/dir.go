@@ -211,6 +211,8 @@ func (d *Dir) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 	return has, nil
 }
 
+func (d *Dir) hasIsFree() {}
+
 // Get implements Remote. The stored forms are checked (see readStored),
 // so that damage in the directory is reported as such, not by the
 // receiver.

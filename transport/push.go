@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -105,6 +106,11 @@ func Push(ctx context.Context, local objects.Store, remote Remote, updates []Ref
 		return fail(fmt.Errorf("%w, nothing was sent: %s; pull and build on the remote's snapshot, or push with --force to replace it",
 			ErrNotFastForward, strings.Join(rejected, "; ")))
 	}
+	// Every snapshot the remote names is on it, whole.
+	opts.Haves = slices.Clip(opts.Haves)
+	for _, r := range list.Refs {
+		opts.Haves = append(opts.Haves, r.ID)
+	}
 	stats, err := Send(ctx, local, remote, roots, opts)
 	if err != nil {
 		return nil, stats, err
@@ -166,23 +172,30 @@ type snode struct {
 
 // Send copies the snapshots roots, and whatever they reach that remote
 // lacks, from local to remote, without touching refs. It walks from the
-// roots one level at a time, asking the remote about a whole level in
-// batches and descending only into what it lacks. Then it sends the
-// missing objects sorted by height (chunks first, snapshots last), in
-// batches of several megabytes, several at once; a batch waits until the
-// batches holding the objects it references are stored, so the remote
-// always holds whole subtrees.
+// roots one level at a time, descending only into what the remote
+// lacks, side by side with the nearest ancestors of each root that the
+// remote holds (a snapshot in opts.Haves, or one the remote says it
+// has): what such a base holds where the new snapshot holds the same is
+// there without asking, and what stands where the base holds something
+// else is new, so the questions follow the change, not the size of the
+// snapshot (docs/transport.md, "Negotiation"). The remote is asked about
+// the rest, a level at a time in batches. Then Send sends the missing
+// objects sorted by height (chunks first, snapshots last), in batches of
+// several megabytes, several at once; a batch waits until the batches
+// holding the objects it references are stored, so the remote always
+// holds whole subtrees. If the remote refuses a batch because it lacks
+// an object a have vouched for (it lost the snapshot since), Send
+// negotiates again without haves and sends the rest.
 func Send(ctx context.Context, local objects.Store, remote Remote, roots []objects.ID, opts Options) (*Stats, error) {
 	start := time.Now()
 	before := remote.Traffic()
 	var stats Stats
 	m := startMeter("finding", func() int64 { return remote.Traffic().Sent - before.Sent }, opts.Progress)
-	missing, err := find(ctx, local, remote, roots, opts.concurrency(), &stats, m)
-	if err == nil {
-		m.setPhase("sending")
-		m.objects.Store(0)
-		m.total.Store(int64(len(missing)))
-		err = send(ctx, local, remote, missing, opts.concurrency(), &stats, m)
+	err := sendOnce(ctx, local, remote, roots, opts.Haves, opts.concurrency(), &stats, m)
+	if errors.Is(err, ErrMissingReference) && len(opts.Haves) > 0 && ctx.Err() == nil {
+		m.setPhase("finding")
+		stats.Skipped, stats.SkippedBytes = 0, 0
+		err = sendOnce(ctx, local, remote, roots, nil, opts.concurrency(), &stats, m)
 	}
 	m.finish()
 	after := remote.Traffic()
@@ -195,74 +208,204 @@ func Send(ctx context.Context, local objects.Store, remote Remote, roots []objec
 	return &stats, nil
 }
 
-// find returns the objects below roots that remote lacks, sorted by
-// height.
-func find(ctx context.Context, local objects.Store, remote Remote, roots []objects.ID, concurrency int, stats *Stats, m *meter) ([]*snode, error) {
-	seen := objects.Seen{}
-	var level []objects.Ref
-	for _, id := range roots {
-		if seen.Add(id) {
-			level = append(level, objects.Ref{ID: id, Kind: objects.KindSnapshot})
-		}
+// sendOnce finds what the remote lacks, trusting haves, and sends it.
+func sendOnce(ctx context.Context, local objects.Store, remote Remote, roots, haves []objects.ID, concurrency int, stats *Stats, m *meter) error {
+	f := &finder{
+		local: local, remote: remote, concurrency: concurrency, stats: stats, m: m,
+		seen: objects.Seen{}, known: objects.Seen{}, onRemote: map[objects.ID]bool{},
+		nodes: map[objects.ID]*snode{},
 	}
-	nodes := map[objects.ID]*snode{}
-	var missing []*snode
-	for len(level) > 0 {
-		has, err := hasMany(ctx, remote, level, concurrency)
+	missing, err := f.find(ctx, roots, haves)
+	if err != nil {
+		return err
+	}
+	m.setPhase("sending")
+	m.objects.Store(0)
+	m.total.Store(int64(len(missing)))
+	return send(ctx, local, remote, missing, concurrency, stats, m)
+}
+
+// A finder finds the objects below the roots of a push that the remote
+// lacks.
+type finder struct {
+	local       objects.Store
+	remote      Remote
+	concurrency int
+	stats       *Stats
+	m           *meter
+
+	seen     objects.Seen          // reached by the walk
+	known    objects.Seen          // on the remote, as the haves say
+	onRemote map[objects.ID]bool   // snapshots looked at by bases
+	nodes    map[objects.ID]*snode // missing, by ID
+	missing  []*snode
+}
+
+// walkItem is an object the walk reached, with its counterpart in the
+// bases, if any.
+type walkItem struct {
+	ref objects.Ref
+	cp  *counterpart
+	// placed is set for an object of a RAM image that stands where the
+	// base's holds something else: the remote lacks it, as far as the
+	// bases tell (see counterpart.aligned).
+	placed bool
+}
+
+// find returns the objects below roots that the remote lacks, sorted by
+// height.
+func (f *finder) find(ctx context.Context, roots, haves []objects.ID) ([]*snode, error) {
+	haveSet := objects.Seen{}
+	for _, h := range haves {
+		haveSet.Add(h)
+		f.known.Add(h)
+	}
+	var level []walkItem
+	for _, id := range roots {
+		if !f.seen.Add(id) {
+			continue
+		}
+		cp, err := f.bases(ctx, id, haveSet)
 		if err != nil {
 			return nil, err
 		}
-		var next []objects.Ref
-		for i, r := range level {
-			m.objects.Add(1)
-			if has[i] {
-				stats.Skipped++
-				stats.SkippedBytes += r.Length
-				continue
-			}
-			n := &snode{ref: r}
-			nodes[r.ID] = n
-			missing = append(missing, n)
-			if r.Kind == objects.KindChunk {
-				continue
-			}
-			stored, err := local.Get(ctx, r.ID)
-			if err != nil {
-				return nil, err
-			}
-			enc, err := objects.Unseal(r.ID, stored)
-			if err != nil {
-				return nil, fmt.Errorf("%w (%s)", err, objects.Where(local, r.ID))
-			}
-			k, refs, err := objects.Refs(enc)
-			if err == nil && k != r.Kind {
-				err = fmt.Errorf("is a %s, not a %s", k, r.Kind)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("object %s: %w: %v (%s)", r.ID, objects.ErrCorrupt, err, objects.Where(local, r.ID))
-			}
-			n.stored = stored
-			for _, c := range refs {
-				n.children = append(n.children, c.ID)
-				if seen.Add(c.ID) {
-					next = append(next, c)
-				}
-			}
-		}
-		level = next
+		level = append(level, walkItem{ref: objects.Ref{ID: id, Kind: objects.KindSnapshot}, cp: cp})
 	}
-	// Height: the longest chain of missing objects below. Visiting in
-	// reverse discovery order handles most children before parents; the
-	// recursion covers the rest.
+	for len(level) > 0 {
+		var err error
+		if level, err = f.step(ctx, level); err != nil {
+			return nil, err
+		}
+	}
+	f.sortByHeight()
+	return f.missing, nil
+}
+
+// step asks the remote about one level of the walk and returns the next:
+// the references of what it lacks, less those seen before and those the
+// bases hold.
+func (f *finder) step(ctx context.Context, level []walkItem) ([]walkItem, error) {
+	has, err := f.ask(ctx, level)
+	if err != nil {
+		return nil, err
+	}
+	var next []walkItem
+	for i, it := range level {
+		if has[i] {
+			f.skip(it.ref)
+			continue
+		}
+		f.m.objects.Add(1)
+		enc, refs, err := f.lacks(ctx, it.ref)
+		if err != nil {
+			return nil, err
+		}
+		cps, err := it.cp.match(ctx, f.local, it.ref.Kind, enc, refs, f.known)
+		if err != nil {
+			return nil, fmt.Errorf("compare %s with what the remote has: %w", it.ref.ID, err)
+		}
+		for j, c := range refs {
+			if !f.seen.Add(c.ID) {
+				continue
+			}
+			if _, ok := f.known[c.ID]; ok {
+				f.skip(c)
+				continue
+			}
+			next = append(next, walkItem{ref: c, cp: cps[j], placed: it.cp.aligned() || cps[j].aligned()})
+		}
+	}
+	return next, nil
+}
+
+// freeHas is a Remote that answers Has without a word on the wire: a
+// directory, or a bucket, from the pack indexes it has read.
+type freeHas interface {
+	hasIsFree()
+}
+
+// ask asks the remote whether it has the objects of level, except the
+// snapshots bases already looked at. Those placed where a base's RAM
+// image holds another page are new (git asks about nothing either), so
+// a remote that answers over the wire is not asked about them: a
+// question costs 32 bytes, a twentieth of a compressed page, and only a
+// page that moved from elsewhere on the remote is sent again that way
+// (1 in 317 new pages of an idle commit).
+func (f *finder) ask(ctx context.Context, level []walkItem) ([]bool, error) {
+	_, free := f.remote.(freeHas)
+	has := make([]bool, len(level))
+	var ids []objects.ID
+	var at []int
+	for i, it := range level {
+		if on, ok := f.onRemote[it.ref.ID]; ok {
+			has[i] = on
+		} else if free || !it.placed {
+			ids = append(ids, it.ref.ID)
+			at = append(at, i)
+		}
+	}
+	answers, err := hasMany(ctx, f.remote, ids, f.concurrency)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range at {
+		has[i] = answers[j]
+	}
+	return has, nil
+}
+
+// skip counts an object found on the remote.
+func (f *finder) skip(r objects.Ref) {
+	f.m.objects.Add(1)
+	f.stats.Skipped++
+	f.stats.SkippedBytes += r.Length
+}
+
+// lacks records that the remote lacks r and returns r's canonical
+// encoding and references, loaded from local (chunks reference nothing
+// and are read when sent).
+func (f *finder) lacks(ctx context.Context, r objects.Ref) ([]byte, []objects.Ref, error) {
+	n := &snode{ref: r}
+	f.nodes[r.ID] = n
+	f.missing = append(f.missing, n)
+	if r.Kind == objects.KindChunk {
+		return nil, nil, nil
+	}
+	stored, err := f.local.Get(ctx, r.ID)
+	if err != nil {
+		return nil, nil, err
+	}
+	enc, err := objects.Unseal(r.ID, stored)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (%s)", err, objects.Where(f.local, r.ID))
+	}
+	k, refs, err := objects.Refs(enc)
+	if err == nil && k != r.Kind {
+		err = fmt.Errorf("is a %s, not a %s", k, r.Kind)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("object %s: %w: %v (%s)", r.ID, objects.ErrCorrupt, err, objects.Where(f.local, r.ID))
+	}
+	n.stored = stored
+	for _, c := range refs {
+		n.children = append(n.children, c.ID)
+	}
+	return enc, refs, nil
+}
+
+// sortByHeight sorts the missing objects by height: the longest chain of
+// missing objects below. Visiting in reverse discovery order handles
+// most children before parents; the recursion covers the rest.
+func (f *finder) sortByHeight() {
 	var height func(n *snode) int
-	done := make(map[*snode]bool, len(missing))
+	done := make(map[*snode]bool, len(f.missing))
 	height = func(n *snode) int {
 		if done[n] {
 			return n.height
 		}
 		h := 0
 		for _, c := range n.children {
-			if cn := nodes[c]; cn != nil {
+			if cn := f.nodes[c]; cn != nil {
 				h = max(h, height(cn)+1)
 			}
 		}
@@ -270,30 +413,25 @@ func find(ctx context.Context, local objects.Store, remote Remote, roots []objec
 		done[n] = true
 		return h
 	}
-	for i := len(missing) - 1; i >= 0; i-- {
-		height(missing[i])
+	for i := len(f.missing) - 1; i >= 0; i-- {
+		height(f.missing[i])
 	}
-	sort.SliceStable(missing, func(i, j int) bool { return missing[i].height < missing[j].height })
-	return missing, nil
+	sort.SliceStable(f.missing, func(i, j int) bool { return f.missing[i].height < f.missing[j].height })
 }
 
-// hasMany asks the remote about refs in batches, several at once.
-func hasMany(ctx context.Context, remote Remote, level []objects.Ref, concurrency int) ([]bool, error) {
-	has := make([]bool, len(level))
+// hasMany asks the remote about ids in batches, several at once.
+func hasMany(ctx context.Context, remote Remote, ids []objects.ID, concurrency int) ([]bool, error) {
+	has := make([]bool, len(ids))
 	g := newGroup(ctx, concurrency)
-	for lo := 0; lo < len(level); lo += hasBatch {
-		hi := min(lo+hasBatch, len(level))
+	for lo := 0; lo < len(ids); lo += hasBatch {
+		hi := min(lo+hasBatch, len(ids))
 		g.run(func(ctx context.Context) error {
-			ids := make([]objects.ID, hi-lo)
-			for i := range ids {
-				ids[i] = level[lo+i].ID
-			}
-			part, err := remote.Has(ctx, ids)
+			part, err := remote.Has(ctx, ids[lo:hi])
 			if err != nil {
 				return err
 			}
-			if len(part) != len(ids) {
-				return fmt.Errorf("%w: asked about %d objects, got %d answers", ErrProtocol, len(ids), len(part))
+			if len(part) != hi-lo {
+				return fmt.Errorf("%w: asked about %d objects, got %d answers", ErrProtocol, hi-lo, len(part))
 			}
 			copy(has[lo:hi], part)
 			return nil
@@ -403,10 +541,12 @@ func putBatches(ctx context.Context, remote Remote, batches <-chan *sendBatch, m
 				return ctx.Err()
 			}
 		}
-		if err := remote.Put(ctx, b.objs); err != nil {
+		err := remote.Put(ctx, b.objs)
+		if err != nil && !errors.Is(err, ErrMissingReference) {
 			return err
 		}
-		close(b.done)
+		// A batch refused for a missing reference traveled all the
+		// same, and Send sends what it lacks again.
 		mu.Lock()
 		for _, o := range b.objs {
 			stats.Objects++
@@ -414,6 +554,10 @@ func putBatches(ctx context.Context, remote Remote, batches <-chan *sendBatch, m
 		}
 		mu.Unlock()
 		m.objects.Add(int64(len(b.objs)))
+		if err != nil {
+			return err
+		}
+		close(b.done)
 	}
 	return nil
 }

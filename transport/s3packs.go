@@ -303,6 +303,8 @@ func (s *S3) Has(ctx context.Context, ids []objects.ID) ([]bool, error) {
 	return has, nil
 }
 
+func (s *S3) hasIsFree() {}
+
 // Get implements Remote: objects are read out of their packs with
 // ranged GETs, one per run of wanted objects whose gaps are under
 // rangeGap bytes, up to rangeMax bytes each. An object not found, or

@@ -2,9 +2,11 @@ package transport
 
 import (
 	"fmt"
-	"github.com/sbuml/sbuml/internal/units"
 	"sync/atomic"
 	"time"
+
+	"github.com/sbuml/sbuml/internal/units"
+	"github.com/sbuml/sbuml/objects"
 )
 
 // Stats measure one transfer. Byte counts are taken on the wire: the
@@ -71,6 +73,13 @@ type Options struct {
 	// Progress, if set, is called about five times a second, and once
 	// at the end, from another goroutine.
 	Progress func(Progress)
+	// Haves are snapshots the remote is believed to hold, such as the
+	// remote-tracking refs of the remote being pushed to. Push and Send
+	// take what they reach to be on the remote without asking (Push adds
+	// the snapshots the remote's refs name); a have that proves wrong
+	// costs a second negotiation, never a remote with a ref to a missing
+	// object. Fetch ignores them.
+	Haves []objects.ID
 }
 
 func (o Options) concurrency() int {
