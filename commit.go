@@ -128,6 +128,9 @@ type commitPlan struct {
 	// reuseDev is the device state to store again, for a machine left
 	// frozen by a commit that has not run since.
 	reuseDev *objects.TreeEntry
+	// ramBase is the RAM stream of the machine's last snapshot (Zero:
+	// none), which the new RAM is stored as a version of.
+	ramBase objects.ID
 }
 
 // planCommit reads the machine's head and state and decides where the
@@ -172,6 +175,9 @@ func (s *Scrapbook) planCommit(ctx context.Context, m *vmm.Machine, opts CommitO
 		return nil, fmt.Errorf("machine is %s, not running%s", st.State, detail)
 	}
 	p.wasRunning = st.State == vmm.StateRunning
+	if p.ramBase, err = s.ramOf(ctx, head.Snapshot); err != nil {
+		return nil, err
+	}
 	// A machine left frozen by a commit (-f) has not run since: QEMU will
 	// not write its device state again, and it is the one already stored.
 	if st.RunState == "postmigrate" {
@@ -216,7 +222,7 @@ func (s *Scrapbook) commit(ctx context.Context, m *vmm.Machine, p *commitPlan, o
 	if err != nil {
 		return nil, err
 	}
-	tree, size, err := s.storeMachine(ctx, saver, opts.OnProgress, m, c)
+	tree, size, err := s.storeMachine(ctx, saver, opts.OnProgress, m, c, p.ramBase)
 	if err != nil {
 		return nil, err
 	}
@@ -277,6 +283,29 @@ func (s *Scrapbook) deviceStateOf(ctx context.Context, id objects.ID) (*objects.
 	if id.IsZero() {
 		return nil, errors.New("no snapshot of it is known")
 	}
+	e, err := s.snapshotEntry(ctx, id, snapDeviceState)
+	if err == nil && e == nil {
+		err = fmt.Errorf("snapshot %s has no %s", id.Short(), snapDeviceState)
+	}
+	return e, err
+}
+
+// ramOf returns the RAM stream of machine snapshot id, or Zero if id is
+// Zero or has none.
+func (s *Scrapbook) ramOf(ctx context.Context, id objects.ID) (objects.ID, error) {
+	if id.IsZero() {
+		return objects.Zero, nil
+	}
+	e, err := s.snapshotEntry(ctx, id, snapRAM)
+	if err != nil || e == nil || e.Kind != objects.EntryFile {
+		return objects.Zero, err
+	}
+	return e.ID, nil
+}
+
+// snapshotEntry returns the entry name at the top of snapshot id's tree,
+// or nil if there is none.
+func (s *Scrapbook) snapshotEntry(ctx context.Context, id objects.ID, name string) (*objects.TreeEntry, error) {
 	sn, err := objects.LoadSnapshot(ctx, s.Objects, id)
 	if err != nil {
 		return nil, err
@@ -285,11 +314,7 @@ func (s *Scrapbook) deviceStateOf(ctx context.Context, id objects.ID) (*objects.
 	if err != nil {
 		return nil, err
 	}
-	e := t.Find(snapDeviceState)
-	if e == nil {
-		return nil, fmt.Errorf("snapshot %s has no %s", id.Short(), snapDeviceState)
-	}
-	return e, nil
+	return t.Find(name), nil
 }
 
 func shortOrNone(id objects.ID) string {
@@ -308,10 +333,12 @@ func resolvePath(dir, p string) string {
 
 // storeMachine stores the captured state and the machine's boot files and
 // returns the snapshot tree and its size: machine.json, device-state,
-// ram, kernel, initrd, disks/.
-func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progress func(StoreProgress), m *vmm.Machine, c *captured) (objects.ID, uint64, error) {
+// ram, kernel, initrd, disks/. The RAM is stored as a version of the
+// stream ramBase (Zero: none).
+func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progress func(StoreProgress), m *vmm.Machine, c *captured, ramBase objects.ID) (objects.ID, uint64, error) {
 	cfg := m.Config()
 	files := machineFiles(m.Dir(), cfg, c)
+	files[0].base = ramBase
 	var total int64
 	for _, f := range files {
 		if fi, err := os.Stat(f.path); err == nil {
@@ -355,12 +382,14 @@ func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progr
 type machineFile struct {
 	path   string
 	params stream.Params
-	disk   bool // in disks/, not at the top
-	entry  objects.TreeEntry
+	// base is the stream the file is a new version of (Zero: none).
+	base  objects.ID
+	disk  bool // in disks/, not at the top
+	entry objects.TreeEntry
 }
 
 // machineFiles lists the files of a machine snapshot that are stored as
-// streams: the captured RAM and disks, the kernel and initrd.
+// streams: the captured RAM (first) and disks, the kernel and initrd.
 func machineFiles(dir string, cfg vmm.Config, c *captured) []*machineFile {
 	file := func(name, path string, p stream.Params, disk bool) *machineFile {
 		return &machineFile{path: path, params: p, disk: disk, entry: objects.TreeEntry{Name: name, Kind: objects.EntryFile, Mode: 0o644}}
@@ -395,7 +424,7 @@ func storeFiles(ctx context.Context, saver *stream.Saver, files []*machineFile) 
 				return
 			}
 			defer in.Close()
-			id, st, err := saver.SaveStream(ctx, in, f.params)
+			id, st, err := saver.SaveStreamFrom(ctx, in, f.params, f.base)
 			if err != nil {
 				errs[k] = fmt.Errorf("store %s: %w", f.entry.Name, err)
 				return
