@@ -38,6 +38,14 @@ var (
 	// DiskParams cuts disks like files: content-defined, 64 KiB average
 	// (all choices measured within 5% on disks).
 	DiskParams = stream.Files
+	// DeviceStateParams cuts QEMU's device state (about 420 KiB for the
+	// tiny guest) into small content-defined chunks: an idle guest's
+	// commits change a few scattered KiB of it (timers, vCPU registers).
+	// Measured on consecutive snapshots of an idle 512 MiB guest, new
+	// compressed chunk bytes per commit: 28-32 KiB with 64 KiB chunks,
+	// 8-11 with 16 KiB, 4-5 with 4 KiB, 1.7-3 with 2 KiB. A small fanout
+	// keeps the index nodes a change rewrites small too.
+	DeviceStateParams = stream.Params{Chunking: chunker.Params{Kind: chunker.FastCDC, Min: 512, Avg: 2 << 10, Max: 8 << 10}, Fanout: 16}
 )
 
 // CommitOptions control Commit.
