@@ -136,9 +136,10 @@ type commitPlan struct {
 	// reuseDev is the device state to store again, for a machine left
 	// frozen by a commit that has not run since.
 	reuseDev *objects.TreeEntry
-	// ramBase is the RAM stream of the machine's last snapshot (Zero:
-	// none), which the new RAM is stored as a version of.
-	ramBase objects.ID
+	// bases are the RAM and disk streams of the machine's last snapshot
+	// by their path in its tree ("ram", "disks/NAME"): the new RAM and
+	// disks are stored as versions of them.
+	bases map[string]objects.ID
 }
 
 // planCommit reads the machine's head and state and decides where the
@@ -183,7 +184,7 @@ func (s *Scrapbook) planCommit(ctx context.Context, m *vmm.Machine, opts CommitO
 		return nil, fmt.Errorf("machine is %s, not running%s", st.State, detail)
 	}
 	p.wasRunning = st.State == vmm.StateRunning
-	if p.ramBase, err = s.ramOf(ctx, head.Snapshot); err != nil {
+	if p.bases, err = s.versionBases(ctx, head.Snapshot); err != nil {
 		return nil, err
 	}
 	// A machine left frozen by a commit (-f) has not run since: QEMU will
@@ -230,7 +231,7 @@ func (s *Scrapbook) commit(ctx context.Context, m *vmm.Machine, p *commitPlan, o
 	if err != nil {
 		return nil, err
 	}
-	tree, size, err := s.storeMachine(ctx, saver, opts.OnProgress, m, c, p.ramBase)
+	tree, size, err := s.storeMachine(ctx, saver, opts.OnProgress, m, c, p.bases)
 	if err != nil {
 		return nil, err
 	}
@@ -298,17 +299,32 @@ func (s *Scrapbook) deviceStateOf(ctx context.Context, id objects.ID) (*objects.
 	return e, err
 }
 
-// ramOf returns the RAM stream of machine snapshot id, or Zero if id is
-// Zero or has none.
-func (s *Scrapbook) ramOf(ctx context.Context, id objects.ID) (objects.ID, error) {
+// versionBases returns the RAM and disk streams of machine snapshot id
+// by their path in its tree ("ram", "disks/NAME"); none if id is Zero.
+func (s *Scrapbook) versionBases(ctx context.Context, id objects.ID) (map[string]objects.ID, error) {
+	bases := map[string]objects.ID{}
 	if id.IsZero() {
-		return objects.Zero, nil
+		return bases, nil
 	}
-	e, err := s.snapshotEntry(ctx, id, snapRAM)
-	if err != nil || e == nil || e.Kind != objects.EntryFile {
-		return objects.Zero, err
+	if e, err := s.snapshotEntry(ctx, id, snapRAM); err != nil {
+		return nil, err
+	} else if e != nil && e.Kind == objects.EntryFile {
+		bases[snapRAM] = e.ID
 	}
-	return e.ID, nil
+	d, err := s.snapshotEntry(ctx, id, snapDisks)
+	if err != nil || d == nil || d.Kind != objects.EntryDir {
+		return bases, err
+	}
+	t, err := objects.LoadTree(ctx, s.Objects, d.ID)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range t.Entries {
+		if e.Kind == objects.EntryFile {
+			bases[snapDisks+"/"+e.Name] = e.ID
+		}
+	}
+	return bases, nil
 }
 
 // snapshotEntry returns the entry name at the top of snapshot id's tree,
@@ -341,12 +357,14 @@ func resolvePath(dir, p string) string {
 
 // storeMachine stores the captured state and the machine's boot files and
 // returns the snapshot tree and its size: machine.json, device-state,
-// ram, kernel, initrd, disks/. The RAM is stored as a version of the
-// stream ramBase (Zero: none).
-func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progress func(StoreProgress), m *vmm.Machine, c *captured, ramBase objects.ID) (objects.ID, uint64, error) {
+// ram, kernel, initrd, disks/. The RAM and disks are stored as versions
+// of the streams in bases at their paths.
+func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progress func(StoreProgress), m *vmm.Machine, c *captured, bases map[string]objects.ID) (objects.ID, uint64, error) {
 	cfg := m.Config()
 	files := machineFiles(m.Dir(), cfg, c)
-	files[0].base = ramBase
+	for _, f := range files {
+		f.base = bases[f.treePath()]
+	}
 	var total int64
 	for _, f := range files {
 		if fi, err := os.Stat(f.path); err == nil {
@@ -394,6 +412,14 @@ type machineFile struct {
 	base  objects.ID
 	disk  bool // in disks/, not at the top
 	entry objects.TreeEntry
+}
+
+// treePath is the file's path in the snapshot's tree.
+func (f *machineFile) treePath() string {
+	if f.disk {
+		return snapDisks + "/" + f.entry.Name
+	}
+	return f.entry.Name
 }
 
 // machineFiles lists the files of a machine snapshot that are stored as
