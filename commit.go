@@ -35,9 +35,13 @@ var (
 	// FastCDC 4 KiB, 11.75 MiB with FastCDC 64 KiB. Small index nodes
 	// keep the index cost of one changed page small too.
 	RAMParams = stream.Params{Chunking: chunker.RAM, Fanout: 32}
-	// DiskParams cuts disks like files: content-defined, 64 KiB average
-	// (all choices measured within 5% on disks).
-	DiskParams = stream.Files
+	// DiskParams cuts machine disks and base images' disks on the file
+	// system's 4 KiB block grid, like RAM: a block a guest wrote is then
+	// the same chunk as the page holding it in the guest's page cache,
+	// stored once (writing a 20 MiB file added 40.6 MiB with FastCDC
+	// 64 KiB chunks). A disk is stored as a version of the machine's
+	// last snapshot's, a patch on its tree, like RAM.
+	DiskParams = stream.Params{Chunking: chunker.RAM, Fanout: 32}
 	// DeviceStateParams cuts QEMU's device state (about 420 KiB for the
 	// tiny guest) into small content-defined chunks: an idle guest's
 	// commits change a few scattered KiB of it (timers, vCPU registers).
