@@ -136,8 +136,10 @@ func TestCommitCheckoutCarriesOn(t *testing.T) {
 // TestCommitIdleAddsLittle commits a 512 MiB guest, lets it idle 5 s and
 // commits it again: the second snapshot adds under 1 MiB to the
 // scrapbook, by the commit's own count and by Du's. Its RAM is the first
-// snapshot's RAM tree with a patch node; fsck passes, and the second
-// snapshot checks out into a guest that answers.
+// snapshot's RAM tree with a patch node. Then the guest writes 8 MiB to
+// its disk: the next commit adds them once, though they are on the disk
+// and in the page cache. Fsck passes, and the last snapshot checks out
+// into a guest that answers.
 func TestCommitIdleAddsLittle(t *testing.T) {
 	t.Parallel()
 	s := guestScrapbook(t, 1)
@@ -162,11 +164,18 @@ func TestCommitIdleAddsLittle(t *testing.T) {
 			res.Stats.NewBytes, added, limit, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
 	}
 	t.Logf("second commit after 5 s idle: %d bytes new, Du: %d bytes added\n%s", res.Stats.NewBytes, added, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
+	requireOutput(g, "dd if=/dev/urandom of=/mnt/data bs=1M count=8 2>/dev/null; sync; wc -c < /mnt/data", "8388608")
+	res = g.commit(sbuml.CommitOptions{Message: "8 MiB written"})
+	if res.Stats.NewBytes > 10<<20 {
+		t.Errorf("commit after writing 8 MiB to the disk added %d bytes, want them once (at most 10 MiB)\n%s",
+			res.Stats.NewBytes, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
+	}
 	g.halt()
 	c, _ := checkoutGuest(t, s, res.ID.String(), "back", sbuml.CheckoutOptions{Continue: true})
 	if out := c.run("echo back-$((2+3))"); out != "back-5" {
 		t.Errorf("the checked-out guest answered %q", out)
 	}
+	requireOutput(c, "wc -c < /mnt/data", "8388608")
 	c.halt()
 	if r, err := s.Fsck(guestContext(t)); err != nil || !r.OK() {
 		t.Errorf("fsck: %v, %+v", err, r)
