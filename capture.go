@@ -273,7 +273,7 @@ func (c *captured) storeDeviceState(ctx context.Context, saver *stream.Saver, re
 			done <- nil
 			return
 		}
-		id, st, err := saver.SaveStream(ctx, pr, DiskParams)
+		id, st, err := saver.SaveStream(ctx, pr, DeviceStateParams)
 		pr.CloseWithError(err)
 		if err == nil {
 			c.devID, c.devSize = id, st.Length

@@ -135,14 +135,19 @@ func TestCommitCheckoutCarriesOn(t *testing.T) {
 
 // TestCommitIdleAddsLittle commits a 512 MiB guest, lets it idle 5 s and
 // commits it again: the second snapshot adds under 1 MiB to the
-// scrapbook, by the commit's own count and by Du's.
+// scrapbook, by the commit's own count and by Du's. Its RAM is the first
+// snapshot's RAM tree with a patch node. Then the guest writes 8 MiB to
+// its disk: the next commit adds them once, though they are on the disk
+// and in the page cache. Fsck passes, and the last snapshot checks out
+// into a guest that answers.
 func TestCommitIdleAddsLittle(t *testing.T) {
 	t.Parallel()
 	s := guestScrapbook(t, 1)
 	g := bootGuest(t, s, "idle", 512<<20)
-	g.commit(sbuml.CommitOptions{Message: "first"})
+	first := g.commit(sbuml.CommitOptions{Message: "first"})
 	time.Sleep(5 * time.Second)
 	res := g.commit(sbuml.CommitOptions{Message: "after 5 s idle"})
+	checkRAMPatched(t, s, first.ID, res.ID)
 	du, err := s.Du(guestContext(t))
 	if err != nil {
 		t.Fatal(err)
@@ -159,6 +164,40 @@ func TestCommitIdleAddsLittle(t *testing.T) {
 			res.Stats.NewBytes, added, limit, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
 	}
 	t.Logf("second commit after 5 s idle: %d bytes new, Du: %d bytes added\n%s", res.Stats.NewBytes, added, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
+	requireOutput(g, "dd if=/dev/urandom of=/mnt/data bs=1M count=8 2>/dev/null; sync; wc -c < /mnt/data", "8388608")
+	res = g.commit(sbuml.CommitOptions{Message: "8 MiB written"})
+	if res.Stats.NewBytes > 10<<20 {
+		t.Errorf("commit after writing 8 MiB to the disk added %d bytes, want them once (at most 10 MiB)\n%s",
+			res.Stats.NewBytes, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
+	}
+	g.halt()
+	c, _ := checkoutGuest(t, s, res.ID.String(), "back", sbuml.CheckoutOptions{Continue: true})
+	if out := c.run("echo back-$((2+3))"); out != "back-5" {
+		t.Errorf("the checked-out guest answered %q", out)
+	}
+	requireOutput(c, "wc -c < /mnt/data", "8388608")
+	c.halt()
+	if r, err := s.Fsck(guestContext(t)); err != nil || !r.OK() {
+		t.Errorf("fsck: %v, %+v", err, r)
+	}
+}
+
+// checkRAMPatched checks that the RAM of snapshot second is stored as the
+// tree of the RAM of snapshot first with a patch node.
+func checkRAMPatched(t *testing.T, s *sbuml.Scrapbook, first, second objects.ID) {
+	t.Helper()
+	ram := func(id objects.ID) *objects.Stream {
+		ids := streamObjects(t, s, id, "ram", objects.KindStream)
+		st, err := objects.LoadStream(guestContext(t), s.Objects, ids[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	a, b := ram(first), ram(second)
+	if b.Patch.IsZero() || b.Root != a.Root {
+		t.Errorf("second RAM stream %v, want the first's root %s with a patch", b, a.Root.Short())
+	}
 }
 
 // TestCommitRefusesStoppedMachine commits a machine whose QEMU was killed,

@@ -242,7 +242,7 @@ func (s *Scrapbook) addImage(ctx context.Context, name, dir string, onProgress f
 	if img.Boot == image.BootBIOS {
 		msg = "image " + name + ": a disk that boots by BIOS"
 	}
-	return s.importTo(ctx, dir, ref, SnapshotOptions{Message: msg, Labels: imageLabels(img), OnProgress: onProgress})
+	return s.importTo(ctx, dir, ref, imageParams, SnapshotOptions{Message: msg, Labels: imageLabels(img), OnProgress: onProgress})
 }
 
 // Image returns the base image called name, ready to boot from a cache
@@ -300,8 +300,26 @@ func (s *Scrapbook) materializeImage(ctx context.Context, id objects.ID) (*image
 	return image.Load(dir)
 }
 
-// importTo stores dir as a snapshot on the full ref name.
-func (s *Scrapbook) importTo(ctx context.Context, dir, ref string, opts SnapshotOptions) (*Result, error) {
+// imageDisk is the name of a base image's root disk in its directory and
+// snapshot tree.
+const imageDisk = "disk"
+
+// imageParams chooses how the files of a base image are cut: its disk
+// like the disks of machine snapshots, so that a machine's first commit
+// finds the image's blocks already stored; everything else like files.
+func imageParams(rel string) stream.Params {
+	if rel == imageDisk {
+		return DiskParams
+	}
+	return stream.Files
+}
+
+// filesParams cuts every file of an imported directory like files.
+func filesParams(string) stream.Params { return stream.Files }
+
+// importTo stores dir as a snapshot on the full ref name, each file cut
+// with paramsFor's choice for its path in dir.
+func (s *Scrapbook) importTo(ctx context.Context, dir, ref string, paramsFor func(rel string) stream.Params, opts SnapshotOptions) (*Result, error) {
 	start := time.Now()
 	release, err := s.lockObjects()
 	if err != nil {
@@ -325,7 +343,7 @@ func (s *Scrapbook) importTo(ctx context.Context, dir, ref string, opts Snapshot
 		total = treeBytes(dir)
 	}
 	err = withProgress(saver, opts.OnProgress, total, func() error {
-		tree, size, err = fstree.Import(ctx, saver, dir, stream.Files)
+		tree, size, err = fstree.ImportWith(ctx, saver, dir, paramsFor)
 		return err
 	})
 	if err != nil {

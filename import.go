@@ -21,7 +21,7 @@ func (s *Scrapbook) Import(ctx context.Context, dir string, opts SnapshotOptions
 	if err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
-	res, err := s.importTo(ctx, dir, ref, opts)
+	res, err := s.importTo(ctx, dir, ref, filesParams, opts)
 	if err != nil && ctx.Err() != nil {
 		// Interrupted: what was stored is whole, and worth keeping, so
 		// that importing again stores only the rest.

@@ -22,6 +22,12 @@ import (
 // Files other than regular files, directories and symbolic links are
 // refused.
 func Import(ctx context.Context, saver *stream.Saver, dir string, p stream.Params) (objects.ID, uint64, error) {
+	return ImportWith(ctx, saver, dir, func(string) stream.Params { return p })
+}
+
+// ImportWith is Import with the parameters of each file chosen by
+// paramsFor from its path relative to dir (slash-separated).
+func ImportWith(ctx context.Context, saver *stream.Saver, dir string, paramsFor func(rel string) stream.Params) (objects.ID, uint64, error) {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return objects.Zero, 0, fmt.Errorf("import %s: %w", dir, err)
@@ -29,13 +35,14 @@ func Import(ctx context.Context, saver *stream.Saver, dir string, p stream.Param
 	if !fi.IsDir() {
 		return objects.Zero, 0, fmt.Errorf("import %s: not a directory", dir)
 	}
-	im := &importer{saver: saver, params: p, sem: make(chan struct{}, 4)}
+	im := &importer{saver: saver, root: dir, params: paramsFor, sem: make(chan struct{}, 4)}
 	return im.dir(ctx, dir)
 }
 
 type importer struct {
 	saver  *stream.Saver
-	params stream.Params
+	root   string
+	params func(rel string) stream.Params
 	sem    chan struct{} // bounds the files being read at once
 }
 
@@ -124,7 +131,11 @@ func (im *importer) file(ctx context.Context, path string) (objects.ID, uint64, 
 		return objects.Zero, 0, fmt.Errorf("import: %w", err)
 	}
 	defer f.Close()
-	id, st, err := im.saver.SaveStream(ctx, f, im.params)
+	p := stream.Files
+	if rel, err := filepath.Rel(im.root, path); err == nil {
+		p = im.params(filepath.ToSlash(rel))
+	}
+	id, st, err := im.saver.SaveStream(ctx, f, p)
 	if err != nil {
 		return objects.Zero, 0, fmt.Errorf("import %s: %w", path, err)
 	}

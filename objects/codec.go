@@ -11,9 +11,13 @@ import (
 type encoder struct{ buf []byte }
 
 func newEncoder(k Kind, sizeHint int) *encoder {
+	return newEncoderVersion(k, Version, sizeHint)
+}
+
+// newEncoderVersion starts an encoding of kind k in encoding version v.
+func newEncoderVersion(k Kind, v byte, sizeHint int) *encoder {
 	e := &encoder{buf: make([]byte, 0, headerSize+sizeHint)}
-	h := header(k)
-	e.buf = append(e.buf, h[:]...)
+	e.buf = append(e.buf, byte(k), v)
 	return e
 }
 
@@ -29,9 +33,10 @@ func (e *encoder) string(s string) {
 // decoder reads the primitive fields of canonical encodings. The first
 // error sticks; later reads return zero values.
 type decoder struct {
-	kind Kind
-	buf  []byte
-	err  error
+	kind    Kind
+	version byte
+	buf     []byte
+	err     error
 }
 
 var errTruncated = errors.New("truncated")
@@ -47,6 +52,7 @@ func newDecoder(want Kind, enc []byte) *decoder {
 		d.err = fmt.Errorf("is a %s, not a %s", k, want)
 		return d
 	}
+	d.version = VersionOf(enc)
 	d.buf = enc[headerSize:]
 	return d
 }

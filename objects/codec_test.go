@@ -2,6 +2,7 @@ package objects_test
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -63,9 +64,17 @@ func roundTripCases() []struct {
 		{"index/lengths sum to max", &objects.Index{Entries: []objects.IndexEntry{
 			{ID: idOf("x"), Length: math.MaxUint64 - 1}, {ID: idOf("y"), Length: 1}}}},
 
+		{"patch/one chunk", &objects.Patch{Entries: []objects.PatchEntry{{Offset: 4096, ID: idOf("c"), Length: 4096}}}},
+		{"patch/chunks and holes", &objects.Patch{Entries: []objects.PatchEntry{
+			{Offset: 0, ID: objects.Zero, Length: 8192}, {Offset: 8192, ID: idOf("c1"), Length: 4096},
+			{Offset: 1 << 40, ID: objects.Zero, Length: 4096}, {Offset: 1<<40 + 8192, ID: objects.Zero, Length: 4096}}}},
+		{"patch/at the end of the offsets", &objects.Patch{Entries: []objects.PatchEntry{{Offset: math.MaxUint64 - 1, ID: idOf("x"), Length: 1}}}},
+
 		{"stream/empty", &objects.Stream{Chunking: objects.Chunking{Algorithm: 1, Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}, Fanout: 64}},
 		{"stream/typical", &objects.Stream{Length: 1 << 33, Chunking: objects.Chunking{Algorithm: 1, Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}, Fanout: 64, Root: idOf("root")}},
 		{"stream/extremes", &objects.Stream{Length: math.MaxUint64, Chunking: objects.Chunking{Algorithm: 255, Min: 0, Avg: math.MaxUint32, Max: math.MaxUint32}, Fanout: math.MaxUint32, Root: idOf("root")}},
+
+		{"stream/patched", &objects.Stream{Length: 1 << 29, Chunking: objects.Chunking{Algorithm: 2, Min: 4096, Avg: 4096, Max: 4096}, Fanout: 32, Root: idOf("root"), Patch: idOf("patch")}},
 
 		{"tree/empty", &objects.Tree{}},
 		{"tree/one of each kind", &objects.Tree{Entries: []objects.TreeEntry{
@@ -173,6 +182,10 @@ func TestReferences(t *testing.T) {
 			objects.KindIndex, []objects.ID{idOf("c1"), idOf("c2")}},
 		{"empty stream", &objects.Stream{}, objects.KindStream, nil},
 		{"stream", &objects.Stream{Length: 1, Root: idOf("r")}, objects.KindStream, []objects.ID{idOf("r")}},
+		{"patched stream", &objects.Stream{Length: 1, Root: idOf("r"), Patch: idOf("p")}, objects.KindStream, []objects.ID{idOf("r"), idOf("p")}},
+		{"patch skips holes", &objects.Patch{Entries: []objects.PatchEntry{
+			{ID: idOf("c1"), Length: 1}, {Offset: 1, Length: 2}, {Offset: 9, ID: idOf("c2"), Length: 3}}},
+			objects.KindIndex, []objects.ID{idOf("c1"), idOf("c2")}},
 		{"empty tree", &objects.Tree{}, objects.KindTree, nil},
 		{"tree", tree, objects.KindTree, []objects.ID{idOf("a"), idOf("b")}},
 		{"snapshot", &objects.Snapshot{Tree: idOf("t"), Parents: []objects.ID{idOf("p1"), idOf("p2")}},
@@ -291,6 +304,10 @@ func TestKindOf(t *testing.T) {
 		{raw(0x28, 0xb5, 0x2f, 0xfd), 0, "unknown object kind 40"},
 		{raw(1, 0), 0, "unsupported encoding version 0"},
 		{raw(4, 2), 0, "unsupported encoding version 2"},
+		{raw(2, 3), 0, "unsupported encoding version 3"},
+		{raw(3, 3), 0, "unsupported encoding version 3"},
+		{raw(2, 2), objects.KindIndex, ""},
+		{raw(3, 2), objects.KindStream, ""},
 		{raw(1, 1), objects.KindChunk, ""},
 		{raw(5, 1, 0xff), objects.KindSnapshot, ""},
 	}
@@ -385,6 +402,18 @@ func TestDecodeRejects(t *testing.T) {
 		{"stream fanout beyond 32 bits", enc(objects.KindStream, uv(1), raw(1), uv(1), uv(2), uv(3), uv(math.MaxUint64), idb(a)), "does not fit 32 bits"},
 		{"stream short root", enc(objects.KindStream, uv(1), raw(1), uv(1), uv(2), uv(3), uv(4), a[:31]), "truncated"},
 
+		{"stream 2 without patch", encStream2(uv(1), raw(2), uv(1), uv(2), uv(3), uv(4), idb(a), idb(objects.Zero)), "without a patch node and a root"},
+		{"stream 2 short patch", encStream2(uv(1), raw(2), uv(1), uv(2), uv(3), uv(4), idb(a), a[:31]), "truncated"},
+		{"stream 2 empty with patch", encStream2(uv(0), raw(2), uv(1), uv(2), uv(3), uv(4), idb(objects.Zero), idb(b)), "without a patch node and a root"},
+
+		// Patch nodes.
+		{"patch empty", encPatch(uv(0)), "empty patch node"},
+		{"patch length 0", encPatch(uv(1), uv(0), idb(a), uv(0)), "length 0"},
+		{"patch hole after hole", encPatch(uv(2), uv(0), idb(objects.Zero), uv(4), uv(0), idb(objects.Zero), uv(4)), "a hole right after a hole"},
+		{"patch offset overflow", encPatch(uv(2), uv(math.MaxUint64), idb(a), uv(1), uv(1), idb(b), uv(1)), "overflows"},
+		{"patch count beyond data", encPatch(uv(2), uv(0), idb(a), uv(1)), "exceeds the encoding"},
+		{"patch gap padded", encPatch(uv(1), raw(0x80, 0x00), idb(a), uv(1)), "non-canonical varint"},
+
 		// Snapshots.
 		{"snapshot zero tree", enc(objects.KindSnapshot, idb(objects.Zero), uv(0), sv(0), str(""), str(""), str(""), uv(0)), "zero tree"},
 		{"snapshot zero parent", enc(objects.KindSnapshot, idb(a), uv(2), idb(b), idb(objects.Zero), sv(0), str(""), str(""), str(""), uv(0)), "zero"},
@@ -441,11 +470,31 @@ func TestDecodeErrorsNameTheKind(t *testing.T) {
 	}
 }
 
+// TestIndexVersionsNeedTheirDecoder checks that a patch node is not taken
+// for a node of an index tree, nor the other way round.
+func TestIndexVersionsNeedTheirDecoder(t *testing.T) {
+	node := (&objects.Index{Entries: []objects.IndexEntry{{ID: idOf("c"), Length: 1}}}).Encode()
+	patch := (&objects.Patch{Entries: []objects.PatchEntry{{ID: idOf("c"), Length: 1}}}).Encode()
+	if _, err := objects.DecodePatch(node); err == nil || !strings.Contains(err.Error(), "not a patch node") {
+		t.Errorf("DecodePatch of an index node: %v", err)
+	}
+	if _, err := objects.DecodeIndex(patch); err == nil || !strings.Contains(err.Error(), "is a patch node") {
+		t.Errorf("DecodeIndex of a patch node: %v", err)
+	}
+}
+
 // TestDecodeWrongKind hands every valid encoding to every other decoder.
 func TestDecodeWrongKind(t *testing.T) {
 	decoders := map[objects.Kind]func([]byte) error{
-		objects.KindChunk:    func(b []byte) error { _, err := objects.DecodeChunk(b); return err },
-		objects.KindIndex:    func(b []byte) error { _, err := objects.DecodeIndex(b); return err },
+		objects.KindChunk: func(b []byte) error { _, err := objects.DecodeChunk(b); return err },
+		objects.KindIndex: func(b []byte) error {
+			if objects.VersionOf(b) == objects.VersionPatch {
+				_, err := objects.DecodePatch(b)
+				return err
+			}
+			_, err := objects.DecodeIndex(b)
+			return err
+		},
 		objects.KindStream:   func(b []byte) error { _, err := objects.DecodeStream(b); return err },
 		objects.KindTree:     func(b []byte) error { _, err := objects.DecodeTree(b); return err },
 		objects.KindSnapshot: func(b []byte) error { _, err := objects.DecodeSnapshot(b); return err },
@@ -587,4 +636,41 @@ func TestStrings(t *testing.T) {
 			t.Errorf("String() = %q, want %q", got, tc.want)
 		}
 	}
+}
+
+// TestVersion1Fixtures decodes an index node and a stream in the first
+// encoding version, as written before patch nodes existed: readers keep
+// reading them, and writers still write them for every stream without a
+// patch.
+func TestVersion1Fixtures(t *testing.T) {
+	node := mustHex(t, "02010002cad079fe52fa1b162e375eceec083d82ed9ac94420e05934969828aee17024918020"+
+		"00000000000000000000000000000000000000000000000000000000000000008040")
+	st := mustHex(t, "030180600280208020802020e52336326a9bebefc32a4a34d795d8fcedcbd625c0b129973f288982b3054975")
+	x, err := objects.DecodeIndex(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &objects.Index{Entries: []objects.IndexEntry{{ID: idOf("page"), Length: 4096}, {Length: 8192}}}
+	if !sameObject(x, want) || !bytes.Equal(want.Encode(), node) {
+		t.Errorf("index node decoded as %v", x)
+	}
+	s, err := objects.DecodeStream(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Length != 12288 || s.Root != objects.Sum(node) || !s.Patch.IsZero() || s.Fanout != 32 || s.Chunking.Avg != 4096 {
+		t.Errorf("stream decoded as %+v", s)
+	}
+	if !bytes.Equal(s.Encode(), st) {
+		t.Errorf("stream re-encoded as %x", s.Encode())
+	}
+}
+
+func mustHex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

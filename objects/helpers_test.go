@@ -31,6 +31,9 @@ func decode(enc []byte) (encodable, error) {
 		}
 		return chunk(c), nil
 	case objects.KindIndex:
+		if objects.VersionOf(enc) == objects.VersionPatch {
+			return decodeAs(objects.DecodePatch(enc))
+		}
 		return decodeAs(objects.DecodeIndex(enc))
 	case objects.KindStream:
 		return decodeAs(objects.DecodeStream(enc))
@@ -124,6 +127,16 @@ func enc(k objects.Kind, parts ...[]byte) []byte {
 		b = append(b, p...)
 	}
 	return b
+}
+
+// encPatch is enc for a patch node (an index object of version 2).
+func encPatch(parts ...[]byte) []byte {
+	return cat(raw(byte(objects.KindIndex), objects.VersionPatch), cat(parts...))
+}
+
+// encStream2 is enc for a stream of version 2 (with a patch node).
+func encStream2(parts ...[]byte) []byte {
+	return cat(raw(byte(objects.KindStream), objects.VersionPatch), cat(parts...))
 }
 
 func uv(v uint64) []byte { return binary.AppendUvarint(nil, v) }

@@ -48,6 +48,9 @@ func (x *Index) Encode() []byte {
 // DecodeIndex parses and checks an index node encoding.
 func DecodeIndex(enc []byte) (*Index, error) {
 	d := newDecoder(KindIndex, enc)
+	if d.err == nil && d.version != Version {
+		d.fail("is a patch node, not a node of an index tree")
+	}
 	x := &Index{Level: d.byte()}
 	n := d.count(IDSize + 1)
 	if d.err == nil && x.Level > MaxIndexLevel {

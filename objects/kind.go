@@ -16,8 +16,23 @@ const (
 )
 
 // Version is the encoding version written as the second byte of every
-// canonical encoding. Decoders reject versions they do not know.
+// canonical encoding that has only one form: chunks, trees, snapshots, and
+// the first form of index nodes and streams. Decoders reject versions
+// they do not know.
 const Version = 1
+
+// VersionPatch is the second encoding version of index nodes and streams:
+// an index node of this version is a patch node (see Patch), and a stream
+// of this version names one on top of its index tree.
+const VersionPatch = 2
+
+// maxVersion returns the newest encoding version of kind k.
+func maxVersion(k Kind) byte {
+	if k == KindIndex || k == KindStream {
+		return VersionPatch
+	}
+	return Version
+}
 
 // headerSize is the size of the kind and version bytes that start every
 // canonical encoding.
@@ -52,6 +67,10 @@ func ParseKind(s string) (Kind, error) {
 // header returns the two bytes that start an encoding of kind k.
 func header(k Kind) [headerSize]byte { return [headerSize]byte{byte(k), Version} }
 
+// VersionOf returns the encoding version of a canonical encoding whose
+// header KindOf accepted.
+func VersionOf(enc []byte) byte { return enc[1] }
+
 // KindOf returns the kind of a canonical encoding after checking its header.
 func KindOf(enc []byte) (Kind, error) {
 	if len(enc) < headerSize {
@@ -61,7 +80,7 @@ func KindOf(enc []byte) (Kind, error) {
 	if k < KindChunk || k > KindSnapshot {
 		return 0, fmt.Errorf("unknown object kind %d", enc[0])
 	}
-	if enc[1] != Version {
+	if enc[1] < Version || enc[1] > maxVersion(k) {
 		return 0, fmt.Errorf("%s object has unsupported encoding version %d", k, enc[1])
 	}
 	return k, nil

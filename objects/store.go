@@ -177,6 +177,11 @@ func LoadIndex(ctx context.Context, s Reader, id ID) (*Index, error) {
 	return loadAs(ctx, s, id, DecodeIndex)
 }
 
+// LoadPatch loads and decodes a patch node.
+func LoadPatch(ctx context.Context, s Reader, id ID) (*Patch, error) {
+	return loadAs(ctx, s, id, DecodePatch)
+}
+
 // LoadStream loads and decodes a stream.
 func LoadStream(ctx context.Context, s Reader, id ID) (*Stream, error) {
 	return loadAs(ctx, s, id, DecodeStream)

@@ -14,6 +14,12 @@ type Stream struct {
 	Fanout uint32 `json:"fanout"`
 	// Root is the top index node, or Zero for an empty stream.
 	Root ID `json:"root"`
+	// Patch, unless Zero, names a patch node whose entries replace parts
+	// of what Root's tree holds: the stream is that tree so patched. A
+	// writer patches the tree of a stream the data is a new version of
+	// (a machine's RAM at its last snapshot) when that is smaller than a
+	// tree of its own.
+	Patch ID `json:"patch,omitempty"`
 }
 
 // Chunking records the chunker that cut a stream. Algorithm values are
@@ -28,8 +34,15 @@ type Chunking struct {
 // Encode returns the canonical encoding:
 //
 //	length uvarint, algorithm byte, min, avg, max, fanout uvarint, root [32]byte
+//
+// in encoding version 1, followed by patch [32]byte in version 2, which
+// is used exactly when Patch is not Zero.
 func (s *Stream) Encode() []byte {
-	e := newEncoder(KindStream, 64)
+	v := byte(Version)
+	if !s.Patch.IsZero() {
+		v = VersionPatch
+	}
+	e := newEncoderVersion(KindStream, v, 96)
 	e.uvarint(s.Length)
 	e.byte(s.Chunking.Algorithm)
 	e.uvarint(uint64(s.Chunking.Min))
@@ -37,6 +50,9 @@ func (s *Stream) Encode() []byte {
 	e.uvarint(uint64(s.Chunking.Max))
 	e.uvarint(uint64(s.Fanout))
 	e.id(s.Root)
+	if v == VersionPatch {
+		e.id(s.Patch)
+	}
 	return e.buf
 }
 
@@ -50,8 +66,14 @@ func DecodeStream(enc []byte) (*Stream, error) {
 	s.Chunking.Max = d.uint32()
 	s.Fanout = d.uint32()
 	s.Root = d.id()
+	if d.version == VersionPatch {
+		s.Patch = d.id()
+	}
 	if d.err == nil && (s.Length == 0) != s.Root.IsZero() {
 		d.fail("length %d with root %s", s.Length, s.Root.Short())
+	}
+	if d.err == nil && d.version == VersionPatch && (s.Patch.IsZero() || s.Root.IsZero()) {
+		d.fail("version %d without a patch node and a root", VersionPatch)
 	}
 	if err := d.finish(); err != nil {
 		return nil, err
@@ -59,12 +81,15 @@ func DecodeStream(enc []byte) (*Stream, error) {
 	return s, nil
 }
 
-// References returns the root index node, if any.
+// References returns the root index node and the patch node, if any.
 func (s *Stream) References() []ID {
-	if s.Root.IsZero() {
-		return nil
+	var ids []ID
+	for _, id := range []ID{s.Root, s.Patch} {
+		if !id.IsZero() {
+			ids = append(ids, id)
+		}
 	}
-	return []ID{s.Root}
+	return ids
 }
 
 func (d *decoder) uint32() uint32 {
@@ -77,5 +102,8 @@ func (d *decoder) uint32() uint32 {
 }
 
 func (s *Stream) String() string {
+	if !s.Patch.IsZero() {
+		return fmt.Sprintf("stream %d bytes, root %s, patch %s", s.Length, s.Root.Short(), s.Patch.Short())
+	}
 	return fmt.Sprintf("stream %d bytes, root %s", s.Length, s.Root.Short())
 }

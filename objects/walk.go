@@ -56,7 +56,14 @@ func Refs(enc []byte) (Kind, []Ref, error) {
 		if !st.Root.IsZero() {
 			refs = append(refs, Ref{ID: st.Root, Kind: KindIndex, Length: st.Length})
 		}
+		if !st.Patch.IsZero() {
+			refs = append(refs, Ref{ID: st.Patch, Kind: KindIndex, Length: st.Length})
+		}
 	case KindIndex:
+		if VersionOf(enc) == VersionPatch {
+			refs, err := patchRefs(enc)
+			return k, refs, err
+		}
 		x, err := DecodeIndex(enc)
 		if err != nil {
 			return k, nil, err
@@ -72,6 +79,21 @@ func Refs(enc []byte) (Kind, []Ref, error) {
 		}
 	}
 	return k, refs, nil
+}
+
+// patchRefs returns the chunks a patch node names.
+func patchRefs(enc []byte) ([]Ref, error) {
+	p, err := DecodePatch(enc)
+	if err != nil {
+		return nil, err
+	}
+	var refs []Ref
+	for _, e := range p.Entries {
+		if !e.ID.IsZero() {
+			refs = append(refs, Ref{ID: e.ID, Kind: KindChunk, Length: e.Length})
+		}
+	}
+	return refs, nil
 }
 
 // References decodes any canonical encoding and returns the IDs it names.

@@ -8,7 +8,11 @@
 // cost nothing. Index nodes are cut at content-defined points (an entry
 // ends a node when its ID matches the fanout mask), so changing one chunk
 // of a large stream rewrites only the nodes on its path to the root.
+// SaveStreamFrom stores a new version of a stream (a machine's RAM at its
+// next snapshot) as the old stream's tree and a patch node listing the
+// chunks that differ, when that is much smaller than a tree of its own.
 //
 // Reading: Extract writes a stream into a file, leaving holes as holes;
-// Copy writes it to any io.Writer in order.
+// Copy writes it to any io.Writer in order; Leaves lists its chunks and
+// holes, with a patch merged in.
 package stream

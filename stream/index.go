@@ -13,7 +13,7 @@ import (
 // when the node reaches 4*fanout entries. Holes never end a node, and
 // neighbouring holes merge into one entry.
 type indexBuilder struct {
-	saver  *Saver
+	save   saveFunc
 	mask   uint32
 	max    int
 	levels []level
@@ -25,8 +25,12 @@ type level struct {
 	emitted int // nodes flushed from this level so far
 }
 
-func newIndexBuilder(s *Saver, fanout uint32) *indexBuilder {
-	return &indexBuilder{saver: s, mask: fanout - 1, max: 4 * int(fanout), levels: make([]level, 1)}
+// saveFunc stores a node's encoding (or only hashes it, for a builder
+// that estimates a tree's cost) and returns its ID.
+type saveFunc func(ctx context.Context, enc []byte) (objects.ID, error)
+
+func newIndexBuilder(save saveFunc, fanout uint32) *indexBuilder {
+	return &indexBuilder{save: save, mask: fanout - 1, max: 4 * int(fanout), levels: make([]level, 1)}
 }
 
 // endsNode reports whether an entry naming id closes its node.
@@ -72,7 +76,7 @@ func (b *indexBuilder) write(ctx context.Context, lv int) (objects.ID, uint64, e
 	l := &b.levels[lv]
 	x := objects.Index{Level: uint8(lv), Entries: l.entries}
 	n := x.Length()
-	id, err := b.saver.SaveObject(ctx, x.Encode())
+	id, err := b.save(ctx, x.Encode())
 	l.entries = l.entries[:0]
 	return id, n, err
 }

@@ -17,13 +17,75 @@ type Leaf struct {
 	objects.IndexEntry
 }
 
-// Leaves walks the index tree of st and calls fn for every level-0 entry
-// (chunk or hole) in stream order. It checks that every node's entry
-// lengths add up to what its parent says.
+// End returns the offset just after the leaf.
+func (l Leaf) End() uint64 { return l.Offset + l.Length }
+
+// Leaves calls fn for every chunk and hole of st in stream order: the
+// level-0 entries of its index tree, with those a patch node replaces
+// left out and the patch's entries in their place (a hole of the tree
+// may be split around them). It checks that every node's entry lengths
+// add up to what its parent says, and that the patch replaces whole
+// chunks.
 func Leaves(ctx context.Context, store objects.Store, st *objects.Stream, fn func(Leaf) error) error {
 	if st.Root.IsZero() {
 		return nil
 	}
+	if st.Patch.IsZero() {
+		return treeLeaves(ctx, store, st, nil, fn)
+	}
+	p, err := objects.LoadPatch(ctx, store, st.Patch)
+	if err != nil {
+		return err
+	}
+	if p.End() > st.Length {
+		return fmt.Errorf("patch node %s: %w: ends at byte %d of a %d-byte stream", st.Patch, objects.ErrCorrupt, p.End(), st.Length)
+	}
+	pt := &patcher{entries: p.Entries, fn: fn}
+	if err := treeLeaves(ctx, store, st, nil, pt.leaf); err != nil {
+		return fmt.Errorf("patch node %s: %w", st.Patch.Short(), err)
+	}
+	return nil
+}
+
+// patcher merges a patch's entries into the leaves of a tree.
+type patcher struct {
+	entries []objects.PatchEntry
+	pos     uint64 // stream bytes passed on so far
+	fn      func(Leaf) error
+}
+
+// leaf takes the tree's next leaf l and passes on what of it the patch
+// does not replace, and the patch entries up to its end.
+func (pt *patcher) leaf(l Leaf) error {
+	for pt.pos < l.End() {
+		if len(pt.entries) > 0 && pt.entries[0].Offset == pt.pos {
+			e := pt.entries[0]
+			pt.entries = pt.entries[1:]
+			pt.pos = e.End()
+			if err := pt.fn(Leaf{Offset: e.Offset, IndexEntry: objects.IndexEntry{ID: e.ID, Length: e.Length}}); err != nil {
+				return err
+			}
+			continue
+		}
+		next := l.End()
+		if len(pt.entries) > 0 && pt.entries[0].Offset < next {
+			next = pt.entries[0].Offset
+		}
+		if !l.ID.IsZero() && (pt.pos != l.Offset || next != l.End()) {
+			return fmt.Errorf("%w: an entry cuts chunk %s at byte %d", objects.ErrCorrupt, l.ID.Short(), l.Offset)
+		}
+		if err := pt.fn(Leaf{Offset: pt.pos, IndexEntry: objects.IndexEntry{ID: l.ID, Length: next - pt.pos}}); err != nil {
+			return err
+		}
+		pt.pos = next
+	}
+	return nil
+}
+
+// treeLeaves walks the index tree of st (not its patch) and calls fn for
+// every level-0 entry in stream order, and node, unless nil, for every
+// index node's ID.
+func treeLeaves(ctx context.Context, store objects.Store, st *objects.Stream, node func(objects.ID), fn func(Leaf) error) error {
 	var off uint64
 	var walk func(id objects.ID, want uint64, level int) error
 	walk = func(id objects.ID, want uint64, level int) error {
@@ -33,6 +95,9 @@ func Leaves(ctx context.Context, store objects.Store, st *objects.Stream, fn fun
 		x, err := objects.LoadIndex(ctx, store, id)
 		if err != nil {
 			return err
+		}
+		if node != nil {
+			node(id)
 		}
 		if want != 0 && x.Length() != want {
 			return fmt.Errorf("index node %s: %w: covers %d bytes, parent says %d", id, objects.ErrCorrupt, x.Length(), want)

@@ -232,10 +232,32 @@ func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.
 	if err := p.Validate(); err != nil {
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", err)
 	}
+	return s.save(ctx, r, p, treeSink{newIndexBuilder(s.SaveObject, p.Fanout)})
+}
+
+// entrySink receives a stream's level-0 entries in stream order and then
+// makes the index the stream object names.
+type entrySink interface {
+	add(ctx context.Context, id objects.ID, n uint64) error
+	// finish returns the index root, the patch node (or Zero) and the
+	// stream's length.
+	finish(ctx context.Context) (root, patch objects.ID, length uint64, err error)
+}
+
+// treeSink makes an index tree of the stream's own.
+type treeSink struct{ *indexBuilder }
+
+func (t treeSink) finish(ctx context.Context) (objects.ID, objects.ID, uint64, error) {
+	root, n, err := t.indexBuilder.finish(ctx)
+	return root, objects.Zero, n, err
+}
+
+// save reads r to its end, cuts it with p, stores its chunks and hands
+// their entries to sink in order, then stores the stream object.
+func (s *Saver) save(ctx context.Context, r io.Reader, p Params, sink entrySink) (objects.ID, *objects.Stream, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	b := newIndexBuilder(s, p.Fanout)
 	pending := make(chan chan []result, 64)
 	collected := make(chan error, 1)
 	go func() {
@@ -247,7 +269,7 @@ func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.
 					break
 				}
 				if err = r.err; err == nil {
-					err = b.add(ctx, r.id, r.length)
+					err = sink.add(ctx, r.id, r.length)
 				}
 			}
 			if err != nil {
@@ -273,11 +295,11 @@ func (s *Saver) SaveStream(ctx context.Context, r io.Reader, p Params) (objects.
 	if readErr != nil {
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", readErr)
 	}
-	root, length, err := b.finish(ctx)
+	root, patch, length, err := sink.finish(ctx)
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", err)
 	}
-	st := &objects.Stream{Length: length, Chunking: p.chunking(), Fanout: p.Fanout, Root: root}
+	st := &objects.Stream{Length: length, Chunking: p.chunking(), Fanout: p.Fanout, Root: root, Patch: patch}
 	id, err := s.SaveObject(ctx, st.Encode())
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", err)

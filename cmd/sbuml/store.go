@@ -371,6 +371,10 @@ func decodeObject(id objects.ID, enc []byte, raw bool) (*objectReport, error) {
 		r.data, err = objects.DecodeChunk(enc)
 		r.Object = chunkInfo{Length: len(r.data)}
 	case objects.KindIndex:
+		if objects.VersionOf(enc) == objects.VersionPatch {
+			r.Object, err = objects.DecodePatch(enc)
+			break
+		}
 		r.Object, err = objects.DecodeIndex(enc)
 	case objects.KindStream:
 		r.Object, err = objects.DecodeStream(enc)
