@@ -30,6 +30,9 @@ type counterpart struct {
 	ids []objects.ID // snapshots, trees or streams
 	old *oldStream   // for an index node: the base's stream
 	off uint64       // for an index node: its offset in its stream
+	// patch is set for the patch node of a patched stream: it lists the
+	// chunks that differ from the base's stream where they stand.
+	patch bool
 }
 
 // oldStream is the index tree of a base's stream, loaded only as far as
@@ -189,12 +192,16 @@ func (cp *counterpart) matchTree(ctx context.Context, local objects.Store, enc [
 }
 
 // matchStream: the index tree of the first counterpart stream stands
-// where the stream's index tree stands.
+// where the stream's index tree stands. A patched stream (see
+// objects.Patch) also names a patch node, which lists what differs from
+// its tree: in a stream of fixed-size chunks whose base is cut the same
+// way, those are pages the base holds no copy of where they stand.
 func (cp *counterpart) matchStream(ctx context.Context, local objects.Store, enc []byte, known objects.Seen) ([]*counterpart, error) {
 	st, err := objects.DecodeStream(enc)
 	if err != nil {
 		return nil, err
 	}
+	out := make([]*counterpart, 0, 2)
 	for _, id := range cp.ids {
 		old, err := objects.LoadStream(ctx, local, id)
 		if err != nil {
@@ -203,10 +210,52 @@ func (cp *counterpart) matchStream(ctx context.Context, local objects.Store, enc
 		if !old.Root.IsZero() {
 			known.Add(old.Root)
 			aligned := st.Chunking == old.Chunking && st.Chunking.Algorithm == uint8(chunker.Fixed)
-			return []*counterpart{{old: &oldStream{root: old.Root, aligned: aligned, nodes: map[objects.ID]*objects.Index{}}}}, nil
+			o := &oldStream{root: old.Root, aligned: aligned, nodes: map[objects.ID]*objects.Index{}}
+			if !st.Root.IsZero() {
+				out = append(out, &counterpart{old: o})
+			}
+			if !st.Patch.IsZero() {
+				// Patches are cumulative: the chunks of the base's patch
+				// are on the remote and may stand in this one again.
+				if err := knowPatch(ctx, local, old.Patch, known); err != nil {
+					return nil, err
+				}
+				out = append(out, &counterpart{old: o, patch: true})
+			}
+			return out, nil
 		}
 	}
-	return []*counterpart{nil}, nil
+	return make([]*counterpart, refCount(st)), nil
+}
+
+// knowPatch adds to known the patch node patch of a base's stream and
+// the chunks it names (nothing if patch is Zero).
+func knowPatch(ctx context.Context, local objects.Store, patch objects.ID, known objects.Seen) error {
+	if patch.IsZero() {
+		return nil
+	}
+	known.Add(patch)
+	p, err := objects.LoadPatch(ctx, local, patch)
+	if err != nil {
+		return err
+	}
+	for _, e := range p.Entries {
+		if !e.ID.IsZero() {
+			known.Add(e.ID)
+		}
+	}
+	return nil
+}
+
+// refCount is the number of objects a stream references.
+func refCount(st *objects.Stream) int {
+	n := 0
+	for _, id := range []objects.ID{st.Root, st.Patch} {
+		if !id.IsZero() {
+			n++
+		}
+	}
+	return n
 }
 
 // aligned reports whether cp is a place in a base's stream cut into the
@@ -221,6 +270,12 @@ func (cp *counterpart) aligned() bool {
 // matchIndex: the nodes (or chunks) of the base's stream one level below
 // the node's and overlapping its bytes are what its entries may be.
 func (cp *counterpart) matchIndex(ctx context.Context, local objects.Store, enc []byte, known objects.Seen) ([]*counterpart, error) {
+	if cp.patch {
+		// A patch node's chunks have no counterparts of their own: the
+		// node's (see aligned) says whether they are new where they stand.
+		_, refs, err := objects.Refs(enc)
+		return make([]*counterpart, len(refs)), err
+	}
 	x, err := objects.DecodeIndex(enc)
 	if err != nil {
 		return nil, err
