@@ -29,25 +29,36 @@ func (s *Saver) SaveStreamFrom(ctx context.Context, r io.Reader, p Params, base 
 	if err := p.Validate(); err != nil {
 		return objects.Zero, nil, fmt.Errorf("save stream: %w", err)
 	}
+	sink, err := s.versionSink(ctx, p, base)
+	if err != nil {
+		return objects.Zero, nil, err
+	}
+	return s.save(ctx, r, p, sink)
+}
+
+// versionSink returns where the entries of a new version of the stream
+// base go: a patchSink on base's tree where a patch may be written (see
+// SaveStreamFrom), else a tree of the stream's own.
+func (s *Saver) versionSink(ctx context.Context, p Params, base objects.ID) (entrySink, error) {
 	tree := treeSink{newIndexBuilder(s.SaveObject, p.Fanout)}
 	if base.IsZero() || p.Chunking.Kind != chunker.Fixed {
-		return s.save(ctx, r, p, tree)
+		return tree, nil
 	}
 	st, err := objects.LoadStream(ctx, s.store, base)
 	if err != nil {
-		return objects.Zero, nil, fmt.Errorf("save stream on %s: %w", base.Short(), err)
+		return nil, fmt.Errorf("save stream on %s: %w", base.Short(), err)
 	}
 	if ParamsOf(st) != p || st.Root.IsZero() {
-		return s.save(ctx, r, p, tree)
+		return tree, nil
 	}
 	ps := &patchSink{saver: s, fanout: p.Fanout, base: st, nodes: objects.Seen{}}
 	if err := treeLeaves(ctx, s.store, st, func(id objects.ID) { ps.nodes.Add(id) }, func(l Leaf) error {
 		ps.leaves = append(ps.leaves, l)
 		return nil
 	}); err != nil {
-		return objects.Zero, nil, fmt.Errorf("save stream on %s: %w", base.Short(), err)
+		return nil, fmt.Errorf("save stream on %s: %w", base.Short(), err)
 	}
-	return s.save(ctx, r, p, ps)
+	return ps, nil
 }
 
 // patchSink collects a stream's entries and compares them with the
