@@ -323,6 +323,10 @@ func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progr
 	if err := withProgress(saver, progress, total, func() error { return storeFiles(ctx, saver, files) }); err != nil {
 		return objects.Zero, 0, err
 	}
+	// The copy of RAM now holds a stored stream (files[0]): the next
+	// commit hashes only the pages that change. Without the table it
+	// hashes them all, so a failure to write it fails nothing.
+	c.ram.save(files[0].entry.ID)
 	top, disks := &objects.Tree{}, &objects.Tree{}
 	for _, f := range files {
 		t := top
@@ -357,6 +361,9 @@ type machineFile struct {
 	params stream.Params
 	disk   bool // in disks/, not at the top
 	entry  objects.TreeEntry
+	// save stores the file, if set; else it is stored with
+	// SaveStream(params).
+	save func(context.Context, *stream.Saver, *os.File) (objects.ID, *objects.Stream, error)
 }
 
 // machineFiles lists the files of a machine snapshot that are stored as
@@ -365,7 +372,11 @@ func machineFiles(dir string, cfg vmm.Config, c *captured) []*machineFile {
 	file := func(name, path string, p stream.Params, disk bool) *machineFile {
 		return &machineFile{path: path, params: p, disk: disk, entry: objects.TreeEntry{Name: name, Kind: objects.EntryFile, Mode: 0o644}}
 	}
-	files := []*machineFile{file(snapRAM, filepath.Join(c.ramDir, snapRAM), RAMParams, false)}
+	ram := file(snapRAM, c.ram.copyPath(), RAMParams, false)
+	ram.save = func(ctx context.Context, saver *stream.Saver, f *os.File) (objects.ID, *objects.Stream, error) {
+		return saver.SavePages(ctx, f, RAMParams, c.ram.ids, c.ramChanged)
+	}
+	files := []*machineFile{ram}
 	if cfg.Kernel != "" {
 		files = append(files, file(snapKernel, resolvePath(dir, cfg.Kernel), stream.Files, false))
 	}
@@ -395,7 +406,13 @@ func storeFiles(ctx context.Context, saver *stream.Saver, files []*machineFile) 
 				return
 			}
 			defer in.Close()
-			id, st, err := saver.SaveStream(ctx, in, f.params)
+			save := f.save
+			if save == nil {
+				save = func(ctx context.Context, saver *stream.Saver, in *os.File) (objects.ID, *objects.Stream, error) {
+					return saver.SaveStream(ctx, in, f.params)
+				}
+			}
+			id, st, err := save(ctx, saver, in)
 			if err != nil {
 				errs[k] = fmt.Errorf("store %s: %w", f.entry.Name, err)
 				return

@@ -3,6 +3,7 @@ package sbuml_test
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/stream"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -108,6 +110,9 @@ func TestCommitCheckoutCarriesOn(t *testing.T) {
 	if second.id == first.id || third.id == second.id {
 		t.Fatal("commits of a changed guest gave the same snapshot")
 	}
+	// The second and third commits hashed only the pages that changed:
+	// the third's RAM is the stream hashing all of its pages gives.
+	requireRAMCopyStored(g, third.id)
 	g.halt()
 
 	// The machine comes back under its own name, from its branch's tip.
@@ -131,6 +136,40 @@ func TestCommitCheckoutCarriesOn(t *testing.T) {
 		"/mnt/one": "disk-1", "/mnt/two": "", "/mnt/three": "",
 		"/tmp/one": "tmp-1", "/tmp/two": "", "/tmp/three": "",
 	})
+}
+
+// requireRAMCopyStored checks that the copy of RAM the last commit of g
+// left beside its RAM file (see lastram.go), stored from scratch with
+// SaveStream, is the RAM stream of snapshot id: the commit, which hashed
+// only the pages that changed, stored the same index nodes and chunks.
+func requireRAMCopyStored(g *guest, id objects.ID) {
+	g.t.Helper()
+	ctx := guestContext(g.t)
+	m := g.open()
+	path := filepath.Join(m.RAMFile()+vmm.RAMSidecarSuffix, "ram")
+	m.Close()
+	f, err := os.Open(path)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer f.Close()
+	saver := stream.NewSaver(g.s.Objects, 0)
+	defer saver.Close()
+	want, _, err := saver.SaveStream(ctx, f, sbuml.RAMParams)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	sn, err := objects.LoadSnapshot(ctx, g.s.Objects, id)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	tree, err := objects.LoadTree(ctx, g.s.Objects, sn.Tree)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	if e := tree.Find("ram"); e == nil || e.ID != want {
+		g.t.Fatalf("%s: snapshot %s's RAM is not the stream of the copy of its RAM (%s)", g.name, id.Short(), want.Short())
+	}
 }
 
 // TestCommitIdleAddsLittle commits a 512 MiB guest, lets it idle 5 s and
