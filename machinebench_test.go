@@ -51,13 +51,19 @@ type snapshotGuest struct {
 	before func(g *guest)
 }
 
-// fillGiB writes n GiB to a tmpfs in the guest: 256 MiB of random data,
-// copied n*4 times (the copies' pages repeat, so the scrapbook stores
-// 256 MiB, but every page is touched and streamed).
+// fillGiB writes n GiB to a tmpfs in the guest: a 256 MiB file made of 8
+// copies of 32 MiB of random data, copied n*4 times (pages repeat, so
+// the scrapbook stores 32 MiB, but every page is touched and compared).
+// Random data comes 4 MiB at a time: /dev/urandom is slow under TCG, and
+// every command must end within commandTimeout.
 func fillGiB(n int) func(g *guest) {
 	return func(g *guest) {
 		g.run(fmt.Sprintf("mkdir -p /big; mount -t tmpfs -o size=%dm tmpfs /big", n<<10+64))
-		requireOutput(g, "dd if=/dev/urandom of=/big/seed bs=1M count=256 2>/dev/null; wc -c < /big/seed", "268435456")
+		for i := range 8 {
+			g.run(fmt.Sprintf("dd if=/dev/urandom of=/big/r%d bs=1M count=4 2>/dev/null", i))
+		}
+		g.run("for i in 1 2 3 4 5 6 7 8; do cat /big/r?; done > /big/seed; rm /big/r?")
+		requireOutput(g, "wc -c < /big/seed", "268435456")
 		for i := 1; i < n*4; i++ {
 			g.run(fmt.Sprintf("cat /big/seed > /big/copy%d", i))
 		}
