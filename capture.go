@@ -260,6 +260,7 @@ type captured struct {
 	devID      objects.ID
 	devSize    uint64
 	downtime   time.Duration
+	frozen     FrozenPhases
 	running    bool // the guest runs after the capture
 	// frozenAt is when the guest was frozen for the capture (zero: it
 	// was not).
@@ -377,6 +378,7 @@ func mirrorAll(jobs []mirrorJob) error {
 // mirrorFrozen brings the copies up to date with the guest frozen, and
 // notes which pages of the copy of RAM are to be hashed.
 func (c *captured) mirrorFrozen(jobs []mirrorJob) error {
+	start := time.Now()
 	rewritten, err := mirror(jobs[0].dst, jobs[0].src)
 	if err != nil {
 		return err
@@ -384,7 +386,11 @@ func (c *captured) mirrorFrozen(jobs []mirrorJob) error {
 	if c.ramChanged, err = c.ram.changedPages(rewritten); err != nil {
 		return err
 	}
-	return mirrorAll(jobs[1:])
+	c.frozen.RAM = time.Since(start)
+	start = time.Now()
+	err = mirrorAll(jobs[1:])
+	c.frozen.Disks = time.Since(start)
+	return err
 }
 
 // freezeAndSave freezes a running guest and, frozen, has QEMU write its
@@ -403,6 +409,7 @@ func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitP
 	if p.reuseDev == nil {
 		err = m.SaveDeviceState(ctx, pw)
 		pw.CloseWithError(err)
+		c.frozen.DeviceState = time.Since(c.frozenAt)
 	}
 	if merr := <-mirrored; err == nil {
 		err = merr
@@ -418,7 +425,9 @@ func (c *captured) resume(ctx context.Context, m *vmm.Machine, wasRunning bool, 
 	continued := !c.frozenAt.IsZero() && (wasRunning && !leaveFrozen || opts.Continue)
 	var err error
 	if continued {
+		start := time.Now()
 		err = m.Continue(context.WithoutCancel(ctx))
+		c.frozen.Continue = time.Since(start)
 	}
 	if continued && wasRunning {
 		c.downtime = time.Since(c.frozenAt)

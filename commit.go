@@ -74,6 +74,13 @@ type CommitResult struct {
 	// Running says whether the machine runs after the commit (it is
 	// left frozen by -f without -c, or if it was frozen before).
 	Running bool `json:"running"`
+	// Frozen says where the downtime went.
+	Frozen FrozenPhases `json:"frozen"`
+	// HashedRAMPages is the number of RAM pages the commit read and
+	// hashed: those that changed since the machine's last snapshot, or
+	// every page with data when it had no copy of that snapshot's RAM
+	// (see docs/design.md).
+	HashedRAMPages int64 `json:"hashed_ram_pages"`
 	// DeviceStateBytes is the size of QEMU's device and vCPU state.
 	DeviceStateBytes int64 `json:"device_state_bytes"`
 	// Auto says the snapshot is automatic (CommitOptions.Auto).
@@ -240,8 +247,23 @@ func (s *Scrapbook) commit(ctx context.Context, m *vmm.Machine, p *commitPlan, o
 	}
 	return &CommitResult{
 		Result:   Result{ID: id, Branch: branch, Parent: p.parent, LogicalBytes: size, Stats: saver.Stats()},
-		Downtime: c.downtime, Running: c.running, DeviceStateBytes: int64(c.devSize), Auto: opts.Auto,
+		Downtime: c.downtime, Frozen: c.frozen, HashedRAMPages: c.hashedPages(), Running: c.running, DeviceStateBytes: int64(c.devSize), Auto: opts.Auto,
 	}, nil
+}
+
+// FrozenPhases are the parts of a commit's downtime. While the guest is
+// frozen, QEMU writes its device state at the same time as the copies of
+// RAM and then of the disks catch up; the guest continues when both are
+// done: downtime is about max(DeviceState, RAM+Disks) + Continue.
+type FrozenPhases struct {
+	// DeviceState is QEMU's saving of the device and vCPU state.
+	DeviceState time.Duration `json:"device_state_ns"`
+	// RAM is the comparison of RAM with its copy, rewriting what differs.
+	RAM time.Duration `json:"ram_ns"`
+	// Disks is the same for the disks.
+	Disks time.Duration `json:"disks_ns"`
+	// Continue is QEMU's answer to continuing the guest.
+	Continue time.Duration `json:"continue_ns"`
 }
 
 // recordCommit records the snapshot of tree: on the plan's branch, or in

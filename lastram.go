@@ -157,6 +157,15 @@ func (l *lastRAM) changedPages(rewritten []extent) ([]stream.PageRange, error) {
 	return pageRanges(rewritten), nil
 }
 
+// hashedPages counts the pages of ramChanged.
+func (c *captured) hashedPages() int64 {
+	var n int64
+	for _, r := range c.ramChanged {
+		n += int64(r.End - r.Start)
+	}
+	return n
+}
+
 // ramStreamOf returns the RAM stream of machine snapshot id, Zero if it
 // has none or cannot be read (the commit then hashes all pages).
 func (s *Scrapbook) ramStreamOf(ctx context.Context, id objects.ID) objects.ID {
