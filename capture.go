@@ -319,7 +319,7 @@ func (s *Scrapbook) capture(ctx context.Context, m *vmm.Machine, p *commitPlan, 
 // the disks beside the machine. ram is the RAM stream of the machine's
 // last snapshot.
 func newCaptured(m *vmm.Machine, ram objects.ID) (*captured, error) {
-	l, err := openLastRAM(m, ram)
+	l, err := openLastRAM(m.RAMFile(), ram)
 	if err != nil {
 		return nil, err
 	}

@@ -61,19 +61,20 @@ type lastRAM struct {
 // copyPath is the path of the copy.
 func (l *lastRAM) copyPath() string { return filepath.Join(l.dir, lastRAMCopy) }
 
-// openLastRAM returns machine m's copy of the RAM of its last snapshot,
-// whose RAM stream is want (Zero: unknown), making the directory if it
-// is missing. The copy is valid only if its table names want and fits
-// the RAM file; else every page must be hashed.
-func openLastRAM(m *vmm.Machine, want objects.ID) (*lastRAM, error) {
-	fi, err := os.Stat(m.RAMFile())
+// openLastRAM returns the copy of the RAM of a machine's last snapshot,
+// whose RAM stream is want (Zero: unknown), kept beside its RAM file
+// ramFile, making the directory if it is missing. The copy is valid only
+// if its table names want and fits the RAM file; else every page must be
+// hashed.
+func openLastRAM(ramFile string, want objects.ID) (*lastRAM, error) {
+	fi, err := os.Stat(ramFile)
 	if err != nil {
 		return nil, err
 	}
 	if fi.Size()%ramPage != 0 {
-		return nil, fmt.Errorf("ram file %s holds %d bytes, not a whole number of %d-byte pages", m.RAMFile(), fi.Size(), ramPage)
+		return nil, fmt.Errorf("ram file %s holds %d bytes, not a whole number of %d-byte pages", ramFile, fi.Size(), ramPage)
 	}
-	l := &lastRAM{dir: m.RAMFile() + vmm.RAMSidecarSuffix}
+	l := &lastRAM{dir: ramFile + vmm.RAMSidecarSuffix}
 	if err := os.MkdirAll(l.dir, 0o700); err != nil {
 		return nil, err
 	}
