@@ -348,7 +348,7 @@ func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progr
 	// The copy of RAM now holds a stored stream (files[0]): the next
 	// commit hashes only the pages that change. Without the table it
 	// hashes them all, so a failure to write it fails nothing.
-	c.ram.save(files[0].entry.ID)
+	c.ram.save(files[0].entry.ID, c.ramChanged)
 	top, disks := &objects.Tree{}, &objects.Tree{}
 	for _, f := range files {
 		t := top

@@ -1,7 +1,6 @@
 package sbuml
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -10,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"unsafe"
 
 	"github.com/sbuml/sbuml/internal/atomicfile"
 	"github.com/sbuml/sbuml/objects"
@@ -78,67 +78,124 @@ func openLastRAM(ramFile string, want objects.ID) (*lastRAM, error) {
 	if err := os.MkdirAll(l.dir, 0o700); err != nil {
 		return nil, err
 	}
-	pages := int(fi.Size() / ramPage)
-	ids, stream, err := readLastRAMTable(filepath.Join(l.dir, lastRAMTable))
+	l.ids = make([]objects.ID, fi.Size()/ramPage)
+	stream, err := readLastRAMTable(filepath.Join(l.dir, lastRAMTable), l.ids)
 	cfi, cerr := os.Stat(l.copyPath())
-	if err == nil && cerr == nil && len(ids) == pages && cfi.Size() == fi.Size() && !want.IsZero() && stream == want {
-		l.ids, l.valid = ids, true
+	if err == nil && cerr == nil && cfi.Size() == fi.Size() && !want.IsZero() && stream == want {
+		l.valid = true
 	} else {
-		l.ids = make([]objects.ID, pages)
+		clear(l.ids)
 	}
 	return l, nil
 }
 
-// invalidate removes the table before the copy changes: until save, the
-// copy holds no stream known to the next commit.
+// Offsets in the table file (see save).
+const (
+	lastRAMStreamAt = 32            // the ID of the stream the copy holds
+	lastRAMIDsAt    = lastRAMHeader // the pages' IDs
+)
+
+// invalidate clears the stream the table names before the copy changes:
+// until save, the copy holds no stream known to the next commit. A table
+// that cannot be written to is removed.
 func (l *lastRAM) invalidate() error {
-	if err := os.Remove(filepath.Join(l.dir, lastRAMTable)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("reset the copy of the last snapshot's RAM: %w", err)
+	path := filepath.Join(l.dir, lastRAMTable)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err == nil {
+		_, err = f.WriteAt(objects.Zero[:], lastRAMStreamAt)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("reset the copy of the last snapshot's RAM: %w", err)
+		}
 	}
 	return nil
 }
 
 // save records that the copy holds RAM stream id, whose pages' chunk IDs
-// are l.ids: the magic, the version (4 bytes), the page size (4), the
-// number of pages (8), id, then the pages' IDs, integers little endian.
-func (l *lastRAM) save(id objects.ID) error {
-	return atomicfile.Write(filepath.Join(l.dir, lastRAMTable), 0o600, func(w io.Writer) error {
-		bw := bufio.NewWriterSize(w, 1<<20)
+// are l.ids. The table is the magic, the version (4 bytes), the page size
+// (4), the number of pages (8), id, then the pages' IDs, integers little
+// endian. If the copy was valid, the table holds the IDs of every page but
+// those in changed, so only theirs are written, then id; else all of it.
+func (l *lastRAM) save(id objects.ID, changed []stream.PageRange) error {
+	path := filepath.Join(l.dir, lastRAMTable)
+	if !l.valid {
+		return l.writeTable(path, id)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b := idBytes(l.ids)
+	for _, r := range changed {
+		if _, err := f.WriteAt(b[r.Start*objects.IDSize:r.End*objects.IDSize], lastRAMIDsAt+int64(r.Start)*objects.IDSize); err != nil {
+			return err
+		}
+	}
+	if _, err := f.WriteAt(id[:], lastRAMStreamAt); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// writeTable writes the whole table (see save).
+func (l *lastRAM) writeTable(path string, id objects.ID) error {
+	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
 		var h [lastRAMHeader]byte
 		copy(h[:], lastRAMMagic[:])
 		binary.LittleEndian.PutUint32(h[16:], lastRAMVersion)
 		binary.LittleEndian.PutUint32(h[20:], ramPage)
 		binary.LittleEndian.PutUint64(h[24:], uint64(len(l.ids)))
-		copy(h[32:], id[:])
-		bw.Write(h[:])
-		for _, pid := range l.ids {
-			bw.Write(pid[:])
+		copy(h[lastRAMStreamAt:], id[:])
+		if _, err := w.Write(h[:]); err != nil {
+			return err
 		}
-		return bw.Flush()
+		_, err := w.Write(idBytes(l.ids))
+		return err
 	})
 }
 
-// readLastRAMTable reads a table that save wrote.
-func readLastRAMTable(path string) ([]objects.ID, objects.ID, error) {
-	b, err := os.ReadFile(path)
+// readLastRAMTable reads into ids a table that save wrote for len(ids)
+// pages, and returns the stream it names.
+func readLastRAMTable(path string, ids []objects.ID) (objects.ID, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, objects.Zero, err
+		return objects.Zero, err
 	}
-	if len(b) < lastRAMHeader || !bytes.Equal(b[:16], lastRAMMagic[:]) ||
-		binary.LittleEndian.Uint32(b[16:]) != lastRAMVersion || binary.LittleEndian.Uint32(b[20:]) != ramPage {
-		return nil, objects.Zero, fmt.Errorf("%s: not a version %d page table", path, lastRAMVersion)
+	defer f.Close()
+	var h [lastRAMHeader]byte
+	if _, err := io.ReadFull(f, h[:]); err != nil {
+		return objects.Zero, err
 	}
-	pages := binary.LittleEndian.Uint64(b[24:])
-	if uint64(len(b)-lastRAMHeader) != pages*objects.IDSize {
-		return nil, objects.Zero, fmt.Errorf("%s: %d bytes for %d pages", path, len(b), pages)
+	if !bytes.Equal(h[:16], lastRAMMagic[:]) || binary.LittleEndian.Uint32(h[16:]) != lastRAMVersion || binary.LittleEndian.Uint32(h[20:]) != ramPage {
+		return objects.Zero, fmt.Errorf("%s: not a version %d page table", path, lastRAMVersion)
+	}
+	if n := binary.LittleEndian.Uint64(h[24:]); n != uint64(len(ids)) {
+		return objects.Zero, fmt.Errorf("%s: a table of %d pages, not %d", path, n, len(ids))
+	}
+	if _, err := io.ReadFull(f, idBytes(ids)); err != nil {
+		return objects.Zero, fmt.Errorf("%s: %w", path, err)
 	}
 	var id objects.ID
-	copy(id[:], b[32:lastRAMHeader])
-	ids := make([]objects.ID, pages)
-	for k := range ids {
-		copy(ids[k][:], b[lastRAMHeader+k*objects.IDSize:])
+	copy(id[:], h[lastRAMStreamAt:])
+	return id, nil
+}
+
+// idBytes is the memory of ids as bytes (an ID is an array of bytes), so
+// that the table is read and written without copies of its 8 bytes per
+// KiB of RAM.
+func idBytes(ids []objects.ID) []byte {
+	if len(ids) == 0 {
+		return nil
 	}
-	return ids, id, nil
+	return unsafe.Slice(&ids[0][0], len(ids)*objects.IDSize)
 }
 
 // changedPages turns the byte ranges mirror rewrote into the pages to
