@@ -68,24 +68,26 @@ func mirror(dst, src string) ([]extent, error) {
 }
 
 // punchGaps makes dst a hole wherever src, whose data extents are given,
-// has one, and returns where dst held data there.
+// has one, and returns where dst held data there. Only the gaps are
+// searched for data in dst: a guest's RAM has few gaps, and a search of
+// the whole copy would take time while the guest is frozen.
 func punchGaps(out *os.File, src []extent, size int64) ([]extent, error) {
-	held, err := dataExtents(out, size)
-	if err != nil {
-		return nil, err
-	}
-	var gaps []extent
+	var punched []extent
 	var off int64
-	for _, e := range src {
-		if e.start > off {
-			gaps = append(gaps, extent{off, e.start})
+	for i := 0; i <= len(src); i++ {
+		next := extent{size, size} // past the last extent
+		if i < len(src) {
+			next = src[i]
 		}
-		off = e.end
+		if next.start > off {
+			held, err := dataIn(out, extent{off, next.start})
+			if err != nil {
+				return nil, err
+			}
+			punched = append(punched, held...)
+		}
+		off = next.end
 	}
-	if size > off {
-		gaps = append(gaps, extent{off, size})
-	}
-	punched := intersect(gaps, held)
 	for _, e := range punched {
 		if err := punch(out, e.start, e.end-e.start); err != nil {
 			return nil, err
@@ -94,20 +96,33 @@ func punchGaps(out *os.File, src []extent, size int64) ([]extent, error) {
 	return punched, nil
 }
 
-// intersect returns the ranges both sorted lists of disjoint ranges cover.
-func intersect(a, b []extent) []extent {
+// dataIn returns the data extents of f within r (SEEK_DATA/SEEK_HOLE); a
+// file system without them yields all of r.
+func dataIn(f *os.File, r extent) ([]extent, error) {
 	var out []extent
-	for i, j := 0, 0; i < len(a) && j < len(b); {
-		if s, e := max(a[i].start, b[j].start), min(a[i].end, b[j].end); s < e {
-			out = append(out, extent{s, e})
+	fd := int(f.Fd())
+	for off := r.start; off < r.end; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
 		}
-		if a[i].end < b[j].end {
-			i++
-		} else {
-			j++
+		if errors.Is(err, unix.EINVAL) {
+			return []extent{r}, nil
 		}
+		if err != nil {
+			return nil, err
+		}
+		if data >= r.end {
+			break
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			hole = r.end
+		}
+		out = append(out, extent{data, min(hole, r.end)})
+		off = hole
 	}
-	return out
+	return out, nil
 }
 
 // mirrorExtents compares and copies the data extents of in block by
@@ -199,27 +214,7 @@ type extent struct{ start, end int64 }
 // dataExtents lists the data regions of f (SEEK_DATA/SEEK_HOLE); a file
 // system without them yields one extent covering the file.
 func dataExtents(f *os.File, size int64) ([]extent, error) {
-	var out []extent
-	fd := int(f.Fd())
-	for off := int64(0); off < size; {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break
-		}
-		if errors.Is(err, unix.EINVAL) {
-			return []extent{{off, size}}, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			hole = size
-		}
-		out = append(out, extent{data, min(hole, size)})
-		off = hole
-	}
-	return out, nil
+	return dataIn(f, extent{0, size})
 }
 
 // punch deallocates a range of f, leaving a hole (reads give zeros).
