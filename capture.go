@@ -29,6 +29,12 @@ import (
 
 const mirrorBlock = 1 << 20 // unit of comparison and copying work
 
+// mirrorWorkers is how many goroutines compare blocks. Comparing two 1 GiB
+// files on tmpfs on 2 cores, load 1-4: 211-281 ms with 2, 203-272 ms with
+// 3, 184-218 ms with 4, 216-235 ms with 6: each waits on its reads part of
+// the time.
+const mirrorWorkers = 4
+
 // mirror makes dst (created if missing) an exact copy of src, writing only
 // the 4 KiB pages that differ, and returns the byte ranges of dst it
 // changed: the pages it rewrote and the data it punched out where src
@@ -126,14 +132,14 @@ func dataIn(f *os.File, r extent) ([]extent, error) {
 }
 
 // mirrorExtents compares and copies the data extents of in block by
-// block on two cores, and returns the ranges it rewrote.
+// block on mirrorWorkers goroutines, and returns the ranges it rewrote.
 func mirrorExtents(out, in *os.File, extents []extent) ([]extent, error) {
 	blocks := make(chan extent, 64)
 	var written []extent
 	var mu sync.Mutex
 	var firstErr error
 	var wg sync.WaitGroup
-	for i := 0; i < 2; i++ {
+	for range mirrorWorkers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
