@@ -29,32 +29,56 @@ func TestMirror(t *testing.T) {
 	}
 	writePages(300)
 	// First pass: everything with data is copied, holes stay holes.
-	n, err := mirror(dst, src)
+	rewritten, err := mirror(dst, src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n == 0 || n > 300*4096 {
+	if n := extentBytes(rewritten); n == 0 || n > 300*4096 {
 		t.Fatalf("first pass wrote %d bytes", n)
 	}
 	sameFiles(t, src, dst)
 	if blocks(t, dst) > blocks(t, src)+16 {
 		t.Fatalf("copy uses %d blocks, source %d: holes were filled", blocks(t, dst), blocks(t, src))
 	}
-	// Second pass after 5 changed pages and one punched hole: only
-	// those pages are written.
+	// Second pass after 5 changed pages and two punched holes: only
+	// those pages are written, and they are all said to be.
+	before, _ := os.ReadFile(dst)
 	writePages(5)
-	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 1<<20); err != nil {
-		t.Fatal(err)
+	// Holes at the start and at the end.
+	for _, off := range []int64{0, size - 1<<20} {
+		if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, 1<<20); err != nil {
+			t.Fatal(err)
+		}
 	}
-	n, err = mirror(dst, src)
+	rewritten, err = mirror(dst, src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n > 5*4096 {
-		t.Fatalf("second pass wrote %d bytes, want at most 5 pages", n)
+	if n := extentBytes(rewritten); n > 5*4096+2<<20 {
+		t.Fatalf("second pass changed %d bytes, want at most 5 pages and the holes", n)
+	}
+	after, _ := os.ReadFile(dst)
+	said := map[int]bool{}
+	for _, r := range pageRanges(rewritten) {
+		for pg := r.Start; pg < r.End; pg++ {
+			said[pg] = true
+		}
+	}
+	for pg := 0; pg < size/4096; pg++ {
+		if !bytes.Equal(before[pg*4096:(pg+1)*4096], after[pg*4096:(pg+1)*4096]) && !said[pg] {
+			t.Errorf("page %d changed but mirror did not say so", pg)
+		}
 	}
 	sameFiles(t, src, dst)
 	f.Close()
+}
+
+func extentBytes(es []extent) int64 {
+	var n int64
+	for _, e := range es {
+		n += e.end - e.start
+	}
+	return n
 }
 
 func sameFiles(t *testing.T, a, b string) {

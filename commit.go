@@ -86,6 +86,13 @@ type CommitResult struct {
 	// Running says whether the machine runs after the commit (it is
 	// left frozen by -f without -c, or if it was frozen before).
 	Running bool `json:"running"`
+	// Frozen says where the downtime went.
+	Frozen FrozenPhases `json:"frozen"`
+	// HashedRAMPages is the number of RAM pages the commit read and
+	// hashed: those that changed since the machine's last snapshot, or
+	// every page with data when it had no copy of that snapshot's RAM
+	// (see docs/design.md).
+	HashedRAMPages int64 `json:"hashed_ram_pages"`
 	// DeviceStateBytes is the size of QEMU's device and vCPU state.
 	DeviceStateBytes int64 `json:"device_state_bytes"`
 	// Auto says the snapshot is automatic (CommitOptions.Auto).
@@ -259,8 +266,23 @@ func (s *Scrapbook) commit(ctx context.Context, m *vmm.Machine, p *commitPlan, o
 	}
 	return &CommitResult{
 		Result:   Result{ID: id, Branch: branch, Parent: p.parent, LogicalBytes: size, Stats: saver.Stats()},
-		Downtime: c.downtime, Running: c.running, DeviceStateBytes: int64(c.devSize), Auto: opts.Auto,
+		Downtime: c.downtime, Frozen: c.frozen, HashedRAMPages: c.hashedPages(), Running: c.running, DeviceStateBytes: int64(c.devSize), Auto: opts.Auto,
 	}, nil
+}
+
+// FrozenPhases are the parts of a commit's downtime. While the guest is
+// frozen, QEMU writes its device state at the same time as the copies of
+// RAM and then of the disks catch up; the guest continues when both are
+// done: downtime is about max(DeviceState, RAM+Disks) + Continue.
+type FrozenPhases struct {
+	// DeviceState is QEMU's saving of the device and vCPU state.
+	DeviceState time.Duration `json:"device_state_ns"`
+	// RAM is the comparison of RAM with its copy, rewriting what differs.
+	RAM time.Duration `json:"ram_ns"`
+	// Disks is the same for the disks.
+	Disks time.Duration `json:"disks_ns"`
+	// Continue is QEMU's answer to continuing the guest.
+	Continue time.Duration `json:"continue_ns"`
 }
 
 // recordCommit records the snapshot of tree: on the plan's branch, or in
@@ -380,6 +402,10 @@ func (s *Scrapbook) storeMachine(ctx context.Context, saver *stream.Saver, progr
 	if err := withProgress(saver, progress, total, func() error { return storeFiles(ctx, saver, files) }); err != nil {
 		return objects.Zero, 0, err
 	}
+	// The copy of RAM now holds a stored stream (files[0]): the next
+	// commit hashes only the pages that change. Without the table it
+	// hashes them all, so a failure to write it fails nothing.
+	c.ram.save(files[0].entry.ID, c.ramChanged)
 	top, disks := &objects.Tree{}, &objects.Tree{}
 	for _, f := range files {
 		t := top
@@ -416,6 +442,9 @@ type machineFile struct {
 	base  objects.ID
 	disk  bool // in disks/, not at the top
 	entry objects.TreeEntry
+	// save stores the file, if set; else it is stored with
+	// SaveStreamFrom(params, base).
+	save func(ctx context.Context, saver *stream.Saver, in *os.File, base objects.ID) (objects.ID, *objects.Stream, error)
 }
 
 // treePath is the file's path in the snapshot's tree.
@@ -432,7 +461,11 @@ func machineFiles(dir string, cfg vmm.Config, c *captured) []*machineFile {
 	file := func(name, path string, p stream.Params, disk bool) *machineFile {
 		return &machineFile{path: path, params: p, disk: disk, entry: objects.TreeEntry{Name: name, Kind: objects.EntryFile, Mode: 0o644}}
 	}
-	files := []*machineFile{file(snapRAM, filepath.Join(c.ramDir, snapRAM), RAMParams, false)}
+	ram := file(snapRAM, c.ram.copyPath(), RAMParams, false)
+	ram.save = func(ctx context.Context, saver *stream.Saver, f *os.File, base objects.ID) (objects.ID, *objects.Stream, error) {
+		return saver.SavePages(ctx, f, RAMParams, c.ram.ids, c.ramChanged, base)
+	}
+	files := []*machineFile{ram}
 	if cfg.Kernel != "" {
 		files = append(files, file(snapKernel, resolvePath(dir, cfg.Kernel), stream.Files, false))
 	}
@@ -462,7 +495,13 @@ func storeFiles(ctx context.Context, saver *stream.Saver, files []*machineFile) 
 				return
 			}
 			defer in.Close()
-			id, st, err := saver.SaveStreamFrom(ctx, in, f.params, f.base)
+			save := f.save
+			if save == nil {
+				save = func(ctx context.Context, saver *stream.Saver, in *os.File, base objects.ID) (objects.ID, *objects.Stream, error) {
+					return saver.SaveStreamFrom(ctx, in, f.params, base)
+				}
+			}
+			id, st, err := save(ctx, saver, in, f.base)
 			if err != nil {
 				errs[k] = fmt.Errorf("store %s: %w", f.entry.Name, err)
 				return

@@ -3,6 +3,7 @@ package sbuml_test
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/stream"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -108,6 +110,9 @@ func TestCommitCheckoutCarriesOn(t *testing.T) {
 	if second.id == first.id || third.id == second.id {
 		t.Fatal("commits of a changed guest gave the same snapshot")
 	}
+	// The second and third commits hashed only the pages that changed:
+	// the third's RAM is the stream hashing all of its pages gives.
+	requireRAMCopyStored(g, third.id)
 	g.halt()
 
 	// The machine comes back under its own name, from its branch's tip.
@@ -131,6 +136,60 @@ func TestCommitCheckoutCarriesOn(t *testing.T) {
 		"/mnt/one": "disk-1", "/mnt/two": "", "/mnt/three": "",
 		"/tmp/one": "tmp-1", "/tmp/two": "", "/tmp/three": "",
 	})
+}
+
+// requireRAMCopyStored checks that the copy of RAM the last commit of g
+// left beside its RAM file (see lastram.go), stored from scratch with
+// SaveStreamFrom on the RAM of the snapshot's parent, is the RAM stream
+// of snapshot id: the commit, which hashed only the pages that changed,
+// stored the same index nodes, patch and chunks.
+func requireRAMCopyStored(g *guest, id objects.ID) {
+	g.t.Helper()
+	ctx := guestContext(g.t)
+	m := g.open()
+	path := filepath.Join(m.RAMFile()+vmm.RAMSidecarSuffix, "ram")
+	m.Close()
+	f, err := os.Open(path)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer f.Close()
+	sn, err := objects.LoadSnapshot(ctx, g.s.Objects, id)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	base := objects.Zero
+	if len(sn.Parents) > 0 {
+		base = snapshotRAM(g, sn.Parents[0])
+	}
+	saver := stream.NewSaver(g.s.Objects, 0)
+	defer saver.Close()
+	want, _, err := saver.SaveStreamFrom(ctx, f, sbuml.RAMParams, base)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	if got := snapshotRAM(g, id); got != want {
+		g.t.Fatalf("%s: snapshot %s's RAM %s is not the stream of the copy of its RAM (%s)", g.name, id.Short(), got.Short(), want.Short())
+	}
+}
+
+// snapshotRAM returns the ID of the RAM stream of snapshot id.
+func snapshotRAM(g *guest, id objects.ID) objects.ID {
+	g.t.Helper()
+	ctx := guestContext(g.t)
+	sn, err := objects.LoadSnapshot(ctx, g.s.Objects, id)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	tree, err := objects.LoadTree(ctx, g.s.Objects, sn.Tree)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	e := tree.Find("ram")
+	if e == nil {
+		g.t.Fatalf("snapshot %s has no RAM", id.Short())
+	}
+	return e.ID
 }
 
 // TestCommitIdleAddsLittle commits a 512 MiB guest, lets it idle 5 s and

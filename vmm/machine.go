@@ -617,6 +617,9 @@ func (m *Machine) Halt(ctx context.Context) error {
 		}
 	}
 	rm(m.RAMFile())
+	if err := os.RemoveAll(m.RAMFile() + RAMSidecarSuffix); err != nil {
+		errs = append(errs, err)
+	}
 	if m.cfg.RAMDir != "" {
 		rm(m.cfg.RAMDir)
 	}

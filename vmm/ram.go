@@ -10,6 +10,12 @@ import (
 	"syscall"
 )
 
+// RAMSidecarSuffix names a directory beside the RAM file (the file's name
+// plus this suffix) in which the caller keeps what goes with this RAM and
+// no other (sbuml: a copy of the RAM of the machine's last snapshot). Halt
+// removes it with the RAM file.
+const RAMSidecarSuffix = ".last"
+
 // NewRAMFile makes a fresh directory for one machine's RAM under root
 // (DefaultRAMRoot if empty) and returns the path of the RAM file in it; the
 // file itself is not created. A machine booted with this path as
