@@ -9,10 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sbuml/sbuml/image"
@@ -75,9 +72,10 @@ type CheckoutResult struct {
 // machineSource is where a checkout reads a machine snapshot from: the
 // store, or a directory written by Export.
 type machineSource interface {
-	// extract writes the file at name (a path in the snapshot) to dst,
-	// leaving holes as holes.
-	extract(ctx context.Context, name, dst string) error
+	// extractInto writes the file at name (a path in the snapshot) into
+	// f, which holds no data yet (new, or only holes), leaving holes as
+	// holes; f ends up as long as the file.
+	extractInto(ctx context.Context, name string, f *os.File) error
 	// copyTo writes the file at name to w.
 	copyTo(ctx context.Context, name string, w io.Writer) error
 	// readFile returns a small file.
@@ -130,20 +128,12 @@ func (src *storeSource) stream(name string) (objects.ID, error) {
 	return id, nil
 }
 
-func (src *storeSource) extract(ctx context.Context, name, dst string) error {
+func (src *storeSource) extractInto(ctx context.Context, name string, f *os.File) error {
 	id, err := src.stream(name)
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	err = stream.Extract(ctx, src.s.Objects, id, f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return stream.Extract(ctx, src.s.Objects, id, f)
 }
 
 func (src *storeSource) copyTo(ctx context.Context, name string, w io.Writer) error {
@@ -178,8 +168,8 @@ func (src *storeSource) readFile(ctx context.Context, name string) ([]byte, erro
 // dirSource reads a machine snapshot exported into a directory.
 type dirSource struct{ dir string }
 
-func (d dirSource) extract(_ context.Context, name, dst string) error {
-	return vmm.CloneFile(dst, filepath.Join(d.dir, filepath.FromSlash(name)))
+func (d dirSource) extractInto(_ context.Context, name string, f *os.File) error {
+	return vmm.CloneInto(f, filepath.Join(d.dir, filepath.FromSlash(name)))
 }
 
 func (d dirSource) copyTo(_ context.Context, name string, w io.Writer) error {
@@ -378,9 +368,12 @@ func (s *Scrapbook) checkoutHead(ctx context.Context, id objects.ID, machine, br
 	return head.withAnswer(req, head.Child), nil
 }
 
-// restore carries out a checkout plan: it materializes the snapshot into
-// dir and starts QEMU on it, waiting for its device state, which it then
-// loads.
+// restore carries out a checkout plan. QEMU starts, waiting for its
+// device state, as soon as the boot files are written, while the RAM and
+// the disks are still being written into the files it has opened (the RAM
+// is a shared mapping of its file: QEMU sees the writes). Once all is in
+// place, the device state is loaded from the store and, with Continue,
+// the guest runs.
 func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, opts CheckoutOptions) (*vmm.Machine, error) {
 	cfg := p.cfg
 	if err := checkoutNet(&cfg, opts); err != nil {
@@ -390,15 +383,26 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 		return nil, err
 	}
 	cfg.Name = machineName(dir)
-	if err := materialize(ctx, p.src, dir, &cfg, opts); err != nil {
+	mz, err := newMaterializer(ctx, p.src, dir, &cfg, opts.RAMInDir)
+	if err != nil {
 		return nil, err
 	}
-	m, err := s.startRestored(ctx, dir, cfg, opts)
-	if err != nil {
-		if !opts.RAMInDir {
-			os.RemoveAll(filepath.Dir(cfg.RAMFile))
+	mz.start(ctx)
+	defer mz.cancel()
+	var m *vmm.Machine
+	err = reportWhile(mz.progress, opts.OnProgress, func() error {
+		var err error
+		if m, err = s.startRestored(ctx, mz, dir, cfg, opts); err != nil {
+			return err
 		}
-		return nil, err
+		return mz.wait(anyFile)
+	})
+	if err != nil {
+		mz.abort()
+		if m == nil {
+			mz.removeRAM() // otherwise the machine owns it, and Halt removes it
+		}
+		return m, err
 	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(p.src.copyTo(ctx, snapDeviceState, pw)) }()
@@ -415,79 +419,12 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 	return m, nil
 }
 
-// materialize writes the snapshot's boot files, disks and RAM, in
-// parallel, into dir (RAM on tmpfs unless opts.RAMInDir), and points cfg
-// at them. Holes stay holes.
-func materialize(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, opts CheckoutOptions) error {
-	ramInDir := opts.RAMInDir
-	type job struct{ from, to string }
-	var jobs []job
-	if cfg.Kernel != "" {
-		jobs = append(jobs, job{cfg.Kernel, filepath.Join(dir, machineKernel)})
-		cfg.Kernel = machineKernel
-	}
-	if cfg.Initrd != "" {
-		jobs = append(jobs, job{cfg.Initrd, filepath.Join(dir, machineInitrd)})
-		cfg.Initrd = machineInitrd
-	}
-	cfg.Disks = slices.Clone(cfg.Disks)
-	for i, d := range cfg.Disks {
-		base := path.Base(d)
-		if base == "." || base == "/" || base == ".." || strings.ContainsRune(base, ',') {
-			return fmt.Errorf("%s: bad disk name %q", snapMachine, d)
-		}
-		jobs = append(jobs, job{d, filepath.Join(dir, base)})
-		cfg.Disks[i] = base
-	}
-	ramPath := filepath.Join(dir, vmm.RAMFileName)
-	if !ramInDir {
-		var err error
-		if ramPath, err = vmm.NewRAMFile("", cfg.Name); err != nil {
-			return err
-		}
-	}
-	cfg.RAMFile = ramPath
-	jobs = append(jobs, job{snapRAM, ramPath})
-	var total int64
-	sizes := make([]int64, len(jobs))
-	for i, j := range jobs {
-		sizes[i], _ = src.size(ctx, j.from)
-		total += sizes[i]
-	}
-	var written atomic.Int64
-	now := func() StoreProgress {
-		return StoreProgress{Stats: stream.Stats{LogicalBytes: written.Load()}, TotalBytes: total}
-	}
-	err := reportWhile(now, opts.OnProgress, func() error {
-		errs := make([]error, len(jobs))
-		var wg sync.WaitGroup
-		for i, j := range jobs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := src.extract(ctx, j.from, j.to); err != nil {
-					errs[i] = fmt.Errorf("materialize %s: %w", j.from, err)
-				}
-				written.Add(sizes[i])
-			}()
-		}
-		wg.Wait()
-		return errors.Join(errs...)
-	})
-	if err != nil {
-		if !ramInDir {
-			os.RemoveAll(filepath.Dir(ramPath))
-		}
-		return err
-	}
-	return nil
-}
-
-// startRestored chooses the accelerator and starts QEMU on a materialized
-// machine, waiting for its device state. The accelerator probe boots the
-// machine's own kernel; a machine that boots by BIOS has none, and is
-// probed with the default image.
-func (s *Scrapbook) startRestored(ctx context.Context, dir string, cfg vmm.Config, opts CheckoutOptions) (*vmm.Machine, error) {
+// startRestored chooses the accelerator and starts QEMU, waiting for its
+// device state, once the boot files are written; the RAM and disks may
+// still be filling. The accelerator probe (once per host) boots the
+// machine's own kernel and first disk, and waits for them; a machine that
+// boots by BIOS has no kernel, and is probed with the default image.
+func (s *Scrapbook) startRestored(ctx context.Context, mz *materializer, dir string, cfg vmm.Config, opts CheckoutOptions) (*vmm.Machine, error) {
 	img := &image.Image{}
 	if cfg.Kernel != "" {
 		img = &image.Image{Kernel: filepath.Join(dir, machineKernel), Cmdline: cfg.Cmdline, ReadyMarker: image.ReadyMarker}
@@ -500,9 +437,18 @@ func (s *Scrapbook) startRestored(ctx context.Context, dir string, cfg vmm.Confi
 	}
 	probe, err := s.probeImage(ctx, opts.Accel, img, opts.Progress)
 	if err == nil {
-		cfg.Accel, err = chooseAccel(ctx, opts.Accel, probe, opts.Progress)
+		// A failed file ends mz.ctx, and with it the probe, which
+		// then leaves no verdict.
+		filesReady := func(context.Context) error { return mz.wait(notRAM) }
+		cfg.Accel, err = chooseAccel(mz.ctx, opts.Accel, probe, opts.Progress, filesReady)
 	}
 	if err != nil {
+		if mz.ctx.Err() != nil && ctx.Err() == nil {
+			return nil, mz.wait(anyFile)
+		}
+		return nil, err
+	}
+	if err := mz.wait(bootOnly); err != nil {
 		return nil, err
 	}
 	cfg.Created = time.Time{}
