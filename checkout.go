@@ -249,6 +249,9 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 		}
 		removeMachineFiles(dir)
 		os.Remove(dir) // only if nothing else is in it
+		if werr := s.explainFailure(ctx, plan.id, nil); werr != nil {
+			return nil, fmt.Errorf("checkout %w", werr)
+		}
 		return nil, fmt.Errorf("checkout %s: %w", rev, err)
 	}
 	defer m.Close()
@@ -290,18 +293,21 @@ func (s *Scrapbook) fetchMachineLink(ctx context.Context, link string, opts Chec
 }
 
 // checkoutPlan is what a checkout restores, checked before anything is
-// made: where the machine snapshot is read from, which snapshot it is
-// (Zero for a directory made by Export) and the machine it recorded,
-// whose QEMU machine type this host's QEMU has.
+// made (all but the presence of every object: see planCheckout): where
+// the machine snapshot is read from, which snapshot it is (Zero for a
+// directory made by Export) and the machine it recorded, whose QEMU
+// machine type this host's QEMU has.
 type checkoutPlan struct {
 	src machineSource
 	id  objects.ID
 	cfg vmm.Config
 }
 
-// planCheckout checks that rev can be restored as a machine here: a whole
+// planCheckout checks that rev can be restored as a machine here: a
 // machine snapshot, or an exported one, that this QEMU can run. Its
-// errors start with what rev names.
+// errors start with what rev names. Whether every object of the snapshot
+// is in the store is not walked for here: restoring reads them all, and
+// only if that fails does explainFailure look for missing ones.
 func (s *Scrapbook) planCheckout(ctx context.Context, rev string) (*checkoutPlan, error) {
 	p := &checkoutPlan{}
 	what := rev
@@ -313,14 +319,9 @@ func (s *Scrapbook) planCheckout(ctx context.Context, rev string) (*checkoutPlan
 			return nil, fmt.Errorf("%s: %w", rev, err)
 		}
 		what = id.Short()
-		if missing, err := s.Missing(ctx, id); err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
-		} else if len(missing) > 0 {
-			return nil, fmt.Errorf("%s: snapshot is incomplete: %s", what, describeMissing(missing))
-		}
 		ss, err := s.newStoreSource(ctx, id)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, s.explainFailure(ctx, id, fmt.Errorf("%s: %w", what, err))
 		}
 		if _, ok := ss.files[snapMachine]; !ok {
 			return nil, fmt.Errorf("%s: not a machine snapshot (it has no %s; use 'sbuml export' for directory snapshots)", what, snapMachine)
@@ -332,7 +333,7 @@ func (s *Scrapbook) planCheckout(ctx context.Context, rev string) (*checkoutPlan
 		err = json.Unmarshal(raw, &p.cfg)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s: %w", what, snapMachine, err)
+		return nil, s.explainFailure(ctx, p.id, fmt.Errorf("%s: %s: %w", what, snapMachine, err))
 	}
 	qi, err := vmm.InspectQEMU(ctx, "")
 	if err != nil {
@@ -506,6 +507,25 @@ func (s *Scrapbook) Missing(ctx context.Context, id objects.ID) ([]objects.Ref, 
 	return missing, err
 }
 
+// explainFailure returns why planning or restoring snapshot id failed:
+// the objects of it that are missing, if any (then that is the cause),
+// else err. A whole snapshot, the usual case, is thus walked only once,
+// as it is restored.
+func (s *Scrapbook) explainFailure(ctx context.Context, id objects.ID, err error) error {
+	if id.IsZero() {
+		return err
+	}
+	if missing, werr := s.Missing(ctx, id); werr == nil && len(missing) > 0 {
+		return incompleteError(id, missing)
+	}
+	return err
+}
+
+// incompleteError says which objects of snapshot id are missing.
+func incompleteError(id objects.ID, missing []objects.Ref) error {
+	return fmt.Errorf("%s: snapshot is incomplete: %s", id.Short(), describeMissing(missing))
+}
+
 func describeMissing(refs []objects.Ref) string {
 	var parts []string
 	for i, r := range refs {
@@ -563,8 +583,9 @@ func (s *Scrapbook) Rewind(ctx context.Context, machine, rev string, opts Checko
 	return res, nil
 }
 
-// rewindTarget checks that rev can be checked out as a machine, and
-// returns what to pass to Checkout.
+// rewindTarget checks that rev can be checked out as a machine, and is
+// whole, before the machine is set aside; it returns what to pass to
+// Checkout.
 func (s *Scrapbook) rewindTarget(ctx context.Context, rev string) (string, error) {
 	p, err := s.planCheckout(ctx, rev)
 	if err != nil {
@@ -572,6 +593,13 @@ func (s *Scrapbook) rewindTarget(ctx context.Context, rev string) (string, error
 	}
 	if p.id.IsZero() {
 		return rev, nil // a directory made by Export
+	}
+	missing, err := s.Missing(ctx, p.id)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p.id.Short(), err)
+	}
+	if len(missing) > 0 {
+		return "", incompleteError(p.id, missing)
 	}
 	return p.id.String(), nil
 }
