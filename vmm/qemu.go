@@ -66,14 +66,15 @@ var qemuInfoCache sync.Map // path → *QEMUInfo
 // binary's size and modification time stay the same: asking QEMU starts it
 // twice, which took 0.3 s of a checkout on a loaded host.
 func InspectQEMU(ctx context.Context, path string) (*QEMUInfo, error) {
-	if path == "" {
-		p, err := exec.LookPath(QEMUBinary)
-		if err != nil {
-			return nil, ErrQEMUNotFound
-		}
-		path = p
-	} else if _, err := exec.LookPath(path); err != nil {
-		return nil, fmt.Errorf("qemu binary %s: %w (install it with apt-get install qemu-system-x86)", path, err)
+	return inspectQEMU(ctx, path, true)
+}
+
+// inspectQEMU is InspectQEMU, which writes what it learns to the cache
+// file only if remember is set.
+func inspectQEMU(ctx context.Context, path string, remember bool) (*QEMUInfo, error) {
+	path, err := lookQEMU(path)
+	if err != nil {
+		return nil, err
 	}
 	if v, ok := qemuInfoCache.Load(path); ok {
 		return v.(*QEMUInfo), nil
@@ -87,10 +88,39 @@ func InspectQEMU(ctx context.Context, path string) (*QEMUInfo, error) {
 		if qi, err = askQEMU(ctx, path); err != nil {
 			return nil, err
 		}
-		writeQEMUInfoCache(path, stamp, qi)
+		if remember {
+			writeQEMUInfoCache(path, stamp, qi)
+		}
 	}
 	qemuInfoCache.Store(path, qi)
 	return qi, nil
+}
+
+// AskQEMU is InspectQEMU without its caches: it runs the binary (in PATH
+// if path is empty) and reads or writes no file, as a check of the host
+// that must create nothing does.
+func AskQEMU(ctx context.Context, path string) (*QEMUInfo, error) {
+	path, err := lookQEMU(path)
+	if err != nil {
+		return nil, err
+	}
+	return askQEMU(ctx, path)
+}
+
+// lookQEMU returns the path of the QEMU binary: path, or QEMUBinary
+// found in PATH if it is empty.
+func lookQEMU(path string) (string, error) {
+	if path == "" {
+		p, err := exec.LookPath(QEMUBinary)
+		if err != nil {
+			return "", ErrQEMUNotFound
+		}
+		return p, nil
+	}
+	if _, err := exec.LookPath(path); err != nil {
+		return "", fmt.Errorf("qemu binary %s: %w (install it with apt-get install qemu-system-x86)", path, err)
+	}
+	return path, nil
 }
 
 // askQEMU runs the binary at path for its version and machine types.

@@ -64,3 +64,23 @@ func TestInspectQEMUCacheFile(t *testing.T) {
 		}
 	}
 }
+
+// TestCachedAccelWritesNothing checks that CachedAccel, which doctor
+// calls, leaves no QEMU cache file behind: it promises to write nothing.
+func TestCachedAccelWritesNothing(t *testing.T) {
+	qi, err := AskQEMU(context.Background(), "")
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	old := QEMUInfoCachePath
+	QEMUInfoCachePath = filepath.Join(dir, "qemu.json")
+	t.Cleanup(func() { QEMUInfoCachePath = old })
+	qemuInfoCache.Delete(qi.Path) // as in a new process
+	if _, err := CachedAccel(context.Background(), filepath.Join(dir, "accel.json")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadDir(dir); len(got) != 0 {
+		t.Errorf("CachedAccel wrote %v", got)
+	}
+}
