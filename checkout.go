@@ -241,7 +241,7 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if err != nil {
 		return nil, fmt.Errorf("checkout %w", err)
 	}
-	m, err := s.restore(ctx, plan, dir, opts)
+	m, running, err := s.restore(ctx, plan, dir, opts)
 	if err != nil {
 		if m != nil {
 			m.Halt(context.Background())
@@ -267,7 +267,7 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if err := writeHead(dir, head); err != nil {
 		return nil, err
 	}
-	res := &CheckoutResult{Machine: name, Dir: dir, Snapshot: plan.id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: time.Since(start)}
+	res := &CheckoutResult{Machine: name, Dir: dir, Snapshot: plan.id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: running.Sub(start)}
 	if n := m.Config().Net; n != nil {
 		res.Forwards = n.Forwards
 	}
@@ -369,24 +369,28 @@ func (s *Scrapbook) checkoutHead(ctx context.Context, id objects.ID, machine, br
 	return head.withAnswer(req, head.Child), nil
 }
 
-// restore carries out a checkout plan. QEMU starts, waiting for its
-// device state, as soon as the boot files are written, while the RAM and
-// the disks are still being written into the files it has opened (the RAM
-// is a shared mapping of its file: QEMU sees the writes). Once all is in
-// place, the device state is loaded from the store and, with Continue,
-// the guest runs.
-func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, opts CheckoutOptions) (*vmm.Machine, error) {
+// restore carries out a checkout plan, and returns the machine and when
+// its guest began to run (or was ready to, without Continue). QEMU
+// starts, waiting for its device state, as soon as the boot files are
+// written, while the disks are still being written into the files it has
+// opened. The RAM of a snapshot in the store arrives through postcopy
+// (lazyRAM): the guest runs once its device state is loaded, and restore
+// returns once every page is in place. Otherwise (an exported machine)
+// the RAM is written like the disks, into the file QEMU maps (share=on:
+// it sees the writes), and the device state is loaded once all is there.
+func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, opts CheckoutOptions) (*vmm.Machine, time.Time, error) {
 	cfg := p.cfg
 	if err := checkoutNet(&cfg, opts); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	cfg.Name = machineName(dir)
-	mz, err := newMaterializer(ctx, p.src, dir, &cfg, opts.RAMInDir)
+	lr := prepareLazyRAM(ctx, p.src, cfg.Memory)
+	mz, err := newMaterializer(ctx, p.src, dir, &cfg, opts.RAMInDir, lr != nil)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	mz.start(ctx)
 	defer mz.cancel()
@@ -403,21 +407,32 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 		if m == nil {
 			mz.removeRAM() // otherwise the machine owns it, and Halt removes it
 		}
-		return m, err
+		return m, time.Time{}, err
 	}
+	if lr != nil {
+		running, err := lr.load(ctx, m, opts.Continue)
+		return m, running, err
+	}
+	running, err := loadState(ctx, p.src, m, opts.Continue)
+	return m, running, err
+}
+
+// loadState loads the device state of a machine whose RAM is in place
+// and, with cont, runs the guest; it returns when.
+func loadState(ctx context.Context, src machineSource, m *vmm.Machine, cont bool) (time.Time, error) {
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(p.src.copyTo(ctx, snapDeviceState, pw)) }()
-	err = m.LoadDeviceState(ctx, pr)
+	go func() { pw.CloseWithError(src.copyTo(ctx, snapDeviceState, pw)) }()
+	err := m.LoadDeviceState(ctx, pr)
 	pr.Close()
 	if err != nil {
-		return m, err
+		return time.Time{}, err
 	}
-	if opts.Continue {
+	if cont {
 		if err := m.Continue(ctx); err != nil {
-			return m, err
+			return time.Time{}, err
 		}
 	}
-	return m, nil
+	return time.Now(), nil
 }
 
 // startRestored chooses the accelerator and starts QEMU, waiting for its

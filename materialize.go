@@ -48,10 +48,13 @@ type checkoutFile struct {
 // that QEMU can open and map them while they fill; wait says when the
 // ones it needs are whole.
 type materializer struct {
-	src    machineSource
-	files  []*checkoutFile
-	ramDir string // the RAM file's directory of its own on tmpfs; "" in the machine directory
-	total  int64
+	src   machineSource
+	files []*checkoutFile
+	// lazyRAM leaves the RAM file empty (all holes): its pages arrive
+	// after QEMU starts, through postcopy (see lazyRAM).
+	lazyRAM bool
+	ramDir  string // the RAM file's directory of its own on tmpfs; "" in the machine directory
+	total   int64
 
 	ctx     context.Context // ends when a file fails or the work is aborted
 	cancel  context.CancelFunc
@@ -63,8 +66,9 @@ type materializer struct {
 
 // newMaterializer lays out a machine snapshot's files in dir (the RAM on
 // tmpfs unless ramInDir), points cfg at them and creates them, empty.
-func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, ramInDir bool) (_ *materializer, err error) {
-	mz := &materializer{src: src, done: make(chan struct{})}
+// With lazyRAM, the RAM file stays empty.
+func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, ramInDir, lazyRAM bool) (_ *materializer, err error) {
+	mz := &materializer{src: src, lazyRAM: lazyRAM, done: make(chan struct{})}
 	dsts, err := mz.layOut(dir, cfg, ramInDir)
 	if err != nil {
 		return nil, err
@@ -139,7 +143,10 @@ func (mz *materializer) start(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := mz.src.extractInto(mz.ctx, c.from, c.f)
+			var err error
+			if c.kind != ramFile || !mz.lazyRAM {
+				err = mz.src.extractInto(mz.ctx, c.from, c.f)
+			}
 			if cerr := c.f.Close(); err == nil {
 				err = cerr
 			}

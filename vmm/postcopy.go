@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -58,6 +59,9 @@ const (
 	pcMainBlock     = "ram0"
 	pcPagesPerBatch = 32
 )
+
+// PageSize is the size of the guest RAM pages LoadPostcopy sends.
+const PageSize = pcPage
 
 // PageSource gives the pages of guest RAM a postcopy restore sends.
 type PageSource interface {
@@ -305,11 +309,19 @@ func command(cmd uint16, data []byte) []byte {
 
 // Postcopy is a restore whose guest may run while its RAM arrives.
 type Postcopy struct {
-	m       *Machine
-	conn    *os.File
-	done    chan error // the page server's outcome
-	Started time.Time
+	m    *Machine
+	conn *os.File
+	done chan error // the page server's outcome
+	// push is closed by Push: until then only the pages QEMU asks for
+	// are sent, so that they do not queue behind others while the
+	// device state loads.
+	push     chan struct{}
+	pushOnce sync.Once
 }
+
+// Push starts sending the pages nobody asked for yet (Wait waits for
+// them). Until it is called, only the pages QEMU asks for are sent.
+func (p *Postcopy) Push() { p.pushOnce.Do(func() { close(p.push) }) }
 
 // LoadPostcopy loads the device state dev (written by SaveDeviceState)
 // into a machine booted with Boot.Incoming whose RAM file is empty (all
@@ -345,7 +357,7 @@ func (m *Machine) LoadPostcopy(ctx context.Context, dev []byte, pages PageSource
 		ours.Close()
 		return nil, err
 	}
-	p := &Postcopy{m: m, conn: ours, done: make(chan error, 1), Started: time.Now()}
+	p := &Postcopy{m: m, conn: ours, done: make(chan error, 1), push: make(chan struct{})}
 	reqs := make(chan uint64, 1024)
 	go p.readReturnPath(reqs)
 	go func() { p.done <- p.serve(s, pages, reqs) }()
@@ -386,7 +398,7 @@ func (p *Postcopy) readReturnPath(reqs chan<- uint64) {
 // serve writes the stream: setup, the package holding the devices, then
 // pages, asked-for ones first, and the end.
 func (p *Postcopy) serve(s *savedStream, pages PageSource, reqs <-chan uint64) error {
-	w := bufio.NewWriterSize(p.conn, 1<<20)
+	w := bufio.NewWriterSize(p.conn, 256<<10)
 	w.Write(be32(pcMagic))
 	w.Write(be32(pcVersion))
 	w.Write(s.config)
@@ -479,6 +491,9 @@ func (p *Postcopy) sendPages(w *bufio.Writer, s *savedStream, pages PageSource, 
 		}
 		return nil
 	}
+	if err := p.answerUntilPush(w, reqs, put, s, footer); err != nil {
+		return err
+	}
 	next := uint64(0)
 	for next < s.mainSize {
 		w.WriteByte(pcSecPart)
@@ -516,15 +531,24 @@ func (p *Postcopy) sendPages(w *bufio.Writer, s *savedStream, pages PageSource, 
 // migration, or with the first failure; on failure the caller must halt
 // the machine, whose guest would wait for pages that never come.
 func (p *Postcopy) Wait(ctx context.Context) error {
+	defer p.conn.Close()
 	q, err := p.m.QMP(ctx)
 	if err != nil {
 		return err
 	}
-	if err := <-p.done; err != nil {
-		p.conn.Close()
+	select {
+	case err = <-p.done:
+	case <-ctx.Done():
+		p.conn.Close() // ends a write QEMU does not read
+		<-p.done
+		return fmt.Errorf("postcopy: %w", ctx.Err())
+	}
+	if err != nil {
+		if p.m.PID() == 0 {
+			return p.m.exitedDuringMigration()
+		}
 		return fmt.Errorf("postcopy: %w", err)
 	}
-	defer p.conn.Close()
 	for {
 		raw, err := q.Execute(ctx, "query-migrate", nil)
 		if err != nil {
@@ -564,6 +588,31 @@ func (m *Machine) ContinuePostcopy(ctx context.Context) error {
 		case <-ctx.Done():
 			return fmt.Errorf("continue %s: device state not loaded: %w", m.cfg.Name, ctx.Err())
 		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// answerUntilPush sends the pages QEMU asks for, one section each, until
+// Push is called.
+func (p *Postcopy) answerUntilPush(w *bufio.Writer, reqs <-chan uint64, put func(uint64) error, s *savedStream, footer func()) error {
+	for {
+		select {
+		case <-p.push:
+			return nil
+		case off, ok := <-reqs:
+			if !ok {
+				return errors.New("QEMU closed the return path before all pages were sent")
+			}
+			w.WriteByte(pcSecPart)
+			w.Write(be32(s.ramSection))
+			if err := put(off); err != nil {
+				return err
+			}
+			w.Write(be64(pcRAMEOS))
+			footer()
+			if err := w.Flush(); err != nil {
+				return err
+			}
 		}
 	}
 }
