@@ -102,8 +102,14 @@ func parseSaved(b []byte) (*savedStream, error) {
 	cfg.WriteByte(pcSecConfig)
 	var l [4]byte
 	io.ReadFull(r, l[:])
-	name := make([]byte, binary.BigEndian.Uint32(l[:]))
-	io.ReadFull(r, name)
+	n := binary.BigEndian.Uint32(l[:])
+	if n > 256 {
+		return nil, fmt.Errorf("a machine type name of %d bytes", n)
+	}
+	name := make([]byte, n)
+	if _, err := io.ReadFull(r, name); err != nil {
+		return nil, fmt.Errorf("configuration section: %w", err)
+	}
 	cfg.Write(l[:])
 	cfg.Write(name)
 	for {
