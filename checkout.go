@@ -9,10 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sbuml/sbuml/image"
@@ -75,9 +72,10 @@ type CheckoutResult struct {
 // machineSource is where a checkout reads a machine snapshot from: the
 // store, or a directory written by Export.
 type machineSource interface {
-	// extract writes the file at name (a path in the snapshot) to dst,
-	// leaving holes as holes.
-	extract(ctx context.Context, name, dst string) error
+	// extractInto writes the file at name (a path in the snapshot) into
+	// f, which holds no data yet (new, or only holes), leaving holes as
+	// holes; f ends up as long as the file.
+	extractInto(ctx context.Context, name string, f *os.File) error
 	// copyTo writes the file at name to w.
 	copyTo(ctx context.Context, name string, w io.Writer) error
 	// readFile returns a small file.
@@ -130,20 +128,12 @@ func (src *storeSource) stream(name string) (objects.ID, error) {
 	return id, nil
 }
 
-func (src *storeSource) extract(ctx context.Context, name, dst string) error {
+func (src *storeSource) extractInto(ctx context.Context, name string, f *os.File) error {
 	id, err := src.stream(name)
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	err = stream.Extract(ctx, src.s.Objects, id, f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return stream.Extract(ctx, src.s.Objects, id, f)
 }
 
 func (src *storeSource) copyTo(ctx context.Context, name string, w io.Writer) error {
@@ -178,8 +168,8 @@ func (src *storeSource) readFile(ctx context.Context, name string) ([]byte, erro
 // dirSource reads a machine snapshot exported into a directory.
 type dirSource struct{ dir string }
 
-func (d dirSource) extract(_ context.Context, name, dst string) error {
-	return vmm.CloneFile(dst, filepath.Join(d.dir, filepath.FromSlash(name)))
+func (d dirSource) extractInto(_ context.Context, name string, f *os.File) error {
+	return vmm.CloneInto(f, filepath.Join(d.dir, filepath.FromSlash(name)))
 }
 
 func (d dirSource) copyTo(_ context.Context, name string, w io.Writer) error {
@@ -251,7 +241,7 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if err != nil {
 		return nil, fmt.Errorf("checkout %w", err)
 	}
-	m, err := s.restore(ctx, plan, dir, opts)
+	m, running, err := s.restore(ctx, plan, dir, opts)
 	if err != nil {
 		if m != nil {
 			m.Halt(context.Background())
@@ -259,6 +249,9 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 		}
 		removeMachineFiles(dir)
 		os.Remove(dir) // only if nothing else is in it
+		if werr := s.explainFailure(ctx, plan.id, nil); werr != nil {
+			return nil, fmt.Errorf("checkout %w", werr)
+		}
 		return nil, fmt.Errorf("checkout %s: %w", rev, err)
 	}
 	defer m.Close()
@@ -274,7 +267,7 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if err := writeHead(dir, head); err != nil {
 		return nil, err
 	}
-	res := &CheckoutResult{Machine: name, Dir: dir, Snapshot: plan.id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: time.Since(start)}
+	res := &CheckoutResult{Machine: name, Dir: dir, Snapshot: plan.id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: running.Sub(start)}
 	if n := m.Config().Net; n != nil {
 		res.Forwards = n.Forwards
 	}
@@ -300,18 +293,21 @@ func (s *Scrapbook) fetchMachineLink(ctx context.Context, link string, opts Chec
 }
 
 // checkoutPlan is what a checkout restores, checked before anything is
-// made: where the machine snapshot is read from, which snapshot it is
-// (Zero for a directory made by Export) and the machine it recorded,
-// whose QEMU machine type this host's QEMU has.
+// made (all but the presence of every object: see planCheckout): where
+// the machine snapshot is read from, which snapshot it is (Zero for a
+// directory made by Export) and the machine it recorded, whose QEMU
+// machine type this host's QEMU has.
 type checkoutPlan struct {
 	src machineSource
 	id  objects.ID
 	cfg vmm.Config
 }
 
-// planCheckout checks that rev can be restored as a machine here: a whole
+// planCheckout checks that rev can be restored as a machine here: a
 // machine snapshot, or an exported one, that this QEMU can run. Its
-// errors start with what rev names.
+// errors start with what rev names. Whether every object of the snapshot
+// is in the store is not walked for here: restoring reads them all, and
+// only if that fails does explainFailure look for missing ones.
 func (s *Scrapbook) planCheckout(ctx context.Context, rev string) (*checkoutPlan, error) {
 	p := &checkoutPlan{}
 	what := rev
@@ -323,14 +319,9 @@ func (s *Scrapbook) planCheckout(ctx context.Context, rev string) (*checkoutPlan
 			return nil, fmt.Errorf("%s: %w", rev, err)
 		}
 		what = id.Short()
-		if missing, err := s.Missing(ctx, id); err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
-		} else if len(missing) > 0 {
-			return nil, fmt.Errorf("%s: snapshot is incomplete: %s", what, describeMissing(missing))
-		}
 		ss, err := s.newStoreSource(ctx, id)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+			return nil, s.explainFailure(ctx, id, fmt.Errorf("%s: %w", what, err))
 		}
 		if _, ok := ss.files[snapMachine]; !ok {
 			return nil, fmt.Errorf("%s: not a machine snapshot (it has no %s; use 'sbuml export' for directory snapshots)", what, snapMachine)
@@ -342,7 +333,7 @@ func (s *Scrapbook) planCheckout(ctx context.Context, rev string) (*checkoutPlan
 		err = json.Unmarshal(raw, &p.cfg)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s: %w", what, snapMachine, err)
+		return nil, s.explainFailure(ctx, p.id, fmt.Errorf("%s: %s: %w", what, snapMachine, err))
 	}
 	qi, err := vmm.InspectQEMU(ctx, "")
 	if err != nil {
@@ -378,116 +369,78 @@ func (s *Scrapbook) checkoutHead(ctx context.Context, id objects.ID, machine, br
 	return head.withAnswer(req, head.Child), nil
 }
 
-// restore carries out a checkout plan: it materializes the snapshot into
-// dir and starts QEMU on it, waiting for its device state, which it then
-// loads.
-func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, opts CheckoutOptions) (*vmm.Machine, error) {
+// restore carries out a checkout plan, and returns the machine and when
+// its guest began to run (or was ready to, without Continue). QEMU
+// starts, waiting for its device state, as soon as the boot files are
+// written, while the disks are still being written into the files it has
+// opened. The RAM of a snapshot in the store arrives through postcopy
+// (lazyRAM): the guest runs once its device state is loaded, and restore
+// returns once every page is in place. Otherwise (an exported machine)
+// the RAM is written like the disks, into the file QEMU maps (share=on:
+// it sees the writes), and the device state is loaded once all is there.
+func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, opts CheckoutOptions) (*vmm.Machine, time.Time, error) {
 	cfg := p.cfg
 	if err := checkoutNet(&cfg, opts); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	cfg.Name = machineName(dir)
-	if err := materialize(ctx, p.src, dir, &cfg, opts); err != nil {
-		return nil, err
-	}
-	m, err := s.startRestored(ctx, dir, cfg, opts)
+	lr := prepareLazyRAM(ctx, p.src, cfg.Memory)
+	mz, err := newMaterializer(ctx, p.src, dir, &cfg, opts.RAMInDir, lr != nil)
 	if err != nil {
-		if !opts.RAMInDir {
-			os.RemoveAll(filepath.Dir(cfg.RAMFile))
-		}
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(p.src.copyTo(ctx, snapDeviceState, pw)) }()
-	err = m.LoadDeviceState(ctx, pr)
-	pr.Close()
-	if err != nil {
-		return m, err
-	}
-	if opts.Continue {
-		if err := m.Continue(ctx); err != nil {
-			return m, err
-		}
-	}
-	return m, nil
-}
-
-// materialize writes the snapshot's boot files, disks and RAM, in
-// parallel, into dir (RAM on tmpfs unless opts.RAMInDir), and points cfg
-// at them. Holes stay holes.
-func materialize(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, opts CheckoutOptions) error {
-	ramInDir := opts.RAMInDir
-	type job struct{ from, to string }
-	var jobs []job
-	if cfg.Kernel != "" {
-		jobs = append(jobs, job{cfg.Kernel, filepath.Join(dir, machineKernel)})
-		cfg.Kernel = machineKernel
-	}
-	if cfg.Initrd != "" {
-		jobs = append(jobs, job{cfg.Initrd, filepath.Join(dir, machineInitrd)})
-		cfg.Initrd = machineInitrd
-	}
-	cfg.Disks = slices.Clone(cfg.Disks)
-	for i, d := range cfg.Disks {
-		base := path.Base(d)
-		if base == "." || base == "/" || base == ".." || strings.ContainsRune(base, ',') {
-			return fmt.Errorf("%s: bad disk name %q", snapMachine, d)
-		}
-		jobs = append(jobs, job{d, filepath.Join(dir, base)})
-		cfg.Disks[i] = base
-	}
-	ramPath := filepath.Join(dir, vmm.RAMFileName)
-	if !ramInDir {
+	mz.start(ctx)
+	defer mz.cancel()
+	var m *vmm.Machine
+	err = reportWhile(mz.progress, opts.OnProgress, func() error {
 		var err error
-		if ramPath, err = vmm.NewRAMFile("", cfg.Name); err != nil {
+		if m, err = s.startRestored(ctx, mz, dir, cfg, opts); err != nil {
 			return err
 		}
-	}
-	cfg.RAMFile = ramPath
-	jobs = append(jobs, job{snapRAM, ramPath})
-	var total int64
-	sizes := make([]int64, len(jobs))
-	for i, j := range jobs {
-		sizes[i], _ = src.size(ctx, j.from)
-		total += sizes[i]
-	}
-	var written atomic.Int64
-	now := func() StoreProgress {
-		return StoreProgress{Stats: stream.Stats{LogicalBytes: written.Load()}, TotalBytes: total}
-	}
-	err := reportWhile(now, opts.OnProgress, func() error {
-		errs := make([]error, len(jobs))
-		var wg sync.WaitGroup
-		for i, j := range jobs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := src.extract(ctx, j.from, j.to); err != nil {
-					errs[i] = fmt.Errorf("materialize %s: %w", j.from, err)
-				}
-				written.Add(sizes[i])
-			}()
-		}
-		wg.Wait()
-		return errors.Join(errs...)
+		return mz.wait(anyFile)
 	})
 	if err != nil {
-		if !ramInDir {
-			os.RemoveAll(filepath.Dir(ramPath))
+		mz.abort()
+		if m == nil {
+			mz.removeRAM() // otherwise the machine owns it, and Halt removes it
 		}
-		return err
+		return m, time.Time{}, err
 	}
-	return nil
+	if lr != nil {
+		running, err := lr.load(ctx, m, opts.Continue)
+		return m, running, err
+	}
+	running, err := loadState(ctx, p.src, m, opts.Continue)
+	return m, running, err
 }
 
-// startRestored chooses the accelerator and starts QEMU on a materialized
-// machine, waiting for its device state. The accelerator probe boots the
-// machine's own kernel; a machine that boots by BIOS has none, and is
-// probed with the default image.
-func (s *Scrapbook) startRestored(ctx context.Context, dir string, cfg vmm.Config, opts CheckoutOptions) (*vmm.Machine, error) {
+// loadState loads the device state of a machine whose RAM is in place
+// and, with cont, runs the guest; it returns when.
+func loadState(ctx context.Context, src machineSource, m *vmm.Machine, cont bool) (time.Time, error) {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(src.copyTo(ctx, snapDeviceState, pw)) }()
+	err := m.LoadDeviceState(ctx, pr)
+	pr.Close()
+	if err != nil {
+		return time.Time{}, err
+	}
+	if cont {
+		if err := m.Continue(ctx); err != nil {
+			return time.Time{}, err
+		}
+	}
+	return time.Now(), nil
+}
+
+// startRestored chooses the accelerator and starts QEMU, waiting for its
+// device state, once the boot files are written; the RAM and disks may
+// still be filling. The accelerator probe (once per host) boots the
+// machine's own kernel and first disk, and waits for them; a machine that
+// boots by BIOS has no kernel, and is probed with the default image.
+func (s *Scrapbook) startRestored(ctx context.Context, mz *materializer, dir string, cfg vmm.Config, opts CheckoutOptions) (*vmm.Machine, error) {
 	img := &image.Image{}
 	if cfg.Kernel != "" {
 		img = &image.Image{Kernel: filepath.Join(dir, machineKernel), Cmdline: cfg.Cmdline, ReadyMarker: image.ReadyMarker}
@@ -500,9 +453,18 @@ func (s *Scrapbook) startRestored(ctx context.Context, dir string, cfg vmm.Confi
 	}
 	probe, err := s.probeImage(ctx, opts.Accel, img, opts.Progress)
 	if err == nil {
-		cfg.Accel, err = chooseAccel(ctx, opts.Accel, probe, opts.Progress)
+		// A failed file ends mz.ctx, and with it the probe, which
+		// then leaves no verdict.
+		filesReady := func(context.Context) error { return mz.wait(notRAM) }
+		cfg.Accel, err = chooseAccel(mz.ctx, opts.Accel, probe, opts.Progress, filesReady)
 	}
 	if err != nil {
+		if mz.ctx.Err() != nil && ctx.Err() == nil {
+			return nil, mz.wait(anyFile)
+		}
+		return nil, err
+	}
+	if err := mz.wait(bootOnly); err != nil {
 		return nil, err
 	}
 	cfg.Created = time.Time{}
@@ -558,6 +520,25 @@ func (s *Scrapbook) Missing(ctx context.Context, id objects.ID) ([]objects.Ref, 
 		return ok, nil
 	})
 	return missing, err
+}
+
+// explainFailure returns why planning or restoring snapshot id failed:
+// the objects of it that are missing, if any (then that is the cause),
+// else err. A whole snapshot, the usual case, is thus walked only once,
+// as it is restored.
+func (s *Scrapbook) explainFailure(ctx context.Context, id objects.ID, err error) error {
+	if id.IsZero() {
+		return err
+	}
+	if missing, werr := s.Missing(ctx, id); werr == nil && len(missing) > 0 {
+		return incompleteError(id, missing)
+	}
+	return err
+}
+
+// incompleteError says which objects of snapshot id are missing.
+func incompleteError(id objects.ID, missing []objects.Ref) error {
+	return fmt.Errorf("%s: snapshot is incomplete: %s", id.Short(), describeMissing(missing))
 }
 
 func describeMissing(refs []objects.Ref) string {
@@ -617,8 +598,9 @@ func (s *Scrapbook) Rewind(ctx context.Context, machine, rev string, opts Checko
 	return res, nil
 }
 
-// rewindTarget checks that rev can be checked out as a machine, and
-// returns what to pass to Checkout.
+// rewindTarget checks that rev can be checked out as a machine, and is
+// whole, before the machine is set aside; it returns what to pass to
+// Checkout.
 func (s *Scrapbook) rewindTarget(ctx context.Context, rev string) (string, error) {
 	p, err := s.planCheckout(ctx, rev)
 	if err != nil {
@@ -626,6 +608,13 @@ func (s *Scrapbook) rewindTarget(ctx context.Context, rev string) (string, error
 	}
 	if p.id.IsZero() {
 		return rev, nil // a directory made by Export
+	}
+	missing, err := s.Missing(ctx, p.id)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p.id.Short(), err)
+	}
+	if len(missing) > 0 {
+		return "", incompleteError(p.id, missing)
 	}
 	return p.id.String(), nil
 }

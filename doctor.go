@@ -67,7 +67,7 @@ func Doctor(ctx context.Context, dir string) []DoctorCheck {
 }
 
 func doctorQEMU(ctx context.Context) DoctorCheck {
-	qi, err := vmm.InspectQEMU(ctx, "")
+	qi, err := vmm.AskQEMU(ctx, "") // InspectQEMU would write its cache file
 	if err != nil {
 		return checkFail("qemu", err.Error(), "apt-get install qemu-system-x86")
 	}

@@ -187,16 +187,21 @@ func AccelCachePath() string {
 	return filepath.Join(dir, "sbuml", "accel.json")
 }
 
-// chooseAccel resolves want (kvm, tcg, auto) for booting img.
-func chooseAccel(ctx context.Context, want string, img *image.Image, progress io.Writer) (string, error) {
+// chooseAccel resolves want (kvm, tcg, auto) for booting img. If a probe
+// has to boot img, it calls ready first (nil: img's files are in place).
+func chooseAccel(ctx context.Context, want string, img *image.Image, progress io.Writer, ready func(context.Context) error) (string, error) {
 	probeCfg := vmm.Config{Memory: 256 << 20, Kernel: img.Kernel, Initrd: img.Initrd, Cmdline: img.Cmdline, Disks: []string{img.Disk}}
-	probe := vmm.BootProbe(probeCfg, img.ReadyMarker)
-	if progress != nil {
-		inner := probe
-		probe = func(ctx context.Context, accel string) error {
-			fmt.Fprintf(progress, "probing whether %s runs guests on this host (once per host)\n", accel)
-			return inner(ctx, accel)
+	boot := vmm.BootProbe(probeCfg, img.ReadyMarker)
+	probe := func(ctx context.Context, accel string) error {
+		if ready != nil {
+			if err := ready(ctx); err != nil {
+				return err
+			}
 		}
+		if progress != nil {
+			fmt.Fprintf(progress, "probing whether %s runs guests on this host (once per host)\n", accel)
+		}
+		return boot(ctx, accel)
 	}
 	return vmm.ChooseAccel(ctx, want, AccelCachePath(), probe)
 }
@@ -237,7 +242,7 @@ func (s *Scrapbook) Boot(ctx context.Context, machine string, opts BootOptions) 
 	if err != nil {
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}
-	accel, err := chooseAccel(ctx, opts.Accel, probe, opts.Progress)
+	accel, err := chooseAccel(ctx, opts.Accel, probe, opts.Progress, nil)
 	if err != nil {
 		return nil, fmt.Errorf("boot %s: %w", machine, err)
 	}

@@ -86,7 +86,7 @@ func ChooseAccel(ctx context.Context, want, cachePath string, probe ProbeFunc) (
 // accelVerdict returns this host's verdict on KVM, from the cache, or by
 // probing once and caching the result.
 func accelVerdict(ctx context.Context, cachePath string, probe ProbeFunc) (AccelVerdict, error) {
-	host, err := thisHost(ctx)
+	host, err := thisHost(ctx, true)
 	if err != nil {
 		return AccelVerdict{}, err
 	}
@@ -126,7 +126,7 @@ func accelVerdict(ctx context.Context, cachePath string, probe ProbeFunc) (Accel
 // host's kernel and QEMU, or nil if it has not probed them yet. It probes
 // nothing and writes nothing.
 func CachedAccel(ctx context.Context, cachePath string) (*AccelVerdict, error) {
-	host, err := thisHost(ctx)
+	host, err := thisHost(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -138,9 +138,10 @@ func CachedAccel(ctx context.Context, cachePath string) (*AccelVerdict, error) {
 }
 
 // thisHost returns what a verdict is kept for: this host's kernel release
-// and QEMU version (the other fields empty).
-func thisHost(ctx context.Context) (AccelVerdict, error) {
-	qi, err := InspectQEMU(ctx, "")
+// and QEMU version (the other fields empty). It writes QEMU's cache file
+// (see InspectQEMU) only if remember is set.
+func thisHost(ctx context.Context, remember bool) (AccelVerdict, error) {
+	qi, err := inspectQEMU(ctx, "", remember)
 	if err != nil {
 		return AccelVerdict{}, err
 	}

@@ -165,6 +165,9 @@ func setMigrationCapabilities(ctx context.Context, q *QMP) error {
 		{"capability": "x-ignore-shared", "state": true},
 		// MIGRATION events tell us when the stream is complete.
 		{"capability": "events", "state": true},
+		// A machine restored through postcopy (LoadPostcopy) still has
+		// it, which QEMU refuses beside x-ignore-shared.
+		{"capability": "postcopy-ram", "state": false},
 	}
 	if _, err := q.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}); err != nil {
 		return err

@@ -62,6 +62,30 @@ const (
 // holes (untouched guest RAM, unwritten disk blocks) stay holes. dst must
 // not exist.
 func CloneFile(dst, src string) (err error) {
+	fi, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("clone %s: %w", src, err)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
+	if err != nil {
+		return fmt.Errorf("clone %s: %w", src, err)
+	}
+	err = CloneInto(out, src)
+	if cerr := out.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("clone %s to %s: %w", src, dst, cerr)
+	}
+	if err != nil {
+		os.Remove(dst)
+	}
+	return err
+}
+
+// CloneInto makes the open file out a copy of src, as CloneFile does. out
+// must hold no data (new, or only holes: a file truncated to any length),
+// since only src's data regions are written; it ends up as long as src.
+// Another process may have out open meanwhile (a QEMU starting on a RAM
+// file or disk being filled): it sees the data arrive.
+func CloneInto(out *os.File, src string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("clone %s: %w", src, err)
@@ -71,23 +95,11 @@ func CloneFile(dst, src string) (err error) {
 	if err != nil {
 		return fmt.Errorf("clone %s: %w", src, err)
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
-	if err != nil {
-		return fmt.Errorf("clone %s: %w", src, err)
-	}
-	defer func() {
-		if cerr := out.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("clone %s to %s: %w", src, dst, cerr)
-		}
-		if err != nil {
-			os.Remove(dst)
-		}
-	}()
 	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, out.Fd(), ficlone, in.Fd()); e == 0 {
 		return nil
 	}
 	if err := copySparse(out, in, fi.Size()); err != nil {
-		return fmt.Errorf("clone %s to %s: %w", src, dst, err)
+		return fmt.Errorf("clone %s to %s: %w", src, out.Name(), err)
 	}
 	return nil
 }

@@ -1,0 +1,217 @@
+package sbuml
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/sbuml/sbuml/stream"
+	"github.com/sbuml/sbuml/vmm"
+)
+
+// fileKind says what a file of a machine snapshot is to the QEMU that
+// runs it.
+type fileKind int
+
+const (
+	bootFile fileKind = iota // kernel, initrd: QEMU reads them as it starts
+	diskFile                 // QEMU opens it as it starts, reads it once the guest runs
+	ramFile                  // QEMU maps it as it starts, reads it once the guest runs
+)
+
+// Filters of materializer.wait.
+var (
+	anyFile  = func(fileKind) bool { return true }
+	notRAM   = func(k fileKind) bool { return k != ramFile }
+	bootOnly = func(k fileKind) bool { return k == bootFile }
+)
+
+// checkoutFile is one file of a snapshot being written into a machine.
+type checkoutFile struct {
+	from string // path in the snapshot
+	kind fileKind
+	f    *os.File
+	size int64
+	done chan struct{} // closed once written, or failed (err)
+	err  error
+}
+
+// materializer writes a machine snapshot's boot files, disks and RAM into
+// a machine, all at once, leaving holes as holes. The files exist before
+// anything is written, the disks and RAM at full length (all holes), so
+// that QEMU can open and map them while they fill; wait says when the
+// ones it needs are whole.
+type materializer struct {
+	src   machineSource
+	files []*checkoutFile
+	// lazyRAM leaves the RAM file empty (all holes): its pages arrive
+	// after QEMU starts, through postcopy (see lazyRAM).
+	lazyRAM bool
+	ramDir  string // the RAM file's directory of its own on tmpfs; "" in the machine directory
+	total   int64
+
+	ctx     context.Context // ends when a file fails or the work is aborted
+	cancel  context.CancelFunc
+	once    sync.Once
+	err     error // the first failure
+	written atomic.Int64
+	done    chan struct{} // closed once every file is written and closed, or failed
+}
+
+// newMaterializer lays out a machine snapshot's files in dir (the RAM on
+// tmpfs unless ramInDir), points cfg at them and creates them, empty.
+// With lazyRAM, the RAM file stays empty.
+func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, ramInDir, lazyRAM bool) (_ *materializer, err error) {
+	mz := &materializer{src: src, lazyRAM: lazyRAM, done: make(chan struct{})}
+	dsts, err := mz.layOut(dir, cfg, ramInDir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			mz.closeFiles()
+			mz.removeRAM()
+		}
+	}()
+	for i, c := range mz.files {
+		if c.size, err = src.size(ctx, c.from); err != nil {
+			return nil, fmt.Errorf("materialize %s: %w", c.from, err)
+		}
+		mz.total += c.size
+		if c.f, err = os.OpenFile(dsts[i], os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644); err != nil {
+			return nil, fmt.Errorf("materialize %s: %w", c.from, err)
+		}
+		if c.kind != bootFile {
+			if err := c.f.Truncate(c.size); err != nil {
+				return nil, fmt.Errorf("materialize %s: %w", c.from, err)
+			}
+		}
+	}
+	return mz, nil
+}
+
+// layOut lists the files to write and where, and points cfg at them:
+// boot files first, then disks, then RAM.
+func (mz *materializer) layOut(dir string, cfg *vmm.Config, ramInDir bool) ([]string, error) {
+	var dsts []string
+	add := func(from, to string, kind fileKind) {
+		mz.files = append(mz.files, &checkoutFile{from: from, kind: kind, done: make(chan struct{})})
+		dsts = append(dsts, to)
+	}
+	if cfg.Kernel != "" {
+		add(cfg.Kernel, filepath.Join(dir, machineKernel), bootFile)
+		cfg.Kernel = machineKernel
+	}
+	if cfg.Initrd != "" {
+		add(cfg.Initrd, filepath.Join(dir, machineInitrd), bootFile)
+		cfg.Initrd = machineInitrd
+	}
+	cfg.Disks = slices.Clone(cfg.Disks)
+	for i, d := range cfg.Disks {
+		base := path.Base(d)
+		if base == "." || base == "/" || base == ".." || strings.ContainsRune(base, ',') {
+			return nil, fmt.Errorf("%s: bad disk name %q", snapMachine, d)
+		}
+		add(d, filepath.Join(dir, base), diskFile)
+		cfg.Disks[i] = base
+	}
+	ramPath := filepath.Join(dir, vmm.RAMFileName)
+	if !ramInDir {
+		var err error
+		if ramPath, err = vmm.NewRAMFile("", cfg.Name); err != nil {
+			return nil, err
+		}
+		mz.ramDir = filepath.Dir(ramPath)
+	}
+	cfg.RAMFile = ramPath
+	add(snapRAM, ramPath, ramFile)
+	return dsts, nil
+}
+
+// start writes all files at once, each on workers of its own (see
+// stream.Extract). The first failure stops the others.
+func (mz *materializer) start(ctx context.Context) {
+	mz.ctx, mz.cancel = context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, c := range mz.files {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if c.kind != ramFile || !mz.lazyRAM {
+				err = mz.src.extractInto(mz.ctx, c.from, c.f)
+			}
+			if cerr := c.f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				c.err = fmt.Errorf("materialize %s: %w", c.from, err)
+				mz.fail(c.err)
+			}
+			mz.written.Add(c.size)
+			close(c.done)
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(mz.done)
+	}()
+}
+
+// fail records the first failure and stops the other files.
+func (mz *materializer) fail(err error) {
+	mz.once.Do(func() {
+		mz.err = err
+		mz.cancel()
+	})
+}
+
+// wait returns once the files of the kinds chosen are written, or with
+// the first failure of any file.
+func (mz *materializer) wait(kinds func(fileKind) bool) error {
+	for _, c := range mz.files {
+		if !kinds(c.kind) {
+			continue
+		}
+		<-c.done
+		if c.err != nil {
+			<-mz.done
+			return mz.err
+		}
+	}
+	return nil
+}
+
+// abort stops the work and returns once no file is being written.
+func (mz *materializer) abort() {
+	mz.fail(context.Canceled)
+	<-mz.done
+}
+
+// closeFiles closes the files of a materializer that never started.
+func (mz *materializer) closeFiles() {
+	for _, c := range mz.files {
+		if c.f != nil {
+			c.f.Close()
+		}
+	}
+}
+
+// removeRAM removes the RAM file's directory on tmpfs, for a checkout
+// that failed before a machine took the file over.
+func (mz *materializer) removeRAM() {
+	if mz.ramDir != "" {
+		os.RemoveAll(mz.ramDir)
+	}
+}
+
+// progress reports the bytes written so far, file by file.
+func (mz *materializer) progress() StoreProgress {
+	return StoreProgress{Stats: stream.Stats{LogicalBytes: mz.written.Load()}, TotalBytes: mz.total}
+}
