@@ -134,61 +134,41 @@ func ticks(t testing.TB, path string) []int {
 // and checks that the counter carries on from where it was.
 func TestGuestSurvivesSaveAndRestore(t *testing.T) {
 	t.Parallel()
-	src, _ := bootGuest(t)
 	ctx := testContext(t, 2*time.Minute)
-	if err := src.SendLine(ctx, "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done"); err != nil {
+	state, saved, cfg, last := savedCounter(t, ctx)
+	// The saved RAM in place of the empty RAM file savedCounter made.
+	if err := os.Remove(cfg.RAMFile); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.WaitConsole(ctx, "tick-5\r"); err != nil {
+	if err := CloneFile(cfg.RAMFile, saved); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.Freeze(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var state bytes.Buffer
-	if err := src.SaveDeviceState(ctx, &state); err != nil {
-		t.Fatal(err)
-	}
-	// The frozen disk is consistent; the restored machine gets a copy.
-	disk := filepath.Join(t.TempDir(), "disk")
-	if err := CloneFile(disk, resolve(src.Dir(), src.Config().Disks[0])); err != nil {
-		t.Fatal(err)
-	}
-	before := ticks(t, src.ConsoleLog())
-	last := before[len(before)-1]
-	ram, err := NewRAMFile("", "restored")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := CloneFile(ram, src.RAMFile()); err != nil {
-		t.Fatal(err)
-	}
-	if err := src.Halt(ctx); err != nil {
-		t.Fatal(err)
-	}
-
-	cfg := src.Config()
-	cfg.Name, cfg.RAMFile, cfg.RAMDir, cfg.Disks = "", ram, "", []string{disk}
-	cfg.Boot.Incoming = true
 	dst, err := Boot(ctx, filepath.Join(t.TempDir(), "restored"), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	haltOnCleanup(t, dst)
-	stateSize := state.Len()
-	if err := dst.LoadDeviceState(ctx, &state); err != nil {
+	if err := dst.LoadDeviceState(ctx, bytes.NewReader(state)); err != nil {
 		t.Fatal(err)
 	}
 	if err := dst.Continue(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("tick-%d\r", last+5)
-	if err := dst.WaitConsole(ctx, want); err != nil {
+	after := requireCountsOn(t, ctx, dst, last)
+	t.Logf("counter: %d before save, %v after restore; device state %d bytes", last, after[:3], len(state))
+}
+
+// requireCountsOn waits for the counter of savedCounter to count five
+// more in the restored machine dst, and checks that it carried on from
+// last: the first tick printed after the restore follows the last one
+// printed before the save (or finishes a line cut by the freeze), and
+// none is skipped. It returns the ticks printed after the restore.
+func requireCountsOn(t *testing.T, ctx context.Context, dst *Machine, last int) []int {
+	t.Helper()
+	if err := dst.WaitConsole(ctx, fmt.Sprintf("tick-%d\r", last+5)); err != nil {
 		t.Fatal(err)
 	}
 	after := ticks(t, dst.ConsoleLog())
-	// The first tick printed after the restore follows the last one
-	// printed before the save (or finishes a line cut by the freeze).
 	if first := after[0]; first != last+1 && first != last {
 		t.Fatalf("counter went from %d before the save to %d after the restore (%v)", last, first, after)
 	}
@@ -197,7 +177,7 @@ func TestGuestSurvivesSaveAndRestore(t *testing.T) {
 			t.Fatalf("counter skipped after restore: %v", after)
 		}
 	}
-	t.Logf("counter: %d before save, %v after restore; device state %d bytes", last, after[:3], stateSize)
+	return after
 }
 
 // TestGuestPowerOff lets the guest power itself off: QEMU exits without
