@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"math/rand"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/go-git/go-billy/v5/memfs"
@@ -53,23 +51,7 @@ func TestRoundTrip(t *testing.T) {
 			if st.Length != uint64(len(c.data)) {
 				t.Fatalf("length %d, want %d", st.Length, len(c.data))
 			}
-			var out bytes.Buffer
-			n, err := Copy(ctx, store, id, &out)
-			if err != nil || n != int64(len(c.data)) || !bytes.Equal(out.Bytes(), c.data) {
-				t.Fatalf("Copy: n=%d err=%v equal=%v", n, err, bytes.Equal(out.Bytes(), c.data))
-			}
-			f, err := os.Create(filepath.Join(t.TempDir(), "x"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			if err := Extract(ctx, store, id, f); err != nil {
-				t.Fatal(err)
-			}
-			got, _ := os.ReadFile(f.Name())
-			if !bytes.Equal(got, c.data) {
-				t.Fatal("Extract gave different bytes")
-			}
+			readBoth(t, store, id, c.data)
 			// Saving again is deterministic and adds nothing.
 			before := s.Stats()
 			id2, _, err := s.SaveStream(ctx, bytes.NewReader(c.data), c.params)
