@@ -86,7 +86,7 @@ func TestBrowser(t *testing.T) {
 	p.tag(fromPage.ID.String(), "page-tag")
 	mustCLI(t, dir, "tag", "shell-tag", fromShell.ID.String())
 	p.wait("the page's tag in the graph", `document.querySelector('.node-label .badge.tag') !== null`, time.Minute)
-	requireTags(t, dir, map[string]string{"page-tag": fromPage.ID.String(), "shell-tag": fromShell.ID.String()})
+	requireTags(t, dir, map[string]string{"refs/tags/page-tag": fromPage.ID.String(), "refs/tags/shell-tag": fromShell.ID.String()})
 	p.shot("ui-graph")
 
 	for _, change := range []struct{ action, state string }{{"freeze", "frozen"}, {"continue", "running"}} {
@@ -114,7 +114,7 @@ func TestBrowser(t *testing.T) {
 
 	p.deleteBranch(fromPage.ID.String(), "m2")
 	mustCLI(t, dir, "branch", "-d", "m3")
-	if bs := cliJSON[[]struct{ Name string }](t, dir, "branch"); !reflect.DeepEqual(bs, []struct{ Name string }{{"m1"}}) {
+	if bs := cliJSON[[]struct{ Name string }](t, dir, "branch"); !reflect.DeepEqual(bs, []struct{ Name string }{{"refs/heads/m1"}}) {
 		t.Errorf("after deleting m2 on the page and m3 in the shell, the branches are %v, want m1 only", bs)
 	}
 	p.gc()
