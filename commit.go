@@ -463,7 +463,7 @@ func machineFiles(dir string, cfg vmm.Config, c *captured) []*machineFile {
 	}
 	ram := file(snapRAM, c.ram.copyPath(), RAMParams, false)
 	ram.save = func(ctx context.Context, saver *stream.Saver, f *os.File, base objects.ID) (objects.ID, *objects.Stream, error) {
-		return saver.SavePages(ctx, f, RAMParams, c.ram.ids, c.ramChanged, base)
+		return saver.SavePages(ctx, f, RAMParams, c.ram.ids, c.ramChanged, base, c.ram.valid)
 	}
 	files := []*machineFile{ram}
 	if cfg.Kernel != "" {

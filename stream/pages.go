@@ -23,11 +23,12 @@ const pageWindow = 1 << 20
 // of the stored stream base (Zero: none): the stream SaveStreamFrom would
 // store for the same bytes and base, with the same index nodes, patch
 // and IDs. Only the pages in changed (sorted, not overlapping) are read,
-// hashed and stored; every other page k takes ids[k], the chunk ID the
-// page had in a stream of r's earlier content (Zero for a page of zeros).
-// The caller vouches that those pages still hold that content and that
-// their chunks are stored. On return ids holds every page's ID.
-func (s *Saver) SavePages(ctx context.Context, r io.ReaderAt, p Params, ids []objects.ID, changed []PageRange, base objects.ID) (objects.ID, *objects.Stream, error) {
+// hashed and stored; every other page k takes ids[k], its chunk ID (Zero
+// for a page of zeros). The caller vouches that those pages hold that
+// content and that their chunks are stored; idsOfBase says that they are
+// also base's pages, so that only the changed pages are compared with
+// base. On return ids holds every page's ID.
+func (s *Saver) SavePages(ctx context.Context, r io.ReaderAt, p Params, ids []objects.ID, changed []PageRange, base objects.ID, idsOfBase bool) (objects.ID, *objects.Stream, error) {
 	if err := p.Validate(); err != nil {
 		return objects.Zero, nil, fmt.Errorf("save pages: %w", err)
 	}
@@ -44,16 +45,7 @@ func (s *Saver) SavePages(ctx context.Context, r io.ReaderAt, p Params, ids []ob
 		return objects.Zero, nil, fmt.Errorf("save pages: %w", err)
 	}
 	s.countReused(ids, changed, page)
-	sink, err := s.versionSink(ctx, p, base)
-	if err != nil {
-		return objects.Zero, nil, fmt.Errorf("save pages: %w", err)
-	}
-	for _, id := range ids {
-		if err := sink.add(ctx, id, uint64(page)); err != nil {
-			return objects.Zero, nil, fmt.Errorf("save pages: %w", err)
-		}
-	}
-	root, patch, length, err := sink.finish(ctx)
+	root, patch, length, err := s.storePages(ctx, p, ids, changed, base, idsOfBase)
 	if err != nil {
 		return objects.Zero, nil, fmt.Errorf("save pages: %w", err)
 	}
@@ -63,6 +55,161 @@ func (s *Saver) SavePages(ctx context.Context, r io.ReaderAt, p Params, ids []ob
 		return objects.Zero, nil, fmt.Errorf("save pages: %w", err)
 	}
 	return id, st, nil
+}
+
+// storePages stores the index of the pages ids as a new version of
+// base: a patch on base's tree, or a tree of its own (see
+// SaveStreamFrom). Where the pages outside changed are base's
+// (idsOfBase), the patch is worked out from base's patch, the changed
+// pages and the nodes of base's tree above them, so its cost follows the
+// change, not the stream's length; otherwise every page is compared with
+// base's tree.
+func (s *Saver) storePages(ctx context.Context, p Params, ids []objects.ID, changed []PageRange, base objects.ID, idsOfBase bool) (root, patch objects.ID, length uint64, err error) {
+	if !idsOfBase {
+		return s.storePagesCompared(ctx, p, ids, base)
+	}
+	page := uint64(p.Chunking.Avg)
+	var st *objects.Stream
+	if !base.IsZero() {
+		if st, err = objects.LoadStream(ctx, s.store, base); err != nil {
+			return objects.Zero, objects.Zero, 0, fmt.Errorf("save stream on %s: %w", base.Short(), err)
+		}
+	}
+	if st != nil && ParamsOf(st) == p && !st.Root.IsZero() && st.Length == uint64(len(ids))*page {
+		entries, err := s.pagesPatch(ctx, st, ids, changed, page)
+		if err != nil {
+			return objects.Zero, objects.Zero, 0, err
+		}
+		root, patch, done, err := s.savePatch(ctx, st, entries, page, p.Fanout)
+		if done || err != nil {
+			return root, patch, st.Length, err
+		}
+	}
+	tree := newIndexBuilder(s.SaveObject, p.Fanout)
+	for _, id := range ids {
+		if err := tree.add(ctx, id, page); err != nil {
+			return objects.Zero, objects.Zero, 0, err
+		}
+	}
+	root, length, err = tree.finish(ctx)
+	return root, objects.Zero, length, err
+}
+
+// storePagesCompared is storePages comparing every page with base's
+// tree, as SaveStreamFrom does.
+func (s *Saver) storePagesCompared(ctx context.Context, p Params, ids []objects.ID, base objects.ID) (root, patch objects.ID, length uint64, err error) {
+	sink, err := s.versionSink(ctx, p, base)
+	if err != nil {
+		return objects.Zero, objects.Zero, 0, err
+	}
+	for _, id := range ids {
+		if err := sink.add(ctx, id, uint64(p.Chunking.Avg)); err != nil {
+			return objects.Zero, objects.Zero, 0, err
+		}
+	}
+	return sink.finish(ctx)
+}
+
+// pagesPatch returns the entries of the patch on base's tree of a new
+// version of base whose pages are ids, where only the pages in changed
+// may differ from base: base's patch entries outside them, and the
+// changed pages that differ from base's tree, neighbouring holes merged,
+// as patchSink would list them reading every page.
+func (s *Saver) pagesPatch(ctx context.Context, base *objects.Stream, ids []objects.ID, changed []PageRange, page uint64) ([]objects.PatchEntry, error) {
+	var old []objects.PatchEntry
+	if !base.Patch.IsZero() {
+		p, err := objects.LoadPatch(ctx, s.store, base.Patch)
+		if err != nil {
+			return nil, err
+		}
+		old = p.Entries
+	}
+	tree := &treeLookup{ctx: ctx, store: s.store, root: base.Root, length: base.Length, nodes: map[objects.ID]*objects.Index{}}
+	var out []objects.PatchEntry
+	add := func(e objects.PatchEntry) {
+		if k := len(out) - 1; e.ID.IsZero() && k >= 0 && out[k].ID.IsZero() && out[k].End() == e.Offset {
+			out[k].Length += e.Length
+			return
+		}
+		out = append(out, e)
+	}
+	// keep adds the part of old entries before offset end that lies
+	// outside the changed pages.
+	i := 0
+	keep := func(from, end uint64) {
+		for ; i < len(old) && old[i].Offset < end; i++ {
+			e := old[i]
+			if lo, hi := max(e.Offset, from), min(e.End(), end); lo < hi {
+				add(objects.PatchEntry{Offset: lo, ID: e.ID, Length: hi - lo})
+			}
+			if e.End() > end {
+				return // the rest of a hole runs past end
+			}
+		}
+	}
+	from := uint64(0)
+	for _, c := range changed {
+		keep(from, uint64(c.Start)*page)
+		for k := c.Start; k < c.End; k++ {
+			off := uint64(k) * page
+			l, err := tree.leafAt(off)
+			if err != nil {
+				return nil, err
+			}
+			same := l.ID.IsZero() && ids[k].IsZero() || !ids[k].IsZero() && l.ID == ids[k] && l.Offset == off && l.Length == page
+			if !same {
+				add(objects.PatchEntry{Offset: off, ID: ids[k], Length: page})
+			}
+		}
+		from = uint64(c.End) * page
+		for i < len(old) && old[i].End() <= from {
+			i++
+		}
+	}
+	keep(from, base.Length)
+	return out, nil
+}
+
+// treeLookup finds the leaves of an index tree at given offsets, loading
+// only the nodes above them, each once.
+type treeLookup struct {
+	ctx    context.Context
+	store  objects.Store
+	root   objects.ID
+	length uint64
+	nodes  map[objects.ID]*objects.Index
+}
+
+// leafAt returns the chunk or hole of the tree that holds byte off.
+func (t *treeLookup) leafAt(off uint64) (Leaf, error) {
+	id, at, end := t.root, uint64(0), t.length
+	for {
+		x := t.nodes[id]
+		if x == nil {
+			var err error
+			if x, err = objects.LoadIndex(t.ctx, t.store, id); err != nil {
+				return Leaf{}, err
+			}
+			t.nodes[id] = x
+		}
+		if x.Length() != end-at {
+			return Leaf{}, fmt.Errorf("index node %s: %w: its entries cover %d bytes, its parent says %d", id, objects.ErrCorrupt, x.Length(), end-at)
+		}
+		found := false
+		for _, e := range x.Entries {
+			if off < at+e.Length {
+				if x.Level == 0 || e.ID.IsZero() {
+					return Leaf{Offset: at, IndexEntry: e}, nil
+				}
+				id, end, found = e.ID, at+e.Length, true
+				break
+			}
+			at += e.Length
+		}
+		if !found {
+			return Leaf{}, fmt.Errorf("index node %s: %w: byte %d is beyond its entries", id, objects.ErrCorrupt, off)
+		}
+	}
 }
 
 // countReused adds every page to the logical bytes, and the pages not

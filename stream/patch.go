@@ -51,8 +51,8 @@ func (s *Saver) versionSink(ctx context.Context, p Params, base objects.ID) (ent
 	if ParamsOf(st) != p || st.Root.IsZero() {
 		return tree, nil
 	}
-	ps := &patchSink{saver: s, fanout: p.Fanout, base: st, nodes: objects.Seen{}}
-	if err := treeLeaves(ctx, s.store, st, func(id objects.ID) { ps.nodes.Add(id) }, func(l Leaf) error {
+	ps := &patchSink{saver: s, fanout: p.Fanout, chunk: uint64(p.Chunking.Avg), base: st}
+	if err := treeLeaves(ctx, s.store, st, nil, func(l Leaf) error {
 		ps.leaves = append(ps.leaves, l)
 		return nil
 	}); err != nil {
@@ -69,9 +69,9 @@ type patchSink struct {
 	saver  *Saver
 	fanout uint32
 	base   *objects.Stream
-	leaves []Leaf       // the base tree's leaves
-	nodes  objects.Seen // the base tree's index nodes
-	next   int          // the first leaf that may overlap the next entry
+	chunk  uint64 // the size of every chunk
+	leaves []Leaf // the base tree's leaves
+	next   int    // the first leaf that may overlap the next entry
 
 	entries []objects.IndexEntry // the stream's own, for a tree
 	patch   []objects.PatchEntry
@@ -112,18 +112,10 @@ func (ps *patchSink) same(off uint64, id objects.ID, n uint64) bool {
 // finish writes the patch if the stream is as long as its base and the
 // patch pays, else the stream's own tree.
 func (ps *patchSink) finish(ctx context.Context) (objects.ID, objects.ID, uint64, error) {
-	if ps.length == ps.base.Length && len(ps.patch) == 0 {
-		return ps.base.Root, objects.Zero, ps.length, nil
-	}
-	if ps.length == ps.base.Length && len(ps.patch) <= maxPatchEntries {
-		enc := (&objects.Patch{Entries: ps.patch}).Encode()
-		treeCost, err := ps.treeCost(ctx)
-		if err != nil {
-			return objects.Zero, objects.Zero, 0, err
-		}
-		if int64(len(enc))*patchAdvantage <= treeCost {
-			id, err := ps.saver.SaveObject(ctx, enc)
-			return ps.base.Root, id, ps.length, err
+	if ps.length == ps.base.Length {
+		root, patch, done, err := ps.saver.savePatch(ctx, ps.base, ps.patch, ps.chunk, ps.fanout)
+		if done || err != nil {
+			return root, patch, ps.length, err
 		}
 	}
 	tree := newIndexBuilder(ps.saver.SaveObject, ps.fanout)
@@ -134,22 +126,54 @@ func (ps *patchSink) finish(ctx context.Context) (objects.ID, objects.ID, uint64
 	return root, objects.Zero, n, err
 }
 
-// treeCost returns the size of the nodes of the stream's own tree that
-// the base tree lacks, computed without storing them.
-func (ps *patchSink) treeCost(ctx context.Context) (int64, error) {
-	var cost int64
-	dry := newIndexBuilder(func(_ context.Context, enc []byte) (objects.ID, error) {
-		id := objects.Sum(enc)
-		if _, ok := ps.nodes[id]; !ok {
-			cost += int64(len(enc))
-		}
-		return id, nil
-	}, ps.fanout)
-	if err := ps.replay(ctx, dry); err != nil {
-		return 0, err
+// savePatch stores entries, the differences of a new version of base
+// from base's tree, as a patch node if it pays, and returns the new
+// version's root and patch: base's tree alone if nothing differs. done
+// is false if the patch does not pay: the version needs a tree of its
+// own.
+func (s *Saver) savePatch(ctx context.Context, base *objects.Stream, entries []objects.PatchEntry, chunk uint64, fanout uint32) (root, patch objects.ID, done bool, err error) {
+	if len(entries) == 0 {
+		return base.Root, objects.Zero, true, nil
 	}
-	_, _, err := dry.finish(ctx)
-	return cost, err
+	if len(entries) > maxPatchEntries {
+		return objects.Zero, objects.Zero, false, nil
+	}
+	enc := (&objects.Patch{Entries: entries}).Encode()
+	if int64(len(enc))*patchAdvantage > treeCost(entries, chunk, fanout, base.Length) {
+		return objects.Zero, objects.Zero, false, nil
+	}
+	id, err := s.SaveObject(ctx, enc)
+	return base.Root, id, err == nil, err
+}
+
+// indexEntryBytes is about what an entry of an index node takes.
+const indexEntryBytes = objects.IDSize + 3
+
+// treeCost estimates the bytes of the nodes a tree of the stream's own
+// would add to its base's, from the entries of the patch alone: on each
+// level, one node of fanout entries for every span of chunks (fanout
+// chunks on level 0, fanout times as many on each level above) that an
+// entry falls in, and a root. Index nodes end where an entry's ID matches
+// the fanout mask, so a node covers about fanout entries; the estimate
+// costs what the patch costs, not what the stream does.
+func treeCost(entries []objects.PatchEntry, chunk uint64, fanout uint32, length uint64) int64 {
+	var cost int64
+	node := int64(fanout) * indexEntryBytes
+	for span := chunk * uint64(fanout); ; span *= uint64(fanout) {
+		var spans int64
+		next := uint64(0) // the first span not counted yet
+		for _, e := range entries {
+			first, last := max(e.Offset/span, next), (e.End()-1)/span
+			if last >= first {
+				spans += int64(last - first + 1)
+				next = last + 1
+			}
+		}
+		cost += spans * node
+		if span >= length || span > (1<<63)/uint64(fanout) {
+			return cost
+		}
+	}
 }
 
 func (ps *patchSink) replay(ctx context.Context, b *indexBuilder) error {
