@@ -683,12 +683,14 @@ func (m *Machine) Status(ctx context.Context) (Status, error) {
 	}
 	st.PID = pid
 	st.Uptime = time.Since(started).Truncate(time.Millisecond)
-	q, err := m.QMP(ctx)
+	rs, err := m.qmpRunState(ctx)
 	if err != nil {
-		return st, fmt.Errorf("status %s: %w", m.cfg.Name, err)
-	}
-	rs, err := runState(ctx, q)
-	if err != nil {
+		// A QEMU being killed closes its sockets before it is gone.
+		if waitGone(pid, m.dir, exitingWait) {
+			gone := Status{Memory: st.Memory, CPUs: st.CPUs, Accel: st.Accel}
+			gone.State, gone.Detail = m.gone(pid)
+			return gone, nil
+		}
 		return st, fmt.Errorf("status %s: %w", m.cfg.Name, err)
 	}
 	st.RunState = rs
@@ -702,6 +704,19 @@ func (m *Machine) Status(ctx context.Context) (Status, error) {
 		st.State = StateFrozen
 	}
 	return st, nil
+}
+
+// exitingWait is how long Status waits for a QEMU that no longer answers
+// on its monitor to be gone before it reports the monitor's error.
+const exitingWait = time.Second
+
+// qmpRunState asks QEMU for its run state.
+func (m *Machine) qmpRunState(ctx context.Context) (string, error) {
+	q, err := m.QMP(ctx)
+	if err != nil {
+		return "", err
+	}
+	return runState(ctx, q)
 }
 
 // Info is one entry of List.
