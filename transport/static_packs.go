@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -241,23 +240,7 @@ const packRecordHeader = objects.IDSize + 4
 // the entries it could not read (to be downloaded on their own), or a
 // *wholePack, having delivered nothing, if the server sends whole files.
 func (s *Static) fromRanges(ctx context.Context, p *staticPack, entries []objects.PackEntry, deliver func(objects.ID, []byte) error) ([]objects.ID, error) {
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Offset < entries[j].Offset })
-	// Cut the entries into runs, one range request each.
-	var runs [][]objects.PackEntry
-	for len(entries) > 0 {
-		n := 1
-		start, end := entries[0].Offset, entries[0].Offset+uint64(entries[0].Size)
-		for n < len(entries) {
-			e := entries[n]
-			if e.Offset > end+rangeGap || e.Offset+uint64(e.Size)-start > rangeMax {
-				break
-			}
-			end = max(end, e.Offset+uint64(e.Size))
-			n++
-		}
-		runs = append(runs, entries[:n])
-		entries = entries[n:]
-	}
+	runs := rangeRuns(entries)
 	var mu sync.Mutex
 	var failed []objects.ID
 	// fetch reads one run and delivers its objects; those it cannot read

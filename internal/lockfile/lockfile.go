@@ -246,3 +246,23 @@ func Holder(path string) int {
 	}
 	return 0
 }
+
+// Exclusive takes an exclusive flock on path, a file that stays in place
+// (created if missing), waiting for whichever process holds it, and
+// returns the function that releases it. It guards work done once per
+// host, such as building a fixture, against other processes doing it at
+// the same time.
+func Exclusive(path string) (release func(), err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := flock(f, unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() {
+		flock(f, unix.LOCK_UN)
+		f.Close()
+	}, nil
+}

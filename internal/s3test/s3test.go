@@ -27,6 +27,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/sbuml/sbuml/internal/lockfile"
 	"github.com/sbuml/sbuml/internal/testimage"
 )
 
@@ -75,7 +76,7 @@ func build() (string, error) {
 		return "", err
 	}
 	path := filepath.Join(root, "versitygw-"+Version)
-	unlock, err := lockFile(path + ".lock")
+	unlock, err := lockfile.Exclusive(path + ".lock")
 	if err != nil {
 		return "", err
 	}
@@ -101,28 +102,6 @@ func build() (string, error) {
 		return "", err
 	}
 	return path, nil
-}
-
-// lockFile takes an exclusive lock on path, waiting for other processes.
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if err != syscall.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() {
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
 }
 
 // Server is a versitygw process serving a temporary directory.

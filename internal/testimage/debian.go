@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml/image"
+	"github.com/sbuml/sbuml/internal/lockfile"
 )
 
 var (
@@ -81,7 +82,7 @@ func loadDebian(t testing.TB) (*image.Image, error) {
 		return nil, err
 	}
 	opts.Dir = filepath.Join(root, "debian-"+recipe)
-	unlock, err := lockFile(opts.Dir + ".lock")
+	unlock, err := lockfile.Exclusive(opts.Dir + ".lock")
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +121,7 @@ func debianKey() (priv, pub string, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", err
 	}
-	unlock, err := lockFile(dir + ".lock")
+	unlock, err := lockfile.Exclusive(dir + ".lock")
 	if err != nil {
 		return "", "", err
 	}

@@ -26,11 +26,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sbuml/sbuml/image"
+	"github.com/sbuml/sbuml/internal/lockfile"
 )
 
 // CacheEnv names the environment variable that overrides the cache
@@ -167,7 +167,7 @@ func load(t testing.TB) (*image.Image, error) {
 	}
 	// The agent's name holds its hash: images differ when it does.
 	dir := filepath.Join(root, "image-"+image.RecipeHash()+"-"+filepath.Base(agentPath)[len("sbuml-guest-"):])
-	unlock, err := lockFile(dir + ".lock")
+	unlock, err := lockfile.Exclusive(dir + ".lock")
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +221,7 @@ func pruneStale(root, pattern, keep string) {
 		if err != nil || !fi.IsDir() || dir == keep || time.Since(fi.ModTime()) < staleAge {
 			continue
 		}
-		unlock, err := lockFile(dir + ".lock")
+		unlock, err := lockfile.Exclusive(dir + ".lock")
 		if err != nil {
 			continue
 		}
@@ -229,27 +229,4 @@ func pruneStale(root, pattern, keep string) {
 		os.Remove(dir + ".lock")
 		unlock()
 	}
-}
-
-// lockFile takes an exclusive lock on path, waiting for other processes,
-// and returns the function that releases it.
-func lockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if err != syscall.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() {
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
 }
