@@ -94,7 +94,13 @@ func (k *keeper) guestActivity(ctx context.Context) (*guestActivity, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &guestActivity{Forks: st.Processes, UserTicks: st.User + st.Nice, SystemTicks: st.System, SectorsWritten: st.SectorsWritten}, nil
+	return &guestActivity{
+		At:             time.Now(),
+		Forks:          st.Processes,
+		UserTicks:      st.User + st.Nice - min(st.AgentUser, st.User+st.Nice),
+		SystemTicks:    st.System,
+		SectorsWritten: st.SectorsWritten,
+	}, nil
 }
 
 // Checkpoint answers a ckpt() request of the guest (agent.Handler): it

@@ -229,6 +229,9 @@ func (k *keeper) autosnapOnce(ctx context.Context, cfg *AutosnapConfig, st *Auto
 	if why := k.skipAutosnap(ctx, cfg, before, now, aerr); why != "" {
 		st.Skipped++
 		st.LastSkip = why
+		if why == skipIdle {
+			return now // the next interval is judged on its own
+		}
 		return before
 	}
 	res, err := k.commit(ctx, CommitOptions{Auto: true, Message: "autosnap " + k.name})
@@ -264,8 +267,8 @@ func (k *keeper) skipAutosnap(ctx context.Context, cfg *AutosnapConfig, before, 
 	if cfg.Always || before == nil || aerr != nil {
 		return ""
 	}
-	if now.idleSince(before, cfg.Every) {
-		return "guest idle"
+	if now.idleSince(before) {
+		return skipIdle
 	}
 	log.Printf("autosnap: the guest was active: %d processes started, %d sectors written, %d ticks of user and %d of system time",
 		now.Forks-before.Forks, now.SectorsWritten-before.SectorsWritten, now.UserTicks-before.UserTicks, now.SystemTicks-before.SystemTicks)
@@ -297,22 +300,26 @@ func (k *keeper) saveAutosnapState(st *AutosnapState) {
 	}
 }
 
+// skipIdle is why an interval whose guest was idle takes no snapshot.
+const skipIdle = "guest idle"
+
 // guestActivity is what the guest's agent counts, to tell an idle guest.
 type guestActivity struct {
-	Forks          uint64 // processes created since boot
-	UserTicks      uint64 // user and nice CPU time, in clock ticks
-	SystemTicks    uint64 // system CPU time, in clock ticks (reported, not judged)
-	SectorsWritten uint64 // to block devices
+	At             time.Time // when the host read them
+	Forks          uint64    // processes created since boot
+	UserTicks      uint64    // user and nice CPU time but the agent's own, in clock ticks
+	SystemTicks    uint64    // system CPU time, in clock ticks (reported, not judged)
+	SectorsWritten uint64    // to block devices
 }
 
-// idleSince reports whether the guest did nothing in the interval since
-// before: it started no process, wrote no sector to a disk, and its CPUs
-// ran programs (user and nice time) for at most idleBusy of the interval
-// plus two ticks. Kernel time is not counted: the kernel of an idle guest
-// works after every resume (a commit freezes it), and the agent's own
-// answers cost it a tick or two.
-func (a *guestActivity) idleSince(before *guestActivity, interval time.Duration) bool {
-	budget := 2 + uint64(interval.Seconds()*userHZ*idleBusy)
+// idleSince reports whether the guest did nothing since before: it
+// started no process, wrote no sector to a disk, and its CPUs ran
+// programs other than the agent (user and nice time) for at most idleBusy
+// of the time between the two readings plus two ticks. Kernel time is not
+// counted: the kernel of an idle guest works after every resume (a commit
+// freezes it) and for every answer of the agent.
+func (a *guestActivity) idleSince(before *guestActivity) bool {
+	budget := 2 + uint64(a.At.Sub(before.At).Seconds()*userHZ*idleBusy)
 	return a.Forks == before.Forks && a.SectorsWritten == before.SectorsWritten && a.UserTicks-before.UserTicks <= budget
 }
 

@@ -91,6 +91,10 @@ type Stats struct {
 	Nice   uint64 `json:"nice"`
 	System uint64 `json:"system"`
 	Idle   uint64 `json:"idle"`
+	// AgentUser is the user CPU time, in the same ticks, of the agent
+	// itself (not of the commands it ran): answering the host costs the
+	// guest some, and an idle guest is idle whatever the host asks.
+	AgentUser uint64 `json:"agent_user,omitempty"`
 	// SectorsWritten sums the 512-byte sectors written to the guest's
 	// block devices backed by hardware (/proc/diskstats; not loop, ram
 	// or device-mapper devices).

@@ -52,6 +52,10 @@ func readStats() (agent.Stats, error) {
 	if err := readProcStat(&st); err != nil {
 		return st, err
 	}
+	var err error
+	if st.AgentUser, err = selfUserTicks("/proc/self/stat"); err != nil {
+		return st, err
+	}
 	b, err := os.ReadFile("/proc/uptime")
 	if err != nil {
 		return st, err
@@ -90,6 +94,30 @@ func readProcStat(st *agent.Stats) error {
 		}
 	}
 	return nil
+}
+
+// selfUserTicks reads the user CPU time of this process (field 14,
+// utime, of /proc/self/stat), in USER_HZ ticks.
+func selfUserTicks(stat string) (uint64, error) {
+	b, err := os.ReadFile(stat)
+	if err != nil {
+		return 0, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces:
+	// count fields after its closing one.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s: no command name", stat)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 12 {
+		return 0, fmt.Errorf("%s: too short", stat)
+	}
+	n, err := strconv.ParseUint(f[11], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", stat, err)
+	}
+	return n, nil
 }
 
 // sectorsWritten sums the sectors written to whole disks backed by a

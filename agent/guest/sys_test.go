@@ -28,6 +28,30 @@ func TestSectorsWritten(t *testing.T) {
 	}
 }
 
+func TestSelfUserTicks(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		stat string
+		want uint64
+		ok   bool
+	}{
+		{"42 (sbuml-guest) S 1 42 42 0 -1 4194560 900 0 0 0 17 5 0 0 20 0 6 0", 17, true},
+		{"42 (a) b (c)) R 1 42 42 0 -1 4194560 900 0 0 0 23 5 0 0 20 0 6 0", 23, true},
+		{"42 (short) S 1 42", 0, false},
+		{"no name", 0, false},
+	} {
+		p := filepath.Join(dir, "stat")
+		os.WriteFile(p, []byte(tc.stat), 0o644)
+		got, err := selfUserTicks(p)
+		if got != tc.want || (err == nil) != tc.ok {
+			t.Errorf("selfUserTicks(%q) = %d, %v; want %d (ok %v)", tc.stat, got, err, tc.want, tc.ok)
+		}
+	}
+	if _, err := selfUserTicks("/proc/self/stat"); err != nil {
+		t.Errorf("this process: %v", err)
+	}
+}
+
 func TestEscape(t *testing.T) {
 	for _, s := range []string{"", "plain", "a\nb", `back\slash`, `\n literally`, "\\\n\\"} {
 		if got := unescape(escape(s)); got != s {
