@@ -97,7 +97,8 @@ func (k *keeper) guestActivity(ctx context.Context) (*guestActivity, error) {
 	return &guestActivity{
 		At:             time.Now(),
 		Forks:          st.Processes,
-		UserTicks:      st.User + st.Nice - min(st.AgentUser, st.User+st.Nice),
+		UserTicks:      st.User + st.Nice,
+		AgentTicks:     st.AgentUser,
 		SystemTicks:    st.System,
 		SectorsWritten: st.SectorsWritten,
 	}, nil

@@ -271,7 +271,7 @@ func (k *keeper) skipAutosnap(ctx context.Context, cfg *AutosnapConfig, before, 
 		return skipIdle
 	}
 	log.Printf("autosnap: the guest was active: %d processes started, %d sectors written, %d ticks of user and %d of system time",
-		now.Forks-before.Forks, now.SectorsWritten-before.SectorsWritten, now.UserTicks-before.UserTicks, now.SystemTicks-before.SystemTicks)
+		now.Forks-before.Forks, now.SectorsWritten-before.SectorsWritten, now.userBusy(before), now.SystemTicks-before.SystemTicks)
 	return ""
 }
 
@@ -307,7 +307,8 @@ const skipIdle = "guest idle"
 type guestActivity struct {
 	At             time.Time // when the host read them
 	Forks          uint64    // processes created since boot
-	UserTicks      uint64    // user and nice CPU time but the agent's own, in clock ticks
+	UserTicks      uint64    // user and nice CPU time, in clock ticks
+	AgentTicks     uint64    // the agent's own user time, in clock ticks
 	SystemTicks    uint64    // system CPU time, in clock ticks (reported, not judged)
 	SectorsWritten uint64    // to block devices
 }
@@ -320,7 +321,17 @@ type guestActivity struct {
 // freezes it) and for every answer of the agent.
 func (a *guestActivity) idleSince(before *guestActivity) bool {
 	budget := 2 + uint64(a.At.Sub(before.At).Seconds()*userHZ*idleBusy)
-	return a.Forks == before.Forks && a.SectorsWritten == before.SectorsWritten && a.UserTicks-before.UserTicks <= budget
+	return a.Forks == before.Forks && a.SectorsWritten == before.SectorsWritten && a.userBusy(before) <= budget
+}
+
+// userBusy returns the user and nice ticks since before that are not the
+// agent's. The two counts are kept differently by the guest kernel
+// (/proc/stat samples ticks, a process's time is split from its run
+// time), so the agent's may exceed the total: never below zero.
+func (a *guestActivity) userBusy(before *guestActivity) uint64 {
+	user := a.UserTicks - min(a.UserTicks, before.UserTicks)
+	agent := a.AgentTicks - min(a.AgentTicks, before.AgentTicks)
+	return user - min(user, agent)
 }
 
 // userHZ is the unit of /proc/stat's CPU times: always 100 per second.
