@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml/internal/atomicfile"
+	"golang.org/x/sys/unix"
 )
 
 // State is the condition of a machine as sbuml sees it.
@@ -310,7 +311,7 @@ func (p *bootPlan) startQEMU(lock *dirLock, undo *undoList) (*Machine, error) {
 	}
 	m := &Machine{dir: dir, cfg: p.cfg, lock: lock, exited: make(chan struct{})}
 	go func() {
-		m.exitErr = cmd.Wait()
+		m.exitErr = waitExit(cmd)
 		if m.exitErr == nil {
 			m.exitErr = errors.New("exit status 0")
 		}
@@ -801,4 +802,21 @@ func DialAgent(ctx context.Context, dir string) (*net.UnixConn, error) {
 		return nil, fmt.Errorf("dial agent of machine %s: %w", dir, err)
 	}
 	return c, nil
+}
+
+// waitExit waits for a started process to end and reaps it. Until the end
+// it watches a pidfd rather than waiting in wait4: a parent that waits
+// for its child takes the child's ptrace stops too, and sbuml borrows
+// QEMU's main thread with ptrace (see DirtyLog).
+func waitExit(cmd *exec.Cmd) error {
+	if fd, err := unix.PidfdOpen(cmd.Process.Pid, 0); err == nil {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(pfd, -1); !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		unix.Close(fd)
+	}
+	return cmd.Wait()
 }
