@@ -131,20 +131,65 @@ func dataIn(f *os.File, r extent) ([]extent, error) {
 	return out, nil
 }
 
+// mirrorRanges makes the byte ranges of dst (which exists, as large as
+// src) the same as in src, writing only the pages that differ, and
+// returns the ranges it rewrote. Ranges closer than mirrorGap are
+// compared as one.
+func mirrorRanges(dst, src string, ranges [][2]int64) ([]extent, error) {
+	if len(ranges) == 0 {
+		return nil, nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return nil, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
+	var es []extent
+	for _, r := range ranges {
+		if n := len(es); n > 0 && r[0]-es[n-1].end < mirrorGap {
+			es[n-1].end = max(es[n-1].end, r[1])
+			continue
+		}
+		es = append(es, extent{r[0], r[1]})
+	}
+	written, err := mirrorExtents(out, in, es)
+	if err != nil {
+		return nil, fmt.Errorf("mirror %s: %w", src, err)
+	}
+	return written, nil
+}
+
+// mirrorGap is the distance under which mirrorRanges joins two ranges:
+// reading the pages between costs less than another pair of reads.
+const mirrorGap = 64 << 10
+
 // mirrorExtents compares and copies the data extents of in block by
-// block on mirrorWorkers goroutines, and returns the ranges it rewrote.
+// block on up to mirrorWorkers goroutines, and returns the ranges it
+// rewrote. Its buffers are no larger than the largest block: fresh memory
+// costs a page fault per 4 KiB, and a pass over a few small extents runs
+// while the guest is frozen.
 func mirrorExtents(out, in *os.File, extents []extent) ([]extent, error) {
+	var size, nblocks int64
+	for _, e := range extents {
+		size = max(size, min(e.end-e.start, mirrorBlock))
+		nblocks += (e.end - e.start + mirrorBlock - 1) / mirrorBlock
+	}
 	blocks := make(chan extent, 64)
 	var written []extent
 	var mu sync.Mutex
 	var firstErr error
 	var wg sync.WaitGroup
-	for range mirrorWorkers {
+	for range min(mirrorWorkers, nblocks) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a := make([]byte, mirrorBlock)
-			b := make([]byte, mirrorBlock)
+			a := make([]byte, size)
+			b := make([]byte, size)
 			var mine []extent
 			for e := range blocks {
 				var err error
@@ -258,11 +303,19 @@ type captured struct {
 	// differ from the RAM stream the copy held before.
 	ramChanged []stream.PageRange
 	diskDir    string // the copies of the disks: diskDir/<disk name>
-	devID      objects.ID
-	devSize    uint64
-	downtime   time.Duration
-	frozen     FrozenPhases
-	running    bool // the guest runs after the capture
+	// log is the machine's dirty-page log (nil: the host keeps none);
+	// with useLog, the copy of RAM was made when it was armed, and only
+	// the pages it reports are compared.
+	log    *vmm.DirtyLog
+	useLog bool
+	// ramAhead lists the ranges of the copy of RAM rewritten before the
+	// freeze.
+	ramAhead []extent
+	devID    objects.ID
+	devSize  uint64
+	downtime time.Duration
+	frozen   FrozenPhases
+	running  bool // the guest runs after the capture
 	// frozenAt is when the guest was frozen for the capture (zero: it
 	// was not).
 	frozenAt time.Time
@@ -280,8 +333,9 @@ type mirrorJob struct{ dst, src string }
 // freezes it only while its device state is saved and the copies catch
 // up, and continues it (unless asked to leave it frozen). The device
 // state streams into the store meanwhile. When the copy of RAM already
-// holds the last snapshot's RAM, it is not copied ahead: the frozen pass
-// must compare all of RAM anyway, and finds the pages that changed.
+// holds the last snapshot's RAM, only what the dirty-page log reports is
+// copied, ahead and frozen; without a log, RAM is not copied ahead: the
+// frozen pass must compare all of it anyway.
 func (s *Scrapbook) capture(ctx context.Context, m *vmm.Machine, p *commitPlan, saver *stream.Saver, opts CommitOptions) (*captured, error) {
 	c, err := newCaptured(m, s.ramStreamOf(ctx, p.head.Snapshot))
 	if err != nil {
@@ -289,13 +343,11 @@ func (s *Scrapbook) capture(ctx context.Context, m *vmm.Machine, p *commitPlan, 
 	}
 	pw, devDone := c.storeDeviceState(ctx, saver, p.reuseDev)
 	jobs := c.mirrorJobs(m)
-	ahead := jobs
-	if c.ram.valid {
-		ahead = jobs[1:]
-	}
+	c.openDirtyLog(m)
+	defer c.closeDirtyLog()
 	// Pre-copy while the guest runs; frozen, only the pages that changed
 	// since are copied again (see mirror).
-	captureErr := mirrorAll(ahead)
+	captureErr := c.mirrorAhead(jobs)
 	if captureErr == nil {
 		captureErr = c.freezeAndSave(ctx, m, p, pw, jobs)
 	}
@@ -366,6 +418,49 @@ func (c *captured) mirrorJobs(m *vmm.Machine) []mirrorJob {
 	return jobs
 }
 
+// openDirtyLog starts the machine's dirty-page log, or finds it running,
+// and tells whether the copy of RAM can trust it (see lastRAM). Where the
+// host keeps no log, commits compare all of RAM.
+func (c *captured) openDirtyLog(m *vmm.Machine) {
+	log, err := m.StartDirtyLog()
+	if err != nil {
+		return
+	}
+	c.log = log
+	c.useLog = c.ram.valid && c.ram.loggedBy == log.ID()
+}
+
+func (c *captured) closeDirtyLog() {
+	if c.log != nil {
+		c.log.Close()
+	}
+}
+
+// mirrorAhead copies, while the guest runs, what the frozen pass would
+// otherwise copy: the disks, and RAM unless the copy holds the last
+// snapshot's RAM. Then only the pages the dirty-page log reports are
+// copied, the log armed again: frozen, only those written since remain.
+func (c *captured) mirrorAhead(jobs []mirrorJob) error {
+	ram := jobs[0]
+	switch {
+	case c.useLog:
+		written, err := c.log.Written(true)
+		if err == nil {
+			c.ramAhead, err = mirrorRanges(ram.dst, ram.src, written)
+		}
+		if err != nil {
+			return err
+		}
+	case c.ram.valid:
+		// The frozen pass compares all of RAM anyway.
+	default:
+		if _, err := mirror(ram.dst, ram.src); err != nil {
+			return err
+		}
+	}
+	return mirrorAll(jobs[1:])
+}
+
 // mirrorAll brings every copy up to date (see mirror).
 func mirrorAll(jobs []mirrorJob) error {
 	for _, j := range jobs {
@@ -380,11 +475,11 @@ func mirrorAll(jobs []mirrorJob) error {
 // notes which pages of the copy of RAM are to be hashed.
 func (c *captured) mirrorFrozen(jobs []mirrorJob) error {
 	start := time.Now()
-	rewritten, err := mirror(jobs[0].dst, jobs[0].src)
+	rewritten, err := c.mirrorRAMFrozen(jobs[0])
 	if err != nil {
 		return err
 	}
-	if c.ramChanged, err = c.ram.changedPages(rewritten); err != nil {
+	if c.ramChanged, err = c.ram.changedPages(append(rewritten, c.ramAhead...)); err != nil {
 		return err
 	}
 	c.frozen.RAM = time.Since(start)
@@ -392,6 +487,28 @@ func (c *captured) mirrorFrozen(jobs []mirrorJob) error {
 	err = mirrorAll(jobs[1:])
 	c.frozen.Disks = time.Since(start)
 	return err
+}
+
+// mirrorRAMFrozen brings the copy of RAM up to date with the guest
+// frozen, comparing only the pages the dirty-page log reports if the copy
+// can trust it, else all of RAM, and arms the log at this instant for the
+// next commit.
+func (c *captured) mirrorRAMFrozen(ram mirrorJob) ([]extent, error) {
+	if c.useLog {
+		written, err := c.log.Written(true)
+		if err == nil {
+			c.ram.armed = c.log.ID()
+			return mirrorRanges(ram.dst, ram.src, written)
+		}
+		c.useLog = false
+	}
+	rewritten, err := mirror(ram.dst, ram.src)
+	if err == nil && c.log != nil {
+		if _, err := c.log.Written(true); err == nil {
+			c.ram.armed = c.log.ID()
+		}
+	}
+	return rewritten, err
 }
 
 // freezeAndSave freezes a running guest and, frozen, has QEMU write its

@@ -93,6 +93,9 @@ type CommitResult struct {
 	// every page with data when it had no copy of that snapshot's RAM
 	// (see docs/design.md).
 	HashedRAMPages int64 `json:"hashed_ram_pages"`
+	// DirtyLog says the frozen pass compared only the RAM pages the
+	// machine's dirty-page log reported (vmm.DirtyLog), not all of RAM.
+	DirtyLog bool `json:"dirty_log"`
 	// DeviceStateBytes is the size of QEMU's device and vCPU state.
 	DeviceStateBytes int64 `json:"device_state_bytes"`
 	// Auto says the snapshot is automatic (CommitOptions.Auto).
@@ -266,7 +269,7 @@ func (s *Scrapbook) commit(ctx context.Context, m *vmm.Machine, p *commitPlan, o
 	}
 	return &CommitResult{
 		Result:   Result{ID: id, Branch: branch, Parent: p.parent, LogicalBytes: size, Stats: saver.Stats()},
-		Downtime: c.downtime, Frozen: c.frozen, HashedRAMPages: c.hashedPages(), Running: c.running, DeviceStateBytes: int64(c.devSize), Auto: opts.Auto,
+		Downtime: c.downtime, Frozen: c.frozen, HashedRAMPages: c.hashedPages(), DirtyLog: c.useLog, Running: c.running, DeviceStateBytes: int64(c.devSize), Auto: opts.Auto,
 	}, nil
 }
 

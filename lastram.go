@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"unsafe"
 
 	"github.com/sbuml/sbuml/internal/atomicfile"
@@ -30,10 +31,17 @@ import (
 // after the copy began to change), the commit copies and hashes all of
 // RAM, as the first commit of a machine does. See docs/design.md.
 
+// Where the machine's QEMU keeps a dirty-page log (vmm.DirtyLog) armed at
+// the instant the copy holds, the next commit need not compare all of RAM:
+// the pages the log reports are all that can differ from the copy. The
+// sidecar then names that log beside the stream (lastRAMLog), and the
+// commit uses it only if it is the log that runs now.
+
 // Names in the sidecar directory.
 const (
-	lastRAMCopy  = "ram"   // the copy
-	lastRAMTable = "pages" // its pages' chunk IDs (see lastRAM.save)
+	lastRAMCopy  = "ram"      // the copy
+	lastRAMTable = "pages"    // its pages' chunk IDs (see lastRAM.save)
+	lastRAMLog   = "dirtylog" // "STREAM LOG": the log armed when the copy was made
 )
 
 // ramPage is the size of a RAM page and of a RAM chunk (RAMParams).
@@ -56,6 +64,12 @@ type lastRAM struct {
 	// valid says the copy held that stream, which is the RAM of the
 	// machine's last snapshot: pages mirror leaves alone keep their ID.
 	valid bool
+	// loggedBy names the dirty-page log armed at the instant the valid
+	// copy holds ("": none known).
+	loggedBy string
+	// armed names the log this commit armed at its instant, to record
+	// with the new copy ("": none).
+	armed string
 }
 
 // copyPath is the path of the copy.
@@ -83,6 +97,7 @@ func openLastRAM(ramFile string, want objects.ID) (*lastRAM, error) {
 	cfi, cerr := os.Stat(l.copyPath())
 	if err == nil && cerr == nil && cfi.Size() == fi.Size() && !want.IsZero() && stream == want {
 		l.valid = true
+		l.loggedBy = readLastRAMLog(filepath.Join(l.dir, lastRAMLog), want)
 	} else {
 		clear(l.ids)
 	}
@@ -99,6 +114,9 @@ const (
 // until save, the copy holds no stream known to the next commit. A table
 // that cannot be written to is removed.
 func (l *lastRAM) invalidate() error {
+	if err := os.Remove(filepath.Join(l.dir, lastRAMLog)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("reset the copy of the last snapshot's RAM: %w", err)
+	}
 	path := filepath.Join(l.dir, lastRAMTable)
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
@@ -124,6 +142,17 @@ func (l *lastRAM) invalidate() error {
 // endian. If the copy was valid, the table holds the IDs of every page but
 // those in changed, so only theirs are written, then id; else all of it.
 func (l *lastRAM) save(id objects.ID, changed []stream.PageRange) error {
+	if err := l.saveTable(id, changed); err != nil {
+		return err
+	}
+	if l.armed == "" {
+		return nil
+	}
+	return atomicfile.WriteFile(filepath.Join(l.dir, lastRAMLog), []byte(id.String()+" "+l.armed+"\n"), 0o600)
+}
+
+// saveTable writes the table for save.
+func (l *lastRAM) saveTable(id objects.ID, changed []stream.PageRange) error {
 	path := filepath.Join(l.dir, lastRAMTable)
 	if !l.valid {
 		return l.writeTable(path, id)
@@ -186,6 +215,20 @@ func readLastRAMTable(path string, ids []objects.ID) (objects.ID, error) {
 	var id objects.ID
 	copy(id[:], h[lastRAMStreamAt:])
 	return id, nil
+}
+
+// readLastRAMLog returns the log a lastRAMLog file names for stream
+// want, or "".
+func readLastRAMLog(path string, want objects.ID) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	stream, log, ok := strings.Cut(strings.TrimSpace(string(b)), " ")
+	if !ok || stream != want.String() {
+		return ""
+	}
+	return log
 }
 
 // idBytes is the memory of ids as bytes (an ID is an array of bytes), so
