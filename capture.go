@@ -311,11 +311,14 @@ type captured struct {
 	// ramAhead lists the ranges of the copy of RAM rewritten before the
 	// freeze.
 	ramAhead []extent
-	devID    objects.ID
-	devSize  uint64
-	downtime time.Duration
-	frozen   FrozenPhases
-	running  bool // the guest runs after the capture
+	// diskWritesAhead is QEMU's count of disk writes before the disks
+	// were copied ahead (nil: unknown).
+	diskWritesAhead *uint64
+	devID           objects.ID
+	devSize         uint64
+	downtime        time.Duration
+	frozen          FrozenPhases
+	running         bool // the guest runs after the capture
 	// frozenAt is when the guest was frozen for the capture (zero: it
 	// was not).
 	frozenAt time.Time
@@ -347,7 +350,7 @@ func (s *Scrapbook) capture(ctx context.Context, m *vmm.Machine, p *commitPlan, 
 	defer c.closeDirtyLog()
 	// Pre-copy while the guest runs; frozen, only the pages that changed
 	// since are copied again (see mirror).
-	captureErr := c.mirrorAhead(jobs)
+	captureErr := c.mirrorAhead(ctx, m, jobs)
 	if captureErr == nil {
 		captureErr = c.freezeAndSave(ctx, m, p, pw, jobs)
 	}
@@ -440,7 +443,9 @@ func (c *captured) closeDirtyLog() {
 // otherwise copy: the disks, and RAM unless the copy holds the last
 // snapshot's RAM. Then only the pages the dirty-page log reports are
 // copied, the log armed again: frozen, only those written since remain.
-func (c *captured) mirrorAhead(jobs []mirrorJob) error {
+// The disks' write count is read first: if it has not moved by the
+// freeze, the frozen pass leaves the disks alone.
+func (c *captured) mirrorAhead(ctx context.Context, m *vmm.Machine, jobs []mirrorJob) error {
 	ram := jobs[0]
 	switch {
 	case c.useLog:
@@ -458,6 +463,9 @@ func (c *captured) mirrorAhead(jobs []mirrorJob) error {
 			return err
 		}
 	}
+	if n, err := m.DiskWrites(ctx); err == nil {
+		c.diskWritesAhead = &n
+	}
 	return mirrorAll(jobs[1:])
 }
 
@@ -473,7 +481,7 @@ func mirrorAll(jobs []mirrorJob) error {
 
 // mirrorFrozen brings the copies up to date with the guest frozen, and
 // notes which pages of the copy of RAM are to be hashed.
-func (c *captured) mirrorFrozen(jobs []mirrorJob) error {
+func (c *captured) mirrorFrozen(ctx context.Context, m *vmm.Machine, jobs []mirrorJob) error {
 	start := time.Now()
 	rewritten, err := c.mirrorRAMFrozen(jobs[0])
 	if err != nil {
@@ -484,9 +492,22 @@ func (c *captured) mirrorFrozen(jobs []mirrorJob) error {
 	}
 	c.frozen.RAM = time.Since(start)
 	start = time.Now()
-	err = mirrorAll(jobs[1:])
+	if !c.disksUnchanged(ctx, m) {
+		err = mirrorAll(jobs[1:])
+	}
 	c.frozen.Disks = time.Since(start)
 	return err
+}
+
+// disksUnchanged reports whether QEMU completed no disk write since
+// before the disks were copied ahead: then the copies are the disks at
+// this instant already (see vmm.DiskWrites).
+func (c *captured) disksUnchanged(ctx context.Context, m *vmm.Machine) bool {
+	if c.diskWritesAhead == nil {
+		return false
+	}
+	n, err := m.DiskWrites(ctx)
+	return err == nil && n == *c.diskWritesAhead
 }
 
 // mirrorRAMFrozen brings the copy of RAM up to date with the guest
@@ -522,7 +543,7 @@ func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitP
 	}
 	c.frozenAt = time.Now()
 	mirrored := make(chan error, 1)
-	go func() { mirrored <- c.mirrorFrozen(jobs) }()
+	go func() { mirrored <- c.mirrorFrozen(ctx, m, jobs) }()
 	var err error
 	if p.reuseDev == nil {
 		err = m.SaveDeviceState(ctx, pw)

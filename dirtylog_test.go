@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/objects"
+	"github.com/sbuml/sbuml/stream"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -35,6 +37,7 @@ func TestCommitDirtyLog(t *testing.T) {
 		t.Logf("commit %d: %d pages hashed, frozen %+v", i+1, res.HashedRAMPages, res.Frozen)
 		requireCopyIsRAM(g)
 		requireRAMCopyStored(g, res.ID)
+		requireDiskStored(g, res.ID)
 		if err := s.Continue(ctx, "m1"); err != nil {
 			t.Fatal(err)
 		}
@@ -43,6 +46,59 @@ func TestCommitDirtyLog(t *testing.T) {
 	g.halt()
 	m2, _ := checkoutGuest(t, s, "m1", "m2", sbuml.CheckoutOptions{Continue: true})
 	requireResumed(m2, tl)
+}
+
+// requireDiskStored checks that the disk of the frozen machine, stored
+// from scratch on the disk of the snapshot's parent, is the disk of
+// snapshot id: the commit caught the disk at its instant.
+func requireDiskStored(g *guest, id objects.ID) {
+	g.t.Helper()
+	ctx := guestContext(g.t)
+	f, err := os.Open(filepath.Join(g.dir(), "disk.img"))
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer f.Close()
+	sn, err := objects.LoadSnapshot(ctx, g.s.Objects, id)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	base := objects.Zero
+	if len(sn.Parents) > 0 {
+		base = snapshotDisk(g, sn.Parents[0])
+	}
+	saver := stream.NewSaver(g.s.Objects, 0)
+	defer saver.Close()
+	want, _, err := saver.SaveStreamFrom(ctx, f, sbuml.DiskParams, base)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	if got := snapshotDisk(g, id); got != want {
+		g.t.Fatalf("%s: snapshot %s's disk %s is not the stream of the frozen disk (%s)", g.name, id.Short(), got.Short(), want.Short())
+	}
+}
+
+// snapshotDisk returns the ID of the stream of snapshot id's disk.img.
+func snapshotDisk(g *guest, id objects.ID) objects.ID {
+	g.t.Helper()
+	ctx := guestContext(g.t)
+	sn, err := objects.LoadSnapshot(ctx, g.s.Objects, id)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	tree, err := objects.LoadTree(ctx, g.s.Objects, sn.Tree)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	if d := tree.Find("disks"); d != nil {
+		if disks, err := objects.LoadTree(ctx, g.s.Objects, d.ID); err == nil {
+			if e := disks.Find("disk.img"); e != nil {
+				return e.ID
+			}
+		}
+	}
+	g.t.Fatalf("snapshot %s has no disks/disk.img", id.Short())
+	return objects.Zero
 }
 
 // requireCopyIsRAM checks that the frozen machine's RAM is its copy of
