@@ -50,7 +50,8 @@ func checkFail(check, info, fix string) DoctorCheck {
 // Doctor checks what the commands need, on this host and in the
 // scrapbook in dir: QEMU and the accelerator (it warns when machines run
 // under TCG, and says why KVM was refused), tmpfs for guest RAM, the
-// programs that image builds, imports and exports run, the agent that
+// programs that image builds, imports and exports run, whether commits
+// can use a dirty-page log, the agent that
 // images carry, and the scrapbook: there, readable, writable, with free
 // space, and its default image. Each problem comes with its fix. Doctor
 // creates nothing: it probes no accelerator and makes no scrapbook.
@@ -61,7 +62,7 @@ func Doctor(ctx context.Context, dir string) []DoctorCheck {
 	if qemu.OK {
 		checks = append(checks, doctorAccel(ctx))
 	}
-	checks = append(checks, doctorTmpfs(), doctorAgent())
+	checks = append(checks, doctorTmpfs(), doctorDirtyLog(), doctorAgent())
 	checks = append(checks, doctorTools()...)
 	return append(checks, doctorScrapbook(ctx, dir)...)
 }
@@ -106,6 +107,16 @@ func doctorTmpfs() DoctorCheck {
 			"free space on "+root+" (halt machines), or boot with --ram-in-dir")
 	}
 	return checkOK("tmpfs", fmt.Sprintf("%s has %s free for guest RAM", root, iunits.Bytes(free)))
+}
+
+// doctorDirtyLog says whether commits can compare only the RAM pages a
+// machine wrote (vmm.DirtyLog), or all of its RAM while it is frozen.
+func doctorDirtyLog() DoctorCheck {
+	if err := vmm.CheckDirtyLog(); err != nil {
+		return checkWarn("dirty-log", "commits compare all of a machine's RAM while it is frozen, so their downtime grows with its memory: "+err.Error(),
+			"run sbuml as root, or on Linux 6.7 or later on amd64 with kernel.yama.ptrace_scope at 0 or 1")
+	}
+	return checkOK("dirty-log", "commits compare only the RAM pages a machine wrote since its last snapshot")
 }
 
 // doctorAgent looks for the agent (sbuml-guest) that images carry.

@@ -144,6 +144,45 @@ func (d *DirtyLog) Written(rearm bool) ([][2]int64, error) {
 // with QEMU.
 func (d *DirtyLog) Close() error { return d.pagemap.Close() }
 
+// CheckDirtyLog says whether this host can keep dirty-page logs, without
+// a machine: amd64, a kernel with PAGEMAP_SCAN and asynchronous
+// write-protect userfaultfds (Linux 6.7), and the right to ptrace
+// processes of this user (Yama's ptrace_scope). It returns nil or why
+// not.
+func CheckDirtyLog() error {
+	if runtime.GOARCH != "amd64" {
+		return fmt.Errorf("dirty-page logs are made on amd64 only, not %s", runtime.GOARCH)
+	}
+	uffd, _, e := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK, 0, 0)
+	if e != 0 {
+		return fmt.Errorf("userfaultfd: %w", e)
+	}
+	defer unix.Close(int(uffd))
+	api := uffdioAPI{API: uffdAPI, Features: uffdFeatureWPHugetlbfsShmem | uffdFeatureWPUnpopulated | uffdFeatureWPAsync}
+	if err := ioctl(int(uffd), uffdioAPIReq, unsafe.Pointer(&api)); err != nil {
+		return fmt.Errorf("this kernel has no asynchronous write-protect userfaultfd (Linux 6.7): %w", err)
+	}
+	pm, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return err
+	}
+	defer pm.Close()
+	arg := pmScanArg{Size: uint64(unsafe.Sizeof(pmScanArg{}))}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, pm.Fd(), pagemapScan, uintptr(unsafe.Pointer(&arg))); e != 0 {
+		return fmt.Errorf("this kernel has no PAGEMAP_SCAN (Linux 6.7): %w", e)
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope")
+	scope := strings.TrimSpace(string(b))
+	switch {
+	case err != nil || scope == "0":
+	case scope == "3":
+		return errors.New("Yama forbids ptrace on this host (kernel.yama.ptrace_scope = 3)")
+	case os.Geteuid() != 0:
+		return fmt.Errorf("Yama lets only root (or CAP_SYS_PTRACE) trace QEMU here (kernel.yama.ptrace_scope = %s)", scope)
+	}
+	return nil
+}
+
 // startDirtyLog makes a userfaultfd in QEMU pid, registers the mapping of
 // ramFile for asynchronous write protection, arms it and records it in
 // dir.

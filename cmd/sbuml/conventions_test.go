@@ -233,7 +233,7 @@ func TestDoctor(t *testing.T) {
 			t.Errorf("doctor: %s: ok %v but status %s", ch.Check, ch.OK, ch.Status)
 		}
 	}
-	for _, want := range []string{"qemu", "accel", "tmpfs", "agent", "tools", "scrapbook", "writable", "space", "image"} {
+	for _, want := range []string{"qemu", "accel", "tmpfs", "dirty-log", "agent", "tools", "scrapbook", "writable", "space", "image"} {
 		if seen[want] == "" {
 			t.Errorf("doctor did not check %s: %v", want, seen)
 		}
