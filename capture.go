@@ -396,21 +396,38 @@ func (c *captured) mirrorFrozen(jobs []mirrorJob) error {
 
 // freezeAndSave freezes a running guest and, frozen, has QEMU write its
 // device state into pw while the copies catch up: neither touches guest
-// RAM or disks.
+// RAM or disks. What QEMU can do before the freeze (see
+// vmm.DeviceStateSave) is done first, and the guest waits for QEMU's
+// writing of the state, not for the store reading it.
 func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitPlan, pw *io.PipeWriter, jobs []mirrorJob) error {
-	if p.wasRunning {
-		if err := m.Freeze(ctx); err != nil {
+	var sv *vmm.DeviceStateSave
+	var err error
+	if p.reuseDev == nil {
+		if sv, err = m.PrepareDeviceStateSave(ctx); err != nil {
 			return err
 		}
 	}
+	if p.wasRunning {
+		err = m.Freeze(ctx)
+	}
+	if err != nil {
+		if sv != nil {
+			sv.Close()
+		}
+		return err
+	}
 	c.frozenAt = time.Now()
+	start := c.frozenAt
 	mirrored := make(chan error, 1)
 	go func() { mirrored <- c.mirrorFrozen(jobs) }()
-	var err error
-	if p.reuseDev == nil {
-		err = m.SaveDeviceState(ctx, pw)
-		pw.CloseWithError(err)
-		c.frozen.DeviceState = time.Since(c.frozenAt)
+	if sv != nil {
+		if err = sv.Save(ctx, pw); err != nil {
+			pw.CloseWithError(err)
+			sv.Close()
+		} else {
+			go func() { pw.CloseWithError(sv.Close()) }()
+		}
+		c.frozen.DeviceState = time.Since(start)
 	}
 	if merr := <-mirrored; err == nil {
 		err = merr

@@ -564,10 +564,31 @@ func (m *Machine) Continue(ctx context.Context) error {
 	if rs == "inmigrate" {
 		return fmt.Errorf("continue %s: machine is waiting for its device state (LoadDeviceState)", m.cfg.Name)
 	}
-	if _, err := q.Execute(ctx, "cont", nil); err != nil {
+	if err := cont(ctx, q); err != nil {
 		return fmt.Errorf("continue %s: %w", m.cfg.Name, m.explain(err))
 	}
 	return nil
+}
+
+// cont has QEMU continue the guest. Right after a device state save, QEMU
+// may still be finishing the migration (it sends the MIGRATION event
+// "completed" just before leaving run state finish-migrate, during which
+// it refuses cont): then cont is asked again.
+func cont(ctx context.Context, q *QMP) error {
+	ctx, cancel := withDefaultTimeout(ctx, DefaultQMPTimeout)
+	defer cancel()
+	for {
+		_, err := q.Execute(ctx, "cont", nil)
+		var qerr *QMPError
+		if !errors.As(err, &qerr) || qerr.Desc != "Migration is not finalized yet" {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 func runState(ctx context.Context, q *QMP) (string, error) {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // migrationFD is the name under which the migration pipe is registered
@@ -21,77 +23,222 @@ const DefaultMigrationTimeout = 2 * DefaultQMPTimeout
 // in QEMU's migration stream format. Guest RAM is not in the stream: it is
 // in the RAM file (x-ignore-shared), which together with the disks makes
 // up the rest of the saved machine. The machine stays frozen and can be
-// continued or saved again.
+// continued or saved again. A caller that freezes the machine itself
+// keeps the freeze shorter with PrepareDeviceStateSave.
 func (m *Machine) SaveDeviceState(ctx context.Context, w io.Writer) error {
-	if err := m.saveDeviceState(ctx, w); err != nil {
-		return fmt.Errorf("save device state of %s: %w", m.cfg.Name, err)
+	s, err := m.PrepareDeviceStateSave(ctx)
+	if err != nil {
+		return err
 	}
-	return nil
+	err = s.Save(ctx, w)
+	if cerr := s.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
-func (m *Machine) saveDeviceState(ctx context.Context, w io.Writer) error {
+// DeviceStateSave is a save of a machine's device state made ready
+// before the guest is frozen, so that the frozen guest waits only for
+// QEMU writing its state. PrepareDeviceStateSave does what needs no
+// frozen guest: it checks the machine's run state, sets the migration
+// capabilities and hands QEMU the pipe it will write into. Save follows
+// a Freeze; Close must always be called.
+type DeviceStateSave struct {
+	m  *Machine
+	q  *QMP
+	pr *os.File // the pipe's read end; QEMU holds the write end (migrationFD)
+	// runs and migration receive QEMU's STOP and RESUME, and MIGRATION,
+	// events since the preparation.
+	runs, migration *Subscription
+	running         bool       // the guest ran at the last STOP or RESUME seen
+	copied          chan error // the copy into Save's writer, once started
+	copyErr         error      // its outcome, once received
+	copyDone        bool
+}
+
+// pipeSize is the capacity asked for the pipe QEMU writes the device
+// state into (Linux's default limit for F_SETPIPE_SZ): a state that fits
+// is written without waiting for the reader, so the frozen guest does
+// not wait for where the stream goes (see Save).
+const pipeSize = 1 << 20
+
+// PrepareDeviceStateSave readies a save of the machine's device state
+// while the guest may still run (see DeviceStateSave). The machine must
+// be running or frozen, and not saved since it was frozen.
+func (m *Machine) PrepareDeviceStateSave(ctx context.Context) (*DeviceStateSave, error) {
+	s, err := m.prepareDeviceStateSave(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("save device state of %s: %w", m.cfg.Name, err)
+	}
+	return s, nil
+}
+
+func (m *Machine) prepareDeviceStateSave(ctx context.Context) (*DeviceStateSave, error) {
 	ctx, cancel := withDefaultTimeout(ctx, DefaultMigrationTimeout)
 	defer cancel()
 	q, err := m.QMP(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	rs, err := runState(ctx, q)
+	// Subscribed before the run state is asked, so that no freeze or
+	// continue after the answer goes unseen.
+	s := &DeviceStateSave{m: m, q: q, runs: q.Subscribe("STOP", "RESUME"), migration: q.Subscribe("MIGRATION")}
+	err = s.checkRunState(ctx)
+	if err == nil {
+		err = setMigrationCapabilities(ctx, q)
+	}
+	if err == nil {
+		err = s.openPipe(ctx)
+	}
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkRunState refuses a machine QEMU cannot save, and notes whether
+// the guest runs.
+func (s *DeviceStateSave) checkRunState(ctx context.Context) error {
+	rs, err := runState(ctx, s.q)
 	if err != nil {
 		return err
 	}
 	switch rs {
+	case "running":
+		s.running = true
 	case "paused":
 	case "postmigrate":
 		// QEMU refuses to migrate again before the guest has run.
 		return errors.New("device state already saved since the machine was frozen: continue it before saving again")
-	case "running":
-		return errors.New("machine is running: freeze it first")
 	default:
 		return fmt.Errorf("machine is in qemu run state %q, not frozen", rs)
 	}
-	if err := setMigrationCapabilities(ctx, q); err != nil {
-		return err
-	}
+	return nil
+}
 
+// openPipe makes the pipe QEMU writes the stream into and passes its
+// write end to QEMU.
+func (s *DeviceStateSave) openPipe(ctx context.Context) error {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return err
 	}
-	defer pr.Close()
-	err = q.SendFile(ctx, migrationFD, pw)
+	// Best effort: a smaller pipe only makes QEMU wait for the reader.
+	if rc, err := pw.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+	}
+	err = s.q.SendFile(ctx, migrationFD, pw)
 	pw.Close() // QEMU holds its own copy; its closing is our EOF
 	if err != nil {
+		pr.Close()
 		return err
 	}
+	s.pr = pr
+	return nil
+}
 
-	copied := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(w, pr)
-		if err != nil {
-			pr.Close() // QEMU's writes now fail, and the migration with them
-		}
-		copied <- err
-	}()
+// Save has QEMU write the frozen machine's vCPU and device state into w,
+// in QEMU's migration stream format (as SaveDeviceState), and returns
+// once QEMU has written all of it: the guest may be continued from then
+// on, while the end of the stream may still be on its way into w. Close
+// waits for it and says how that went. Save may be called once.
+func (s *DeviceStateSave) Save(ctx context.Context, w io.Writer) error {
+	if err := s.save(ctx, w); err != nil {
+		return fmt.Errorf("save device state of %s: %w", s.m.cfg.Name, err)
+	}
+	return nil
+}
 
-	events := q.Subscribe("MIGRATION")
-	defer events.Close()
-	if _, err := q.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrationFD}); err != nil {
-		q.Execute(context.Background(), "closefd", map[string]string{"fdname": migrationFD})
-		pr.Close()
-		<-copied
+func (s *DeviceStateSave) save(ctx context.Context, w io.Writer) error {
+	if s.copied != nil {
+		return errors.New("saved already: prepare another save")
+	}
+	if err := s.checkFrozen(); err != nil {
 		return err
 	}
-	merr := m.waitMigration(ctx, q, events)
-	if merr != nil && ctx.Err() != nil {
-		q.Execute(context.Background(), "migrate_cancel", nil)
-		pr.Close()
+	ctx, cancel := withDefaultTimeout(ctx, DefaultMigrationTimeout)
+	defer cancel()
+	s.copied = make(chan error, 1)
+	go s.copy(w)
+	if _, err := s.q.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrationFD}); err != nil {
+		s.q.Execute(context.Background(), "closefd", map[string]string{"fdname": migrationFD})
+		s.pr.Close()
+		return err
 	}
-	cerr := <-copied
-	if cerr != nil {
+	merr := s.m.waitMigration(ctx, s.q, s.migration)
+	if merr == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		s.q.Execute(context.Background(), "migrate_cancel", nil)
+	}
+	s.pr.Close()
+	if cerr := s.waitCopy(); cerr != nil {
+		// The writer failed first, and the migration with it.
 		return fmt.Errorf("write stream: %w", cerr)
 	}
 	return merr
+}
+
+// checkFrozen refuses to save a guest that runs: the last STOP or
+// RESUME event seen since the preparation says whether it does (QEMU
+// sends them before its reply to stop or cont).
+func (s *DeviceStateSave) checkFrozen() error {
+	for {
+		ev, ok := s.runs.poll()
+		if !ok {
+			break
+		}
+		s.running = ev.Name == "RESUME"
+	}
+	if s.running {
+		return errors.New("machine is running: freeze it first")
+	}
+	return nil
+}
+
+// copy copies the stream from the pipe into w until QEMU closes its end.
+func (s *DeviceStateSave) copy(w io.Writer) {
+	_, err := io.Copy(w, s.pr)
+	if err != nil {
+		s.pr.Close() // QEMU's writes now fail, and the migration with them
+	}
+	s.copied <- err
+}
+
+// waitCopy waits for the copy into Save's writer to end.
+func (s *DeviceStateSave) waitCopy() error {
+	if !s.copyDone {
+		s.copyErr = <-s.copied
+		s.copyDone = true
+	}
+	return s.copyErr
+}
+
+// Close waits until the stream is all in the writer given to Save, and
+// releases what the preparation holds. It returns the error of writing
+// the stream, if any.
+func (s *DeviceStateSave) Close() error {
+	s.runs.Close()
+	s.migration.Close()
+	if s.pr == nil {
+		return nil
+	}
+	if s.copied == nil {
+		// Never saved: take the pipe back from QEMU.
+		ctx, cancel := context.WithTimeout(context.Background(), DefaultQMPTimeout)
+		defer cancel()
+		s.q.Execute(ctx, "closefd", map[string]string{"fdname": migrationFD})
+		s.pr.Close()
+		return nil
+	}
+	err := s.waitCopy()
+	s.pr.Close()
+	if err != nil {
+		return fmt.Errorf("save device state of %s: write stream: %w", s.m.cfg.Name, err)
+	}
+	return nil
 }
 
 // LoadDeviceState feeds a stream written by SaveDeviceState to a machine

@@ -215,3 +215,66 @@ func TestSaveDeviceStateCancelled(t *testing.T) {
 		t.Fatalf("save after a cancelled save: %v", err)
 	}
 }
+
+// TestPreparedDeviceStateSave goes through a commit's frozen window: the
+// save prepared while the guest runs, then freeze, save, continue; and
+// the misuses a prepared save refuses.
+func TestPreparedDeviceStateSave(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, time.Minute)
+	m := bootTest(t, idleConfig())
+
+	sv, err := m.PrepareDeviceStateSave(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Save(ctx, io.Discard); err == nil || !strings.Contains(err.Error(), "freeze it first") {
+		t.Fatalf("Save of a running machine: %v", err)
+	}
+	if err := sv.Close(); err != nil {
+		t.Fatalf("Close after a refused Save: %v", err)
+	}
+
+	sv, err = m.PrepareDeviceStateSave(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sv.Close()
+	if err := m.Freeze(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var state bytes.Buffer
+	if err := sv.Save(ctx, &state); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Save(ctx, io.Discard); err == nil || !strings.Contains(err.Error(), "prepare another") {
+		t.Errorf("second Save: %v", err)
+	}
+	if err := m.Continue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(state.Bytes(), []byte("QEVM")) {
+		t.Errorf("stream starts with %q, want QEMU's QEVM magic", state.Bytes()[:min(4, state.Len())])
+	}
+
+	// A save prepared and dropped gives the pipe back: the next one works.
+	sv, err = m.PrepareDeviceStateSave(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Freeze(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SaveDeviceState(ctx, io.Discard); err != nil {
+		t.Fatalf("save after a dropped preparation: %v", err)
+	}
+	if _, err := m.PrepareDeviceStateSave(ctx); err == nil || !strings.Contains(err.Error(), "continue it") {
+		t.Errorf("preparing a second save without running: %v", err)
+	}
+}
