@@ -408,7 +408,11 @@ func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitP
 		}
 	}
 	if p.wasRunning {
-		err = m.Freeze(ctx)
+		c.frozenAt, err = m.FreezeAt(ctx)
+	}
+	start := time.Now()
+	if err == nil && c.frozenAt.IsZero() {
+		c.frozenAt = start // QEMU's STOP event is missing
 	}
 	if err != nil {
 		if sv != nil {
@@ -416,8 +420,6 @@ func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitP
 		}
 		return err
 	}
-	c.frozenAt = time.Now()
-	start := c.frozenAt
 	mirrored := make(chan error, 1)
 	go func() { mirrored <- c.mirrorFrozen(jobs) }()
 	if sv != nil {
@@ -438,17 +440,23 @@ func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitP
 // resume continues the guest as soon as its state is safe, even after a
 // failed capture or an interrupt: a commit must not leave a running
 // machine frozen. It is left frozen only when asked (-f without -c).
+// The downtime goes from QEMU's STOP event to its RESUME event (see
+// CommitResult.Downtime).
 func (c *captured) resume(ctx context.Context, m *vmm.Machine, wasRunning bool, opts CommitOptions) error {
 	leaveFrozen := opts.Freeze && !opts.Continue
 	continued := !c.frozenAt.IsZero() && (wasRunning && !leaveFrozen || opts.Continue)
 	var err error
+	var resumed time.Time
 	if continued {
 		start := time.Now()
-		err = m.Continue(context.WithoutCancel(ctx))
+		resumed, err = m.Resume(context.WithoutCancel(ctx))
 		c.frozen.Continue = time.Since(start)
+		if resumed.IsZero() {
+			resumed = time.Now() // QEMU's RESUME event is missing
+		}
 	}
 	if continued && wasRunning {
-		c.downtime = time.Since(c.frozenAt)
+		c.downtime = resumed.Sub(c.frozenAt)
 	}
 	c.running = continued || (wasRunning && c.frozenAt.IsZero())
 	return err

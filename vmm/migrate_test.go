@@ -217,8 +217,9 @@ func TestSaveDeviceStateCancelled(t *testing.T) {
 }
 
 // TestPreparedDeviceStateSave goes through a commit's frozen window: the
-// save prepared while the guest runs, then freeze, save, continue; and
-// the misuses a prepared save refuses.
+// save prepared while the guest runs, then freeze, save, resume, with
+// QEMU's own times of the stop and the resume; and the misuses a
+// prepared save refuses.
 func TestPreparedDeviceStateSave(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, time.Minute)
@@ -240,8 +241,12 @@ func TestPreparedDeviceStateSave(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sv.Close()
-	if err := m.Freeze(ctx); err != nil {
-		t.Fatal(err)
+	stopped, err := m.FreezeAt(ctx)
+	if err != nil || stopped.IsZero() {
+		t.Fatalf("FreezeAt of a running machine: %v, %v", stopped, err)
+	}
+	if again, err := m.FreezeAt(ctx); err != nil || !again.IsZero() {
+		t.Errorf("FreezeAt of a frozen machine: %v, %v; want no stop", again, err)
 	}
 	var state bytes.Buffer
 	if err := sv.Save(ctx, &state); err != nil {
@@ -250,7 +255,8 @@ func TestPreparedDeviceStateSave(t *testing.T) {
 	if err := sv.Save(ctx, io.Discard); err == nil || !strings.Contains(err.Error(), "prepare another") {
 		t.Errorf("second Save: %v", err)
 	}
-	if err := m.Continue(ctx); err != nil {
+	resumed, err := m.Resume(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := sv.Close(); err != nil {
@@ -258,6 +264,15 @@ func TestPreparedDeviceStateSave(t *testing.T) {
 	}
 	if !bytes.HasPrefix(state.Bytes(), []byte("QEVM")) {
 		t.Errorf("stream starts with %q, want QEMU's QEVM magic", state.Bytes()[:min(4, state.Len())])
+	}
+	if d := resumed.Sub(stopped); d <= 0 || d > time.Minute {
+		t.Errorf("QEMU stopped the guest at %v and resumed it at %v", stopped, resumed)
+	}
+	if st, err := m.Status(ctx); err != nil || st.State != StateRunning {
+		t.Fatalf("after Resume: %+v, %v", st, err)
+	}
+	if again, err := m.Resume(ctx); err != nil || !again.IsZero() {
+		t.Errorf("Resume of a running machine: %v, %v; want no resume", again, err)
 	}
 
 	// A save prepared and dropped gives the pipe back: the next one works.
