@@ -266,6 +266,9 @@ type captured struct {
 	// frozenAt is when the guest was frozen for the capture (zero: it
 	// was not).
 	frozenAt time.Time
+	// storeDev hands the device state QEMU wrote to the store; resume
+	// calls it once the guest runs again (see vmm.DeviceStateSave).
+	storeDev func()
 }
 
 // remove removes the copies of the disks; the copy of RAM stays.
@@ -395,10 +398,10 @@ func (c *captured) mirrorFrozen(jobs []mirrorJob) error {
 }
 
 // freezeAndSave freezes a running guest and, frozen, has QEMU write its
-// device state into pw while the copies catch up: neither touches guest
-// RAM or disks. What QEMU can do before the freeze (see
-// vmm.DeviceStateSave) is done first, and the guest waits for QEMU's
-// writing of the state, not for the store reading it.
+// device state while the copies catch up: neither touches guest RAM or
+// disks. What QEMU can do before the freeze (see vmm.DeviceStateSave) is
+// done first, and the state goes into pw, and the store, only after the
+// guest runs again (storeDev).
 func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitPlan, pw *io.PipeWriter, jobs []mirrorJob) error {
 	var sv *vmm.DeviceStateSave
 	var err error
@@ -427,7 +430,7 @@ func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitP
 			pw.CloseWithError(err)
 			sv.Close()
 		} else {
-			go func() { pw.CloseWithError(sv.Close()) }()
+			c.storeDev = func() { pw.CloseWithError(sv.Close()) }
 		}
 		c.frozen.DeviceState = time.Since(start)
 	}
@@ -441,7 +444,7 @@ func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitP
 // failed capture or an interrupt: a commit must not leave a running
 // machine frozen. It is left frozen only when asked (-f without -c).
 // The downtime goes from QEMU's STOP event to its RESUME event (see
-// CommitResult.Downtime).
+// CommitResult.Downtime). Then the device state goes to the store.
 func (c *captured) resume(ctx context.Context, m *vmm.Machine, wasRunning bool, opts CommitOptions) error {
 	leaveFrozen := opts.Freeze && !opts.Continue
 	continued := !c.frozenAt.IsZero() && (wasRunning && !leaveFrozen || opts.Continue)
@@ -459,5 +462,8 @@ func (c *captured) resume(ctx context.Context, m *vmm.Machine, wasRunning bool, 
 		c.downtime = resumed.Sub(c.frozenAt)
 	}
 	c.running = continued || (wasRunning && c.frozenAt.IsZero())
+	if c.storeDev != nil {
+		c.storeDev()
+	}
 	return err
 }

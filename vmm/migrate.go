@@ -42,7 +42,7 @@ func (m *Machine) SaveDeviceState(ctx context.Context, w io.Writer) error {
 // QEMU writing its state. PrepareDeviceStateSave does what needs no
 // frozen guest: it checks the machine's run state, sets the migration
 // capabilities and hands QEMU the pipe it will write into. Save follows
-// a Freeze; Close must always be called.
+// a Freeze; Close, which must always be called, writes the state out.
 type DeviceStateSave struct {
 	m  *Machine
 	q  *QMP
@@ -50,16 +50,22 @@ type DeviceStateSave struct {
 	// runs and migration receive QEMU's STOP and RESUME, and MIGRATION,
 	// events since the preparation.
 	runs, migration *Subscription
-	running         bool       // the guest ran at the last STOP or RESUME seen
-	copied          chan error // the copy into Save's writer, once started
-	copyErr         error      // its outcome, once received
-	copyDone        bool
+	running         bool            // the guest ran at the last STOP or RESUME seen
+	w               io.Writer       // Save's writer
+	read            chan streamRead // the stream read whole, once Save started
+	saved           bool            // QEMU completed the save
+}
+
+// streamRead is the stream read from the pipe until QEMU closed it.
+type streamRead struct {
+	b   []byte
+	err error
 }
 
 // pipeSize is the capacity asked for the pipe QEMU writes the device
 // state into (Linux's default limit for F_SETPIPE_SZ): a state that fits
-// is written without waiting for the reader, so the frozen guest does
-// not wait for where the stream goes (see Save).
+// is written without waiting for the reader, even when it is slow to be
+// scheduled on a busy host.
 const pipeSize = 1 << 20
 
 // PrepareDeviceStateSave readies a save of the machine's device state
@@ -138,11 +144,14 @@ func (s *DeviceStateSave) openPipe(ctx context.Context) error {
 	return nil
 }
 
-// Save has QEMU write the frozen machine's vCPU and device state into w,
-// in QEMU's migration stream format (as SaveDeviceState), and returns
-// once QEMU has written all of it: the guest may be continued from then
-// on, while the end of the stream may still be on its way into w. Close
-// waits for it and says how that went. Save may be called once.
+// Save has QEMU write the frozen machine's vCPU and device state, in
+// QEMU's migration stream format (as SaveDeviceState), and returns once
+// QEMU has written all of it: the guest may be continued from then on.
+// The stream is read into memory as QEMU writes it, so QEMU never waits
+// for w, and goes into w only in Close: called after the guest runs
+// again, whatever w does with it (the store chunks, hashes and
+// compresses it) takes no CPU from the frozen guest. Save may be called
+// once.
 func (s *DeviceStateSave) Save(ctx context.Context, w io.Writer) error {
 	if err := s.save(ctx, w); err != nil {
 		return fmt.Errorf("save device state of %s: %w", s.m.cfg.Name, err)
@@ -151,7 +160,7 @@ func (s *DeviceStateSave) Save(ctx context.Context, w io.Writer) error {
 }
 
 func (s *DeviceStateSave) save(ctx context.Context, w io.Writer) error {
-	if s.copied != nil {
+	if s.read != nil {
 		return errors.New("saved already: prepare another save")
 	}
 	if err := s.checkFrozen(); err != nil {
@@ -159,26 +168,25 @@ func (s *DeviceStateSave) save(ctx context.Context, w io.Writer) error {
 	}
 	ctx, cancel := withDefaultTimeout(ctx, DefaultMigrationTimeout)
 	defer cancel()
-	s.copied = make(chan error, 1)
-	go s.copy(w)
+	s.w, s.read = w, make(chan streamRead, 1)
+	go func() {
+		b, err := io.ReadAll(s.pr)
+		s.read <- streamRead{b, err}
+	}()
 	if _, err := s.q.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrationFD}); err != nil {
 		s.q.Execute(context.Background(), "closefd", map[string]string{"fdname": migrationFD})
 		s.pr.Close()
 		return err
 	}
-	merr := s.m.waitMigration(ctx, s.q, s.migration)
-	if merr == nil {
-		return nil
+	if err := s.m.waitMigration(ctx, s.q, s.migration); err != nil {
+		if ctx.Err() != nil {
+			s.q.Execute(context.Background(), "migrate_cancel", nil)
+		}
+		s.pr.Close()
+		return err
 	}
-	if ctx.Err() != nil {
-		s.q.Execute(context.Background(), "migrate_cancel", nil)
-	}
-	s.pr.Close()
-	if cerr := s.waitCopy(); cerr != nil {
-		// The writer failed first, and the migration with it.
-		return fmt.Errorf("write stream: %w", cerr)
-	}
-	return merr
+	s.saved = true
+	return nil
 }
 
 // checkFrozen refuses to save a guest that runs: the last STOP or
@@ -198,44 +206,35 @@ func (s *DeviceStateSave) checkFrozen() error {
 	return nil
 }
 
-// copy copies the stream from the pipe into w until QEMU closes its end.
-func (s *DeviceStateSave) copy(w io.Writer) {
-	_, err := io.Copy(w, s.pr)
-	if err != nil {
-		s.pr.Close() // QEMU's writes now fail, and the migration with them
-	}
-	s.copied <- err
-}
-
-// waitCopy waits for the copy into Save's writer to end.
-func (s *DeviceStateSave) waitCopy() error {
-	if !s.copyDone {
-		s.copyErr = <-s.copied
-		s.copyDone = true
-	}
-	return s.copyErr
-}
-
-// Close waits until the stream is all in the writer given to Save, and
-// releases what the preparation holds. It returns the error of writing
-// the stream, if any.
+// Close writes the stream of a successful Save into its writer, once
+// QEMU has closed its end of the pipe (as it cleans up the migration),
+// and releases what the preparation holds. It returns the error of
+// writing the stream, if any. For a save never made, it takes the pipe
+// back from QEMU. Closing again does nothing.
 func (s *DeviceStateSave) Close() error {
 	s.runs.Close()
 	s.migration.Close()
-	if s.pr == nil {
+	pr := s.pr
+	if pr == nil {
 		return nil
 	}
-	if s.copied == nil {
-		// Never saved: take the pipe back from QEMU.
+	s.pr = nil
+	if s.read == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), DefaultQMPTimeout)
 		defer cancel()
 		s.q.Execute(ctx, "closefd", map[string]string{"fdname": migrationFD})
-		s.pr.Close()
+		pr.Close()
 		return nil
 	}
-	err := s.waitCopy()
-	s.pr.Close()
-	if err != nil {
+	r := <-s.read
+	pr.Close()
+	if !s.saved {
+		return nil
+	}
+	if r.err != nil {
+		return fmt.Errorf("save device state of %s: read stream: %w", s.m.cfg.Name, r.err)
+	}
+	if _, err := s.w.Write(r.b); err != nil {
 		return fmt.Errorf("save device state of %s: write stream: %w", s.m.cfg.Name, err)
 	}
 	return nil

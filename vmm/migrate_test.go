@@ -122,7 +122,14 @@ func TestSaveDeviceStateWriterFails(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("SaveDeviceState into a failing writer: %v", err)
 	}
-	// The machine survives and can still be saved.
+	// QEMU had written all of the state before the writer saw it: the
+	// machine survives, and can be saved again once it has run.
+	if err := m.Continue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Freeze(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := m.SaveDeviceState(ctx, io.Discard); err != nil {
 		t.Fatalf("save after a failed save: %v", err)
 	}
@@ -273,6 +280,10 @@ func TestPreparedDeviceStateSave(t *testing.T) {
 	}
 	if again, err := m.Resume(ctx); err != nil || !again.IsZero() {
 		t.Errorf("Resume of a running machine: %v, %v; want no resume", again, err)
+	}
+
+	if err := sv.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
 	}
 
 	// A save prepared and dropped gives the pipe back: the next one works.
