@@ -605,7 +605,7 @@ func (m *Machine) Resume(ctx context.Context) (time.Time, error) {
 	rs, err := runState(ctx, q)
 	switch {
 	case err != nil:
-		return time.Time{}, fmt.Errorf("continue %s: qemu resumed nothing, and says not why: %w", m.cfg.Name, err)
+		return time.Time{}, fmt.Errorf("continue %s: qemu resumed nothing, and query-status failed: %w", m.cfg.Name, err)
 	case rs == "running":
 		return time.Time{}, nil
 	case rs == "inmigrate":

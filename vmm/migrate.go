@@ -15,16 +15,18 @@ import (
 // with QEMU (getfd), referred to as "fd:sbuml-migration".
 const migrationFD = "sbuml-migration"
 
-// DefaultMigrationTimeout bounds SaveDeviceState and LoadDeviceState when
-// ctx has no deadline.
+// DefaultMigrationTimeout bounds SaveDeviceState, LoadDeviceState,
+// PrepareDeviceStateSave and DeviceStateSave.Save when ctx has no
+// deadline.
 const DefaultMigrationTimeout = 2 * DefaultQMPTimeout
 
 // SaveDeviceState writes the frozen machine's vCPU and device state to w,
 // in QEMU's migration stream format. Guest RAM is not in the stream: it is
 // in the RAM file (x-ignore-shared), which together with the disks makes
 // up the rest of the saved machine. The machine stays frozen and can be
-// continued or saved again. A caller that freezes the machine itself
-// keeps the freeze shorter with PrepareDeviceStateSave.
+// continued (QEMU saves it again only after it has run). A caller that
+// freezes the machine itself keeps the freeze shorter with
+// PrepareDeviceStateSave.
 func (m *Machine) SaveDeviceState(ctx context.Context, w io.Writer) error {
 	s, err := m.PrepareDeviceStateSave(ctx)
 	if err != nil {
