@@ -322,6 +322,9 @@ type captured struct {
 	// frozenAt is when the guest was frozen for the capture (zero: it
 	// was not).
 	frozenAt time.Time
+	// storeDev hands the device state QEMU wrote to the store; resume
+	// calls it once the guest runs again (see vmm.DeviceStateSave).
+	storeDev func()
 }
 
 // remove removes the copies of the disks; the copy of RAM stays.
@@ -533,22 +536,41 @@ func (c *captured) mirrorRAMFrozen(ram mirrorJob) ([]extent, error) {
 }
 
 // freezeAndSave freezes a running guest and, frozen, has QEMU write its
-// device state into pw while the copies catch up: neither touches guest
-// RAM or disks.
+// device state while the copies catch up: neither touches guest RAM or
+// disks. What QEMU can do before the freeze (see vmm.DeviceStateSave) is
+// done first, and the state goes into pw, and the store, only after the
+// guest runs again (storeDev).
 func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitPlan, pw *io.PipeWriter, jobs []mirrorJob) error {
-	if p.wasRunning {
-		if err := m.Freeze(ctx); err != nil {
+	var sv *vmm.DeviceStateSave
+	var err error
+	if p.reuseDev == nil {
+		if sv, err = m.PrepareDeviceStateSave(ctx); err != nil {
 			return err
 		}
 	}
-	c.frozenAt = time.Now()
+	if p.wasRunning {
+		c.frozenAt, err = m.FreezeAt(ctx)
+	}
+	start := time.Now()
+	if err == nil && c.frozenAt.IsZero() {
+		c.frozenAt = start // QEMU's STOP event is missing
+	}
+	if err != nil {
+		if sv != nil {
+			sv.Close()
+		}
+		return err
+	}
 	mirrored := make(chan error, 1)
 	go func() { mirrored <- c.mirrorFrozen(ctx, m, jobs) }()
-	var err error
-	if p.reuseDev == nil {
-		err = m.SaveDeviceState(ctx, pw)
-		pw.CloseWithError(err)
-		c.frozen.DeviceState = time.Since(c.frozenAt)
+	if sv != nil {
+		if err = sv.Save(ctx, pw); err != nil {
+			pw.CloseWithError(err)
+			sv.Close()
+		} else {
+			c.storeDev = func() { pw.CloseWithError(sv.Close()) }
+		}
+		c.frozen.DeviceState = time.Since(start)
 	}
 	if merr := <-mirrored; err == nil {
 		err = merr
@@ -559,18 +581,27 @@ func (c *captured) freezeAndSave(ctx context.Context, m *vmm.Machine, p *commitP
 // resume continues the guest as soon as its state is safe, even after a
 // failed capture or an interrupt: a commit must not leave a running
 // machine frozen. It is left frozen only when asked (-f without -c).
+// The downtime goes from QEMU's STOP event to its RESUME event (see
+// CommitResult.Downtime). Then the device state goes to the store.
 func (c *captured) resume(ctx context.Context, m *vmm.Machine, wasRunning bool, opts CommitOptions) error {
 	leaveFrozen := opts.Freeze && !opts.Continue
 	continued := !c.frozenAt.IsZero() && (wasRunning && !leaveFrozen || opts.Continue)
 	var err error
+	var resumed time.Time
 	if continued {
 		start := time.Now()
-		err = m.Continue(context.WithoutCancel(ctx))
+		resumed, err = m.Resume(context.WithoutCancel(ctx))
 		c.frozen.Continue = time.Since(start)
+		if resumed.IsZero() {
+			resumed = time.Now() // QEMU's RESUME event is missing
+		}
 	}
 	if continued && wasRunning {
-		c.downtime = time.Since(c.frozenAt)
+		c.downtime = resumed.Sub(c.frozenAt)
 	}
 	c.running = continued || (wasRunning && c.frozenAt.IsZero())
+	if c.storeDev != nil {
+		c.storeDev()
+	}
 	return err
 }

@@ -81,7 +81,12 @@ type CommitOptions struct {
 type CommitResult struct {
 	Result
 	// Downtime is how long the guest was frozen for the capture: zero
-	// unless it was running before the commit and running after.
+	// unless it was running before the commit and running after. It is
+	// the time between the timestamps of QEMU's STOP and RESUME events,
+	// by QEMU's clock: from just after the vCPUs stopped to just before
+	// they run again. Where QEMU sent no event, the wall clock stands in
+	// for it: when the freeze returned, or when the continue did. Frozen
+	// are the wall-clock parts.
 	Downtime time.Duration `json:"downtime_ns"`
 	// Running says whether the machine runs after the commit (it is
 	// left frozen by -f without -c, or if it was frozen before).

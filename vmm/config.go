@@ -219,7 +219,13 @@ func (c *Config) qemuArgs() []string {
 	}
 	for i, d := range c.Disks {
 		id := "disk" + strconv.Itoa(i)
-		opt := "file=" + d + ",format=raw,if=none,id=" + id + ",cache=writeback,discard=unmap"
+		// file.drop-cache=off: after a save, cont (and, on the incoming
+		// side, the end of the load) re-activates the disks, which by
+		// default flushes each and drops all its pages from the host's
+		// page cache, in the frozen window and for nothing: the cache of
+		// one host is coherent, the drop is for shared storage seen from
+		// another host.
+		opt := "file=" + d + ",format=raw,if=none,id=" + id + ",cache=writeback,file.drop-cache=off,discard=unmap"
 		if c.Boot.Snapshot {
 			opt += ",snapshot=on"
 		}

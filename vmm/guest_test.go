@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -352,6 +353,86 @@ func BenchmarkSaveDeviceState(b *testing.B) {
 			b.ReportMetric(float64(size), "state-bytes")
 		})
 	}
+}
+
+// BenchmarkFrozenWindow compares, on one idle 512 MiB test guest, the
+// frozen window of a save done all at once (Freeze, SaveDeviceState,
+// Continue) with a commit's (PrepareDeviceStateSave while the guest
+// runs, then FreezeAt, Save, Resume), alternating the two. It reports
+// the medians of how long QEMU had the vCPUs stopped, by its STOP and
+// RESUME events.
+func BenchmarkFrozenWindow(b *testing.B) {
+	cfg, img := guestConfig(b)
+	cfg.Memory = 512 << 20
+	m := bootTest(b, cfg)
+	ctx := testContext(b, 10*time.Minute)
+	if err := m.WaitConsole(ctx, img.ReadyMarker); err != nil {
+		b.Fatal(err)
+	}
+	var whole, prepared []time.Duration
+	for i := 0; i < b.N; i++ {
+		d, err := wholeWindow(ctx, m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		whole = append(whole, d)
+		if d, err = preparedWindow(ctx, m); err != nil {
+			b.Fatal(err)
+		}
+		prepared = append(prepared, d)
+	}
+	b.ReportMetric(float64(median(whole))/1e6, "whole-ms")
+	b.ReportMetric(float64(median(prepared))/1e6, "prepared-ms")
+}
+
+// wholeWindow freezes m, saves its device state and continues it, and
+// returns how long QEMU had its vCPUs stopped.
+func wholeWindow(ctx context.Context, m *Machine) (time.Duration, error) {
+	q, err := m.QMP(ctx)
+	if err != nil {
+		return 0, err
+	}
+	events := q.Subscribe("STOP", "RESUME")
+	defer events.Close()
+	if err := m.Freeze(ctx); err != nil {
+		return 0, err
+	}
+	if err := m.SaveDeviceState(ctx, io.Discard); err != nil {
+		return 0, err
+	}
+	if err := m.Continue(ctx); err != nil {
+		return 0, err
+	}
+	stop, err := events.Wait(ctx, "STOP")
+	if err != nil {
+		return 0, err
+	}
+	resume, err := events.Wait(ctx, "RESUME")
+	return resume.Time.Sub(stop.Time), err
+}
+
+// preparedWindow is wholeWindow the way a commit does it.
+func preparedWindow(ctx context.Context, m *Machine) (time.Duration, error) {
+	sv, err := m.PrepareDeviceStateSave(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer sv.Close()
+	stopped, err := m.FreezeAt(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := sv.Save(ctx, io.Discard); err != nil {
+		return 0, err
+	}
+	resumed, err := m.Resume(ctx)
+	return resumed.Sub(stopped), err
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // BenchmarkRestore measures bringing a saved guest back: cloning its RAM

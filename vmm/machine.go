@@ -531,14 +531,26 @@ func guestEnd(console string) string {
 // consistent state and can be copied. Freezing a frozen machine does
 // nothing.
 func (m *Machine) Freeze(ctx context.Context) error {
+	_, err := m.FreezeAt(ctx)
+	return err
+}
+
+// FreezeAt is Freeze, and says when QEMU stopped the guest's vCPUs by
+// its own clock: the timestamp of its STOP event, which it sends just
+// after the vCPUs stopped and before it flushes the disks. The time is
+// zero if QEMU stopped nothing (the guest was not running).
+func (m *Machine) FreezeAt(ctx context.Context) (time.Time, error) {
 	q, err := m.QMP(ctx)
 	if err != nil {
-		return fmt.Errorf("freeze: %w", err)
+		return time.Time{}, fmt.Errorf("freeze: %w", err)
 	}
+	events := q.Subscribe("STOP")
+	defer events.Close()
 	if _, err := q.Execute(ctx, "stop", nil); err != nil {
-		return fmt.Errorf("freeze %s: %w", m.cfg.Name, m.explain(err))
+		return time.Time{}, fmt.Errorf("freeze %s: %w", m.cfg.Name, m.explain(err))
 	}
-	return nil
+	ev, _ := events.poll() // sent before the reply
+	return ev.Time, nil
 }
 
 // explain replaces the error of a QMP command that failed because QEMU
@@ -565,10 +577,63 @@ func (m *Machine) Continue(ctx context.Context) error {
 	if rs == "inmigrate" {
 		return fmt.Errorf("continue %s: machine is waiting for its device state (LoadDeviceState)", m.cfg.Name)
 	}
-	if _, err := q.Execute(ctx, "cont", nil); err != nil {
+	if err := cont(ctx, q); err != nil {
 		return fmt.Errorf("continue %s: %w", m.cfg.Name, m.explain(err))
 	}
 	return nil
+}
+
+// Resume continues a guest its caller froze (FreezeAt), and perhaps saved
+// (DeviceStateSave), in one round trip to QEMU: unlike Continue it does
+// not ask QEMU the run state first. It says when QEMU resumed the vCPUs
+// by its own clock: the timestamp of its RESUME event, which it sends
+// just before the vCPUs run again. If QEMU resumed nothing, Resume asks
+// why: a guest that already ran is no error (the time is then zero), a
+// machine waiting for its device state is.
+func (m *Machine) Resume(ctx context.Context) (time.Time, error) {
+	q, err := m.QMP(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("continue: %w", err)
+	}
+	events := q.Subscribe("RESUME")
+	defer events.Close()
+	if err := cont(ctx, q); err != nil {
+		return time.Time{}, fmt.Errorf("continue %s: %w", m.cfg.Name, m.explain(err))
+	}
+	if ev, ok := events.poll(); ok { // sent before the reply
+		return ev.Time, nil
+	}
+	rs, err := runState(ctx, q)
+	switch {
+	case err != nil:
+		return time.Time{}, fmt.Errorf("continue %s: qemu resumed nothing, and query-status failed: %w", m.cfg.Name, err)
+	case rs == "running":
+		return time.Time{}, nil
+	case rs == "inmigrate":
+		return time.Time{}, fmt.Errorf("continue %s: machine is waiting for its device state (LoadDeviceState)", m.cfg.Name)
+	}
+	return time.Time{}, fmt.Errorf("continue %s: qemu run state is %q after cont", m.cfg.Name, rs)
+}
+
+// cont has QEMU continue the guest. Right after a device state save, QEMU
+// may still be finishing the migration (it sends the MIGRATION event
+// "completed" just before leaving run state finish-migrate, during which
+// it refuses cont): then cont is asked again.
+func cont(ctx context.Context, q *QMP) error {
+	ctx, cancel := withDefaultTimeout(ctx, DefaultQMPTimeout)
+	defer cancel()
+	for {
+		_, err := q.Execute(ctx, "cont", nil)
+		var qerr *QMPError
+		if !errors.As(err, &qerr) || qerr.Desc != "Migration is not finalized yet" {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 func runState(ctx context.Context, q *QMP) (string, error) {

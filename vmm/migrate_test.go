@@ -122,7 +122,14 @@ func TestSaveDeviceStateWriterFails(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("SaveDeviceState into a failing writer: %v", err)
 	}
-	// The machine survives and can still be saved.
+	// QEMU had written all of the state before the writer saw it: the
+	// machine survives, and can be saved again once it has run.
+	if err := m.Continue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Freeze(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := m.SaveDeviceState(ctx, io.Discard); err != nil {
 		t.Fatalf("save after a failed save: %v", err)
 	}
@@ -213,5 +220,87 @@ func TestSaveDeviceStateCancelled(t *testing.T) {
 	}
 	if err := m.SaveDeviceState(ctx, io.Discard); err != nil {
 		t.Fatalf("save after a cancelled save: %v", err)
+	}
+}
+
+// TestPreparedDeviceStateSave goes through a commit's frozen window: the
+// save prepared while the guest runs, then freeze, save, resume, with
+// QEMU's own times of the stop and the resume; and the misuses a
+// prepared save refuses.
+func TestPreparedDeviceStateSave(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, time.Minute)
+	m := bootTest(t, idleConfig())
+
+	sv, err := m.PrepareDeviceStateSave(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Save(ctx, io.Discard); err == nil || !strings.Contains(err.Error(), "freeze it first") {
+		t.Fatalf("Save of a running machine: %v", err)
+	}
+	if err := sv.Close(); err != nil {
+		t.Fatalf("Close after a refused Save: %v", err)
+	}
+
+	sv, err = m.PrepareDeviceStateSave(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sv.Close()
+	stopped, err := m.FreezeAt(ctx)
+	if err != nil || stopped.IsZero() {
+		t.Fatalf("FreezeAt of a running machine: %v, %v", stopped, err)
+	}
+	if again, err := m.FreezeAt(ctx); err != nil || !again.IsZero() {
+		t.Errorf("FreezeAt of a frozen machine: %v, %v; want no stop", again, err)
+	}
+	var state bytes.Buffer
+	if err := sv.Save(ctx, &state); err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Save(ctx, io.Discard); err == nil || !strings.Contains(err.Error(), "prepare another") {
+		t.Errorf("second Save: %v", err)
+	}
+	resumed, err := m.Resume(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(state.Bytes(), []byte("QEVM")) {
+		t.Errorf("stream starts with %q, want QEMU's QEVM magic", state.Bytes()[:min(4, state.Len())])
+	}
+	if d := resumed.Sub(stopped); d <= 0 || d > time.Minute {
+		t.Errorf("QEMU stopped the guest at %v and resumed it at %v", stopped, resumed)
+	}
+	if st, err := m.Status(ctx); err != nil || st.State != StateRunning {
+		t.Fatalf("after Resume: %+v, %v", st, err)
+	}
+	if again, err := m.Resume(ctx); err != nil || !again.IsZero() {
+		t.Errorf("Resume of a running machine: %v, %v; want no resume", again, err)
+	}
+
+	if err := sv.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+
+	// A save prepared and dropped gives the pipe back: the next one works.
+	sv, err = m.PrepareDeviceStateSave(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Freeze(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SaveDeviceState(ctx, io.Discard); err != nil {
+		t.Fatalf("save after a dropped preparation: %v", err)
+	}
+	if _, err := m.PrepareDeviceStateSave(ctx); err == nil || !strings.Contains(err.Error(), "continue it") {
+		t.Errorf("preparing a second save without running: %v", err)
 	}
 }

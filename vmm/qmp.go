@@ -422,6 +422,20 @@ func (s *Subscription) Next(ctx context.Context) (Event, error) {
 	}
 }
 
+// poll returns the next event already received, without waiting. QEMU
+// sends the events a command causes before its reply, so once Execute
+// has returned they are there.
+func (s *Subscription) poll() (Event, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return Event{}, false
+	}
+	ev := s.queue[0]
+	s.queue = s.queue[1:]
+	return ev, true
+}
+
 // Wait returns the next event with the given name, discarding others.
 func (s *Subscription) Wait(ctx context.Context, name string) (Event, error) {
 	for {

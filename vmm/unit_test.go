@@ -71,8 +71,8 @@ func TestQEMUArgs(t *testing.T) {
 		"-chardev socket,id=qmp,path=qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control",
 		"-chardev socket,id=console,path=console.sock,server=on,wait=off,logfile=console.log,logappend=on -serial chardev:console",
 		"-kernel /img/kernel -initrd /img/initrd -append console=ttyS0 quiet",
-		"-drive file=root.raw,format=raw,if=none,id=disk0,cache=writeback,discard=unmap -device virtio-blk-pci,drive=disk0,serial=disk0",
-		"-drive file=/data/scratch.raw,format=raw,if=none,id=disk1,cache=writeback,discard=unmap -device virtio-blk-pci,drive=disk1,serial=disk1",
+		"-drive file=root.raw,format=raw,if=none,id=disk0,cache=writeback,file.drop-cache=off,discard=unmap -device virtio-blk-pci,drive=disk0,serial=disk0",
+		"-drive file=/data/scratch.raw,format=raw,if=none,id=disk1,cache=writeback,file.drop-cache=off,discard=unmap -device virtio-blk-pci,drive=disk1,serial=disk1",
 		"-device virtio-serial-pci,id=vser0 -chardev socket,id=agent,path=agent.sock,server=on,wait=off -device virtserialport,bus=vser0.0,chardev=agent,name=org.sbuml.agent.0",
 		"-S -incoming defer",
 	} {
