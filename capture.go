@@ -303,10 +303,13 @@ type captured struct {
 	// differ from the RAM stream the copy held before.
 	ramChanged []stream.PageRange
 	diskDir    string // the copies of the disks: diskDir/<disk name>
-	// log is the machine's dirty-page log (nil: the host keeps none);
-	// with useLog, the copy of RAM was made when it was armed, and only
-	// the pages it reports are compared.
+	// log is the machine's dirty-page log (nil: the host keeps none).
+	// With logged, the copy of RAM held RAM as it was when the log was
+	// last armed; with useLog, the log was armed again before the copy
+	// was brought up to date while the guest ran, and the frozen pass
+	// compares only the pages it reports.
 	log    *vmm.DirtyLog
+	logged bool
 	useLog bool
 	// ramAhead lists the ranges of the copy of RAM rewritten before the
 	// freeze.
@@ -338,10 +341,9 @@ type mirrorJob struct{ dst, src string }
 // capture copies the machine's RAM and disks aside while it runs, then
 // freezes it only while its device state is saved and the copies catch
 // up, and continues it (unless asked to leave it frozen). The device
-// state streams into the store meanwhile. When the copy of RAM already
-// holds the last snapshot's RAM, only what the dirty-page log reports is
-// copied, ahead and frozen; without a log, RAM is not copied ahead: the
-// frozen pass must compare all of it anyway.
+// state goes into the store once the guest runs again. With a dirty-page
+// log, the frozen pass compares only the RAM pages written since the copy
+// ahead (see mirrorAhead); without one, all of RAM.
 func (s *Scrapbook) capture(ctx context.Context, m *vmm.Machine, p *commitPlan, saver *stream.Saver, opts CommitOptions) (*captured, error) {
 	c, err := newCaptured(m, s.ramStreamOf(ctx, p.head.Snapshot))
 	if err != nil {
@@ -433,7 +435,7 @@ func (c *captured) openDirtyLog(m *vmm.Machine) {
 		return
 	}
 	c.log = log
-	c.useLog = c.ram.valid && c.ram.loggedBy == log.ID()
+	c.logged = c.ram.valid && c.ram.loggedBy == log.ID()
 }
 
 func (c *captured) closeDirtyLog() {
@@ -443,33 +445,45 @@ func (c *captured) closeDirtyLog() {
 }
 
 // mirrorAhead copies, while the guest runs, what the frozen pass would
-// otherwise copy: the disks, and RAM unless the copy holds the last
-// snapshot's RAM. Then only the pages the dirty-page log reports are
-// copied, the log armed again: frozen, only those written since remain.
-// The disks' write count is read first: if it has not moved by the
-// freeze, the frozen pass leaves the disks alone.
+// otherwise copy: RAM and the disks. With a dirty-page log, the log is
+// armed first and the frozen pass compares only the pages written since;
+// then RAM is copied ahead in full, or only the pages the log reports if
+// the copy held RAM as of the log's last arming. Without one, RAM is
+// copied ahead only if the copy is not the last snapshot's, since the
+// frozen pass must compare all of it anyway. The disks' write count is
+// read first: if it has not moved by the freeze, the frozen pass leaves
+// the disks alone.
 func (c *captured) mirrorAhead(ctx context.Context, m *vmm.Machine, jobs []mirrorJob) error {
-	ram := jobs[0]
-	switch {
-	case c.useLog:
-		written, err := c.log.Written(true)
-		if err == nil {
-			c.ramAhead, err = mirrorRanges(ram.dst, ram.src, written)
-		}
-		if err != nil {
-			return err
-		}
-	case c.ram.valid:
-		// The frozen pass compares all of RAM anyway.
-	default:
-		if _, err := mirror(ram.dst, ram.src); err != nil {
-			return err
-		}
+	if err := c.mirrorRAMAhead(jobs[0]); err != nil {
+		return err
 	}
 	if n, err := m.DiskWrites(ctx); err == nil {
 		c.diskWritesAhead = &n
 	}
 	return mirrorAll(jobs[1:])
+}
+
+// mirrorRAMAhead is mirrorAhead's part for RAM.
+func (c *captured) mirrorRAMAhead(ram mirrorJob) error {
+	if c.log != nil {
+		written, err := c.log.Written(true)
+		if err == nil {
+			c.useLog = true
+			if c.logged {
+				c.ramAhead, err = mirrorRanges(ram.dst, ram.src, written)
+			} else {
+				c.ramAhead, err = mirror(ram.dst, ram.src)
+			}
+			return err
+		}
+		c.log.Close()
+		c.log = nil // a log that fails is not used in this commit
+	}
+	if c.ram.valid {
+		return nil
+	}
+	_, err := mirror(ram.dst, ram.src)
+	return err
 }
 
 // mirrorAll brings every copy up to date (see mirror).
@@ -514,9 +528,9 @@ func (c *captured) disksUnchanged(ctx context.Context, m *vmm.Machine) bool {
 }
 
 // mirrorRAMFrozen brings the copy of RAM up to date with the guest
-// frozen, comparing only the pages the dirty-page log reports if the copy
-// can trust it, else all of RAM, and arms the log at this instant for the
-// next commit.
+// frozen, comparing only the pages the dirty-page log reports since it was
+// armed ahead, and arming it again at this instant for the next commit;
+// without a log, all of RAM.
 func (c *captured) mirrorRAMFrozen(ram mirrorJob) ([]extent, error) {
 	if c.useLog {
 		written, err := c.log.Written(true)
@@ -526,13 +540,7 @@ func (c *captured) mirrorRAMFrozen(ram mirrorJob) ([]extent, error) {
 		}
 		c.useLog = false
 	}
-	rewritten, err := mirror(ram.dst, ram.src)
-	if err == nil && c.log != nil {
-		if _, err := c.log.Written(true); err == nil {
-			c.ram.armed = c.log.ID()
-		}
-	}
-	return rewritten, err
+	return mirror(ram.dst, ram.src)
 }
 
 // freezeAndSave freezes a running guest and, frozen, has QEMU write its
