@@ -45,8 +45,10 @@ func TestAutosnap(t *testing.T) {
 		}
 		time.Sleep(every / 2)
 	}
-	// Idle now: stop writing, and look again after a few intervals.
-	sh(t, s, "m1", "kill $(cat /tmp/writer)")
+	// Idle now: stop writing and flush what the writer left dirty (the
+	// guest's writeback would write it later, and that is activity), and
+	// look again after a few intervals.
+	sh(t, s, "m1", "kill $(cat /tmp/writer); sync")
 	time.Sleep(2 * every)
 	before := autosnapState(t, s)
 	time.Sleep(3 * every)
