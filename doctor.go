@@ -114,7 +114,7 @@ func doctorTmpfs() DoctorCheck {
 func doctorDirtyLog() DoctorCheck {
 	if err := vmm.CheckDirtyLog(); err != nil {
 		return checkWarn("dirty-log", "commits compare all of a machine's RAM while it is frozen, so their downtime grows with its memory: "+err.Error(),
-			"run sbuml as root, or on Linux 6.7 or later on amd64 with kernel.yama.ptrace_scope at 0 or 1")
+			"run sbuml as root (or with kernel.yama.ptrace_scope at 0), on Linux 6.9 or later on amd64")
 	}
 	return checkOK("dirty-log", "commits compare only the RAM pages a machine wrote since its last snapshot")
 }

@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/sbuml/sbuml/internal/atomicfile"
@@ -30,11 +32,14 @@ import (
 // arming.
 //
 // What it cannot see: writes to the RAM file other than through QEMU's
-// mapping (sbuml writes the file only before QEMU runs), and pages QEMU
-// discards (a balloon device, which sbuml machines do not have). Under TCG
-// it is exact where QEMU's own dirty bitmap is not (see docs/design.md).
+// mapping (sbuml writes the file only before a machine's log exists), and
+// pages QEMU discards (a balloon device, which sbuml machines do not
+// have). Under TCG it is exact where QEMU's own dirty bitmap is not (see
+// docs/design.md). It needs Linux 6.9: in 6.7 and 6.8 PAGEMAP_SCAN could
+// take a page being migrated for a protected one (fixed by "fs/proc/
+// task_mmu: fix uffd-wp confusion in pagemap_scan_pmd_entry").
 type DirtyLog struct {
-	id      string // "PID STARTTIME FD", as in DirtyLogFile
+	id      string // "PID STARTTIME FD NONCE", as in DirtyLogFile
 	pid     int
 	pagemap *os.File
 	start   uint64 // address of guest RAM in QEMU
@@ -46,17 +51,21 @@ type DirtyLog struct {
 var ErrNoDirtyLog = errors.New("no dirty-page log")
 
 // DirtyLogFile, in the machine directory, names the QEMU process that has
-// a dirty-page log and the descriptor it holds it in: "PID STARTTIME FD".
+// a dirty-page log, the descriptor it holds it in, and when it was made
+// (nanoseconds; a log made again in the same descriptor is another log):
+// "PID STARTTIME FD NONCE".
 const DirtyLogFile = "dirtylog"
 
 // StartDirtyLog starts the machine's dirty-page log, armed: from now on
 // every page written is reported. If the log is already there it is
 // returned as it is (not re-armed). It fails where the host cannot keep
-// one (another architecture, a kernel before 6.7, no permission to trace
-// QEMU), and then the machine is as it was.
+// one (see CheckDirtyLog), and then the machine is as it was.
 func (m *Machine) StartDirtyLog() (*DirtyLog, error) {
 	if d, err := m.OpenDirtyLog(); err == nil {
 		return d, nil
+	}
+	if err := checkDirtyLogOnce(); err != nil {
+		return nil, err
 	}
 	pid := m.PID()
 	if pid == 0 {
@@ -81,8 +90,8 @@ func (m *Machine) OpenDirtyLog() (*DirtyLog, error) {
 		return nil, ErrNoDirtyLog
 	}
 	var rpid, fd int
-	var start uint64
-	if _, err := fmt.Sscan(string(b), &rpid, &start, &fd); err != nil || rpid != pid {
+	var start, nonce uint64
+	if _, err := fmt.Sscan(string(b), &rpid, &start, &fd, &nonce); err != nil || rpid != pid {
 		return nil, ErrNoDirtyLog
 	}
 	if st, err := processStart(pid); err != nil || st != start {
@@ -112,11 +121,19 @@ func (d *DirtyLog) ID() string { return d.id }
 func (d *DirtyLog) Written(rearm bool) ([][2]int64, error) {
 	var out [][2]int64
 	vec := make([]pageRegion, 4096)
+	// The kernel writes into vec through an address held as an integer.
+	var pin runtime.Pinner
+	pin.Pin(&vec[0])
+	defer pin.Unpin()
 	arg := pmScanArg{
-		Size:         uint64(unsafe.Sizeof(pmScanArg{})),
-		End:          d.start + d.size,
-		Vec:          uint64(uintptr(unsafe.Pointer(&vec[0]))),
-		VecLen:       uint64(len(vec)),
+		Size:   uint64(unsafe.Sizeof(pmScanArg{})),
+		End:    d.start + d.size,
+		Vec:    uint64(uintptr(unsafe.Pointer(&vec[0]))),
+		VecLen: uint64(len(vec)),
+		// Exactly these masks: only then does the kernel take its path
+		// that counts a page table entry emptied since the last arming
+		// (a tmpfs page reclaimed) as written. Another category in the
+		// masks would miss such pages.
 		CategoryMask: pageIsWritten,
 		ReturnMask:   pageIsWritten,
 	}
@@ -136,7 +153,6 @@ func (d *DirtyLog) Written(rearm bool) ([][2]int64, error) {
 			return nil, fmt.Errorf("scan the written pages of qemu %d: no progress at %#x", d.pid, start)
 		}
 	}
-	runtime.KeepAlive(vec)
 	return out, nil
 }
 
@@ -145,13 +161,16 @@ func (d *DirtyLog) Written(rearm bool) ([][2]int64, error) {
 func (d *DirtyLog) Close() error { return d.pagemap.Close() }
 
 // CheckDirtyLog says whether this host can keep dirty-page logs, without
-// a machine: amd64, a kernel with PAGEMAP_SCAN and asynchronous
-// write-protect userfaultfds (Linux 6.7), and the right to ptrace
-// processes of this user (Yama's ptrace_scope). It returns nil or why
-// not.
+// a machine: amd64, Linux 6.9 or later (PAGEMAP_SCAN and asynchronous
+// write-protect userfaultfds came in 6.7, and 6.9 fixed a way the scan
+// could miss a page), and the right to ptrace processes of this user
+// (Yama's ptrace_scope). It returns nil or why not.
 func CheckDirtyLog() error {
 	if runtime.GOARCH != "amd64" {
 		return fmt.Errorf("dirty-page logs are made on amd64 only, not %s", runtime.GOARCH)
+	}
+	if rel, ok := kernelAtLeast(6, 9); !ok {
+		return fmt.Errorf("dirty-page logs need Linux 6.9 or later, this is %s", rel)
 	}
 	uffd, _, e := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK, 0, 0)
 	if e != 0 {
@@ -195,6 +214,15 @@ func startDirtyLog(pid int, ramFile, dir string) (*DirtyLog, error) {
 	if err != nil {
 		return nil, err
 	}
+	if tracked, err := writeTracked(pid, addr); err == nil && tracked {
+		// A log without a record (a process killed between making it
+		// and writing the record): take it over, as a new log.
+		fd, err := lostDirtyLog(pid)
+		if err != nil {
+			return nil, err
+		}
+		return recordDirtyLog(dir, pid, start, fd, addr, size)
+	}
 	r, err := inject.Syscall(pid, unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("make a userfaultfd in qemu %d: %w", pid, err)
@@ -204,13 +232,47 @@ func startDirtyLog(pid int, ramFile, dir string) (*DirtyLog, error) {
 		inject.Syscall(pid, unix.SYS_CLOSE, uintptr(fd))
 		return nil, err
 	}
-	id := fmt.Sprintf("%d %d %d", pid, start, fd)
-	if err := atomicfile.WriteFile(filepath.Join(dir, DirtyLogFile), []byte(id+"\n"), 0o600); err != nil {
+	d, err := recordDirtyLog(dir, pid, start, fd, addr, size)
+	if err != nil {
 		inject.Syscall(pid, unix.SYS_CLOSE, uintptr(fd))
+	}
+	return d, err
+}
+
+// recordDirtyLog names the log in fd of QEMU pid in dir's DirtyLogFile.
+func recordDirtyLog(dir string, pid int, start uint64, fd int, addr, size uint64) (*DirtyLog, error) {
+	id := fmt.Sprintf("%d %d %d %d", pid, start, fd, time.Now().UnixNano())
+	if err := atomicfile.WriteFile(filepath.Join(dir, DirtyLogFile), []byte(id+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	return openDirtyLog(id, pid, addr, size)
 }
+
+// lostDirtyLog finds the one userfaultfd QEMU pid holds, when its guest
+// RAM is registered but no record names the log.
+func lostDirtyLog(pid int) (int, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	found := -1
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && l == "anon_inode:[userfaultfd]" {
+			if found >= 0 {
+				return 0, fmt.Errorf("qemu %d holds several userfaultfds: cannot tell which keeps the log", pid)
+			}
+			found, _ = strconv.Atoi(e.Name())
+		}
+	}
+	if found < 0 {
+		return 0, fmt.Errorf("qemu %d has its guest RAM registered with a userfaultfd it no longer holds", pid)
+	}
+	return found, nil
+}
+
+// checkDirtyLogOnce is CheckDirtyLog, asked once per process.
+var checkDirtyLogOnce = sync.OnceValue(CheckDirtyLog)
 
 // registerDirtyLog sets up the userfaultfd fd of QEMU pid, through a copy
 // of it here: asynchronous write protection of guest RAM, armed. Its
@@ -307,6 +369,21 @@ func writeTracked(pid int, addr uint64) (bool, error) {
 	}
 	line, _, _ := bytes.Cut(rest[j:], []byte("\n"))
 	return bytes.Contains(append(line, ' '), []byte(" uw ")), nil
+}
+
+// kernelAtLeast reports whether the running kernel's release is at least
+// major.minor, and the release.
+func kernelAtLeast(major, minor int) (string, bool) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown", false
+	}
+	rel := unix.ByteSliceToString(u.Release[:])
+	var ma, mi int
+	if _, err := fmt.Sscanf(rel, "%d.%d", &ma, &mi); err != nil {
+		return rel, false
+	}
+	return rel, ma > major || ma == major && mi >= minor
 }
 
 // processStart returns the start time of process pid (field 22 of its

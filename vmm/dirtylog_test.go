@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -85,6 +87,23 @@ func TestDirtyLog(t *testing.T) {
 	}
 	if err := m.Continue(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// A log whose record was lost (its maker killed before writing it)
+	// is taken over, under a new ID, rather than made twice.
+	if err := os.Remove(filepath.Join(m.Dir(), DirtyLogFile)); err != nil {
+		t.Fatal(err)
+	}
+	d3, err := m.StartDirtyLog()
+	if err != nil {
+		t.Fatalf("take over a log without its record: %v", err)
+	}
+	defer d3.Close()
+	old, now := strings.Fields(d.ID()), strings.Fields(d3.ID())
+	if d3.ID() == d.ID() || old[2] != now[2] {
+		t.Errorf("log taken over as %q, was %q: want the same descriptor under a new ID", d3.ID(), d.ID())
+	}
+	if _, err := d3.Written(true); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/sbuml/sbuml"
+	"github.com/sbuml/sbuml/internal/inject"
 	"github.com/spf13/cobra"
 )
 
@@ -91,7 +92,9 @@ func interruptible() (context.Context, context.CancelFunc) {
 		select {
 		case sig := <-sigs:
 			// The second ends the process at once, by the signal's
-			// default action, as if sbuml did not catch it.
+			// default action, as if sbuml did not catch it: but not
+			// while QEMU runs on registers sbuml lent it.
+			inject.Quiesce()
 			signal.Reset(sig)
 			syscall.Kill(os.Getpid(), sig.(syscall.Signal))
 		case <-done:

@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,11 +20,16 @@ import (
 // Syscall runs system call nr with args (at most six) in process pid,
 // on its main thread, and returns the call's result: a negative result is
 // returned as the errno it encodes. The thread is stopped only for the
-// call; if it was blocked in a system call, that call is restarted, and a
-// signal that arrived meanwhile is delivered after.
+// call; if it was blocked in a system call, that call is restarted, and
+// signals that arrived meanwhile are delivered after.
 func Syscall(pid int, nr uintptr, args ...uintptr) (uintptr, error) {
 	if len(args) > 6 {
 		return 0, fmt.Errorf("inject: %d arguments, at most 6", len(args))
+	}
+	// Found before the thread is stopped, so that it is stopped briefly.
+	at, err := findInstruction(pid, syscallBytes)
+	if err != nil {
+		return 0, err
 	}
 	// Every ptrace request must come from the thread that attached.
 	runtime.LockOSThread()
@@ -31,23 +38,33 @@ func Syscall(pid int, nr uintptr, args ...uintptr) (uintptr, error) {
 		return 0, fmt.Errorf("inject: attach to %d: %w", pid, err)
 	}
 	t := &tracee{pid: pid}
-	res, err := t.run(nr, args)
+	res, err := t.run(at, nr, args)
 	if derr := t.detach(); err == nil && derr != nil {
 		err = derr
 	}
 	return res, err
 }
 
+// borrowed is held while a thread of another process runs on borrowed
+// registers: if this process ended then, that thread would go on from
+// the syscall instruction with them, and crash its process.
+var borrowed sync.Mutex
+
+// Quiesce waits until no thread is borrowed and keeps it so: call it
+// before this process ends on purpose (on a second interrupt, say).
+func Quiesce() { borrowed.Lock() }
+
 // tracee is a seized thread.
 type tracee struct {
 	pid int
-	// pending is a signal that stopped the thread while it was borrowed,
-	// to deliver when it is let go.
-	pending unix.Signal
+	// pending are the signals that stopped the thread while it was
+	// borrowed, to deliver when it is let go.
+	pending []unix.Signal
 }
 
-// run stops the thread, makes the call and restores its registers.
-func (t *tracee) run(nr uintptr, args []uintptr) (uintptr, error) {
+// run stops the thread, makes the call at the syscall instruction at
+// address at, and restores its registers.
+func (t *tracee) run(at uint64, nr uintptr, args []uintptr) (uintptr, error) {
 	if err := unix.PtraceInterrupt(t.pid); err != nil {
 		return 0, fmt.Errorf("inject: stop %d: %w", t.pid, err)
 	}
@@ -58,10 +75,8 @@ func (t *tracee) run(nr uintptr, args []uintptr) (uintptr, error) {
 	if err := unix.PtraceGetRegs(t.pid, &saved); err != nil {
 		return 0, fmt.Errorf("inject: registers of %d: %w", t.pid, err)
 	}
-	at, err := t.syscallInstruction(&saved)
-	if err != nil {
-		return 0, err
-	}
+	borrowed.Lock()
+	defer borrowed.Unlock()
 	res, callErr := t.call(&saved, at, nr, args)
 	// Put the thread back whatever happened: with its saved registers, a
 	// system call it was blocked in is restarted when it runs again.
@@ -119,7 +134,7 @@ func (t *tracee) step(goal uint64) error {
 			return fmt.Errorf("inject: registers of %d: %w", t.pid, err)
 		}
 		if sig := ws.StopSignal(); sig != unix.SIGTRAP && event(ws) == 0 {
-			t.pending = sig
+			t.pending = append(t.pending, sig)
 		}
 		if regs.Rip == goal {
 			return nil
@@ -150,33 +165,55 @@ func (t *tracee) waitInterrupted() error {
 	return fmt.Errorf("inject: process %d did not stop", t.pid)
 }
 
-// wait waits until the thread stops, and fails if it ended instead.
+// waitLimit bounds how long the caller waits for the thread to stop: a
+// thread in an uninterruptible sleep stops only when the sleep ends.
+const waitLimit = 10 * time.Second
+
+// wait waits until the thread stops, and fails if it ended instead or
+// did not stop within waitLimit.
 func (t *tracee) wait() (unix.WaitStatus, error) {
-	for {
+	deadline := time.Now().Add(waitLimit)
+	for pause := time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
 		var ws unix.WaitStatus
-		_, err := unix.Wait4(t.pid, &ws, unix.WALL, nil)
-		if errors.Is(err, unix.EINTR) {
+		wpid, err := unix.Wait4(t.pid, &ws, unix.WALL|unix.WNOHANG, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
 			continue
-		}
-		if err != nil {
+		case err != nil:
 			return ws, fmt.Errorf("inject: wait for %d: %w", t.pid, err)
-		}
-		if ws.Exited() || ws.Signaled() {
+		case wpid == t.pid && (ws.Exited() || ws.Signaled()):
 			return ws, fmt.Errorf("inject: process %d ended", t.pid)
-		}
-		if ws.Stopped() {
+		case wpid == t.pid && ws.Stopped():
 			return ws, nil
+		case time.Now().After(deadline):
+			return ws, fmt.Errorf("inject: process %d did not stop in %v", t.pid, waitLimit)
 		}
+		time.Sleep(pause)
 	}
 }
 
 // event returns the ptrace event of a stop (0: a signal-delivery stop).
 func event(ws unix.WaitStatus) int { return int(uint32(ws) >> 16) }
 
-// detach lets the thread go, with the signal it got meanwhile.
+// detach lets the thread go, with the first signal it got meanwhile;
+// the others are sent again. A thread that is running (a wait gave up)
+// is stopped first, since only a stopped thread can be detached.
 func (t *tracee) detach() error {
-	if err := ptraceRequest(unix.PTRACE_DETACH, t.pid, int(t.pending)); err != nil {
+	var sig unix.Signal
+	if len(t.pending) > 0 {
+		sig = t.pending[0]
+	}
+	err := ptraceRequest(unix.PTRACE_DETACH, t.pid, int(sig))
+	if errors.Is(err, unix.ESRCH) && unix.PtraceInterrupt(t.pid) == nil {
+		if _, werr := t.wait(); werr == nil {
+			err = ptraceRequest(unix.PTRACE_DETACH, t.pid, int(sig))
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("inject: detach from %d: %w", t.pid, err)
+	}
+	for _, s := range t.pending[min(1, len(t.pending)):] {
+		unix.Tgkill(t.pid, t.pid, s)
 	}
 	return nil
 }
@@ -192,19 +229,6 @@ func ptraceRequest(req, pid, sig int) error {
 
 // syscallBytes is the x86-64 syscall instruction.
 var syscallBytes = []byte{0x0f, 0x05}
-
-// syscallInstruction finds a syscall instruction the thread can execute:
-// the one it is blocked in, if it is, else the first in an executable
-// mapping of the process.
-func (t tracee) syscallInstruction(regs *unix.PtraceRegs) (uint64, error) {
-	if int64(regs.Orig_rax) >= 0 && regs.Rip >= 2 {
-		b := make([]byte, 2)
-		if _, err := unix.PtracePeekText(t.pid, uintptr(regs.Rip-2), b); err == nil && bytes.Equal(b, syscallBytes) {
-			return regs.Rip - 2, nil
-		}
-	}
-	return findInstruction(t.pid, syscallBytes)
-}
 
 // findInstruction returns the address of the first occurrence of code in
 // an executable mapping of process pid.
