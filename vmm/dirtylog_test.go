@@ -88,8 +88,14 @@ func TestDirtyLog(t *testing.T) {
 	if err := m.Continue(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// A log whose record was lost (its maker killed before writing it)
-	// is taken over, under a new ID, rather than made twice.
+	requireLogTakenOver(t, m, d)
+}
+
+// requireLogTakenOver checks that a log whose record was lost (its maker
+// killed before writing it) is taken over, under a new ID, rather than
+// made twice.
+func requireLogTakenOver(t *testing.T, m *Machine, d *DirtyLog) {
+	t.Helper()
 	if err := os.Remove(filepath.Join(m.Dir(), DirtyLogFile)); err != nil {
 		t.Fatal(err)
 	}
