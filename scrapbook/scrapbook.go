@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/go-git/go-billy/v5"
 	"github.com/go-git/go-billy/v5/osfs"
@@ -24,15 +25,23 @@ import (
 	"github.com/sbuml/sbuml/refs"
 )
 
-// FormatVersion is the layout version written to the config file.
-const FormatVersion = 1
+// FormatVersion is the layout version written to the config file. Format
+// 2 scrapbooks may hold version 2 objects (patch nodes, streams that name
+// one; see docs/format.md), which a reader of format 1 would refuse one
+// object at a time: it refuses the scrapbook instead, in one line.
+const FormatVersion = 2
+
+// oldestFormat is the oldest format this package reads. A scrapbook of
+// format 1 is read as it is and says format 2 once objects are written
+// to it (HoldToWrite).
+const oldestFormat = 1
 
 // DefaultBranch is the branch HEAD names in a new scrapbook.
 const DefaultBranch = "main"
 
 // The names of a scrapbook's directory (see docs/format.md).
 const (
-	ConfigFile  = "config"   // {"format":1}
+	ConfigFile  = "config"   // {"format":2}
 	ObjectsDir  = "objects"  // the pack store, and loose objects
 	RemotesFile = "remotes"  // the remotes it pushes to and pulls from
 	MachinesDir = "machines" // machines booted or checked out by name
@@ -55,6 +64,9 @@ type Dir struct {
 	Refs *refs.Store
 
 	fs billy.Filesystem
+	// format is the format the config file says (see Upgrade).
+	formatMu sync.Mutex
+	format   int
 }
 
 // config is the content of the config file.
@@ -78,6 +90,7 @@ func Init(dir string) (*Dir, error) {
 		}
 	}
 	d := open(abs)
+	d.format = FormatVersion
 	if err := d.Refs.SetSymbolic("HEAD", "refs/heads/"+DefaultBranch); err != nil {
 		return nil, fmt.Errorf("init %s: %w", abs, err)
 	}
@@ -110,10 +123,13 @@ func Open(dir string) (*Dir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", abs, err)
 	}
-	if err := readConfig(b); err != nil {
+	format, err := readConfig(b)
+	if err != nil {
 		return nil, fmt.Errorf("open %s: config file %s %w", abs, name, err)
 	}
-	return open(abs), nil
+	d := open(abs)
+	d.format = format
+	return d, nil
 }
 
 func open(abs string) *Dir {
@@ -131,26 +147,26 @@ func (d *Dir) NewObjects() objects.Store {
 	return objects.NewPacked(d.fs, ObjectsDir, filepath.Join(d.Path, ObjectsDir))
 }
 
-// readConfig checks the content of a config file. It is strict, since
-// the file has no checksum: JSON of exactly the fields this sbuml
-// writes, and the format it reads.
-func readConfig(b []byte) error {
+// readConfig checks the content of a config file and returns its
+// format. It is strict, since the file has no checksum: JSON of exactly
+// the fields this sbuml writes, and a format it reads.
+func readConfig(b []byte) (int, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	var c config
 	if err := dec.Decode(&c); err != nil {
-		return fmt.Errorf("is damaged (%v); it should read %s", err, configText())
+		return 0, fmt.Errorf("is damaged (%v); it should read %s", err, configText())
 	}
 	if len(bytes.TrimSpace(b[dec.InputOffset():])) > 0 {
-		return fmt.Errorf("is damaged (more after the JSON object); it should read %s", configText())
+		return 0, fmt.Errorf("is damaged (more after the JSON object); it should read %s", configText())
 	}
 	switch {
 	case c.Format == 0:
-		return fmt.Errorf("is damaged (it names no format); it should read %s", configText())
-	case c.Format != FormatVersion:
-		return fmt.Errorf("says scrapbook format %d, this sbuml reads format %d: damaged, or written by another sbuml", c.Format, FormatVersion)
+		return 0, fmt.Errorf("is damaged (it names no format); it should read %s", configText())
+	case c.Format < oldestFormat || c.Format > FormatVersion:
+		return 0, fmt.Errorf("says scrapbook format %d, this sbuml reads formats %d to %d: damaged, or written by a newer sbuml", c.Format, oldestFormat, FormatVersion)
 	}
-	return nil
+	return c.Format, nil
 }
 
 // configText is the content of the config file of a new scrapbook.
@@ -173,15 +189,38 @@ func (d *Dir) Hold() (release func(), err error) {
 
 // HoldToWrite is Hold for an operation that writes objects: releasing it
 // also merges the small packs, if writes have left many (see Compact).
+//
+// A scrapbook of an older format says the current one from then on: the
+// objects written may be of a version its readers refuse.
 func (d *Dir) HoldToWrite() (release func(), err error) {
 	unlock, err := d.Hold()
 	if err != nil {
+		return nil, err
+	}
+	if err := d.Upgrade(); err != nil {
+		unlock()
 		return nil, err
 	}
 	return func() {
 		unlock()
 		d.Compact()
 	}, nil
+}
+
+// Upgrade makes the config file of a scrapbook of an older format say
+// FormatVersion, before objects of the current versions are written to
+// it. It does nothing to a current scrapbook.
+func (d *Dir) Upgrade() error {
+	d.formatMu.Lock()
+	defer d.formatMu.Unlock()
+	if d.format == 0 || d.format >= FormatVersion {
+		return nil
+	}
+	if err := atomicfile.WriteFile(filepath.Join(d.Path, ConfigFile), append(configText(), '\n'), 0o644); err != nil {
+		return fmt.Errorf("upgrade %s to scrapbook format %d: %w", d.Path, FormatVersion, err)
+	}
+	d.format = FormatVersion
+	return nil
 }
 
 // HoldExclusive takes the gc lock exclusively, for gc: it does not wait,

@@ -38,6 +38,9 @@ type Dir struct {
 	store   objects.Store
 	// reopen, for a scrapbook, opens its object store afresh (see objects).
 	reopen func() objects.Store
+	// upgrade, for a scrapbook, makes its config say the current format
+	// before the first object is put (see scrapbook.Dir.Upgrade).
+	upgrade func() error
 }
 
 // refBackend reads and updates the refs of a Dir.
@@ -87,6 +90,7 @@ func OpenScrapbook(path string) (*Dir, error) {
 		path:    book.Path,
 		store:   book.Objects,
 		reopen:  book.NewObjects,
+		upgrade: book.Upgrade,
 		refs:    scrapbookRefs{book.Refs},
 		release: release,
 	}, nil
@@ -234,6 +238,11 @@ func (d *Dir) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []b
 // Put implements Remote: each object is verified and stored only if its
 // references are present (see Receive).
 func (d *Dir) Put(ctx context.Context, objs []Object) error {
+	if d.upgrade != nil {
+		if err := d.upgrade(); err != nil {
+			return err
+		}
+	}
 	store := d.objects()
 	for _, o := range objs {
 		d.count.sent.Add(int64(len(o.Stored)))
