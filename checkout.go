@@ -375,8 +375,8 @@ func (s *Scrapbook) checkoutHead(ctx context.Context, id objects.ID, machine, br
 // written, while the disks are still being written into the files it has
 // opened. The RAM of a snapshot in the store arrives through postcopy
 // (lazyRAM): the guest runs once its device state is loaded, and restore
-// returns once every page is in place. Otherwise (an exported machine)
-// the RAM is written like the disks, into the file QEMU maps (share=on:
+// returns once every page is in place. Otherwise (an exported machine,
+// or RAM kept in the machine directory) the RAM is written like the disks, into the file QEMU maps (share=on:
 // it sees the writes), and the device state is loaded once all is there.
 func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, opts CheckoutOptions) (*vmm.Machine, time.Time, error) {
 	cfg := p.cfg
@@ -387,7 +387,7 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 		return nil, time.Time{}, err
 	}
 	cfg.Name = machineName(dir)
-	lr := prepareLazyRAM(ctx, p.src, cfg.Memory)
+	lr := prepareLazyRAM(ctx, p.src, cfg.Memory, opts.RAMInDir)
 	mz, err := newMaterializer(ctx, p.src, dir, &cfg, opts.RAMInDir, lr != nil)
 	if err != nil {
 		return nil, time.Time{}, err

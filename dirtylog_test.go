@@ -20,14 +20,29 @@ import (
 // dirty-page log missed would differ), and that copy must be the stored
 // RAM stream. Every commit, the first too, compares only the pages the
 // log reports while frozen. The last snapshot checks out, and its first
-// commit is checked the same way; it carries on from its instant.
+// commit is checked the same way; it carries on from its instant. Guest
+// RAM on tmpfs (the default) and in the machine directory (on the file
+// system of the test's temporary directory) are both logged.
 func TestCommitDirtyLog(t *testing.T) {
 	t.Parallel()
 	if err := vmm.CheckDirtyLog(); err != nil {
 		t.Skipf("this host keeps no dirty-page log (commits compare all of RAM): %v", err)
 	}
+	for _, tc := range []struct {
+		name     string
+		ramInDir bool
+	}{{"tmpfs", false}, {"ram-in-dir", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			commitDirtyLog(t, tc.ramInDir)
+		})
+	}
+}
+
+// commitDirtyLog is TestCommitDirtyLog for one place of guest RAM.
+func commitDirtyLog(t *testing.T, ramInDir bool) {
 	s := guestScrapbook(t, 2)
-	g := bootGuest(t, s, "m1", 0)
+	g := bootGuestWith(t, s, "m1", sbuml.BootOptions{Memory: 256 << 20, Accel: guestAccel, RAMInDir: ramInDir})
 	g.startCounter()
 	g.run("(while true; do dd if=/dev/urandom of=/tmp/churn bs=64k count=64 conv=notrunc 2>/dev/null; done) >/dev/null 2>&1 &")
 	g.run("(while true; do dd if=/dev/urandom of=/mnt/churn bs=64k count=16 conv=notrunc 2>/dev/null; sync; done) >/dev/null 2>&1 &")
@@ -48,7 +63,7 @@ func TestCommitDirtyLog(t *testing.T) {
 	}
 	tl := commitTimeline(g, sbuml.CommitOptions{Message: "last"})
 	g.halt()
-	m2, _ := checkoutGuest(t, s, "m1", "m2", sbuml.CheckoutOptions{Continue: true})
+	m2, _ := checkoutGuest(t, s, "m1", "m2", sbuml.CheckoutOptions{Continue: true, RAMInDir: ramInDir})
 	requireResumed(m2, tl)
 	res := m2.commit(sbuml.CommitOptions{Freeze: true, Message: "after checkout"})
 	if !res.DirtyLog {

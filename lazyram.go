@@ -81,10 +81,13 @@ type lazyRAM struct {
 
 // prepareLazyRAM reads the device state and indexes the RAM of a store
 // snapshot in the background, or returns nil if its RAM cannot arrive
-// lazily (an exported machine).
-func prepareLazyRAM(ctx context.Context, src machineSource, memory int64) *lazyRAM {
+// lazily: an exported machine, or guest RAM kept in the machine
+// directory (ramInDir). QEMU places postcopy pages with UFFDIO_COPY,
+// which only anonymous memory, tmpfs and hugetlbfs take: on another file
+// system it dies at the first page.
+func prepareLazyRAM(ctx context.Context, src machineSource, memory int64, ramInDir bool) *lazyRAM {
 	ss, ok := src.(*storeSource)
-	if !ok {
+	if !ok || ramInDir {
 		return nil
 	}
 	id, err := ss.stream(snapRAM)
