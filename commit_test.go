@@ -145,11 +145,19 @@ func TestCommitCheckoutCarriesOn(t *testing.T) {
 // stored the same index nodes, patch and chunks.
 func requireRAMCopyStored(g *guest, id objects.ID) {
 	g.t.Helper()
-	ctx := guestContext(g.t)
 	m := g.open()
 	path := filepath.Join(m.RAMFile()+vmm.RAMSidecarSuffix, "ram")
 	m.Close()
-	f, err := os.Open(path)
+	requireStoredAs(g, id, path, "ram", sbuml.RAMParams)
+}
+
+// requireStoredAs checks that file, stored from scratch with
+// SaveStreamFrom on the entry at entryPath of the snapshot's parent, is
+// the stream at entryPath of snapshot id.
+func requireStoredAs(g *guest, id objects.ID, file, entryPath string, p stream.Params) {
+	g.t.Helper()
+	ctx := guestContext(g.t)
+	f, err := os.Open(file)
 	if err != nil {
 		g.t.Fatal(err)
 	}
@@ -160,36 +168,41 @@ func requireRAMCopyStored(g *guest, id objects.ID) {
 	}
 	base := objects.Zero
 	if len(sn.Parents) > 0 {
-		base = snapshotRAM(g, sn.Parents[0])
+		base = snapshotEntry(g, sn.Parents[0], entryPath)
 	}
 	saver := stream.NewSaver(g.s.Objects, 0)
 	defer saver.Close()
-	want, _, err := saver.SaveStreamFrom(ctx, f, sbuml.RAMParams, base)
+	want, _, err := saver.SaveStreamFrom(ctx, f, p, base)
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	if got := snapshotRAM(g, id); got != want {
-		g.t.Fatalf("%s: snapshot %s's RAM %s is not the stream of the copy of its RAM (%s)", g.name, id.Short(), got.Short(), want.Short())
+	if got := snapshotEntry(g, id, entryPath); got != want {
+		g.t.Fatalf("%s: snapshot %s's %s %s is not the stream of %s (%s)", g.name, id.Short(), entryPath, got.Short(), file, want.Short())
 	}
 }
 
-// snapshotRAM returns the ID of the RAM stream of snapshot id.
-func snapshotRAM(g *guest, id objects.ID) objects.ID {
+// snapshotEntry returns the ID of the entry at path (names joined by
+// "/") in the tree of snapshot id.
+func snapshotEntry(g *guest, id objects.ID, path string) objects.ID {
 	g.t.Helper()
 	ctx := guestContext(g.t)
 	sn, err := objects.LoadSnapshot(ctx, g.s.Objects, id)
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	tree, err := objects.LoadTree(ctx, g.s.Objects, sn.Tree)
-	if err != nil {
-		g.t.Fatal(err)
+	at := sn.Tree
+	for _, name := range strings.Split(path, "/") {
+		tree, err := objects.LoadTree(ctx, g.s.Objects, at)
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		e := tree.Find(name)
+		if e == nil {
+			g.t.Fatalf("snapshot %s has no %s", id.Short(), path)
+		}
+		at = e.ID
 	}
-	e := tree.Find("ram")
-	if e == nil {
-		g.t.Fatalf("snapshot %s has no RAM", id.Short())
-	}
-	return e.ID
+	return at
 }
 
 // TestCommitIdleAddsLittle commits a 512 MiB guest, lets it idle 5 s and

@@ -10,7 +10,6 @@ import (
 
 	"github.com/sbuml/sbuml"
 	"github.com/sbuml/sbuml/objects"
-	"github.com/sbuml/sbuml/stream"
 	"github.com/sbuml/sbuml/vmm"
 )
 
@@ -78,52 +77,7 @@ func commitDirtyLog(t *testing.T, ramInDir bool) {
 // snapshot id: the commit caught the disk at its instant.
 func requireDiskStored(g *guest, id objects.ID) {
 	g.t.Helper()
-	ctx := guestContext(g.t)
-	f, err := os.Open(filepath.Join(g.dir(), "disk.img"))
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	defer f.Close()
-	sn, err := objects.LoadSnapshot(ctx, g.s.Objects, id)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	base := objects.Zero
-	if len(sn.Parents) > 0 {
-		base = snapshotDisk(g, sn.Parents[0])
-	}
-	saver := stream.NewSaver(g.s.Objects, 0)
-	defer saver.Close()
-	want, _, err := saver.SaveStreamFrom(ctx, f, sbuml.DiskParams, base)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	if got := snapshotDisk(g, id); got != want {
-		g.t.Fatalf("%s: snapshot %s's disk %s is not the stream of the frozen disk (%s)", g.name, id.Short(), got.Short(), want.Short())
-	}
-}
-
-// snapshotDisk returns the ID of the stream of snapshot id's disk.img.
-func snapshotDisk(g *guest, id objects.ID) objects.ID {
-	g.t.Helper()
-	ctx := guestContext(g.t)
-	sn, err := objects.LoadSnapshot(ctx, g.s.Objects, id)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	tree, err := objects.LoadTree(ctx, g.s.Objects, sn.Tree)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	if d := tree.Find("disks"); d != nil {
-		if disks, err := objects.LoadTree(ctx, g.s.Objects, d.ID); err == nil {
-			if e := disks.Find("disk.img"); e != nil {
-				return e.ID
-			}
-		}
-	}
-	g.t.Fatalf("snapshot %s has no disks/disk.img", id.Short())
-	return objects.Zero
+	requireStoredAs(g, id, filepath.Join(g.dir(), "disk.img"), "disks/disk.img", sbuml.DiskParams)
 }
 
 // requireCopyIsRAM checks that the frozen machine's RAM is its copy of
