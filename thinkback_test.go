@@ -46,11 +46,13 @@ func TestAutosnap(t *testing.T) {
 		time.Sleep(every / 2)
 	}
 	// Idle now: stop writing and flush what the writer left dirty (the
-	// guest's writeback would write it later, and that is activity), and
-	// look again after a few intervals.
+	// guest's writeback would write it later, and that is activity). The
+	// kill and the sync are activity too: wait until the keeper has
+	// judged an interval after them idle (a snapshot they cause may take
+	// seconds on a busy host), then look again after a few intervals.
 	sh(t, s, "m1", "kill $(cat /tmp/writer); sync")
-	time.Sleep(2 * every)
-	before := autosnapState(t, s)
+	killed := autosnapState(t, s)
+	before := waitAutosnapSkip(t, s, killed.Skipped, 10*every)
 	time.Sleep(3 * every)
 	after := autosnapState(t, s)
 	if after.Taken != before.Taken || after.Skipped < before.Skipped+1 {
@@ -135,6 +137,23 @@ func autosnaps(t testing.TB, s *sbuml.Scrapbook) []sbuml.AutosnapDecision {
 		t.Fatal(err)
 	}
 	return ds
+}
+
+// waitAutosnapSkip waits until m1's keeper has skipped more than skipped
+// intervals as idle, and returns its state then.
+func waitAutosnapSkip(t testing.TB, s *sbuml.Scrapbook, skipped int, limit time.Duration) *sbuml.AutosnapState {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		st := autosnapState(t, s)
+		if st.Skipped > skipped && st.LastSkip == "guest idle" {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the keeper judged no interval idle in %v after the writer stopped: %+v", limit, st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func autosnapState(t testing.TB, s *sbuml.Scrapbook) *sbuml.AutosnapState {
