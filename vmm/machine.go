@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sbuml/sbuml/internal/atomicfile"
+	"github.com/sbuml/sbuml/internal/inject"
 	"golang.org/x/sys/unix"
 )
 
@@ -883,5 +884,13 @@ func waitExit(cmd *exec.Cmd) error {
 		}
 		unix.Close(fd)
 	}
-	return cmd.Wait()
+	err := cmd.Wait()
+	if errors.Is(err, unix.ECHILD) {
+		// The dirty-page log's injection was waiting on QEMU as its
+		// tracer when QEMU ended, and took its status.
+		if st, ok := inject.Reaped(cmd.Process.Pid); ok {
+			return errors.New(st.String())
+		}
+	}
+	return err
 }

@@ -182,7 +182,9 @@ func (t *tracee) wait() (unix.WaitStatus, error) {
 		case err != nil:
 			return ws, fmt.Errorf("inject: wait for %d: %w", t.pid, err)
 		case wpid == t.pid && (ws.Exited() || ws.Signaled()):
-			return ws, fmt.Errorf("inject: process %d ended", t.pid)
+			st := ExitStatus{Code: ws.ExitStatus(), Signal: ws.Signal()}
+			reaped.Store(t.pid, st)
+			return ws, fmt.Errorf("inject: process %d ended (%v)", t.pid, st)
 		case wpid == t.pid && ws.Stopped():
 			return ws, nil
 		case time.Now().After(deadline):

@@ -90,4 +90,36 @@ func TestSyscallNoProcess(t *testing.T) {
 	}
 }
 
+// TestSyscallProcessEnds kills the process while an injected call blocks
+// in it: the injection fails, and since its wait took the child's exit
+// status, the parent's own wait fails with ECHILD and Reaped has it.
+func TestSyscallProcessEnds(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("ptrace of a child needs no privilege, but Yama may forbid it: run as root")
+	}
+	// No pidfd watcher here: the injection is the only waiter.
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	pid := cmd.Process.Pid
+	time.Sleep(100 * time.Millisecond)
+	kill := time.AfterFunc(300*time.Millisecond, func() { cmd.Process.Kill() })
+	defer kill.Stop()
+	if _, err := Syscall(pid, unix.SYS_PAUSE); err == nil {
+		t.Fatal("pause injected into a killed process returned")
+	}
+	if err := cmd.Wait(); !errors.Is(err, unix.ECHILD) {
+		t.Fatalf("parent's wait after the injection took the status: %v, want ECHILD", err)
+	}
+	st, ok := Reaped(pid)
+	if !ok || st.Signal != unix.SIGKILL || st.String() != "signal: killed" {
+		t.Fatalf("Reaped(%d) = %v, %v; want signal: killed", pid, st, ok)
+	}
+	if _, ok := Reaped(pid); ok {
+		t.Error("Reaped gave the status twice")
+	}
+}
+
 func itoa(i int) string { return strconv.Itoa(i) }
