@@ -83,8 +83,15 @@ type RefList struct {
 	Refs []Ref `json:"refs"`
 }
 
-// RefListFormat is the version of the refs.json format.
-const RefListFormat = 1
+// RefListFormat is the version of the refs.json format that sbuml
+// writes. Format 2 (2026-12-07) says the objects behind the list may be
+// version 2 objects (docs/format.md), which a reader of format 1 would
+// refuse one object at a time; it refuses the list instead, in one
+// line. The list itself is the same in both, and sbuml reads both.
+const RefListFormat = 2
+
+// oldestRefListFormat is the oldest refs.json format sbuml reads.
+const oldestRefListFormat = 1
 
 // Ref is one ref of a remote.
 type Ref struct {
@@ -111,8 +118,8 @@ func parseRefList(data []byte, where string, maxRefs int) (*RefList, error) {
 	if err := json.Unmarshal(data, &l); err != nil {
 		return nil, fmt.Errorf("%s: ref list is not valid JSON: %v", where, err)
 	}
-	if l.Format != RefListFormat {
-		return nil, fmt.Errorf("%s: ref list has format %d, this sbuml reads format %d", where, l.Format, RefListFormat)
+	if l.Format < oldestRefListFormat || l.Format > RefListFormat {
+		return nil, fmt.Errorf("%s: ref list has format %d, this sbuml reads formats %d to %d: update sbuml", where, l.Format, oldestRefListFormat, RefListFormat)
 	}
 	if len(l.Refs) > maxRefs {
 		return nil, fmt.Errorf("%s: %w: the remote lists %d refs, more than the %d sbuml takes from a remote (set SBUML_MAX_REFS to allow more, if you trust it)", where, ErrProtocol, len(l.Refs), maxRefs)
