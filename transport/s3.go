@@ -50,7 +50,10 @@ type S3Options struct {
 	// may then lose an update. Without it such a store is refused.
 	UnsafeNoConditionalWrites bool
 	// CacheDir, if set, keeps the pack indexes read from the bucket, so
-	// that a later transfer reads only the indexes of new packs.
+	// that a later transfer reads only the indexes of new packs: in a
+	// directory of its own per endpoint, bucket and prefix, from which
+	// every listing of the packs drops the indexes of packs that are
+	// gone. Several remotes may share one CacheDir.
 	CacheDir string
 	// Client makes HTTP requests; nil means one from NewHTTPClient.
 	Client *http.Client

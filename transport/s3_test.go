@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -371,4 +372,70 @@ func TestS3PushResumes(t *testing.T) {
 		t.Errorf("first push stored %d bytes, second sent %d; want them to add up to the %d bytes of the snapshot", st1.ObjectBytes, st2.ObjectBytes, total)
 	}
 	checkClosed(t, openS3(t, url).Store())
+}
+
+// TestS3IndexCache checks the pack index cache: each bucket's indexes in
+// a directory of their own, read from there instead of the bucket, and a
+// listing that drops the indexes of packs the bucket no longer lists and
+// the indexes earlier versions kept straight in the cache directory.
+func TestS3IndexCache(t *testing.T) {
+	ctx := context.Background()
+	book, work := newLocal(t), t.TempDir()
+	writeFiles(t, work, 21, map[string]int{"a.bin": 1 << 20})
+	r, err := book.Import(ctx, work, sbuml.SnapshotOptions{Branch: "main", Message: "one"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := newS3Backing(t)
+	cache := t.TempDir()
+	open := func() *transport.S3 {
+		o := s3Options(t)
+		o.CacheDir = cache
+		rm, err := transport.OpenS3(ctx, url, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rm.Close() })
+		return rm
+	}
+	up := []transport.RefUpdate{{Name: "refs/heads/main", New: r.ID}}
+	if _, _, err := transport.Push(ctx, book.Objects, open(), up, transport.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	// What a reader of the bucket caches.
+	has := func() {
+		t.Helper()
+		ok, err := open().Store().Has(ctx, r.ID)
+		if err != nil || !ok {
+			t.Fatalf("the pushed snapshot in the bucket: %v, %v", ok, err)
+		}
+	}
+	has()
+	dirs, err := os.ReadDir(cache)
+	if err != nil || len(dirs) != 1 || !dirs[0].IsDir() {
+		t.Fatalf("cache holds %v, %v; want one directory for the bucket", dirs, err)
+	}
+	bucketDir := filepath.Join(cache, dirs[0].Name())
+	cached, _ := filepath.Glob(filepath.Join(bucketDir, "pack-*.idx"))
+	if len(cached) == 0 {
+		t.Fatal("no pack index was cached")
+	}
+	gone := filepath.Join(bucketDir, "pack-"+strings.Repeat("0", 64)+".idx")
+	legacy := filepath.Join(cache, "pack-"+strings.Repeat("1", 64)+".idx")
+	for _, f := range []string{gone, legacy} {
+		if err := os.WriteFile(f, []byte("old"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	has()
+	for _, f := range []string{gone, legacy} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("%s survived a listing that does not hold its pack: %v", f, err)
+		}
+	}
+	for _, f := range cached {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("the index of a listed pack left the cache: %v", err)
+		}
+	}
 }

@@ -141,6 +141,7 @@ func (s *S3) loadView(ctx context.Context) (*packView, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.pruneCache(packs)
 	gen, err := s.readGeneration(ctx)
 	if err != nil {
 		return nil, err
@@ -222,13 +223,49 @@ func (s *S3) currentView(ctx context.Context) (*packView, error) {
 	return s.loadView(ctx)
 }
 
+// cacheDir is the directory that keeps this bucket's pack indexes:
+// below CacheDir, 16 hex digits of a hash of the endpoint, bucket and
+// prefix. "" if there is no cache.
+func (s *S3) cacheDir() string {
+	if s.opts.CacheDir == "" {
+		return ""
+	}
+	sum := objects.Sum([]byte(s.opts.Endpoint + "\x00" + s.url))
+	return filepath.Join(s.opts.CacheDir, sum.String()[:16])
+}
+
+// pruneCache removes from the cache the indexes of packs the listing
+// no longer holds (a gc of the bucket replaced them), and the indexes
+// that earlier versions kept straight in CacheDir, shared by every
+// bucket. A file removed while another process wants it costs that
+// process a download, nothing more.
+func (s *S3) pruneCache(packs map[string]*s3Pack) {
+	dir := s.cacheDir()
+	if dir == "" {
+		return
+	}
+	listed := make(map[string]bool, len(packs))
+	for _, p := range packs {
+		listed[checksumName(p.name)+".idx"] = true
+	}
+	for _, d := range []string{dir, s.opts.CacheDir} {
+		files, _ := os.ReadDir(d)
+		for _, f := range files {
+			name := f.Name()
+			if f.Type().IsRegular() && strings.HasSuffix(name, ".idx") && (d != dir || !listed[name]) {
+				os.Remove(filepath.Join(d, name))
+			}
+		}
+	}
+}
+
 // packIndex reads and verifies the index of p: from the cache directory
 // if it holds it (an index is named by its checksum, so any copy of that
 // name is the same), else from the bucket, keeping a copy in the cache.
 func (s *S3) packIndex(ctx context.Context, p *s3Pack) ([]objects.PackEntry, error) {
 	cached := ""
-	if s.opts.CacheDir != "" {
-		cached = filepath.Join(s.opts.CacheDir, checksumName(p.name)+".idx")
+	if dir := s.cacheDir(); dir != "" {
+		cached = filepath.Join(dir, checksumName(p.name)+".idx")
 		if b, err := os.ReadFile(cached); err == nil && "pack-"+objects.Sum(b).String() == checksumName(p.name) {
 			if entries, err := objects.DecodePackIndex(b); err == nil {
 				return entries, nil
@@ -250,7 +287,7 @@ func (s *S3) packIndex(ctx context.Context, p *s3Pack) ([]objects.PackEntry, err
 	if err != nil {
 		return nil, fmt.Errorf("remote %s: pack index %s: %w: %v", s.url, key, objects.ErrCorrupt, err)
 	}
-	if cached != "" && os.MkdirAll(s.opts.CacheDir, 0o755) == nil {
+	if cached != "" && os.MkdirAll(filepath.Dir(cached), 0o755) == nil {
 		// A cache that cannot be written costs only a download next time.
 		atomicfile.WriteFile(cached, b, 0o644)
 	}
