@@ -207,6 +207,47 @@ func TestDeltasStayHome(t *testing.T) {
 			t.Errorf("after gc the scrapbook holds %d deltas, want the %d it held", n, deltaPages-10)
 		}
 	})
+	t.Run("fsck", func(t *testing.T) { fsckDamagedDeltas(t, a) })
+}
+
+// fsckDamagedDeltas adds to s a pack of damaged deltas, as a hostile or
+// corrupt store may hold: one on a missing base, two on each other.
+// Fsck reports each in one line that says what is wrong.
+func fsckDamagedDeltas(t *testing.T, s *sbuml.Scrapbook) {
+	old := objects.EncodeChunk(bytes.Repeat([]byte("old page "), 400))
+	cur := objects.EncodeChunk(bytes.Repeat([]byte("new page "), 400))
+	orphan := objects.EncodeChunk(bytes.Repeat([]byte("orphan   "), 400))
+	oldID, curID, orphanID := objects.Sum(old), objects.Sum(cur), objects.Sum(orphan)
+	var pack bytes.Buffer
+	enc, err := objects.NewPackEncoder(&pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc.Add(orphanID, objects.EncodeDelta(objects.Sum([]byte("gone")), old, orphan, nil))
+	enc.Add(curID, objects.EncodeDelta(oldID, old, cur, nil))
+	enc.Add(oldID, objects.EncodeDelta(curID, cur, old, nil))
+	idx, name := enc.Index()
+	dir := scrapbookPacks(s)
+	if err := os.WriteFile(filepath.Join(dir, name+".pack"), pack.Bytes(), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".idx"), idx, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	s.Objects.(objects.Refresher).Refresh()
+	r, err := s.Fsck(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[objects.ID]string{orphanID: "which is missing", curID: "is a delta too", oldID: "is a delta too"}
+	for _, p := range r.Problems {
+		if w, ok := want[p.Object]; ok && strings.Contains(p.Problem, w) && !strings.Contains(p.Problem, "\n") {
+			delete(want, p.Object)
+		}
+	}
+	for id, w := range want {
+		t.Errorf("fsck did not report %s saying %q; it reported %v", id.Short(), w, r.Problems)
+	}
 }
 
 // deltasThroughS3 pushes main of a to a bucket and clones it, with the

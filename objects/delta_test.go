@@ -59,10 +59,14 @@ func TestPackedDelta(t *testing.T) {
 	if err := s.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
+	requireIndexVersions(t, dir, map[byte]int{2: 1})
 	id := putDelta(t, s, oldID, cur)
 	if err := s.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The pack without deltas stays version 2, which sbuml versions
+	// that know no deltas read.
+	requireIndexVersions(t, dir, map[byte]int{2: 1, 3: 1})
 	other := open()
 	defer other.Close()
 	for name, st := range map[string]*Packed{"writer": s, "reader": other} {
@@ -101,6 +105,28 @@ func TestPackedDelta(t *testing.T) {
 	// A new version of the delta is made against the same whole base.
 	if base, _, ok, err := other.BaseFor(ctx, id); err != nil || !ok || base != oldID {
 		t.Errorf("BaseFor a delta = %s, %v, %v; want its base %s", base.Short(), ok, err, oldID.Short())
+	}
+}
+
+// requireIndexVersions checks how many pack indexes of each version a
+// scrapbook's objects dir holds.
+func requireIndexVersions(t *testing.T, dir string, want map[byte]int) {
+	t.Helper()
+	got := map[byte]int{}
+	for _, name := range packNames(t, dir) {
+		b, err := os.ReadFile(filepath.Join(dir, "objects", "pack", strings.TrimSuffix(name, ".pack")+".idx"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[b[7]]++
+	}
+	if len(got) != len(want) {
+		t.Fatalf("pack index versions %v, want %v", got, want)
+	}
+	for v, n := range want {
+		if got[v] != n {
+			t.Fatalf("pack index versions %v, want %v", got, want)
+		}
 	}
 }
 
