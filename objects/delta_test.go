@@ -305,8 +305,62 @@ func TestRepackKeepsDeltaBases(t *testing.T) {
 func BenchmarkPackedPages(b *testing.B) {
 	const n = 2048
 	ctx := context.Background()
+	olds, curs := benchPages(n)
+	put := pagePutters(olds, curs)
+	for _, form := range []string{"whole", "delta"} {
+		b.Run("put/"+form, func(b *testing.B) {
+			var s *Packed
+			var bytes, i int
+			for b.Loop() {
+				if i%n == 0 {
+					if s != nil {
+						s.Close()
+					}
+					s = storeOf(b, olds)
+				}
+				size, err := put[form](s, i%n)
+				if err != nil {
+					b.Fatal(err)
+				}
+				bytes += size
+				i++
+			}
+			s.Close()
+			b.ReportMetric(float64(bytes)/float64(i), "stored-B/page")
+		})
+		s := storeOf(b, olds)
+		for i := range curs {
+			if _, err := put[form](s, i); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := s.Sync(ctx); err != nil {
+			b.Fatal(err)
+		}
+		read := map[string]func(ID) error{
+			"get":  func(id ID) error { _, err := s.Get(ctx, id); return err },
+			"load": func(id ID) error { _, err := Load(ctx, s, id); return err },
+		}
+		for _, how := range []string{"get", "load"} {
+			b.Run(how+"/"+form, func(b *testing.B) {
+				i := 0
+				for b.Loop() {
+					if err := read[how](Sum(curs[i%n])); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+		}
+		s.Close()
+	}
+}
+
+// benchPages returns the encodings of n pages and of their next
+// versions, for BenchmarkPackedPages.
+func benchPages(n int) (olds, curs [][]byte) {
 	rng := rand.New(rand.NewSource(1))
-	olds, curs := make([][]byte, n), make([][]byte, n)
+	olds, curs = make([][]byte, n), make([][]byte, n)
 	for i := range olds {
 		data := make([]byte, 4096)
 		rng.Read(data[:1024])
@@ -314,23 +368,33 @@ func BenchmarkPackedPages(b *testing.B) {
 		copy(data[100:], "a counter went up")
 		curs[i] = EncodeChunk(data)
 	}
-	// setup returns a store holding the old versions, published.
-	setup := func(b *testing.B) *Packed {
-		b.StopTimer()
-		defer b.StartTimer()
-		dir := b.TempDir()
-		s := NewPacked(osfs.New(dir), "objects", filepath.Join(dir, "objects"))
-		for _, enc := range olds {
-			if _, _, err := Save(ctx, s, enc); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err := s.Sync(ctx); err != nil {
+	return olds, curs
+}
+
+// storeOf returns a new pack store holding encs, published, with the
+// benchmark's timer stopped.
+func storeOf(b *testing.B, encs [][]byte) *Packed {
+	b.StopTimer()
+	defer b.StartTimer()
+	ctx := context.Background()
+	dir := b.TempDir()
+	s := NewPacked(osfs.New(dir), "objects", filepath.Join(dir, "objects"))
+	for _, enc := range encs {
+		if _, _, err := Save(ctx, s, enc); err != nil {
 			b.Fatal(err)
 		}
-		return s
 	}
-	put := map[string]func(s *Packed, i int) (int, error){
+	if err := s.Sync(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+// pagePutters stores page i of curs, whose previous version is olds[i],
+// whole or as a delta, as a commit does, and returns its stored size.
+func pagePutters(olds, curs [][]byte) map[string]func(s *Packed, i int) (int, error) {
+	ctx := context.Background()
+	return map[string]func(s *Packed, i int) (int, error){
 		"whole": func(s *Packed, i int) (int, error) {
 			stored := Seal(curs[i], nil)
 			return len(stored), s.PutLeaf(ctx, Sum(curs[i]), stored)
@@ -343,56 +407,5 @@ func BenchmarkPackedPages(b *testing.B) {
 			delta := EncodeDelta(base, baseEnc, curs[i], nil)
 			return len(delta), s.PutDelta(ctx, Sum(curs[i]), delta, Seal(curs[i], nil))
 		},
-	}
-	for _, form := range []string{"whole", "delta"} {
-		b.Run("put/"+form, func(b *testing.B) {
-			var s *Packed
-			var bytes int
-			i := 0
-			for b.Loop() {
-				if i%n == 0 {
-					if s != nil {
-						s.Close()
-					}
-					s = setup(b)
-				}
-				size, err := put[form](s, i%n)
-				if err != nil {
-					b.Fatal(err)
-				}
-				bytes += size
-				i++
-			}
-			s.Close()
-			b.ReportMetric(float64(bytes)/float64(i), "stored-B/page")
-		})
-		s := setup(b)
-		for i := range curs {
-			if _, err := put[form](s, i); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err := s.Sync(ctx); err != nil {
-			b.Fatal(err)
-		}
-		b.Run("get/"+form, func(b *testing.B) {
-			i := 0
-			for b.Loop() {
-				if _, err := s.Get(ctx, Sum(curs[i%n])); err != nil {
-					b.Fatal(err)
-				}
-				i++
-			}
-		})
-		b.Run("load/"+form, func(b *testing.B) {
-			i := 0
-			for b.Loop() {
-				if _, err := Load(ctx, s, Sum(curs[i%n])); err != nil {
-					b.Fatal(err)
-				}
-				i++
-			}
-		})
-		s.Close()
 	}
 }
