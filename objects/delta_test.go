@@ -36,8 +36,8 @@ func putDelta(t *testing.T, s *Packed, prev ID, cur []byte) ID {
 		t.Fatalf("BaseFor %s: %v, %v", prev.Short(), ok, err)
 	}
 	id := Sum(cur)
-	if err := s.PutDelta(ctx, id, EncodeDelta(base, baseEnc, cur, nil), Seal(cur, nil)); err != nil {
-		t.Fatal(err)
+	if isDelta, err := s.PutDelta(ctx, id, EncodeDelta(base, baseEnc, cur, nil), Seal(cur, nil)); err != nil || !isDelta {
+		t.Fatalf("PutDelta = %v, %v; want a delta stored", isDelta, err)
 	}
 	return id
 }
@@ -167,8 +167,8 @@ func TestPutDeltaWhole(t *testing.T) {
 	}
 	id := Sum(cur)
 	delta := EncodeDelta(oldID, old, cur, nil)
-	if err := s.PutDelta(ctx, id, delta, Seal(cur, nil)); err != nil {
-		t.Fatal(err)
+	if isDelta, err := s.PutDelta(ctx, id, delta, Seal(cur, nil)); err != nil || isDelta {
+		t.Fatalf("PutDelta on an unpublished base = %v, %v; want the whole form stored", isDelta, err)
 	}
 	if err := s.Sync(ctx); err != nil {
 		t.Fatal(err)
@@ -405,7 +405,8 @@ func pagePutters(olds, curs [][]byte) map[string]func(s *Packed, i int) (int, er
 				return 0, err
 			}
 			delta := EncodeDelta(base, baseEnc, curs[i], nil)
-			return len(delta), s.PutDelta(ctx, Sum(curs[i]), delta, Seal(curs[i], nil))
+			_, err = s.PutDelta(ctx, Sum(curs[i]), delta, Seal(curs[i], nil))
+			return len(delta), err
 		},
 	}
 }

@@ -122,17 +122,17 @@ func (p *Packed) published(id ID) (packLoc, bool) {
 
 // PutDelta implements DeltaPutter. The delta is written on a leaf lane,
 // as PutLeaf writes.
-func (p *Packed) PutDelta(ctx context.Context, id ID, delta, whole []byte) error {
+func (p *Packed) PutDelta(ctx context.Context, id ID, delta, whole []byte) (bool, error) {
+	if IsDelta(whole) {
+		return false, errNotSelfContained(id)
+	}
 	stored := whole
 	if base, ok := DeltaBase(delta); ok {
 		if loc, ok := p.published(base); ok && !loc.delta {
 			stored = delta
 		}
 	}
-	if IsDelta(whole) {
-		return errNotSelfContained(id)
-	}
 	lane := <-p.freeLanes
 	defer func() { p.freeLanes <- lane }()
-	return p.putInto(ctx, lane, id, stored)
+	return IsDelta(stored), p.putInto(ctx, lane, id, stored)
 }

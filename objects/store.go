@@ -137,9 +137,9 @@ type DeltaPutter interface {
 	BaseFor(ctx context.Context, prev ID) (base ID, enc []byte, ok bool, err error)
 	// PutDelta stores id as delta, which EncodeDelta made against a
 	// base BaseFor returned, or, should that base no longer serve, as
-	// whole, its self-contained stored form. Like PutLeaf, it is for
-	// chunks.
-	PutDelta(ctx context.Context, id ID, delta, whole []byte) error
+	// whole, its self-contained stored form; isDelta says which. Like
+	// PutLeaf, it is for chunks.
+	PutDelta(ctx context.Context, id ID, delta, whole []byte) (isDelta bool, err error)
 }
 
 // A Loader is a Reader with a faster way to an object's canonical

@@ -20,8 +20,12 @@ func (s *Saver) putChunk(ctx context.Context, id objects.ID, enc []byte, prev ob
 	}
 	if dp, ok := s.store.(objects.DeltaPutter); ok && !prev.IsZero() {
 		if delta := s.tryDelta(ctx, dp, prev, enc, bufs); delta != nil && worthDelta(len(delta), len(stored)) {
+			isDelta, err := dp.PutDelta(ctx, id, delta, stored)
+			if !isDelta {
+				return len(stored), err
+			}
 			s.deltaChunks.Add(1)
-			return len(delta), dp.PutDelta(ctx, id, delta, stored)
+			return len(delta), err
 		}
 	}
 	if leaves, ok := s.store.(objects.LeafPutter); ok {
