@@ -78,6 +78,9 @@ type Packed struct {
 	// packs by name, loose objects by ID. They are not seen.
 	gonePacks map[string]bool
 	goneLoose map[ID]bool
+	// deltas says the store keeps deltas (NewPacked, a scrapbook's
+	// store; see DeltaPutter).
+	deltas bool
 }
 
 // The abilities a pack store has beyond Store.
@@ -126,18 +129,25 @@ func (w *packWriter) closeWriter() {
 // NewPacked returns the store of objects under dir in fs: packs in
 // dir/pack, loose objects in dir/ab/…. hostDir, if not empty, is dir on the
 // host file system, for syncing and messages.
+//
+// It keeps chunks as deltas when asked to (see DeltaPutter).
 func NewPacked(fsys billy.Filesystem, dir, hostDir string) *Packed {
 	hostPacks := ""
 	if hostDir != "" {
 		hostPacks = path.Join(hostDir, "pack")
 	}
-	return NewPackedIn(fsys, path.Join(dir, "pack"), hostPacks, dir, hostDir)
+	p := NewPackedIn(fsys, path.Join(dir, "pack"), hostPacks, dir, hostDir)
+	p.deltas = true
+	return p
 }
 
 // NewPackedIn is NewPacked for another layout: packs in packDir, loose
 // objects in looseDir, both inside fsys; hostPacks and hostLoose, if not
 // empty, are the same directories on the host. A published directory
-// keeps its packs so (see transport.CreatePublished).
+// keeps its packs so (see transport.CreatePublished). Static readers take
+// its records out of its packs as they are, by range requests, so it
+// keeps no deltas: BaseFor finds no base, and PutDelta stores whole
+// forms.
 func NewPackedIn(fsys billy.Filesystem, packDir, hostPacks, looseDir, hostLoose string) *Packed {
 	p := &Packed{
 		loose: NewLoose(fsys, looseDir, hostLoose),

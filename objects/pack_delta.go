@@ -76,10 +76,10 @@ func (p *Packed) resolve(ctx context.Context, id ID, delta []byte) ([]byte, erro
 
 // BaseFor implements DeltaPutter: prev itself if a published pack holds
 // it whole, else the base of prev's delta; ok is false if prev is in no
-// published pack.
+// published pack, or the store keeps no deltas (NewPackedIn).
 func (p *Packed) BaseFor(ctx context.Context, prev ID) (base ID, enc []byte, ok bool, err error) {
 	loc, ok := p.published(prev)
-	if !ok {
+	if !ok || !p.deltas {
 		return Zero, nil, false, nil
 	}
 	base = prev
@@ -127,7 +127,7 @@ func (p *Packed) PutDelta(ctx context.Context, id ID, delta, whole []byte) (bool
 		return false, errNotSelfContained(id)
 	}
 	stored := whole
-	if base, ok := DeltaBase(delta); ok {
+	if base, ok := DeltaBase(delta); ok && p.deltas {
 		if loc, ok := p.published(base); ok && !loc.delta {
 			stored = delta
 		}
