@@ -235,7 +235,10 @@ func TestCommitIdleAddsLittle(t *testing.T) {
 		t.Errorf("second commit of an idle guest: %d bytes new (Stats.NewBytes), %d bytes added (Du); want both under %d\n%s",
 			res.Stats.NewBytes, added, limit, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
 	}
-	t.Logf("second commit after 5 s idle: %d bytes new, Du: %d bytes added\n%s", res.Stats.NewBytes, added, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
+	if res.Stats.DeltaChunks == 0 {
+		t.Errorf("second commit of an idle guest stored no page as a delta on its previous version (%d tried)", res.Stats.DeltaTries)
+	}
+	t.Logf("second commit after 5 s idle: %d bytes new (%d pages as deltas), Du: %d bytes added\n%s", res.Stats.NewBytes, res.Stats.DeltaChunks, added, formatAdded(addedBytes(t, s, res.Parent, res.ID)))
 	requireOutput(g, "dd if=/dev/urandom of=/mnt/data bs=1M count=8 2>/dev/null; sync; wc -c < /mnt/data", "8388608")
 	res = g.commit(sbuml.CommitOptions{Message: "8 MiB written"})
 	if res.Stats.NewBytes > 10<<20 {

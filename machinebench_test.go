@@ -152,9 +152,10 @@ func benchCommit(b *testing.B, s *sbuml.Scrapbook, g *guest, step string, p *ste
 	p.progress += progress
 	p.added += float64(res.Stats.NewBytes) / (1 << 20)
 	f := res.Frozen
-	b.Logf("%-6s downtime %4.0f ms, commit %.2f s, progress %.2f, %7.2f MiB added (%d objects), device state %d KiB\n"+
+	b.Logf("%-6s downtime %4.0f ms, commit %.2f s, progress %.2f, %7.2f MiB added (%d objects, %d deltas of %d tried), device state %d KiB\n"+
 		"       frozen: device state %.0f ms, RAM compared %.0f ms, disks %.0f ms, continue %.0f ms; %d RAM pages hashed\n%s",
-		step, ms, res.Duration.Seconds(), progress, float64(res.Stats.NewBytes)/(1<<20), res.Stats.NewObjects, res.DeviceStateBytes>>10,
+		step, ms, res.Duration.Seconds(), progress, float64(res.Stats.NewBytes)/(1<<20), res.Stats.NewObjects,
+		res.Stats.DeltaChunks, res.Stats.DeltaTries, res.DeviceStateBytes>>10,
 		millis(f.DeviceState), millis(f.RAM), millis(f.Disks), millis(f.Continue), res.HashedRAMPages,
 		formatAdded(addedBytes(b, s, res.Parent, res.ID)))
 }

@@ -610,6 +610,7 @@ func TestPullRefusesHostileRemote(t *testing.T) {
 
 	victim := mustTree(t, a, id)
 	badBytes := transport.NewServer(corruptingRemote{d, victim}, transport.ServerOptions{})
+	delta := transport.NewServer(deltaRemote{d, victim}, transport.ServerOptions{})
 
 	for _, tc := range []struct {
 		name    string
@@ -618,6 +619,7 @@ func TestPullRefusesHostileRemote(t *testing.T) {
 	}{
 		{"dot-dot ref", badName, `".."`},
 		{"bad object", badBytes, "content hash mismatch"},
+		{"delta", delta, "a delta, which only the store that holds its base can resolve"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(tc.handler)
@@ -668,6 +670,28 @@ func (c corruptingRemote) Get(ctx context.Context, ids []objects.ID, fn func(obj
 		if id == c.bad {
 			stored = append([]byte(nil), stored...)
 			stored[len(stored)-1] ^= 1
+		}
+		return fn(id, stored)
+	})
+}
+
+// deltaRemote serves one object as a delta (see objects.EncodeDelta) on
+// an object the receiver cannot have, as only a scrapbook's own store
+// keeps them.
+type deltaRemote struct {
+	transport.Remote
+	bad objects.ID
+}
+
+func (c deltaRemote) Get(ctx context.Context, ids []objects.ID, fn func(objects.ID, []byte) error) error {
+	return c.Remote.Get(ctx, ids, func(id objects.ID, stored []byte) error {
+		if id == c.bad {
+			enc, err := objects.Unseal(id, stored)
+			if err != nil {
+				return err
+			}
+			base := make([]byte, len(enc))
+			stored = objects.EncodeDelta(objects.Sum(base), base, enc, nil)
 		}
 		return fn(id, stored)
 	})

@@ -50,3 +50,28 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzApplyDelta feeds ApplyDelta hostile deltas and bases: it must
+// return an encoding that hashes to the ID, or an error, never panic or
+// allocate beyond the base's length.
+func FuzzApplyDelta(f *testing.F) {
+	base := objects.EncodeChunk([]byte("the previous version of a page, ...."))
+	cur := objects.EncodeChunk([]byte("the next version of the page, ......"))
+	delta := objects.EncodeDelta(objects.Sum(base), base, cur, nil)
+	f.Add(delta, base)
+	f.Add(delta, cur)
+	f.Add(delta[:len(delta)-1], base)
+	f.Add(delta, base[:len(base)-1])
+	f.Add([]byte{0xde}, base)
+	f.Add(append(delta[:objects.DeltaHeaderSize:objects.DeltaHeaderSize], objects.Compress(make([]byte, 1<<20))...), base)
+	id := objects.Sum(cur)
+	f.Fuzz(func(t *testing.T, delta, base []byte) {
+		enc, err := objects.ApplyDelta(id, delta, base)
+		if err != nil {
+			return
+		}
+		if objects.Sum(enc) != id || len(enc) != len(base) {
+			t.Fatalf("ApplyDelta returned %d bytes that are not the object", len(enc))
+		}
+	})
+}

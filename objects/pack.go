@@ -28,6 +28,11 @@ import (
 var (
 	packMagic  = []byte("SBPACK\x00\x01")
 	indexMagic = []byte("SBPIDX\x00\x02")
+	// Version 3 indexes are version 2 with the top bit of an entry's
+	// size marking a delta record (see delta.go). They are written only
+	// for packs that hold a delta, so other packs stay readable by
+	// versions of sbuml that know no deltas.
+	indexMagicDelta = []byte("SBPIDX\x00\x03")
 	// Version 1 indexes, which recorded a CRC for uncompressed forms
 	// too, are read as well: readers never check those.
 	indexMagicV1 = []byte("SBPIDX\x00\x01")
@@ -73,6 +78,9 @@ type Packed struct {
 	// packs by name, loose objects by ID. They are not seen.
 	gonePacks map[string]bool
 	goneLoose map[ID]bool
+	// deltas says the store keeps deltas (NewPacked, a scrapbook's
+	// store; see DeltaPutter).
+	deltas bool
 }
 
 // The abilities a pack store has beyond Store.
@@ -88,10 +96,11 @@ var (
 )
 
 type packLoc struct {
-	pack int32
-	size uint32
-	off  uint64
-	crc  uint32 // see packCRC
+	pack  int32
+	size  uint32
+	off   uint64
+	crc   uint32 // see packCRC
+	delta bool   // the record is a delta (see IsDelta)
 }
 
 type packFile struct {
@@ -120,18 +129,25 @@ func (w *packWriter) closeWriter() {
 // NewPacked returns the store of objects under dir in fs: packs in
 // dir/pack, loose objects in dir/ab/…. hostDir, if not empty, is dir on the
 // host file system, for syncing and messages.
+//
+// It keeps chunks as deltas when asked to (see DeltaPutter).
 func NewPacked(fsys billy.Filesystem, dir, hostDir string) *Packed {
 	hostPacks := ""
 	if hostDir != "" {
 		hostPacks = path.Join(hostDir, "pack")
 	}
-	return NewPackedIn(fsys, path.Join(dir, "pack"), hostPacks, dir, hostDir)
+	p := NewPackedIn(fsys, path.Join(dir, "pack"), hostPacks, dir, hostDir)
+	p.deltas = true
+	return p
 }
 
 // NewPackedIn is NewPacked for another layout: packs in packDir, loose
 // objects in looseDir, both inside fsys; hostPacks and hostLoose, if not
 // empty, are the same directories on the host. A published directory
-// keeps its packs so (see transport.CreatePublished).
+// keeps its packs so (see transport.CreatePublished). Static readers take
+// its records out of its packs as they are, by range requests, so it
+// keeps no deltas: BaseFor finds no base, and PutDelta stores whole
+// forms.
 func NewPackedIn(fsys billy.Filesystem, packDir, hostPacks, looseDir, hostLoose string) *Packed {
 	p := &Packed{
 		loose: NewLoose(fsys, looseDir, hostLoose),
@@ -253,32 +269,46 @@ func (p *Packed) loadIndex(name string) error {
 	n := int32(len(p.packs))
 	p.packs = append(p.packs, &packFile{name: packName, f: f, size: size})
 	for _, e := range entries {
-		p.index[e.id] = packLoc{pack: n, off: e.off, size: e.size, crc: e.crc}
+		p.index[e.id] = packLoc{pack: n, off: e.off, size: e.size, crc: e.crc, delta: e.delta}
 	}
 	return nil
 }
 
 type indexEntry struct {
-	id   ID
-	off  uint64
-	size uint32
-	crc  uint32
+	id    ID
+	off   uint64
+	size  uint32
+	crc   uint32
+	delta bool
 }
+
+// deltaFlag marks a delta record in the size of a version 3 index entry.
+const deltaFlag = 1 << 31
 
 // encodePackIndex returns the index of a pack:
 //
 //	magic [8], count uint32, count × (id [32], offset uint64, size uint32, crc uint32), BLAKE3-256 of all before [32]
 //
-// with entries sorted by id, where crc is packCRC of the object's stored form.
+// with entries sorted by id, where crc is packCRC of the object's stored
+// form. The index of a pack holding a delta is version 3, whose sizes
+// carry deltaFlag for delta records; any other is version 2.
 func encodePackIndex(entries []indexEntry) []byte {
 	sort.Slice(entries, func(i, j int) bool { return bytes.Compare(entries[i].id[:], entries[j].id[:]) < 0 })
-	b := make([]byte, 0, len(indexMagic)+4+len(entries)*indexEntrySize+IDSize)
-	b = append(b, indexMagic...)
+	magic := indexMagic
+	if slices.ContainsFunc(entries, func(e indexEntry) bool { return e.delta }) {
+		magic = indexMagicDelta
+	}
+	b := make([]byte, 0, len(magic)+4+len(entries)*indexEntrySize+IDSize)
+	b = append(b, magic...)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(entries)))
 	for _, e := range entries {
+		size := e.size
+		if e.delta {
+			size |= deltaFlag
+		}
 		b = append(b, e.id[:]...)
 		b = binary.LittleEndian.AppendUint64(b, e.off)
-		b = binary.LittleEndian.AppendUint32(b, e.size)
+		b = binary.LittleEndian.AppendUint32(b, size)
 		b = binary.LittleEndian.AppendUint32(b, e.crc)
 	}
 	sum := Sum(b)
@@ -286,7 +316,12 @@ func encodePackIndex(entries []indexEntry) []byte {
 }
 
 func decodePackIndex(b []byte) ([]indexEntry, error) {
-	if len(b) < len(indexMagic)+4+IDSize || !bytes.Equal(b[:len(indexMagic)], indexMagic) && !bytes.Equal(b[:len(indexMagicV1)], indexMagicV1) {
+	if len(b) < len(indexMagic)+4+IDSize {
+		return nil, errors.New("not a pack index")
+	}
+	magic := b[:len(indexMagic)]
+	deltas := bytes.Equal(magic, indexMagicDelta)
+	if !deltas && !bytes.Equal(magic, indexMagic) && !bytes.Equal(magic, indexMagicV1) {
 		return nil, errors.New("not a pack index")
 	}
 	body, sum := b[:len(b)-IDSize], b[len(b)-IDSize:]
@@ -305,6 +340,10 @@ func decodePackIndex(b []byte) ([]indexEntry, error) {
 		entries[i].off = binary.LittleEndian.Uint64(e[IDSize:])
 		entries[i].size = binary.LittleEndian.Uint32(e[IDSize+8:])
 		entries[i].crc = binary.LittleEndian.Uint32(e[IDSize+12:])
+		if deltas && entries[i].size&deltaFlag != 0 {
+			entries[i].size &^= deltaFlag
+			entries[i].delta = true
+		}
 		if entries[i].off < uint64(len(packMagic)+packRecordHeader) {
 			return nil, fmt.Errorf("entry %d: offset %d inside the header", i, entries[i].off)
 		}
@@ -362,8 +401,9 @@ func (p *Packed) Has(ctx context.Context, id ID) (bool, error) {
 	return p.loose.Has(ctx, id)
 }
 
-// Get implements Store.
-func (p *Packed) Get(ctx context.Context, id ID) ([]byte, error) {
+// getRecord returns the bytes stored for id as they are, a delta
+// included.
+func (p *Packed) getRecord(ctx context.Context, id ID) ([]byte, error) {
 	pf, loc, ok, err := p.lookup(id, false)
 	if err != nil {
 		return nil, err
@@ -402,13 +442,24 @@ func (p *Packed) Get(ctx context.Context, id ID) ([]byte, error) {
 
 // Put implements Store: the object is appended to the pack being written.
 func (p *Packed) Put(ctx context.Context, id ID, stored []byte) error {
+	if IsDelta(stored) {
+		return errNotSelfContained(id)
+	}
 	return p.putInto(ctx, 0, id, stored)
+}
+
+// errNotSelfContained is the error of a Put of a delta.
+func errNotSelfContained(id ID) error {
+	return fmt.Errorf("write object %s: a delta is not a self-contained stored form; store it with PutDelta", id)
 }
 
 // PutLeaf implements LeafPutter: like Put, for an object that references
 // no other (a chunk). Leaves are written on lanes of their own, several
 // at once, and published before the objects that name them.
 func (p *Packed) PutLeaf(ctx context.Context, id ID, stored []byte) error {
+	if IsDelta(stored) {
+		return errNotSelfContained(id)
+	}
 	lane := <-p.freeLanes
 	defer func() { p.freeLanes <- lane }()
 	return p.putInto(ctx, lane, id, stored)
@@ -473,7 +524,7 @@ func (p *Packed) putInto(ctx context.Context, lane int, id ID, stored []byte) er
 		}
 		return p.fail(fmt.Errorf("write object %s: %w", id, err))
 	}
-	w.entries[id] = packLoc{off: off + packRecordHeader, size: uint32(size), crc: crc}
+	w.entries[id] = packLoc{off: off + packRecordHeader, size: uint32(size), crc: crc, delta: IsDelta(stored)}
 	if w.off >= maxPackSize && p.pending[lane] == w {
 		if lane == 0 {
 			return p.publishAll() // its objects may name leaves still pending
@@ -593,7 +644,7 @@ func (p *Packed) publish(lane int) error {
 	w.closeWriter()
 	entries := make([]indexEntry, 0, len(w.entries))
 	for id, loc := range w.entries {
-		entries = append(entries, indexEntry{id: id, off: loc.off, size: loc.size, crc: loc.crc})
+		entries = append(entries, indexEntry{id: id, off: loc.off, size: loc.size, crc: loc.crc, delta: loc.delta})
 	}
 	idx := encodePackIndex(entries)
 	name, err := p.packName(idx)
@@ -949,12 +1000,15 @@ func writeWhole(fsys billy.Filesystem, name string, data []byte) error {
 const MaxPackSize = maxPackSize
 
 // PackEntry is one object listed in a pack index: its stored form is
-// Size bytes at Offset in the pack, checked with CRC (see Check).
+// Size bytes at Offset in the pack, checked with CRC (see Check). Delta
+// says it is a delta (see IsDelta), which only a scrapbook's own packs
+// hold.
 type PackEntry struct {
 	ID     ID
 	Offset uint64
 	Size   uint32
 	CRC    uint32
+	Delta  bool
 }
 
 // DecodePackIndex parses a pack index (see docs/format.md, "Pack files")
@@ -966,7 +1020,7 @@ func DecodePackIndex(b []byte) ([]PackEntry, error) {
 	}
 	out := make([]PackEntry, len(entries))
 	for i, e := range entries {
-		out[i] = PackEntry{ID: e.id, Offset: e.off, Size: e.size, CRC: e.crc}
+		out[i] = PackEntry{ID: e.id, Offset: e.off, Size: e.size, CRC: e.crc, Delta: e.delta}
 	}
 	return out, nil
 }
@@ -977,21 +1031,24 @@ func DecodePackIndex(b []byte) ([]PackEntry, error) {
 func (e PackEntry) Check(stored []byte) bool { return crcMatches(stored, e.CRC) }
 
 // packCRC returns the checksum a pack index records for a stored form:
-// the CRC-32C (Castagnoli) of a zstd frame, which covers the bytes of its
-// header that decoding ignores and the object's ID therefore cannot see;
-// 0 for an uncompressed form, the canonical encoding itself, every byte of
-// which its ID covers. Checksumming those cost a twentieth of the CPU time
-// of importing new incompressible data.
+// the CRC-32C (Castagnoli) of a zstd frame or a delta, which covers the
+// bytes of its header that decoding ignores and the object's ID therefore
+// cannot see; 0 for an uncompressed form, the canonical encoding itself,
+// every byte of which its ID covers. Checksumming those cost a twentieth
+// of the CPU time of importing new incompressible data.
 func packCRC(stored []byte) uint32 {
-	if !IsCompressed(stored) {
+	if !checksummedForm(stored) {
 		return 0
 	}
 	return crc32.Checksum(stored, castagnoli)
 }
 
+// checksummedForm reports whether a pack index checksums a stored form.
+func checksummedForm(stored []byte) bool { return IsCompressed(stored) || IsDelta(stored) }
+
 // crcMatches reports whether stored passes the index checksum crc.
 func crcMatches(stored []byte, crc uint32) bool {
-	return !IsCompressed(stored) || crc32.Checksum(stored, castagnoli) == crc
+	return !checksummedForm(stored) || crc32.Checksum(stored, castagnoli) == crc
 }
 
 // CheckPackHeader reports whether header, the first bytes of a pack,
@@ -1044,7 +1101,7 @@ func (e *PackEncoder) Add(id ID, stored []byte) error {
 		return err
 	}
 	off := e.off + packRecordHeader
-	e.entries = append(e.entries, indexEntry{id: id, off: off, size: uint32(len(stored)), crc: packCRC(stored)})
+	e.entries = append(e.entries, indexEntry{id: id, off: off, size: uint32(len(stored)), crc: packCRC(stored), delta: IsDelta(stored)})
 	e.seen[id] = true
 	e.off = off + uint64(len(stored))
 	return nil

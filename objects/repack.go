@@ -218,6 +218,10 @@ func (p *Packed) PlanRepack(ctx context.Context, keep func(ID) bool) (*RepackPla
 	if len(p.broken) > 0 {
 		return nil, fmt.Errorf("plan repack: %w (run sbuml fsck)", p.broken[0])
 	}
+	keep, err := p.keepBases(keep)
+	if err != nil {
+		return nil, fmt.Errorf("plan repack: %w", err)
+	}
 	pl := &RepackPlan{store: p, keep: keep}
 	if err := p.planPacks(pl); err != nil {
 		return nil, fmt.Errorf("plan repack: %w", err)
@@ -228,6 +232,33 @@ func (p *Packed) PlanRepack(ctx context.Context, keep func(ID) bool) (*RepackPla
 	pl.planDead()
 	pl.count()
 	return pl, nil
+}
+
+// keepBases returns keep extended to the bases of the deltas it keeps:
+// a base goes only with the last delta on it. Keeping one base (a whole
+// page) costs less than rewriting whole every kept delta on it, which
+// would also undo what the deltas saved. Callers hold mu.
+func (p *Packed) keepBases(keep func(ID) bool) (func(ID) bool, error) {
+	bases := map[ID]bool{}
+	var header [DeltaHeaderSize]byte
+	for id, loc := range p.index {
+		if !loc.delta || !keep(id) {
+			continue
+		}
+		pf := p.packs[loc.pack]
+		if _, err := pf.f.ReadAt(header[:], int64(loc.off)); err != nil {
+			return nil, fmt.Errorf("read the base of delta %s from %s at %d: %w (run sbuml fsck)", id, p.where(pf.name), loc.off, err)
+		}
+		base, ok := DeltaBase(header[:])
+		if !ok {
+			return nil, fmt.Errorf("object %s: %w: the index of %s says it is a delta, but its record is not (run sbuml fsck)", id, ErrCorrupt, p.where(pf.name))
+		}
+		bases[base] = true
+	}
+	if len(bases) == 0 {
+		return keep, nil
+	}
+	return func(id ID) bool { return keep(id) || bases[id] }, nil
 }
 
 // planPacks reads the index of every published pack and decides which
@@ -492,15 +523,16 @@ func (p *Packed) copyKept(ctx context.Context, pl *RepackPlan, out *packOutput, 
 }
 
 // copyPacked copies one record of a pack into out. It is copied, not
-// decoded: a compressed form is checked by its CRC, any other against its
-// ID, lest a damaged record replace the loose copy dropped later.
+// decoded: a compressed form or a delta is checked by its CRC, any other
+// against its ID, lest a damaged record replace the loose copy dropped
+// later. A delta's base is kept too (see keepBases), so it stays a delta.
 func (p *Packed) copyPacked(pf *packFile, e indexEntry, out *packOutput) error {
 	b := make([]byte, e.size)
 	if _, err := pf.f.ReadAt(b, int64(e.off)); err != nil {
 		return fmt.Errorf("repack: read object %s from %s at %d: %w", e.id, p.where(pf.name), e.off, err)
 	}
 	bad := !crcMatches(b, e.crc)
-	if !bad && !IsCompressed(b) {
+	if !bad && !checksummedForm(b) {
 		_, err := Unseal(e.id, b)
 		bad = err != nil
 	}

@@ -14,6 +14,8 @@ import (
 // The stored form of an object is what a Store keeps: either the canonical
 // encoding itself (its first byte is a Kind, 1-5) or a zstd frame holding
 // it (first bytes 28 b5 2f fd). Seal chooses; Unseal reverses and verifies.
+// A scrapbook's pack store also keeps deltas (see delta.go), which it
+// resolves itself.
 
 var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 
@@ -159,6 +161,9 @@ const undeclaredSizeLimit = 4 << 10
 // Unseal turns a stored form back into the canonical encoding and verifies
 // that it hashes to id. The result may alias stored.
 func Unseal(id ID, stored []byte) ([]byte, error) {
+	if IsDelta(stored) {
+		return nil, fmt.Errorf("object %s: %w: a delta, which only the store that holds its base can resolve", id, ErrCorrupt)
+	}
 	enc := stored
 	if IsCompressed(stored) {
 		// Size the output from the frame header, so a small hostile frame

@@ -25,8 +25,9 @@ type Reader interface {
 // nothing of encodings: callers seal before Put and unseal after Get.
 // Every store does all of what this interface says; what only some
 // stores can do is a small interface of its own (Deleter, Repacker,
-// FileChecker, Refresher, LeafPutter, Locator, PrefixFinder,
-// FailStopper), found by a type assertion to that interface.
+// FileChecker, Refresher, LeafPutter, DeltaPutter, Loader, Locator,
+// PrefixFinder, FailStopper), found by a type assertion to that
+// interface.
 // objects/storetest holds the suite every Store passes.
 //
 // Implementations are safe for concurrent use, including concurrent
@@ -123,6 +124,32 @@ type FailStopper interface {
 	Err() error
 }
 
+// A DeltaPutter is a Store that can keep a chunk as a delta against
+// an earlier version of it (see EncodeDelta): only a scrapbook's own
+// pack store (Packed). Its Get still returns self-contained stored
+// forms, so deltas never leave it.
+type DeltaPutter interface {
+	// BaseFor returns the object a delta for a new version of prev is
+	// made against, and its canonical encoding: prev if the store
+	// holds it whole, else the base of prev's delta, so that no delta's
+	// base is a delta. ok is false if no base can serve (prev is not
+	// in a published pack).
+	BaseFor(ctx context.Context, prev ID) (base ID, enc []byte, ok bool, err error)
+	// PutDelta stores id as delta, which EncodeDelta made against a
+	// base BaseFor returned, or, should that base no longer serve, as
+	// whole, its self-contained stored form; isDelta says which. Like
+	// PutLeaf, it is for chunks.
+	PutDelta(ctx context.Context, id ID, delta, whole []byte) (isDelta bool, err error)
+}
+
+// A Loader is a Reader with a faster way to an object's canonical
+// encoding than Get and Unseal: a store that keeps deltas resolves them
+// without sealing again. Load uses it.
+type Loader interface {
+	// Load returns the canonical encoding of id, verified against id.
+	Load(ctx context.Context, id ID) ([]byte, error)
+}
+
 // ErrNotFound is returned for missing objects.
 var ErrNotFound = errors.New("object not found")
 
@@ -134,8 +161,12 @@ func Where(s Reader, id ID) string {
 	return id.String()
 }
 
-// Load gets, unseals and verifies the canonical encoding of id.
+// Load gets, unseals and verifies the canonical encoding of id (through
+// s's Loader, if it is one).
 func Load(ctx context.Context, s Reader, id ID) ([]byte, error) {
+	if l, ok := s.(Loader); ok {
+		return l.Load(ctx, id)
+	}
 	stored, err := s.Get(ctx, id)
 	if err != nil {
 		return nil, err

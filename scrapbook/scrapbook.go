@@ -28,12 +28,15 @@ import (
 // FormatVersion is the layout version written to the config file. Format
 // 2 scrapbooks may hold version 2 objects (patch nodes, streams that name
 // one; see docs/format.md), which a reader of format 1 would refuse one
-// object at a time: it refuses the scrapbook instead, in one line.
-const FormatVersion = 2
+// object at a time: it refuses the scrapbook instead, in one line. Format
+// 3 scrapbooks may hold chunks stored as deltas, in packs whose index is
+// version 3 (see objects.DeltaPutter), which a reader of format 2 would
+// take for corrupt objects.
+const FormatVersion = 3
 
 // oldestFormat is the oldest format this package reads. A scrapbook of
-// format 1 is read as it is and says format 2 once objects are written
-// to it (HoldToWrite).
+// format 1 or 2 is read as it is and says format 3 once objects are
+// written to it (HoldToWrite).
 const oldestFormat = 1
 
 // DefaultBranch is the branch HEAD names in a new scrapbook.
@@ -41,7 +44,7 @@ const DefaultBranch = "main"
 
 // The names of a scrapbook's directory (see docs/format.md).
 const (
-	ConfigFile  = "config"   // {"format":2}
+	ConfigFile  = "config"   // {"format":3}
 	ObjectsDir  = "objects"  // the pack store, and loose objects
 	RemotesFile = "remotes"  // the remotes it pushes to and pulls from
 	MachinesDir = "machines" // machines booted or checked out by name

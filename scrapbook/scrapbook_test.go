@@ -3,6 +3,7 @@ package scrapbook
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,13 +61,13 @@ func TestOpenChecksConfig(t *testing.T) {
 		config string
 		want   string
 	}{
-		{`{"format":3}`, "says scrapbook format 3, this sbuml reads formats 1 to 2"},
+		{`{"format":4}`, "says scrapbook format 4, this sbuml reads formats 1 to 3"},
 		{`{"format":-1}`, "says scrapbook format -1"},
 		{`{"format":0}`, "names no format"},
 		{`{}`, "names no format"},
 		{`{"format":1,"x":1}`, "is damaged"},
 		{`{"format":1} {}`, "more after the JSON object"},
-		{`not json`, `it should read {"format":2}`},
+		{`not json`, `it should read {"format":3}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.config, func(t *testing.T) {
@@ -88,43 +89,48 @@ func TestOpenChecksConfig(t *testing.T) {
 	}
 }
 
-// A scrapbook of format 1 opens as it is, is left so by readers, and
-// says format 2 from the first write on: its objects may then be of
-// version 2, which readers of format 1 refuse.
-func TestFormat1Upgraded(t *testing.T) {
-	dir := t.TempDir()
-	d, err := Init(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Close()
-	name := filepath.Join(dir, ConfigFile)
-	if b, _ := os.ReadFile(name); string(b) != `{"format":2}`+"\n" {
-		t.Fatalf("a new scrapbook's config: %q", b)
-	}
-	if err := os.WriteFile(name, []byte(`{"format":1}`+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d, err = Open(dir)
-	if err != nil {
-		t.Fatalf("open a scrapbook of format 1: %v", err)
-	}
-	defer d.Close()
-	release, err := d.Hold()
-	if err != nil {
-		t.Fatal(err)
-	}
-	release()
-	if b, _ := os.ReadFile(name); string(b) != `{"format":1}`+"\n" {
-		t.Errorf("a reader changed the config to %q", b)
-	}
-	release, err = d.HoldToWrite()
-	if err != nil {
-		t.Fatal(err)
-	}
-	release()
-	if b, _ := os.ReadFile(name); string(b) != `{"format":2}`+"\n" {
-		t.Errorf("after a write the config says %q, want format 2", b)
+// A scrapbook of an older format (1, 2) opens as it is, is left so by
+// readers, and says format 3 from the first write on: its objects may
+// then be of version 2, or deltas, which their readers refuse.
+func TestOldFormatUpgraded(t *testing.T) {
+	for _, old := range []int{1, 2} {
+		t.Run(fmt.Sprint("format ", old), func(t *testing.T) {
+			dir := t.TempDir()
+			d, err := Init(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.Close()
+			name := filepath.Join(dir, ConfigFile)
+			if b, _ := os.ReadFile(name); string(b) != `{"format":3}`+"\n" {
+				t.Fatalf("a new scrapbook's config: %q", b)
+			}
+			oldConfig := fmt.Sprintf(`{"format":%d}`+"\n", old)
+			if err := os.WriteFile(name, []byte(oldConfig), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			d, err = Open(dir)
+			if err != nil {
+				t.Fatalf("open a scrapbook of format %d: %v", old, err)
+			}
+			defer d.Close()
+			release, err := d.Hold()
+			if err != nil {
+				t.Fatal(err)
+			}
+			release()
+			if b, _ := os.ReadFile(name); string(b) != oldConfig {
+				t.Errorf("a reader changed the config to %q", b)
+			}
+			release, err = d.HoldToWrite()
+			if err != nil {
+				t.Fatal(err)
+			}
+			release()
+			if b, _ := os.ReadFile(name); string(b) != `{"format":3}`+"\n" {
+				t.Errorf("after a write the config says %q, want format 3", b)
+			}
+		})
 	}
 }
 

@@ -238,7 +238,8 @@ func (s *Saver) countReused(ids []objects.ID, changed []PageRange, page int) {
 
 // hashPages reads the changed pages a window at a time and has the
 // workers hash and store them, like the chunks SaveStream cuts, writing
-// their IDs into ids.
+// their IDs into ids. A page whose ID in ids was not Zero may be stored
+// as a delta on that previous version (see putChunk).
 func (s *Saver) hashPages(ctx context.Context, r io.ReaderAt, page int, ids []objects.ID, changed []PageRange) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -277,12 +278,14 @@ func (s *Saver) hashPages(ctx context.Context, r io.ReaderAt, page int, ids []ob
 		for k := 0; k < len(w.pages) && readErr == nil; k += batchChunks {
 			pages := w.pages[k:min(k+batchChunks, len(w.pages))]
 			spans := make([]span, len(pages))
+			prev := make([]objects.ID, len(pages))
 			for i, pg := range pages {
 				spans[i] = span{(pg - w.first) * page, (pg - w.first + 1) * page}
+				prev[i] = ids[pg] // the collector sets it only once this job is done
 			}
 			blk.refs.Add(1)
 			rc := make(chan []result, 1)
-			s.dispatch(&job{ctx: ctx, blk: blk, spans: spans, res: rc}, &bufs)
+			s.dispatch(&job{ctx: ctx, blk: blk, spans: spans, res: rc, prev: prev}, &bufs)
 			select {
 			case pending <- batch{pages, rc}:
 			case <-ctx.Done():

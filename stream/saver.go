@@ -27,6 +27,10 @@ type Stats struct {
 	NewBytes   int64 `json:"new_bytes"`
 	// NewChunkBytes is the uncompressed size of the new chunks.
 	NewChunkBytes int64 `json:"new_chunk_bytes"`
+	// DeltaChunks counts the new chunks stored as deltas on their
+	// previous version (see objects.DeltaPutter), of DeltaTries tried.
+	DeltaChunks int64 `json:"delta_chunks"`
+	DeltaTries  int64 `json:"delta_tries"`
 }
 
 // A Saver stores streams and other objects in a Store, on a pool of
@@ -51,6 +55,7 @@ type Saver struct {
 	}
 
 	logical, holes, chunks, newObjects, newBytes, newChunkBytes atomic.Int64
+	deltaChunks, deltaTries                                     atomic.Int64
 
 	workers int
 	cutting atomic.Int32 // streams being cut now
@@ -62,6 +67,9 @@ type job struct {
 	blk   *block
 	spans []span
 	res   chan []result
+	// prev, if not nil, holds each span's previous version (Zero: none
+	// known), on which a changed page may be stored as a delta.
+	prev []objects.ID
 }
 
 type span struct{ start, end int }
@@ -109,6 +117,8 @@ func (s *Saver) Stats() Stats {
 		NewObjects:    s.newObjects.Load(),
 		NewBytes:      s.newBytes.Load(),
 		NewChunkBytes: s.newChunkBytes.Load(),
+		DeltaChunks:   s.deltaChunks.Load(),
+		DeltaTries:    s.deltaTries.Load(),
 	}
 }
 
@@ -121,9 +131,9 @@ func (s *Saver) work() {
 	}
 }
 
-// scratch holds one goroutine's buffers for chunk encodings and their
-// compressed forms.
-type scratch struct{ enc, seal []byte }
+// scratch holds one goroutine's buffers for chunk encodings, their
+// compressed forms and deltas.
+type scratch struct{ enc, seal, delta []byte }
 
 // process hashes the chunks of j, stores those the store lacks, and
 // sends the results on j.res. Each chunk is first copied out of its block
@@ -156,22 +166,18 @@ func (s *Saver) process(j *job, bufs *scratch) {
 			}
 			continue
 		}
-		stored := objects.Seal(enc, bufs.seal)
-		if leaves, ok := s.store.(objects.LeafPutter); ok {
-			err = leaves.PutLeaf(j.ctx, r.id, stored)
-		} else {
-			err = s.store.Put(j.ctx, r.id, stored)
+		var prev objects.ID
+		if j.prev != nil {
+			prev = j.prev[i]
 		}
-		if &stored[0] != &enc[0] && cap(stored) > cap(bufs.seal) {
-			bufs.seal = stored // keep the larger buffer for the next Seal
-		}
+		size, err := s.putChunk(j.ctx, r.id, enc, prev, bufs)
 		if err != nil {
 			r.err = err
 			continue
 		}
 		s.setKnown(r.id)
 		s.newObjects.Add(1)
-		s.newBytes.Add(int64(len(stored)))
+		s.newBytes.Add(int64(size))
 		s.newChunkBytes.Add(int64(r.length))
 	}
 	j.blk.release()

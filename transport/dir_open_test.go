@@ -26,12 +26,12 @@ func TestOpenScrapbookChecksFormat(t *testing.T) {
 		t.Fatalf("OpenDir of a scrapbook: %v", err)
 	}
 	d.Close()
-	if err := os.WriteFile(filepath.Join(dir, scrapbook.ConfigFile), []byte(`{"format":3}`), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, scrapbook.ConfigFile), []byte(`{"format":4}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for name, open := range map[string]func(string) (*transport.Dir, error){"OpenDir": transport.OpenDir, "OpenScrapbook": transport.OpenScrapbook} {
-		if _, err := open(dir); err == nil || !strings.Contains(err.Error(), "format 3") {
-			t.Errorf("%s of a scrapbook of format 3: %v", name, err)
+		if _, err := open(dir); err == nil || !strings.Contains(err.Error(), "format 4") {
+			t.Errorf("%s of a scrapbook of format 4: %v", name, err)
 		}
 	}
 	if _, err := transport.OpenScrapbook(t.TempDir()); !errors.Is(err, scrapbook.ErrNotScrapbook) {

@@ -5,8 +5,9 @@
 // else uses it; objects/store_test.go runs it on the stores sbuml has.
 //
 // Run also checks the optional abilities a store has (objects.Deleter,
-// objects.LeafPutter, objects.PrefixFinder): a store that claims one
-// must do what its interface says.
+// objects.LeafPutter, objects.PrefixFinder, objects.DeltaPutter,
+// objects.Loader): a store that claims one must do what its interface
+// says.
 package storetest
 
 import (
@@ -44,6 +45,8 @@ func Run(t *testing.T, open Opener) {
 		{"Deleter", testDeleter},
 		{"LeafPutter", testLeafPutter},
 		{"PrefixFinder", testPrefixFinder},
+		{"DeltaPutter", testDeltaPutter},
+		{"Loader", testLoader},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -401,3 +404,82 @@ func testPrefixFinder(t *testing.T, s objects.Store, _ func() objects.Store) {
 }
 
 func compareIDs(a, b objects.ID) int { return bytes.Compare(a[:], b[:]) }
+
+func testDeltaPutter(t *testing.T, s objects.Store, reopen func() objects.Store) {
+	dp, ok := s.(objects.DeltaPutter)
+	if !ok {
+		t.Skip("the store keeps no deltas")
+	}
+	ctx := context.Background()
+	old := chunk(11, 4096)
+	put(t, s, old)
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	oldEnc, err := objects.Unseal(old.id, old.stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	curEnc := bytes.Clone(oldEnc)
+	copy(curEnc[1000:], "changed")
+	cur := sealed(curEnc)
+	delta := objects.EncodeDelta(old.id, oldEnc, curEnc, nil)
+	if err := s.Put(ctx, cur.id, delta); err == nil {
+		t.Fatal("Put of a delta succeeded; only PutDelta may store one")
+	}
+	base, baseEnc, ok, err := dp.BaseFor(ctx, old.id)
+	if err == nil && !ok {
+		// A store that keeps no deltas (a published directory's).
+		if isDelta, err := dp.PutDelta(ctx, cur.id, delta, cur.stored); err != nil || isDelta {
+			t.Fatalf("PutDelta into a store that offers no base = %v, %v; want the whole form stored", isDelta, err)
+		}
+		requireListed(t, s, []object{old, cur})
+		return
+	}
+	if err != nil || base != old.id || !bytes.Equal(baseEnc, oldEnc) {
+		t.Fatalf("BaseFor a whole object = %s, %v, %v; want itself and its encoding", base.Short(), ok, err)
+	}
+	if isDelta, err := dp.PutDelta(ctx, cur.id, delta, cur.stored); err != nil || !isDelta {
+		t.Fatalf("PutDelta = %v, %v; want the delta stored", isDelta, err)
+	}
+	// Get hands out the whole stored form, as Seal makes it.
+	requireObject(t, s, cur)
+	if got, err := objects.Load(ctx, s, cur.id); err != nil || !bytes.Equal(got, curEnc) {
+		t.Fatalf("Load of a delta: %v", err)
+	}
+	if size := listAll(t, s)[cur.id]; size != int64(len(delta)) {
+		t.Errorf("List: the delta has size %d, want %d", size, len(delta))
+	}
+	if err := s.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	other := reopen()
+	defer other.Close()
+	requireObject(t, other, cur)
+	if base, _, ok, err := other.(objects.DeltaPutter).BaseFor(ctx, cur.id); err != nil || !ok || base != old.id {
+		t.Errorf("BaseFor a delta = %s, %v, %v; want its base %s", base.Short(), ok, err, old.id.Short())
+	}
+}
+
+func testLoader(t *testing.T, s objects.Store, _ func() objects.Store) {
+	l, ok := s.(objects.Loader)
+	if !ok {
+		t.Skip("the store has no faster way to encodings than Get")
+	}
+	ctx := context.Background()
+	objs := someObjects()
+	put(t, s, objs...)
+	for _, o := range objs {
+		want, err := objects.Unseal(o.id, o.stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := l.Load(ctx, o.id); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("Load %s: %v", o.id.Short(), err)
+		}
+	}
+	missing := objects.Sum([]byte("missing"))
+	if _, err := l.Load(ctx, missing); !errors.Is(err, objects.ErrNotFound) {
+		t.Errorf("Load of a missing object: %v; want ErrNotFound", err)
+	}
+}
