@@ -64,12 +64,21 @@ type materializer struct {
 	done    chan struct{} // closed once every file is written and closed, or failed
 }
 
-// newMaterializer lays out a machine snapshot's files in dir (the RAM on
-// tmpfs unless ramInDir), points cfg at them and creates them, empty.
-// With lazyRAM, the RAM file stays empty.
-func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, ramInDir, lazyRAM bool) (_ *materializer, err error) {
-	mz := &materializer{src: src, lazyRAM: lazyRAM, done: make(chan struct{})}
-	dsts, err := mz.layOut(dir, cfg, ramInDir)
+// layout says where a materializer puts a machine's files.
+type layout struct {
+	ramInDir bool // the RAM file in the machine directory, not on tmpfs
+	lazyRAM  bool // the RAM file stays empty (see lazyRAM)
+	// spareRAM is the RAM file of a spare claimed for the machine (empty,
+	// of full length), which also put the boot files in the machine
+	// directory: only the disks are made, and the RAM written there.
+	spareRAM string
+}
+
+// newMaterializer lays out a machine snapshot's files in dir as lay says,
+// points cfg at them and creates them, empty.
+func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, lay layout) (_ *materializer, err error) {
+	mz := &materializer{src: src, lazyRAM: lay.lazyRAM, done: make(chan struct{})}
+	dsts, err := mz.layOut(dir, cfg, lay)
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +93,11 @@ func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vm
 			return nil, fmt.Errorf("materialize %s: %w", c.from, err)
 		}
 		mz.total += c.size
-		if c.f, err = os.OpenFile(dsts[i], os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644); err != nil {
+		flags := os.O_RDWR | os.O_CREATE | os.O_EXCL
+		if c.kind == ramFile && lay.spareRAM != "" {
+			flags = os.O_RDWR
+		}
+		if c.f, err = os.OpenFile(dsts[i], flags, 0o644); err != nil {
 			return nil, fmt.Errorf("materialize %s: %w", c.from, err)
 		}
 		if c.kind != bootFile {
@@ -97,21 +110,20 @@ func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vm
 }
 
 // layOut lists the files to write and where, and points cfg at them:
-// boot files first, then disks, then RAM.
-func (mz *materializer) layOut(dir string, cfg *vmm.Config, ramInDir bool) ([]string, error) {
+// boot files first (unless a spare has them), then disks, then RAM.
+func (mz *materializer) layOut(dir string, cfg *vmm.Config, lay layout) ([]string, error) {
 	var dsts []string
 	add := func(from, to string, kind fileKind) {
 		mz.files = append(mz.files, &checkoutFile{from: from, kind: kind, done: make(chan struct{})})
 		dsts = append(dsts, to)
 	}
-	if cfg.Kernel != "" {
+	if cfg.Kernel != "" && lay.spareRAM == "" {
 		add(cfg.Kernel, filepath.Join(dir, machineKernel), bootFile)
-		cfg.Kernel = machineKernel
 	}
-	if cfg.Initrd != "" {
+	if cfg.Initrd != "" && lay.spareRAM == "" {
 		add(cfg.Initrd, filepath.Join(dir, machineInitrd), bootFile)
-		cfg.Initrd = machineInitrd
 	}
+	cfg.Kernel, cfg.Initrd = bootFileNames(*cfg)
 	cfg.Disks = slices.Clone(cfg.Disks)
 	for i, d := range cfg.Disks {
 		base := path.Base(d)
@@ -122,7 +134,10 @@ func (mz *materializer) layOut(dir string, cfg *vmm.Config, ramInDir bool) ([]st
 		cfg.Disks[i] = base
 	}
 	ramPath := filepath.Join(dir, vmm.RAMFileName)
-	if !ramInDir {
+	switch {
+	case lay.spareRAM != "":
+		ramPath = lay.spareRAM
+	case !lay.ramInDir:
 		var err error
 		if ramPath, err = vmm.NewRAMFile("", cfg.Name); err != nil {
 			return nil, err

@@ -278,11 +278,20 @@ func ClaimSpare(ctx context.Context, sparesDir, key, dir string) (*Machine, erro
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("claim spare: %w", err)
 	}
+	var cands []*SpareInfo
 	for _, e := range ents {
 		if !e.IsDir() || !strings.HasPrefix(e.Name(), key+"-") {
 			continue
 		}
-		m, err := claim(ctx, filepath.Join(sparesDir, e.Name()), dir)
+		if info, err := readSpareInfo(filepath.Join(sparesDir, e.Name())); err == nil {
+			cands = append(cands, info)
+		}
+	}
+	// Oldest first: the one that waited longest, and a dead one is
+	// found (and removed) before a younger live one.
+	sort.Slice(cands, func(i, j int) bool { return cands[i].Started.Before(cands[j].Started) })
+	for _, c := range cands {
+		m, err := claim(ctx, c.Dir, dir)
 		if err != nil || m != nil {
 			return m, err
 		}
@@ -366,7 +375,7 @@ func (m *Machine) adopt(ctx context.Context, cfg Config) error {
 	}
 	cfg.Net = cfg.Net.clone()
 	cfg.setDefaults(m.dir)
-	cfg.QEMUVersion, cfg.MachineType = spare.QEMUVersion, spare.MachineType
+	cfg.QEMUVersion, cfg.MachineType, cfg.Accel = spare.QEMUVersion, spare.MachineType, spare.Accel
 	cfg.RAMFile, cfg.RAMDir = spare.RAMFile, spare.RAMDir
 	cfg.Created = time.Now().UTC().Truncate(time.Second)
 	m.cfg = cfg
