@@ -409,7 +409,7 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 	defer mz.cancel()
 	err = reportWhile(mz.progress, opts.OnProgress, func() error {
 		var err error
-		if m != nil {
+		if spare {
 			err = m.Adopt(ctx, cfg)
 		} else {
 			m, err = s.startRestored(ctx, mz, dir, cfg, opts)

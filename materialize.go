@@ -69,8 +69,9 @@ type layout struct {
 	ramInDir bool // the RAM file in the machine directory, not on tmpfs
 	lazyRAM  bool // the RAM file stays empty (see lazyRAM)
 	// spareRAM is the RAM file of a spare claimed for the machine (empty,
-	// of full length), which also put the boot files in the machine
-	// directory: only the disks are made, and the RAM written there.
+	// of full length). The spare also put the boot files and the disks
+	// (empty, of full length, open in its QEMU) in the machine
+	// directory: then the disks and the RAM are written into those files.
 	spareRAM string
 }
 
@@ -94,8 +95,8 @@ func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vm
 		}
 		mz.total += c.size
 		flags := os.O_RDWR | os.O_CREATE | os.O_EXCL
-		if c.kind == ramFile && lay.spareRAM != "" {
-			flags = os.O_RDWR
+		if c.kind != bootFile && lay.spareRAM != "" {
+			flags = os.O_RDWR // the spare's
 		}
 		if c.f, err = os.OpenFile(dsts[i], flags, 0o644); err != nil {
 			return nil, fmt.Errorf("materialize %s: %w", c.from, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 
 	"github.com/sbuml/sbuml/image"
@@ -54,7 +55,13 @@ func (s *Scrapbook) StartSpares(ctx context.Context, rev string, n int, opts Spa
 		return nil, fmt.Errorf("start spares for %s: %w", rev, err)
 	}
 	cfg.Kernel, cfg.Initrd = bootFileNames(cfg)
-	prepare := func(dir string) error { return writeBootFiles(ctx, src, p.cfg, dir) }
+	cfg.Disks = diskNames(cfg)
+	prepare := func(dir string) error {
+		if err := writeBootFiles(ctx, src, p.cfg, dir); err != nil {
+			return err
+		}
+		return makeDisks(dir, cfg.Disks, sh.DiskSizes)
+	}
 	var infos []vmm.SpareInfo
 	for range n {
 		info, err := vmm.StartSpare(ctx, s.SparesDir(), cfg, sh, prepare)
@@ -117,7 +124,37 @@ func spareShape(ctx context.Context, src *storeSource, cfg vmm.Config) (vmm.Shap
 			return vmm.Shape{}, err
 		}
 	}
+	cfg.Disks = diskNames(cfg)
 	return vmm.ShapeOf(cfg, sizes, boot), nil
+}
+
+// diskNames returns the names of cfg's disks in a machine directory, as
+// the materializer lays them out.
+func diskNames(cfg vmm.Config) []string {
+	names := make([]string, len(cfg.Disks))
+	for i, d := range cfg.Disks {
+		names[i] = path.Base(d)
+	}
+	return names
+}
+
+// makeDisks creates a spare's disks in dir: empty files (all holes) of
+// the sizes given, which a checkout that claims the spare fills.
+func makeDisks(dir string, names []string, sizes []int64) error {
+	for i, name := range names {
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return err
+		}
+		err = f.Truncate(sizes[i])
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("make disk %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // bootFileNames returns the names of cfg's kernel and initrd in a

@@ -98,9 +98,6 @@ type BootOptions struct {
 	// to a temporary overlay and are discarded. For throwaway machines
 	// (accelerator probes) that boot shared image disks.
 	Snapshot bool
-	// placeholders, set by StartSpare, attaches empty disks of these
-	// sizes in place of Disks, for Adopt to swap for the real files.
-	placeholders []int64
 }
 
 func (c *Config) setDefaults(dir string) {
@@ -240,20 +237,10 @@ func (c *Config) qemuArgs() []string {
 	return a
 }
 
-// diskArgs attaches the disks, or a spare's placeholders for them, as
-// virtio-blk devices named disk0, disk1, ... in order.
+// diskArgs attaches the disks as virtio-blk devices named disk0,
+// disk1, ... in order.
 func (c *Config) diskArgs() []string {
 	var a []string
-	for i, size := range c.Boot.placeholders {
-		id := "disk" + strconv.Itoa(i)
-		// A spare's disks: empty (null-co) until Adopt reopens the raw
-		// node on the real file. write-cache=on is what cache=writeback
-		// gives the -drive disks of other machines.
-		a = append(a,
-			"-blockdev", "driver=null-co,node-name="+placeholderNode(i)+",size="+strconv.FormatInt(size, 10),
-			"-blockdev", "driver=raw,node-name="+id+",file="+placeholderNode(i)+",discard=unmap",
-			"-device", "virtio-blk-pci,drive="+id+",serial="+id+",write-cache=on")
-	}
 	for i, d := range c.Disks {
 		id := "disk" + strconv.Itoa(i)
 		// file.drop-cache=off: after a save, cont (and, on the incoming

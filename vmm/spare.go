@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,21 +33,23 @@ var ErrNoSpare = errors.New("no spare of this shape is waiting")
 // state can see, and hence that a QEMU started ahead of need (a spare)
 // must have been started with: all of Config but its name, files, RAM
 // file and port forwards, plus the sizes of its disks and the identity
-// of its kernel and initrd contents.
+// of its kernel and initrd contents. Its disks' names are part of it
+// too: a spare opens its disks, empty, and a checkout writes into them.
 type Shape struct {
-	Memory      int64   `json:"memory"`
-	CPUs        int     `json:"cpus"`
-	Accel       string  `json:"accel"`
-	MachineType string  `json:"machine_type"`
-	CPUModel    string  `json:"cpu_model"`
-	Cmdline     string  `json:"cmdline"`
-	QEMU        string  `json:"qemu"`       // Boot.QEMU: the emulator binary asked for
-	BootFiles   string  `json:"boot_files"` // the caller's name for the kernel and initrd contents
-	DiskSizes   []int64 `json:"disk_sizes"`
-	NetMode     string  `json:"net_mode,omitempty"`
-	MAC         string  `json:"mac,omitempty"`
-	Display     string  `json:"display,omitempty"`
-	Agent       bool    `json:"agent,omitempty"`
+	Memory      int64    `json:"memory"`
+	CPUs        int      `json:"cpus"`
+	Accel       string   `json:"accel"`
+	MachineType string   `json:"machine_type"`
+	CPUModel    string   `json:"cpu_model"`
+	Cmdline     string   `json:"cmdline"`
+	QEMU        string   `json:"qemu"`       // Boot.QEMU: the emulator binary asked for
+	BootFiles   string   `json:"boot_files"` // the caller's name for the kernel and initrd contents
+	Disks       []string `json:"disks"`      // their names in the machine directory
+	DiskSizes   []int64  `json:"disk_sizes"`
+	NetMode     string   `json:"net_mode,omitempty"`
+	MAC         string   `json:"mac,omitempty"`
+	Display     string   `json:"display,omitempty"`
+	Agent       bool     `json:"agent,omitempty"`
 }
 
 // ShapeOf returns the shape of the machine cfg describes (with its
@@ -58,7 +61,7 @@ func ShapeOf(cfg Config, diskSizes []int64, bootFiles string) Shape {
 	cfg.setDefaults("spare")
 	sh := Shape{Memory: cfg.Memory, CPUs: cfg.CPUs, Accel: cfg.Accel, MachineType: cfg.MachineType,
 		CPUModel: cfg.CPUModel, Cmdline: cfg.Cmdline, QEMU: cfg.Boot.QEMU, BootFiles: bootFiles,
-		DiskSizes: append([]int64{}, diskSizes...), Display: cfg.Display, Agent: cfg.Agent}
+		Disks: append([]string{}, cfg.Disks...), DiskSizes: append([]int64{}, diskSizes...), Display: cfg.Display, Agent: cfg.Agent}
 	if cfg.Net != nil {
 		sh.NetMode, sh.MAC = cfg.Net.Mode, cfg.Net.MAC
 	}
@@ -85,11 +88,12 @@ type SpareInfo struct {
 
 // StartSpare starts a spare for a machine like cfg, of shape sh (which
 // must be ShapeOf cfg), in a new directory of sparesDir named after the
-// shape's key, and returns once QEMU waits for its device state. prepare,
-// if not nil, is called with the spare's directory before QEMU starts, to
-// put the boot files cfg names there. cfg's disks and port forwards are
-// not used: the spare gets placeholder disks of sh.DiskSizes, and Adopt
-// gives it the real ones. Its RAM is a new file on tmpfs.
+// shape's key, and returns once QEMU waits for its device state. prepare
+// is called with the spare's directory before QEMU starts, to put there
+// the boot files cfg names and its disks: empty files (all holes) of
+// sh.DiskSizes at the relative paths cfg.Disks, which QEMU opens, and
+// the checkout that claims the spare fills. cfg's port forwards are not
+// used: Adopt sets them up. The spare's RAM is a new file on tmpfs.
 func StartSpare(ctx context.Context, sparesDir string, cfg Config, sh Shape, prepare func(dir string) error) (*SpareInfo, error) {
 	if err := os.MkdirAll(sparesDir, 0o755); err != nil {
 		return nil, fmt.Errorf("start spare: %w", err)
@@ -108,19 +112,16 @@ func StartSpare(ctx context.Context, sparesDir string, cfg Config, sh Shape, pre
 }
 
 func startSpare(ctx context.Context, tmp string, cfg Config, sh Shape, prepare func(dir string) error) (*SpareInfo, error) {
-	if prepare != nil {
-		if err := prepare(tmp); err != nil {
-			return nil, err
-		}
+	if err := prepare(tmp); err != nil {
+		return nil, err
 	}
 	key := sh.Key()
 	cfg.Name = "spare-" + key
-	cfg.Disks, cfg.RAMFile, cfg.Created = nil, "", time.Time{}
+	cfg.RAMFile, cfg.Created = "", time.Time{}
 	if cfg.Net != nil {
 		cfg.Net = &Net{Mode: cfg.Net.Mode, MAC: cfg.Net.MAC}
 	}
 	cfg.Boot.Incoming, cfg.Boot.RAMInDir, cfg.Boot.Snapshot = true, false, false
-	cfg.Boot.placeholders = sh.DiskSizes
 	// An incoming machine's RAM must exist: an empty file of the size.
 	ram, err := NewRAMFile(cfg.Boot.RAMRoot, cfg.Name)
 	if err != nil {
@@ -343,18 +344,12 @@ func (m *Machine) waiting(ctx context.Context) bool {
 	return err == nil && rs == "inmigrate"
 }
 
-// placeholderNode names the block node of a spare's empty disk i.
-func placeholderNode(i int) string { return "disk" + strconv.Itoa(i) + "-null" }
-
-// fileNode names the block node of a claimed spare's disk file i.
-func fileNode(i int) string { return "disk" + strconv.Itoa(i) + "-file" }
-
 // Adopt makes a spare claimed with ClaimSpare the machine cfg describes,
 // before its device state is loaded: cfg must have the spare's shape
-// (but for files and forwards). It swaps the placeholder disks for
-// cfg.Disks (which may still be filling: QEMU reads them once the guest
-// runs), sets up cfg's port forwards and records cfg, with the spare's
-// RAM file, in config.json.
+// (but for its forwards), and its disks are the spare's files, which the
+// caller fills (QEMU reads them once the guest runs). Adopt sets up
+// cfg's port forwards and records cfg, with the spare's RAM file, in
+// config.json.
 func (m *Machine) Adopt(ctx context.Context, cfg Config) error {
 	if err := m.adopt(ctx, cfg); err != nil {
 		return fmt.Errorf("adopt spare as machine %s: %w", m.dir, err)
@@ -364,14 +359,8 @@ func (m *Machine) Adopt(ctx context.Context, cfg Config) error {
 
 func (m *Machine) adopt(ctx context.Context, cfg Config) error {
 	spare := m.cfg
-	q, err := m.QMP(ctx)
-	if err != nil {
-		return err
-	}
-	for i, d := range cfg.Disks {
-		if err := swapDisk(ctx, q, i, resolve(m.dir, d)); err != nil {
-			return err
-		}
+	if !slices.Equal(cfg.Disks, spare.Disks) {
+		return fmt.Errorf("disks %q: the spare has %q", cfg.Disks, spare.Disks)
 	}
 	cfg.Net = cfg.Net.clone()
 	cfg.setDefaults(m.dir)
@@ -381,6 +370,10 @@ func (m *Machine) adopt(ctx context.Context, cfg Config) error {
 	m.cfg = cfg
 	if cfg.Net != nil {
 		if err := cfg.Net.checkHostPorts(); err != nil {
+			return err
+		}
+		q, err := m.QMP(ctx)
+		if err != nil {
 			return err
 		}
 		for _, f := range cfg.Net.Forwards {
@@ -394,26 +387,6 @@ func (m *Machine) adopt(ctx context.Context, cfg Config) error {
 	}
 	os.Remove(filepath.Join(m.dir, SpareFile))
 	return writeConfig(m.dir, &m.cfg)
-}
-
-// swapDisk opens the file at path and makes it the file of disk i's raw
-// node in place of the spare's placeholder, with the options the -drive
-// disks of other machines have (see diskArgs).
-func swapDisk(ctx context.Context, q *QMP, i int, path string) error {
-	add := map[string]any{"driver": "file", "node-name": fileNode(i), "filename": path,
-		"drop-cache": false, "discard": "unmap"}
-	if _, err := q.Execute(ctx, "blockdev-add", add); err != nil {
-		return fmt.Errorf("open disk %s: %w", path, err)
-	}
-	reopen := map[string]any{"options": []map[string]any{{"driver": "raw", "node-name": "disk" + strconv.Itoa(i),
-		"file": fileNode(i), "discard": "unmap"}}}
-	if _, err := q.Execute(ctx, "blockdev-reopen", reopen); err != nil {
-		return fmt.Errorf("attach disk %s: %w", path, err)
-	}
-	if _, err := q.Execute(ctx, "blockdev-del", map[string]any{"node-name": placeholderNode(i)}); err != nil {
-		return fmt.Errorf("drop the placeholder of disk %s: %w", path, err)
-	}
-	return nil
 }
 
 // addForward has QEMU's user network forward f, through the human
