@@ -14,16 +14,25 @@ import (
 
 // storePages serves the pages of a RAM stream cut in 4 KiB pages
 // (chunker.RAM) to a postcopy restore: the chunk of each page, zero for
-// a hole.
+// a hole. It answers at once: while the table of all pages is built in
+// the background (its index nodes take 0.4 s to read for 4 GiB), the
+// pages QEMU asks for are looked up through the index nodes above them
+// alone.
 type storePages struct {
 	ctx   context.Context
 	store objects.Store
+	name  string // the stream's short ID, for errors
+
+	look *stream.Lookup // until ready; used by the caller's goroutine only
+
+	ready chan struct{} // closed once pages (or err) is set
 	pages []objects.ID
+	err   error
 }
 
-// newStorePages indexes the RAM stream id page by page. It fails for a
-// stream not cut in pages (then the RAM is written before the guest
-// runs).
+// newStorePages starts indexing the RAM stream id page by page. It
+// fails for a stream not cut in pages (then the RAM is written before
+// the guest runs).
 func newStorePages(ctx context.Context, store objects.Store, id objects.ID, size int64) (*storePages, error) {
 	st, err := objects.LoadStream(ctx, store, id)
 	if err != nil {
@@ -32,29 +41,75 @@ func newStorePages(ctx context.Context, store objects.Store, id objects.ID, size
 	if stream.ParamsOf(st).Chunking != chunker.RAM || int64(st.Length) != size {
 		return nil, fmt.Errorf("RAM stream %s is not cut in %d-byte pages of a %d-byte RAM", id.Short(), vmm.PageSize, size)
 	}
-	sp := &storePages{ctx: ctx, store: store, pages: make([]objects.ID, size/vmm.PageSize)}
-	err = stream.Leaves(ctx, store, st, func(l stream.Leaf) error {
-		if l.ID.IsZero() {
-			return nil
-		}
-		if l.Length != vmm.PageSize || l.Offset%vmm.PageSize != 0 {
-			return fmt.Errorf("RAM stream %s: a chunk of %d bytes at %d is no page", id.Short(), l.Length, l.Offset)
-		}
-		sp.pages[l.Offset/vmm.PageSize] = l.ID
-		return nil
-	})
+	look, err := stream.NewLookup(ctx, store, st)
 	if err != nil {
 		return nil, err
 	}
+	sp := &storePages{ctx: ctx, store: store, name: id.Short(), look: look, ready: make(chan struct{})}
+	go func() {
+		defer close(sp.ready)
+		sp.pages, sp.err = sp.table(st, size)
+	}()
 	return sp, nil
 }
 
-// Data reports whether the page at off holds data (is no hole).
-func (sp *storePages) Data(off uint64) bool { return !sp.pages[off/vmm.PageSize].IsZero() }
+// table lists the chunk of every page of stream st.
+func (sp *storePages) table(st *objects.Stream, size int64) ([]objects.ID, error) {
+	pages := make([]objects.ID, size/vmm.PageSize)
+	err := stream.Leaves(sp.ctx, sp.store, st, func(l stream.Leaf) error {
+		if l.ID.IsZero() {
+			return nil
+		}
+		if err := sp.checkLeaf(l); err != nil {
+			return err
+		}
+		pages[l.Offset/vmm.PageSize] = l.ID
+		return nil
+	})
+	return pages, err
+}
+
+// checkLeaf fails for a chunk that is not one page.
+func (sp *storePages) checkLeaf(l stream.Leaf) error {
+	if l.Length != vmm.PageSize || l.Offset%vmm.PageSize != 0 {
+		return fmt.Errorf("RAM stream %s: a chunk of %d bytes at %d is no page", sp.name, l.Length, l.Offset)
+	}
+	return nil
+}
+
+// page returns the chunk of the page at off, zero for a hole: from the
+// table once it is built, else through the index nodes above the page.
+func (sp *storePages) page(off uint64) (objects.ID, error) {
+	select {
+	case <-sp.ready:
+		if sp.err != nil {
+			return objects.Zero, sp.err
+		}
+		return sp.pages[off/vmm.PageSize], nil
+	default:
+	}
+	l, err := sp.look.LeafAt(off)
+	if err != nil || l.ID.IsZero() {
+		return objects.Zero, err
+	}
+	return l.ID, sp.checkLeaf(l)
+}
+
+// Data reports whether the page at off holds data (is no hole). It is
+// asked of every page in turn once the pages QEMU needed first are
+// sent, and waits for the table; if the table failed, every page is
+// said to hold data, and ReadPage reports the failure.
+func (sp *storePages) Data(off uint64) bool {
+	<-sp.ready
+	return sp.err != nil || !sp.pages[off/vmm.PageSize].IsZero()
+}
 
 // ReadPage reads the page at off from the store.
 func (sp *storePages) ReadPage(off uint64, buf []byte) (bool, error) {
-	id := sp.pages[off/vmm.PageSize]
+	id, err := sp.page(off)
+	if err != nil {
+		return false, fmt.Errorf("RAM page at %#x: %w", off, err)
+	}
 	if id.IsZero() {
 		return true, nil
 	}
@@ -79,8 +134,8 @@ type lazyRAM struct {
 	err   error
 }
 
-// prepareLazyRAM reads the device state and indexes the RAM of a store
-// snapshot in the background, or returns nil if its RAM cannot arrive
+// prepareLazyRAM reads the device state and starts indexing the RAM of
+// a store snapshot in the background, or returns nil if its RAM cannot arrive
 // lazily: an exported machine, or guest RAM kept in the machine
 // directory (ramInDir). QEMU places postcopy pages with UFFDIO_COPY,
 // which only anonymous memory, tmpfs and hugetlbfs take: on another file
