@@ -143,6 +143,12 @@ func startSpare(ctx context.Context, tmp string, cfg Config, sh Shape, prepare f
 		return nil, err
 	}
 	defer m.Close()
+	// QEMU greets on its monitor before it has made the machine, and
+	// answers commands only after: a claimer must not wait for that.
+	if rs, err := m.qmpRunState(ctx); err != nil || rs != "inmigrate" {
+		m.Halt(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("qemu does not wait for a device state: run state %q, %v", rs, err)
+	}
 	info.PID, info.Alive = m.PID(), true
 	dir := filepath.Join(filepath.Dir(tmp), key+"-"+strconv.FormatUint(rand.Uint64(), 36))
 	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dir, unix.RENAME_NOREPLACE); err != nil {
