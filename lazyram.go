@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/sbuml/sbuml/chunker"
@@ -14,23 +15,28 @@ import (
 
 // storePages serves the pages of a RAM stream cut in 4 KiB pages
 // (chunker.RAM) to a postcopy restore: the chunk of each page, zero for
-// a hole. It answers at once: while the table of all pages is built in
-// the background (its index nodes take 0.4 s to read for 4 GiB), the
-// pages QEMU asks for are looked up through the index nodes above them
-// alone.
+// a hole. It answers at once: the pages QEMU asks for are looked up
+// through the index nodes above them alone, until the table of all
+// pages is built (its index nodes take 0.4 s to read for 4 GiB). The
+// table is only built once the pages nobody asked for are pushed (the
+// first Data), so that it does not compete with QEMU loading the device
+// state for the host's cores.
 type storePages struct {
 	ctx   context.Context
 	store objects.Store
+	st    *objects.Stream
+	size  int64
 	name  string // the stream's short ID, for errors
 
 	look *stream.Lookup // until ready; used by the caller's goroutine only
 
+	build sync.Once
 	ready chan struct{} // closed once pages (or err) is set
 	pages []objects.ID
 	err   error
 }
 
-// newStorePages starts indexing the RAM stream id page by page. It
+// newStorePages prepares to serve the RAM stream id page by page. It
 // fails for a stream not cut in pages (then the RAM is written before
 // the guest runs).
 func newStorePages(ctx context.Context, store objects.Store, id objects.ID, size int64) (*storePages, error) {
@@ -45,18 +51,23 @@ func newStorePages(ctx context.Context, store objects.Store, id objects.ID, size
 	if err != nil {
 		return nil, err
 	}
-	sp := &storePages{ctx: ctx, store: store, name: id.Short(), look: look, ready: make(chan struct{})}
-	go func() {
-		defer close(sp.ready)
-		sp.pages, sp.err = sp.table(st, size)
-	}()
-	return sp, nil
+	return &storePages{ctx: ctx, store: store, st: st, size: size, name: id.Short(), look: look, ready: make(chan struct{})}, nil
 }
 
-// table lists the chunk of every page of stream st.
-func (sp *storePages) table(st *objects.Stream, size int64) ([]objects.ID, error) {
-	pages := make([]objects.ID, size/vmm.PageSize)
-	err := stream.Leaves(sp.ctx, sp.store, st, func(l stream.Leaf) error {
+// buildTable starts building the table of all pages, once.
+func (sp *storePages) buildTable() {
+	sp.build.Do(func() {
+		go func() {
+			defer close(sp.ready)
+			sp.pages, sp.err = sp.table()
+		}()
+	})
+}
+
+// table lists the chunk of every page.
+func (sp *storePages) table() ([]objects.ID, error) {
+	pages := make([]objects.ID, sp.size/vmm.PageSize)
+	err := stream.Leaves(sp.ctx, sp.store, sp.st, func(l stream.Leaf) error {
 		if l.ID.IsZero() {
 			return nil
 		}
@@ -100,6 +111,7 @@ func (sp *storePages) page(off uint64) (objects.ID, error) {
 // sent, and waits for the table; if the table failed, every page is
 // said to hold data, and ReadPage reports the failure.
 func (sp *storePages) Data(off uint64) bool {
+	sp.buildTable()
 	<-sp.ready
 	return sp.err != nil || !sp.pages[off/vmm.PageSize].IsZero()
 }
@@ -134,8 +146,8 @@ type lazyRAM struct {
 	err   error
 }
 
-// prepareLazyRAM reads the device state and starts indexing the RAM of
-// a store snapshot in the background, or returns nil if its RAM cannot arrive
+// prepareLazyRAM reads the device state and prepares to serve the RAM
+// of a store snapshot in the background, or returns nil if its RAM cannot arrive
 // lazily: an exported machine, or guest RAM kept in the machine
 // directory (ramInDir). QEMU places postcopy pages with UFFDIO_COPY,
 // which only anonymous memory, tmpfs and hugetlbfs take: on another file
