@@ -380,8 +380,9 @@ func (s *Scrapbook) checkoutHead(ctx context.Context, id objects.ID, machine, br
 // waiting for its device state, as soon as the boot files are written,
 // while the disks are still being written into the files it has opened.
 // The RAM of a snapshot in the store arrives through postcopy (lazyRAM):
-// the guest runs once its device state is loaded, and restore returns
-// once every page is in place. Otherwise (an exported machine, or RAM
+// QEMU loads the device state while the disks are written, the guest
+// runs once both are done, and restore returns once every page is in
+// place. Otherwise (an exported machine, or RAM
 // kept in the machine directory) the RAM is written like the disks,
 // into the file QEMU maps (share=on: it sees the writes), and the device
 // state is loaded once all is there.
@@ -407,12 +408,17 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 	}
 	mz.start(ctx)
 	defer mz.cancel()
+	var pc *vmm.Postcopy
 	err = reportWhile(mz.progress, opts.OnProgress, func() error {
 		var err error
 		if spare {
 			err = m.Adopt(ctx, cfg)
 		} else {
 			m, err = s.startRestored(ctx, mz, dir, cfg, opts)
+		}
+		if err == nil && lr != nil {
+			// The device state loads while the disks fill.
+			pc, err = lr.start(ctx, m)
 		}
 		if err != nil {
 			return err
@@ -421,13 +427,16 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 	})
 	if err != nil {
 		mz.abort()
+		if pc != nil {
+			abortPostcopy(ctx, pc)
+		}
 		if m == nil {
 			mz.removeRAM() // otherwise the machine owns it, and Halt removes it
 		}
 		return m, time.Time{}, spare, err
 	}
-	if lr != nil {
-		running, err := lr.load(ctx, m, opts.Continue)
+	if pc != nil {
+		running, err := finishPostcopy(ctx, m, pc, opts.Continue)
 		return m, running, spare, err
 	}
 	running, err := loadState(ctx, p.src, m, opts.Continue)

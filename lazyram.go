@@ -177,18 +177,21 @@ func prepareLazyRAM(ctx context.Context, src machineSource, memory int64, ramInD
 	return lr
 }
 
-// load loads the device state into m and, with cont, runs the guest at
-// once; it returns when the guest runs (or is ready to), and then when
-// all its RAM is in place.
-func (lr *lazyRAM) load(ctx context.Context, m *vmm.Machine, cont bool) (running time.Time, err error) {
+// start has m load the device state through postcopy, the pages it
+// needs served from the store. The guest does not run before
+// finishPostcopy, so the caller may finish writing the disks meanwhile.
+func (lr *lazyRAM) start(ctx context.Context, m *vmm.Machine) (*vmm.Postcopy, error) {
 	<-lr.done
 	if lr.err != nil {
-		return time.Time{}, lr.err
+		return nil, lr.err
 	}
-	p, err := m.LoadPostcopy(ctx, lr.dev, lr.pages)
-	if err != nil {
-		return time.Time{}, err
-	}
+	return m.LoadPostcopy(ctx, lr.dev, lr.pages)
+}
+
+// finishPostcopy, with cont, runs the guest as soon as QEMU has loaded
+// the device state p carries; it returns when the guest runs (or is
+// ready to), and then when all its RAM is in place.
+func finishPostcopy(ctx context.Context, m *vmm.Machine, p *vmm.Postcopy, cont bool) (running time.Time, err error) {
 	if cont {
 		err = m.ContinuePostcopy(ctx)
 	}
@@ -198,4 +201,12 @@ func (lr *lazyRAM) load(ctx context.Context, m *vmm.Machine, cont bool) (running
 		err = werr
 	}
 	return running, err
+}
+
+// abortPostcopy ends the page server of p, for a checkout that failed;
+// the caller halts the machine.
+func abortPostcopy(ctx context.Context, p *vmm.Postcopy) {
+	ctx, cancel := context.WithCancel(ctx)
+	cancel()
+	p.Wait(ctx)
 }
