@@ -395,9 +395,9 @@ func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, op
 	lr := prepareLazyRAM(ctx, p.src, cfg.Memory, opts.RAMInDir)
 	lay := layout{ramInDir: opts.RAMInDir, lazyRAM: lr != nil}
 	// A spare's directory becomes dir before the files are laid out.
-	m := s.claimSpare(ctx, p, dir, cfg, opts)
+	m, has := s.claimSpare(ctx, p, dir, cfg, opts)
 	if m != nil {
-		lay.spareRAM = m.RAMFile()
+		lay.spareRAM, lay.spareHas = m.RAMFile(), has
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, time.Time{}, false, err
 	}

@@ -34,12 +34,13 @@ var (
 
 // checkoutFile is one file of a snapshot being written into a machine.
 type checkoutFile struct {
-	from string // path in the snapshot
-	kind fileKind
-	f    *os.File
-	size int64
-	done chan struct{} // closed once written, or failed (err)
-	err  error
+	from  string // path in the snapshot
+	kind  fileKind
+	f     *os.File
+	size  int64
+	there bool          // in a claimed spare's file already: nothing to write
+	done  chan struct{} // closed once written, or failed (err)
+	err   error
 }
 
 // materializer writes a machine snapshot's boot files, disks and RAM into
@@ -73,6 +74,9 @@ type layout struct {
 	// (empty, of full length, open in its QEMU) in the machine
 	// directory: then the disks and the RAM are written into those files.
 	spareRAM string
+	// spareHas reports whether the claimed spare's file for the disk at
+	// a path of the snapshot holds that disk already (see StartSpares).
+	spareHas func(from string) bool
 }
 
 // newMaterializer lays out a machine snapshot's files in dir as lay says,
@@ -94,20 +98,36 @@ func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vm
 			return nil, fmt.Errorf("materialize %s: %w", c.from, err)
 		}
 		mz.total += c.size
-		flags := os.O_RDWR | os.O_CREATE | os.O_EXCL
-		if c.kind != bootFile && lay.spareRAM != "" {
-			flags = os.O_RDWR // the spare's
-		}
-		if c.f, err = os.OpenFile(dsts[i], flags, 0o644); err != nil {
+		if err := mz.create(c, dsts[i], lay); err != nil {
 			return nil, fmt.Errorf("materialize %s: %w", c.from, err)
-		}
-		if c.kind != bootFile {
-			if err := c.f.Truncate(c.size); err != nil {
-				return nil, fmt.Errorf("materialize %s: %w", c.from, err)
-			}
 		}
 	}
 	return mz, nil
+}
+
+// create opens the file c is written to, at dst, empty and as long as
+// c (but boot files, which grow as they are written). A claimed
+// spare's disks and RAM are there already: a disk the spare holds
+// already (lay.spareHas) is left as it is, another one emptied.
+func (mz *materializer) create(c *checkoutFile, dst string, lay layout) error {
+	flags := os.O_RDWR | os.O_CREATE | os.O_EXCL
+	if c.kind != bootFile && lay.spareRAM != "" {
+		if c.kind == diskFile && lay.spareHas != nil && lay.spareHas(c.from) {
+			c.there = true
+			return nil
+		}
+		flags = os.O_RDWR // the spare's
+	}
+	var err error
+	if c.f, err = os.OpenFile(dst, flags, 0o644); err != nil || c.kind == bootFile {
+		return err
+	}
+	if c.kind == diskFile && lay.spareRAM != "" {
+		if err := c.f.Truncate(0); err != nil { // what the spare was filled with
+			return err
+		}
+	}
+	return c.f.Truncate(c.size)
 }
 
 // layOut lists the files to write and where, and points cfg at them:
@@ -160,6 +180,11 @@ func (mz *materializer) start(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			var err error
+			if c.there {
+				mz.written.Add(c.size)
+				close(c.done)
+				return
+			}
 			if c.kind != ramFile || !mz.lazyRAM {
 				err = mz.src.extractInto(mz.ctx, c.from, c.f)
 			}

@@ -29,9 +29,12 @@ type SpareOptions struct {
 // StartSpares starts n spares for checkouts of snapshot rev: QEMUs of
 // the shape of rev's machine (see vmm.Shape), waiting for a device state,
 // which a Checkout of any snapshot of that shape claims instead of
-// starting QEMU, saving QEMU's start-up time. Spares run until claimed
-// or stopped (StopSpares, HaltAll). Only snapshots in the store have a
-// shape: an exported machine is always checked out cold.
+// starting QEMU, saving QEMU's start-up time. A spare holds rev's disks
+// already: a checkout of rev (or of a snapshot with the same disks) has
+// nothing to write but the RAM, and one of another snapshot writes its
+// own disks over them. Spares run until claimed or stopped (StopSpares,
+// HaltAll). Only snapshots in the store have a shape: an exported
+// machine is always checked out cold.
 func (s *Scrapbook) StartSpares(ctx context.Context, rev string, n int, opts SpareOptions) ([]vmm.SpareInfo, error) {
 	release, err := s.holdObjects()
 	if err != nil {
@@ -56,11 +59,11 @@ func (s *Scrapbook) StartSpares(ctx context.Context, rev string, n int, opts Spa
 	}
 	cfg.Kernel, cfg.Initrd = bootFileNames(cfg)
 	cfg.Disks = diskNames(cfg)
-	prepare := func(dir string) error {
+	prepare := func(dir string) (map[string]string, error) {
 		if err := writeBootFiles(ctx, src, p.cfg, dir); err != nil {
-			return err
+			return nil, err
 		}
-		return makeDisks(dir, cfg.Disks, sh.DiskSizes)
+		return writeDisks(ctx, src, p.cfg.Disks, dir)
 	}
 	var infos []vmm.SpareInfo
 	for range n {
@@ -138,23 +141,31 @@ func diskNames(cfg vmm.Config) []string {
 	return names
 }
 
-// makeDisks creates a spare's disks in dir: empty files (all holes) of
-// the sizes given, which a checkout that claims the spare fills.
-func makeDisks(dir string, names []string, sizes []int64) error {
-	for i, name := range names {
-		f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+// writeDisks writes the snapshot's disks (paths in it) into a spare's
+// directory, at the names a machine directory gives them, and returns
+// the stream each name holds: a checkout of a snapshot with the same
+// disk skips writing it, another one writes its own over it.
+func writeDisks(ctx context.Context, src *storeSource, disks []string, dir string) (map[string]string, error) {
+	contents := map[string]string{}
+	for _, d := range disks {
+		id, err := src.stream(d)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		err = f.Truncate(sizes[i])
+		f, err := os.OpenFile(filepath.Join(dir, path.Base(d)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		err = src.extractInto(ctx, d, f)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return fmt.Errorf("make disk %s: %w", name, err)
+			return nil, fmt.Errorf("write %s: %w", d, err)
 		}
+		contents[path.Base(d)] = id.String()
 	}
-	return nil
+	return contents, nil
 }
 
 // bootFileNames returns the names of cfg's kernel and initrd in a
@@ -193,27 +204,32 @@ func writeBootFiles(ctx context.Context, src machineSource, cfg vmm.Config, dir 
 }
 
 // claimSpare takes a spare of the shape of the machine cfg being checked
-// out of p into dir, or returns nil: for a snapshot not in the store, RAM
-// kept in the machine directory (a spare's is on tmpfs), an accelerator
-// not yet probed, or no spare waiting. It never fails: without a spare,
-// the checkout starts QEMU itself.
-func (s *Scrapbook) claimSpare(ctx context.Context, p *checkoutPlan, dir string, cfg vmm.Config, opts CheckoutOptions) *vmm.Machine {
+// out of p into dir, and says which of the snapshot's disks (paths in
+// it) the spare holds already. It returns nil for a snapshot not in the
+// store, RAM kept in the machine directory (a spare's is on tmpfs), an
+// accelerator not yet probed, or no spare waiting. It never fails:
+// without a spare, the checkout starts QEMU itself.
+func (s *Scrapbook) claimSpare(ctx context.Context, p *checkoutPlan, dir string, cfg vmm.Config, opts CheckoutOptions) (*vmm.Machine, func(string) bool) {
 	src, ok := p.src.(*storeSource)
 	if !ok || opts.RAMInDir {
-		return nil
+		return nil, nil
 	}
 	if cfg.Accel = cachedAccel(ctx, opts.Accel); cfg.Accel == "" {
-		return nil
+		return nil, nil
 	}
 	sh, err := spareShape(ctx, src, cfg)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
-	m, err := vmm.ClaimSpare(ctx, s.SparesDir(), sh.Key(), dir)
+	m, info, err := vmm.ClaimSpare(ctx, s.SparesDir(), sh.Key(), dir)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
-	return m
+	has := func(from string) bool {
+		id, err := src.stream(from)
+		return err == nil && info.Contents[path.Base(from)] == id.String()
+	}
+	return m, has
 }
 
 // Spares lists the scrapbook's spares, oldest first.

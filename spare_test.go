@@ -15,9 +15,10 @@ import (
 
 // TestCheckoutSpare checks out one snapshot twice at once with one spare
 // waiting: one checkout claims it, the other starts QEMU, both carry on
-// from the snapshot and commit again. Then a spare whose QEMU was killed
-// is skipped and removed by the next checkout, and 'sbuml spare --stop'
-// stops the rest, QEMU and RAM.
+// from the snapshot and commit again. A spare started for the first
+// snapshot serves a checkout of a later one, with that one's disk. Then
+// a spare whose QEMU was killed is skipped and removed by the next
+// checkout, and 'sbuml spare --stop' stops the rest, QEMU and RAM.
 func TestCheckoutSpare(t *testing.T) {
 	t.Parallel()
 	s := guestScrapbook(t, 2)
@@ -36,15 +37,30 @@ func TestCheckoutSpare(t *testing.T) {
 	if claimed != 1 {
 		t.Fatalf("%d of two checkouts claimed the one spare", claimed)
 	}
+	var later string // a snapshot of a, its disk changed
 	for _, in := range guests {
 		requireResumed(in, tl)
-		in.run("echo " + in.name + " > /mnt/own")
+		in.run("echo " + in.name + " > /mnt/own; sync")
 		requireFiles(in, map[string]string{"/mnt/base": "base", "/mnt/own": in.name})
-		if c := in.commit(sbuml.CommitOptions{}); c.Parent != tl.id {
+		c := in.commit(sbuml.CommitOptions{})
+		if c.Parent != tl.id {
 			t.Errorf("commit of %s has parent %s, want %s", in.name, c.Parent.Short(), tl.id.Short())
+		}
+		if in.name == "a" {
+			later = c.ID.String()
 		}
 		in.halt()
 	}
+
+	// A spare holds the disk of the snapshot it was started for; a
+	// checkout of another snapshot of the shape writes its own.
+	startSpares(t, s, id, 1)
+	e, res := checkoutGuest(t, s, later, "e", sbuml.CheckoutOptions{Continue: true})
+	if !res.Spare {
+		t.Errorf("checkout of a later snapshot of the same shape did not claim the spare")
+	}
+	requireFiles(e, map[string]string{"/mnt/base": "base", "/mnt/own": "a"})
+	e.halt()
 
 	dead := startSpares(t, s, id, 2)
 	if err := syscall.Kill(dead[0].PID, syscall.SIGKILL); err != nil {

@@ -84,17 +84,23 @@ type SpareInfo struct {
 	Started time.Time `json:"started"`
 	PID     int       `json:"pid,omitempty"` // QEMU's, while it is alive
 	Alive   bool      `json:"alive"`
+	// Contents are the caller's names for what StartSpare's prepare put
+	// in the spare's files (a file's name to a content hash, say), so
+	// that the claimer can skip writing what is there already.
+	Contents map[string]string `json:"contents,omitempty"`
 }
 
 // StartSpare starts a spare for a machine like cfg, of shape sh (which
 // must be ShapeOf cfg), in a new directory of sparesDir named after the
 // shape's key, and returns once QEMU waits for its device state. prepare
 // is called with the spare's directory before QEMU starts, to put there
-// the boot files cfg names and its disks: empty files (all holes) of
-// sh.DiskSizes at the relative paths cfg.Disks, which QEMU opens, and
-// the checkout that claims the spare fills. cfg's port forwards are not
-// used: Adopt sets them up. The spare's RAM is a new file on tmpfs.
-func StartSpare(ctx context.Context, sparesDir string, cfg Config, sh Shape, prepare func(dir string) error) (*SpareInfo, error) {
+// the boot files cfg names and its disks: files of sh.DiskSizes at the
+// relative paths cfg.Disks, which QEMU opens, and which the checkout
+// that claims the spare fills, unless prepare filled them already and
+// said so in the contents it returns (SpareInfo.Contents). cfg's port
+// forwards are not used: Adopt sets them up. The spare's RAM is a new,
+// empty file on tmpfs.
+func StartSpare(ctx context.Context, sparesDir string, cfg Config, sh Shape, prepare func(dir string) (map[string]string, error)) (*SpareInfo, error) {
 	if err := os.MkdirAll(sparesDir, 0o755); err != nil {
 		return nil, fmt.Errorf("start spare: %w", err)
 	}
@@ -111,8 +117,9 @@ func StartSpare(ctx context.Context, sparesDir string, cfg Config, sh Shape, pre
 	return info, nil
 }
 
-func startSpare(ctx context.Context, tmp string, cfg Config, sh Shape, prepare func(dir string) error) (*SpareInfo, error) {
-	if err := prepare(tmp); err != nil {
+func startSpare(ctx context.Context, tmp string, cfg Config, sh Shape, prepare func(dir string) (map[string]string, error)) (*SpareInfo, error) {
+	contents, err := prepare(tmp)
+	if err != nil {
 		return nil, err
 	}
 	key := sh.Key()
@@ -132,7 +139,7 @@ func startSpare(ctx context.Context, tmp string, cfg Config, sh Shape, prepare f
 		return nil, err
 	}
 	cfg.RAMFile = ram
-	info := &SpareInfo{Key: key, Shape: sh, Started: time.Now().UTC()}
+	info := &SpareInfo{Key: key, Shape: sh, Started: time.Now().UTC(), Contents: contents}
 	if err := writeSpareInfo(tmp, info); err != nil {
 		os.RemoveAll(filepath.Dir(ram))
 		return nil, err
@@ -275,15 +282,16 @@ func tryLockDir(dir string) (*dirLock, error) {
 // the machine directory dir, which must not exist or be empty: the spare's
 // directory is renamed to dir (its QEMU, working in it, follows), which
 // is the claim, so only one process gets each spare. It returns the
-// machine, locked and still waiting for its device state: the caller
-// puts its files in dir and calls Adopt. Spares whose QEMU died are
+// machine, locked and still waiting for its device state, and what the
+// spare was started with: the caller puts its files in dir and calls
+// Adopt. Spares whose QEMU died are
 // removed on the way. It fails with ErrNoSpare if none is waiting, and
 // with another error if dir cannot take one (on another file system,
 // say); then nothing has changed and the caller starts a QEMU as usual.
-func ClaimSpare(ctx context.Context, sparesDir, key, dir string) (*Machine, error) {
+func ClaimSpare(ctx context.Context, sparesDir, key, dir string) (*Machine, *SpareInfo, error) {
 	ents, err := os.ReadDir(sparesDir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("claim spare: %w", err)
+		return nil, nil, fmt.Errorf("claim spare: %w", err)
 	}
 	var cands []*SpareInfo
 	for _, e := range ents {
@@ -300,10 +308,10 @@ func ClaimSpare(ctx context.Context, sparesDir, key, dir string) (*Machine, erro
 	for _, c := range cands {
 		m, err := claim(ctx, c.Dir, dir)
 		if err != nil || m != nil {
-			return m, err
+			return m, c, err
 		}
 	}
-	return nil, ErrNoSpare
+	return nil, nil, ErrNoSpare
 }
 
 // claim takes the spare in from, if it is free and waiting, and renames

@@ -16,16 +16,16 @@ import (
 // stops it when the test ends, if nobody claimed it.
 func startSpareTest(t *testing.T, ctx context.Context, sparesDir string, cfg Config, sh Shape) *SpareInfo {
 	t.Helper()
-	info, err := StartSpare(ctx, sparesDir, cfg, sh, func(dir string) error {
+	info, err := StartSpare(ctx, sparesDir, cfg, sh, func(dir string) (map[string]string, error) {
 		for i, d := range cfg.Disks {
 			if err := os.WriteFile(filepath.Join(dir, d), nil, 0o644); err != nil {
-				return err
+				return nil, err
 			}
 			if err := os.Truncate(filepath.Join(dir, d), sh.DiskSizes[i]); err != nil {
-				return err
+				return nil, err
 			}
 		}
-		return nil
+		return map[string]string{"disk": "empty"}, nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -76,15 +76,18 @@ func TestSpareRestore(t *testing.T) {
 	}
 
 	dir := filepath.Join(t.TempDir(), "m")
-	m, err := ClaimSpare(ctx, spares, sh.Key(), dir)
+	m, info, err := ClaimSpare(ctx, spares, sh.Key(), dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if info.Contents["disk"] != "empty" {
+		t.Errorf("claimed spare's contents: %v", info.Contents)
 	}
 	haltOnCleanup(t, m)
 	if _, err := os.Stat(dead.Dir); !os.IsNotExist(err) {
 		t.Errorf("dead spare %s not removed by the claim: %v", dead.Dir, err)
 	}
-	if _, err := ClaimSpare(ctx, spares, sh.Key(), filepath.Join(t.TempDir(), "m2")); !errors.Is(err, ErrNoSpare) {
+	if _, _, err := ClaimSpare(ctx, spares, sh.Key(), filepath.Join(t.TempDir(), "m2")); !errors.Is(err, ErrNoSpare) {
 		t.Errorf("second claim of the only spare: %v, want ErrNoSpare", err)
 	}
 	restoreIntoSpare(t, ctx, m, cfg, map[string]string{m.RAMFile(): saved, filepath.Join(dir, "disk"): disk}, state)
