@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"time"
 
 	"github.com/sbuml/sbuml/image"
 	"github.com/sbuml/sbuml/vmm"
@@ -238,26 +239,37 @@ func (s *Scrapbook) Spares() ([]vmm.SpareInfo, error) {
 }
 
 // StopSpares stops the spares of the shape key, or all of them for key
-// "", and returns the directories of those it stopped. Spares being
-// claimed are left alone.
+// "" (and what is left of spares whose start was interrupted more than
+// a minute ago), and returns the directories of those it stopped.
+// Spares being claimed are left alone.
 func (s *Scrapbook) StopSpares(ctx context.Context, key string) ([]string, error) {
 	infos, err := s.Spares()
 	if err != nil {
 		return nil, err
 	}
+	var dirs []string
+	for _, in := range infos {
+		if key == "" || in.Key == key {
+			dirs = append(dirs, in.Dir)
+		}
+	}
+	if key == "" {
+		half, err := vmm.HalfMadeSpares(s.SparesDir(), time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		dirs = append(dirs, half...)
+	}
 	var stopped []string
 	var errs []error
-	for _, in := range infos {
-		if key != "" && in.Key != key {
-			continue
-		}
-		if err := vmm.StopSpare(ctx, in.Dir); err != nil {
+	for _, dir := range dirs {
+		if err := vmm.StopSpare(ctx, dir); err != nil {
 			if !errors.Is(err, vmm.ErrBusy) {
 				errs = append(errs, err)
 			}
 			continue
 		}
-		stopped = append(stopped, in.Dir)
+		stopped = append(stopped, dir)
 	}
 	return stopped, errors.Join(errs...)
 }

@@ -232,10 +232,40 @@ func Spares(sparesDir string) ([]SpareInfo, error) {
 	return infos, nil
 }
 
+// HalfMadeSpares lists the directories in sparesDir of spares whose
+// start began more than age ago and never ended (the process starting
+// them died): StopSpare removes them, and their QEMU if it got that far.
+func HalfMadeSpares(sparesDir string, age time.Duration) ([]string, error) {
+	ents, err := os.ReadDir(sparesDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list spares: %w", err)
+	}
+	var dirs []string
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), ".new-") {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > age {
+			dirs = append(dirs, filepath.Join(sparesDir, e.Name()))
+		}
+	}
+	return dirs, nil
+}
+
 // StopSpare stops the spare in dir and removes its directory and RAM.
 // A spare being claimed right now is left alone (the error wraps ErrBusy).
 func StopSpare(ctx context.Context, dir string) error {
 	lock, err := tryLockDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		// Half made, before its QEMU was started: files only.
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("stop spare %s: %w", dir, err)
+		}
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("stop spare %s: %w", dir, err)
 	}

@@ -149,3 +149,32 @@ func requireDiskFile(t *testing.T, m *Machine, disk string) {
 	}
 	t.Errorf("qemu (pid %d) does not have %s open", m.PID(), disk)
 }
+
+// TestHalfMadeSpares finds what a spare start that died left behind,
+// once it is old enough, and StopSpare removes it.
+func TestHalfMadeSpares(t *testing.T) {
+	spares := t.TempDir()
+	old, fresh := filepath.Join(spares, ".new-old"), filepath.Join(spares, ".new-fresh")
+	for _, d := range []string{old, fresh, filepath.Join(spares, "k-1")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(old, "kernel"), []byte("k"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	long := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(old, long, long); err != nil {
+		t.Fatal(err)
+	}
+	dirs, err := HalfMadeSpares(spares, time.Minute)
+	if err != nil || len(dirs) != 1 || dirs[0] != old {
+		t.Fatalf("HalfMadeSpares: %v, %v; want [%s]", dirs, err, old)
+	}
+	if err := StopSpare(context.Background(), old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("%s left after StopSpare: %v", old, err)
+	}
+}
