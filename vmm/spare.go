@@ -34,7 +34,7 @@ var ErrNoSpare = errors.New("no spare of this shape is waiting")
 // must have been started with: all of Config but its name, files, RAM
 // file and port forwards, plus the sizes of its disks and the identity
 // of its kernel and initrd contents. Its disks' names are part of it
-// too: a spare opens its disks, empty, and a checkout writes into them.
+// too: a spare opens its disk files, and a checkout writes into them.
 type Shape struct {
 	Memory      int64    `json:"memory"`
 	CPUs        int      `json:"cpus"`
@@ -76,7 +76,7 @@ func (sh Shape) Key() string {
 }
 
 // SpareInfo describes a spare: a QEMU started ahead of need for a machine
-// shape, waiting for a device state with empty placeholder disks.
+// shape, waiting for a device state.
 type SpareInfo struct {
 	Dir     string    `json:"dir"`
 	Key     string    `json:"key"`
