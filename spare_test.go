@@ -32,6 +32,9 @@ func TestCheckoutSpare(t *testing.T) {
 	if spares := cliSpares(t, s); len(spares) != 1 || !spares[0].Alive {
 		t.Fatalf("spare --list: %+v, want one waiting", spares)
 	}
+	if ms, err := s.Machines(guestContext(t)); err != nil || len(ms) != 0 {
+		t.Errorf("machines with a spare waiting: %+v, %v; want none (m1 is halted, spares are no machines)", ms, err)
+	}
 
 	guests, claimed := checkoutAtOnce(t, s, id, "a", "b")
 	if claimed != 1 {
