@@ -43,7 +43,8 @@ func startSpareTest(t *testing.T, ctx context.Context, sparesDir string, cfg Con
 // TestSpareRestore restores a guest running a counter into a spare: the
 // spare of another shape is left alone, the claimed one gets the saved
 // disk and RAM written into its files, loads the device state, and the
-// counter carries on. A spare whose QEMU died is removed by the next claim.
+// counter carries on. A spare whose QEMU died is removed by the next
+// claim; a claim into another file system fails and leaves the spare.
 func TestSpareRestore(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 3*time.Minute)
@@ -75,6 +76,16 @@ func TestSpareRestore(t *testing.T) {
 		t.Fatalf("Spares: %d spares, %v; want 3", len(list), err)
 	}
 
+	// A machine directory on another file system cannot take a spare:
+	// the claim fails, and leaves the spare for the next one.
+	elsewhere, err := os.MkdirTemp(DefaultRAMRoot, "spare-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(elsewhere)
+	if _, _, err := ClaimSpare(ctx, spares, sh.Key(), filepath.Join(elsewhere, "m")); err == nil || errors.Is(err, ErrNoSpare) {
+		t.Fatalf("claim into another file system: %v, want a failed rename", err)
+	}
 	dir := filepath.Join(t.TempDir(), "m")
 	m, info, err := ClaimSpare(ctx, spares, sh.Key(), dir)
 	if err != nil {
