@@ -49,6 +49,11 @@ func TestSpareRestore(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 3*time.Minute)
 	state, saved, cfg, last := savedCounter(t, ctx)
+	// The spare makes RAM of its own.
+	if err := os.RemoveAll(filepath.Dir(cfg.RAMFile)); err != nil {
+		t.Fatal(err)
+	}
+	cfg.RAMFile = ""
 	disk := cfg.Disks[0]
 	fi, err := os.Stat(disk)
 	if err != nil {
