@@ -62,6 +62,9 @@ type CheckoutResult struct {
 	// Forwards are the machine's port forwards, with the host ports
 	// chosen.
 	Forwards []vmm.Forward `json:"forwards"`
+	// Spare says a spare QEMU (see StartSpares) was claimed for the
+	// machine, rather than one started.
+	Spare bool `json:"spare,omitempty"`
 	// Fetched says what was downloaded for a snapshot elsewhere.
 	Fetched *transport.Stats `json:"fetched,omitempty"`
 	// Duration is checkout-to-running: from the call to the guest
@@ -241,7 +244,7 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if err != nil {
 		return nil, fmt.Errorf("checkout %w", err)
 	}
-	m, running, err := s.restore(ctx, plan, dir, opts)
+	m, running, spare, err := s.restore(ctx, plan, dir, opts)
 	if err != nil {
 		if m != nil {
 			m.Halt(context.Background())
@@ -267,7 +270,8 @@ func (s *Scrapbook) Checkout(ctx context.Context, rev, machine string, opts Chec
 	if err := writeHead(dir, head); err != nil {
 		return nil, err
 	}
-	res := &CheckoutResult{Machine: name, Dir: dir, Snapshot: plan.id, Child: head.Child, Running: opts.Continue, Fetched: fetchStats, Duration: running.Sub(start)}
+	res := &CheckoutResult{Machine: name, Dir: dir, Snapshot: plan.id, Child: head.Child, Running: opts.Continue, Spare: spare,
+		Fetched: fetchStats, Duration: running.Sub(start)}
 	if n := m.Config().Net; n != nil {
 		res.Forwards = n.Forwards
 	}
@@ -369,52 +373,74 @@ func (s *Scrapbook) checkoutHead(ctx context.Context, id objects.ID, machine, br
 	return head.withAnswer(req, head.Child), nil
 }
 
-// restore carries out a checkout plan, and returns the machine and when
-// its guest began to run (or was ready to, without Continue). QEMU
-// starts, waiting for its device state, as soon as the boot files are
-// written, while the disks are still being written into the files it has
-// opened. The RAM of a snapshot in the store arrives through postcopy
-// (lazyRAM): the guest runs once its device state is loaded, and restore
-// returns once every page is in place. Otherwise (an exported machine,
-// or RAM kept in the machine directory) the RAM is written like the disks, into the file QEMU maps (share=on:
-// it sees the writes), and the device state is loaded once all is there.
-func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, opts CheckoutOptions) (*vmm.Machine, time.Time, error) {
+// restore carries out a checkout plan, and returns the machine, when
+// its guest began to run (or was ready to, without Continue), and
+// whether it claimed a spare for it. A spare of the machine's shape, if
+// one waits, is claimed and takes the files; otherwise QEMU starts,
+// waiting for its device state, as soon as the boot files are written,
+// while the disks are still being written into the files it has opened.
+// The RAM of a snapshot in the store arrives through postcopy (lazyRAM):
+// QEMU loads the device state while the disks are written, the guest
+// runs once both are done, and restore returns once every page is in
+// place. Otherwise (an exported machine, or RAM
+// kept in the machine directory) the RAM is written like the disks,
+// into the file QEMU maps (share=on: it sees the writes), and the device
+// state is loaded once all is there.
+func (s *Scrapbook) restore(ctx context.Context, p *checkoutPlan, dir string, opts CheckoutOptions) (*vmm.Machine, time.Time, bool, error) {
 	cfg := p.cfg
 	if err := checkoutNet(&cfg, opts); err != nil {
-		return nil, time.Time{}, err
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, time.Time{}, err
+		return nil, time.Time{}, false, err
 	}
 	cfg.Name = machineName(dir)
 	lr := prepareLazyRAM(ctx, p.src, cfg.Memory, opts.RAMInDir)
-	mz, err := newMaterializer(ctx, p.src, dir, &cfg, opts.RAMInDir, lr != nil)
+	lay := layout{ramInDir: opts.RAMInDir, lazyRAM: lr != nil}
+	// A spare's directory becomes dir before the files are laid out.
+	m, has := s.claimSpare(ctx, p, dir, cfg, opts)
+	if m != nil {
+		lay.spareRAM, lay.spareHas = m.RAMFile(), has
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, time.Time{}, false, err
+	}
+	spare := m != nil
+	mz, err := newMaterializer(ctx, p.src, dir, &cfg, lay)
 	if err != nil {
-		return nil, time.Time{}, err
+		return m, time.Time{}, spare, err
 	}
 	mz.start(ctx)
 	defer mz.cancel()
-	var m *vmm.Machine
+	var pc *vmm.Postcopy
 	err = reportWhile(mz.progress, opts.OnProgress, func() error {
 		var err error
-		if m, err = s.startRestored(ctx, mz, dir, cfg, opts); err != nil {
+		if spare {
+			err = m.Adopt(ctx, cfg)
+		} else {
+			m, err = s.startRestored(ctx, mz, dir, cfg, opts)
+		}
+		if err == nil && lr != nil {
+			// The device state loads while the disks fill.
+			pc, err = lr.start(ctx, m)
+		}
+		if err != nil {
 			return err
 		}
 		return mz.wait(anyFile)
 	})
 	if err != nil {
 		mz.abort()
+		if pc != nil {
+			abortPostcopy(ctx, pc)
+		}
 		if m == nil {
 			mz.removeRAM() // otherwise the machine owns it, and Halt removes it
 		}
-		return m, time.Time{}, err
+		return m, time.Time{}, spare, err
 	}
-	if lr != nil {
-		running, err := lr.load(ctx, m, opts.Continue)
-		return m, running, err
+	if pc != nil {
+		running, err := finishPostcopy(ctx, m, pc, opts.Continue)
+		return m, running, spare, err
 	}
 	running, err := loadState(ctx, p.src, m, opts.Continue)
-	return m, running, err
+	return m, running, spare, err
 }
 
 // loadState loads the device state of a machine whose RAM is in place

@@ -172,7 +172,33 @@ func doctorScrapbook(ctx context.Context, dir string) []DoctorCheck {
 		checks = append(checks, checkOK("writable", abs))
 	}
 	checks = append(checks, doctorSpace(abs), s.doctorImage(ctx))
+	if c, ok := s.doctorSpares(); ok {
+		checks = append(checks, c)
+	}
 	return checks
+}
+
+// doctorSpares counts the scrapbook's spares, if it has any: each holds
+// a QEMU and its RAM until claimed. Dead ones are only litter.
+func (s *Scrapbook) doctorSpares() (DoctorCheck, bool) {
+	infos, err := s.Spares()
+	if err != nil {
+		return checkWarn("spares", err.Error(), ""), true
+	}
+	if len(infos) == 0 {
+		return DoctorCheck{}, false
+	}
+	dead := 0
+	for _, in := range infos {
+		if !in.Alive {
+			dead++
+		}
+	}
+	info := fmt.Sprintf("%d spare QEMU(s) waiting for checkouts (sbuml spare --list)", len(infos)-dead)
+	if dead > 0 {
+		return checkWarn("spares", fmt.Sprintf("%s, %d dead", info, dead), "sbuml spare --stop --all"), true
+	}
+	return checkOK("spares", info), true
 }
 
 // doctorSpace checks the free space beside the scrapbook: commits and

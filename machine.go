@@ -502,7 +502,7 @@ func removeMachineDir(dir string) error {
 
 func removeMachineFiles(dir string) error {
 	for _, f := range []string{vmm.ConfigFile, vmm.QMPSocket, vmm.ConsoleSocket, vmm.EventsSocket, vmm.VNCSocket, vmm.AgentSocket,
-		vmm.ConsoleLog, vmm.PIDFile, vmm.QEMULog, vmm.LockFile, vmm.ConsoleLock, vmm.RAMFileName, machineKernel, machineInitrd, machineDisk, headFile,
+		vmm.ConsoleLog, vmm.PIDFile, vmm.QEMULog, vmm.LockFile, vmm.ConsoleLock, vmm.RAMFileName, vmm.SpareFile, machineKernel, machineInitrd, machineDisk, headFile,
 		keeperLockFile, keeperPIDFile, keeperSocket, keeperLogFile, keeperLogFile + ".1", runStateFile, autosnapFile, autosnapStateFile, sshKnownHosts} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
@@ -512,7 +512,8 @@ func removeMachineFiles(dir string) error {
 }
 
 // HaltAll halts every machine of the scrapbook: those under its machines
-// directory and those it booted or checked out in directories elsewhere.
+// directory and those it booted or checked out in directories elsewhere;
+// and it stops its spares, named "spare " and the spare's key.
 func (s *Scrapbook) HaltAll(ctx context.Context) ([]string, error) {
 	infos, err := s.Machines(ctx)
 	if err != nil {
@@ -527,7 +528,11 @@ func (s *Scrapbook) HaltAll(ctx context.Context) ([]string, error) {
 		}
 		names = append(names, in.Name)
 	}
-	return names, errors.Join(errs...)
+	spares, err := s.StopSpares(ctx, "")
+	for _, dir := range spares {
+		names = append(names, "spare "+filepath.Base(dir))
+	}
+	return names, errors.Join(append(errs, err)...)
 }
 
 // Freeze stops a machine's vCPUs (SBUML's sbumlfreeze).

@@ -34,12 +34,13 @@ var (
 
 // checkoutFile is one file of a snapshot being written into a machine.
 type checkoutFile struct {
-	from string // path in the snapshot
-	kind fileKind
-	f    *os.File
-	size int64
-	done chan struct{} // closed once written, or failed (err)
-	err  error
+	from  string // path in the snapshot
+	kind  fileKind
+	f     *os.File
+	size  int64
+	there bool          // in a claimed spare's file already: nothing to write
+	done  chan struct{} // closed once written, or failed (err)
+	err   error
 }
 
 // materializer writes a machine snapshot's boot files, disks and RAM into
@@ -64,12 +65,25 @@ type materializer struct {
 	done    chan struct{} // closed once every file is written and closed, or failed
 }
 
-// newMaterializer lays out a machine snapshot's files in dir (the RAM on
-// tmpfs unless ramInDir), points cfg at them and creates them, empty.
-// With lazyRAM, the RAM file stays empty.
-func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, ramInDir, lazyRAM bool) (_ *materializer, err error) {
-	mz := &materializer{src: src, lazyRAM: lazyRAM, done: make(chan struct{})}
-	dsts, err := mz.layOut(dir, cfg, ramInDir)
+// layout says where a materializer puts a machine's files.
+type layout struct {
+	ramInDir bool // the RAM file in the machine directory, not on tmpfs
+	lazyRAM  bool // the RAM file stays empty (see lazyRAM)
+	// spareRAM is the RAM file of a spare claimed for the machine (empty,
+	// of full length). The spare also put the boot files and the disks
+	// (empty, of full length, open in its QEMU) in the machine
+	// directory: then the disks and the RAM are written into those files.
+	spareRAM string
+	// spareHas reports whether the claimed spare's file for the disk at
+	// a path of the snapshot holds that disk already (see StartSpares).
+	spareHas func(from string) bool
+}
+
+// newMaterializer lays out a machine snapshot's files in dir as lay says,
+// points cfg at them and creates them, empty.
+func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vmm.Config, lay layout) (_ *materializer, err error) {
+	mz := &materializer{src: src, lazyRAM: lay.lazyRAM, done: make(chan struct{})}
+	dsts, err := mz.layOut(dir, cfg, lay)
 	if err != nil {
 		return nil, err
 	}
@@ -84,34 +98,53 @@ func newMaterializer(ctx context.Context, src machineSource, dir string, cfg *vm
 			return nil, fmt.Errorf("materialize %s: %w", c.from, err)
 		}
 		mz.total += c.size
-		if c.f, err = os.OpenFile(dsts[i], os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644); err != nil {
+		if err := mz.create(c, dsts[i], lay); err != nil {
 			return nil, fmt.Errorf("materialize %s: %w", c.from, err)
-		}
-		if c.kind != bootFile {
-			if err := c.f.Truncate(c.size); err != nil {
-				return nil, fmt.Errorf("materialize %s: %w", c.from, err)
-			}
 		}
 	}
 	return mz, nil
 }
 
+// create opens the file c is written to, at dst, empty and as long as
+// c (but boot files, which grow as they are written). A claimed
+// spare's disks and RAM are there already: a disk the spare holds
+// already (lay.spareHas) is left as it is, another one emptied.
+func (mz *materializer) create(c *checkoutFile, dst string, lay layout) error {
+	flags := os.O_RDWR | os.O_CREATE | os.O_EXCL
+	if c.kind != bootFile && lay.spareRAM != "" {
+		if c.kind == diskFile && lay.spareHas != nil && lay.spareHas(c.from) {
+			c.there = true
+			return nil
+		}
+		flags = os.O_RDWR // the spare's
+	}
+	var err error
+	if c.f, err = os.OpenFile(dst, flags, 0o644); err != nil || c.kind == bootFile {
+		return err
+	}
+	if c.kind == diskFile && lay.spareRAM != "" {
+		if err := c.f.Truncate(0); err != nil { // what the spare was filled with
+			return err
+		}
+	}
+	return c.f.Truncate(c.size)
+}
+
 // layOut lists the files to write and where, and points cfg at them:
-// boot files first, then disks, then RAM.
-func (mz *materializer) layOut(dir string, cfg *vmm.Config, ramInDir bool) ([]string, error) {
+// boot files first (unless a spare has them), then disks, then RAM.
+func (mz *materializer) layOut(dir string, cfg *vmm.Config, lay layout) ([]string, error) {
 	var dsts []string
 	add := func(from, to string, kind fileKind) {
 		mz.files = append(mz.files, &checkoutFile{from: from, kind: kind, done: make(chan struct{})})
 		dsts = append(dsts, to)
 	}
-	if cfg.Kernel != "" {
+	if cfg.Kernel != "" && lay.spareRAM == "" {
 		add(cfg.Kernel, filepath.Join(dir, machineKernel), bootFile)
-		cfg.Kernel = machineKernel
 	}
-	if cfg.Initrd != "" {
+	if cfg.Initrd != "" && lay.spareRAM == "" {
 		add(cfg.Initrd, filepath.Join(dir, machineInitrd), bootFile)
-		cfg.Initrd = machineInitrd
 	}
+	cfg.Kernel, cfg.Initrd = bootFileNames(*cfg)
 	cfg.Disks = slices.Clone(cfg.Disks)
 	for i, d := range cfg.Disks {
 		base := path.Base(d)
@@ -122,7 +155,10 @@ func (mz *materializer) layOut(dir string, cfg *vmm.Config, ramInDir bool) ([]st
 		cfg.Disks[i] = base
 	}
 	ramPath := filepath.Join(dir, vmm.RAMFileName)
-	if !ramInDir {
+	switch {
+	case lay.spareRAM != "":
+		ramPath = lay.spareRAM
+	case !lay.ramInDir:
 		var err error
 		if ramPath, err = vmm.NewRAMFile("", cfg.Name); err != nil {
 			return nil, err
@@ -144,6 +180,11 @@ func (mz *materializer) start(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			var err error
+			if c.there {
+				mz.written.Add(c.size)
+				close(c.done)
+				return
+			}
 			if c.kind != ramFile || !mz.lazyRAM {
 				err = mz.src.extractInto(mz.ctx, c.from, c.f)
 			}

@@ -60,7 +60,8 @@ func machineForwards(t testing.TB, s *sbuml.Scrapbook, name string) []vmm.Forwar
 // forward, commits it, and checks it out twice beside it: each checkout
 // gets its forward on a new free host port, all three answer at once,
 // and the guests' network works again within 5 s of the checkout,
-// fetching from a server on the host.
+// fetching from a server on the host. The second checkout claims a
+// spare, which gets its forward only then.
 func TestCheckoutKeepsNetworkApart(t *testing.T) {
 	t.Parallel()
 	s := guestScrapbook(t, 3)
@@ -83,8 +84,17 @@ func TestCheckoutKeepsNetworkApart(t *testing.T) {
 	}
 	ports := map[int]string{orig[0].HostPort: "web"}
 	for _, name := range []string{"web2", "web3"} {
+		// web3 takes a spare, whose forward is added once claimed.
+		if name == "web3" {
+			if _, err := s.StartSpares(ctx, res.ID.String(), 1, sbuml.SpareOptions{Accel: guestAccel}); err != nil {
+				t.Fatal(err)
+			}
+		}
 		start := time.Now()
 		_, co := checkoutGuest(t, s, res.ID.String(), name, sbuml.CheckoutOptions{Continue: true})
+		if co.Spare != (name == "web3") {
+			t.Errorf("%s: checkout claimed a spare: %v", name, co.Spare)
+		}
 		if len(co.Forwards) != 1 || co.Forwards[0].GuestPort != 80 || ports[co.Forwards[0].HostPort] != "" {
 			t.Fatalf("%s forwards %+v; taken: %v", name, co.Forwards, ports)
 		}

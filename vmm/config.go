@@ -217,20 +217,7 @@ func (c *Config) qemuArgs() []string {
 			a = append(a, "-append", c.Cmdline)
 		}
 	}
-	for i, d := range c.Disks {
-		id := "disk" + strconv.Itoa(i)
-		// file.drop-cache=off: after a save, cont (and, on the incoming
-		// side, the end of the load) re-activates the disks, which by
-		// default flushes each and drops all its pages from the host's
-		// page cache, in the frozen window and for nothing: the cache of
-		// one host is coherent, the drop is for shared storage seen from
-		// another host.
-		opt := "file=" + d + ",format=raw,if=none,id=" + id + ",cache=writeback,file.drop-cache=off,discard=unmap"
-		if c.Boot.Snapshot {
-			opt += ",snapshot=on"
-		}
-		a = append(a, "-drive", opt, "-device", "virtio-blk-pci,drive="+id+",serial="+id)
-	}
+	a = append(a, c.diskArgs()...)
 	// The card and the display come after the disks, which thus keep the
 	// PCI addresses they have in machines without them.
 	if c.Net != nil {
@@ -246,6 +233,27 @@ func (c *Config) qemuArgs() []string {
 	}
 	if c.Boot.Incoming {
 		a = append(a, "-S", "-incoming", "defer")
+	}
+	return a
+}
+
+// diskArgs attaches the disks as virtio-blk devices named disk0,
+// disk1, ... in order.
+func (c *Config) diskArgs() []string {
+	var a []string
+	for i, d := range c.Disks {
+		id := "disk" + strconv.Itoa(i)
+		// file.drop-cache=off: after a save, cont (and, on the incoming
+		// side, the end of the load) re-activates the disks, which by
+		// default flushes each and drops all its pages from the host's
+		// page cache, in the frozen window and for nothing: the cache of
+		// one host is coherent, the drop is for shared storage seen from
+		// another host.
+		opt := "file=" + d + ",format=raw,if=none,id=" + id + ",cache=writeback,file.drop-cache=off,discard=unmap"
+		if c.Boot.Snapshot {
+			opt += ",snapshot=on"
+		}
+		a = append(a, "-drive", opt, "-device", "virtio-blk-pci,drive="+id+",serial="+id)
 	}
 	return a
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/sbuml/sbuml"
@@ -67,6 +68,7 @@ func printCommit(res *sbuml.CommitResult) {
 
 func checkoutCmd() *cobra.Command {
 	var opts sbuml.CheckoutOptions
+	var spare bool
 	c := &cobra.Command{
 		Use:     "checkout SNAPSHOT NEWMACHINE",
 		Aliases: []string{"restore"},
@@ -84,11 +86,29 @@ Any number of machines may be checked out from one snapshot at once.`,
 		ValidArgsFunction: completeArgs(completeRevisions),
 		RunE: withScrapbook(func(ctx context.Context, s *sbuml.Scrapbook, args []string) (*sbuml.CheckoutResult, error) {
 			announceLink(args[0])
-			return checkoutWithBar(ctx, s, args[0], args[1], opts)
+			res, err := checkoutWithBar(ctx, s, args[0], args[1], opts)
+			if err == nil && spare {
+				startNextSpare(ctx, s, res, opts.Accel)
+			}
+			return res, err
 		}, printCheckout),
 	}
 	checkoutFlags(c, &opts)
+	c.Flags().BoolVar(&spare, "spare", false, "once the machine runs, start a spare like it for the next checkout (see 'sbuml spare')")
 	return c
+}
+
+// startNextSpare starts a spare shaped like the machine just checked out
+// (res), for the next checkout. The machine runs already: a failure is
+// only reported.
+func startNextSpare(ctx context.Context, s *sbuml.Scrapbook, res *sbuml.CheckoutResult, accel string) {
+	if res.Snapshot.IsZero() {
+		fmt.Fprintln(os.Stderr, "sbuml: checkout --spare: an exported snapshot has no shape to keep a spare for")
+		return
+	}
+	if _, err := s.StartSpares(ctx, res.Snapshot.String(), 1, sbuml.SpareOptions{Accel: accel}); err != nil {
+		fmt.Fprintf(os.Stderr, "sbuml: checkout --spare: %v\n", err)
+	}
 }
 
 func checkoutFlags(c *cobra.Command, opts *sbuml.CheckoutOptions) {
