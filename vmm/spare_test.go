@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"syscall"
 	"testing"
 	"time"
@@ -192,5 +193,32 @@ func TestHalfMadeSpares(t *testing.T) {
 	}
 	if _, err := os.Stat(old); !os.IsNotExist(err) {
 		t.Errorf("%s left after StopSpare: %v", old, err)
+	}
+}
+
+// TestShapeCoversConfig makes whoever adds a field to Config or Net say
+// whether a spare must match it: a field that reaches QEMU's command line
+// and is left out of Shape would let a checkout claim a spare of another
+// machine.
+func TestShapeCoversConfig(t *testing.T) {
+	decided := map[string]string{
+		// In Shape.
+		"Config.Memory": "shape", "Config.CPUs": "shape", "Config.Accel": "shape",
+		"Config.MachineType": "shape", "Config.CPUModel": "shape", "Config.Cmdline": "shape",
+		"Config.Disks": "shape", "Config.Display": "shape", "Config.Agent": "shape",
+		"Config.Kernel": "shape (BootFiles names the contents)", "Config.Initrd": "shape (BootFiles)",
+		"Config.Net": "shape (NetMode, MAC)", "Net.Mode": "shape", "Net.MAC": "shape",
+		"Config.Boot": "shape (Boot.QEMU; the rest says how to start, not what)",
+		// Not seen by the guest or the device state.
+		"Config.Name": "the machine's", "Config.RAMFile": "the spare's own", "Config.RAMDir": "the spare's own",
+		"Config.QEMUVersion": "filled by Boot", "Config.BaseImage": "history", "Config.Created": "history",
+		"Net.Forwards": "added by Adopt",
+	}
+	for _, typ := range []reflect.Type{reflect.TypeFor[Config](), reflect.TypeFor[Net]()} {
+		for f := range typ.Fields() {
+			if _, ok := decided[typ.Name()+"."+f.Name]; !ok {
+				t.Errorf("%s.%s is new: decide whether a spare must match it (Shape, ShapeOf) and list it here", typ.Name(), f.Name)
+			}
+		}
 	}
 }
