@@ -29,6 +29,9 @@ console_tail m1 tick 1
 "$SBUML" halt m1
 "$SBUML" ps
 
+step "sbuml spare m1: a QEMU started ahead of need, which the next checkout of that machine claims"
+"$SBUML" spare m1
+
 step "sbuml checkout m1 m2 -c: a new machine from the snapshot carries on from the saved instant"
 "$SBUML" checkout m1 m2 -c
 sleep 3
