@@ -157,11 +157,9 @@ func (s *Scrapbook) unreachableSnapshots(ctx context.Context, live objects.Seen)
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		stored, err := s.Objects.Get(ctx, id)
-		if err != nil || !maybeSnapshot(stored) {
-			continue
-		}
-		enc, err := objects.Unseal(id, stored)
+		// Load, not Get: a page kept as a delta is resolved, not
+		// compressed again to be decompressed here.
+		enc, err := objects.Load(ctx, s.Objects, id)
 		if err != nil {
 			continue
 		}
@@ -183,17 +181,6 @@ func (s *Scrapbook) unreachableSnapshots(ctx context.Context, live objects.Seen)
 // chunks: a snapshot holds a tree, parents, a message and labels, and one
 // of a megabyte (a message of a million characters) is not listed.
 const maxSnapshotStored = 1 << 20
-
-// maybeSnapshot reports whether a stored form may hold a snapshot: one
-// stored as it is names its kind in its first byte; a compressed one must
-// be decompressed to tell.
-func maybeSnapshot(stored []byte) bool {
-	if objects.IsCompressed(stored) {
-		return true
-	}
-	k, err := objects.KindOf(stored)
-	return err == nil && k == objects.KindSnapshot
-}
 
 // gcRoots returns the snapshots gc keeps with all they reach: every ref,
 // HEAD, and the snapshot each machine of the scrapbook continues from.
