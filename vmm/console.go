@@ -195,7 +195,7 @@ var ErrConsoleBusy = errors.New("the console is attached in another sbuml proces
 // in another process, fails with ErrConsoleBusy. Afterwards the Machine
 // is good for its console only (Attach, SendLine) and Close.
 func (m *Machine) ShareConsole(ctx context.Context) error {
-	conLock, err := lockFile(m.dir, ConsoleLock, ErrConsoleBusy)
+	conLock, err := lockFile(m.dir, ConsoleLock, ErrConsoleBusy, lockWait)
 	if err != nil {
 		return err
 	}

@@ -381,6 +381,11 @@ func (m *Machine) startFailure() error {
 // process, and locks it. The QEMU may be running, frozen, crashed or gone:
 // Open succeeds for all of them, so that a stale directory can be halted.
 func Open(dir string) (*Machine, error) {
+	return open(dir, lockWait)
+}
+
+// open is Open, waiting up to wait for the machine's lock.
+func open(dir string, wait time.Duration) (*Machine, error) {
 	abs, err := absDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open machine %s: %w", dir, err)
@@ -389,7 +394,7 @@ func Open(dir string) (*Machine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open machine: %w", err)
 	}
-	lock, err := lockDir(abs)
+	lock, err := lockFile(abs, LockFile, ErrBusy, wait)
 	if err != nil {
 		return nil, fmt.Errorf("open machine: %w", err)
 	}
@@ -826,7 +831,7 @@ func Inspect(ctx context.Context, dir string) Info {
 		return info
 	}
 	info.Config = *cfg
-	m, err := Open(dir)
+	m, err := open(dir, glanceWait)
 	if err == nil {
 		defer m.Close()
 		info.Status, info.Err = m.Status(ctx)

@@ -19,18 +19,30 @@ type dirLock struct{ f *os.File }
 // the machine.
 var ErrBusy = errors.New("machine is in use by another sbuml process")
 
+// lockWait is how long a process that means to drive a machine waits for
+// its lock. Long enough to outlast the inheritance described at
+// flockRetry, which on a host whose cores are all busy was seen to keep a
+// released lock held for over 250 ms; a process that really drives the
+// machine (a commit, an attached console) holds it far longer, so the
+// wait costs only a late error.
+const lockWait = 2 * time.Second
+
+// glanceWait is how long Inspect waits: a machine it cannot lock is
+// reported busy, and a listing must not stall on every busy machine.
+const glanceWait = 250 * time.Millisecond
+
 func lockDir(dir string) (*dirLock, error) {
-	return lockFile(dir, LockFile, ErrBusy)
+	return lockFile(dir, LockFile, ErrBusy, lockWait)
 }
 
-// lockFile takes the flock on the file name in dir, or fails with an
-// error wrapping busy that names the holder.
-func lockFile(dir, name string, busy error) (*dirLock, error) {
+// lockFile takes the flock on the file name in dir, waiting up to wait,
+// or fails with an error wrapping busy that names the holder.
+func lockFile(dir, name string, busy error, wait time.Duration) (*dirLock, error) {
 	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("lock machine %s: %w", dir, err)
 	}
-	if err := flockRetry(f); err != nil {
+	if err := flockRetry(f, wait); err != nil {
 		holder, _ := os.ReadFile(f.Name())
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
@@ -65,12 +77,12 @@ func commandOf(pid string) string {
 	return ": " + line
 }
 
-// flockRetry takes the lock, retrying briefly: a process that forks
-// (starting QEMU, for one) hands its open lock descriptions to the child
-// until the child execs, so a lock released a moment ago can still look
-// held.
-func flockRetry(f *os.File) error {
-	deadline := time.Now().Add(250 * time.Millisecond)
+// flockRetry takes the lock, retrying for up to wait: a process that
+// forks (starting QEMU, for one) hands its open lock descriptions to the
+// child until the child execs, so a lock released a moment ago can still
+// look held.
+func flockRetry(f *os.File, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {

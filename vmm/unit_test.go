@@ -2,12 +2,15 @@ package vmm
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParseQ35Types(t *testing.T) {
@@ -180,5 +183,48 @@ func TestGuestEnd(t *testing.T) {
 		if got := guestEnd(tt.console); !strings.Contains(got, tt.want) {
 			t.Errorf("guestEnd(%q) = %q, want it to say %q", tt.console, got, tt.want)
 		}
+	}
+}
+
+// TestOpenWaitsOutBriefHolds holds a machine's lock the way a forked
+// child that has not exec'd yet does after its parent let go, and
+// checks that Open waits for it while Inspect only glances.
+func TestOpenWaitsOutBriefHolds(t *testing.T) {
+	dir := t.TempDir()
+	if err := writeConfig(dir, &Config{Name: "m", MachineType: "pc", Memory: 1 << 20, RAMFile: filepath.Join(dir, "ram")}); err != nil {
+		t.Fatal(err)
+	}
+	hold := func() *os.File {
+		f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	// Released after 600 ms, within lockWait: Open gets the machine.
+	f := hold()
+	release := time.AfterFunc(600*time.Millisecond, func() { f.Close() })
+	defer release.Stop()
+	m, err := Open(dir)
+	if err != nil {
+		t.Fatalf("Open while a brief holder lets go: %v", err)
+	}
+	m.Close()
+	// Held throughout: Inspect says busy without waiting for lockWait,
+	// and Open fails with ErrBusy.
+	f = hold()
+	defer f.Close()
+	start := time.Now()
+	if info := Inspect(context.Background(), dir); info.Err != nil || info.Status.State != StateHalted {
+		t.Errorf("Inspect of a held machine without QEMU: %+v", info)
+	}
+	if d := time.Since(start); d >= lockWait {
+		t.Errorf("Inspect of a held machine took %v, as long as a driver waits", d)
+	}
+	if _, err := Open(dir); !errors.Is(err, ErrBusy) {
+		t.Errorf("Open of a held machine: %v, want ErrBusy", err)
 	}
 }
