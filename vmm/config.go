@@ -277,11 +277,17 @@ func readConfig(dir string) (*Config, error) {
 }
 
 func writeConfig(dir string, c *Config) error {
-	b, err := json.MarshalIndent(c, "", "  ")
+	return writeJSON(filepath.Join(dir, ConfigFile), c)
+}
+
+// writeJSON replaces the file name with v as indented JSON, atomically:
+// the machine directory's records (config.json, spare.json).
+func writeJSON(name string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(filepath.Join(dir, ConfigFile), append(b, '\n'), 0o600)
+	return atomicfile.WriteFile(name, append(b, '\n'), 0o600)
 }
 
 // LoadConfig reads the configuration of the machine in dir without

@@ -17,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sbuml/sbuml/internal/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -183,11 +182,7 @@ func makeRAMFile(path string, size int64) error {
 }
 
 func writeSpareInfo(dir string, info *SpareInfo) error {
-	b, err := json.MarshalIndent(info, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.WriteFile(filepath.Join(dir, SpareFile), append(b, '\n'), 0o600)
+	return writeJSON(filepath.Join(dir, SpareFile), info)
 }
 
 func readSpareInfo(dir string) (*SpareInfo, error) {
@@ -203,15 +198,24 @@ func readSpareInfo(dir string) (*SpareInfo, error) {
 	return &info, nil
 }
 
-// Spares lists the spares in sparesDir, oldest first. A spare whose QEMU
-// is gone is listed with Alive false; StopSpare removes it.
-func Spares(sparesDir string) ([]SpareInfo, error) {
+// spareEntries reads sparesDir; one that does not exist holds nothing.
+func spareEntries(sparesDir string) ([]os.DirEntry, error) {
 	ents, err := os.ReadDir(sparesDir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("list spares: %w", err)
+	}
+	return ents, nil
+}
+
+// Spares lists the spares in sparesDir, oldest first. A spare whose QEMU
+// is gone is listed with Alive false; StopSpare removes it.
+func Spares(sparesDir string) ([]SpareInfo, error) {
+	ents, err := spareEntries(sparesDir)
+	if err != nil {
+		return nil, err
 	}
 	var infos []SpareInfo
 	for _, e := range ents {
@@ -236,12 +240,9 @@ func Spares(sparesDir string) ([]SpareInfo, error) {
 // start began more than age ago and never ended (the process starting
 // them died): StopSpare removes them, and their QEMU if it got that far.
 func HalfMadeSpares(sparesDir string, age time.Duration) ([]string, error) {
-	ents, err := os.ReadDir(sparesDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+	ents, err := spareEntries(sparesDir)
 	if err != nil {
-		return nil, fmt.Errorf("list spares: %w", err)
+		return nil, err
 	}
 	var dirs []string
 	for _, e := range ents {
